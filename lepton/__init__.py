@@ -1,0 +1,1 @@
+"""The `lepton` command: runs the broker, producers, each service and the operator tools."""

@@ -1,0 +1,5 @@
+"""`python -m lepton` is the `lepton` command."""
+
+from lepton.cli import main
+
+main()

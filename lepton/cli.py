@@ -1,0 +1,126 @@
+"""The `lepton` command line: broker, produce, and every service's commands.
+
+Each service contributes its commands through `services/<name>/cli.py:register(app)`, so this
+module only composes; importing it stays cheap (heavy imports happen inside commands).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.config import ConfigError, LeptonSettings, load_settings
+
+app = typer.Typer(
+    name="lepton",
+    help="Lepton Stream: ingest, govern, train and serve models over Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+SERVICE_CLIS = (
+    "services.ingest.cli",
+    "services.governance.cli",
+    "services.trainer.cli",
+    "services.serving.cli",
+    "lepton.up",
+)
+
+
+def settings() -> LeptonSettings:
+    """Common settings from the environment, exiting with a readable line when invalid."""
+    return load_settings(LeptonSettings)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print `message` to stderr and return an Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def broker(
+    bootstrap_file: Annotated[
+        Path | None, typer.Option(help="Write the bootstrap address here (default: data dir).")
+    ] = None,
+    brokers: Annotated[int, typer.Option(min=1, max=5, help="Mock brokers in the cluster.")] = 1,
+) -> None:
+    """Run the embedded Kafka-protocol broker until SIGINT/SIGTERM."""
+    from lepton.signals import stop_event
+    from shared.broker import serve
+    from shared.topics import Topics
+
+    common = settings()
+    stop = stop_event()
+    path = bootstrap_file or common.default_bootstrap_file()
+    serve(Topics(common.topic_prefix).all(), path, stop, brokers)
+
+
+@app.command()
+def produce(
+    dataset: Annotated[str, typer.Option(help="transactions or breast_cancer")] = "transactions",
+    count: Annotated[int, typer.Option(min=1, help="How many events.")] = 1000,
+    rate: Annotated[float | None, typer.Option(min=0.1, help="Events a second (default: max).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Publish dataset events to events.raw, with trace context and a progress bar."""
+    from lepton.produce import publish
+    from lepton.signals import stop_event
+    from shared.datasets.generators import GENERATORS, generate
+    from shared.tracing import setup_telemetry, shutdown_telemetry
+
+    if dataset not in GENERATORS:
+        raise fail(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(GENERATORS))}",
+                   2)
+    common = settings()
+    try:
+        common.bootstrap_servers()
+    except ConfigError as error:
+        raise fail(str(error), 78) from None
+    setup_telemetry("lepton-produce")
+    try:
+        report = publish(common, generate(dataset, count, seed), total=count, rate=rate,
+                         show_progress=not quiet, stop=stop_event())
+    finally:
+        shutdown_telemetry()
+    typer.echo(f"delivered {report.delivered} of {report.sent} events", err=True)
+    if report.failed:
+        raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}")
+
+
+def _register_services() -> None:
+    for module in SERVICE_CLIS:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(app)
+
+
+_register_services()
+
+
+def main() -> None:
+    """Entry point of the `lepton` console script."""
+    try:
+        app()
+    except ConfigError as error:
+        typer.echo(f"configuration error: {error}", err=True)
+        sys.exit(78)

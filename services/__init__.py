@@ -1,0 +1,1 @@
+"""Lepton services: ingest, governance, trainer, serving. They share only `shared/` and the wire."""

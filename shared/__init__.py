@@ -1,0 +1,1 @@
+"""Lepton Stream common library: config, events, topics, kafka, tracing, crypto, datasets."""

@@ -1,0 +1,125 @@
+"""Settings shared by every process, read from `LEPTON_*` environment variables.
+
+Each service subclasses `LeptonSettings` in its own `config.py`, naming its fields
+`<service>_<name>` so that the environment variable is `LEPTON_<SERVICE>_<NAME>`.
+`load_settings` turns a validation error into one readable line per variable and exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LEPTON_"
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class LeptonSettings(BaseSettings):
+    """Settings common to every Lepton process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", validate_default=True
+    )
+
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers; unset means the embedded broker's bootstrap file.",
+    )
+    bootstrap_file: Path | None = Field(
+        default=None, description="File the embedded broker wrote its address to."
+    )
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field(default="lepton:", description="Prefix of every Redis key.")
+    topic_prefix: str = "lepton."
+    data_dir: Path = Path(".lepton")
+    registry_dir: Path | None = Field(
+        default=None, description="Model registry directory (default: <data_dir>/registry)."
+    )
+    keys_dir: Path | None = Field(
+        default=None, description="Key material directory (default: <data_dir>/keys)."
+    )
+    log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    def registry_path(self) -> Path:
+        """The model registry directory."""
+        return self.registry_dir or self.data_dir / "registry"
+
+    def keys_path(self) -> Path:
+        """The key material directory (signing keys, keyrings)."""
+        return self.keys_dir or self.data_dir / "keys"
+
+    def default_bootstrap_file(self) -> Path:
+        """Where `lepton broker` writes, and clients look for, the embedded broker's address."""
+        return self.bootstrap_file or self.data_dir / "broker.bootstrap"
+
+    def bootstrap_servers(self) -> str:
+        """Resolve the Kafka bootstrap servers, or raise ConfigError naming the variable."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        path = self.default_bootstrap_file()
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        if not text:
+            raise ConfigError(
+                f"{ENV_PREFIX}KAFKA_BOOTSTRAP is not set and no embedded broker address is in "
+                f"{path}: set it, or start `lepton broker` (or `lepton up`) first"
+            )
+        return text
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_error(cls: type[BaseSettings], error: ValidationError) -> str:
+    """Render a settings validation error as lines `VARIABLE: reason`."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        reason = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "missing":
+            reason = "is required but not set"
+        lines.append(f"{prefix}{name}: {reason}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build a settings object from the environment, or exit with one line per bad variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        print(f"configuration error: {describe_error(cls, error)}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None

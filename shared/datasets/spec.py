@@ -1,0 +1,171 @@
+"""The dataset-spec model (DESIGN.md, "Dataset specs"): each field's type, role, cleaning
+rules, PII handling and DP bounds, plus the dataset's privacy and model settings."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FieldType(StrEnum):
+    """Value types a payload field can have."""
+
+    STRING = "string"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    CATEGORY = "category"
+    TIMESTAMP = "timestamp"
+
+
+class Role(StrEnum):
+    """What a field is for."""
+
+    ID = "id"
+    SUBJECT = "subject"
+    FEATURE = "feature"
+    LABEL = "label"
+    PII = "pii"
+    SENSITIVE = "sensitive"
+    TIMESTAMP = "timestamp"
+
+
+class PiiAction(StrEnum):
+    """How ingest protects a PII field."""
+
+    ENCRYPT = "encrypt"
+    TOKENIZE = "tokenize"
+    DROP = "drop"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Impute(_Spec):
+    """Value used when the field is missing or null."""
+
+    strategy: Literal["constant", "mean", "median", "mode"] = "constant"
+    value: str | int | float | bool
+
+
+class FieldSpec(_Spec):
+    """One payload field."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    type: FieldType
+    role: Role
+    required: bool = True
+    description: str = ""
+    valid_min: float | None = None
+    valid_max: float | None = None
+    clip_min: float | None = None
+    clip_max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    max_length: int | None = None
+    impute: Impute | None = None
+    unit: str | None = None
+    unit_factors: dict[str, float] = Field(default_factory=dict)
+    pii: PiiAction | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.role is Role.PII and self.pii is None:
+            raise ValueError(f"field {self.name}: a pii field needs a `pii` action")
+        if self.type is FieldType.CATEGORY and not self.allowed:
+            raise ValueError(f"field {self.name}: a category field needs `allowed` values")
+        for low, high in ((self.valid_min, self.valid_max), (self.clip_min, self.clip_max)):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"field {self.name}: min {low} is above max {high}")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for int and float fields."""
+        return self.type in (FieldType.INT, FieldType.FLOAT)
+
+
+class PrivacySpec(_Spec):
+    """Differential-privacy settings for governed releases."""
+
+    mechanism: Literal["laplace", "gaussian"] = "laplace"
+    epsilon_per_event: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    delta: float = Field(default=0.0, ge=0, lt=1)
+    subject_budget: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    dataset_budget: float = Field(default=1_000_000.0, gt=0, allow_inf_nan=False)
+    purpose: str = "model-training"
+
+
+class ModelSpec(_Spec):
+    """Which model the trainer fits for this dataset."""
+
+    kind: Literal["logistic", "mlp"] = "logistic"
+    hidden: tuple[int, ...] = (32,)
+    learning_rate: float = Field(default=0.05, gt=0)
+    epochs_per_batch: int = Field(default=1, ge=1)
+    token_buckets: int = Field(default=64, ge=2)
+
+
+class DatasetSpec(_Spec):
+    """A dataset declared once; it drives every stage."""
+
+    name: str = Field(pattern=r"^[a-z0-9_.-]+$")
+    version: int = 1
+    description: str = ""
+    fields: tuple[FieldSpec, ...]
+    privacy: PrivacySpec = PrivacySpec()
+    model: ModelSpec = ModelSpec()
+
+    @model_validator(mode="after")
+    def _roles(self) -> DatasetSpec:
+        names = [f.name for f in self.fields]
+        if len(names) != len(set(names)):
+            raise ValueError(f"dataset {self.name}: duplicate field names")
+        for role in (Role.LABEL, Role.SUBJECT):
+            if sum(f.role is role for f in self.fields) > 1:
+                raise ValueError(f"dataset {self.name}: more than one {role.value} field")
+        if self.label is None:
+            raise ValueError(f"dataset {self.name}: needs a label field")
+        return self
+
+    def field(self, name: str) -> FieldSpec:
+        """The spec of field `name` (KeyError when absent)."""
+        for item in self.fields:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def by_role(self, role: Role) -> list[FieldSpec]:
+        """Fields with `role`, in declaration order."""
+        return [f for f in self.fields if f.role is role]
+
+    @property
+    def features(self) -> list[FieldSpec]:
+        """Model input fields."""
+        return self.by_role(Role.FEATURE)
+
+    @property
+    def label(self) -> FieldSpec | None:
+        """The label field."""
+        found = self.by_role(Role.LABEL)
+        return found[0] if found else None
+
+    @property
+    def sensitive(self) -> FieldSpec | None:
+        """The sensitive attribute used for fairness, if any."""
+        found = self.by_role(Role.SENSITIVE)
+        return found[0] if found else None
+
+    @property
+    def pii_fields(self) -> list[FieldSpec]:
+        """Fields holding personal data."""
+        return self.by_role(Role.PII)
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of this spec (recorded in model cards)."""
+        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()

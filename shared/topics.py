@@ -1,0 +1,80 @@
+"""The single registry of Lepton topic names (DESIGN.md, "Topics")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    """Logical topic names; the wire name is the configured prefix plus this value."""
+
+    RAW = "events.raw"
+    CLEAN = "events.clean"
+    REJECTED = "events.rejected"
+    GOVERNED = "events.governed"
+    AUDIT_LOG = "audit.log"
+    AUDIT_REQUESTS = "audit.requests"
+    MODELS = "models.updates"
+    PREDICT_REQUESTS = "predictions.requests"
+    PREDICT_RESULTS = "predictions.results"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Wire names of every topic under one prefix."""
+
+    prefix: str = "lepton."
+
+    def name(self, topic: Topic) -> str:
+        """Return the wire name of `topic`."""
+        return f"{self.prefix}{topic.value}"
+
+    def all(self) -> list[str]:
+        """Return the wire names of every platform topic."""
+        return [self.name(t) for t in Topic]
+
+    @property
+    def raw(self) -> str:
+        """Producers' raw events."""
+        return self.name(Topic.RAW)
+
+    @property
+    def clean(self) -> str:
+        """Validated, cleaned, PII-protected events."""
+        return self.name(Topic.CLEAN)
+
+    @property
+    def rejected(self) -> str:
+        """Dead-letter queue: original bytes plus reason headers."""
+        return self.name(Topic.REJECTED)
+
+    @property
+    def governed(self) -> str:
+        """Events released for training, DP applied."""
+        return self.name(Topic.GOVERNED)
+
+    @property
+    def audit_log(self) -> str:
+        """Sealed, hash-chained audit records."""
+        return self.name(Topic.AUDIT_LOG)
+
+    @property
+    def audit_requests(self) -> str:
+        """Decisions from other services and the CLI, for governance to seal into the log."""
+        return self.name(Topic.AUDIT_REQUESTS)
+
+    @property
+    def models(self) -> str:
+        """Model announcements."""
+        return self.name(Topic.MODELS)
+
+    @property
+    def predict_requests(self) -> str:
+        """Prediction requests from downstream apps."""
+        return self.name(Topic.PREDICT_REQUESTS)
+
+    @property
+    def predict_results(self) -> str:
+        """Prediction results for downstream apps."""
+        return self.name(Topic.PREDICT_RESULTS)

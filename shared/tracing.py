@@ -1,0 +1,212 @@
+"""OpenTelemetry for every process: SDK setup (called only at entry points), W3C context in
+Kafka headers, and `"{topic} publish"` / `"{topic} process"` spans with messaging attributes.
+
+A telemetry failure never breaks processing: propagation errors are logged and ignored, and
+exporters run in background processors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, Span, SpanKind
+
+from shared.events import HeaderList
+
+log = logging.getLogger(__name__)
+
+MAX_LINKS = 128
+
+
+def setup_telemetry(
+    service_name: str,
+    *,
+    span_exporter: SpanExporter | None = None,
+    metrics_port: int | None = None,
+) -> TracerProvider:
+    """Install the global tracer and meter providers; call once, from a process entry point.
+
+    Spans go to `span_exporter` when given, else to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is
+    set; metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
+    """
+    resource = Resource.create(
+        {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
+         "service.namespace": "lepton"}
+    )
+    provider = TracerProvider(resource=resource)
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if span_exporter is None and endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        span_exporter = OTLPSpanExporter()
+    if span_exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    _setup_metrics(resource, bool(endpoint), metrics_port)
+    return provider
+
+
+def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+
+    readers: list[MetricReader] = []
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if metrics_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
+        readers.append(PrometheusMetricReader())
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+
+
+def shutdown_telemetry() -> None:
+    """Flush and stop the global providers (safe to call when none were installed)."""
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            try:
+                shutdown()
+            except Exception:  # telemetry must never break shutdown
+                log.debug("telemetry shutdown failed", exc_info=True)
+
+
+def get_tracer(name: str) -> trace.Tracer:
+    """A tracer from the global provider (a no-op one until setup_telemetry runs)."""
+    return trace.get_tracer(name)
+
+
+class _HeaderGetter:
+    def get(self, carrier: dict[str, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value.decode("ascii", "replace")]
+
+    def keys(self, carrier: dict[str, bytes]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+def inject_headers(headers: HeaderList, ctx: otel_context.Context | None = None) -> HeaderList:
+    """Append W3C trace headers for `ctx` (default: current) to `headers`; returns `headers`."""
+    try:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=ctx)
+        headers.extend((k, v.encode("ascii")) for k, v in carrier.items())
+    except Exception:
+        log.debug("trace context injection failed", exc_info=True)
+    return headers
+
+
+def extract_context(
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+) -> otel_context.Context:
+    """The trace context carried in Kafka headers (an empty context when absent or bad)."""
+    try:
+        if isinstance(headers, dict):
+            carrier = headers
+        else:
+            carrier = {
+                k: (v.encode() if isinstance(v, str) else v)
+                for k, v in (headers or ())
+                if v is not None
+            }
+        return propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+    except Exception:
+        log.debug("trace context extraction failed", exc_info=True)
+        return otel_context.Context()
+
+
+def _messaging_attributes(topic: str, operation: str, **extra: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
+    for key, value in extra.items():
+        if value is not None:
+            attrs[key] = value
+    return attrs
+
+
+@contextmanager
+def publish_span(
+    tracer: trace.Tracer,
+    topic: str,
+    headers: HeaderList,
+    *,
+    key: str | None = None,
+    parent: otel_context.Context | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A PRODUCER span `"{topic} publish"`; its context is injected into `headers`."""
+    attrs = _messaging_attributes(topic, "publish", **{"messaging.kafka.message.key": key})
+    attrs.update(attributes or {})
+    with tracer.start_as_current_span(
+        f"{topic} publish", context=parent, kind=SpanKind.PRODUCER, attributes=attrs
+    ) as span:
+        inject_headers(headers)
+        yield span
+
+
+@contextmanager
+def process_span(
+    tracer: trace.Tracer,
+    topic: str,
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    group: str | None = None,
+    key: str | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
+    """A CONSUMER span `"{topic} process"` continuing the trace carried in `headers`."""
+    attrs = _messaging_attributes(
+        topic,
+        "process",
+        **{
+            "messaging.destination.partition.id": None if partition is None else str(partition),
+            "messaging.kafka.offset": offset,
+            "messaging.consumer.group.name": group,
+            "messaging.kafka.message.key": key,
+        },
+    )
+    attrs.update(attributes or {})
+    with tracer.start_as_current_span(
+        f"{topic} process",
+        context=extract_context(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attrs,
+    ) as span:
+        yield span
+
+
+def links_from_headers(
+    all_headers: Sequence[Sequence[tuple[str, bytes | str | None]] | None],
+    limit: int = MAX_LINKS,
+) -> tuple[list[Link], int]:
+    """Span links to the traces of up to `limit` consumed records, plus the total count."""
+    links: list[Link] = []
+    for headers in all_headers[:limit]:
+        span_context = trace.get_current_span(extract_context(headers)).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+    return links, len(all_headers)
