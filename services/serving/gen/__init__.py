@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for lepton.serving.v1 (run `python -m services.serving.gen_stubs`)."""
