@@ -142,10 +142,16 @@ class ModelAnnouncement(_Wire):
     announced_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
+
+
 def _first_error(error: ValidationError) -> EnvelopeError:
     item = error.errors()[0]
-    field = ".".join(str(part) for part in item["loc"])
+    parts = [str(part) for part in item["loc"]]
+    field = ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p)
     reason = str(item["msg"]).removeprefix("Value error, ")
+    if any(p in _UNION_TAGS for p in parts):
+        reason = "must be a string, number, boolean or null"
     kind = "missing_field" if item["type"] == "missing" else "invalid_field"
     if error.error_count() > 1:
         reason += f" (and {error.error_count() - 1} more)"
