@@ -47,6 +47,9 @@ class LeptonSettings(BaseSettings):
         default=None, description="Key material directory (default: <data_dir>/keys)."
     )
     log_level: str = "INFO"
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
+    )
 
     @field_validator("redis_url")
     @classmethod
