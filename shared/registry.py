@@ -1,0 +1,297 @@
+"""The model registry: signed safetensors artifacts plus JSON model cards in a directory, and a
+Redis index (versions, live pointer, live history) that trainer, serving and the CLI share.
+
+Layout: `<registry_path>/<model>/<version>/model.safetensors` and `card.json`. A version is
+written to a temporary directory and renamed into place, so it appears whole or not at all.
+The card carries the weights' sha256 and an Ed25519 signature (by
+`<keys_path>/model-signing.key`) over its canonical JSON (sorted keys, signature excluded);
+`Registry.load` verifies both with the public key and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from shared.config import LeptonSettings
+from shared.events import ModelAnnouncement
+from shared.signing import key_id, load_or_create_private_key, load_public_key, sign, verify
+from shared.state import make_redis, rkey
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+SIGNING_KEY = "model-signing.key"
+PUBLIC_KEY = "model-signing.pub"
+
+
+class ArtifactError(RuntimeError):
+    """A model artifact is missing, corrupt, unsigned or badly signed."""
+
+
+class ModelCard(BaseModel):
+    """Everything known about one model version; signed together with its weights' sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = Field(pattern=r"^[a-z0-9_.-]+$", min_length=1, max_length=100)
+    version: int = Field(default=0, ge=0, description="0 = let Registry.save allocate one")
+    dataset: str
+    spec_hash: str
+    architecture: dict[str, Any]
+    feature_transform: dict[str, Any]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    fairness: dict[str, Any] = Field(default_factory=dict)
+    epsilon: float | None = None
+    delta: float | None = None
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    code_version: str = ""
+    device: str = "cpu"
+    wall_time_s: float = 0.0
+    energy_j: float = 0.0
+    energy_method: str = ""
+    co2e_g: float = 0.0
+    training: dict[str, Any] = Field(default_factory=dict)
+    gate: dict[str, Any] = Field(default_factory=dict)
+    parent_version: int | None = None
+    created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    sha256: str = ""
+    signature: str = ""
+    key_id: str = ""
+    status: str = Field(default="candidate", description="gate outcome: promoted|refused|...")
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes the signature covers: sorted-key JSON without `signature`."""
+        body = self.model_dump(mode="json", exclude={"signature"})
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+    def announcement(self, action: str = "promote", share: float | None = None,
+                     artifact_root: Path | None = None) -> ModelAnnouncement:
+        """The `models.updates` announcement for this version."""
+        uri = f"registry://{self.model}/{self.version}"
+        if artifact_root is not None:
+            uri = (artifact_root / self.model / str(self.version) / WEIGHTS_FILE).resolve(
+                ).as_uri()
+        metrics = {k: float(v) for k, v in self.metrics.items()
+                   if isinstance(v, int | float) and v == v}
+        return ModelAnnouncement.model_validate({
+            "model": self.model, "version": self.version, "dataset": self.dataset,
+            "artifact_uri": uri, "sha256": self.sha256, "signature": self.signature,
+            "key_id": self.key_id, "metrics": metrics, "epsilon": self.epsilon,
+            "action": action, "share": share,
+        })
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Registry:
+    """Model artifacts on disk plus their Redis index, under the configured prefix."""
+
+    def __init__(self, settings: LeptonSettings) -> None:
+        self.settings = settings
+        self.root = settings.registry_path()
+        self._redis = make_redis(settings)
+
+    def _key(self, model: str, *parts: str) -> str:
+        return rkey(self.settings, "models", model, *parts)
+
+    def signing_key_path(self) -> Path:
+        """Where the private signing key lives."""
+        return self.settings.keys_path() / SIGNING_KEY
+
+    def public_key_path(self) -> Path:
+        """Where the public verification key lives (the only key serving needs)."""
+        return self.settings.keys_path() / PUBLIC_KEY
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The verification key (ArtifactError when absent)."""
+        try:
+            return load_public_key(self.public_key_path())
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"no model verification key: {error}") from None
+
+    def version_dir(self, model: str, version: int) -> Path:
+        """Directory of one version."""
+        return self.root / model / str(version)
+
+    def _disk_versions(self, model: str) -> list[int]:
+        folder = self.root / model
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def save(self, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> ModelCard:
+        """Write weights + signed card atomically; returns the final card (version allocated
+        when `card.version` is 0) and indexes it in Redis."""
+        private = load_or_create_private_key(self.signing_key_path())
+        model_dir = self.root / card.model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+            weights = save_safetensors(tensors, metadata={"model": card.model})
+            (tmp / WEIGHTS_FILE).write_bytes(weights)
+            digest = hashlib.sha256(weights).hexdigest()
+            version = card.version
+            for attempt in range(100):
+                if card.version == 0:
+                    version = max([0, *self._disk_versions(card.model),
+                                   *self._indexed_versions(card.model)]) + 1
+                final = card.model_copy(update={
+                    "version": version, "sha256": digest, "signature": "",
+                    "key_id": key_id(private.public_key()),
+                })
+                final = final.model_copy(update={"signature": sign(private, final.signed_bytes())})
+                (tmp / CARD_FILE).write_bytes(orjson.dumps(
+                    final.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+                _fsync_dir_files(tmp)
+                try:
+                    os.rename(tmp, self.version_dir(card.model, version))
+                    _fsync_dir(model_dir)
+                    break
+                except OSError:
+                    if card.version != 0 or attempt == 99:
+                        raise ArtifactError(
+                            f"{card.model} version {version} already exists") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.index(final)
+        return final
+
+    def index(self, card: ModelCard) -> None:
+        """Record a saved card in the Redis index."""
+        pipe = self._redis.pipeline()
+        pipe.sadd(rkey(self.settings, "models"), card.model)
+        pipe.zadd(self._key(card.model, "versions"), {str(card.version): card.version})
+        pipe.hset(self._key(card.model, "cards"), str(card.version),
+                  orjson.dumps(card.model_dump(mode="json")))
+        pipe.execute()
+
+    def _indexed_versions(self, model: str) -> list[int]:
+        return [int(v) for v in self._redis.zrange(self._key(model, "versions"), 0, -1)]
+
+    def models(self) -> list[str]:
+        """Model names in the registry (index and directory)."""
+        names = {m.decode() for m in self._redis.smembers(rkey(self.settings, "models"))}
+        if self.root.is_dir():
+            names |= {p.name for p in self.root.iterdir() if p.is_dir()
+                      and not p.name.startswith(".")}
+        return sorted(names)
+
+    def versions(self, model: str) -> list[int]:
+        """Versions of `model`, ascending (the directory is authoritative; Redis is re-indexed
+        from it when it lags)."""
+        on_disk = self._disk_versions(model)
+        indexed = set(self._indexed_versions(model))
+        for version in on_disk:
+            if version not in indexed:
+                try:
+                    self.index(self.card(model, version))
+                except ArtifactError:
+                    continue
+        return on_disk
+
+    def card(self, model: str, version: int) -> ModelCard:
+        """The card of one version as stored (not verified: use `load` for that)."""
+        path = self.version_dir(model, version) / CARD_FILE
+        try:
+            return ModelCard.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as error:
+            raise ArtifactError(f"{model} v{version}: unreadable card: {error}") from None
+
+    def verify_card(self, card: ModelCard, public_key: Ed25519PublicKey | None = None) -> None:
+        """Check a card's signature and key id (ArtifactError when wrong)."""
+        public = public_key or self.public_key()
+        if not card.signature or not card.sha256:
+            raise ArtifactError(f"{card.model} v{card.version}: card is unsigned")
+        if card.key_id != key_id(public):
+            raise ArtifactError(f"{card.model} v{card.version}: signed by unknown key "
+                                f"{card.key_id!r}")
+        if not verify(public, card.signed_bytes(), card.signature):
+            raise ArtifactError(f"{card.model} v{card.version}: bad card signature")
+
+    def load(self, model: str, version: int, public_key: Ed25519PublicKey | None = None
+             ) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+        """Verified card and weights of one version; ArtifactError when anything is off."""
+        card = self.card(model, version)
+        if card.model != model or card.version != version:
+            raise ArtifactError(f"{model} v{version}: card names {card.model} v{card.version}")
+        self.verify_card(card, public_key)
+        try:
+            weights = (self.version_dir(model, version) / WEIGHTS_FILE).read_bytes()
+        except OSError as error:
+            raise ArtifactError(f"{model} v{version}: weights unreadable: {error}") from None
+        if hashlib.sha256(weights).hexdigest() != card.sha256:
+            raise ArtifactError(f"{model} v{version}: weights sha256 does not match the card")
+        try:
+            tensors = load_safetensors(weights)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            raise ArtifactError(f"{model} v{version}: bad safetensors: {error}") from None
+        return card, tensors
+
+    def live(self, model: str) -> int | None:
+        """The live version of `model` (None when none is)."""
+        value = self._redis.get(self._key(model, "live"))
+        return int(value) if value is not None else None
+
+    def set_live(self, model: str, version: int) -> int | None:
+        """Make `version` live; pushes the previous one onto the rollback history."""
+        if version not in self.versions(model):
+            raise ArtifactError(f"{model} has no version {version}")
+        key, history = self._key(model, "live"), self._key(model, "history")
+        previous = self.live(model)
+        pipe = self._redis.pipeline()
+        pipe.set(key, version)
+        if previous is not None and previous != version:
+            pipe.rpush(history, previous)
+        pipe.execute()
+        return previous
+
+    def rollback(self, model: str) -> tuple[int | None, int]:
+        """Make the previously live version live again; returns (was, now)."""
+        key, history = self._key(model, "live"), self._key(model, "history")
+        current = self.live(model)
+        while True:
+            raw = self._redis.rpop(history)
+            if raw is None:
+                raise ArtifactError(f"{model} has no earlier live version to roll back to")
+            target = int(raw)
+            if target != current and target in self._disk_versions(model):
+                break
+        self._redis.set(key, target)
+        return current, target
