@@ -1,0 +1,144 @@
+"""Append-only segment files: newline-terminated records in `<dir>/<first line:012d>.seg`.
+
+The durable store under the audit log and the privacy ledger. A writer appends, rolls to a new
+segment at a size limit and fsyncs before the caller commits anything that depends on the
+lines. A crash can leave a torn final line (no newline); readers ignore it and the next writer
+truncates it away, since nothing was committed on its strength. Segment names carry their
+first line number, so a missing or renamed segment is detected as a gap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+SUFFIX = ".seg"
+
+
+class SegmentError(RuntimeError):
+    """The segment files are not a contiguous sequence of whole lines."""
+
+
+def segment_files(directory: Path) -> list[tuple[int, Path]]:
+    """(first line number, path) of every segment in `directory`, in order."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if path.suffix != SUFFIX:
+            continue
+        try:
+            first = int(path.stem)
+        except ValueError:
+            raise SegmentError(f"{path}: not a segment name (<first line>.seg)") from None
+        found.append((first, path))
+    return sorted(found)
+
+
+class SegmentLog:
+    """An append-only sequence of lines stored in rolling segment files."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20,
+                 fsync: bool = True) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.count = 0
+        self.torn_bytes = 0
+        self._handle: BinaryIO | None = None
+        self._handle_size = 0
+        self._dirty = False
+
+    def scan(self) -> Iterator[bytes]:
+        """Yield every complete line in order (without its newline); sets `count`/`torn_bytes`.
+
+        Raises SegmentError when a segment is missing, misnamed or a non-final segment ends
+        without a newline.
+        """
+        self.count = 0
+        self.torn_bytes = 0
+        files = segment_files(self.directory)
+        for position, (first, path) in enumerate(files):
+            if first != self.count:
+                raise SegmentError(
+                    f"{path.name}: starts at line {first} but {self.count} lines precede it "
+                    "(a segment is missing or was renamed)")
+            data = path.read_bytes()
+            body, sep, tail = data.rpartition(b"\n")
+            if tail:
+                if position != len(files) - 1:
+                    raise SegmentError(f"{path.name}: ends inside a line but is not the last")
+                self.torn_bytes = len(tail)
+            if not sep:
+                continue
+            for line in body.split(b"\n"):
+                self.count += 1
+                yield line
+
+    def open_for_append(self) -> None:
+        """Scan (counting lines), cut any torn final line, and open the last segment."""
+        for _ in self.scan():
+            pass
+        self.directory.mkdir(parents=True, exist_ok=True)
+        files = segment_files(self.directory)
+        if files:
+            path = files[-1][1]
+            if self.torn_bytes:
+                with path.open("r+b") as handle:
+                    handle.truncate(path.stat().st_size - self.torn_bytes)
+                    os.fsync(handle.fileno())
+                self.torn_bytes = 0
+            self._open(path)
+        else:
+            self._open(self._path_for(0))
+
+    def _path_for(self, first: int) -> Path:
+        return self.directory / f"{first:012d}{SUFFIX}"
+
+    def _open(self, path: Path) -> None:
+        self._handle = path.open("ab")
+        self._handle_size = self._handle.tell()
+        if self.fsync:
+            _fsync_dir(self.directory)
+
+    def append(self, line: bytes) -> int:
+        """Append one line (no newline inside) and return its line number."""
+        if b"\n" in line:
+            raise ValueError("a segment line cannot contain a newline")
+        if self._handle is None:
+            raise RuntimeError("call open_for_append() first")
+        if self._handle_size >= self.segment_bytes and self._handle_size > 0:
+            self.sync()
+            self._handle.close()
+            self._open(self._path_for(self.count))
+        self._handle.write(line + b"\n")
+        self._handle_size += len(line) + 1
+        self._dirty = True
+        self.count += 1
+        return self.count - 1
+
+    def sync(self) -> None:
+        """Flush appended lines to the OS, and to disk when fsync is on."""
+        if self._handle is None or not self._dirty:
+            return
+        self._handle.flush()
+        if self.fsync:
+            os.fsync(self._handle.fileno())
+        self._dirty = False
+
+    def close(self) -> None:
+        """Sync and close the open segment."""
+        if self._handle is not None:
+            self.sync()
+            self._handle.close()
+            self._handle = None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

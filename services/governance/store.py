@@ -1,0 +1,199 @@
+"""The audit log's durable store: per partition, an append-only segment log of AuditRecords
+(the Merkle leaves) and its signed checkpoints, under `<data_dir>/governance/audit/pNNNN/`.
+
+Appends are idempotent per decision identity: appending an identity that is already sealed
+returns the existing leaf, so a batch replayed after a crash reuses its leaves instead of
+appending twice. The store is the source of truth; `audit.log` on Kafka is a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.governance.checkpoints import Checkpoint, CheckpointLog, make_checkpoint
+from services.governance.merkle import CompactRange, leaf_hash
+from services.governance.records import AuditRecord
+from services.governance.segments import SegmentLog
+
+log = logging.getLogger(__name__)
+
+SEGMENTS = "segments"
+
+
+class StoreError(RuntimeError):
+    """The store on disk is inconsistent; `lepton audit verify` says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """Where and what a sealed decision is."""
+
+    partition: int
+    leaf_index: int
+    kind: str
+    reason: str | None
+    source: str
+
+
+def partition_dir(root: Path, partition: int) -> Path:
+    """The directory of one partition's segments and checkpoints."""
+    return root / f"p{partition:04d}"
+
+
+def partitions_on_disk(root: Path) -> list[int]:
+    """Partition numbers that have a directory under `root`."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith("p") and path.name[1:].isdigit():
+            found.append(int(path.name[1:]))
+    return sorted(found)
+
+
+class PartitionLog:
+    """One partition: its segments, Merkle compact range, checkpoints and recent lines."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int, fsync: bool, tail: int) -> None:
+        self.directory = directory
+        self.segments = SegmentLog(directory / SEGMENTS, segment_bytes=segment_bytes,
+                                   fsync=fsync)
+        self.checkpoints = CheckpointLog(directory, fsync=fsync)
+        self.compact = CompactRange()
+        self.last_hash = b""
+        self.signed_size = 0
+        self._tail: OrderedDict[int, bytes] = OrderedDict()
+        self._tail_cap = tail
+
+    @property
+    def size(self) -> int:
+        """Number of leaves."""
+        return self.compact.size
+
+    def remember(self, index: int, line: bytes) -> None:
+        """Keep a recent line for re-publishing after a replay."""
+        self._tail[index] = line
+        if len(self._tail) > self._tail_cap:
+            self._tail.popitem(last=False)
+
+    def line(self, index: int) -> bytes:
+        """The stored bytes of leaf `index` (from memory when recent, else from disk)."""
+        found = self._tail.get(index)
+        if found is not None:
+            return found
+        reader = SegmentLog(self.segments.directory)
+        for position, line in enumerate(reader.scan()):
+            if position == index:
+                return line
+        raise StoreError(f"leaf {index} is not in {self.directory}")
+
+
+class AuditStore:
+    """All partitions of the audit log on disk, with an index of sealed identities."""
+
+    def __init__(self, root: Path, log_id: str, *, segment_bytes: int = 64 << 20,
+                 fsync: bool = True, tail_lines: int = 50_000) -> None:
+        self.root = root
+        self.log_id = log_id
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._tail_lines = tail_lines
+        self.parts: dict[int, PartitionLog] = {}
+        self._index: dict[str, Sealed] = {}
+
+    def open(self, partitions: int) -> None:
+        """Load every partition (at least `partitions` of them), rebuilding the index and the
+        Merkle state, cutting torn tails; StoreError when the store is inconsistent."""
+        numbers = set(range(partitions)) | set(partitions_on_disk(self.root))
+        for number in sorted(numbers):
+            part = PartitionLog(partition_dir(self.root, number),
+                                segment_bytes=self._segment_bytes, fsync=self._fsync,
+                                tail=self._tail_lines)
+            self._load(number, part)
+            part.segments.open_for_append()
+            self.parts[number] = part
+
+    def _load(self, number: int, part: PartitionLog) -> None:
+        checkpoints = {cp.tree_size: cp for cp in part.checkpoints.read()}
+        for line in part.segments.scan():
+            obj = orjson.loads(line)
+            index = part.size
+            if obj.get("leaf_index") != index or obj.get("partition") != number:
+                raise StoreError(f"partition {number}: line {index} is leaf "
+                                 f"{obj.get('leaf_index')} of partition {obj.get('partition')}")
+            if obj.get("prev") != part.last_hash.hex():
+                raise StoreError(f"partition {number}: leaf {index} does not chain to its "
+                                 "predecessor")
+            part.last_hash = leaf_hash(line)
+            part.compact.append(part.last_hash)
+            self._index[obj["identity"]] = Sealed(number, index, obj["kind"], obj.get("reason"),
+                                                  obj["source"])
+            part.remember(index, line)
+            signed = checkpoints.get(part.size)
+            if signed is not None and signed.root != part.compact.root().hex():
+                raise StoreError(f"partition {number}: the first {part.size} leaves do not "
+                                 "match their signed checkpoint")
+        beyond = [size for size in checkpoints if size > part.size]
+        if beyond:
+            raise StoreError(f"partition {number}: a checkpoint covers {max(beyond)} leaves "
+                             f"but only {part.size} are stored (the log was truncated)")
+        part.signed_size = max(checkpoints, default=0)
+        if part.segments.torn_bytes:
+            log.warning("partition %d: cutting a torn final line of %d bytes", number,
+                        part.segments.torn_bytes)
+
+    def lookup(self, identity: str) -> Sealed | None:
+        """The sealed decision with this identity, if any."""
+        return self._index.get(identity)
+
+    def append(self, partition: int, fields: dict[str, Any]) -> tuple[Sealed, bytes, bool]:
+        """Seal a decision (fields of AuditRecord without log/partition/leaf_index/prev/
+        recorded_at) unless its identity is sealed; returns (where, leaf bytes, new?)."""
+        existing = self._index.get(fields["identity"])
+        if existing is not None:
+            return existing, self.parts[existing.partition].line(existing.leaf_index), False
+        part = self.parts[partition]
+        record = AuditRecord(
+            log=self.log_id, partition=partition, leaf_index=part.size,
+            prev=part.last_hash.hex(),
+            recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"), **fields)
+        line = record.canonical()
+        part.segments.append(line)
+        part.last_hash = leaf_hash(line)
+        part.compact.append(part.last_hash)
+        part.remember(record.leaf_index, line)
+        sealed = Sealed(partition, record.leaf_index, record.kind, record.reason, record.source)
+        self._index[record.identity] = sealed
+        return sealed, line, True
+
+    def sync(self) -> None:
+        """Make every appended record durable (before the Kafka commit that relies on it)."""
+        for part in self.parts.values():
+            part.segments.sync()
+
+    def unsigned(self, partition: int) -> int:
+        """Leaves appended since the partition's latest checkpoint."""
+        part = self.parts[partition]
+        return part.size - part.signed_size
+
+    def checkpoint(self, partition: int, key: Ed25519PrivateKey) -> Checkpoint:
+        """Sync, then sign and append a checkpoint of the partition's current tree head."""
+        part = self.parts[partition]
+        part.segments.sync()
+        checkpoint = make_checkpoint(key, self.log_id, partition, part.size, part.compact.root())
+        part.checkpoints.append(checkpoint)
+        part.signed_size = part.size
+        return checkpoint
+
+    def close(self) -> None:
+        """Sync and close every partition."""
+        for part in self.parts.values():
+            part.segments.close()
