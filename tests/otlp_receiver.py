@@ -28,7 +28,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[ReceivedSpan] = []
         self.lock = threading.Lock()
 
-    def Export(  # noqa: N802 (gRPC method name)
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         received = []

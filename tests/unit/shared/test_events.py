@@ -62,7 +62,9 @@ def test_bad_input_names_the_field(mutate: object, field: str, kind: str) -> Non
     assert field in str(info.value)
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b"", "\udcff".encode("utf-8", "surrogatepass")])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"[1,2]", b"", "\udcff".encode("utf-8", "surrogatepass")]
+)
 def test_garbage_is_bad_json(raw: bytes) -> None:
     with pytest.raises(EnvelopeError) as info:
         decode_envelope(raw)
