@@ -21,7 +21,7 @@ PROTO = "lepton/serving/v1/serving.proto"
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 GEN_PACKAGE = "services.serving.gen"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
-INIT = '"""Generated gRPC stubs for lepton.serving.v1 (run `python -m services.serving.gen_stubs`)."""\n'
+INIT = '"""Generated gRPC stubs of lepton.serving.v1 (see services/serving/gen_stubs.py)."""\n'
 
 
 def _plugin(name: str) -> str:

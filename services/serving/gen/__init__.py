@@ -1,1 +1,1 @@
-"""Generated gRPC stubs for lepton.serving.v1 (run `python -m services.serving.gen_stubs`)."""
+"""Generated gRPC stubs of lepton.serving.v1 (see services/serving/gen_stubs.py)."""

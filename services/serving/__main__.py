@@ -1,0 +1,34 @@
+"""Entry point of the serving process: `python -m services.serving` (or `lepton serving`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+
+def main() -> None:
+    """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
+    from lepton.signals import stop_event
+    from services.serving.config import ServingSettings
+    from shared.config import load_settings
+    from shared.tracing import setup_telemetry, shutdown_telemetry
+
+    settings = load_settings(ServingSettings)
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = stop_event()
+    setup_telemetry("serving", metrics_port=settings.metrics_port)
+    import torch
+
+    torch.set_num_threads(settings.serving_torch_threads)
+    from services.serving.server import ServingApp
+
+    try:
+        asyncio.run(ServingApp(settings).run(stop))
+    finally:
+        shutdown_telemetry()
+
+
+if __name__ == "__main__":
+    main()

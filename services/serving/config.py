@@ -1,0 +1,72 @@
+"""Serving settings (`LEPTON_SERVING_*` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
+from shared.config import LeptonSettings
+
+
+class ServingSettings(LeptonSettings):
+    """Settings of the serving process: gRPC endpoint, limits, batching, rollout, Kafka path."""
+
+    serving_addr: str = Field(default="0.0.0.0:50051", description="gRPC listen address.")
+    serving_models: str = Field(
+        default="", description="Comma-separated model names to host (empty: every registered)."
+    )
+    serving_auth_token: SecretStr | None = Field(
+        default=None, description="Bearer token every call must carry (unset: no auth)."
+    )
+    serving_tls_cert: Path | None = Field(default=None, description="PEM certificate chain.")
+    serving_tls_key: Path | None = Field(default=None, description="PEM private key.")
+    serving_tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle; when set, clients need certificates (mTLS)."
+    )
+    serving_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    serving_max_batch_items: int = Field(default=4096, ge=1, description="Per PredictBatch.")
+    serving_batching: bool = Field(default=False, description="Dynamic batching of unary calls.")
+    serving_batch_max_size: int = Field(default=64, ge=1)
+    serving_batch_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    serving_threshold: float = Field(default=0.5, ge=0, le=1)
+    serving_canary_share: float = Field(default=0.1, ge=0, le=1)
+    serving_warmup_rows: int = Field(default=16, ge=1)
+    serving_drain_timeout_s: float = Field(default=30.0, ge=0)
+    serving_pinned_cache: int = Field(default=4, ge=0, description="Extra pinned versions kept.")
+    serving_kafka: bool = Field(default=True, description="Consume predictions.requests.")
+    serving_group: str = Field(default="lepton-serving", description="Kafka consumer group.")
+    serving_kafka_batch: int = Field(default=500, ge=1)
+    serving_dedup_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    serving_torch_threads: int = Field(default=1, ge=1)
+
+    @field_validator("serving_addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:50051")
+        return value
+
+    @field_validator("serving_tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("serving_tls_cert") is None) != (value is None):
+            raise ValueError("goes together with LEPTON_SERVING_TLS_CERT (set both or neither)")
+        return value
+
+    @field_validator("serving_tls_client_ca")
+    @classmethod
+    def _client_ca(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("serving_tls_cert") is None:
+            raise ValueError("needs LEPTON_SERVING_TLS_CERT and LEPTON_SERVING_TLS_KEY")
+        return value
+
+    def model_names(self) -> list[str]:
+        """The configured model names (empty: host every model in the registry)."""
+        return [name.strip() for name in self.serving_models.split(",") if name.strip()]
+
+    def auth_token(self) -> str | None:
+        """The bearer token, or None when auth is off."""
+        token = self.serving_auth_token
+        return token.get_secret_value() if token and token.get_secret_value() else None

@@ -1,0 +1,248 @@
+"""The `lepton.serving.v1.PredictionService` handlers: protobuf <-> Predictor, spans that
+continue the caller's W3C context from gRPC metadata, deadlines, and one clear status code
+per failure (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, FAILED_PRECONDITION, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from services.serving.control import RolloutControl
+from services.serving.errors import InvalidInput, ServingError
+from services.serving.fleet import Action, Fleet
+from services.serving.gen import serving_pb2 as pb
+from services.serving.gen import serving_pb2_grpc
+from services.serving.predictor import Prediction, Predictor, Request
+from services.serving.router import Mode, ModelHost, Route
+from shared.events import Scalar
+from shared.tracing import get_tracer
+
+SERVICE = "lepton.serving.v1.PredictionService"
+_tracer = get_tracer(__name__)
+_ROUTES = {Route.LIVE: pb.ROUTE_LIVE, Route.CANARY: pb.ROUTE_CANARY,
+           Route.PINNED: pb.ROUTE_PINNED}
+_MODES = {None: pb.CANDIDATE_MODE_UNSPECIFIED, Mode.CANARY: pb.CANDIDATE_MODE_CANARY,
+          Mode.SHADOW: pb.CANDIDATE_MODE_SHADOW}
+_ACTIONS = {pb.ROLLOUT_ACTION_PROMOTE: Action.PROMOTE, pb.ROLLOUT_ACTION_CANARY: Action.CANARY,
+            pb.ROLLOUT_ACTION_SHADOW: Action.SHADOW, pb.ROLLOUT_ACTION_ROLLBACK: Action.ROLLBACK,
+            pb.ROLLOUT_ACTION_CLEAR: Action.CLEAR}
+_TRACE_KEYS = ("traceparent", "tracestate", "baggage")
+
+
+def _record(features: Any) -> dict[str, Scalar]:
+    record: dict[str, Scalar] = {}
+    for name, value in features.items():
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            record[name] = value.number_value
+        elif kind == "string_value":
+            record[name] = value.string_value
+        elif kind == "bool_value":
+            record[name] = value.bool_value
+        elif kind == "null_value" or kind is None:
+            record[name] = None
+        else:
+            raise InvalidInput(f"field {name[:100]!r} must be a string, number, boolean or null")
+    return record
+
+
+def to_request(message: Any) -> Request:
+    """A Predictor Request from a `PredictRequest` message."""
+    return Request(message.request_id, message.model, message.version, _record(message.features))
+
+
+def to_response(prediction: Prediction) -> Any:
+    """A `PredictResponse` message from a Prediction."""
+    return pb.PredictResponse(
+        request_id=prediction.request_id, model=prediction.model, version=prediction.version,
+        score=prediction.score, label=prediction.label, route=_ROUTES[prediction.route],
+    )
+
+
+def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
+    carrier = {k: v for k, v in context.invocation_metadata() or ()
+               if k in _TRACE_KEYS and isinstance(v, str)}
+    return propagate.extract(carrier) if carrier else None
+
+
+@contextlib.contextmanager
+def _span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Span]:
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+    with _tracer.start_as_current_span(f"{SERVICE}/{method}", context=_parent(context),
+                                       kind=SpanKind.SERVER, attributes=attributes,
+                                       record_exception=False,
+                                       set_status_on_exception=False) as span:
+        yield span
+
+
+async def _fail(context: grpc.aio.ServicerContext[Any, Any], span: Span, status: grpc.StatusCode,
+                message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.set_attribute("rpc.grpc.status_code", status.value[0])
+    await context.abort(status, message)
+
+
+async def _check_deadline(context: grpc.aio.ServicerContext[Any, Any], span: Span) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        await _fail(context, span, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline passed before the request was scored")
+
+
+def _status(host: ModelHost) -> Any:
+    state = host.rollout
+    return pb.ModelStatus(
+        model=host.name,
+        live_version=state.live.version if state else 0,
+        previous_version=(state.rollback_target() or 0) if state else 0,
+        candidate_version=state.candidate.version if state and state.candidate else 0,
+        candidate_mode=_MODES[state.mode if state else None],
+        canary_share=state.share if state else 0.0,
+        loaded_versions=sorted(m.version for m in host.loaded()),
+    )
+
+
+class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
+    """gRPC servicer for lepton.serving.v1.PredictionService."""
+
+    def __init__(self, predictor: Predictor, fleet: Fleet, control: RolloutControl,
+                 max_batch_items: int) -> None:
+        self.predictor = predictor
+        self.fleet = fleet
+        self.control = control
+        self.max_batch_items = max_batch_items
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Score one record."""
+        with _span("Predict", context) as span:
+            try:
+                await _check_deadline(context, span)
+                prediction = await self.predictor.predict(to_request(request))
+            except ServingError as error:
+                await _fail(context, span, error.status, str(error))
+            span.set_attribute("lepton.model", prediction.model)
+            span.set_attribute("lepton.model.version", prediction.version)
+            return to_response(prediction)
+
+    async def PredictBatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Score many records; any bad item fails the call naming its index."""
+        with _span("PredictBatch", context) as span:
+            items = request.requests
+            span.set_attribute("lepton.batch.size", len(items))
+            try:
+                if len(items) > self.max_batch_items:
+                    raise InvalidInput(f"batch has {len(items)} requests, over the limit of "
+                                       f"{self.max_batch_items}")
+                await _check_deadline(context, span)
+                requests = []
+                for i, item in enumerate(items):
+                    try:
+                        requests.append(to_request(item))
+                    except InvalidInput as error:
+                        raise InvalidInput(f"requests[{i}]: {error}") from None
+                results = await self.predictor.predict_batch(requests)
+                for i, result in enumerate(results):
+                    if isinstance(result, ServingError):
+                        raise type(result)(f"requests[{i}]: {result}")
+            except ServingError as error:
+                await _fail(context, span, error.status, str(error))
+            versions = sorted({r.version for r in results if isinstance(r, Prediction)})
+            span.set_attribute("lepton.model.versions", versions)
+            return pb.PredictBatchResponse(
+                responses=[to_response(r) for r in results if isinstance(r, Prediction)])
+
+    async def PredictStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        """Score a stream of records, pipelined, answering in request order."""
+        with _span("PredictStream", context) as span:
+            pending: asyncio.Queue[asyncio.Future[Prediction] | None] = asyncio.Queue(256)
+
+            async def read() -> None:
+                try:
+                    async for message in requests:
+                        try:
+                            request = to_request(message)
+                        except InvalidInput as error:
+                            failed: asyncio.Future[Prediction] = \
+                                asyncio.get_running_loop().create_future()
+                            failed.set_exception(error)
+                            await pending.put(failed)
+                            continue
+                        await pending.put(asyncio.ensure_future(self.predictor.predict(request)))
+                finally:
+                    await pending.put(None)
+
+            reader = asyncio.create_task(read())
+            count = 0
+            try:
+                while (future := await pending.get()) is not None:
+                    try:
+                        prediction = await future
+                    except ServingError as error:
+                        await _fail(context, span, error.status,
+                                    f"stream item {count}: {error}")
+                    count += 1
+                    yield to_response(prediction)
+            finally:
+                reader.cancel()
+                while not pending.empty():
+                    leftover = pending.get_nowait()
+                    if leftover is not None:
+                        leftover.cancel()
+                span.set_attribute("lepton.stream.count", count)
+
+    async def GetModelMetadata(self, request: Any,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """The signed model card of a hosted version (0: the live one)."""
+        with _span("GetModelMetadata", context) as span:
+            try:
+                host = self.fleet.host(request.model)
+                if request.version:
+                    model = await asyncio.to_thread(self.fleet.load_pinned, host.name,
+                                                    request.version)
+                else:
+                    model, _, _ = host.choose("", None)
+            except ServingError as error:
+                await _fail(context, span, error.status, str(error))
+            card = model.card
+            return pb.ModelMetadata(
+                model=card.model, version=card.version, dataset=card.dataset,
+                spec_hash=card.spec_hash,
+                feature_names=[f.name for f in model.schema.spec.features],
+                feature_dim=int(model.transform.dim),
+                metrics={k: float(v) for k, v in card.metrics.items()},
+                epsilon=float(card.epsilon or 0.0), sha256=card.sha256, key_id=card.key_id,
+                created_at=str(card.created_at), card_json=card.model_dump_json(),
+            )
+
+    async def ListModels(self, request: Any,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Every hosted model's rollout."""
+        with _span("ListModels", context):
+            hosts = sorted(self.fleet.hosts.values(), key=lambda h: h.name)
+            return pb.ListModelsResponse(models=[_status(h) for h in hosts])
+
+    async def SetRollout(self, request: Any,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Promote, canary, shadow, roll back or clear; announced to every replica."""
+        with _span("SetRollout", context) as span:
+            try:
+                action = _ACTIONS.get(request.action)
+                if action is None:
+                    raise InvalidInput("action must be PROMOTE, CANARY, SHADOW, ROLLBACK or CLEAR")
+                if not 0.0 <= request.share <= 1.0:
+                    raise InvalidInput("share must be between 0 and 1")
+                host = self.fleet.host(request.model)
+                await asyncio.to_thread(self.control.change, action, host.name,
+                                        request.version or None, request.share or None)
+            except ServingError as error:
+                await _fail(context, span, error.status, str(error))
+            return _status(host)

@@ -1,0 +1,139 @@
+"""Hot-swap on `models.updates`: a thread reads every announcement (each replica reads all of
+them, from the end of the topic at startup, without a consumer group), continues the trace
+from the message headers into a `serving swap` span, and applies the announced action through
+the Fleet: load beside the live version, verify sha256 + Ed25519 signature, warm up, swap the
+reference, drain the old. A refused version is logged and recorded; the live one keeps serving.
+
+Startup order matters: the consumer is positioned at the current end BEFORE the registry's
+live versions are loaded, so an announcement racing the startup is seen (and applying it
+twice is harmless: announcements are idempotent desired states)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import Status, StatusCode
+
+from services.serving.errors import ServingError
+from services.serving.fleet import Fleet
+from services.serving.wire import message_headers
+from shared.events import EnvelopeError, ModelAnnouncement, decode
+from shared.topics import Topics
+from shared.tracing import get_tracer, process_span
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message
+
+    from services.serving.config import ServingSettings
+    from services.serving.control import RolloutControl
+
+log = logging.getLogger(__name__)
+_tracer = get_tracer(__name__)
+
+
+class AnnouncementWatcher:
+    """Follows `models.updates` in a background thread and applies each announcement."""
+
+    def __init__(self, settings: ServingSettings, fleet: Fleet, control: RolloutControl,
+                 stop: threading.Event) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.control = control
+        self.stop = stop
+        self.topic = Topics(settings.topic_prefix).models
+        self.positioned = threading.Event()
+        self.initial_loaded = threading.Event()
+        self.applied = 0
+        self._thread = threading.Thread(target=self._run, name="serving-hot-swap", daemon=True)
+
+    def start(self) -> None:
+        """Start following announcements (and load the registry's live versions)."""
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to finish after `stop` is set."""
+        self._thread.join(timeout)
+
+    def _consumer(self) -> Consumer:
+        from confluent_kafka import TopicPartition
+
+        from shared.kafka import make_consumer
+
+        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
+                                 f"{uuid.uuid4().hex[:8]}", log_level=3)
+        while not self.stop.is_set():
+            info = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if info is not None and info.error is None and info.partitions:
+                break
+            log.info("waiting for topic %s", self.topic)
+            self.stop.wait(1.0)
+        else:
+            return consumer
+        positions = []
+        for partition in sorted(info.partitions):
+            _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                     timeout=10)
+            positions.append(TopicPartition(self.topic, partition, high))
+        consumer.assign(positions)
+        return consumer
+
+    def _run(self) -> None:
+        consumer = None
+        try:
+            consumer = self._consumer()
+            self.positioned.set()
+            self.fleet.load_initial()
+            self.initial_loaded.set()
+            while not self.stop.is_set():
+                for message in consumer.consume(100, timeout=0.2):
+                    if message.error() is None:
+                        self.handle(message)
+        except Exception:
+            log.exception("hot-swap watcher stopped on an error")
+        finally:
+            self.positioned.set()
+            self.initial_loaded.set()
+            if consumer is not None:
+                consumer.close()
+
+    def handle(self, message: Message) -> None:
+        """Apply one announcement inside a swap span continuing the announcer's trace."""
+        key = (message.key() or b"").decode("utf-8", "replace")
+        with process_span(_tracer, self.topic, message_headers(message),
+                          partition=message.partition(), offset=message.offset(), key=key):
+            try:
+                announcement = decode(ModelAnnouncement, message.value() or b"")
+            except EnvelopeError as error:
+                log.warning("ignoring a bad announcement at %s/%s@%s: %s", self.topic,
+                            message.partition(), message.offset(), error)
+                return
+            if not self.fleet.hosts_model(announcement.model):
+                return
+            self.apply(announcement)
+
+    def apply(self, announcement: ModelAnnouncement) -> None:
+        """Apply `announcement` in a `serving swap` span; refusals keep the live version."""
+        attributes: dict[str, str | int] = {"lepton.model": announcement.model,
+                      "lepton.model.version": announcement.version,
+                      "lepton.rollout.action": announcement.action}
+        with _tracer.start_as_current_span("serving swap", attributes=attributes) as span:
+            try:
+                rollout = self.fleet.apply(announcement.action, announcement.model,
+                                           announcement.version, announcement.share,
+                                           expect_sha256=announcement.sha256)
+            except ServingError as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                span.set_attribute("lepton.swap.outcome", "refused")
+                self.control.refused(announcement.model, announcement.version,
+                                     announcement.action, str(error), announcement.dataset)
+                return
+            self.applied += 1
+            span.set_attribute("lepton.swap.outcome", "applied")
+            span.set_attribute("lepton.model.live_version", rollout.live.version)
+            log.info("%s %s v%d applied: live v%d%s", announcement.action, announcement.model,
+                     announcement.version, rollout.live.version,
+                     f", {rollout.mode} v{rollout.candidate.version}"
+                     if rollout.candidate is not None else "")

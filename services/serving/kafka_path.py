@@ -1,0 +1,193 @@
+"""The Kafka prediction path: consume `predictions.requests` (PredictRequest JSON, key =
+request id) in batches, score them, produce `predictions.results` (PredictResult JSON with the
+model version; trace context continued from the request's headers), then commit.
+
+At-least-once with dedup by request id: results are flushed BEFORE the request ids are marked
+done in Redis and BEFORE offsets are committed, so a crash re-delivers rather than loses;
+on re-delivery, ids already marked done are skipped (a crash between flush and mark can still
+emit a result twice; results are keyed by request id so consumers can dedup too)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from services.serving.errors import ServingError
+from services.serving.predictor import Prediction, Predictor, Request
+from services.serving.wire import message_headers
+from shared.events import (
+    CONTENT_TYPE_JSON,
+    EnvelopeError,
+    Header,
+    HeaderList,
+    decode,
+    dlq_headers,
+    encode,
+)
+from shared.predictions import PredictRequest, PredictResult
+from shared.state import make_redis, rkey
+from shared.topics import Topics
+from shared.tracing import get_tracer, process_span, publish_span
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message, Producer
+
+    from services.serving.config import ServingSettings
+
+log = logging.getLogger(__name__)
+_tracer = get_tracer(__name__)
+
+
+@dataclass
+class _Item:
+    message: Message
+    request_id: str
+    request: PredictRequest | None = None
+    error: ServingError | EnvelopeError | None = None
+
+
+class KafkaPredictions:
+    """The consume → score → produce → mark → commit loop, in its own thread."""
+
+    def __init__(self, settings: ServingSettings, predictor: Predictor,
+                 stop: threading.Event) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.stop = stop
+        topics = Topics(settings.topic_prefix)
+        self.requests_topic = topics.predict_requests
+        self.results_topic = topics.predict_results
+        self.rejected_topic = topics.rejected
+        self.redis = make_redis(settings)
+        self.served = 0
+        self.duplicates = 0
+        self._thread = threading.Thread(target=self._run, name="serving-kafka", daemon=True)
+
+    def start(self) -> None:
+        """Start consuming."""
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the loop to finish its batch after `stop` is set."""
+        self._thread.join(timeout)
+
+    def _done_key(self, request_id: str) -> str:
+        return rkey(self.settings, "serving", "done", request_id)
+
+    def _run(self) -> None:
+        from shared.kafka import make_consumer, make_producer
+
+        while not self.predictor.fleet.ready and not self.stop.wait(0.1):
+            pass
+        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-predictions")
+        producer = make_producer(self.settings)
+        consumer.subscribe([self.requests_topic])
+        try:
+            while not self.stop.is_set():
+                messages = [m for m in consumer.consume(self.settings.serving_kafka_batch,
+                                                        timeout=0.2) if m.error() is None]
+                if not messages:
+                    continue
+                self.process(messages, producer)
+                consumer.commit(asynchronous=False)
+        except Exception:
+            log.exception("Kafka prediction loop stopped on an error")
+        finally:
+            producer.flush(10)
+            consumer.close()
+
+    def _parse(self, messages: list[Message]) -> list[_Item]:
+        items: list[_Item] = []
+        for message in messages:
+            key = (message.key() or b"").decode("utf-8", "replace")
+            try:
+                request = decode(PredictRequest, message.value() or b"")
+                items.append(_Item(message, request.request_id, request))
+            except EnvelopeError as error:
+                items.append(_Item(message, key, error=error))
+        return items
+
+    def process(self, messages: list[Message], producer: Producer) -> None:
+        """Score one consumed batch and deliver its results (raises if delivery fails)."""
+        items = self._parse(messages)
+        ids = [item.request_id for item in items if item.request_id]
+        done = self.redis.mget([self._done_key(i) for i in ids]) if ids else []
+        seen = {i for i, flag in zip(ids, done, strict=True) if flag is not None}
+        fresh: list[_Item] = []
+        for item in items:
+            if item.request_id and item.request_id in seen:
+                self.duplicates += 1
+                continue
+            if item.request_id:
+                seen.add(item.request_id)
+            fresh.append(item)
+        scorable = [i for i in fresh if i.request is not None]
+        outcomes = self.predictor.predict_many([
+            Request(i.request_id, i.request.model or "", i.request.version or 0,
+                    i.request.features) for i in scorable if i.request is not None
+        ])
+        for item, outcome in zip(scorable, outcomes, strict=True):
+            if isinstance(outcome, ServingError):
+                item.error = outcome
+            else:
+                self._emit(producer, item, _result(item.request_id, outcome))
+        for item in fresh:
+            if item.error is not None and item.request is None:
+                self._reject(producer, item)
+            elif item.error is not None:
+                self._emit(producer, item, _error_result(item.request_id, item.error))
+        if producer.flush(30) > 0:
+            raise TimeoutError(f"results not delivered to {self.results_topic}")
+        marked = [i.request_id for i in fresh if i.request_id]
+        if marked:
+            pipe = self.redis.pipeline(transaction=False)
+            for request_id in marked:
+                pipe.set(self._done_key(request_id), b"1", ex=self.settings.serving_dedup_ttl_s)
+            pipe.execute()
+        self.served += len(fresh)
+
+    def _emit(self, producer: Producer, item: _Item, result: PredictResult) -> None:
+        message = item.message
+        with process_span(_tracer, self.requests_topic, message_headers(message),
+                          partition=message.partition(), offset=message.offset(),
+                          group=f"{self.settings.serving_group}-predictions",
+                          key=item.request_id,
+                          attributes={"lepton.model.version": result.version or 0}):
+            headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+            with publish_span(_tracer, self.results_topic, headers, key=item.request_id):
+                producer.produce(self.results_topic, key=item.request_id.encode(),
+                                 value=encode(result), headers=headers)
+        producer.poll(0)
+
+    def _reject(self, producer: Producer, item: _Item) -> None:
+        message = item.message
+        error = item.error
+        try:
+            result = _error_result(item.request_id, error)
+        except ValidationError:
+            result = None
+        if result is not None:
+            self._emit(producer, item, result)
+            return
+        headers = dlq_headers(message_headers(message), reason=getattr(error, "kind", "invalid"),
+                              detail=str(error), stage="serving",
+                              exception=type(error).__name__, topic=self.requests_topic,
+                              partition=message.partition() or 0,
+                              offset=message.offset() or 0)
+        producer.produce(self.rejected_topic, key=message.key(), value=message.value(),
+                         headers=headers)
+
+
+def _result(request_id: str, prediction: Prediction) -> PredictResult:
+    return PredictResult(request_id=request_id, model=prediction.model,
+                         version=prediction.version, score=prediction.score,
+                         label=prediction.label, route=prediction.route.value)
+
+
+def _error_result(request_id: str, error: ServingError | EnvelopeError | None) -> PredictResult:
+    code = error.code if isinstance(error, ServingError) else "invalid_argument"
+    return PredictResult(request_id=request_id, error=str(error), error_code=code)

@@ -1,0 +1,144 @@
+"""A verified, warmed-up model version in memory, and the loader that makes one from the
+registry: signature and sha256 checked by `shared.registry.Registry.load`, the trainer's
+FeatureTransform and network rebuilt from the signed model card, then a warm-up pass."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from services.serving.errors import Refused
+from services.serving.inputs import RecordSchema, Tokenize
+from shared.datasets import DatasetSpec, FieldType, Role, load_spec
+from shared.events import Scalar
+
+if TYPE_CHECKING:
+    import torch
+
+    from shared.features import FeatureTransform
+    from shared.registry import ModelCard, Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model version ready to score; compared and hashed by identity."""
+
+    name: str
+    version: int
+    card: ModelCard
+    transform: FeatureTransform
+    net: torch.nn.Module
+    schema: RecordSchema
+    _inflight: int = field(default=0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def score(self, records: list[dict[str, Scalar]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """Probabilities of the positive class for cleaned records."""
+        import torch
+
+        matrix = self.transform.transform(records)
+        with torch.inference_mode():
+            logits = self.net(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
+            probs = torch.sigmoid(logits).reshape(-1)
+        return probs.numpy().astype(np.float64)
+
+    def acquire(self, n: int = 1) -> None:
+        """Count `n` requests in flight on this version."""
+        with self._lock:
+            self._inflight += n
+
+    def release(self, n: int = 1) -> None:
+        """Finish `n` in-flight requests."""
+        with self._lock:
+            self._inflight -= n
+
+    @property
+    def inflight(self) -> int:
+        """Requests now being scored by this version."""
+        return self._inflight
+
+
+def warmup_records(spec: DatasetSpec, rows: int) -> list[dict[str, Scalar]]:
+    """Synthetic valid records (imputed or mid-range values) to exercise a model once."""
+    records: list[dict[str, Scalar]] = []
+    for i in range(rows):
+        record: dict[str, Scalar] = {}
+        for item in spec.fields:
+            if item.role is not Role.FEATURE:
+                continue
+            if item.allowed:
+                record[item.name] = item.allowed[i % len(item.allowed)]
+            elif item.type is FieldType.BOOL:
+                record[item.name] = i % 2 == 0
+            elif item.is_numeric:
+                low = item.clip_min if item.clip_min is not None else item.valid_min or 0.0
+                high = item.clip_max if item.clip_max is not None else item.valid_max
+                high = low + 1.0 if high is None else high
+                value = low + (high - low) * (i + 1) / (rows + 1)
+                record[item.name] = round(value) if item.type is FieldType.INT else value
+            else:
+                record[item.name] = f"warmup-{i}"
+        records.append(record)
+    return records
+
+
+class ModelLoader:
+    """Loads model versions from the registry, verifying and warming each before use."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        tokenizer: Callable[[], Tokenize | None],
+        *,
+        warmup_rows: int = 16,
+        spec_dir: Path | None = None,
+    ) -> None:
+        self.registry = registry
+        self.tokenizer = tokenizer
+        self.warmup_rows = warmup_rows
+        self.spec_dir = spec_dir
+
+    def load(self, name: str, version: int) -> LoadedModel:
+        """Load, verify and warm up `name` v`version`; raise Refused with the reason."""
+        from shared.features import FeatureTransform
+        from shared.nets import build_model
+        from shared.registry import ArtifactError
+
+        try:
+            card, state = self.registry.load(name, version, self.registry.public_key())
+        except ArtifactError as error:
+            raise Refused(f"{name} v{version}: {error}") from None
+        try:
+            spec = load_spec(card.dataset, self.spec_dir)
+            transform = FeatureTransform.from_dict(card.feature_transform)
+            net = build_model(card.architecture)
+            net.load_state_dict(state, strict=True)
+            net.eval()
+        except Exception as error:
+            raise Refused(f"{name} v{version} cannot be built: {error}") from None
+        model = LoadedModel(name, version, card, transform, net,
+                            RecordSchema(spec, self.tokenizer))
+        self._warm_up(model, spec)
+        return model
+
+    def registry_models(self) -> list[str]:
+        """Every model name in the registry."""
+        return self.registry.models()
+
+    def _warm_up(self, model: LoadedModel, spec: DatasetSpec) -> None:
+        records = [model.schema.clean(r) for r in warmup_records(spec, self.warmup_rows)]
+        try:
+            scores = model.score(records)
+        except Exception as error:
+            raise Refused(f"{model.name} v{model.version} failed warm-up: {error}") from None
+        if scores.shape != (len(records),) or not np.isfinite(scores).all():
+            raise Refused(f"{model.name} v{model.version} warm-up gave invalid scores")
+        model.score(records[:1])

@@ -1,0 +1,164 @@
+"""Turn prediction requests into predictions: route each to a version, clean its record
+against that version's dataset spec, score it (dynamically batched, or as a batch), score the
+shadow candidate off the response path and log its result, and name the version in every
+answer. Shared by the gRPC API (event loop) and the Kafka path (its own thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from opentelemetry import metrics
+
+from services.serving.batching import Batcher
+from services.serving.errors import ServingError
+from services.serving.fleet import Fleet
+from services.serving.model import LoadedModel
+from services.serving.router import ModelHost, PinMiss, Route
+from shared.events import Scalar
+
+log = logging.getLogger(__name__)
+shadow_log = logging.getLogger("services.serving.shadow")
+_meter = metrics.get_meter("services.serving")
+_predictions = _meter.create_counter("lepton_serving_predictions", description="Scored records")
+_shadow = _meter.create_counter("lepton_serving_shadow_predictions",
+                                description="Records also scored by a shadow candidate")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One record to score; `version` 0 lets the rollout choose."""
+
+    request_id: str
+    model: str
+    version: int
+    record: dict[str, Scalar]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A score and the model version that produced it."""
+
+    request_id: str
+    model: str
+    version: int
+    score: float
+    label: bool
+    route: Route
+
+
+class Predictor:
+    """Routes, validates and scores requests against the fleet."""
+
+    def __init__(self, fleet: Fleet, threshold: float, batcher: Batcher | None = None) -> None:
+        self.fleet = fleet
+        self.threshold = threshold
+        self.batcher = batcher
+
+    def _choose(self, request: Request) -> tuple[ModelHost, LoadedModel, Route,
+                                                  LoadedModel | None]:
+        host = self.fleet.host(request.model)
+        model, route, shadow = host.choose(request.request_id, request.version or None)
+        return host, model, route, shadow
+
+    def _prediction(self, request_id: str, model: LoadedModel, score: float,
+                    route: Route) -> Prediction:
+        threshold = model.card.metrics.get("threshold", self.threshold)
+        return Prediction(request_id, model.name, model.version, score, score >= threshold, route)
+
+    async def predict(self, request: Request) -> Prediction:
+        """Score one request (awaits a pinned version's load when it is not in memory)."""
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            _, model, route, shadow = self._choose(request)
+        except PinMiss as miss:
+            await asyncio.to_thread(self.fleet.load_pinned, miss.model, miss.version)
+            _, model, route, shadow = self._choose(request)
+        record = model.schema.clean(request.record)
+        model.acquire()
+        try:
+            if self.batcher is not None:
+                score = await self.batcher.submit(model, record)
+            else:
+                score = float(model.score([record])[0])
+        finally:
+            model.release()
+        prediction = self._prediction(request_id, model, score, route)
+        _predictions.add(1, {"model": model.name, "version": model.version,
+                             "route": route.value})
+        if shadow is not None:
+            asyncio.get_running_loop().call_soon(self._score_shadow, shadow, [record],
+                                                 [prediction])
+        return prediction
+
+    async def predict_batch(self, requests: list[Request]) -> list[Prediction | ServingError]:
+        """Score many requests; loads missing pinned versions first, off the event loop."""
+        for model, version in {(r.model, r.version) for r in requests if r.version}:
+            try:
+                self.fleet.host(model).choose("", version)
+            except PinMiss:
+                await asyncio.to_thread(self.fleet.load_pinned, model, version)
+            except ServingError:
+                continue
+        return self.predict_many(requests, load_missing=False)
+
+    def predict_many(
+        self, requests: list[Request], *, load_missing: bool = True
+    ) -> list[Prediction | ServingError]:
+        """Score many requests synchronously; each item gets a Prediction or its error."""
+        results: list[Prediction | ServingError | None] = [None] * len(requests)
+        groups: dict[LoadedModel, list[tuple[int, dict[str, Scalar], Route]]] = defaultdict(list)
+        shadows: dict[LoadedModel, list[int]] = defaultdict(list)
+        ids = [r.request_id or uuid.uuid4().hex for r in requests]
+        for i, request in enumerate(requests):
+            try:
+                try:
+                    _, model, route, shadow = self._choose(request)
+                except PinMiss as miss:
+                    if not load_missing:
+                        raise
+                    self.fleet.load_pinned(miss.model, miss.version)
+                    _, model, route, shadow = self._choose(request)
+                groups[model].append((i, model.schema.clean(request.record), route))
+                if shadow is not None:
+                    shadows[shadow].append(i)
+            except ServingError as error:
+                results[i] = error
+        cleaned: dict[int, dict[str, Scalar]] = {}
+        for model, items in groups.items():
+            model.acquire(len(items))
+            try:
+                scores = model.score([record for _, record, _ in items]).tolist()
+            finally:
+                model.release(len(items))
+            for (i, record, route), score in zip(items, scores, strict=True):
+                results[i] = self._prediction(ids[i], model, score, route)
+                cleaned[i] = record
+            for route, count in Counter(route for _, _, route in items).items():
+                _predictions.add(count, {"model": model.name, "version": model.version,
+                                         "route": route.value})
+        for shadow, indexes in shadows.items():
+            done = [i for i in indexes if isinstance(results[i], Prediction)]
+            self._score_shadow(shadow, [cleaned[i] for i in done],
+                               [results[i] for i in done])  # type: ignore[misc]
+        return [r for r in results if r is not None]
+
+    def _score_shadow(self, shadow: LoadedModel, records: list[dict[str, Scalar]],
+                      answered: list[Prediction]) -> None:
+        if not records:
+            return
+        try:
+            scores = shadow.score(records).tolist()
+        except Exception:
+            log.exception("shadow %s v%d failed to score", shadow.name, shadow.version)
+            return
+        _shadow.add(len(records), {"model": shadow.name, "version": shadow.version})
+        for prediction, score in zip(answered, scores, strict=True):
+            shadow_log.info(
+                "shadow model=%s request_id=%s live=v%d:%.6f candidate=v%d:%.6f",
+                shadow.name, prediction.request_id, prediction.version, prediction.score,
+                shadow.version, score,
+            )

@@ -1,0 +1,169 @@
+"""Helpers for serving tests: real signed models in the registry, an in-process server on a
+free port (its own event loop thread), gRPC stubs, sample records, in-memory spans."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import grpc
+import torch
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.serving.client import auth_metadata, predict_request
+from services.serving.config import ServingSettings
+from services.serving.gen import serving_pb2_grpc
+from services.serving.server import ServingApp
+from shared.datasets import load_spec
+from shared.datasets.generators import generate
+from shared.events import Scalar
+from shared.features import FeatureTransform
+from shared.nets import architecture, build_model
+from shared.registry import ModelCard, Registry
+
+MODEL = "fraud"
+TOKEN = "s3cret-test-token"
+
+
+@cache
+def payloads(count: int = 300) -> list[dict[str, Scalar]]:
+    """Raw transaction payloads from the seeded generator."""
+    return [dict(e.payload) for e in generate("transactions", count, 11)]
+
+
+@cache
+def fitted_transform() -> FeatureTransform:
+    """A FeatureTransform fitted on generated transactions."""
+    return FeatureTransform.fit(load_spec("transactions"), payloads())
+
+
+def record(i: int = 0) -> dict[str, Scalar]:
+    """A valid raw record (label dropped, PII included)."""
+    rec = dict(payloads()[i % len(payloads())])
+    rec.pop("is_fraud", None)
+    return rec
+
+
+def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
+               kind: str = "mlp") -> ModelCard:
+    """Save a signed model with random weights; returns its card."""
+    transform = fitted_transform()
+    arch = architecture(kind, transform.dim, (8,))
+    torch.manual_seed(seed)
+    net = build_model(arch)
+    card = ModelCard(model=model, dataset="transactions",
+                     spec_hash=load_spec("transactions").spec_hash(), architecture=arch,
+                     feature_transform=transform.to_dict(), metrics={"auc": 0.5 + seed / 1000},
+                     status="promoted")
+    return Registry(settings).save(card, net.state_dict())
+
+
+def serving_settings(**overrides: Any) -> ServingSettings:
+    """ServingSettings from the (test) environment, on a free loopback port, no Kafka path."""
+    values: dict[str, Any] = {"serving_addr": "127.0.0.1:0", "serving_kafka": False,
+                              "serving_warmup_rows": 4, "serving_drain_timeout_s": 5.0}
+    values.update(overrides)
+    return ServingSettings(**values)
+
+
+class ServerThread:
+    """A ServingApp on its own event loop in a background thread."""
+
+    def __init__(self, settings: ServingSettings, *, kafka: bool | None = None) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.app = ServingApp(settings, kafka=kafka)
+        self.port = 0
+
+    def start(self) -> ServerThread:
+        """Start serving; returns self once the port is bound and the watcher positioned."""
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.app.start(), self.loop).result(60)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and its loop."""
+        try:
+            asyncio.run_coroutine_threadsafe(self.app.stop(1.0), self.loop).result(60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    @property
+    def addr(self) -> str:
+        """Dialable address."""
+        return f"127.0.0.1:{self.port}"
+
+
+@contextmanager
+def running(settings: ServingSettings, *, kafka: bool | None = None) -> Iterator[ServerThread]:
+    """A started ServerThread, always stopped afterwards."""
+    server = ServerThread(settings, kafka=kafka).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stub(addr: str) -> tuple[grpc.Channel, Any]:
+    """A channel and PredictionService stub."""
+    channel = grpc.insecure_channel(addr)
+    return channel, serving_pb2_grpc.PredictionServiceStub(channel)
+
+
+def call_predict(stub_: Any, rec: dict[str, Scalar], *, token: str | None = TOKEN,
+                 version: int = 0, request_id: str = "", timeout: float = 10.0) -> Any:
+    """A Predict call with the bearer token."""
+    return stub_.Predict(predict_request(rec, version=version, request_id=request_id),
+                         timeout=timeout, metadata=auth_metadata(token))
+
+
+_EXPORTER = InMemorySpanExporter()
+
+
+def span_exporter() -> InMemorySpanExporter:
+    """The in-memory exporter attached to the global SDK tracer provider (installed once)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    if not getattr(provider, "_serving_test_exporter", False):
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        provider._serving_test_exporter = True  # type: ignore[attr-defined]
+    return _EXPORTER
+
+
+def announce(settings: Any, card: ModelCard, action: str = "promote",
+             share: float | None = None, *, traceparent: str | None = None) -> None:
+    """Publish a ModelAnnouncement for `card` on models.updates (as `lepton models` would)."""
+    from shared.events import CONTENT_TYPE_JSON, Header, encode
+    from shared.kafka import make_producer
+    from shared.topics import Topics
+
+    headers: list[tuple[str, str | bytes | None]] = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+    producer = make_producer(settings, **{"linger.ms": 0})
+    producer.produce(Topics(settings.topic_prefix).models, key=card.model.encode(),
+                     value=encode(card.announcement(action, share)), headers=headers)
+    assert producer.flush(10) == 0
+
+
+def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `check()` until true or fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
