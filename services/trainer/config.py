@@ -1,0 +1,71 @@
+"""Trainer settings (`LEPTON_TRAINER_*` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.config import LeptonSettings
+
+
+class TrainerSettings(LeptonSettings):
+    """Settings of the trainer service."""
+
+    trainer_dataset: str = Field(default="transactions", description="Dataset spec to train.")
+    trainer_model: str | None = Field(default=None, description="Model name (default: dataset).")
+    trainer_specs_dir: Path | None = Field(default=None, description="Extra dataset specs dir.")
+    trainer_group: str | None = Field(
+        default=None, description="Consumer group (default: lepton-trainer-<model>).")
+    trainer_workers: int = Field(default=1, ge=1, le=64, description="torch.distributed ranks.")
+    trainer_device: Literal["auto", "cpu", "cuda"] = "auto"
+    trainer_batch_size: int = Field(default=512, ge=1, description="Records per worker a round.")
+    trainer_max_wait_s: float = Field(default=1.0, gt=0, description="Longest wait for a batch.")
+    trainer_cycle_rows: int = Field(
+        default=5000, ge=1, description="Records consumed before a candidate is evaluated.")
+    trainer_cycle_s: float = Field(default=60.0, gt=0, description="Longest cycle in seconds.")
+    trainer_minibatch: int = Field(default=32, ge=1, description="Rows per optimiser step.")
+    trainer_epochs: int | None = Field(
+        default=None, ge=1, description="Passes over each batch (default: spec).")
+    trainer_learning_rate: float | None = Field(
+        default=None, gt=0, description="Adam learning rate (default: spec).")
+    trainer_val_percent: int = Field(default=20, ge=1, le=90)
+    trainer_val_window: int = Field(default=20_000, ge=10, description="Held-out rows kept.")
+    trainer_seed: int = 0
+    trainer_dp_enabled: bool = False
+    trainer_dp_noise_multiplier: float = Field(default=1.0, gt=0)
+    trainer_dp_max_grad_norm: float = Field(default=1.0, gt=0)
+    trainer_dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    trainer_gate_metrics: tuple[str, ...] = ("f1", "roc_auc")
+    trainer_gate_tolerance: float = Field(default=0.02, ge=0)
+    trainer_max_dp_diff: float = Field(default=0.25, ge=0, le=1,
+                                       description="Demographic-parity difference bound.")
+    trainer_max_eo_diff: float = Field(default=0.25, ge=0, le=1,
+                                       description="Equal-opportunity difference bound.")
+    trainer_link_cap: int = Field(default=128, ge=0, description="Span links per batch span.")
+    trainer_exit_when_idle_s: float | None = Field(
+        default=None, gt=0, description="Exit after this long without data (tests, batch jobs).")
+    trainer_cpu_watts_per_core: float = Field(
+        default=10.0, gt=0, description="Estimate when RAPL is unreadable: W per busy core.")
+    trainer_grid_gco2_per_kwh: float = Field(default=400.0, ge=0)
+    trainer_master_addr: str = "127.0.0.1"
+    trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
+    trainer_dist_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _gate_metrics(self) -> TrainerSettings:
+        allowed = {"accuracy", "precision", "recall", "f1", "roc_auc"}
+        unknown = set(self.trainer_gate_metrics) - allowed
+        if unknown:
+            raise ValueError(f"trainer_gate_metrics: unknown {sorted(unknown)}; "
+                             f"choose from {sorted(allowed)}")
+        return self
+
+    def model_name(self) -> str:
+        """The registry name of the trained model."""
+        return self.trainer_model or self.trainer_dataset
+
+    def group_id(self) -> str:
+        """The Kafka consumer group of this trainer."""
+        return self.trainer_group or f"lepton-trainer-{self.model_name()}"

@@ -1,0 +1,331 @@
+"""The trainer's consume → train → release loop, run identically by every rank.
+
+Consumes `events.governed` (this rank's partitions, at the resume position) in rounds; each
+round's flags are all-reduced so that every rank agrees on when a round, a cycle and the run
+end. A cycle warm-starts from the live model, trains on each round's rows, and at its end
+rank 0 evaluates, gates, writes the registry and announces (`models.updates`, decisions on
+`audit.requests`); only then does each rank commit its offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from services.trainer import dp as dp_mod
+from services.trainer.comm import Comm
+from services.trainer.config import TrainerSettings
+from services.trainer.decode import Batch, decode_batch
+from services.trainer.energy import EnergyMeter
+from services.trainer.lineage import CycleLineage, furthest, merge
+from services.trainer.release import Candidate, LiveModel, Releaser
+from services.trainer.train import Engine
+from shared.datasets import load_spec
+from shared.events import dlq_headers
+from shared.features import FeatureTransform
+from shared.kafka import make_consumer, make_producer
+from shared.nets import architecture, build_model
+from shared.readiness import clear_ready, mark_ready
+from shared.registry import Registry
+from shared.topics import Topics
+from shared.tracing import get_tracer, links_from_headers
+
+log = logging.getLogger(__name__)
+POLL_SLICE_S = 0.05
+
+
+@dataclass
+class Cycle:
+    """State of the cycle in progress (identical on every rank except the local parts)."""
+
+    started: float
+    parent: LiveModel | None
+    transform: FeatureTransform | None
+    engine: Engine | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+    lineage: CycleLineage = field(default_factory=CycleLineage)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+    rounds: int = 0
+
+
+class TrainerLoop:
+    """One rank of the trainer."""
+
+    def __init__(self, settings: TrainerSettings, comm: Comm, stop: threading.Event,
+                 tracer: trace.Tracer | None = None) -> None:
+        self.settings = settings
+        self.comm = comm
+        self.stop = stop
+        self.tracer = tracer or get_tracer(__name__)
+        self.spec = load_spec(settings.trainer_dataset, settings.trainer_specs_dir)
+        if self.spec.label is None:
+            raise ValueError(f"dataset {self.spec.name} has no label field")
+        self.label = self.spec.label.name
+        self.topic = Topics(settings.topic_prefix).governed
+        self.device = comm.device
+        self.consumer: Consumer = make_consumer(
+            settings, settings.group_id(), **{"client.id": f"trainer-{comm.rank}",
+                                              "log_level": 3})
+        self.producer: Producer = make_producer(settings)
+        self.registry = Registry(settings)
+        self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
+        self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
+        self.positions: dict[int, int] = {}
+        self.window: list[dict[str, Any]] = []
+        self.released: list[int] = []
+        self.seed = settings.trainer_seed
+        self.epochs = settings.trainer_epochs or self.spec.model.epochs_per_batch
+        self.learning_rate = settings.trainer_learning_rate or self.spec.model.learning_rate
+
+    # -- start -----------------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        resume: dict[str, int] = {}
+        if self.comm.leader:
+            self.releaser.reconcile()
+            resume = {str(p): o for p, o in self.releaser.resume_offsets().items()}
+        resume = self.comm.broadcast_json(resume)
+        metadata = self.consumer.list_topics(self.topic, timeout=15)
+        partitions = sorted(metadata.topics[self.topic].partitions)
+        mine = [p for p in partitions if p % self.comm.world == self.comm.rank]
+        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in mine],
+                                            timeout=15)
+        start = furthest(resume, {tp.partition: tp.offset for tp in committed})
+        self.positions = {p: start[p] for p in mine if p in start}
+        self.consumer.assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING))
+                              for p in mine])
+        log.info("rank %d consumes %s partitions %s from %s", self.comm.rank, self.topic, mine,
+                 {p: start.get(p, "beginning") for p in mine})
+
+    def run(self) -> list[int]:
+        """Consume and train until stopped (or idle long enough); returns versions released."""
+        self._assign()
+        if self.comm.leader:
+            mark_ready(self.settings, "trainer")
+        try:
+            self._loop()
+        finally:
+            if self.comm.leader:
+                clear_ready(self.settings, "trainer")
+            self.consumer.close()
+            self.producer.flush(10)
+        return self.released
+
+    def _loop(self) -> None:
+        idle_since = time.monotonic()
+        cycle: Cycle | None = None
+        while True:
+            batch, flags = self._poll_round(idle_since)
+            total, train_rows, stopping, idle_expired = flags
+            if total > 0:
+                idle_since = time.monotonic()
+                if cycle is None:
+                    cycle = self._start_cycle()
+                self._train(cycle, batch, int(train_rows))
+                cycle.rows += int(total)
+                cycle.rounds += 1
+            elapsed = time.monotonic() - cycle.started if cycle else 0.0
+            end_cycle = cycle is not None and (
+                stopping or total == 0 or cycle.rows >= self.settings.trainer_cycle_rows
+                or self._leader_flag(elapsed >= self.settings.trainer_cycle_s))
+            if end_cycle and cycle is not None:
+                self._finish_cycle(cycle)
+                cycle = None
+            if stopping or (idle_expired and cycle is None):
+                return
+
+    def _leader_flag(self, value: bool) -> bool:
+        return self.comm.sum([1.0 if value and self.comm.leader else 0.0])[0] > 0
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def _poll_round(self, idle_since: float) -> tuple[Batch, tuple[float, float, bool, bool]]:
+        """Poll until a rank's batch is full, the max wait passes, or the stream runs dry."""
+        messages: list[Any] = []
+        want = self.settings.trainer_batch_size
+        started = time.monotonic()
+        limit = self.settings.trainer_exit_when_idle_s
+        while True:
+            got = [] if self.stop.is_set() or len(messages) >= want else self.consumer.consume(
+                want - len(messages), timeout=min(POLL_SLICE_S, self.settings.trainer_max_wait_s))
+            messages.extend(got)
+            now = time.monotonic()
+            leader = self.comm.leader
+            total, new, full, stop, waited, idle = self.comm.sum([
+                len(messages), len(got), len(messages) >= want, self.stop.is_set(),
+                leader and now - started >= self.settings.trainer_max_wait_s,
+                leader and limit is not None and now - idle_since >= limit])
+            if full or stop or waited or (total > 0 and new == 0) or (total == 0 and idle):
+                break
+        batch = decode_batch(messages, self.spec.name, self.label,
+                             self.settings.trainer_val_percent)
+        self._reject(batch)
+        for partition, offset in batch.next_offsets.items():
+            self.positions[partition] = max(self.positions.get(partition, 0), offset)
+        train_rows = self.comm.sum([len(batch.train)])[0]
+        return batch, (total, train_rows, stop > 0, total == 0 and idle > 0)
+
+    def _reject(self, batch: Batch) -> None:
+        for item in batch.rejected:
+            headers = dlq_headers(item.headers, reason=item.reason, detail=item.detail,
+                                  stage="trainer", exception="EnvelopeError", topic=item.topic,
+                                  partition=item.partition, offset=item.offset)
+            self.producer.produce(Topics(self.settings.topic_prefix).rejected, key=item.key,
+                                  value=item.value, headers=headers)
+
+    def _start_cycle(self) -> Cycle:
+        """Warm-start from the live model (rank 0 loads and verifies it, then broadcasts)."""
+        parent = self.releaser.live() if self.comm.leader else None
+        info = self.comm.broadcast_json(
+            {"version": parent.card.version, "transform": parent.card.feature_transform,
+             "architecture": parent.card.architecture} if parent else None)
+        cycle = Cycle(started=time.monotonic(), parent=parent, transform=None)
+        self.meter.start()
+        if info is not None:
+            cycle.transform = FeatureTransform.from_dict(info["transform"])
+            self._build_engine(cycle, info["architecture"],
+                               parent.state if parent is not None else None)
+            log.info("cycle warm-starts from live v%d", info["version"])
+        return cycle
+
+    def _build_engine(self, cycle: Cycle, arch: dict[str, Any],
+                      state: dict[str, torch.Tensor] | None) -> None:
+        torch.manual_seed(self.seed)
+        cycle.architecture = arch
+        net = build_model(arch)
+        if state is not None:
+            net.load_state_dict(state, strict=True)
+        net.to(self.device)
+        self.comm.broadcast_([p.data for p in net.parameters()])
+        dp = None
+        if self.settings.trainer_dp_enabled:
+            dp = dp_mod.DpSgd(self.settings.trainer_dp_noise_multiplier,
+                              self.settings.trainer_dp_max_grad_norm, self.device)
+        cycle.engine = Engine(net, self.comm, learning_rate=self.learning_rate,
+                              minibatch=self.settings.trainer_minibatch, epochs=self.epochs,
+                              seed=self.seed + len(self.released), dp=dp)
+
+    def _fit_transform(self, cycle: Cycle, batch: Batch) -> None:
+        """No live model: rank 0 fits the transform on this round's rows from every rank."""
+        gathered = self.comm.gather_json(batch.train)
+        fitted = FeatureTransform.fit(self.spec, [p for part in gathered for p in part]
+                                      ) if self.comm.leader else None
+        data = self.comm.broadcast_json(fitted.to_dict() if fitted else None)
+        cycle.transform = FeatureTransform.from_dict(data)
+        arch = architecture(self.spec.model.kind, cycle.transform.dim, self.spec.model.hidden)
+        self._build_engine(cycle, arch, None)
+
+    def _train(self, cycle: Cycle, batch: Batch, global_train: int) -> None:
+        links, count = links_from_headers(batch.headers, self.settings.trainer_link_cap)
+        with self.tracer.start_as_current_span(
+                f"{self.topic} process", kind=SpanKind.CONSUMER, links=links, attributes={
+                    "messaging.system": "kafka", "messaging.destination.name": self.topic,
+                    "messaging.operation.type": "process",
+                    "messaging.batch.message_count": batch.consumed,
+                    "lepton.links.total": count, "lepton.links.recorded": len(links),
+                    "lepton.rank": self.comm.rank}):
+            cycle.lineage.add(batch)
+            cycle.validation.extend(batch.validation)
+            if global_train == 0:
+                return
+            if cycle.transform is None:
+                self._fit_transform(cycle, batch)
+            assert cycle.transform is not None
+            assert cycle.engine is not None
+            with self.tracer.start_as_current_span("trainer train") as span:
+                x = cycle.transform.transform(batch.train)
+                y = cycle.transform.labels(batch.train)
+                stats = cycle.engine.train_round(x, y, global_train)
+                span.set_attribute("lepton.train.rows", stats.rows)
+                span.set_attribute("lepton.train.steps", stats.steps)
+                span.set_attribute("lepton.train.loss", stats.loss)
+
+    # -- cycle end -------------------------------------------------------------------------
+
+    def _finish_cycle(self, cycle: Cycle) -> None:
+        self.producer.flush(15)
+        engine = cycle.engine
+        parts = self.comm.gather_json({
+            "lineage": cycle.lineage.to_json(), "validation": cycle.validation,
+            "positions": {str(p): o for p, o in self.positions.items()},
+            "energy": self.meter.read(),
+        })
+        state = ({k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
+                 if engine is not None else None)
+        outcome: dict[str, Any] | None = None
+        if self.comm.leader:
+            outcome = self._release(cycle, parts, state)
+        outcome = self.comm.broadcast_json(outcome)
+        self._commit()
+        if outcome.get("version"):
+            self.released.append(int(outcome["version"]))
+
+    def _release(self, cycle: Cycle, parts: list[dict[str, Any]],
+                 state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        for part in parts:
+            self.window.extend(part["validation"])
+        self.window = self.window[-self.settings.trainer_val_window:]
+        resume = furthest(*(part["positions"] for part in parts))
+        engine = cycle.engine
+        if engine is None or state is None or engine.rows == 0 or cycle.transform is None:
+            self.releaser.store_offsets(resume)
+            return {"version": None}
+        net = build_model(cycle.architecture)
+        net.load_state_dict(state, strict=True)
+        candidate = Candidate(
+            state=state, net=net, transform=cycle.transform, architecture=cycle.architecture,
+            lineage=merge(part["lineage"] for part in parts),
+            training={"optimizer": "adam", "learning_rate": self.learning_rate,
+                      "epochs_per_batch": self.epochs, "minibatch": engine.minibatch,
+                      "rows": engine.rows, "steps": engine.steps, "rounds": cycle.rounds,
+                      "workers": self.comm.world,
+                      "backend": "single" if self.comm.world == 1 else (
+                          "nccl" if self.device.type == "cuda" else "gloo"),
+                      "warm_start_version": cycle.parent.card.version if cycle.parent else None,
+                      "dp": self._dp_info(engine)},
+            dp_history=engine.dp.history if engine.dp is not None else None,
+            wall_time_s=time.monotonic() - cycle.started,
+            energy_j=sum(float(part["energy"]) for part in parts),
+            energy_method=self.meter.describe(), device=describe_device(self.device),
+            parent=cycle.parent)
+        card = self.releaser.release(candidate, self.window, resume)
+        return {"version": card.version, "status": card.status}
+
+    def _dp_info(self, engine: Engine) -> dict[str, Any] | None:
+        if engine.dp is None:
+            return None
+        return {"library": "opacus", "noise_multiplier": engine.dp.noise_multiplier,
+                "max_grad_norm": engine.dp.max_grad_norm,
+                "delta": self.settings.trainer_dp_delta, "accountant": "rdp",
+                "secure_rng": dp_mod.secure_rng_available(),
+                "noise": "opacus secure_mode sampling (floating-point attack hardened)"}
+
+    def _commit(self) -> None:
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self.positions.items()]
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device as text for the card (with the GPU name on CUDA)."""
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def pick_device(setting: str, rank: int) -> torch.device:
+    """CUDA when present (one GPU per rank, round robin), else CPU."""
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("LEPTON_TRAINER_DEVICE=cuda but CUDA is not available")
+    return torch.device("cuda", rank % torch.cuda.device_count())

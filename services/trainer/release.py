@@ -1,0 +1,268 @@
+"""Rank 0's side of a cycle: load the live model to warm-start from, evaluate the candidate
+beside it on the held-out window, apply the gate, write the signed artifact, then make it
+live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
+`models.updates` with the trace context in the headers.
+
+The steps after the registry write are idempotent (deterministic decision ids) and marked
+done in Redis, so a trainer that crashed between them finishes them on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from confluent_kafka import Producer
+from opentelemetry import trace
+from torch import nn
+
+from services.trainer import dp as dp_mod
+from services.trainer.config import TrainerSettings
+from services.trainer.evaluate import fairness, quality
+from services.trainer.gate import decide
+from services.trainer.lineage import furthest
+from shared.datasets.spec import DatasetSpec
+from shared.decisions import publish_decision
+from shared.events import CONTENT_TYPE_JSON, Decision, Header, HeaderList, encode
+from shared.features import FeatureTransform
+from shared.nets import build_model, predict_proba
+from shared.registry import ArtifactError, ModelCard, Registry
+from shared.state import rkey
+from shared.topics import Topics
+from shared.tracing import publish_span
+
+log = logging.getLogger(__name__)
+ACTOR = "trainer"
+
+
+def code_version() -> str:
+    """`git describe` of the source tree when it is a checkout, else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"lepton-stream {metadata.version('lepton-stream')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+@dataclass
+class LiveModel:
+    """The live version a cycle warm-starts from and is compared against."""
+
+    card: ModelCard
+    state: dict[str, torch.Tensor]
+    transform: FeatureTransform
+    net: nn.Module
+
+
+@dataclass
+class Candidate:
+    """What a cycle trained, ready for the gate."""
+
+    state: dict[str, torch.Tensor]
+    net: nn.Module
+    transform: FeatureTransform
+    architecture: dict[str, Any]
+    lineage: dict[str, Any]
+    training: dict[str, Any]
+    dp_history: dp_mod.History | None
+    wall_time_s: float
+    energy_j: float
+    energy_method: str
+    device: str
+    parent: LiveModel | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Releaser:
+    """Registry, gate and announcements, used by rank 0 only."""
+
+    def __init__(self, settings: TrainerSettings, spec: DatasetSpec, registry: Registry,
+                 producer: Producer, tracer: trace.Tracer) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.registry = registry
+        self.producer = producer
+        self.tracer = tracer
+        self.model = settings.model_name()
+        self.topics = Topics(settings.topic_prefix)
+        self.code_version = code_version()
+        self.redis = registry._redis
+        self._offsets_key = rkey(settings, "trainer", self.model, self.topics.governed, "offsets")
+        self._released_key = rkey(settings, "trainer", self.model, "released")
+
+    def resume_offsets(self) -> dict[int, int]:
+        """Where to continue: furthest of the newest card on disk and Redis, per partition."""
+        stored = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._offsets_key).items()}
+        from_card: dict[str, Any] = {}
+        for version in reversed(self.registry.versions(self.model)):
+            try:
+                card = self.registry.card(self.model, version)
+            except ArtifactError:
+                continue
+            if card.lineage.get("topic") == self.topics.governed:
+                from_card = card.lineage.get("resume_offsets", {})
+                break
+        return furthest(stored, from_card)
+
+    def store_offsets(self, offsets: dict[int, int]) -> None:
+        """Mirror the resume position to Redis (after the registry write)."""
+        if offsets:
+            self.redis.hset(self._offsets_key, mapping={str(p): o for p, o in offsets.items()})
+
+    def live(self) -> LiveModel | None:
+        """The verified live model, when there is one this spec can continue from."""
+        version = self.registry.live(self.model)
+        if version is None:
+            return None
+        try:
+            card, state = self.registry.load(self.model, version)
+        except ArtifactError as error:
+            log.error("live %s v%s is not loadable, training from scratch: %s",
+                      self.model, version, error)
+            return None
+        if card.spec_hash != self.spec.spec_hash() or card.architecture.get(
+                "kind") != self.spec.model.kind:
+            log.warning("live %s v%d was trained on another spec or architecture; "
+                        "training from scratch", self.model, version)
+            return None
+        net = build_model(card.architecture)
+        net.load_state_dict(state, strict=True)
+        return LiveModel(card, state, FeatureTransform.from_dict(card.feature_transform), net)
+
+    def _scores(self, net: nn.Module, transform: FeatureTransform,
+                window: list[dict[str, Any]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+        x = torch.from_numpy(transform.transform(window))
+        net_cpu = net.to("cpu").eval()
+        return predict_proba(net_cpu, x).numpy().astype(np.float64)
+
+    def release(self, candidate: Candidate, window: list[dict[str, Any]],
+                resume: dict[int, int]) -> ModelCard:
+        """Evaluate, gate, save and (when promoted) make live and announce; returns the card."""
+        transform = candidate.transform
+        with self.tracer.start_as_current_span("trainer evaluate") as span:
+            labels = transform.labels(window).astype(np.float64)
+            groups = transform.groups(window)
+            probs = self._scores(candidate.net, transform, window)
+            metrics = quality(probs, labels)
+            fair = fairness(probs, labels, groups, transform.sensitive)
+            parent = candidate.parent
+            live_metrics = None
+            if parent is not None:
+                live_probs = self._scores(parent.net, parent.transform, window)
+                live_metrics = quality(live_probs, labels)
+            verdict = decide(metrics, fair, live_metrics,
+                             parent.card.version if parent else None,
+                             metrics=self.settings.trainer_gate_metrics,
+                             tolerance=self.settings.trainer_gate_tolerance,
+                             max_dp_diff=self.settings.trainer_max_dp_diff,
+                             max_eo_diff=self.settings.trainer_max_eo_diff)
+            span.set_attribute("lepton.validation_rows", len(window))
+            span.set_attribute("lepton.gate.promoted", verdict.promoted)
+            for name in ("f1", "roc_auc"):
+                if name in metrics:
+                    span.set_attribute(f"lepton.metric.{name}", metrics[name])
+        gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
+        gate["live_metrics"] = live_metrics
+        eps, delta, charge = None, None, 0.0
+        lineage = {**candidate.lineage, "topic": self.topics.governed,
+                   "group": self.settings.group_id(),
+                   "resume_offsets": {str(p): o for p, o in sorted(resume.items())}}
+        if candidate.dp_history is not None:
+            before = parent.card.lineage.get("dp_history", []) if parent else []
+            history = dp_mod.merge_history(before, candidate.dp_history)
+            delta = self.settings.trainer_dp_delta
+            eps = dp_mod.epsilon(history, delta)
+            base = (parent.card.epsilon or 0.0) if parent is not None else 0.0
+            charge = max(0.0, eps - base)
+            lineage["dp_history"] = [list(h) for h in history]
+        card = ModelCard(
+            model=self.model, dataset=self.spec.name, spec_hash=self.spec.spec_hash(),
+            architecture=candidate.architecture, feature_transform=transform.to_dict(),
+            metrics=metrics, fairness=fair, epsilon=eps, delta=delta, lineage=lineage,
+            code_version=self.code_version, device=candidate.device,
+            wall_time_s=round(candidate.wall_time_s, 3), energy_j=round(candidate.energy_j, 3),
+            energy_method=candidate.energy_method,
+            co2e_g=round(candidate.energy_j / 3.6e6 * self.settings.trainer_grid_gco2_per_kwh, 6),
+            training={**candidate.training, "dp_charge_epsilon": charge}, gate=gate,
+            parent_version=parent.card.version if parent else None,
+            status="promoted" if verdict.promoted else "refused",
+        )
+        with self.tracer.start_as_current_span("trainer release") as span:
+            saved = self.registry.save(card, candidate.state)
+            span.set_attribute("lepton.model.version", saved.version)
+            self.store_offsets(resume)
+            self.finish(saved)
+        log.info("%s v%d %s (f1 %.4f%s)", self.model, saved.version, saved.status,
+                 metrics.get("f1", float("nan")),
+                 "" if verdict.promoted else f"; {'; '.join(verdict.reasons)}")
+        return saved
+
+    def finish(self, card: ModelCard) -> None:
+        """Post-save steps (idempotent): live pointer, decisions, announcement, done marker."""
+        if self.redis.sismember(self._released_key, str(card.version)):
+            return
+        ident = f"{card.model}-v{card.version}-{card.sha256[:16]}"
+        detail = {"version": card.version, "metrics": card.metrics, "fairness": {
+            k: v for k, v in card.fairness.items() if k != "groups"},
+            "reasons": card.gate.get("reasons", []), "compared_to": card.gate.get("compared_to"),
+            "sha256": card.sha256}
+        if card.epsilon is not None:
+            charge = float(card.training.get("dp_charge_epsilon", card.epsilon))
+            publish_decision(self.producer, self.settings, Decision(
+                decision_id=f"{ident}-dp", kind="dp_sgd_charge", actor=ACTOR,
+                dataset=card.dataset, detail={"epsilon": charge, "delta": card.delta or 0.0,
+                                              "model": card.model, "version": card.version,
+                                              "model_epsilon": card.epsilon}))
+        if card.status == "promoted":
+            self.registry.set_live(card.model, card.version)
+            publish_decision(self.producer, self.settings, Decision(
+                decision_id=f"{ident}-promoted", kind="model_promoted", actor=ACTOR,
+                dataset=card.dataset, detail=detail))
+            self.announce(card, "promote")
+        else:
+            publish_decision(self.producer, self.settings, Decision(
+                decision_id=f"{ident}-refused", kind="model_refused", actor=ACTOR,
+                dataset=card.dataset, detail=detail))
+        self.redis.sadd(self._released_key, str(card.version))
+
+    def announce(self, card: ModelCard, action: str, share: float | None = None) -> None:
+        """Publish the announcement on `models.updates` (key = model), trace context included."""
+        announce(self.producer, self.settings, self.registry, card, action, share, self.tracer)
+
+    def reconcile(self) -> None:
+        """Finish the post-save steps of saved versions a crash interrupted."""
+        for version in self.registry.versions(self.model):
+            if self.redis.sismember(self._released_key, str(version)):
+                continue
+            try:
+                card, _ = self.registry.load(self.model, version)
+            except ArtifactError as error:
+                log.error("cannot reconcile %s v%d: %s", self.model, version, error)
+                continue
+            if card.lineage.get("topic") == self.topics.governed:
+                log.info("finishing the release of %s v%d after a restart", self.model, version)
+                self.finish(card)
+
+
+def announce(producer: Producer, settings: TrainerSettings | Any, registry: Registry,
+             card: ModelCard, action: str, share: float | None, tracer: trace.Tracer) -> None:
+    """Send `card`'s announcement with `action` (promote, rollback, canary, shadow)."""
+    topic = Topics(settings.topic_prefix).models
+    headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+    message = card.announcement(action=action, share=share, artifact_root=registry.root)
+    with publish_span(tracer, topic, headers, key=card.model, attributes={
+            "lepton.model.version": card.version, "lepton.model.action": action}):
+        producer.produce(topic, key=card.model.encode(), value=encode(message), headers=headers)
+    if producer.flush(15) > 0:
+        raise TimeoutError(f"announcement of {card.model} v{card.version} was not delivered")

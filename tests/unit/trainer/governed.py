@@ -1,0 +1,49 @@
+"""Test data for the trainer: breast_cancer events shaped as governance outputs them (clean
+payload, audit reference, trace context in the headers), published to events.governed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared.config import LeptonSettings
+from shared.datasets.generators import breast_cancer
+from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
+from shared.kafka import make_producer
+from shared.topics import Topics
+from shared.tracing import publish_span
+
+_producer_tracer = TracerProvider().get_tracer("test-governance")
+
+
+def governed_breast_cancer(count: int | None = None, seed: int = 0,
+                           flip_labels: bool = False) -> list[Envelope]:
+    """breast_cancer envelopes with an audit reference, as governance would release them."""
+    out = []
+    for index, env in enumerate(breast_cancer(count, seed=seed)):
+        payload = dict(env.payload)
+        if flip_labels:
+            payload["malignant"] = not payload["malignant"]
+        out.append(env.model_copy(update={
+            "payload": payload, "audit": AuditRef(partition=index % 2, leaf_index=index)}))
+    return out
+
+
+def publish_governed(settings: LeptonSettings, envelopes: Iterable[Envelope],
+                     raw: Iterable[bytes] = ()) -> int:
+    """Send envelopes (and raw junk values) to events.governed with trace headers; returns n."""
+    topic = Topics(settings.topic_prefix).governed
+    producer = make_producer(settings)
+    sent = 0
+    for env in envelopes:
+        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+        with publish_span(_producer_tracer, topic, headers, key=env.subject_id):
+            producer.produce(topic, key=env.subject_id.encode(), value=encode(env),
+                             headers=headers)
+        sent += 1
+    for value in raw:
+        producer.produce(topic, key=b"junk", value=value)
+        sent += 1
+    assert producer.flush(30) == 0
+    return sent
