@@ -177,8 +177,12 @@ def process_span(
     group: str | None = None,
     key: str | None = None,
     attributes: dict[str, Any] | None = None,
+    start_time: int | None = None,
 ) -> Iterator[Span]:
-    """A CONSUMER span `"{topic} process"` continuing the trace carried in `headers`."""
+    """A CONSUMER span `"{topic} process"` continuing the trace carried in `headers`.
+
+    `start_time` (ns since the epoch) backdates the span to when work on the record began.
+    """
     attrs = _messaging_attributes(
         topic,
         "process",
@@ -195,6 +199,7 @@ def process_span(
         context=extract_context(headers),
         kind=SpanKind.CONSUMER,
         attributes=attrs,
+        start_time=start_time,
     ) as span:
         yield span
 
