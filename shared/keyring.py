@@ -1,0 +1,229 @@
+"""Master keys behind a small KMS interface: the `Kms` protocol (wrap/unwrap data keys under a
+named master key) and `LocalKms`, a keyring file (0600, created on first use) or the
+`LEPTON_MASTER_KEYS` environment variable. Vault or a cloud KMS plugs in by implementing `Kms`.
+
+Consumes: `<keys_path>/master-keys.json` or `LEPTON_MASTER_KEYS`. Produces: wrapped key bytes.
+Key material is never logged or put in exception messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.config import LeptonSettings
+
+MASTER_KEYS_ENV = "LEPTON_MASTER_KEYS"
+KEYRING_FILE = "master-keys.json"
+NONCE_BYTES = 12
+REFRESH_S = 5.0
+
+
+class KmsError(RuntimeError):
+    """A master key is unknown, malformed, or failed to unwrap a data key."""
+
+
+@runtime_checkable
+class Kms(Protocol):
+    """Wraps and unwraps data keys under named master keys (local keyring, Vault, cloud KMS)."""
+
+    def active_key_id(self) -> str:
+        """The master key new wraps use."""
+        ...
+
+    def wrap(self, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
+        """Wrap `plaintext` under the active key; returns (master key id, wrapped bytes)."""
+        ...
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        """Unwrap bytes wrapped under master key `key_id`, or raise KmsError."""
+        ...
+
+
+def b64e(data: bytes) -> str:
+    """URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Inverse of `b64e` (raises ValueError on bad input)."""
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+
+
+def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The file's bytes; when absent, create it (mode 0600, atomically, race-free) from `make`."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    _write_private(tmp, make())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _new_key_id() -> str:
+    return "mk" + secrets.token_hex(4)
+
+
+def _keyring_bytes(active: str, keys: dict[str, bytes]) -> bytes:
+    doc = {"version": 1, "active": active, "keys": {k: b64e(v) for k, v in keys.items()}}
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+def _parse_keyring(data: bytes, origin: str) -> tuple[str, dict[str, bytes]]:
+    try:
+        doc = orjson.loads(data)
+        keys = {str(k): b64d(str(v)) for k, v in doc["keys"].items()}
+        active = str(doc["active"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+        raise KmsError(f"{origin} is not a valid keyring") from None
+    _check_keys(keys, active, origin)
+    return active, keys
+
+
+def _parse_env(text: str) -> tuple[str, dict[str, bytes]]:
+    keys: dict[str, bytes] = {}
+    active = ""
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key_id, sep, material = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            keys[key_id] = b64d(material)
+        except ValueError:
+            raise KmsError(f"{MASTER_KEYS_ENV}: entries must be `id:base64key`") from None
+        active = key_id
+    _check_keys(keys, active, MASTER_KEYS_ENV)
+    return active, keys
+
+
+def _check_keys(keys: dict[str, bytes], active: str, origin: str) -> None:
+    if not keys or active not in keys:
+        raise KmsError(f"{origin}: no active master key")
+    for key_id, key in keys.items():
+        if len(key) != 32 or not key_id.isalnum():
+            raise KmsError(f"{origin}: key {key_id[:20]!r} must be 32 bytes, its id alphanumeric")
+
+
+class LocalKms:
+    """AES-256-GCM key wrapping under master keys from a keyring file or the environment.
+
+    The file is re-read when it changes (checked at most every few seconds, and at once when an
+    unknown key id is seen), so a running process follows `lepton keys rotate` without restart.
+    """
+
+    def __init__(self, path: Path | None = None, env_value: str | None = None) -> None:
+        if path is None and not env_value:
+            raise KmsError("LocalKms needs a keyring path or a key list")
+        self.path = None if env_value else path
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        if env_value:
+            self._active, self._keys = _parse_env(env_value)
+        else:
+            self._load(force=True)
+
+    @classmethod
+    def from_settings(cls, settings: LeptonSettings) -> LocalKms:
+        """`LEPTON_MASTER_KEYS` when set, else `<keys_path>/master-keys.json` (made if absent)."""
+        env_value = os.environ.get(MASTER_KEYS_ENV)
+        return cls(settings.keys_path() / KEYRING_FILE, env_value or None)
+
+    @property
+    def writable(self) -> bool:
+        """True when keys live in a file this process may rotate."""
+        return self.path is not None
+
+    def key_ids(self) -> list[str]:
+        """Every master key id, oldest first."""
+        self._load()
+        return list(self._keys)
+
+    def active_key_id(self) -> str:
+        """The master key new wraps use (follows rotations made by other processes)."""
+        self._load()
+        return self._active
+
+    def wrap(self, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
+        """Wrap `plaintext` under the active master key, bound to `aad`."""
+        key_id = self.active_key_id()
+        nonce = os.urandom(NONCE_BYTES)
+        return key_id, nonce + AESGCM(self._keys[key_id]).encrypt(nonce, plaintext, aad)
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        """Unwrap bytes wrapped under `key_id`; KmsError when the key is unknown or they fail."""
+        if key_id not in self._keys:
+            self._load(force=True)
+        key = self._keys.get(key_id)
+        if key is None:
+            raise KmsError(f"unknown master key {key_id[:20]!r}")
+        try:
+            return AESGCM(key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise KmsError(f"wrapped data key failed authentication under {key_id}") from None
+
+    def add_key(self) -> str:
+        """Add a fresh master key and make it active (keyring files only); returns its id."""
+        if self.path is None:
+            raise KmsError(f"master keys come from {MASTER_KEYS_ENV}: add a key there instead")
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        with os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._load(force=True)
+            key_id = _new_key_id()
+            keys = {**self._keys, key_id: AESGCM.generate_key(256)}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            _write_private(tmp, _keyring_bytes(key_id, keys))
+            tmp.replace(self.path)
+        self._load(force=True)
+        return key_id
+
+    def _load(self, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < REFRESH_S:
+            return
+        self._checked = now
+        if self._stamp is not None and not force:
+            try:
+                if _stamp(self.path) == self._stamp:
+                    return
+            except FileNotFoundError:
+                return
+        first = _new_key_id()
+        data = read_or_create(
+            self.path, lambda: _keyring_bytes(first, {first: AESGCM.generate_key(256)})
+        )
+        self._active, self._keys = _parse_keyring(data, str(self.path))
+        self._stamp = _stamp(self.path)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
