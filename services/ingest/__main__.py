@@ -1,0 +1,34 @@
+"""Entry point of the ingest service: `python -m services.ingest` (and `lepton ingest`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from services.ingest.config import IngestSettings
+from shared.config import ConfigError, load_settings
+
+
+def main() -> int:
+    """Run one ingest replica until SIGINT/SIGTERM; returns the exit status."""
+    from lepton.signals import stop_event
+    from services.ingest.worker import IngestWorker
+    from shared.tracing import setup_telemetry, shutdown_telemetry
+
+    settings = load_settings(IngestSettings)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = stop_event()
+    setup_telemetry("ingest", metrics_port=settings.ingest_metrics_port)
+    try:
+        return IngestWorker(settings, stop).run()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 78
+    finally:
+        shutdown_telemetry()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Input-offset checkpoints written inside each Kafka transaction, read back on assignment.
+
+Every transaction that consumes from a partition also produces a checkpoint record
+(key `<group>/<topic>/<partition>`, value `{"offset": next offset}`) to `<prefix>ingest.offsets`,
+so the input position commits atomically with the outputs on any broker. This matters because
+the embedded broker (librdkafka's mock cluster) accepts `send_offsets_to_transaction` but does
+not store the offsets; on Apache Kafka both agree and the resume point is the larger of the two.
+On assignment the latest committed checkpoint of each partition is found by reading its
+checkpoint partition backwards in chunks (read_committed, so aborted checkpoints never count).
+Give the topic `cleanup.policy=compact` on a real cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from shared.config import LeptonSettings
+from shared.kafka import ensure_topics
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2000
+Source = tuple[str, int]
+
+
+class OffsetCheckpoints:
+    """Writes and reads the checkpoint topic of one consumer group."""
+
+    def __init__(self, settings: LeptonSettings, topic: str, group: str,
+                 read_timeout: float = 70.0) -> None:
+        self.topic = topic
+        self._group = group
+        self._read_timeout = read_timeout
+        self._partitions = ensure_topics(settings, [topic])[topic]
+        self._reader = Consumer({
+            "bootstrap.servers": settings.bootstrap_servers(),
+            "group.id": f"{group}.checkpoint-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "log_level": 3,
+        })
+
+    def key(self, source: Source) -> bytes:
+        """The checkpoint key of a source partition."""
+        return f"{self._group}/{source[0]}/{source[1]}".encode()
+
+    def partition_of(self, source: Source) -> int:
+        """The checkpoint partition a source partition always writes to."""
+        return zlib.crc32(self.key(source)) % self._partitions
+
+    def records(self, next_offsets: dict[Source, int]) -> Iterable[tuple[int, bytes, bytes]]:
+        """(partition, key, value) checkpoint records for a transaction's consumed positions."""
+        for source, offset in next_offsets.items():
+            yield self.partition_of(source), self.key(source), orjson.dumps({"offset": offset})
+
+    def load(self, sources: list[Source]) -> dict[Source, int]:
+        """The latest committed checkpoint of each source partition that has one."""
+        wanted: dict[int, dict[bytes, Source]] = {}
+        for source in sources:
+            wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
+        found: dict[Source, int] = {}
+        bounds: dict[int, tuple[int, int]] = {}
+        for partition in wanted:
+            low, high = self._reader.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=10)
+            bounds[partition] = (low, high)
+        deadline = time.monotonic() + self._read_timeout
+        while True:
+            ranges = {}
+            for partition, keys in wanted.items():
+                low, high = bounds[partition]
+                if keys and high > low:
+                    start = max(low, high - CHUNK)
+                    ranges[partition] = (start, high)
+                    bounds[partition] = (low, start)
+            if not ranges:
+                return found
+            for partition, key, offset in self._scan(ranges, deadline):
+                source = wanted[partition].pop(key, ("", -1))
+                if source[1] >= 0:
+                    found[source] = offset
+
+    def _scan(self, ranges: dict[int, tuple[int, int]], deadline: float
+              ) -> list[tuple[int, bytes, int]]:
+        """The latest checkpoint per key within [start, stop) of each partition."""
+        self._reader.assign([TopicPartition(self.topic, p, start)
+                             for p, (start, _) in ranges.items()])
+        latest: dict[tuple[int, bytes], int] = {}
+        pending = set(ranges)
+        try:
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read checkpoints from {self.topic} "
+                                       "(an open transaction blocks read_committed)")
+                for msg in self._reader.consume(500, 0.2):
+                    partition = msg.partition() or 0
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(partition)
+                        continue
+                    offset = msg.offset() or 0
+                    if offset >= ranges[partition][1] - 1:
+                        pending.discard(partition)
+                    if offset < ranges[partition][1] and msg.key() is not None:
+                        latest[(partition, bytes(msg.key() or b""))] = int(
+                            orjson.loads(msg.value() or b"{}")["offset"])
+        finally:
+            self._reader.unassign()
+        return [(p, k, o) for (p, k), o in latest.items()]
+
+    def close(self) -> None:
+        """Close the reader."""
+        self._reader.close()
