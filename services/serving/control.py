@@ -1,12 +1,14 @@
 """Rollout changes made through the API, and refusals, told to the rest of the platform:
 an API change is applied here first, then announced on `models.updates` (so every replica
-follows; announcements are idempotent desired states) and, for promote/rollback, written to
-the registry's live index. Refusals and operator changes are recorded as Decisions."""
+follows; the announcement carries this instance's origin id so it does not re-apply its own)
+and, for promote/rollback, written to the registry's live index. Refusals and operator
+changes are recorded as Decisions."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -29,6 +31,7 @@ _refusals = metrics.get_meter("services.serving").create_counter(
     "lepton_serving_models_refused", description="Model versions refused (verification/warm-up)"
 )
 ACTOR = "serving"
+ORIGIN_HEADER = "lepton.serving.origin"
 _DECISION_KIND = {Action.PROMOTE: "model_promoted", Action.ROLLBACK: "model_rolled_back"}
 
 
@@ -41,6 +44,7 @@ class RolloutControl:
         self.announce = announce
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        self.origin = uuid.uuid4().hex
 
     def producer(self) -> Producer:
         """A lazily created producer for announcements and decisions."""
@@ -48,7 +52,8 @@ class RolloutControl:
             if self._producer is None:
                 from shared.kafka import make_producer
 
-                self._producer = make_producer(self.settings, **{"linger.ms": 0})
+                overrides: dict[str, Any] = {"linger.ms": 0}
+                self._producer = make_producer(self.settings, **overrides)
             return self._producer
 
     def change(self, action: Action, model: str, version: int | None,
@@ -71,7 +76,8 @@ class RolloutControl:
                                   "share": rollout.share if action is Action.CANARY else None}
         announcement = target.card.announcement().model_copy(update=update)
         topic = Topics(self.settings.topic_prefix).models
-        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
+                               (ORIGIN_HEADER, self.origin.encode())]
         producer = self.producer()
         with publish_span(_tracer, topic, headers, key=target.name,
                           attributes={"lepton.model.version": target.version,

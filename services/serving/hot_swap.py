@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Status, StatusCode
 
+from services.serving.control import ORIGIN_HEADER
 from services.serving.errors import ServingError
 from services.serving.fleet import Fleet
 from services.serving.wire import message_headers
@@ -63,7 +64,8 @@ class AnnouncementWatcher:
         from shared.kafka import make_consumer
 
         consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
-                                 f"{uuid.uuid4().hex[:8]}", log_level=3)
+                                 f"{uuid.uuid4().hex[:8]}", log_level=3,
+                                 **{"fetch.wait.max.ms": 50})
         while not self.stop.is_set():
             info = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
             if info is not None and info.error is None and info.partitions:
@@ -88,9 +90,9 @@ class AnnouncementWatcher:
             self.fleet.load_initial()
             self.initial_loaded.set()
             while not self.stop.is_set():
-                for message in consumer.consume(100, timeout=0.2):
-                    if message.error() is None:
-                        self.handle(message)
+                message = consumer.poll(0.2)
+                if message is not None and message.error() is None:
+                    self.handle(message)
         except Exception:
             log.exception("hot-swap watcher stopped on an error")
         finally:
@@ -102,7 +104,10 @@ class AnnouncementWatcher:
     def handle(self, message: Message) -> None:
         """Apply one announcement inside a swap span continuing the announcer's trace."""
         key = (message.key() or b"").decode("utf-8", "replace")
-        with process_span(_tracer, self.topic, message_headers(message),
+        headers = message_headers(message)
+        if any(k == ORIGIN_HEADER and v == self.control.origin.encode() for k, v in headers):
+            return
+        with process_span(_tracer, self.topic, headers,
                           partition=message.partition(), offset=message.offset(), key=key):
             try:
                 announcement = decode(ModelAnnouncement, message.value() or b"")

@@ -9,6 +9,7 @@ emit a result twice; results are keyed by request id so consumers can dedup too)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from shared.topics import Topics
 from shared.tracing import get_tracer, process_span, publish_span
 
 if TYPE_CHECKING:
-    from confluent_kafka import Message, Producer
+    from confluent_kafka import Message, Producer, TopicPartition
 
     from services.serving.config import ServingSettings
 
@@ -79,23 +80,34 @@ class KafkaPredictions:
         return rkey(self.settings, "serving", "done", request_id)
 
     def _run(self) -> None:
+        from confluent_kafka import KafkaException
+
         from shared.kafka import make_consumer, make_producer
 
         while not self.predictor.fleet.ready and not self.stop.wait(0.1):
             pass
-        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-predictions")
+        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-predictions",
+                                 **{"fetch.wait.max.ms": 50})
         producer = make_producer(self.settings)
         consumer.subscribe([self.requests_topic])
         try:
             while not self.stop.is_set():
-                messages = [m for m in consumer.consume(self.settings.serving_kafka_batch,
-                                                        timeout=0.2) if m.error() is None]
+                first = consumer.poll(0.2)
+                if first is None:
+                    continue
+                rest = consumer.consume(self.settings.serving_kafka_batch - 1, timeout=0)
+                messages = [m for m in (first, *rest) if m.error() is None]
                 if not messages:
                     continue
-                self.process(messages, producer)
-                consumer.commit(asynchronous=False)
-        except Exception:
-            log.exception("Kafka prediction loop stopped on an error")
+                try:
+                    self.process(messages, producer)
+                    consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+                except Exception:
+                    log.exception("prediction batch failed; it will be consumed again")
+                    for position in _first_offsets(messages):
+                        with contextlib.suppress(KafkaException):  # revoked meanwhile
+                            consumer.seek(position)
+                    self.stop.wait(1.0)
         finally:
             producer.flush(10)
             consumer.close()
@@ -191,3 +203,25 @@ def _result(request_id: str, prediction: Prediction) -> PredictResult:
 def _error_result(request_id: str, error: ServingError | EnvelopeError | None) -> PredictResult:
     code = error.code if isinstance(error, ServingError) else "invalid_argument"
     return PredictResult(request_id=request_id, error=str(error), error_code=code)
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    """Commit positions after the last message of each partition."""
+    from confluent_kafka import TopicPartition
+
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        last[key] = max(last.get(key, -1), message.offset() or 0)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
+    """Positions of the first message of each partition (to consume a batch again)."""
+    from confluent_kafka import TopicPartition
+
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        first.setdefault(key, message.offset() or 0)
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]

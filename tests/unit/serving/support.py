@@ -142,6 +142,9 @@ def span_exporter() -> InMemorySpanExporter:
     return _EXPORTER
 
 
+_PRODUCERS: dict[tuple[str | None, str], Any] = {}
+
+
 def announce(settings: Any, card: ModelCard, action: str = "promote",
              share: float | None = None, *, traceparent: str | None = None) -> None:
     """Publish a ModelAnnouncement for `card` on models.updates (as `lepton models` would)."""
@@ -152,7 +155,10 @@ def announce(settings: Any, card: ModelCard, action: str = "promote",
     headers: list[tuple[str, str | bytes | None]] = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    producer = make_producer(settings, **{"linger.ms": 0})
+    key = (settings.kafka_bootstrap, settings.topic_prefix)
+    producer = _PRODUCERS.get(key)
+    if producer is None:
+        producer = _PRODUCERS[key] = make_producer(settings, **{"linger.ms": 0})
     producer.produce(Topics(settings.topic_prefix).models, key=card.model.encode(),
                      value=encode(card.announcement(action, share)), headers=headers)
     assert producer.flush(10) == 0

@@ -1,0 +1,98 @@
+"""`lepton serving` as a real process and `lepton predict` as its client: readiness through
+grpc.health.v1, a prediction printed as JSON with the model version, exit codes for bad input
+and a wrong token, and a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.config import LeptonSettings
+from shared.registry import Registry
+from tests.helpers import lepton
+from tests.unit.serving.support import MODEL, TOKEN, record, save_model, serving_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_serving(addr: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    channel = grpc.insecure_channel(addr)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("lepton serving did not become SERVING")
+    finally:
+        channel.close()
+
+
+def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) -> None:
+    card = save_model(serving_settings())
+    Registry(lepton_env).set_live(MODEL, card.version)
+    addr = f"127.0.0.1:{_free_port()}"
+    env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
+           "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG"}
+    pii = [str(record(3)[f]) for f in ("card_number", "email", "name")]
+    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_serving(addr, proc)
+        rec = record(3)
+        out = lepton("predict", json.dumps(rec), "--request-id", "cli-1", env=env)
+        result = json.loads(out.stdout)
+        assert (result["request_id"], result["model"], result["version"]) == \
+            ("cli-1", MODEL, card.version)
+        assert 0.0 <= result["score"] <= 1.0
+
+        batch = tmp_path / "records.jsonl"
+        batch.write_text("\n".join(json.dumps(record(i)) for i in range(3)))
+        lines = lepton("predict", str(batch), env=env).stdout.splitlines()
+        assert [json.loads(line)["version"] for line in lines] == [card.version] * 3
+
+        bad = lepton("predict", json.dumps({**rec, "amount": "x"}), env=env, check=False)
+        assert bad.returncode == 2
+        assert "INVALID_ARGUMENT" in bad.stderr
+        assert "amount" in bad.stderr
+        denied = lepton("predict", json.dumps(rec), env={**env, "LEPTON_SERVING_AUTH_TOKEN": "no"},
+                        check=False)
+        assert denied.returncode == 3
+        assert "UNAUTHENTICATED" in denied.stderr
+        unreadable = lepton("predict", "no-such-file.json", env=env, check=False)
+        assert unreadable.returncode == 2
+
+        status = json.loads(lepton("serving", "status", env=env).stdout)
+        assert (status["model"], status["live_version"]) == (MODEL, card.version)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code == 0
+    log = proc.stderr.read() if proc.stderr else ""
+    assert "serving gRPC on" in log
+    assert not [value for value in pii if value in log]
