@@ -195,7 +195,8 @@ def test_shadow_promote_and_rollback_through_api_and_announcements(
 ) -> None:
     settings = serving_settings(serving_auth_token=TOKEN)
     registry = Registry(settings)
-    v1, v2 = save_model(settings), save_model(settings, seed=2)
+    v1 = save_model(settings)
+    save_model(settings, seed=2)
     registry.set_live(MODEL, v1.version)
     topic = Topics(settings.topic_prefix).models
     with running(settings) as server:
