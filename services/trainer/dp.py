@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import secrets
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +74,14 @@ class DpSgd:
         """A module that records per-sample gradients of a summed loss."""
         self._generator = _generator(self.device)
         return GradSampleModule(model, loss_reduction="sum")
+
+    @staticmethod
+    def backward(loss: torch.Tensor) -> None:
+        """Backpropagate, recording per-sample gradients (the hook warning about the first
+        layer's input needing no gradient is expected and silenced)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()
 
     def clipped_sum(self, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
         """Σ over samples of each per-sample gradient clipped to norm C; clears grad_sample."""

@@ -78,7 +78,10 @@ class Engine:
             index = torch.from_numpy(chunk).to(self.comm.device)
             loss = self.loss(self.module(xs[index]), ys[index])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.dp is not None:
+                self.dp.backward(loss)
+            else:
+                loss.backward()
             loss_value = loss.detach().reshape(1)
             if self.dp is not None:
                 grads = self.dp.clipped_sum(self.params)

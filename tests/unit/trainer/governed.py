@@ -3,10 +3,13 @@ payload, audit reference, trace context in the headers), published to events.gov
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
+from services.trainer.config import TrainerSettings
 from shared.config import LeptonSettings
 from shared.datasets.generators import breast_cancer
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
@@ -47,3 +50,22 @@ def publish_governed(settings: LeptonSettings, envelopes: Iterable[Envelope],
         sent += 1
     assert producer.flush(30) == 0
     return sent
+
+
+def trainer_settings(**overrides: object) -> TrainerSettings:
+    """Trainer settings from the test environment, tuned to finish quickly when idle."""
+    values: dict[str, object] = {
+        "trainer_dataset": "breast_cancer", "trainer_max_wait_s": 0.5,
+        "trainer_exit_when_idle_s": 1.5, "trainer_batch_size": 256,
+    }
+    values.update(overrides)
+    return TrainerSettings(**values)  # type: ignore[arg-type]
+
+
+def run_trainer(settings: TrainerSettings, tracer: Tracer | None = None,
+                stop: threading.Event | None = None) -> list[int]:
+    """Run one in-process trainer rank until it is idle; returns the versions it released."""
+    from services.trainer.comm import Comm
+    from services.trainer.loop import TrainerLoop
+
+    return TrainerLoop(settings, Comm(), stop or threading.Event(), tracer).run()

@@ -1,0 +1,66 @@
+"""The promotion gate refuses a deliberately worse model: after a good v1, a stream with
+flipped labels (all in the training split) trains a candidate that is worse on the held-out
+rows; it is saved as refused, never announced, the live model stays v1, and the refusal with
+its reasons goes to the audit log."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+
+from services.trainer.split import is_validation
+from shared.config import LeptonSettings
+from shared.events import ModelAnnouncement, decode
+from shared.registry import Registry
+from shared.topics import Topics
+from tests.helpers import read_topic
+from tests.unit.trainer.governed import (
+    governed_breast_cancer,
+    publish_governed,
+    run_trainer,
+    trainer_settings,
+)
+
+
+def test_gate_refuses_a_worse_model(lepton_env: LeptonSettings) -> None:
+    topics = Topics(lepton_env.topic_prefix)
+    settings = trainer_settings(trainer_exit_when_idle_s=4.0)
+    registry = Registry(settings)
+    publish_governed(lepton_env, governed_breast_cancer())
+    released: list[int] = []
+    worker = threading.Thread(target=lambda: released.extend(run_trainer(settings)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while registry.live("breast_cancer") != 1:
+            assert worker.is_alive()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        poisoned = [e for e in governed_breast_cancer(seed=1, flip_labels=True)
+                    if not is_validation(e.event_id, settings.trainer_val_percent)]
+        publish_governed(lepton_env, poisoned)
+    finally:
+        worker.join(90)
+    assert not worker.is_alive()
+
+    assert released == [1, 2]
+    assert registry.live("breast_cancer") == 1
+    good, _ = registry.load("breast_cancer", 1)
+    bad, _ = registry.load("breast_cancer", 2)
+    assert bad.status == "refused"
+    assert bad.parent_version == 1
+    assert bad.gate["compared_to"] == 1
+    assert bad.metrics["f1"] < good.metrics["f1"] - settings.trainer_gate_tolerance
+    assert any(reason.startswith("f1 ") for reason in bad.gate["reasons"])
+    assert bad.lineage["rows"]["train"] == len(poisoned)
+    decisions = [orjson.loads(r.value) for r in
+                 read_topic(lepton_env, topics.audit_requests, idle=1.0)]
+    refused = [d for d in decisions if d["kind"] == "model_refused"]
+    assert len(refused) == 1
+    assert refused[0]["detail"]["version"] == 2
+    assert refused[0]["detail"]["reasons"] == bad.gate["reasons"]
+    announced = [decode(ModelAnnouncement, r.value)
+                 for r in read_topic(lepton_env, topics.models, idle=1.0)]
+    assert [(a.version, a.action) for a in announced] == [(1, "promote")]

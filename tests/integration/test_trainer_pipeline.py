@@ -1,0 +1,157 @@
+"""Trainer integration: governed breast_cancer envelopes on the embedded broker → a promoted,
+signed model whose F1 on the held-out split is reported beside scikit-learn's
+LogisticRegression; lineage, trace links, decisions, announcement, DLQ; DP-SGD reports ε."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import torch
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from safetensors.torch import load_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+from services.trainer.split import is_validation
+from shared.config import LeptonSettings
+from shared.datasets import load_spec
+from shared.events import ModelAnnouncement, decode
+from shared.features import FeatureTransform
+from shared.nets import build_model, predict_proba
+from shared.registry import WEIGHTS_FILE, Registry
+from shared.topics import Topics
+from tests.helpers import read_topic
+from tests.unit.trainer.governed import (
+    governed_breast_cancer,
+    publish_governed,
+    run_trainer,
+    trainer_settings,
+)
+
+
+def _sklearn_f1(val_percent: int = 20) -> tuple[float, int]:
+    """F1 of scikit-learn's LogisticRegression on the trainer's split of breast_cancer."""
+    events = governed_breast_cancer()
+    train = [e.payload for e in events if not is_validation(e.event_id, val_percent)]
+    held = [e.payload for e in events if is_validation(e.event_id, val_percent)]
+    ft = FeatureTransform.fit(load_spec("breast_cancer"), train)
+    clf = LogisticRegression(max_iter=2000).fit(ft.transform(train), ft.labels(train))
+    return float(f1_score(ft.labels(held), clf.predict(ft.transform(held)))), len(held)
+
+
+def _decisions(settings: LeptonSettings) -> list[dict]:
+    records = read_topic(settings, Topics(settings.topic_prefix).audit_requests, idle=1.0)
+    return [orjson.loads(r.value) for r in records]
+
+
+def test_trains_promotes_and_matches_sklearn(
+        lepton_env: LeptonSettings, record_property: pytest.RecordProperty) -> None:
+    topics = Topics(lepton_env.topic_prefix)
+    events = governed_breast_cancer()
+    publish_governed(lepton_env, events, raw=[b"{not json", b'{"event_id": "x"}'])
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = trainer_settings()
+
+    released = run_trainer(settings, provider.get_tracer("test"))
+
+    registry = Registry(settings)
+    assert released == [1]
+    assert registry.live("breast_cancer") == 1
+    card, weights = registry.load("breast_cancer", 1)  # verifies signature and sha256
+    assert card.status == "promoted"
+    assert card.gate["reasons"] == []
+    # F1 on the held-out split, beside scikit-learn's LogisticRegression on the same split
+    sk_f1, held = _sklearn_f1()
+    record_property("f1_lepton", card.metrics["f1"])
+    record_property("f1_sklearn", sk_f1)
+    print(f"\nbreast_cancer held-out F1 ({held} rows): lepton {card.metrics['f1']:.4f}, "
+          f"scikit-learn LogisticRegression {sk_f1:.4f}")
+    assert card.metrics["validation_rows"] == held
+    assert abs(card.metrics["f1"] - sk_f1) <= 0.03
+    for key in ("accuracy", "precision", "recall", "roc_auc", "ece", "brier"):
+        assert 0.0 <= card.metrics[key] <= 1.0
+    # the weights load with safetensors alone and reproduce the card's F1
+    path = registry.version_dir("breast_cancer", 1) / WEIGHTS_FILE
+    net = build_model(card.architecture)
+    net.load_state_dict(load_file(str(path)), strict=True)
+    ft = FeatureTransform.from_dict(card.feature_transform)
+    held_rows = [e.payload for e in events if is_validation(e.event_id, 20)]
+    predicted = predict_proba(net, torch.from_numpy(ft.transform(held_rows))).numpy() >= 0.5
+    assert f1_score(ft.labels(held_rows), predicted) == pytest.approx(card.metrics["f1"])
+    assert torch.equal(weights["layers.0.weight"], net.state_dict()["layers.0.weight"])
+    # lineage: every offset of every partition, the audit leaves, the row counts
+    high = {r.partition: r.offset for r in read_topic(lepton_env, topics.governed,
+                                                         expect=len(events) + 2)}
+    assert {int(p): r for p, r in card.lineage["partitions"].items()} == {
+        p: [0, o] for p, o in high.items()}
+    assert card.lineage["resume_offsets"] == {str(p): o + 1 for p, o in sorted(high.items())}
+    assert card.lineage["audit_leaves"] == {"0": [0, 568], "1": [1, 567]}
+    assert card.lineage["rows"]["consumed"] == len(events) + 2
+    assert card.lineage["rows"]["rejected"] == 2
+    assert card.lineage["rows"]["train"] + held == len(events)
+    assert card.energy_j > 0
+    assert card.energy_method.startswith(("estimate", "rapl", "nvml"))
+    assert card.co2e_g > 0
+    assert card.device == "cpu"
+    assert card.code_version
+    assert card.epsilon is None
+    # the unusable records went to the DLQ with a reason
+    rejected = read_topic(lepton_env, topics.rejected, expect=2)
+    assert {r.headers["lepton.dlq.stage"] for r in rejected} == {b"trainer"}
+    assert {r.headers["lepton.dlq.reason"] for r in rejected} == {b"invalid_envelope"}
+    # decision for the audit log, announcement on models.updates with trace context
+    promoted = [d for d in _decisions(lepton_env) if d["kind"] == "model_promoted"]
+    assert [d["detail"]["version"] for d in promoted] == [1]
+    records = read_topic(lepton_env, topics.models, expect=1)
+    assert [r.key for r in records] == [b"breast_cancer"]
+    announcement = decode(ModelAnnouncement, records[0].value)
+    assert (announcement.version, announcement.sha256, announcement.action) == (
+        1, card.sha256, "promote")
+    spans = exporter.get_finished_spans()
+    by_name = {s.name: s for s in spans}
+    publish = by_name[f"{topics.models} publish"]
+    traceparent = records[0].headers["traceparent"].decode()
+    assert traceparent.split("-")[2] == f"{publish.context.span_id:016x}"
+    assert publish.parent is not None
+    assert publish.parent.span_id == by_name["trainer release"].context.span_id
+    batches = [s for s in spans if s.name == f"{topics.governed} process"]
+    assert sum(s.attributes["messaging.batch.message_count"] for s in batches) == len(events) + 2
+    # links are capped at 128 a span; the count attribute says how many events were consumed
+    assert sum(s.attributes["lepton.links.total"] for s in batches) == len(events)
+    for span in batches:
+        assert len(span.links) == min(128, span.attributes["lepton.links.total"])
+        assert span.attributes["lepton.links.recorded"] == len(span.links)
+    assert any(s.attributes["lepton.links.total"] > 128 for s in batches)
+    assert "trainer train" in by_name
+    assert "trainer evaluate" in by_name
+
+
+def test_dp_sgd_reports_epsilon_and_charges_the_ledger(
+        lepton_env: LeptonSettings, record_property: pytest.RecordProperty) -> None:
+    publish_governed(lepton_env, governed_breast_cancer())
+    settings = trainer_settings(trainer_dp_enabled=True, trainer_dp_noise_multiplier=1.0)
+
+    assert run_trainer(settings) == [1]
+
+    card = Registry(settings).card("breast_cancer", 1)
+    sk_f1, _ = _sklearn_f1()
+    record_property("f1_lepton_dp", card.metrics["f1"])
+    record_property("epsilon", card.epsilon)
+    print(f"\nDP-SGD breast_cancer: F1 {card.metrics['f1']:.4f} (scikit-learn {sk_f1:.4f}), "
+          f"ε={card.epsilon:.3f} at δ={card.delta}")
+    assert card.epsilon is not None
+    assert card.epsilon > 0
+    assert card.delta == settings.trainer_dp_delta
+    assert card.training["dp"]["noise_multiplier"] == 1.0
+    assert card.lineage["dp_history"]
+    charges = [d for d in _decisions(lepton_env) if d["kind"] == "dp_sgd_charge"]
+    assert len(charges) == 1
+    assert charges[0]["dataset"] == "breast_cancer"
+    assert charges[0]["detail"]["epsilon"] == pytest.approx(card.epsilon)
+    assert charges[0]["detail"]["delta"] == card.delta
+    assert (charges[0]["detail"]["model"], charges[0]["detail"]["version"]) == (
+        "breast_cancer", 1)
