@@ -6,6 +6,7 @@ Reads `<data_dir>/governance/audit/` (never writes); used by `lepton audit ...`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def _check_checkpoints(checkpoints: list[Checkpoint], partition: int, public: Ed
 def _check_consistency_chain(checkpoints: list[Checkpoint], hashes: list[bytes],
                              problems: list[str]) -> None:
     nonempty = [cp for cp in checkpoints if cp.tree_size > 0]
-    for old, new in zip(nonempty, nonempty[1:], strict=False):
+    for old, new in itertools.pairwise(nonempty):
         try:
             proof = consistency_proof(old.tree_size, hashes[: new.tree_size])
             verify_consistency(old.tree_size, new.tree_size, old.root_bytes(), new.root_bytes(),

@@ -1,0 +1,275 @@
+"""Governance commands of the `lepton` CLI: `governance` (run the service), `consent`,
+`privacy report|rebuild` and `audit verify|prove|check-proof|consistency|check-consistency`.
+
+Imports stay cheap; heavy modules load inside the commands.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from services.governance.config import GovernanceSettings
+
+audit_app = typer.Typer(help="Verify the audit log and produce or check proofs.",
+                        no_args_is_help=True)
+privacy_app = typer.Typer(help="The privacy-budget ledger.", no_args_is_help=True)
+
+PublicKeyOption = Annotated[
+    Path | None, typer.Option("--public-key", help="Ed25519 public key (PEM) of the audit log "
+                              "(default: <keys dir>/audit-signing.pub).")]
+
+
+def _settings() -> GovernanceSettings:
+    from shared.config import load_settings
+
+    return load_settings(GovernanceSettings)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def governance() -> None:
+    """Run the governance service (consent, DP, budget ledger, audit log) until stopped."""
+    from services.governance.__main__ import main
+
+    main()
+
+
+def consent(
+    subject: Annotated[str, typer.Argument(help="The data subject's id.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset (purpose) name.")],
+    withdraw: Annotated[bool, typer.Option("--withdraw/--give",
+                                           help="Withdraw or give consent.")] = True,
+) -> None:
+    """Withdraw or give a subject's consent for a dataset; audited as consent_changed."""
+    from services.governance.policy import Policy
+    from shared.datasets import UnknownDataset, load_spec
+    from shared.decisions import publish_decision
+    from shared.events import Decision
+    from shared.kafka import make_producer
+    from shared.state import make_redis
+
+    settings = _settings()
+    try:
+        purpose = load_spec(dataset, settings.governance_specs_dir).privacy.purpose
+    except UnknownDataset:
+        raise _fail(f"unknown dataset {dataset!r}", 2) from None
+    try:
+        decision = Decision(kind="consent_changed", actor=f"cli:{getpass.getuser()}",
+                            subject_id=subject, dataset=dataset,
+                            detail={"consent": "withdrawn" if withdraw else "given",
+                                    "purpose": purpose})
+    except ValueError as error:
+        raise _fail(f"invalid subject id: {error}", 2) from None
+    client = make_redis(settings)
+    changed = Policy(client, settings).set_consent(subject, dataset, given=not withdraw)
+    producer = make_producer(settings)
+    publish_decision(producer, settings, decision)
+    state = "withdrawn" if withdraw else "given"
+    note = "" if changed else " (it already was)"
+    typer.echo(f"consent of {subject} for {dataset} ({purpose}): {state}{note}; "
+               f"decision {decision.decision_id} sent for audit")
+
+
+@privacy_app.command("report")
+def privacy_report(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    top: Annotated[int, typer.Option(min=0, help="How many top-spending subjects to list.")]
+    = 10,
+) -> None:
+    """Show spent and remaining privacy budgets per dataset and the top subjects."""
+    from rich.console import Console
+
+    from services.governance.report import budget_tables
+    from shared.state import make_redis
+
+    settings = _settings()
+    client = make_redis(settings)
+    tables, ready = budget_tables(client, settings, dataset, top)
+    console = Console()
+    if not ready:
+        console.print("[yellow]the ledger is not in Redis; run `lepton privacy rebuild` "
+                      "or start `lepton governance`[/]")
+    for table in tables:
+        console.print(table)
+
+
+@privacy_app.command("rebuild")
+def privacy_rebuild() -> None:
+    """Rebuild the Redis ledger from the on-disk charge log (governance must be stopped)."""
+    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.service import AlreadyRunning, exclusive
+    from shared.state import make_redis
+
+    settings = _settings()
+    try:
+        with exclusive(settings.governance_dir()):
+            count = Ledger(make_redis(settings), settings,
+                           ChargeLog(settings.ledger_dir())).rebuild()
+    except AlreadyRunning as error:
+        raise _fail(f"{error}; stop it first (it rebuilds by itself when Redis lost the "
+                    "ledger)") from None
+    typer.echo(f"rebuilt the privacy ledger from {count} charges in {settings.ledger_dir()}")
+
+
+def _public_key(settings: GovernanceSettings, path: Path | None) -> Any:
+    from shared.signing import load_public_key, public_path
+
+    target = path or public_path(settings.audit_key_path())
+    try:
+        return load_public_key(target)
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot read public key {target}: {error}", 2) from None
+
+
+def _read_json(source: str) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot read proof {source}: {error}", 2) from None
+    if not isinstance(data, dict):
+        raise _fail("a proof is a JSON object", 2)
+    return data
+
+
+@audit_app.command("verify")
+def audit_verify(public_key: PublicKeyOption = None) -> None:
+    """Recompute every partition from the store and check it against the signed checkpoints;
+    exit 1 on any edit, drop, reorder or truncation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.governance.verify import verify_store
+    from shared.topics import Topics
+
+    settings = _settings()
+    reports = verify_store(settings.audit_dir(), _public_key(settings, public_key),
+                           Topics(settings.topic_prefix).audit_log)
+    if not reports:
+        raise _fail(f"no audit log under {settings.audit_dir()}")
+    table = Table(title=f"audit log {settings.audit_dir()}")
+    for column in ("partition", "records", "signed", "checkpoints", "status"):
+        table.add_column(column)
+    for r in reports:
+        status = "[green]ok[/]" if r.ok else f"[red]{len(r.problems)} problem(s)[/]"
+        if r.ok and r.size > r.signed_size:
+            status += f" ({r.size - r.signed_size} not yet checkpointed)"
+        table.add_row(str(r.partition), str(r.size), str(r.signed_size), str(r.checkpoints),
+                      status)
+    console = Console()
+    console.print(table)
+    failed = [r for r in reports if not r.ok]
+    for r in failed:
+        for problem in r.problems:
+            typer.echo(f"partition {r.partition}: {problem}", err=True)
+    if failed:
+        typer.echo("VERIFICATION FAILED: the audit log was altered", err=True)
+        raise typer.Exit(1)
+    typer.echo("audit log verified: every partition matches its signed checkpoints")
+
+
+@audit_app.command("prove")
+def audit_prove(
+    event_id: Annotated[str, typer.Argument(help="The event whose decision to prove.")],
+    out: Annotated[Path | None, typer.Option(help="Write the proof here (default: stdout).")]
+    = None,
+) -> None:
+    """Print an inclusion proof (JSON, with its signed checkpoint) of an event's decision."""
+    from services.governance.merkle import ProofError
+    from services.governance.verify import build_inclusion, find_event
+
+    settings = _settings()
+    found = find_event(settings.audit_dir(), event_id)
+    if not found:
+        raise _fail(f"no audit record for event {event_id}")
+    primary = [f for f in found if json.loads(f[2]).get("identity") == f"event:{event_id}"]
+    partition, index, _ = (primary or found)[0]
+    try:
+        proof = build_inclusion(settings.audit_dir(), partition, index)
+    except ProofError as error:
+        raise _fail(str(error)) from None
+    text = json.dumps(proof, indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        typer.echo(f"wrote the proof of leaf {index} (partition {partition}) to {out}", err=True)
+
+
+@audit_app.command("check-proof")
+def audit_check_proof(
+    proof: Annotated[str, typer.Argument(help="Proof file from `lepton audit prove` (- = stdin).")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="The log's public key (PEM).")],
+) -> None:
+    """Check an inclusion proof with the public key alone (exit 1 when it does not hold)."""
+    from services.governance.merkle import ProofError
+    from services.governance.verify import check_inclusion
+    from shared.signing import load_public_key
+
+    data = _read_json(proof)
+    try:
+        summary = check_inclusion(data, load_public_key(public_key))
+    except ProofError as error:
+        typer.echo(f"PROOF REJECTED: {error}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot read public key {public_key}: {error}", 2) from None
+    typer.echo(f"proof OK: {summary}")
+
+
+@audit_app.command("consistency")
+def audit_consistency(
+    partition: Annotated[int, typer.Option(min=0, help="Audit log partition.")] = 0,
+    old: Annotated[int | None, typer.Option(help="Older checkpoint size (default: first).")]
+    = None,
+    new: Annotated[int | None, typer.Option(help="Newer checkpoint size (default: latest).")]
+    = None,
+) -> None:
+    """Print a consistency proof (JSON) between two signed checkpoints of a partition."""
+    from services.governance.merkle import ProofError
+    from services.governance.verify import build_consistency
+
+    settings = _settings()
+    try:
+        typer.echo(json.dumps(build_consistency(settings.audit_dir(), partition, old, new),
+                              indent=2))
+    except ProofError as error:
+        raise _fail(str(error)) from None
+
+
+@audit_app.command("check-consistency")
+def audit_check_consistency(
+    proof: Annotated[str, typer.Argument(help="Proof file from `lepton audit consistency`.")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="The log's public key (PEM).")],
+) -> None:
+    """Check that an older signed checkpoint is a prefix of a newer one (append-only)."""
+    from services.governance.merkle import ProofError
+    from services.governance.verify import check_consistency
+    from shared.signing import load_public_key
+
+    data = _read_json(proof)
+    try:
+        summary = check_consistency(data, load_public_key(public_key))
+    except ProofError as error:
+        typer.echo(f"PROOF REJECTED: {error}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot read public key {public_key}: {error}", 2) from None
+    typer.echo(f"consistency OK: {summary}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the governance commands to the `lepton` CLI."""
+    app.command("governance")(governance)
+    app.command("consent")(consent)
+    app.add_typer(privacy_app, name="privacy")
+    app.add_typer(audit_app, name="audit")

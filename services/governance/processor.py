@@ -1,0 +1,239 @@
+"""One governance batch, from consumed records to the records to produce.
+
+Consumes `events.clean` envelopes and `audit.requests` decisions; for events: replay/duplicate
+check → consent/forget policy → ledger charge (before any release) → DP release → audit append;
+decisions (and `dp_sgd_charge` ledger charges) are sealed into the audit log. Everything is made
+durable on disk before the caller commits. Produces governed envelopes (with privacy stamp and
+audit reference), audit records, and dead letters for input that cannot be governed.
+
+A replay after a crash is recognised by the sealed identity and its source offset: the sealed
+decision wins and its leaf is reused; the same event id from a different offset is a
+duplicate and is withheld, so each event affects the ledger and the audit log exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Message
+
+from services.governance.config import GovernanceSettings
+from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
+from services.governance.policy import Policy
+from services.governance.privacy import DatasetPrivacy, PrivacyConfigError
+from services.governance.records import Kind, Reason
+from services.governance.sealing import Output, decision_item, event_fields, outputs_for
+from services.governance.store import AuditStore, Sealed
+from services.governance.telemetry import GovernanceMetrics
+from shared.datasets import UnknownDataset, load_spec
+from shared.events import (
+    Change,
+    Decision,
+    Envelope,
+    EnvelopeError,
+    PrivacyStamp,
+    Scalar,
+    decode,
+    decode_envelope,
+)
+from shared.topics import Topics
+
+ACTOR = "governance"
+
+
+@dataclass(slots=True)
+class Item:
+    """One consumed record on its way through the batch."""
+
+    msg: Message
+    source: str
+    envelope: Envelope | None = None
+    decision: Decision | None = None
+    error: str | None = None
+    identity: str = ""
+    kind: str | None = None
+    reason: str | None = None
+    replay: bool = False
+    charge: ChargeResult | None = None
+    payload: dict[str, Scalar] | None = None
+    changes: list[Change] = field(default_factory=list)
+    stamp: PrivacyStamp | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    sealed: Sealed | None = None
+    line: bytes = b""
+    publish: bool = True
+
+
+@dataclass
+class BatchResult:
+    """What to produce and commit for a batch."""
+
+    outputs: list[Output]
+    offsets: dict[tuple[str, int], int]
+    counts: Counter[str]
+
+
+class Processor:
+    """Governs batches of consumed records."""
+
+    def __init__(self, settings: GovernanceSettings, store: AuditStore, ledger: Ledger,
+                 policy: Policy, metrics: GovernanceMetrics, audit_partitions: int) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.store = store
+        self.ledger = ledger
+        self.policy = policy
+        self.metrics = metrics
+        self.audit_partitions = audit_partitions
+        self._datasets: dict[str, DatasetPrivacy | str] = {}
+
+    def dataset(self, name: str) -> DatasetPrivacy | str:
+        """The release settings of a dataset, or why it cannot be governed."""
+        found = self._datasets.get(name)
+        if found is None:
+            try:
+                spec = load_spec(name, self.settings.governance_specs_dir)
+                found = DatasetPrivacy(spec, enabled=self.settings.governance_dp_enabled)
+            except UnknownDataset:
+                found = Reason.UNKNOWN_DATASET
+            except (PrivacyConfigError, ValueError):
+                found = "invalid_privacy_settings"
+            self._datasets[name] = found
+        return found
+
+    def process(self, messages: list[Message]) -> BatchResult:
+        """Decide, charge, release and seal a batch; durable on disk when this returns."""
+        items = [self._decode(m) for m in messages]
+        events = [i for i in items if i.msg.topic() == self.topics.clean]
+        self._identify(events)
+        self._apply_policy(events)
+        self._charge(events)
+        self._release(events)
+        for item in items:
+            if item.msg.topic() != self.topics.clean:
+                decision_item(item, self.store, self.ledger, self.dataset, self.metrics)
+        self._seal(items)
+        self.store.sync()
+        offsets: dict[tuple[str, int], int] = {}
+        counts: Counter[str] = Counter()
+        outputs: list[Output] = []
+        for item in items:
+            key = (item.msg.topic() or "", item.msg.partition() or 0)
+            offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
+            counts[item.kind or "skipped"] += 1
+            outputs.extend(outputs_for(item, self.settings, self.topics))
+        return BatchResult(outputs, offsets, counts)
+
+    def _decode(self, msg: Message) -> Item:
+        item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")
+        value = msg.value() or b""
+        try:
+            if msg.topic() == self.topics.clean:
+                item.envelope = decode_envelope(value)
+            else:
+                item.decision = decode(Decision, value)
+        except EnvelopeError as error:
+            item.error = f"{error.kind}: {error.field}"[:200]
+            item.identity = f"input:{item.source}"
+            item.kind = Kind.REJECTED if msg.topic() == self.topics.clean else \
+                Kind.DECISION_REJECTED
+            item.reason = Reason.BAD_ENVELOPE
+        return item
+
+    def _identify(self, events: list[Item]) -> None:
+        in_batch: set[str] = set()
+        for item in events:
+            if item.envelope is None:
+                continue
+            identity = f"event:{item.envelope.event_id}"
+            sealed = self.store.lookup(identity)
+            if identity in in_batch or (sealed is not None and sealed.source != item.source):
+                item.identity = f"duplicate:{item.source}"
+                item.kind, item.reason = Kind.WITHHELD, Reason.DUPLICATE
+                continue
+            in_batch.add(identity)
+            item.identity = identity
+            if sealed is not None:
+                item.replay = True
+                if sealed.kind != Kind.RELEASED:
+                    item.kind, item.reason = sealed.kind, sealed.reason
+                    continue
+            privacy = self.dataset(item.envelope.dataset)
+            if isinstance(privacy, str):
+                item.kind, item.reason = Kind.REJECTED, privacy
+
+    def _apply_policy(self, events: list[Item]) -> None:
+        todo = [i for i in events if i.kind is None and not i.replay and i.envelope]
+        pairs = [(i.envelope.dataset, i.envelope.subject_id) for i in todo if i.envelope]
+        for item, reason in zip(todo, self.policy.blocked(pairs), strict=True):
+            if reason is not None:
+                item.kind, item.reason = Kind.WITHHELD, reason
+
+    def _charge(self, events: list[Item]) -> None:
+        if not self.settings.governance_dp_enabled:
+            return
+        groups: dict[str, list[Item]] = defaultdict(list)
+        for item in events:
+            if item.kind is None and item.envelope is not None:
+                groups[item.envelope.dataset].append(item)
+        for name, group in groups.items():
+            privacy = self.dataset(name)
+            assert isinstance(privacy, DatasetPrivacy)
+            charges = [Charge(i.identity, i.envelope.subject_id if i.envelope else None,
+                              privacy.epsilon, privacy.rho) for i in group]
+            results = self.ledger.charge(name, privacy.budget, charges)
+            fresh = 0.0
+            for item, result in zip(group, results, strict=True):
+                item.charge = result
+                if result.status == "refused":
+                    item.kind = Kind.WITHHELD
+                    item.reason = (Reason.SUBJECT_BUDGET if result.reason == "subject"
+                                   else Reason.DATASET_BUDGET)
+                    self.metrics.budget_exhausted.add(1, {"dataset": name,
+                                                          "scope": result.reason})
+                elif result.status == "invalid":
+                    item.kind, item.reason = Kind.WITHHELD, Reason.BAD_EPSILON
+                elif not result.replay:
+                    fresh += result.epsilon
+            if fresh:
+                self.metrics.epsilon.add(fresh, {"dataset": name})
+            self._observe_budget(name, privacy.budget)
+
+    def _observe_budget(self, name: str, budget: Budget) -> None:
+        spend = self.ledger.spend(name)
+        self.metrics.set_budget(
+            name, effective_epsilon(spend.epsilon, spend.rho, budget.delta), budget.dataset)
+
+    def _release(self, events: list[Item]) -> None:
+        groups: dict[str, list[Item]] = defaultdict(list)
+        for item in events:
+            if item.kind is None and item.envelope is not None:
+                groups[item.envelope.dataset].append(item)
+        for name, group in groups.items():
+            privacy = self.dataset(name)
+            assert isinstance(privacy, DatasetPrivacy)
+            released = privacy.release([i.envelope.payload for i in group if i.envelope])
+            for item, (payload, changes) in zip(group, released, strict=True):
+                item.kind, item.payload, item.changes = Kind.RELEASED, payload, changes
+                item.stamp = privacy.stamp
+
+    def _seal(self, items: list[Item]) -> None:
+        for item in items:
+            if item.kind is None:
+                continue
+            if item.envelope is not None or item.msg.topic() == self.topics.clean:
+                fields = event_fields(item, self.dataset, self.settings.governance_dp_enabled,
+                                      ACTOR)
+            else:
+                fields = item.extra
+            if not fields:
+                continue
+            partition = (item.msg.partition() or 0) % self.audit_partitions
+            item.sealed, item.line, new = self.store.append(partition, fields)
+            if new:
+                self.metrics.audit_appends.add(1)
+            self.metrics.decisions.add(1, {"kind": item.kind, "reason": item.reason or ""})
+            if item.kind == Kind.WITHHELD:
+                self.metrics.withheld.add(1, {"reason": item.reason or ""})
