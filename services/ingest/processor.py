@@ -204,6 +204,9 @@ class Processor:
         out = envelope.model_copy(update={"payload": payload, "changes": tuple(item.changes)})
         headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
         inject_headers(headers)
+        if len(headers) == 1:  # tracing is off: pass the producer's context through unchanged
+            headers.extend((k, v) for k, v in _headers(item.record)
+                           if k in (Header.TRACEPARENT, Header.TRACESTATE))
         return Output(self._topics.clean, subject.encode(), encode(out), headers)
 
     def _dead_letter(self, item: _Item, rejection: Rejection, attempt: int) -> Output:

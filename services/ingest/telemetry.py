@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from services.ingest.processor import BatchResult
 
@@ -14,8 +14,8 @@ from services.ingest.processor import BatchResult
 class IngestMetrics:
     """The service's instruments; record after a transaction commits so retries never count."""
 
-    def __init__(self) -> None:
-        meter = metrics.get_meter("lepton.ingest")
+    def __init__(self, meter: Meter | None = None) -> None:
+        meter = meter or metrics.get_meter("lepton.ingest")
         self.events_in = meter.create_counter(
             "lepton.ingest.events.in", unit="{event}", description="Records consumed and committed")
         self.events_out = meter.create_counter(

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry.trace import Tracer
 
 from services.ingest.config import IngestSettings
 from services.ingest.decoding import Datasets
@@ -43,6 +44,21 @@ class Fenced(RuntimeError):
     """Another producer with our transactional id took over; this one must stop."""
 
 
+def build_processor(settings: IngestSettings, tracer: Tracer) -> Processor:
+    """The batch processor wired to Redis, the key store and the dataset specs."""
+    client = make_redis(settings)
+    tokenizer = load_tokenizer(settings)
+    keystore = KeyStore(settings, client=client, tokenizer=tokenizer,
+                        cache_size=settings.ingest_key_cache_size,
+                        cache_ttl=settings.ingest_key_cache_ttl_s)
+    return Processor(
+        Topics(settings.topic_prefix),
+        Datasets(settings.ingest_specs_dir, settings.ingest_unknown_fields),
+        Deduper(settings, client, settings.ingest_dedup_window_s), keystore,
+        Protector(keystore, tokenizer), tracer, settings.group_id(),
+    )
+
+
 class IngestWorker:
     """One ingest replica: a transactional consume-process-produce loop."""
 
@@ -51,16 +67,7 @@ class IngestWorker:
         self.stop = stop
         self.topics = Topics(settings.topic_prefix)
         self.metrics = IngestMetrics()
-        client = make_redis(settings)
-        tokenizer = load_tokenizer(settings)
-        keystore = KeyStore(settings, client=client, tokenizer=tokenizer,
-                            cache_size=settings.ingest_key_cache_size,
-                            cache_ttl=settings.ingest_key_cache_ttl_s)
-        self.processor = Processor(
-            self.topics, Datasets(settings.ingest_specs_dir, settings.ingest_unknown_fields),
-            Deduper(settings, client, settings.ingest_dedup_window_s), keystore,
-            Protector(keystore, tokenizer), get_tracer("lepton.ingest"), settings.group_id(),
-        )
+        self.processor = build_processor(settings, get_tracer("lepton.ingest"))
         self._attempts: dict[SourceKey, int] = {}
         self._lag_at = 0.0
 
