@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Message
+from opentelemetry.trace import Tracer
 
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
@@ -39,6 +40,7 @@ from shared.events import (
     decode_envelope,
 )
 from shared.topics import Topics
+from shared.tracing import get_tracer
 
 ACTOR = "governance"
 
@@ -79,7 +81,8 @@ class Processor:
     """Governs batches of consumed records."""
 
     def __init__(self, settings: GovernanceSettings, store: AuditStore, ledger: Ledger,
-                 policy: Policy, metrics: GovernanceMetrics, audit_partitions: int) -> None:
+                 policy: Policy, metrics: GovernanceMetrics, audit_partitions: int,
+                 tracer: Tracer | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.store = store
@@ -87,6 +90,7 @@ class Processor:
         self.policy = policy
         self.metrics = metrics
         self.audit_partitions = audit_partitions
+        self.tracer = tracer or get_tracer("lepton.governance")
         self._datasets: dict[str, DatasetPrivacy | str] = {}
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
@@ -123,7 +127,7 @@ class Processor:
             key = (item.msg.topic() or "", item.msg.partition() or 0)
             offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
             counts[item.kind or "skipped"] += 1
-            outputs.extend(outputs_for(item, self.settings, self.topics))
+            outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id()))
         return BatchResult(outputs, offsets, counts)
 
     def _decode(self, msg: Message) -> Item:
@@ -234,6 +238,10 @@ class Processor:
             item.sealed, item.line, new = self.store.append(partition, fields)
             if new:
                 self.metrics.audit_appends.add(1)
+            elif item.sealed.source != item.source:
+                # the same decision sent twice within one batch: sealed (and published) once
+                item.publish = False
+                continue
             self.metrics.decisions.add(1, {"kind": item.kind, "reason": item.reason or ""})
             if item.kind == Kind.WITHHELD:
                 self.metrics.withheld.add(1, {"reason": item.reason or ""})

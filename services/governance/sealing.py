@@ -14,7 +14,6 @@ from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
-from shared.config import LeptonSettings
 from shared.events import (
     CONTENT_TYPE_JSON,
     AuditRef,
@@ -24,16 +23,16 @@ from shared.events import (
     encode,
 )
 from shared.topics import Topics
-from shared.tracing import get_tracer, inject_headers, process_span
+from shared.tracing import inject_headers, process_span
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from services.governance.processor import Item
 
 AUDIT_TYPE_HEADER = "lepton.audit.type"
 UNBOUNDED = Budget(subject=1e308, dataset=1e308)
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"
-
-_tracer = get_tracer("lepton.governance")
 
 DatasetLookup = Callable[[str], "DatasetPrivacy | str"]
 
@@ -123,7 +122,7 @@ def _charge_dp_sgd(item: Item, name: str | None, detail: dict[str, Any], ledger:
             "reason": "dataset_budget_exceeded" if result.reason else None}
 
 
-def outputs_for(item: Item, settings: LeptonSettings, topics: Topics) -> list[Output]:
+def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[Output]:
     """The records to produce for one consumed record, under its process span."""
     msg = item.msg
     attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or "",
@@ -138,10 +137,11 @@ def outputs_for(item: Item, settings: LeptonSettings, topics: Topics) -> list[Ou
         attrs["lepton.audit.leaf_index"] = item.sealed.leaf_index
     out: list[Output] = []
     key = msg.key()
+    text_key = key.decode("utf-8", "replace") if key else None
     raw = msg.headers()
     consumed = list(raw.items()) if isinstance(raw, dict) else raw
-    with process_span(_tracer, msg.topic() or "", consumed, partition=msg.partition(),
-                      offset=msg.offset(), key=key.decode("utf-8", "replace") if key else None,
+    with process_span(tracer, msg.topic() or "", consumed, partition=msg.partition(),
+                      offset=msg.offset(), group=group, key=text_key,
                       attributes=attrs):
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
             out.append(_governed(item, topics))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry.trace import Tracer
 
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
@@ -58,8 +59,10 @@ def exclusive(directory: Path) -> Iterator[None]:
 class GovernanceService:
     """Runs the batch loop until `stop` is set."""
 
-    def __init__(self, settings: GovernanceSettings, stop: threading.Event) -> None:
+    def __init__(self, settings: GovernanceSettings, stop: threading.Event,
+                 tracer: Tracer | None = None) -> None:
         self.settings = settings
+        self.tracer = tracer
         self.stop = stop
         self.topics = Topics(settings.topic_prefix)
         self.metrics = GovernanceMetrics()
@@ -87,7 +90,7 @@ class GovernanceService:
             self.store = store
             self.key = load_or_create_private_key(s.audit_key_path())
             self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
-                                       counts[self.topics.audit_log])
+                                       counts[self.topics.audit_log], self.tracer)
             consumer = make_consumer(s, s.group_id(),
                                      **{"session.timeout.ms": s.governance_session_timeout_ms})
             producer = make_producer(s, transactional_id=s.transactional_id())

@@ -1,0 +1,254 @@
+"""The governance service against the embedded broker and real Redis: policy, DP, budget
+ledger, audit log, lineage and traces end to end (service run in a thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.governance.config import GovernanceSettings
+from services.governance.ledger import ChargeLog, Ledger
+from services.governance.service import GovernanceService
+from services.governance.verify import verify_store
+from shared.config import LeptonSettings
+from shared.datasets.generators import transactions
+from shared.decisions import publish_decision
+from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode
+from shared.kafka import make_producer
+from shared.signing import load_public_key, public_path
+from shared.state import rkey
+from shared.topics import Topics
+from shared.tracing import publish_span
+from tests.helpers import read_topic
+
+TINY_SPEC = """
+name: tiny
+fields:
+  - {name: id, type: string, role: id}
+  - {name: who, type: string, role: subject}
+  - {name: amount, type: float, role: feature, clip_min: 0, clip_max: 10}
+  - {name: label, type: bool, role: label}
+privacy: {mechanism: laplace, epsilon_per_event: 1.0, subject_budget: 2.5,
+          dataset_budget: 1000.0}
+"""
+
+
+def ingest_like(event: Envelope) -> Envelope:
+    """An envelope shaped like ingest's output: PII tokenized/encrypted, changes listed."""
+    payload = dict(event.payload)
+    changes = []
+    for name, action in (("card_number", "tokenized"), ("email", "encrypted"),
+                         ("name", "encrypted")):
+        if name in payload:
+            payload[name] = f"v1:{action}:{abs(hash(payload[name])) % 10**12}"
+            changes.append(Change(field=name, action=action))  # type: ignore[arg-type]
+    return event.model_copy(update={"payload": payload, "changes": tuple(changes)})
+
+
+def feed(settings: LeptonSettings, events: list[Envelope], tracer: Any = None,
+         raw: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    """Produce envelopes (and raw junk) to events.clean as ingest would."""
+    topic = Topics(settings.topic_prefix).clean
+    producer = make_producer(settings)
+    for event in events:
+        headers = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+        if tracer is not None:
+            with publish_span(tracer, topic, headers, key=event.subject_id):
+                producer.produce(topic, key=event.subject_id.encode(), value=encode(event),
+                                 headers=headers)
+        else:
+            producer.produce(topic, key=event.subject_id.encode(), value=encode(event),
+                             headers=headers)
+        producer.poll(0)
+    for value in raw:
+        producer.produce(topic, key=b"junk", value=value)
+    assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "specs"
+    path.mkdir()
+    (path / "tiny.yaml").write_text(TINY_SPEC)
+    monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(path))
+    monkeypatch.setenv("LEPTON_GOVERNANCE_CHECKPOINT_EVERY", "50")
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    return path
+
+
+class Running:
+    """The service in a background thread."""
+
+    def __init__(self, settings: GovernanceSettings, tracer: Any) -> None:
+        self.stop = threading.Event()
+        self.service = GovernanceService(settings, self.stop, tracer)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.service.run()
+        except BaseException as error:
+            self.error = error
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def traced() -> Iterator[tuple[Any, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("test"), exporter
+    provider.shutdown()
+
+
+def _tiny(i: int, who: str) -> Envelope:
+    return Envelope.model_validate({
+        "event_id": f"tiny-{i}", "dataset": "tiny", "subject_id": who,
+        "occurred_at": "2026-01-01T00:00:00Z", "payload": {
+            "id": f"tiny-{i}", "who": who, "amount": 50.0 if i == 0 else 5.0, "label": True}})
+
+
+def _records(settings: LeptonSettings) -> list[dict[str, Any]]:
+    out = []
+    for part in sorted((settings.data_dir / "governance" / "audit").glob("p*")):
+        for seg in sorted((part / "segments").glob("*.seg")):
+            out += [orjson.loads(line) for line in seg.read_bytes().splitlines()]
+    return out
+
+
+def test_policy_budget_dp_audit_lineage_and_traces(
+        lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis,
+        traced: tuple[Any, InMemorySpanExporter]) -> None:
+    tracer, exporter = traced
+    topics = Topics(lepton_env.topic_prefix)
+    redis_client.sadd(rkey(lepton_env, "policy", "forgotten"), "gone")
+    redis_client.sadd(rkey(lepton_env, "policy", "consent", "tiny"), "optout")
+    # "ann" has budget for two events (2.5 / 1.0), "gone" is forgotten, "optout" withdrew
+    tiny = [_tiny(i, who) for i, who in enumerate(["ann"] * 4 + ["gone", "optout", "bob"])]
+    tx = [ingest_like(e) for e in transactions(40, seed=3, customers=40)]
+    unknown = _tiny(99, "ann").model_copy(update={"dataset": "nosuch", "event_id": "nosuch-1"})
+    feed(lepton_env, [*tiny, *tx, unknown, tiny[1]], tracer, raw=[b"{not json"])
+    producer = make_producer(lepton_env)
+    charge = Decision(kind="dp_sgd_charge", actor="trainer", dataset="tiny",
+                      detail={"epsilon": 3.5, "delta": 1e-5, "model": "m", "version": 1})
+    for decision in (charge, charge, Decision(kind="subject_forgotten", actor="cli:test",
+                                              subject_id="gone")):
+        publish_decision(producer, lepton_env, decision)
+    producer.produce(topics.audit_requests, value=b'{"kind": 7}')
+    producer.flush(10)
+
+    settings = GovernanceSettings()
+    running = Running(settings, tracer)
+    try:
+        governed = read_topic(lepton_env, topics.governed, expect=3 + 40, timeout=60)
+        rejected = read_topic(lepton_env, topics.rejected, expect=3, timeout=30)
+    finally:
+        running.close()
+
+    envelopes = [Envelope.model_validate_json(r.value) for r in governed]
+    ids = Counter(e.event_id for e in envelopes)
+    assert set(ids) == {"tiny-0", "tiny-1", "tiny-6"} | {e.event_id for e in tx}
+    assert max(ids.values()) == 1
+    records = _records(lepton_env)
+    by_identity = {r["identity"]: r for r in records}
+    assert len(by_identity) == len(records)
+    withheld = {r["event_id"]: r["reason"] for r in records if r["kind"] == "event_withheld"}
+    assert withheld == {"tiny-2": "subject_budget_exhausted",
+                        "tiny-3": "subject_budget_exhausted", "tiny-4": "subject_forgotten",
+                        "tiny-5": "consent_withdrawn", "tiny-1": "duplicate_event"}
+    assert sorted(r["reason"] for r in records if r["kind"] in (
+        "event_rejected", "decision_rejected")) == ["bad_envelope", "bad_envelope",
+                                                    "unknown_dataset"]
+    assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"bad_envelope",
+                                                               b"unknown_dataset"}
+
+    # lineage: each governed event names the leaf that records its release
+    by_leaf = {(r["partition"], r["leaf_index"]): r for r in records}
+    for env in envelopes:
+        assert env.audit is not None and env.privacy is not None
+        leaf = by_leaf[(env.audit.partition, env.audit.leaf_index)]
+        assert (leaf["event_id"], leaf["kind"]) == (env.event_id, "event_released")
+        assert leaf["epsilon"] == pytest.approx(env.privacy.epsilon)
+        assert env.privacy.mechanism == "laplace" and 0.99 < env.privacy.epsilon <= 1.0
+        assert any(c.action == "noised" for c in env.changes)
+    tiny0 = next(e for e in envelopes if e.event_id == "tiny-0")
+    assert tiny0.payload["amount"] != 50.0
+    assert any(c.field == "amount" and c.action == "clipped" for c in tiny0.changes)
+
+    # ledger: event charges plus the DP-SGD charge (once), equal to the audited ε
+    ledger = Ledger(redis_client, settings, None)
+    released = [r for r in records if r["kind"] == "event_released" and r["dataset"] == "tiny"]
+    sgd = [r for r in records if r["kind"] == "dp_sgd_charge"]
+    assert len(sgd) == 1 and sgd[0]["epsilon"] == 3.5
+    expected = sum(r["epsilon"] for r in released) + 3.5
+    assert ledger.spend("tiny").epsilon == pytest.approx(expected)
+    assert ledger.spend("tiny").charges == 4
+    on_disk = ChargeLog(settings.ledger_dir()).read()
+    assert sum(c["eps"] for c in on_disk if c["dataset"] == "tiny") == pytest.approx(expected)
+    assert {r["kind"] for r in records} >= {"subject_forgotten", "dp_sgd_charge"}
+
+    # the store verifies against its signed checkpoints
+    public = load_public_key(public_path(settings.audit_key_path()))
+    assert all(r.ok for r in verify_store(settings.audit_dir(), public, topics.audit_log))
+    audit_topic = read_topic(lepton_env, topics.audit_log, idle=1.5)
+    kinds = Counter(r.headers["lepton.audit.type"] for r in audit_topic)
+    assert kinds[b"record"] == len(records)
+    assert kinds[b"checkpoint"] >= 1
+
+    # traces: each governed record continues its producer's trace via a process span
+    spans = exporter.get_finished_spans()
+    published = {s.context.trace_id: s for s in spans if s.name == f"{topics.clean} publish"}
+    processed = [s for s in spans if s.name == f"{topics.clean} process"]
+    assert len(processed) >= len(tiny) + len(tx)
+    for span in processed:
+        if span.context.trace_id in published:
+            assert span.parent is not None
+            assert span.parent.span_id == published[span.context.trace_id].context.span_id
+    for record in governed:
+        trace_id = int(record.headers["traceparent"].split(b"-")[1], 16)
+        assert trace_id in published
+
+
+def test_dp_disabled_releases_features_unchanged_and_charges_nothing(
+        lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch, traced: tuple[Any, InMemorySpanExporter]) -> None:
+    monkeypatch.setenv("LEPTON_GOVERNANCE_DP_ENABLED", "false")
+    tx = [ingest_like(e) for e in transactions(30, seed=5, customers=2)]
+    feed(lepton_env, tx)
+    settings = GovernanceSettings()
+    running = Running(settings, traced[0])
+    try:
+        governed = read_topic(lepton_env, Topics(lepton_env.topic_prefix).governed, expect=30,
+                              timeout=60)
+    finally:
+        running.close()
+    sent = {e.event_id: e for e in tx}
+    assert len(governed) == 30
+    for record in governed:
+        env = Envelope.model_validate_json(record.value)
+        assert env.payload == sent[env.event_id].payload
+        assert env.privacy is not None
+        assert (env.privacy.mechanism, env.privacy.epsilon) == ("none", 0.0)
+    released = [r for r in _records(lepton_env) if r["kind"] == "event_released"]
+    assert len(released) == 30
+    assert all(r["dp_enabled"] is False and r["epsilon"] == 0.0 for r in released)
+    assert all("disabled" in r["detail"]["note"] for r in released)
+    assert Ledger(redis_client, settings, None).spend("transactions").charges == 0
