@@ -1,0 +1,75 @@
+"""Evaluation metrics, fairness differences and the promotion gate's verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from services.trainer.evaluate import expected_calibration_error, fairness, quality
+from services.trainer.gate import decide
+
+GATE = {"metrics": ("f1", "roc_auc"), "tolerance": 0.02, "max_dp_diff": 0.2,
+        "max_eo_diff": 0.2}
+
+
+def test_quality_matches_sklearn_and_calibration() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400).astype(np.float64)
+    probs = np.clip(labels * 0.6 + rng.uniform(0, 0.4, 400), 0, 1)
+    metrics = quality(probs, labels)
+    assert metrics["f1"] == pytest.approx(f1_score(labels, probs >= 0.5))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, probs))
+    assert metrics["brier"] == pytest.approx(np.mean((probs - labels) ** 2))
+    assert metrics["validation_rows"] == 400
+    assert 0 < metrics["ece"] < 0.5
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_not() -> None:
+    probs = np.array([0.25] * 4 + [0.75] * 4)
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=np.float64)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(4, 0.95), np.zeros(4)) == pytest.approx(0.95)
+
+
+def test_single_class_has_no_auc_and_empty_has_no_metrics() -> None:
+    assert "roc_auc" not in quality(np.array([0.2, 0.7]), np.array([1.0, 1.0]))
+    assert quality(np.array([]), np.array([]))["validation_rows"] == 0
+
+
+def test_fairness_differences_per_group() -> None:
+    probs = np.array([0.9, 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1])
+    labels = np.array([1, 0, 1, 0, 1, 1, 0, 0], dtype=np.float64)
+    groups = ["a", "a", "a", "a", "b", "b", "b", "b"]
+    fair = fairness(probs, labels, groups, "band")
+    # positive rate a = 2/4, b = 1/4; TPR a = 1/2, b = 1/2
+    assert fair["demographic_parity_diff"] == pytest.approx(0.25)
+    assert fair["equal_opportunity_diff"] == pytest.approx(0.0)
+    assert fair["groups"]["a"]["rows"] == 4
+    assert fairness(probs, labels, groups, None) == {}
+
+
+def test_gate_promotes_first_and_equal_models() -> None:
+    first = decide({"f1": 0.5, "validation_rows": 10}, {}, None, None, **GATE)
+    assert first.promoted
+    assert first.compared_to is None
+    same = decide({"f1": 0.9, "roc_auc": 0.95, "validation_rows": 10}, {},
+                  {"f1": 0.91, "roc_auc": 0.95}, 3, **GATE)
+    assert same.promoted
+    assert same.compared_to == 3
+
+
+def test_gate_refuses_worse_quality_unfairness_and_no_data() -> None:
+    worse = decide({"f1": 0.80, "roc_auc": 0.99, "validation_rows": 10}, {},
+                   {"f1": 0.90, "roc_auc": 0.95}, 4, **GATE)
+    assert not worse.promoted
+    assert len(worse.reasons) == 1
+    assert worse.reasons[0].startswith("f1 0.8000 is worse than live v4 0.9000")
+    unfair = decide({"f1": 0.9, "validation_rows": 10},
+                    {"attribute": "age_band", "demographic_parity_diff": 0.3,
+                     "equal_opportunity_diff": 0.21}, None, None, **GATE)
+    assert not unfair.promoted
+    assert [r.split()[0] for r in unfair.reasons] == ["demographic_parity_diff",
+                                                      "equal_opportunity_diff"]
+    empty = decide({"validation_rows": 0}, {}, None, None, **GATE)
+    assert empty.reasons == ["no held-out rows to evaluate on"]

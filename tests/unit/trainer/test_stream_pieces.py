@@ -1,0 +1,157 @@
+"""Lean envelope decoding, the validation split, lineage merging, resume positions (including
+the crash window between the registry write and Redis), DP accounting, energy and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from confluent_kafka import Producer
+from pydantic import ValidationError
+
+from services.trainer import dp
+from services.trainer.config import TrainerSettings
+from services.trainer.decode import decode_batch
+from services.trainer.energy import EnergyMeter, co2e_grams
+from services.trainer.lineage import CycleLineage, furthest, merge
+from services.trainer.release import Releaser
+from services.trainer.split import is_validation
+from shared.config import LeptonSettings
+from shared.datasets import load_spec
+from shared.events import encode
+from shared.nets import architecture, build_model
+from shared.registry import ModelCard, Registry
+from shared.topics import Topics
+from shared.tracing import get_tracer
+from tests.unit.trainer.governed import governed_breast_cancer
+
+
+@dataclass
+class FakeMessage:
+    """The slice of confluent_kafka.Message the decoder reads (a value object, not a mock)."""
+
+    value_: bytes
+    offset_: int
+    partition_: int = 0
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def value(self) -> bytes:
+        return self.value_
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def topic(self) -> str:
+        return "t.events.governed"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
+
+
+def test_decode_sorts_rows_and_rejects_with_reasons() -> None:
+    envs = governed_breast_cancer(40)
+    other = envs[0].model_copy(update={"dataset": "transactions", "event_id": "other"})
+    unlabelled = envs[1].model_copy(update={"event_id": "nolabel",
+                                            "payload": {"mean_radius": 1.0}})
+    values = [encode(e) for e in envs] + [encode(other), encode(unlabelled), b"[1]", b"{bad"]
+    batch = decode_batch([FakeMessage(v, 100 + i) for i, v in enumerate(values)],
+                         "breast_cancer", "malignant", 20)
+    held = sum(is_validation(e.event_id, 20) for e in envs)
+    assert (len(batch.train), len(batch.validation)) == (40 - held, held)
+    assert (batch.skipped, batch.unlabelled, batch.consumed) == (1, 1, 44)
+    assert [r.detail.split(":")[0] for r in batch.rejected] == ["envelope", "envelope"]
+    assert batch.offsets == {0: (100, 143)}
+    assert batch.next_offsets == {0: 144}
+    assert batch.audit == {0: (0, 38), 1: (1, 39)}
+    assert len(batch.headers) == 40
+
+
+def test_split_is_deterministic_and_near_the_percentage() -> None:
+    ids = [f"event-{i}" for i in range(5000)]
+    held = [i for i in ids if is_validation(i, 20)]
+    assert held == [i for i in ids if is_validation(i, 20)]
+    assert 900 < len(held) < 1100
+
+
+def test_lineage_merges_workers_and_furthest_positions() -> None:
+    a, b = CycleLineage(), CycleLineage()
+    batch = decode_batch([FakeMessage(encode(e), 5 + i, partition_=i % 2) for i, e in
+                          enumerate(governed_breast_cancer(6))], "breast_cancer", "malignant", 20)
+    a.add(batch)
+    b.offsets = {2: (0, 9)}
+    merged = merge([a.to_json(), b.to_json()])
+    assert merged["partitions"] == {"0": [5, 9], "1": [6, 10], "2": [0, 9]}
+    assert merged["rows"]["consumed"] == 6
+    assert furthest({"0": 3, "1": 9}, {0: 5, 2: -1001}) == {0: 5, 1: 9}
+
+
+def _card(resume: dict[str, int], topic: str) -> ModelCard:
+    return ModelCard(model="breast_cancer", dataset="breast_cancer", spec_hash="0" * 64,
+                     architecture=architecture("logistic", 2), feature_transform={},
+                     lineage={"topic": topic, "resume_offsets": resume})
+
+
+def test_resume_covers_the_crash_window_after_the_registry_write(
+        settings: LeptonSettings) -> None:
+    trainer = TrainerSettings(**{**settings.model_dump(), "kafka_bootstrap": "127.0.0.1:9",
+                                 "trainer_dataset": "breast_cancer"})
+    registry = Registry(trainer)
+    releaser = Releaser(trainer, load_spec("breast_cancer"), registry,
+                        Producer({"bootstrap.servers": "127.0.0.1:9"}), get_tracer("t"))
+    topic = Topics(trainer.topic_prefix).governed
+    weights = build_model(architecture("logistic", 2)).state_dict()
+    assert releaser.resume_offsets() == {}
+    releaser.store_offsets({0: 10, 1: 4})
+    # saved but killed before Redis was updated: the card is ahead and wins
+    registry.save(_card({"0": 25, "1": 4, "2": 7}, topic), weights)
+    assert releaser.resume_offsets() == {0: 25, 1: 4, 2: 7}
+    # a card from another topic prefix never moves this trainer's position
+    registry.save(_card({"0": 99}, "other.events.governed"), weights)
+    assert releaser.resume_offsets() == {0: 25, 1: 4, 2: 7}
+
+
+def test_dp_history_composes_and_epsilon_grows() -> None:
+    history = dp.merge_history([(1.0, 0.1, 10)], [(1.0, 0.1, 5), (2.0, 0.2, 3)])
+    assert history == [(1.0, 0.1, 15), (2.0, 0.2, 3)]
+    small = dp.epsilon([(1.0, 0.1, 10)], 1e-5)
+    assert 0 < small < dp.epsilon(history, 1e-5)
+    assert dp.epsilon([], 1e-5) == 0.0
+
+
+def test_dp_clipping_bounds_each_sample() -> None:
+    sgd = dp.DpSgd(1.0, 0.5, torch.device("cpu"))
+    net = build_model(architecture("logistic", 3))
+    module = sgd.wrap(net)
+    x, y = torch.randn(8, 3) * 50, torch.ones(8)
+    sgd.backward(torch.nn.BCEWithLogitsLoss(reduction="sum")(module(x), y))
+    params = list(net.parameters())
+    sums = sgd.clipped_sum(params)
+    total = torch.cat([s.reshape(-1) for s in sums]).norm()
+    assert total <= 8 * 0.5 + 1e-4
+    assert all(getattr(p, "grad_sample", None) is None for p in params)
+
+
+def test_energy_estimate_is_labelled_and_co2e() -> None:
+    meter = EnergyMeter(torch.device("cpu"), watts_per_core=10.0)
+    meter.start()
+    sum(i * i for i in range(300_000))
+    used = meter.read()
+    assert used > 0
+    if meter.method == "estimate":
+        assert meter.describe().startswith("estimate: CPU seconds x 10 W")
+    assert co2e_grams(3.6e6, 400) == pytest.approx(400)
+
+
+def test_settings_reject_unknown_gate_metric() -> None:
+    with pytest.raises(ValidationError, match="trainer_gate_metrics"):
+        TrainerSettings(trainer_gate_metrics=("f1", "vibes"))
+    assert TrainerSettings(trainer_dataset="x").group_id() == "lepton-trainer-x"
