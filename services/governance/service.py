@@ -2,8 +2,9 @@
 
 Consumes `events.clean` and `audit.requests` (one consumer group), and per batch: govern and
 seal (processor.py; charges, audit leaves and checkpoints are durable on disk first), then
-produce `events.governed`, `audit.log` and dead letters, `send_offsets_to_transaction` and
-commit, so outputs and input offsets become visible together or not at all. After a crash the
+produce `events.governed`, `audit.log`, dead letters and the input positions (positions.py),
+`send_offsets_to_transaction` and commit, so outputs and input offsets become visible together
+or not at all. After a crash the
 uncommitted batch is consumed again and reuses its ledger charges and audit leaves.
 """
 
@@ -24,6 +25,7 @@ from opentelemetry.trace import Tracer
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.policy import Policy
+from services.governance.positions import InputPositions
 from services.governance.processor import Processor
 from services.governance.sealing import AUDIT_TYPE_HEADER, Output
 from services.governance.store import AuditStore
@@ -91,12 +93,16 @@ class GovernanceService:
             self.key = load_or_create_private_key(s.audit_key_path())
             self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
                                        counts[self.topics.audit_log], self.tracer)
+            # the transactional producer first: initialising it aborts a predecessor's open
+            # transaction, which would otherwise block reading the committed positions
+            producer = make_producer(s, transactional_id=s.transactional_id())
+            self.positions = InputPositions(s, s.group_id())
             consumer = make_consumer(s, s.group_id(),
                                      **{"session.timeout.ms": s.governance_session_timeout_ms})
-            producer = make_producer(s, transactional_id=s.transactional_id())
             self._last_signed = time.monotonic()
             try:
-                consumer.subscribe([self.topics.clean, self.topics.audit_requests])
+                consumer.subscribe([self.topics.clean, self.topics.audit_requests],
+                                   on_assign=self._on_assign)
                 log.info("governance consuming %s and %s (DP %s)", self.topics.clean,
                          self.topics.audit_requests,
                          "on" if s.governance_dp_enabled else "OFF")
@@ -104,6 +110,7 @@ class GovernanceService:
                 self._transaction(producer, consumer, [], {}, final=True)
             finally:
                 consumer.close()
+                self.positions.close()
                 producer.flush(10)
                 store.close()
                 charge_log.close()
@@ -129,6 +136,20 @@ class GovernanceService:
             self._transaction(producer, consumer, result.outputs, result.offsets, good=good)
             self.batches += 1
             self.metrics.batch_seconds.record(time.perf_counter() - started)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Resume each partition at the later of its Kafka-committed and stored position."""
+        stored = self.positions.load([(tp.topic, tp.partition) for tp in partitions])
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            source = (tp.topic, tp.partition)
+            best = max(stored.get(source, -1), committed.get(source, -1))
+            if best >= 0:
+                tp.offset = best
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}"
+                                          for tp in partitions))
 
     def _due_partitions(self, final: bool = False) -> list[int]:
         s = self.settings
@@ -161,6 +182,8 @@ class GovernanceService:
             producer.begin_transaction()
             for out in outputs:
                 self._produce(producer, out)
+            for partition, key, value in self.positions.records(offsets):
+                self._produce(producer, Output(self.positions.topic, key, value, [], partition))
             if offsets:
                 producer.send_offsets_to_transaction(
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
