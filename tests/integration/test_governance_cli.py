@@ -1,0 +1,110 @@
+"""`lepton consent`, `lepton privacy report|rebuild` and `lepton audit verify|prove|check-proof|
+consistency|check-consistency` as subprocesses against real Redis, broker and stores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import orjson
+import redis
+
+from services.governance.config import GovernanceSettings
+from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
+from services.governance.store import SEGMENTS, AuditStore, partition_dir
+from shared.config import LeptonSettings
+from shared.events import Decision
+from shared.signing import load_or_create_private_key, public_path
+from shared.state import rkey
+from shared.topics import Topics
+from tests.helpers import lepton, read_topic
+
+
+def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
+    key = rkey(lepton_env, "policy", "consent", "transactions")
+    out = lepton("consent", "cust-000007", "--dataset", "transactions", "--withdraw")
+    assert "withdrawn" in out.stdout
+    assert redis_client.sismember(key, "cust-000007")
+    lepton("consent", "cust-000007", "--dataset", "transactions", "--give")
+    assert not redis_client.sismember(key, "cust-000007")
+    records = read_topic(lepton_env, Topics(lepton_env.topic_prefix).audit_requests, expect=2)
+    decisions = [Decision.model_validate_json(r.value) for r in records]
+    assert [(d.kind, d.subject_id, d.dataset, d.detail["consent"]) for d in decisions] == [
+        ("consent_changed", "cust-000007", "transactions", "withdrawn"),
+        ("consent_changed", "cust-000007", "transactions", "given")]
+    assert decisions[0].detail["purpose"] == "fraud-detection"
+    bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
+    assert bad.returncode == 2 and "unknown dataset" in bad.stderr
+
+
+def _build_store(settings: GovernanceSettings) -> None:
+    key = load_or_create_private_key(settings.audit_key_path())
+    store = AuditStore(settings.audit_dir(), Topics(settings.topic_prefix).audit_log,
+                       fsync=False)
+    store.open(2)
+    for i in range(40):
+        store.append(i % 2, {"identity": f"event:e{i}", "kind": "event_released",
+                             "actor": "governance", "event_id": f"e{i}", "source": f"c/0/{i}",
+                             "epsilon": 1.0})
+        if i % 10 == 9:
+            store.checkpoint(i % 2, key)
+    store.close()
+
+
+def test_audit_verify_prove_check_and_tamper(lepton_env: LeptonSettings, tmp_path: Path) -> None:
+    settings = GovernanceSettings()
+    _build_store(settings)
+    assert "verified" in lepton("audit", "verify").stdout
+
+    # a third party holds only the public key
+    public = tmp_path / "third-party" / "audit.pub"
+    public.parent.mkdir()
+    shutil.copy(public_path(settings.audit_key_path()), public)
+    proof_file = tmp_path / "proof.json"
+    lepton("audit", "prove", "e7", "--out", str(proof_file))
+    checked = lepton("audit", "check-proof", str(proof_file), "--public-key", str(public))
+    assert "proof OK" in checked.stdout and "event:e7" in checked.stdout
+    proof = json.loads(proof_file.read_text())
+    proof["record"] = proof["record"].replace('"epsilon":1.0', '"epsilon":0.0')
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(proof))
+    rejected = lepton("audit", "check-proof", str(forged), "--public-key", str(public),
+                      check=False)
+    assert rejected.returncode == 1 and "PROOF REJECTED" in rejected.stderr
+    assert lepton("audit", "prove", "nope", check=False).returncode == 1
+
+    consistency = lepton("audit", "consistency", "--partition", "1").stdout
+    (tmp_path / "c.json").write_text(consistency)
+    assert orjson.loads(consistency)["old"]["tree_size"] == 5
+    ok = lepton("audit", "check-consistency", str(tmp_path / "c.json"), "--public-key",
+                str(public))
+    assert "consistency OK" in ok.stdout
+
+    seg = next((partition_dir(settings.audit_dir(), 1) / SEGMENTS).glob("*.seg"))
+    seg.write_bytes(seg.read_bytes().replace(b'"event_id":"e9"', b'"event_id":"e8"'))
+    failed = lepton("audit", "verify", check=False)
+    assert failed.returncode == 1
+    assert "VERIFICATION FAILED" in failed.stderr and "partition 1" in failed.stderr
+
+
+def test_privacy_report_and_rebuild(lepton_env: LeptonSettings,
+                                    redis_client: redis.Redis, redis_prefix: str) -> None:
+    settings = GovernanceSettings()
+    log = ChargeLog(settings.ledger_dir(), fsync=False)
+    log.open()
+    ledger = Ledger(redis_client, settings, log)
+    ledger.ensure_ready()
+    budget = Budget(subject=50.0, dataset=1e7)
+    ledger.charge("transactions", budget,
+                  [Charge(f"event:e{i}", f"cust-{i % 3}", 1.0) for i in range(30)])
+    log.close()
+    before = (ledger.spend("transactions"), ledger.subjects("transactions"))
+    report = lepton("privacy", "report", "--top", "2", env={"COLUMNS": "200"}).stdout
+    assert "transactions" in report and "cust-0" in report and "30" in report
+
+    for key in redis_client.scan_iter(match=f"{redis_prefix}governance:ledger:*"):
+        redis_client.delete(key)
+    assert "not in Redis" in lepton("privacy", "report").stdout
+    assert "from 30 charges" in lepton("privacy", "rebuild").stdout
+    assert (ledger.spend("transactions"), ledger.subjects("transactions")) == before
