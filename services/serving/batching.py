@@ -1,7 +1,8 @@
 """Dynamic batching for unary predictions on the event loop: requests for the same model
 version queue up until `max_size` are waiting or the oldest has waited `max_wait`, then one
-feature transform and one forward pass score them all. Requests whose caller went away
-(deadline, cancel) are dropped before scoring."""
+feature transform and one forward pass score them all. With `max_wait` 0 the batch is flushed
+at the end of the current event-loop iteration (whatever arrived together is scored together,
+adding no latency). Requests whose caller went away (deadline, cancel) are not scored."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from shared.events import Scalar
 class _Queue:
     records: list[dict[str, Scalar]] = field(default_factory=list)
     futures: list[asyncio.Future[float]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 class Batcher:
@@ -41,7 +42,8 @@ class Batcher:
         if len(queue.records) >= self.max_size:
             self._flush(model)
         elif queue.timer is None:
-            queue.timer = loop.call_later(self.max_wait_s, self._flush, model)
+            queue.timer = loop.call_later(self.max_wait_s, self._flush, model) \
+                if self.max_wait_s > 0 else loop.call_soon(self._flush, model)
         return await future
 
     def _flush(self, model: LoadedModel) -> None:

@@ -39,6 +39,9 @@ class ServingSettings(LeptonSettings):
     serving_kafka_batch: int = Field(default=500, ge=1)
     serving_dedup_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     serving_torch_threads: int = Field(default=1, ge=1)
+    serving_numpy_forward: bool = Field(
+        default=True, description="Score Linear/ReLU stacks with a verified NumPy forward pass."
+    )
 
     @field_validator("serving_addr")
     @classmethod

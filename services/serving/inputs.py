@@ -20,42 +20,65 @@ MAX_FIELDS = 512
 Tokenize = Callable[[str, str], str]
 
 
-def _check_number(spec: FieldSpec, value: Scalar) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"field {spec.name!r} must be a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(f"field {spec.name!r} must be a finite number")
-    if spec.type is FieldType.INT and isinstance(value, float):
-        if not value.is_integer():
-            raise InvalidInput(f"field {spec.name!r} must be an integer")
-        value = int(value)
-    if spec.valid_min is not None and value < spec.valid_min:
-        raise InvalidInput(f"field {spec.name!r} is below its minimum {spec.valid_min:g}")
-    if spec.valid_max is not None and value > spec.valid_max:
-        raise InvalidInput(f"field {spec.name!r} is above its maximum {spec.valid_max:g}")
-    if spec.clip_min is not None and value < spec.clip_min:
-        value = type(value)(spec.clip_min)
-    if spec.clip_max is not None and value > spec.clip_max:
-        value = type(value)(spec.clip_max)
-    return value
+_SKIP = object()
+Check = Callable[[Scalar], Any]
 
 
-def _check_value(spec: FieldSpec, value: Scalar) -> Scalar:
-    if spec.is_numeric:
-        return _check_number(spec, value)
-    if spec.type is FieldType.BOOL:
-        if not isinstance(value, bool):
-            raise InvalidInput(f"field {spec.name!r} must be true or false")
+def _number_check(spec: FieldSpec) -> Check:
+    name, integer = spec.name, spec.type is FieldType.INT
+    low, high = spec.valid_min, spec.valid_max
+    clip_low, clip_high = spec.clip_min, spec.clip_max
+
+    def check(value: Scalar) -> float | int:
+        if value.__class__ not in (int, float):
+            raise InvalidInput(f"field {name!r} must be a number")
+        number: float | int = value
+        if isinstance(number, float):
+            if not math.isfinite(number):
+                raise InvalidInput(f"field {name!r} must be a finite number")
+            if integer:
+                if not number.is_integer():
+                    raise InvalidInput(f"field {name!r} must be an integer")
+                number = int(number)
+        if low is not None and number < low:
+            raise InvalidInput(f"field {name!r} is below its minimum {low:g}")
+        if high is not None and number > high:
+            raise InvalidInput(f"field {name!r} is above its maximum {high:g}")
+        if clip_low is not None and number < clip_low:
+            number = type(number)(clip_low)
+        if clip_high is not None and number > clip_high:
+            number = type(number)(clip_high)
+        return number
+
+    return check
+
+
+def _bool_check(spec: FieldSpec) -> Check:
+    name = spec.name
+
+    def check(value: Scalar) -> bool:
+        if value is not True and value is not False:
+            raise InvalidInput(f"field {name!r} must be true or false")
         return value
-    if not isinstance(value, str):
-        raise InvalidInput(f"field {spec.name!r} must be a string")
-    if spec.allowed is not None and value not in spec.allowed:
-        raise InvalidInput(
-            f"field {spec.name!r} must be one of {', '.join(spec.allowed)}"
-        )
-    if spec.max_length is not None and len(value) > spec.max_length:
-        raise InvalidInput(f"field {spec.name!r} is longer than {spec.max_length} characters")
-    return value
+
+    return check
+
+
+def _text_check(spec: FieldSpec) -> Check:
+    name, longest = spec.name, spec.max_length
+    allowed = frozenset(spec.allowed) if spec.allowed is not None else None
+    choices = ", ".join(spec.allowed or ())
+
+    def check(value: Scalar) -> str:
+        if not isinstance(value, str):
+            raise InvalidInput(f"field {name!r} must be a string")
+        if allowed is not None and value not in allowed:
+            raise InvalidInput(f"field {name!r} must be one of {choices}")
+        if longest is not None and len(value) > longest:
+            raise InvalidInput(f"field {name!r} is longer than {longest} characters")
+        return value
+
+    return check
 
 
 class RecordSchema:
@@ -63,7 +86,7 @@ class RecordSchema:
 
     def __init__(self, spec: DatasetSpec, tokenizer: Callable[[], Tokenize | None]) -> None:
         self.spec = spec
-        self._fields = {f.name: f for f in spec.fields}
+        self._checks: dict[str, Check] = {f.name: self._check(f) for f in spec.fields}
         self._required = [
             f.name for f in spec.fields if f.role is Role.FEATURE and f.required and not f.impute
         ]
@@ -72,37 +95,46 @@ class RecordSchema:
         self._loaded = False
         self._lock = threading.Lock()
 
+    def _check(self, spec: FieldSpec) -> Check:
+        if spec.role is Role.LABEL:
+            return lambda _value: _SKIP
+        if spec.role is Role.PII:
+            return lambda value: self._protect(spec, value)
+        if spec.is_numeric:
+            return _number_check(spec)
+        if spec.type is FieldType.BOOL:
+            return _bool_check(spec)
+        return _text_check(spec)
+
     def clean(self, record: Mapping[str, Scalar]) -> dict[str, Scalar]:
         """The cleaned record (features, tokenized PII); raise InvalidInput naming the field."""
         if len(record) > MAX_FIELDS:
             raise InvalidInput(f"record has more than {MAX_FIELDS} fields")
+        checks = self._checks
         out: dict[str, Scalar] = {}
         for name, value in record.items():
-            spec = self._fields.get(name)
-            if spec is None:
+            check = checks.get(name)
+            if check is None:
                 raise InvalidInput(
                     f"field {name[:100]!r} is not a field of dataset {self.spec.name!r}"
                 )
-            if spec.role is Role.LABEL or value is None:
+            if value is None:
                 continue
-            if spec.role is Role.PII:
-                token = self._protect(spec, value)
-                if token is not None:
-                    out[name] = token
-                continue
-            out[name] = _check_value(spec, value)
+            cleaned = check(value)
+            if cleaned is not _SKIP:
+                out[name] = cleaned
         for name in self._required:
             if name not in out:
                 raise InvalidInput(f"field {name!r} is required")
         return out
 
-    def _protect(self, spec: FieldSpec, value: Scalar) -> str | None:
+    def _protect(self, spec: FieldSpec, value: Scalar) -> object:
         if spec.pii is not PiiAction.TOKENIZE:
-            return None
+            return _SKIP
         if not isinstance(value, str):
             raise InvalidInput(f"field {spec.name!r} must be a string")
         tokenize = self._tokenizer()
-        return None if tokenize is None else tokenize(spec.name, value)
+        return _SKIP if tokenize is None else tokenize(spec.name, value)
 
     def _tokenizer(self) -> Tokenize | None:
         if not self._loaded:

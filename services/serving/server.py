@@ -62,7 +62,8 @@ class ServingApp:
         self.health = health_aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
         loader = ModelLoader(Registry(settings), tokenizer_factory(settings),
-                             warmup_rows=settings.serving_warmup_rows)
+                             warmup_rows=settings.serving_warmup_rows,
+                             numpy_forward=settings.serving_numpy_forward)
         self.fleet = Fleet(loader, names=settings.model_names(),
                            canary_share=settings.serving_canary_share,
                            pinned_cache=settings.serving_pinned_cache,

@@ -264,3 +264,32 @@ def test_tls(lepton_env: LeptonSettings, tmp_path: Path) -> None:
         assert _code(lambda: call_predict(insecure, record(), timeout=3)) == \
             grpc.StatusCode.UNAVAILABLE
         plain.close()
+
+
+def test_served_scores_equal_the_trainers_transform_and_network(live_server: Any) -> None:
+    import torch
+
+    from shared.datasets import load_spec
+    from shared.features import FeatureTransform
+    from shared.nets import build_model
+
+    server, service = live_server
+    card, weights = Registry(server.settings).load(MODEL, 1)
+    net = build_model(card.architecture)
+    net.load_state_dict(weights)
+    transform = FeatureTransform.from_dict(card.feature_transform)
+    spec = load_spec("transactions")
+    bounds = {f.name: (f.clip_min, f.clip_max) for f in spec.fields if f.is_numeric}
+    checked = 0
+    for i in range(40):
+        rec = record(i)
+        if any(rec.get(name) is not None and ((low is not None and rec[name] < low) or
+                                              (high is not None and rec[name] > high))
+               for name, (low, high) in bounds.items()):
+            continue
+        with torch.inference_mode():
+            expected = torch.sigmoid(net(torch.from_numpy(transform.transform([rec])))).item()
+        reply = call_predict(service, rec)
+        assert abs(reply.score - expected) < 1e-5
+        checked += 1
+    assert checked >= 20

@@ -112,6 +112,9 @@ def running(settings: ServingSettings, *, kafka: bool | None = None) -> Iterator
         yield server
     finally:
         server.stop()
+        producer = _PRODUCERS.pop((settings.kafka_bootstrap, settings.topic_prefix), None)
+        if producer is not None:
+            producer.flush(5)
 
 
 def stub(addr: str) -> tuple[grpc.Channel, Any]:
