@@ -2,9 +2,10 @@
 levels, with and without dynamic batching, against a minimal grpc.aio echo server (same proto,
 constant answer) in the same run; then the worst latency while the model is hot-swapped.
 
-Run `python bench/serving_bench.py [--seconds 3]`; prints markdown. Starts its own embedded
-broker when LEPTON_KAFKA_BOOTSTRAP is unset and uses Redis at LEPTON_REDIS_URL (default
-local db 15) under a private prefix. Server and load generator are separate processes.
+Run `python bench/serving_bench.py [--seconds 2 --rounds 2]`; prints markdown. Starts its
+own embedded broker when LEPTON_KAFKA_BOOTSTRAP is unset and uses Redis at LEPTON_REDIS_URL
+(default local db 15) under a private prefix. Servers and load generator are separate
+processes; the servers are measured round-robin so load from elsewhere hits all alike.
 """
 
 from __future__ import annotations
@@ -244,10 +245,56 @@ def _wait_serving(addr: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("serving did not become SERVING")
 
 
-def _row(label: str, conc: int, result: Result, echo: Result | None = None) -> str:
-    ratio = f"{result.qps / echo.qps:.2f}" if echo else ""
-    return (f"| {label} | {conc} | {result.qps:,.0f} | {result.rows / result.seconds:,.0f} | "
-            f"{result.pct(0.5):.2f} | {result.pct(0.99):.2f} | {ratio} | {result.errors} |")
+@dataclass
+class Point:
+    """Merged rounds of one scenario at one concurrency."""
+
+    calls: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    errors: int = 0
+
+    def __post_init__(self) -> None:
+        self.latencies: list[float] = []
+
+    def add(self, result: Result, cpu_seconds: float) -> None:
+        """Merge one round."""
+        self.calls += result.calls
+        self.rows += result.rows
+        self.seconds += result.seconds
+        self.cpu += cpu_seconds
+        self.errors += result.errors
+        self.latencies.extend(result.latencies)
+
+    @property
+    def qps(self) -> float:
+        """Calls a second over all rounds."""
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        """Latency percentile in ms."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def _measure(addr: str, pid: int, concurrency: int, seconds: float, batch: int) -> tuple[
+        Result, float]:
+    import psutil
+
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    result = asyncio.run(_load(addr, concurrency, seconds, batch))
+    after = proc.cpu_times()
+    return result, (after.user + after.system) - (before.user + before.system)
+
+
+def _row(label: str, conc: int, point: Point, echo: Point | None) -> str:
+    ratio = f"{point.qps / echo.qps:.2f}" if echo else "1"
+    cpu = point.cpu / point.calls * 1e6 if point.calls else 0.0
+    return (f"| {label} | {conc} | {point.qps:,.0f} | {point.rows / point.seconds:,.0f} | "
+            f"{point.pct(0.5):.2f} | {point.pct(0.99):.2f} | {cpu:,.0f} | {ratio} | "
+            f"{point.errors} |")
 
 
 async def _swap_run(addr: str, platform: Platform, cards: list[Any], seconds: float,
@@ -258,6 +305,7 @@ async def _swap_run(addr: str, platform: Platform, cards: list[Any], seconds: fl
     settings = platform.settings()
 
     async def swaps() -> None:
+        await asyncio.to_thread(announce, settings, cards[0], "shadow")
         gap = seconds / (len(cards) + 1)
         for card in cards:
             await asyncio.sleep(gap)
@@ -270,9 +318,10 @@ async def _swap_run(addr: str, platform: Platform, cards: list[Any], seconds: fl
 
 
 def main() -> None:
-    """Run every load point and print the markdown section."""
+    """Run every load point (servers interleaved round by round) and print markdown."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="Per round and point.")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
@@ -286,47 +335,58 @@ def main() -> None:
         settings = platform.settings()
         cards = [save_model(settings, seed=i) for i in range(6)]
         Registry(settings).set_live(MODEL, cards[0].version)
-        levels = (1, 8, 32)
-        rows: list[str] = []
         echo, echo_addr = platform.echo()
-        echo_results = {c: asyncio.run(_load(echo_addr, c, args.seconds, 1)) for c in levels}
-        echo_batch = asyncio.run(_load(echo_addr, 8, args.seconds, 32))
+        plain, plain_addr = platform.server(LEPTON_SERVING_BATCHING="false")
+        batched, batched_addr = platform.server(LEPTON_SERVING_BATCHING="true")
+        servers = {"echo": (echo, echo_addr), "plain": (plain, plain_addr),
+                   "batched": (batched, batched_addr)}
+        for _, addr in servers.values():
+            asyncio.run(_load(addr, 8, 0.5, 1))
+        levels = (1, 8, 32)
+        points: dict[tuple[str, int, int], Point] = {}
+        for _ in range(args.rounds):
+            for conc in levels:
+                for name, (proc, addr) in servers.items():
+                    result, cpu = _measure(addr, proc.pid, conc, args.seconds, 1)
+                    points.setdefault((name, conc, 1), Point()).add(result, cpu)
+            for name in ("echo", "plain"):
+                proc, addr = servers[name]
+                result, cpu = _measure(addr, proc.pid, 8, args.seconds, 32)
+                points.setdefault((name, 8, 32), Point()).add(result, cpu)
         platform.stop(echo)
-        for c in levels:
-            rows.append(_row("echo (grpc.aio, constant answer)", c, echo_results[c]))
-        rows.append(_row("echo PredictBatch ×32", 8, echo_batch))
-        steady_p99 = 0.0
-        for batching in (False, True):
-            env = {"LEPTON_SERVING_BATCHING": "true" if batching else "false"}
-            server, addr = platform.server(**env)
-            label = "dynamic batching" if batching else "no batching"
-            asyncio.run(_load(addr, 8, 1.0, 1))
-            for c in levels:
-                result = asyncio.run(_load(addr, c, args.seconds, 1))
-                rows.append(_row(f"Predict, {label}", c, result, echo_results[c]))
-                if not batching and c == 8:
-                    steady_p99 = result.pct(0.99)
-            batch = asyncio.run(_load(addr, 8, args.seconds, 32))
-            rows.append(_row(f"PredictBatch ×32, {label}", 8, batch, echo_batch))
-            if not batching:
-                swap, windows = asyncio.run(_swap_run(addr, platform, cards[1:],
-                                                      max(args.seconds * 2, 5.0), 8))
-            platform.stop(server)
+        platform.stop(batched)
+        swap, windows = asyncio.run(_swap_run(plain_addr, platform, cards[1:],
+                                              max(args.seconds * 3, 6.0), 8))
+        platform.stop(plain)
         during = [lat for lat, start in zip(swap.latencies, swap.stamps, strict=True)  # type: ignore[attr-defined]
                   if any(a <= start <= b for a, b in windows)]
+        steady = sorted(lat for lat, start in zip(swap.latencies, swap.stamps, strict=True)  # type: ignore[attr-defined]
+                        if not any(a <= start <= b for a, b in windows))
+        steady_p99 = steady[int(0.99 * len(steady))] * 1000
         worst = max(during) * 1000 if during else float("nan")
+        labels = {"echo": "echo server (grpc.aio, constant answer)",
+                  "plain": "Predict, no batching",
+                  "batched": "Predict, dynamic batching (64 / 1 ms)"}
         print("## Serving\n")
-        print("`python bench/serving_bench.py` — server and load generator are separate "
-              "processes on the same 2-core box (the grpc.aio load generator competes with the "
-              "server for CPU); model: transactions MLP (hidden 8), auth on, OTel SDK on.\n")
-        print("| scenario | concurrency | calls/s | rows/s | p50 ms | p99 ms | ratio to echo "
-              "| errors |")
-        print("|---|---|---|---|---|---|---|---|")
-        for row in rows:
-            print(row)
-        print(f"\nHot-swap under load (Predict, concurrency 8, {len(cards) - 1} swaps by "
-              f"announcement): {swap.calls:,} calls, {swap.errors} errors; worst latency within "
-              f"0.5 s of a swap {worst:.2f} ms vs steady p99 {steady_p99:.2f} ms "
+        print(f"`python bench/serving_bench.py` ({args.rounds} interleaved rounds × "
+              f"{args.seconds:g} s per point). Server and load generator (one grpc.aio process) "
+              "are separate processes on the same 2-core box; model: transactions MLP "
+              "(hidden 8), auth on, OTel SDK on. `server µs/call` is the server process's CPU "
+              "time per call (robust to load from other processes); the ratio compares calls/s "
+              "with the echo server at the same concurrency.\n")
+        print("| scenario | concurrency | calls/s | rows/s | p50 ms | p99 ms | server µs/call "
+              "| ratio to echo | errors |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in ("echo", "plain", "batched"):
+            for conc in levels:
+                echo_point = points[("echo", conc, 1)] if name != "echo" else None
+                print(_row(labels[name], conc, points[(name, conc, 1)], echo_point))
+        print(_row("PredictBatch ×32, echo server", 8, points[("echo", 8, 32)], None))
+        print(_row("PredictBatch ×32", 8, points[("plain", 8, 32)], points[("echo", 8, 32)]))
+        print(f"\nHot-swap under load (Predict, no batching, concurrency 8, a shadow then "
+              f"{len(cards) - 1} promotions by announcement): {swap.calls:,} calls, "
+              f"{swap.errors} errors; worst latency within 0.5 s after a swap "
+              f"{worst:.2f} ms vs steady p99 {steady_p99:.2f} ms of the same run "
               f"(ratio {worst / steady_p99:.2f}, goal ≤ 3).")
     finally:
         platform.close()

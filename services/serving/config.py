@@ -28,7 +28,7 @@ class ServingSettings(LeptonSettings):
     serving_max_batch_items: int = Field(default=4096, ge=1, description="Per PredictBatch.")
     serving_batching: bool = Field(default=False, description="Dynamic batching of unary calls.")
     serving_batch_max_size: int = Field(default=64, ge=1)
-    serving_batch_max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    serving_batch_max_wait_ms: float = Field(default=1.0, ge=0, le=1000)
     serving_threshold: float = Field(default=0.5, ge=0, le=1)
     serving_canary_share: float = Field(default=0.1, ge=0, le=1)
     serving_warmup_rows: int = Field(default=16, ge=1)

@@ -293,3 +293,22 @@ def test_served_scores_equal_the_trainers_transform_and_network(live_server: Any
         assert abs(reply.score - expected) < 1e-5
         checked += 1
     assert checked >= 20
+
+
+def test_predict_span_continues_the_callers_trace(live_server: Any) -> None:
+    from tests.unit.serving.support import span_exporter
+
+    exporter = span_exporter()
+    _, service = live_server
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    meta = [*auth_metadata(TOKEN), ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")]
+    reply = service.Predict(predict_request(record(), request_id="traced"), timeout=5,
+                            metadata=meta)
+    spans = [s for s in exporter.get_finished_spans()
+             if s.name == "lepton.serving.v1.PredictionService/Predict"
+             and f"{s.context.trace_id:032x}" == trace_id]
+    assert len(spans) == 1
+    assert spans[0].parent is not None
+    assert spans[0].parent.span_id == 0x00F067AA0BA902B7
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["lepton.model.version"] == reply.version
