@@ -20,6 +20,9 @@ class TrainerSettings(LeptonSettings):
         default=None, description="Consumer group (default: lepton-trainer-<model>).")
     trainer_workers: int = Field(default=1, ge=1, le=64, description="torch.distributed ranks.")
     trainer_device: Literal["auto", "cpu", "cuda"] = "auto"
+    trainer_cpu_threads: int = Field(
+        default=1, ge=0, description="torch intra-op threads per CPU rank (0 = torch default); "
+        "small models train faster single-threaded beside the Kafka client's threads.")
     trainer_batch_size: int = Field(default=512, ge=1, description="Records per worker a round.")
     trainer_max_wait_s: float = Field(default=1.0, gt=0, description="Longest wait for a batch.")
     trainer_cycle_rows: int = Field(

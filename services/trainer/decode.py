@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from services.trainer.split import is_validation
-from shared.features import label_value
+from shared.features import FeatureTransform, label_value
 
 Headers = list[tuple[str, bytes]]
 
@@ -48,6 +50,41 @@ class Batch:
     skipped: int = 0
     unlabelled: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    features: tuple[FeatureTransform, npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = (
+        None)
+
+    def featurize(self, transform: FeatureTransform) -> tuple[
+            npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """The training rows' (features, labels) under `transform` (computed once per batch)."""
+        if self.features is None or self.features[0] is not transform:
+            self.features = (transform, transform.transform(self.train),
+                             transform.labels(self.train))
+        return self.features[1], self.features[2]
+
+    def extend(self, other: Batch) -> None:
+        """Append a later batch of the same worker."""
+        if (self.features is not None and other.features is not None
+                and self.features[0] is other.features[0]):
+            self.features = (self.features[0],
+                             np.concatenate([self.features[1], other.features[1]]),
+                             np.concatenate([self.features[2], other.features[2]]))
+        elif self.train or other.train:
+            self.features = None
+        self.train.extend(other.train)
+        self.validation.extend(other.validation)
+        self.headers.extend(other.headers)
+        for partition, (low, high) in other.offsets.items():
+            _span(self.offsets, partition, low)
+            _span(self.offsets, partition, high)
+        for partition, (low, high) in other.audit.items():
+            _span(self.audit, partition, low)
+            _span(self.audit, partition, high)
+        for partition, offset in other.next_offsets.items():
+            self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset)
+        self.consumed += other.consumed
+        self.skipped += other.skipped
+        self.unlabelled += other.unlabelled
+        self.rejected.extend(other.rejected)
 
 
 def _span(ranges: dict[int, tuple[int, int]], key: int, value: int) -> None:

@@ -81,7 +81,7 @@ class DpSgd:
         layer's input needing no gradient is expected and silenced)."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
 
     def clipped_sum(self, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
         """Σ over samples of each per-sample gradient clipped to norm C; clears grad_sample."""

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.decode import Batch, decode_batch
 from services.trainer.energy import EnergyMeter
 from services.trainer.lineage import CycleLineage, furthest, merge
+from services.trainer.prefetch import Prefetcher
 from services.trainer.release import Candidate, LiveModel, Releaser
 from services.trainer.train import Engine
 from shared.datasets import load_spec
@@ -55,6 +57,7 @@ class Cycle:
     validation: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     rounds: int = 0
+    active_s: float = 0.0
 
 
 class TrainerLoop:
@@ -72,6 +75,10 @@ class TrainerLoop:
         self.label = self.spec.label.name
         self.topic = Topics(settings.topic_prefix).governed
         self.device = comm.device
+        if self.device.type == "cpu" and settings.trainer_cpu_threads:
+            torch.set_num_threads(settings.trainer_cpu_threads)
+        # the first optimiser imports torch._dynamo (~1 s): pay it at start, not in a cycle
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         self.consumer: Consumer = make_consumer(
             settings, settings.group_id(), **{"client.id": f"trainer-{comm.rank}",
                                               "log_level": 3})
@@ -80,6 +87,7 @@ class TrainerLoop:
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
         self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
         self.positions: dict[int, int] = {}
+        self.prefetch: Prefetcher | None = None
         self.window: list[dict[str, Any]] = []
         self.released: list[int] = []
         self.seed = settings.trainer_seed
@@ -109,6 +117,9 @@ class TrainerLoop:
     def run(self) -> list[int]:
         """Consume and train until stopped (or idle long enough); returns versions released."""
         self._assign()
+        self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
+            decode_batch, dataset=self.spec.name, label=self.label,
+            val_percent=self.settings.trainer_val_percent))
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:
@@ -116,6 +127,7 @@ class TrainerLoop:
         finally:
             if self.comm.leader:
                 clear_ready(self.settings, "trainer")
+            self.prefetch.close()
             self.consumer.close()
             self.producer.flush(10)
         return self.released
@@ -133,6 +145,7 @@ class TrainerLoop:
                 self._train(cycle, batch, int(train_rows))
                 cycle.rows += int(total)
                 cycle.rounds += 1
+                cycle.active_s = time.monotonic() - cycle.started
             elapsed = time.monotonic() - cycle.started if cycle else 0.0
             end_cycle = cycle is not None and (
                 stopping or total == 0 or cycle.rows >= self.settings.trainer_cycle_rows
@@ -149,25 +162,28 @@ class TrainerLoop:
     # -- rounds ----------------------------------------------------------------------------
 
     def _poll_round(self, idle_since: float) -> tuple[Batch, tuple[float, float, bool, bool]]:
-        """Poll until a rank's batch is full, the max wait passes, or the stream runs dry."""
-        messages: list[Any] = []
+        """Take prefetched batches until a rank's batch is full, the max wait passes, or the
+        stream runs dry (every rank sees the same summed flags, so all decide alike)."""
+        batch = Batch()
         want = self.settings.trainer_batch_size
         started = time.monotonic()
         limit = self.settings.trainer_exit_when_idle_s
+        assert self.prefetch is not None
         while True:
-            got = [] if self.stop.is_set() or len(messages) >= want else self.consumer.consume(
-                want - len(messages), timeout=min(POLL_SLICE_S, self.settings.trainer_max_wait_s))
-            messages.extend(got)
+            got = None
+            if not self.stop.is_set() and batch.consumed < want:
+                got = self.prefetch.take(want - batch.consumed,
+                                         min(POLL_SLICE_S, self.settings.trainer_max_wait_s))
+            if got is not None:
+                batch.extend(got)
             now = time.monotonic()
             leader = self.comm.leader
             total, new, full, stop, waited, idle = self.comm.sum([
-                len(messages), len(got), len(messages) >= want, self.stop.is_set(),
-                leader and now - started >= self.settings.trainer_max_wait_s,
+                batch.consumed, got.consumed if got else 0, batch.consumed >= want,
+                self.stop.is_set(), leader and now - started >= self.settings.trainer_max_wait_s,
                 leader and limit is not None and now - idle_since >= limit])
             if full or stop or waited or (total > 0 and new == 0) or (total == 0 and idle):
                 break
-        batch = decode_batch(messages, self.spec.name, self.label,
-                             self.settings.trainer_val_percent)
         self._reject(batch)
         for partition, offset in batch.next_offsets.items():
             self.positions[partition] = max(self.positions.get(partition, 0), offset)
@@ -192,6 +208,7 @@ class TrainerLoop:
         self.meter.start()
         if info is not None:
             cycle.transform = FeatureTransform.from_dict(info["transform"])
+            self._publish_transform(cycle.transform)
             self._build_engine(cycle, info["architecture"],
                                parent.state if parent is not None else None)
             log.info("cycle warm-starts from live v%d", info["version"])
@@ -221,8 +238,13 @@ class TrainerLoop:
                                       ) if self.comm.leader else None
         data = self.comm.broadcast_json(fitted.to_dict() if fitted else None)
         cycle.transform = FeatureTransform.from_dict(data)
+        self._publish_transform(cycle.transform)
         arch = architecture(self.spec.model.kind, cycle.transform.dim, self.spec.model.hidden)
         self._build_engine(cycle, arch, None)
+
+    def _publish_transform(self, transform: FeatureTransform) -> None:
+        if self.prefetch is not None:
+            self.prefetch.transform = transform
 
     def _train(self, cycle: Cycle, batch: Batch, global_train: int) -> None:
         links, count = links_from_headers(batch.headers, self.settings.trainer_link_cap)
@@ -242,8 +264,7 @@ class TrainerLoop:
             assert cycle.transform is not None
             assert cycle.engine is not None
             with self.tracer.start_as_current_span("trainer train") as span:
-                x = cycle.transform.transform(batch.train)
-                y = cycle.transform.labels(batch.train)
+                x, y = batch.featurize(cycle.transform)
                 stats = cycle.engine.train_round(x, y, global_train)
                 span.set_attribute("lepton.train.rows", stats.rows)
                 span.set_attribute("lepton.train.steps", stats.steps)
@@ -287,6 +308,7 @@ class TrainerLoop:
             training={"optimizer": "adam", "learning_rate": self.learning_rate,
                       "epochs_per_batch": self.epochs, "minibatch": engine.minibatch,
                       "rows": engine.rows, "steps": engine.steps, "rounds": cycle.rounds,
+                      "active_s": round(cycle.active_s, 3),
                       "workers": self.comm.world,
                       "backend": "single" if self.comm.world == 1 else (
                           "nccl" if self.device.type == "cuda" else "gloo"),
@@ -311,8 +333,8 @@ class TrainerLoop:
 
     def _commit(self) -> None:
         offsets = [TopicPartition(self.topic, p, o) for p, o in self.positions.items()]
-        if offsets:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+        if offsets and self.prefetch is not None:
+            self.prefetch.commit(offsets)
 
 
 def describe_device(device: torch.device) -> str:
