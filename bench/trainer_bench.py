@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
+from services.trainer.devices import pick_device
 from services.trainer.energy import EnergyMeter
-from services.trainer.loop import TrainerLoop, pick_device
+from services.trainer.loop import TrainerLoop
 from services.trainer.split import is_validation
 from shared.datasets import load_spec
 from shared.datasets.generators import generate

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -24,11 +23,13 @@ from opentelemetry.trace import SpanKind
 from services.trainer import dp as dp_mod
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
+from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import Batch, decode_batch
 from services.trainer.energy import EnergyMeter
-from services.trainer.lineage import CycleLineage, furthest, merge
+from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
-from services.trainer.release import Candidate, LiveModel, Releaser
+from services.trainer.release import Releaser
+from services.trainer.telemetry import TrainerMetrics
 from services.trainer.train import Engine
 from shared.datasets import load_spec
 from shared.events import dlq_headers
@@ -42,22 +43,6 @@ from shared.tracing import get_tracer, links_from_headers
 
 log = logging.getLogger(__name__)
 POLL_SLICE_S = 0.05
-
-
-@dataclass
-class Cycle:
-    """State of the cycle in progress (identical on every rank except the local parts)."""
-
-    started: float
-    parent: LiveModel | None
-    transform: FeatureTransform | None
-    engine: Engine | None = None
-    architecture: dict[str, Any] = field(default_factory=dict)
-    lineage: CycleLineage = field(default_factory=CycleLineage)
-    validation: list[dict[str, Any]] = field(default_factory=list)
-    rows: int = 0
-    rounds: int = 0
-    active_s: float = 0.0
 
 
 class TrainerLoop:
@@ -86,6 +71,7 @@ class TrainerLoop:
         self.registry = Registry(settings)
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
         self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
+        self.metrics = TrainerMetrics()
         self.positions: dict[int, int] = {}
         self.prefetch: Prefetcher | None = None
         self.window: list[dict[str, Any]] = []
@@ -257,6 +243,12 @@ class TrainerLoop:
                     "lepton.rank": self.comm.rank}):
             cycle.lineage.add(batch)
             cycle.validation.extend(batch.validation)
+            for outcome, count in (("train", len(batch.train)),
+                                   ("validation", len(batch.validation)),
+                                   ("skipped", batch.skipped), ("unlabelled", batch.unlabelled),
+                                   ("rejected", len(batch.rejected))):
+                if count:
+                    self.metrics.records.add(count, {"outcome": outcome})
             if global_train == 0:
                 return
             if cycle.transform is None:
@@ -264,8 +256,10 @@ class TrainerLoop:
             assert cycle.transform is not None
             assert cycle.engine is not None
             with self.tracer.start_as_current_span("trainer train") as span:
+                began = time.monotonic()
                 x, y = batch.featurize(cycle.transform)
                 stats = cycle.engine.train_round(x, y, global_train)
+                self.metrics.round_seconds.record(time.monotonic() - began)
                 span.set_attribute("lepton.train.rows", stats.rows)
                 span.set_attribute("lepton.train.steps", stats.steps)
                 span.set_attribute("lepton.train.loss", stats.loss)
@@ -300,54 +294,18 @@ class TrainerLoop:
         if engine is None or state is None or engine.rows == 0 or cycle.transform is None:
             self.releaser.store_offsets(resume)
             return {"version": None}
-        net = build_model(cycle.architecture)
-        net.load_state_dict(state, strict=True)
-        candidate = Candidate(
-            state=state, net=net, transform=cycle.transform, architecture=cycle.architecture,
-            lineage=merge(part["lineage"] for part in parts),
-            training={"optimizer": "adam", "learning_rate": self.learning_rate,
-                      "epochs_per_batch": self.epochs, "minibatch": engine.minibatch,
-                      "rows": engine.rows, "steps": engine.steps, "rounds": cycle.rounds,
-                      "active_s": round(cycle.active_s, 3),
-                      "workers": self.comm.world,
-                      "backend": "single" if self.comm.world == 1 else (
-                          "nccl" if self.device.type == "cuda" else "gloo"),
-                      "warm_start_version": cycle.parent.card.version if cycle.parent else None,
-                      "dp": self._dp_info(engine)},
-            dp_history=engine.dp.history if engine.dp is not None else None,
-            wall_time_s=time.monotonic() - cycle.started,
-            energy_j=sum(float(part["energy"]) for part in parts),
-            energy_method=self.meter.describe(), device=describe_device(self.device),
-            parent=cycle.parent)
+        candidate = build_candidate(
+            cycle, state, parts, self.settings, world=self.comm.world, device=self.device,
+            energy_method=self.meter.describe(), learning_rate=self.learning_rate,
+            epochs=self.epochs)
         card = self.releaser.release(candidate, self.window, resume)
+        self.metrics.versions.add(1, {"status": card.status})
+        if card.epsilon is not None:
+            self.metrics.epsilon.add(float(card.training.get("dp_charge_epsilon", 0.0)),
+                                     {"dataset": card.dataset})
         return {"version": card.version, "status": card.status}
-
-    def _dp_info(self, engine: Engine) -> dict[str, Any] | None:
-        if engine.dp is None:
-            return None
-        return {"library": "opacus", "noise_multiplier": engine.dp.noise_multiplier,
-                "max_grad_norm": engine.dp.max_grad_norm,
-                "delta": self.settings.trainer_dp_delta, "accountant": "rdp",
-                "secure_rng": dp_mod.secure_rng_available(),
-                "noise": "opacus secure_mode sampling (floating-point attack hardened)"}
 
     def _commit(self) -> None:
         offsets = [TopicPartition(self.topic, p, o) for p, o in self.positions.items()]
         if offsets and self.prefetch is not None:
             self.prefetch.commit(offsets)
-
-
-def describe_device(device: torch.device) -> str:
-    """The device as text for the card (with the GPU name on CUDA)."""
-    if device.type == "cuda":
-        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
-    return "cpu"
-
-
-def pick_device(setting: str, rank: int) -> torch.device:
-    """CUDA when present (one GPU per rank, round robin), else CPU."""
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("LEPTON_TRAINER_DEVICE=cuda but CUDA is not available")
-    return torch.device("cuda", rank % torch.cuda.device_count())

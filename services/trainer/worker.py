@@ -42,7 +42,8 @@ def run_rank(settings: TrainerSettings, rank: int, world: int, port: int,
              stop: threading.Event) -> int:
     """Join the group, run the loop until stopped; 0 on a clean stop."""
     from services.trainer.comm import Comm
-    from services.trainer.loop import TrainerLoop, describe_device, pick_device
+    from services.trainer.devices import describe_device, pick_device
+    from services.trainer.loop import TrainerLoop
 
     device = pick_device(settings.trainer_device, rank)
     log.info("trainer rank %d/%d on %s", rank, world, describe_device(device))

@@ -86,3 +86,40 @@ def test_sigkill_then_restart_trains_every_batch_once(lepton_env: LeptonSettings
     assert sorted(ids) == versions
     assert all(len(found) == 1 for found in ids.values())
     print(f"\nkilled after v{before[-1]}; restart released v{before[-1] + 1}..v{versions[-1]}")
+
+
+def test_sigterm_finishes_the_cycle_commits_and_exits_zero(lepton_env: LeptonSettings) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from shared.readiness import ready_path
+
+    publish_governed(lepton_env, governed_breast_cancer(TOTAL))
+    env = {**os.environ, "LEPTON_TRAINER_DATASET": "breast_cancer",
+           "LEPTON_TRAINER_CYCLE_ROWS": "200", "LEPTON_TRAINER_BATCH_SIZE": "100",
+           "LEPTON_TRAINER_EPOCHS": "20", "LEPTON_TRAINER_MAX_WAIT_S": "0.5"}
+    registry = Registry(lepton_env)
+    proc = _start(env)
+    try:
+        deadline = time.monotonic() + 60
+        while not registry.versions("breast_cancer"):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert ready_path(lepton_env, "trainer").exists()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0, output[-3000:]
+    assert not ready_path(lepton_env, "trainer").exists()
+    last = registry.card("breast_cancer", registry.versions("breast_cancer")[-1])
+    consumer = Consumer({"bootstrap.servers": lepton_env.bootstrap_servers(),
+                         "group.id": "lepton-trainer-breast_cancer"})
+    try:
+        topic = Topics(lepton_env.topic_prefix).governed
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
+    finally:
+        consumer.close()
+    assert {str(tp.partition): tp.offset for tp in committed if tp.offset >= 0} == (
+        last.lineage["resume_offsets"])
+    assert sum(last.lineage["resume_offsets"].values()) < TOTAL  # stopped mid-stream

@@ -1,0 +1,26 @@
+"""Trainer metrics: records consumed/trained/rejected, round duration, released versions by
+gate outcome, and the DP-SGD ε charged."""
+
+from __future__ import annotations
+
+from opentelemetry import metrics
+
+
+class TrainerMetrics:
+    """Instruments on the global meter provider (no-ops until telemetry is set up)."""
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter("lepton.trainer")
+        self.records = meter.create_counter(
+            "lepton.trainer.records", unit="{record}",
+            description="Records consumed from events.governed, by outcome "
+                        "(train, validation, skipped, unlabelled, rejected).")
+        self.round_seconds = meter.create_histogram(
+            "lepton.trainer.round.duration", unit="s",
+            description="Wall time of one training round (features, optimiser steps).")
+        self.versions = meter.create_counter(
+            "lepton.trainer.versions", unit="{version}",
+            description="Model versions written to the registry, by gate status.")
+        self.epsilon = meter.create_counter(
+            "lepton.trainer.epsilon_charged", unit="1",
+            description="DP-SGD ε charged to the governance ledger, by dataset.")
