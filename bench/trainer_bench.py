@@ -171,9 +171,10 @@ def _run(args: argparse.Namespace, dataset: str, bootstrap: str, workdir: Path) 
         transform = FeatureTransform.from_dict(card.feature_transform)
         plain_s, plain_j = _plain_loop(settings, dataset, rows, transform, device)
         stream_rate, plain_rate = trained / stream_s, len(rows) / plain_s
+        dp_note = ", DP-SGD (the plain loop is not private: the ratio includes DP's cost)"
         print(f"### Trainer — {dataset}, {args.events:,} governed events, "
               f"{card.architecture['kind']}, device {card.device}"
-              f"{', DP-SGD' if args.dp else ''}\n")
+              f"{dp_note if args.dp else ''}\n")
         print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch "
               f"{torch.__version__}; batch 1024/round, minibatch {settings.trainer_minibatch}, "
               f"epochs/batch {card.training['epochs_per_batch']}; energy "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -124,6 +125,11 @@ class Registry:
         self.settings = settings
         self.root = settings.registry_path()
         self._redis = make_redis(settings)
+
+    @property
+    def redis(self) -> redis.Redis[bytes]:
+        """The Redis client of the index (callers may keep related state beside it)."""
+        return self._redis
 
     def _key(self, model: str, *parts: str) -> str:
         return rkey(self.settings, "models", model, *parts)

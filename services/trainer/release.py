@@ -97,7 +97,7 @@ class Releaser:
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         self.code_version = code_version()
-        self.redis = registry._redis
+        self.redis = registry.redis
         self._offsets_key = rkey(settings, "trainer", self.model, self.topics.governed, "offsets")
         self._released_key = rkey(settings, "trainer", self.model, "released")
 
@@ -186,6 +186,9 @@ class Releaser:
             base = (parent.card.epsilon or 0.0) if parent is not None else 0.0
             charge = max(0.0, eps - base)
             lineage["dp_history"] = [list(h) for h in history]
+            if parent is not None and parent.card.epsilon is None:
+                lineage["dp_scope"] = (f"DP-SGD steps since v{parent.card.version}, which was "
+                                       "trained without DP: ε does not cover its data")
         card = ModelCard(
             model=self.model, dataset=self.spec.name, spec_hash=self.spec.spec_hash(),
             architecture=candidate.architecture, feature_transform=transform.to_dict(),
