@@ -16,21 +16,21 @@ import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement
 from shared.signing import key_id, load_or_create_private_key, load_public_key, sign, verify
 from shared.state import make_redis, rkey
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -109,6 +109,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _check_header(weights: bytes, what: str) -> None:
+    """Parse the safetensors header (length-prefixed JSON) and check the offsets fit."""
+    try:
+        size = int.from_bytes(weights[:8], "little")
+        header = orjson.loads(weights[8:8 + size])
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
+        raise ArtifactError(f"{what}: bad safetensors header: {error!r}") from None
+    if 8 + size + max(ends, default=0) != len(weights):
+        raise ArtifactError(f"{what}: safetensors data does not match its header")
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -162,6 +174,8 @@ class Registry:
     def save(self, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> ModelCard:
         """Write weights + signed card atomically; returns the final card (version allocated
         when `card.version` is 0) and indexes it in Redis."""
+        from safetensors.torch import save as save_safetensors
+
         private = load_or_create_private_key(self.signing_key_path())
         model_dir = self.root / card.model
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +265,10 @@ class Registry:
         if not verify(public, card.signed_bytes(), card.signature):
             raise ArtifactError(f"{card.model} v{card.version}: bad card signature")
 
-    def load(self, model: str, version: int, public_key: Ed25519PublicKey | None = None
-             ) -> tuple[ModelCard, dict[str, torch.Tensor]]:
-        """Verified card and weights of one version; ArtifactError when anything is off."""
+    def verify(self, model: str, version: int, public_key: Ed25519PublicKey | None = None
+               ) -> tuple[ModelCard, bytes]:
+        """The verified card and weight bytes (signature, key, sha256 and safetensors header
+        checked; torch not needed); ArtifactError when anything is off."""
         card = self.card(model, version)
         if card.model != model or card.version != version:
             raise ArtifactError(f"{model} v{version}: card names {card.model} v{card.version}")
@@ -264,6 +279,15 @@ class Registry:
             raise ArtifactError(f"{model} v{version}: weights unreadable: {error}") from None
         if hashlib.sha256(weights).hexdigest() != card.sha256:
             raise ArtifactError(f"{model} v{version}: weights sha256 does not match the card")
+        _check_header(weights, f"{model} v{version}")
+        return card, weights
+
+    def load(self, model: str, version: int, public_key: Ed25519PublicKey | None = None
+             ) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+        """Verified card and weights of one version; ArtifactError when anything is off."""
+        from safetensors.torch import load as load_safetensors
+
+        card, weights = self.verify(model, version, public_key)
         try:
             tensors = load_safetensors(weights)
         except (SafetensorError, ValueError, RuntimeError) as error:

@@ -72,7 +72,7 @@ def _verified(registry: Registry, model: str, version: int) -> ModelCard:
     from shared.registry import ArtifactError
 
     try:
-        card, _ = registry.load(model, version)
+        card, _ = registry.verify(model, version)
     except ArtifactError as error:
         raise _fail(str(error)) from None
     return card
@@ -87,7 +87,7 @@ def _producer(settings: LeptonSettings) -> Producer:
 def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
              share: float | None = None, decision: str | None = None,
              detail: dict[str, object] | None = None) -> None:
-    from services.trainer.release import announce
+    from services.trainer.announce import announce
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.tracing import get_tracer, setup_telemetry, shutdown_telemetry

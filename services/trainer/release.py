@@ -23,19 +23,19 @@ from opentelemetry import trace
 from torch import nn
 
 from services.trainer import dp as dp_mod
+from services.trainer.announce import announce
 from services.trainer.config import TrainerSettings
 from services.trainer.evaluate import fairness, quality
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
-from shared.events import CONTENT_TYPE_JSON, Decision, Header, HeaderList, encode
+from shared.events import Decision
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
 from shared.registry import ArtifactError, ModelCard, Registry
 from shared.state import rkey
 from shared.topics import Topics
-from shared.tracing import publish_span
 
 log = logging.getLogger(__name__)
 ACTOR = "trainer"
@@ -256,16 +256,3 @@ class Releaser:
             if card.lineage.get("topic") == self.topics.governed:
                 log.info("finishing the release of %s v%d after a restart", self.model, version)
                 self.finish(card)
-
-
-def announce(producer: Producer, settings: TrainerSettings | Any, registry: Registry,
-             card: ModelCard, action: str, share: float | None, tracer: trace.Tracer) -> None:
-    """Send `card`'s announcement with `action` (promote, rollback, canary, shadow)."""
-    topic = Topics(settings.topic_prefix).models
-    headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
-    message = card.announcement(action=action, share=share, artifact_root=registry.root)
-    with publish_span(tracer, topic, headers, key=card.model, attributes={
-            "lepton.model.version": card.version, "lepton.model.action": action}):
-        producer.produce(topic, key=card.model.encode(), value=encode(message), headers=headers)
-    if producer.flush(15) > 0:
-        raise TimeoutError(f"announcement of {card.model} v{card.version} was not delivered")

@@ -1,0 +1,67 @@
+"""`lepton models list|show|promote|rollback|canary|shadow` against a registry the trainer
+wrote: the live pointer moves, announcements carry the action, decisions reach the audit
+topic, and a tampered artifact is refused."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+
+from shared.config import LeptonSettings
+from shared.events import ModelAnnouncement, decode
+from shared.registry import WEIGHTS_FILE, Registry
+from shared.topics import Topics
+from tests.helpers import lepton, read_topic
+from tests.unit.trainer.governed import (
+    governed_breast_cancer,
+    publish_governed,
+    run_trainer,
+    trainer_settings,
+)
+
+
+def test_models_commands(lepton_env: LeptonSettings) -> None:
+    topics = Topics(lepton_env.topic_prefix)
+    publish_governed(lepton_env, governed_breast_cancer())
+    assert run_trainer(trainer_settings(trainer_cycle_rows=300)) == [1, 2]
+    registry = Registry(lepton_env)
+    before = len(read_topic(lepton_env, topics.models, idle=1.0))
+
+    listing = lepton("models", "list").stdout
+    assert "breast_cancer (live: " in listing
+    assert " v1 " in listing
+    assert " v2 " in listing
+    lepton("models", "promote", "1")
+    assert registry.live("breast_cancer") == 1
+    lepton("models", "promote", "2", "--model", "breast_cancer")
+    assert registry.live("breast_cancer") == 2
+    assert "rolled back from v2 to v1" in lepton("models", "rollback").stdout
+    assert registry.live("breast_cancer") == 1
+    lepton("models", "canary", "2", "--share", "0.25")
+    lepton("models", "shadow", "2")
+    card = json.loads(lepton("models", "show", "2").stdout)
+    assert card["version"] == 2
+    assert card["signature"]
+
+    announced = [decode(ModelAnnouncement, r.value)
+                 for r in read_topic(lepton_env, topics.models, idle=1.0)][before:]
+    assert [(a.version, a.action, a.share) for a in announced] == [
+        (1, "promote", None), (2, "promote", None), (1, "rollback", None),
+        (2, "canary", 0.25), (2, "shadow", None)]
+    decisions = [orjson.loads(r.value) for r in
+                 read_topic(lepton_env, topics.audit_requests, idle=1.0)]
+    manual = sorted((d["kind"], d["detail"]["version"]) for d in decisions
+                    if d["actor"].startswith("cli:"))  # keyed by kind: partitions differ
+    assert manual == [("model_promoted", 1), ("model_promoted", 2), ("model_rolled_back", 1)]
+
+    path = registry.version_dir("breast_cancer", 2) / WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    shown = lepton("models", "show", "2", check=False)
+    assert shown.returncode == 1
+    assert "sha256" in shown.stderr
+    refused = lepton("models", "promote", "2", check=False)
+    assert refused.returncode == 1
+    assert registry.live("breast_cancer") == 1
