@@ -10,6 +10,7 @@ max_length, or a subject field that contradicts the envelope.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 from services.ingest.normalise import FieldRule
@@ -20,9 +21,10 @@ from shared.events import Change, Scalar
 UNIT_SUFFIX = "_unit"
 
 
+@lru_cache(maxsize=4096)
 def change(field: str, action: str, detail: str) -> Change:
-    """A Change built without re-validation (all callers pass known-good constants)."""
-    return Change.model_construct(field=field, action=action, detail=detail)
+    """The (immutable, so shared) Change for these values; most repeat on every event."""
+    return Change(field=field, action=action, detail=detail)  # type: ignore[arg-type]
 
 
 class Cleaner:

@@ -37,6 +37,10 @@ class IngestSettings(LeptonSettings):
                                        description="Unwrapped data keys kept in memory.")
     ingest_key_cache_ttl_s: float = Field(default=30.0, gt=0, le=3600,
                                           description="Longest a cached data key is used.")
+    ingest_fetch_wait_ms: int = Field(
+        default=50, ge=1, le=5000,
+        description="fetch.wait.max.ms: longest a fetch waits for data (the embedded broker "
+                    "always waits this long, so it bounds added latency there).")
     ingest_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000,
                                            description="Consumer group session timeout.")
     ingest_transaction_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000,

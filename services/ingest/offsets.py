@@ -44,6 +44,7 @@ class OffsetCheckpoints:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 20,
             "log_level": 3,
         })
 

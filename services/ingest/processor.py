@@ -42,6 +42,8 @@ from shared.tracing import inject_headers, process_span
 log = logging.getLogger(__name__)
 
 SourceKey = tuple[str, int, int]
+DLQ_MAX_VALUE = 1_900_000  # below the producer's message.max.bytes, leaving room for headers
+DLQ_TRUNCATED = "lepton.dlq.truncated"
 Headers = list[tuple[str, str | bytes | None]]
 
 
@@ -213,11 +215,15 @@ class Processor:
         value = item.record.value()
         raw = value.encode() if isinstance(value, str) else (value or b"")
         key = item.record.key()
+        truncated = len(raw) > DLQ_MAX_VALUE
         headers = dlq_headers(
             _headers(item.record), reason=rejection.reason.value, detail=rejection.detail,
             stage=rejection.stage.value, exception=item.exception or rejection.exception,
             topic=item.topic, partition=item.partition, offset=item.offset, attempt=attempt,
         )
+        if truncated:  # the producer could not send it whole; the source offset finds the rest
+            headers.append((DLQ_TRUNCATED, str(len(raw)).encode()))
+            raw = raw[:DLQ_MAX_VALUE]
         return Output(self._topics.rejected, key.encode() if isinstance(key, str) else key,
                       raw, headers)
 

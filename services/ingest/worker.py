@@ -84,7 +84,8 @@ class IngestWorker:
         self.consumer = make_consumer(
             settings, settings.group_id(),
             **{"group.instance.id": f"{settings.group_id()}.{settings.ingest_instance}",
-               "session.timeout.ms": settings.ingest_session_timeout_ms})
+               "session.timeout.ms": settings.ingest_session_timeout_ms,
+               "fetch.wait.max.ms": settings.ingest_fetch_wait_ms})
         self.consumer.subscribe([self.topics.raw], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("ingest %s consuming %s as %s", settings.ingest_instance, self.topics.raw,

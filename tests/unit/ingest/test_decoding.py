@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.decoding import Datasets, decode_record
 from services.ingest.rejection import Reason, Rejection
@@ -65,3 +67,33 @@ def test_unknown_dataset_and_newer_schema_are_rejected_by_spec_lookup() -> None:
         with pytest.raises(Rejection) as caught:
             DATASETS.require(envelope)
         assert caught.value.reason.value == POISON[kind][0]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+ENVELOPE_LIKE = st.fixed_dictionaries(
+    {}, optional={"event_id": JSON, "dataset": st.sampled_from(["transactions", "x"]) | JSON,
+                  "subject_id": JSON, "occurred_at": JSON, "schema_version": JSON,
+                  "payload": st.dictionaries(st.sampled_from(["amount", "customer_id", "hour"]),
+                                             JSON, max_size=3) | JSON})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | ENVELOPE_LIKE.map(orjson.dumps)
+       | st.just(b'{"dataset": "transactions", "payload": {"amount": 1' + b"0" * 40 + b"}}"))
+def test_property_any_bytes_decode_or_are_rejected_with_a_known_reason(data: bytes) -> None:
+    try:
+        envelope = decode(data)
+    except Rejection as rejection:
+        caught = rejection
+    else:
+        assert envelope.event_id
+        assert envelope.occurred_at.tzinfo is not None
+        return
+    assert caught.reason in set(Reason)
+    assert caught.stage.value == "decode"

@@ -169,3 +169,16 @@ def test_one_span_per_record_continues_the_producers_trace(
         assert traceparent.split("-")[2] == format(span.context.span_id, "016x")
         assert span.parent is not None
         assert format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+
+
+def test_a_record_too_big_to_dead_letter_whole_is_truncated_not_stuck(
+    processor: Processor,
+) -> None:
+    huge = b'{"blob": "' + b"x" * 2_500_000 + b'"}'
+    result = processor.process([record(huge, 7)])
+    (out,) = result.outputs
+    headers = dict(out.headers)
+    assert headers[Header.DLQ_REASON] == b"too_large"
+    assert headers["lepton.dlq.truncated"] == str(len(huge)).encode()
+    assert out.value == huge[: len(out.value)]
+    assert len(out.value) < 2_000_000
