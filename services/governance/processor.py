@@ -245,3 +245,5 @@ class Processor:
             self.metrics.decisions.add(1, {"kind": item.kind, "reason": item.reason or ""})
             if item.kind == Kind.WITHHELD:
                 self.metrics.withheld.add(1, {"reason": item.reason or ""})
+            elif item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
+                self.metrics.rejected.add(1, {"reason": item.reason or ""})

@@ -69,6 +69,7 @@ class GovernanceService:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = GovernanceMetrics()
         self.batches = 0
+        self.processed = 0
 
     def run(self) -> None:
         """Open the stores, then consume, govern, produce and commit until stopped."""
@@ -133,8 +134,9 @@ class GovernanceService:
                 continue
             started = time.perf_counter()
             result = self.processor.process(good)
-            self._transaction(producer, consumer, result.outputs, result.offsets, good=good)
-            self.batches += 1
+            if self._transaction(producer, consumer, result.outputs, result.offsets, good=good):
+                self.batches += 1
+                self.processed += len(good)
             self.metrics.batch_seconds.record(time.perf_counter() - started)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -173,11 +175,12 @@ class GovernanceService:
 
     def _transaction(self, producer: Producer, consumer: Consumer, outputs: list[Output],
                      offsets: dict[tuple[str, int], int], *, final: bool = False,
-                     good: list[Message] | None = None) -> None:
-        """Produce outputs (plus due checkpoints) and commit them with the input offsets."""
+                     good: list[Message] | None = None) -> bool:
+        """Produce outputs (plus due checkpoints) and commit them with the input offsets;
+        False when the transaction aborted and the batch was rewound."""
         outputs = outputs + self._checkpoint_outputs(final=final)
         if not outputs and not offsets:
-            return
+            return True
         try:
             producer.begin_transaction()
             for out in outputs:
@@ -189,6 +192,7 @@ class GovernanceService:
                     [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                     consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
+            return True
         except KafkaException as error:
             kerr = error.args[0]
             if not kerr.txn_requires_abort() or final:
@@ -196,6 +200,7 @@ class GovernanceService:
             log.warning("transaction aborted (%s); the batch will be processed again", kerr)
             producer.abort_transaction(30)
             self._rewind(consumer, good or [])
+            return False
 
     @staticmethod
     def _produce(producer: Producer, out: Output) -> None:
