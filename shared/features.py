@@ -103,6 +103,15 @@ def _boolean(value: Any) -> float | None:
     return None
 
 
+def _fast_numbers(raw: list[Any]) -> npt.NDArray[np.float64] | None:
+    """All of `raw` as float64 in one numpy call (None/NaN become NaN), or None when some value
+    needs the per-value parser."""
+    try:
+        return np.array(raw, dtype=np.float64)
+    except (ValueError, TypeError):
+        return None
+
+
 def bucket(value: str, buckets: int) -> int:
     """Stable hash bucket of a string token (blake2b, independent of PYTHONHASHSEED)."""
     digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
@@ -189,10 +198,14 @@ class FeatureTransform:
                     column.kind]
                 fill = _number(column.impute) if column.impute is not None else column.mean
                 fill = column.mean if fill is None else fill
-                values = np.fromiter(
-                    (fill if (v := parse(x)) is None else v for x in raw),
-                    dtype=np.float64, count=len(raw),
-                )
+                values = _fast_numbers(raw) if column.kind == "numeric" else None
+                if values is None:
+                    values = np.fromiter(
+                        (fill if (v := parse(x)) is None else v for x in raw),
+                        dtype=np.float64, count=len(raw),
+                    )
+                else:
+                    values[~np.isfinite(values)] = fill
                 if column.kind != "bool":
                     values = (values - column.mean) / column.std
                 out[:, offset] = values
