@@ -226,12 +226,14 @@ class IngestWorker:
             if best >= 0:
                 tp.offset = best
         consumer.assign(partitions)
-        log.info("assigned %s", ", ".join(f"{tp.partition}@{tp.offset}" for tp in partitions))
+        log.info("%s assigned %s", self.settings.ingest_instance,
+                 ", ".join(f"{tp.partition}@{tp.offset}" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.metrics.lag.pop(tp.partition, None)
-        log.info("revoked %s", ", ".join(str(tp.partition) for tp in partitions))
+        log.info("%s revoked %s", self.settings.ingest_instance,
+                 ", ".join(str(tp.partition) for tp in partitions))
 
     def _update_lag(self) -> None:
         now = time.monotonic()
