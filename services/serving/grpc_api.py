@@ -96,6 +96,12 @@ def _lean_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iter
         span.end()
 
 
+def _link_model(span: Span, prediction: Prediction) -> None:
+    """Link a predict span to the swap that loaded the model version which answered."""
+    if prediction.origin is not None:
+        span.add_link(prediction.origin, {"lepton.link": "model.swap"})
+
+
 async def _fail(context: grpc.aio.ServicerContext[Any, Any], span: Span, status: grpc.StatusCode,
                 message: str) -> None:
     span.set_status(Status(StatusCode.ERROR, message))
@@ -143,6 +149,7 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 await _fail(context, span, error.status, str(error))
             span.set_attributes({"lepton.model": prediction.model,
                                  "lepton.model.version": prediction.version})
+            _link_model(span, prediction)
             return to_response(prediction)
 
     async def PredictBatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -167,8 +174,10 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                         raise type(result)(f"requests[{i}]: {result}")
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
-            versions = sorted({r.version for r in results if isinstance(r, Prediction)})
-            span.set_attribute("lepton.model.versions", versions)
+            answered = {r.version: r for r in results if isinstance(r, Prediction)}
+            span.set_attribute("lepton.model.versions", sorted(answered))
+            for prediction in answered.values():
+                _link_model(span, prediction)
             return pb.PredictBatchResponse(
                 responses=[to_response(r) for r in results if isinstance(r, Prediction)])
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 from scipy.special import expit
 
 from services.serving.errors import Refused
@@ -40,6 +42,7 @@ class LoadedModel:
     net: torch.nn.Module
     schema: RecordSchema
     fast: Forward | None = field(default=None, repr=False)
+    origin: SpanContext | None = field(default=None, repr=False)
     _inflight: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -131,8 +134,10 @@ class ModelLoader:
             net.eval()
         except Exception as error:
             raise Refused(f"{name} v{version} cannot be built: {error}") from None
+        origin = trace.get_current_span().get_span_context()
         model = LoadedModel(name, version, card, transform, net,
-                            RecordSchema(spec, self.tokenizer))
+                            RecordSchema(spec, self.tokenizer),
+                            origin=origin if origin.is_valid else None)
         self._warm_up(model, spec)
         if self.numpy_forward:
             self._compile(model, spec)

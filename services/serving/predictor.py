@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from opentelemetry import metrics
+from opentelemetry.trace import SpanContext
 
 from services.serving.batching import Batcher
 from services.serving.errors import ServingError
@@ -48,6 +49,7 @@ class Prediction:
     score: float
     label: bool
     route: Route
+    origin: SpanContext | None = None
 
 
 class Predictor:
@@ -67,7 +69,8 @@ class Predictor:
     def _prediction(self, request_id: str, model: LoadedModel, score: float,
                     route: Route) -> Prediction:
         threshold = model.card.metrics.get("threshold", self.threshold)
-        return Prediction(request_id, model.name, model.version, score, score >= threshold, route)
+        return Prediction(request_id, model.name, model.version, score, score >= threshold, route,
+                          model.origin)
 
     async def predict(self, request: Request) -> Prediction:
         """Score one request (awaits a pinned version's load when it is not in memory)."""
