@@ -1,19 +1,21 @@
 """`lepton up`: run the whole platform on one machine.
 
 Starts the embedded broker (unless LEPTON_KAFKA_BOOTSTRAP is set), Redis (the configured URL,
-or a private `redis-server`), every service as its own process, and with `--demo` a producer;
-shows live topic progress; Ctrl-C stops everything, leaving no process behind.
+or a private `redis-server`), the four services as separate processes, each waited for until
+it reports ready, and with `--demo` a producer; shows a live dashboard; Ctrl-C stops
+everything in reverse order, leaving no process behind.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +23,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.table import Table
 
+from lepton.dashboard import ProcessRow
 from shared.config import LeptonSettings
-from shared.topics import Topic, Topics
+from shared.readiness import ready_path
 
 SERVICES = ("ingest", "governance", "trainer", "serving")
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -48,40 +50,44 @@ class Platform:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
 
-    def spawn(self, name: str, args: list[str]) -> Child:
-        """Start `args` with its output in `<data_dir>/logs/<name>.log`."""
+    def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None) -> Child:
+        """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
-        handle = log.open("ab")
-        proc = subprocess.Popen(args, env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        handle.close()
-        child = Child(name, proc, log)
+        env = dict(self.env)
+        if metrics_port is not None:
+            env["LEPTON_METRICS_PORT"] = str(metrics_port)
+        with log.open("ab") as handle:
+            proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        child = Child(name, proc, log, metrics_port)
         self.children.append(child)
         return child
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every child (newest first), wait, then SIGKILL what is left."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every child (newest first), wait, then SIGKILL its whole process group."""
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while child.proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
+            child.proc.wait()
 
 
-def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout: float) -> None:
+def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout: float,
+              stop: threading.Event) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if child is not None and child.proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {child.proc.returncode}; see {child.log}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} was not ready after {timeout:.0f}s")
-        time.sleep(0.1)
+        if stop.wait(0.1):
+            raise KeyboardInterrupt
 
 
 def _free_port() -> int:
@@ -99,14 +105,14 @@ def _redis_up(url: str) -> bool:
         return False
 
 
-def start_platform(settings: LeptonSettings, platform: Platform) -> None:
-    """Start broker, Redis and the services, each after its dependency is ready."""
+def start_platform(settings: LeptonSettings, platform: Platform, stop: threading.Event) -> None:
+    """Start broker and Redis, then the services, each waited for until ready."""
     if not settings.kafka_bootstrap:
         path = settings.default_bootstrap_file()
         path.unlink(missing_ok=True)
         child = platform.spawn("broker", [sys.executable, "-m", "lepton", "broker",
                                           "--bootstrap-file", str(path)])
-        _wait_for(path.exists, "the embedded broker", child, 30)
+        _wait_for(path.exists, "the embedded broker", child, 30, stop)
         platform.env["LEPTON_KAFKA_BOOTSTRAP"] = path.read_text().strip()
     if not _redis_up(settings.redis_url):
         server = shutil.which("redis-server")
@@ -119,44 +125,53 @@ def start_platform(settings: LeptonSettings, platform: Platform) -> None:
         child = platform.spawn("redis", [server, "--bind", "127.0.0.1", "--port", str(port),
                                          "--dir", str(redis_dir), "--appendonly", "yes"])
         url = f"redis://127.0.0.1:{port}/0"
-        _wait_for(lambda: _redis_up(url), "redis-server", child, 15)
+        _wait_for(lambda: _redis_up(url), "redis-server", child, 15, stop)
         platform.env["LEPTON_REDIS_URL"] = url
+    started = []
     for name in SERVICES:
-        if importlib.util.find_spec(f"services.{name}.__main__") is not None:
-            platform.spawn(name, [sys.executable, "-m", f"services.{name}"])
+        ready_path(settings, name).unlink(missing_ok=True)
+        started.append(platform.spawn(name, [sys.executable, "-m", f"services.{name}"],
+                                      metrics_port=_free_port()))
+    for child in started:
+        marker = ready_path(settings, child.name)
+        _wait_for(marker.exists, child.name, child, READY_TIMEOUT_S, stop)
 
 
-def _dashboard(settings: LeptonSettings, platform: Platform, started: float) -> Group:
-    from confluent_kafka import Consumer, TopicPartition
-
-    table = Table(title="Lepton Stream", expand=False)
-    table.add_column("topic")
-    table.add_column("records", justify="right")
-    consumer = Consumer({"bootstrap.servers": platform.env["LEPTON_KAFKA_BOOTSTRAP"],
-                         "group.id": "lepton-up-dashboard", "log_level": 3})
-    try:
-        topics = Topics(settings.topic_prefix)
-        for topic in (Topic.RAW, Topic.CLEAN, Topic.REJECTED, Topic.GOVERNED,
-                      Topic.AUDIT_LOG, Topic.MODELS, Topic.PREDICT_RESULTS):
-            name = topics.name(topic)
-            total = 0
-            for partition in range(4):
-                _, high = consumer.get_watermark_offsets(TopicPartition(name, partition),
-                                                         timeout=1, cached=False)
-                total += max(high, 0)
-            table.add_row(name, f"{total:,}")
-    finally:
-        consumer.close()
-    procs = Table(title=f"processes (up {time.monotonic() - started:.0f}s)")
-    procs.add_column("name")
-    procs.add_column("pid", justify="right")
-    procs.add_column("state")
-    procs.add_column("log")
+def _process_rows(platform: Platform) -> list[ProcessRow]:
+    rows = []
     for child in platform.children:
         code = child.proc.poll()
-        procs.add_row(child.name, str(child.proc.pid),
-                      "running" if code is None else f"exited {code}", str(child.log))
-    return Group(table, procs)
+        rows.append(ProcessRow(child.name, child.proc.pid,
+                               "running" if code is None else f"exited {code}",
+                               child.metrics_port, str(child.log)))
+    return rows
+
+
+def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
+           started: float) -> None:
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+
+    from lepton.dashboard import Dashboard, plain_line, render
+
+    dashboard = Dashboard(settings, platform.env["LEPTON_KAFKA_BOOTSTRAP"])
+    console = Console()
+    try:
+        def view() -> RenderableType:
+            snap = dashboard.snapshot()
+            if not console.is_terminal:
+                print(plain_line(snap), flush=True)
+            return render(snap, _process_rows(platform), time.monotonic() - started)
+
+        if console.is_terminal:
+            with Live(view(), console=console, refresh_per_second=1) as live:
+                while not stop.wait(1.0):
+                    live.update(view())
+        else:
+            while not stop.wait(5.0):
+                view()
+    finally:
+        dashboard.close()
 
 
 def up(
@@ -172,22 +187,26 @@ def up(
     settings = load_settings(LeptonSettings)
     stop = stop_event()
     platform = Platform(data_dir=settings.data_dir)
+    platform.env.setdefault("LEPTON_DATA_DIR", str(settings.data_dir))
     started = time.monotonic()
     try:
-        start_platform(settings, platform)
+        start_platform(settings, platform, stop)
+        typer.echo(f"lepton up: ready in {time.monotonic() - started:.1f}s "
+                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}, logs in "
+                   f"{settings.data_dir / 'logs'}); Ctrl-C stops everything", err=True)
         if demo:
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
                                         "--count", str(count), "--rate", str(rate), "--quiet"])
-        with Live(_dashboard(settings, platform, started), refresh_per_second=1,
-                  transient=False) as live:
-            while not stop.wait(1.0):
-                live.update(_dashboard(settings, platform, started))
+        _watch(settings, platform, stop, started)
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
     finally:
-        typer.echo("stopping…", err=True)
+        typer.echo("lepton up: stopping…", err=True)
         platform.stop()
+        typer.echo("lepton up: stopped", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -214,10 +214,13 @@ def derived_event_id(topic: str, partition: int, offset: int) -> str:
 HeaderList = list[tuple[str, str | bytes | None]]
 
 
-def headers_dict(headers: Sequence[tuple[str, bytes | str | None]] | None) -> dict[str, bytes]:
+def headers_dict(
+    headers: Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None] | None,
+) -> dict[str, bytes]:
     """Kafka headers as a dict (last value wins), values as bytes."""
     out: dict[str, bytes] = {}
-    for key, value in headers or ():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in pairs:
         if value is None:
             continue
         out[key] = value.encode() if isinstance(value, str) else value

@@ -1,0 +1,168 @@
+"""What `lepton up` shows: records and rates per stage (from topic watermarks), rejected
+events, privacy budget spent (governance ledger), live model versions with their metrics
+(registry), the last trace id, and the processes it runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Group
+from rich.table import Table
+
+from shared.config import LeptonSettings
+from shared.events import Header, header_str, headers_dict
+from shared.state import make_redis
+from shared.topics import Topic, Topics
+
+STAGES = (
+    ("produced", Topic.RAW),
+    ("ingested", Topic.CLEAN),
+    ("rejected", Topic.REJECTED),
+    ("governed", Topic.GOVERNED),
+    ("audited", Topic.AUDIT_LOG),
+    ("model updates", Topic.MODELS),
+    ("predictions (Kafka)", Topic.PREDICT_RESULTS),
+)
+
+
+@dataclass
+class ProcessRow:
+    """One process `lepton up` runs."""
+
+    name: str
+    pid: int
+    state: str
+    metrics_port: int | None
+    log: str
+
+
+@dataclass
+class Snapshot:
+    """One refresh of the dashboard's figures."""
+
+    at: float
+    records: dict[str, int]
+    rates: dict[str, float]
+    budgets: dict[str, float] = field(default_factory=dict)
+    models: list[tuple[str, int, dict[str, float]]] = field(default_factory=list)
+    last_trace: str = ""
+
+
+class Dashboard:
+    """Collects snapshots; keeps one Kafka client and one Redis client open."""
+
+    def __init__(self, settings: LeptonSettings, bootstrap: str) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "log_level": 3,
+                                  "group.id": "lepton-up-dashboard",
+                                  "enable.auto.commit": False})
+        self.redis = make_redis(settings)
+        self.previous: Snapshot | None = None
+
+    def _high(self, topic: str) -> dict[int, int]:
+        metadata = self.consumer.list_topics(topic, timeout=2)
+        info = metadata.topics.get(topic)
+        highs = {}
+        for partition in (info.partitions if info else {}):
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=2, cached=False)
+            highs[partition] = max(high, 0)
+        return highs
+
+    def _last_trace(self, topic: str, highs: dict[int, int]) -> str:
+        newest, trace_id = -1, ""
+        for partition, high in highs.items():
+            if high == 0:
+                continue
+            self.consumer.assign([TopicPartition(topic, partition, max(high - 2, 0))])
+            for message in self.consumer.consume(2, timeout=0.5):
+                if message.error():
+                    continue
+                stamp = message.timestamp()[1]
+                parent = header_str(headers_dict(message.headers()), Header.TRACEPARENT)
+                if parent.count("-") == 3 and stamp > newest:
+                    newest, trace_id = stamp, parent.split("-")[1]
+        self.consumer.unassign()
+        return trace_id
+
+    def _budgets(self) -> dict[str, float]:
+        from services.governance.ledger import Ledger
+
+        ledger = Ledger(self.redis, self.settings)
+        return {name: ledger.spend(name).epsilon for name in ledger.datasets()}
+
+    def _models(self) -> list[tuple[str, int, dict[str, float]]]:
+        from shared.registry import Registry
+
+        registry = Registry(self.settings)
+        rows = []
+        for model in registry.models():
+            live = registry.live(model)
+            if live is not None:
+                rows.append((model, live, registry.card(model, live).metrics))
+        return rows
+
+    def snapshot(self) -> Snapshot:
+        """Read every figure once (each source failing alone leaves its part empty)."""
+        now = time.monotonic()
+        records, last_trace = {}, ""
+        for label, topic in STAGES:
+            highs = self._high(self.topics.name(topic))
+            records[label] = sum(highs.values())
+            if topic is Topic.GOVERNED:
+                last_trace = self._last_trace(self.topics.name(topic), highs)
+        rates: dict[str, float] = {}
+        if self.previous is not None and now > self.previous.at:
+            span = now - self.previous.at
+            rates = {k: (v - self.previous.records.get(k, 0)) / span for k, v in records.items()}
+        snap = Snapshot(now, records, rates, last_trace=last_trace)
+        try:
+            snap.budgets = self._budgets()
+            snap.models = self._models()
+        except Exception as error:  # the dashboard must never stop the platform
+            snap.last_trace = snap.last_trace or f"(state unavailable: {error})"
+        self.previous = snap
+        return snap
+
+    def close(self) -> None:
+        """Release the clients."""
+        self.consumer.close()
+        self.redis.close()
+
+
+def render(snap: Snapshot, processes: list[ProcessRow], uptime: float) -> Group:
+    """The rich renderable for one snapshot."""
+    stages = Table(title=f"Lepton Stream — up {uptime:.0f}s")
+    for column in ("stage", "records", "per second"):
+        stages.add_column(column, justify="left" if column == "stage" else "right")
+    for label, _ in STAGES:
+        stages.add_row(label, f"{snap.records.get(label, 0):,}",
+                       f"{snap.rates.get(label, 0.0):,.0f}")
+    models = Table(title="live models")
+    for column in ("model", "version", "f1", "roc_auc", "accuracy"):
+        models.add_column(column)
+    for name, version, metrics in snap.models:
+        models.add_row(name, f"v{version}", *(f"{metrics.get(m, float('nan')):.3f}"
+                                              for m in ("f1", "roc_auc", "accuracy")))
+    budgets = Table(title="privacy budget spent (ε)")
+    budgets.add_column("dataset")
+    budgets.add_column("ε", justify="right")
+    for dataset, epsilon in sorted(snap.budgets.items()):
+        budgets.add_row(dataset, f"{epsilon:,.1f}")
+    procs = Table(title=f"processes — last trace {snap.last_trace or '-'}")
+    for column in ("name", "pid", "state", "metrics", "log"):
+        procs.add_column(column)
+    for row in processes:
+        port = f":{row.metrics_port}/metrics" if row.metrics_port else ""
+        procs.add_row(row.name, str(row.pid), row.state, port, row.log)
+    return Group(stages, models, budgets, procs)
+
+
+def plain_line(snap: Snapshot) -> str:
+    """A one-line summary for logs and non-terminal output."""
+    counts = " ".join(f"{label.split()[0]}={snap.records.get(label, 0)}" for label, _ in STAGES)
+    models = ",".join(f"{n}:v{v}" for n, v, _ in snap.models) or "-"
+    return f"lepton up: {counts} models={models} last_trace={snap.last_trace or '-'}"
