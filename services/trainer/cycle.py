@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from opentelemetry.trace import SpanContext
 
 from services.trainer import dp as dp_mod
 from services.trainer.config import TrainerSettings
@@ -33,6 +34,7 @@ class Cycle:
     rows: int = 0
     rounds: int = 0
     active_s: float = 0.0
+    batch_spans: list[SpanContext] = field(default_factory=list)
 
 
 def dp_info(engine: Engine, delta: float) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Link, SpanKind
 
 from services.trainer import dp as dp_mod
 from services.trainer.comm import Comm
@@ -240,7 +240,9 @@ class TrainerLoop:
                     "messaging.operation.type": "process",
                     "messaging.batch.message_count": batch.consumed,
                     "lepton.links.total": count, "lepton.links.recorded": len(links),
-                    "lepton.rank": self.comm.rank}):
+                    "lepton.rank": self.comm.rank}) as batch_span:
+            if len(cycle.batch_spans) < self.settings.trainer_link_cap:
+                cycle.batch_spans.append(batch_span.get_span_context())
             cycle.lineage.add(batch)
             cycle.validation.extend(batch.validation)
             for outcome, count in (("train", len(batch.train)),
@@ -298,7 +300,12 @@ class TrainerLoop:
             cycle, state, parts, self.settings, world=self.comm.world, device=self.device,
             energy_method=self.meter.describe(), learning_rate=self.learning_rate,
             epochs=self.epochs)
-        card = self.releaser.release(candidate, self.window, resume)
+        links = [Link(context) for context in cycle.batch_spans]
+        with self.tracer.start_as_current_span(
+                "trainer cycle", links=links,
+                attributes={"lepton.cycle.rows": cycle.rows,
+                            "lepton.links.recorded": len(links)}):
+            card = self.releaser.release(candidate, self.window, resume)
         self.metrics.versions.add(1, {"status": card.status})
         if card.epsilon is not None:
             self.metrics.epsilon.add(float(card.training.get("dp_charge_epsilon", 0.0)),
