@@ -42,6 +42,8 @@ class Datasets:
         try:
             cleaner: Cleaner | None = Cleaner(load_spec(name, self._specs_dir),
                                               self._unknown_fields)
+        except Rejection as error:  # the spec's own impute value does not fit its field
+            raise ValueError(f"dataset spec {name}: {error}") from None
         except UnknownDataset:
             cleaner = None
             if sum(c is None for c in self._cleaners.values()) >= MAX_CACHED_UNKNOWN:

@@ -115,7 +115,9 @@ class IngestWorker:
             if error is None:
                 batch.append(msg)
             elif error.fatal():
-                raise KafkaException(error)
+                raise Fenced(f"consumer {self.settings.group_id()}.{self.settings.ingest_instance}"
+                             f" hit a fatal error: another live replica uses "
+                             f"LEPTON_INGEST_INSTANCE={self.settings.ingest_instance}? ({error})")
             else:
                 log.warning("consume: %s", error)
         return batch
@@ -173,7 +175,8 @@ class IngestWorker:
                 return True
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if error.retriable() and not error.txn_requires_abort():
+                if error.retriable() and not error.txn_requires_abort() \
+                        and not self.stop.is_set():
                     log.warning("commit retry: %s", error)
                     continue
                 return self._abort(error)

@@ -182,3 +182,19 @@ def test_a_record_too_big_to_dead_letter_whole_is_truncated_not_stuck(
     assert headers["lepton.dlq.truncated"] == str(len(huge)).encode()
     assert out.value == huge[: len(out.value)]
     assert len(out.value) < 2_000_000
+
+
+def test_a_spec_whose_impute_value_misfits_its_field_is_an_internal_error(
+    processor: Processor, settings: IngestSettings
+) -> None:
+    assert settings.ingest_specs_dir is not None
+    spec = (Path(__file__).parents[3] / "shared/datasets/transactions.yaml").read_text()
+    bad = spec.replace("name: transactions", "name: bad_impute").replace(
+        "impute: {strategy: median, value: 42.0}", "impute: {strategy: median, value: lots}")
+    assert bad != spec
+    (settings.ingest_specs_dir / "bad_impute.yaml").write_text(bad)
+    doc = {**valid_docs(1)[0], "dataset": "bad_impute"}
+    (out,) = processor.process([record(orjson.dumps(doc), 3)]).outputs
+    headers = dict(out.headers)
+    assert headers[Header.DLQ_REASON] == b"internal_error"
+    assert headers[Header.DLQ_EXCEPTION] == b"ValueError"
