@@ -24,7 +24,7 @@ def main() -> None:
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event()
-    setup_telemetry("governance", metrics_port=settings.governance_metrics_port)
+    setup_telemetry("governance", metrics_port=settings.metrics_port)
     try:
         GovernanceService(settings, stop).run()
     except ConfigError as error:

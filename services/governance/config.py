@@ -37,8 +37,6 @@ class GovernanceSettings(LeptonSettings):
         default=64 * 1024 * 1024, ge=4096, description="Roll segment files at this size.")
     governance_specs_dir: Path | None = Field(
         default=None, description="Extra dataset specs directory (<name>.yaml).")
-    governance_metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
     governance_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Consumer group session timeout.")
 

@@ -32,6 +32,7 @@ from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.readiness import clear_ready, mark_ready
 from shared.signing import load_or_create_private_key
 from shared.state import make_redis
 from shared.topics import Topics
@@ -107,9 +108,11 @@ class GovernanceService:
                 log.info("governance consuming %s and %s (DP %s)", self.topics.clean,
                          self.topics.audit_requests,
                          "on" if s.governance_dp_enabled else "OFF")
+                mark_ready(s, "governance")
                 self._loop(consumer, producer)
                 self._transaction(producer, consumer, [], {}, final=True)
             finally:
+                clear_ready(s, "governance")
                 consumer.close()
                 self.positions.close()
                 producer.flush(10)

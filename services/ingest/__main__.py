@@ -20,7 +20,7 @@ def main() -> int:
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event()
-    setup_telemetry("ingest", metrics_port=settings.ingest_metrics_port)
+    setup_telemetry("ingest", metrics_port=settings.metrics_port)
     try:
         return IngestWorker(settings, stop).run()
     except ConfigError as error:

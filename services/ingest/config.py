@@ -45,8 +45,6 @@ class IngestSettings(LeptonSettings):
                                            description="Consumer group session timeout.")
     ingest_transaction_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000,
                                                description="Kafka transaction timeout.")
-    ingest_metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
 
     def group_id(self) -> str:
         """The consumer group."""

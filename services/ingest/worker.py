@@ -30,6 +30,7 @@ from services.ingest.telemetry import IngestMetrics
 from shared.crypto import KeyStore, load_tokenizer
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.keyring import KmsError
+from shared.readiness import clear_ready, mark_ready
 from shared.state import make_redis
 from shared.topics import Topics
 from shared.tracing import get_tracer
@@ -90,7 +91,11 @@ class IngestWorker:
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("ingest %s consuming %s as %s", settings.ingest_instance, self.topics.raw,
                  settings.transactional_id())
-        return self._loop()
+        mark_ready(settings, "ingest")
+        try:
+            return self._loop()
+        finally:
+            clear_ready(settings, "ingest")
 
     def _loop(self) -> int:
         try:

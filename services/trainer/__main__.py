@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank is not None:
         die_with_parent()
     rank = args.rank or 0
-    port = settings.trainer_metrics_port
+    port = settings.metrics_port
     setup_telemetry("trainer", metrics_port=None if port is None else port + rank)
     try:
         return run_rank(settings, args.rank or 0, args.world_size, args.master_port, stop)

@@ -55,8 +55,6 @@ class TrainerSettings(LeptonSettings):
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     trainer_dist_timeout_s: float = Field(default=120.0, gt=0)
-    trainer_metrics_port: int | None = Field(
-        default=None, ge=1, le=65535, description="Prometheus port (rank r serves port + r).")
 
     @model_validator(mode="after")
     def _gate_metrics(self) -> TrainerSettings:
