@@ -7,7 +7,7 @@ unwrapped keys are cached in-process in a bounded LRU whose entries live at most
 seconds, which bounds how long a running process can still use a key after `forget`.
 Ciphertext text: `enc1:<master key id>:<data key id>:<base64url(nonce | ciphertext | tag)>`;
 the associated data binds that header, the event id and the field name.
-Tokens: `tok1:<token key id>:<base64url(HMAC-SHA256(token key, field NUL value)[:18])>`.
+Tokens (`shared.tokens`, re-exported here): `tok1:<token key id>:<base64url(HMAC[:18])>`.
 
 Consumes: key material under `settings.keys_path()` (or `LEPTON_MASTER_KEYS`,
 `LEPTON_TOKEN_KEY`), Redis. Produces: ciphertexts, tokens, wrapped keys in Redis.
@@ -15,7 +15,6 @@ Consumes: key material under `settings.keys_path()` (or `LEPTON_MASTER_KEYS`,
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import time
@@ -28,13 +27,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import LeptonSettings
-from shared.keyring import Kms, KmsError, LocalKms, b64d, b64e, read_or_create
+from shared.keyring import Kms, KmsError, LocalKms, b64d, b64e
 from shared.state import make_redis, rkey
+from shared.tokens import TOKEN_VERSION, Tokenizer, is_token, load_tokenizer
+
+__all__ = [
+    "TOKEN_VERSION", "CryptoError", "DataKey", "KeyDestroyed", "KeyStore", "RewrapReport",
+    "Tokenizer", "is_ciphertext", "is_token", "load_tokenizer",
+]
 
 CIPHER_VERSION = "enc1"
-TOKEN_VERSION = "tok1"  # noqa: S105 (a format tag, not a secret)
-TOKEN_KEY_ENV = "LEPTON_TOKEN_KEY"  # noqa: S105
-TOKEN_KEY_FILE = "token.key"  # noqa: S105
 NONCE_BYTES = 12
 
 # Mint a data key unless the subject was forgotten; returns the record that won (or nil).
@@ -58,47 +60,9 @@ class KeyDestroyed(CryptoError):
     """The ciphertext's data key no longer exists: its subject was forgotten."""
 
 
-class Tokenizer:
-    """Deterministic keyed-hash tokens: equal inputs give equal tokens, which reveal nothing."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) < 32:
-            raise ValueError("token key must be at least 32 bytes")
-        self._key = key
-        self.key_id = hashlib.sha256(b"lepton-token-key-id\0" + key).hexdigest()[:8]
-        self._prefix = f"{TOKEN_VERSION}:{self.key_id}:"
-
-    def tokenize(self, field: str, value: str) -> str:
-        """The token of `value` in `field`."""
-        digest = hmac.digest(self._key, f"{field}\0{value}".encode(), "sha256")
-        return self._prefix + b64e(digest[:18])
-
-    def derive(self, label: str) -> bytes:
-        """A 32-byte subkey for `label` (domain-separated from tokens)."""
-        return hmac.digest(self._key, b"lepton-derive\0" + label.encode(), "sha256")
-
-
-def load_tokenizer(settings: LeptonSettings) -> Tokenizer:
-    """The tokenizer keyed by `LEPTON_TOKEN_KEY` (base64url) or `<keys_path>/token.key`."""
-    env_value = os.environ.get(TOKEN_KEY_ENV)
-    try:
-        text = env_value or read_or_create(
-            settings.keys_path() / TOKEN_KEY_FILE, lambda: b64e(os.urandom(32)).encode()
-        ).decode()
-        return Tokenizer(b64d(text.strip()))
-    except ValueError:
-        origin = TOKEN_KEY_ENV if env_value else str(settings.keys_path() / TOKEN_KEY_FILE)
-        raise KmsError(f"{origin}: token key must be 32+ bytes of base64url") from None
-
-
 def is_ciphertext(value: object) -> bool:
     """True for a string in this module's ciphertext format."""
     return isinstance(value, str) and value.startswith(CIPHER_VERSION + ":")
-
-
-def is_token(value: object) -> bool:
-    """True for a string in this module's token format."""
-    return isinstance(value, str) and value.startswith(TOKEN_VERSION + ":")
 
 
 @dataclass(frozen=True, slots=True)
