@@ -11,6 +11,7 @@ The card carries the weights' sha256 and an Ed25519 signature (by
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import uuid
@@ -28,6 +29,8 @@ from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement
 from shared.signing import key_id, load_or_create_private_key, load_public_key, sign, verify
 from shared.state import make_redis, rkey
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -210,7 +213,12 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.index(final)
+        try:
+            self.index(final)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            # the version is saved: the directory is authoritative and versions() re-indexes it
+            log.warning("%s v%d saved but not indexed (%s); indexed on the next listing",
+                        final.model, final.version, type(error).__name__)
         return final
 
     def index(self, card: ModelCard) -> None:

@@ -29,6 +29,7 @@ from services.trainer.energy import EnergyMeter
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
 from services.trainer.release import Releaser
+from services.trainer.retry import until_redis
 from services.trainer.telemetry import TrainerMetrics
 from services.trainer.train import Engine
 from shared.datasets import load_spec
@@ -85,8 +86,9 @@ class TrainerLoop:
     def _assign(self) -> None:
         resume: dict[str, int] = {}
         if self.comm.leader:
-            self.releaser.reconcile()
-            resume = {str(p): o for p, o in self.releaser.resume_offsets().items()}
+            until_redis(self.releaser.reconcile, "reconcile", self.stop)
+            resume = {str(p): o for p, o in until_redis(
+                self.releaser.resume_offsets, "resume offsets", self.stop).items()}
         resume = self.comm.broadcast_json(resume)
         metadata = self.consumer.list_topics(self.topic, timeout=15)
         partitions = sorted(metadata.topics[self.topic].partitions)
@@ -186,7 +188,8 @@ class TrainerLoop:
 
     def _start_cycle(self) -> Cycle:
         """Warm-start from the live model (rank 0 loads and verifies it, then broadcasts)."""
-        parent = self.releaser.live() if self.comm.leader else None
+        parent = until_redis(self.releaser.live, "live model", self.stop) \
+            if self.comm.leader else None
         info = self.comm.broadcast_json(
             {"version": parent.card.version, "transform": parent.card.feature_transform,
              "architecture": parent.card.architecture} if parent else None)
@@ -294,7 +297,7 @@ class TrainerLoop:
         resume = furthest(*(part["positions"] for part in parts))
         engine = cycle.engine
         if engine is None or state is None or engine.rows == 0 or cycle.transform is None:
-            self.releaser.store_offsets(resume)
+            until_redis(lambda: self.releaser.store_offsets(resume), "resume offsets", self.stop)
             return {"version": None}
         candidate = build_candidate(
             cycle, state, parts, self.settings, world=self.comm.world, device=self.device,
@@ -305,7 +308,7 @@ class TrainerLoop:
                 "trainer cycle", links=links,
                 attributes={"lepton.cycle.rows": cycle.rows,
                             "lepton.links.recorded": len(links)}):
-            card = self.releaser.release(candidate, self.window, resume)
+            card = self.releaser.release(candidate, self.window, resume, self.stop)
         self.metrics.versions.add(1, {"status": card.status})
         if card.epsilon is not None:
             self.metrics.epsilon.add(float(card.training.get("dp_charge_epsilon", 0.0)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.evaluate import fairness, quality
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
+from services.trainer.retry import until_redis
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
@@ -147,7 +149,7 @@ class Releaser:
         return predict_proba(net_cpu, x).numpy().astype(np.float64)
 
     def release(self, candidate: Candidate, window: list[dict[str, Any]],
-                resume: dict[int, int]) -> ModelCard:
+                resume: dict[int, int], stop: threading.Event | None = None) -> ModelCard:
         """Evaluate, gate, save and (when promoted) make live and announce; returns the card."""
         transform = candidate.transform
         with self.tracer.start_as_current_span("trainer evaluate") as span:
@@ -202,10 +204,14 @@ class Releaser:
             status="promoted" if verdict.promoted else "refused",
         )
         with self.tracer.start_as_current_span("trainer release") as span:
-            saved = self.registry.save(card, candidate.state)
+            # a save that fails before its rename leaves nothing behind, so it may be retried
+            saved = until_redis(lambda: self.registry.save(card, candidate.state), "save", stop)
             span.set_attribute("lepton.model.version", saved.version)
-            self.store_offsets(resume)
-            self.finish(saved)
+
+            def after_save() -> None:
+                self.store_offsets(resume)
+                self.finish(saved)
+            until_redis(after_save, "post-save steps", stop)
         log.info("%s v%d %s (f1 %.4f%s)", self.model, saved.version, saved.status,
                  metrics.get("f1", float("nan")),
                  "" if verdict.promoted else f"; {'; '.join(verdict.reasons)}")
