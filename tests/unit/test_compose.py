@@ -6,7 +6,6 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import click
 import typer.main
 import yaml
 from pydantic_settings import BaseSettings
@@ -41,17 +40,18 @@ def _known_env_vars() -> set[str]:
 
 def test_every_service_runs_a_real_lepton_command_with_known_settings() -> None:
     compose = _compose()["services"]
-    group = typer.main.get_command(app)
-    assert isinstance(group, click.Group)
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     known = _known_env_vars()
     for name in SERVICES:
         service = compose[name]
         command = service["command"]
-        assert command[0] == name and command[0] in group.commands, name
+        assert command[0] == name and command[0] in commands, name
         env = service["environment"]
         unknown = {k for k in env if k.startswith("LEPTON_") and k not in known}
         assert not unknown, f"{name}: {unknown} match no settings field"
         assert {"kafka", "redis"} <= set(service["depends_on"])
+        assert service["healthcheck"]["test"][-1] == f"/data/run/{name}.ready"
+        assert f"{name}-data:/data" in service["volumes"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["lepton"]' in dockerfile
 
