@@ -72,6 +72,23 @@ class AuditRecord(BaseModel):
         return canonical_json(self.model_dump(mode="json"))
 
 
+FIELDS = frozenset(AuditRecord.model_fields)
+_OPTIONAL = {name: info.get_default(call_default_factory=True)
+             for name, info in AuditRecord.model_fields.items() if not info.is_required()}
+_REQUIRED = FIELDS - _OPTIONAL.keys()
+
+
+def record_bytes(fields: dict[str, Any]) -> bytes:
+    """The canonical JSON of an AuditRecord built from `fields` (defaults filled in) without
+    model validation, for the hot path; `parse_record` reads it back."""
+    unknown = fields.keys() - FIELDS
+    missing = _REQUIRED - fields.keys()
+    if unknown or missing:
+        raise ValueError(f"AuditRecord fields unknown: {sorted(unknown)}, missing: "
+                         f"{sorted(missing)}")
+    return canonical_json({**_OPTIONAL, **fields})
+
+
 def canonical_json(obj: dict[str, Any]) -> bytes:
     """Sorted-key compact JSON bytes."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from services.governance.ledger import Budget, Charge, Ledger
 from services.governance.privacy import DatasetPrivacy
@@ -16,11 +19,11 @@ from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
 from shared.events import (
     CONTENT_TYPE_JSON,
-    AuditRef,
+    Change,
     Header,
     HeaderList,
+    PrivacyStamp,
     dlq_headers,
-    encode,
 )
 from shared.topics import Topics
 from shared.tracing import inject_headers, process_span
@@ -125,50 +128,51 @@ def _charge_dp_sgd(item: Item, name: str | None, detail: dict[str, Any], ledger:
 def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[Output]:
     """The records to produce for one consumed record, under its process span."""
     msg = item.msg
-    attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or "",
-                             "lepton.governance.reason": item.reason or ""}
+    attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
+    if item.reason:
+        attrs["lepton.governance.reason"] = item.reason
     if item.envelope is not None:
         attrs["lepton.event_id"] = item.envelope.event_id
-        attrs["lepton.dataset"] = item.envelope.dataset
-    if item.charge is not None:
-        attrs["lepton.privacy.epsilon"] = item.charge.epsilon
     if item.sealed is not None:
-        attrs["lepton.audit.partition"] = item.sealed.partition
         attrs["lepton.audit.leaf_index"] = item.sealed.leaf_index
     out: list[Output] = []
     key = msg.key()
-    text_key = key.decode("utf-8", "replace") if key else None
     raw = msg.headers()
     consumed = list(raw.items()) if isinstance(raw, dict) else raw
     with process_span(tracer, msg.topic() or "", consumed, partition=msg.partition(),
-                      offset=msg.offset(), group=group, key=text_key,
-                      attributes=attrs):
+                      offset=msg.offset(), group=group, attributes=attrs):
+        trace = inject_headers([])
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
-            out.append(_governed(item, topics))
+            out.append(Output(topics.governed, item.envelope.subject_id.encode(),
+                              governed_json(item), [_JSON, *trace]))
         if item.sealed is not None and item.publish:
-            headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
-                                   (AUDIT_TYPE_HEADER, b"record")]
             out.append(Output(topics.audit_log, item.identity.encode(), item.line,
-                              inject_headers(headers), item.sealed.partition))
+                              [_JSON, _RECORD, *trace], item.sealed.partition))
         if item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
             headers = dlq_headers(
                 consumed, reason=item.reason or "rejected", detail=item.error or "",
                 stage="governance", exception="", topic=msg.topic() or "",
                 partition=msg.partition() or 0, offset=msg.offset() or 0)
-            out.append(Output(topics.rejected, key, msg.value() or b"", inject_headers(headers)))
+            out.append(Output(topics.rejected, key, msg.value() or b"", [*headers, *trace]))
     return out
 
 
-def _governed(item: Item, topics: Topics) -> Output:
-    env = item.envelope
-    assert env is not None
+_JSON = (Header.CONTENT_TYPE, CONTENT_TYPE_JSON)
+_RECORD = (AUDIT_TYPE_HEADER, b"record")
+
+
+@lru_cache(maxsize=4096)
+def _as_dict(model: Change | PrivacyStamp) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def governed_json(item: Item) -> bytes:
+    """The governed envelope: the validated input JSON with the released payload, the
+    changes made, the privacy stamp and the audit reference."""
     assert item.sealed is not None
-    governed = env.model_copy(update={
-        "payload": item.payload,
-        "changes": (*env.changes, *item.changes),
-        "privacy": item.stamp,
-        "audit": AuditRef(partition=item.sealed.partition, leaf_index=item.sealed.leaf_index),
-    })
-    headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
-    return Output(topics.governed, env.subject_id.encode(), encode(governed),
-                  inject_headers(headers))
+    obj = orjson.loads(item.msg.value() or b"{}")
+    obj["payload"] = item.payload
+    obj["changes"] = [*obj.get("changes", ()), *(_as_dict(c) for c in item.changes)]
+    obj["privacy"] = _as_dict(item.stamp) if item.stamp is not None else None
+    obj["audit"] = {"partition": item.sealed.partition, "leaf_index": item.sealed.leaf_index}
+    return orjson.dumps(obj)

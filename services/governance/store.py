@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.governance.checkpoints import Checkpoint, CheckpointLog, make_checkpoint
 from services.governance.merkle import CompactRange, leaf_hash
-from services.governance.records import AuditRecord
+from services.governance.records import record_bytes
 from services.governance.segments import SegmentLog
 
 log = logging.getLogger(__name__)
@@ -161,17 +161,17 @@ class AuditStore:
         if existing is not None:
             return existing, self.parts[existing.partition].line(existing.leaf_index), False
         part = self.parts[partition]
-        record = AuditRecord(
-            log=self.log_id, partition=partition, leaf_index=part.size,
-            prev=part.last_hash.hex(),
-            recorded_at=datetime.now(UTC).isoformat(timespec="microseconds"), **fields)
-        line = record.canonical()
+        index = part.size
+        line = record_bytes({
+            **fields, "log": self.log_id, "partition": partition, "leaf_index": index,
+            "prev": part.last_hash.hex(),
+            "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds")})
         part.segments.append(line)
         part.last_hash = leaf_hash(line)
         part.compact.append(part.last_hash)
-        part.remember(record.leaf_index, line)
-        sealed = Sealed(partition, record.leaf_index, record.kind, record.reason, record.source)
-        self._index[record.identity] = sealed
+        part.remember(index, line)
+        sealed = Sealed(partition, index, fields["kind"], fields.get("reason"), fields["source"])
+        self._index[fields["identity"]] = sealed
         return sealed, line, True
 
     def sync(self) -> None:
