@@ -24,17 +24,23 @@ def _actor(command: str) -> str:
     return f"{user} via lepton {command}"
 
 
-def _record(kind: str, command: str, subject_id: str | None, detail: dict[str, object]) -> None:
+def _record(kind: str, command: str, subject_id: str | None, detail: dict[str, object],
+            retry_hint: str) -> None:
     from shared.config import LeptonSettings, load_settings
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.kafka import make_producer
 
     settings = load_settings(LeptonSettings)
-    producer = make_producer(settings)
-    publish_decision(producer, settings,
-                     Decision(kind=kind, actor=_actor(command), subject_id=subject_id,
-                              detail=detail))
+    try:
+        producer = make_producer(settings)
+        publish_decision(producer, settings,
+                         Decision(kind=kind, actor=_actor(command), subject_id=subject_id,
+                                  detail=detail))
+    except Exception as error:  # the act is done; say loudly that its record is missing
+        typer.echo(f"error: done, but the {kind} decision was NOT recorded on audit.requests "
+                   f"({type(error).__name__}: {error}); {retry_hint}", err=True)
+        raise typer.Exit(1) from None
 
 
 def ingest() -> None:
@@ -65,7 +71,8 @@ def rotate() -> None:
                f"keys, {report.failed} failed, {report.changed_meanwhile} changed meanwhile")
     _record("key_rotated", "keys rotate", None,
             {"master_key_id": new, "previous_master_key_id": previous,
-             "rewrapped": report.rewrapped, "failed": report.failed})
+             "rewrapped": report.rewrapped, "failed": report.failed},
+            "the rotation stands (running it again would add another key)")
     if report.failed:
         raise typer.Exit(1)
 
@@ -109,7 +116,8 @@ def forget(
     existed = KeyStore(load_settings(LeptonSettings)).forget(subject)
     typer.echo(f"subject forgotten; data key {'destroyed' if existed else 'was absent'}",
                err=True)
-    _record("subject_forgotten", "forget", subject, {"data_key_destroyed": existed})
+    _record("subject_forgotten", "forget", subject, {"data_key_destroyed": existed},
+            "run it again once the broker is up (forgetting is idempotent)")
 
 
 def register(app: typer.Typer) -> None:
