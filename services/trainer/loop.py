@@ -16,7 +16,13 @@ from functools import partial
 from typing import Any
 
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
@@ -90,11 +96,14 @@ class TrainerLoop:
             resume = {str(p): o for p, o in until_redis(
                 self.releaser.resume_offsets, "resume offsets", self.stop).items()}
         resume = self.comm.broadcast_json(resume)
-        metadata = self.consumer.list_topics(self.topic, timeout=15)
-        partitions = sorted(metadata.topics[self.topic].partitions)
-        mine = [p for p in partitions if p % self.comm.world == self.comm.rank]
-        committed = self.consumer.committed([TopicPartition(self.topic, p) for p in mine],
-                                            timeout=15)
+        def positions() -> tuple[list[int], list[TopicPartition]]:
+            metadata = self.consumer.list_topics(self.topic, timeout=15)
+            partitions = sorted(metadata.topics[self.topic].partitions)
+            mine = [p for p in partitions if p % self.comm.world == self.comm.rank]
+            return mine, self.consumer.committed(
+                [TopicPartition(self.topic, p) for p in mine], timeout=15)
+        mine, committed = until_redis(positions, "partition metadata", self.stop,
+                                      errors=(KafkaException,))
         start = furthest(resume, {tp.partition: tp.offset for tp in committed})
         self.positions = {p: start[p] for p in mine if p in start}
         self.consumer.assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING))
