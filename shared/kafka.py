@@ -1,7 +1,8 @@
 """Kafka client factories with reliable defaults, for confluent-kafka, aiokafka and faust.
 
-Producers are idempotent with `acks=all`; consumers never auto-commit (commit only after the
-output is durable) and read only committed transactional data.
+Producers are idempotent with `acks=all` and compress with lz4 (aiokafka reads it through the
+`lz4` package); consumers never auto-commit (commit only after the output is durable) and read
+only committed transactional data.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def consumer_config(settings: LeptonSettings, group_id: str, **overrides: Any) -
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
+        # the embedded broker always waits this long on an idle fetch (Kafka returns early)
+        "fetch.wait.max.ms": 100,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 300_000,
