@@ -19,6 +19,7 @@ from services.serving.auth import TokenAuth
 from services.serving.batching import Batcher
 from services.serving.config import ServingSettings
 from services.serving.control import RolloutControl
+from services.serving.decoding import DecodeGuard
 from services.serving.fleet import Fleet
 from services.serving.gen import serving_pb2, serving_pb2_grpc
 from services.serving.grpc_api import SERVICE, PredictionService
@@ -83,8 +84,9 @@ class ServingApp:
         self.port = 0
 
     def _build_server(self) -> grpc.aio.Server:
-        interceptors = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
-        if not interceptors:
+        auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
+        interceptors = [DecodeGuard(), *auth]
+        if not auth:
             log.warning("LEPTON_SERVING_AUTH_TOKEN is not set: the API is open to any caller")
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_options(self.settings))
