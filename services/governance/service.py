@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.trace import Tracer
 
@@ -71,6 +72,7 @@ class GovernanceService:
         self.metrics = GovernanceMetrics()
         self.batches = 0
         self.processed = 0
+        self._redis_failures = 0
 
     def run(self) -> None:
         """Open the stores, then consume, govern, produce and commit until stopped."""
@@ -136,7 +138,19 @@ class GovernanceService:
                     self._transaction(producer, consumer, [], {})
                 continue
             started = time.perf_counter()
-            result = self.processor.process(good)
+            try:
+                result = self.processor.process(good)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                # every step is idempotent (charges by id, audit leaves by identity), so the
+                # batch is simply processed again once Redis answers
+                wait = min(5.0, 0.2 * 2 ** self._redis_failures)
+                self._redis_failures += 1
+                log.warning("batch waits for Redis (%s); retrying in %.1f s",
+                            type(error).__name__, wait)
+                self._rewind(consumer, good)
+                self.stop.wait(wait)
+                continue
+            self._redis_failures = 0
             if self._transaction(producer, consumer, result.outputs, result.offsets, good=good):
                 self.batches += 1
                 self.processed += len(good)
