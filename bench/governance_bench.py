@@ -73,14 +73,16 @@ def _settings(bootstrap: str, data: Path, **extra: object) -> GovernanceSettings
         governance_batch_size=BATCH, **extra)  # type: ignore[arg-type]
 
 
-def _feed(settings: LeptonSettings, count: int) -> None:
+def _feed(settings: LeptonSettings, count: int, topic: str | None = None) -> None:
     topics = Topics(settings.topic_prefix)
-    ensure_topics(settings, topics.all())
-    producer = make_producer(settings)
+    ensure_topics(settings, [*topics.all(), *([topic] if topic else [])])
+    # uncompressed: aiokafka (under faust) has no lz4 codec here
+    producer = make_producer(settings, **{"compression.type": "none"})
     for event in transactions(count, seed=1, customers=max(50, count // 10)):
         while True:
             try:
-                producer.produce(topics.clean, key=event.subject_id.encode(), value=encode(event),
+                producer.produce(topic or topics.clean, key=event.subject_id.encode(),
+                                 value=encode(event),
                                  headers=[(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)])
                 break
             except BufferError:
@@ -116,6 +118,57 @@ def passthrough(settings: LeptonSettings, count: int) -> float:
     elapsed = time.perf_counter() - started
     consumer.close()
     return count / elapsed
+
+
+def faust_child(bootstrap: str, source: str, target: str, group: str) -> None:
+    """Child process: a faust-streaming agent forwarding every record unchanged."""
+    import faust
+
+    from shared.kafka import faust_settings
+
+    settings = LeptonSettings(kafka_bootstrap=bootstrap)
+    app = faust.App(**{**faust_settings(settings, group),
+                       "consumer_auto_offset_reset": "earliest"})
+    inbound = app.topic(source, value_serializer="raw", key_serializer="raw")
+    outbound = app.topic(target, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(inbound)
+    async def forward(stream):  # type: ignore[no-untyped-def]
+        async for key, value in stream.items():
+            await outbound.send(key=key, value=value)
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
+    app.main()
+
+
+def faust_passthrough(settings: LeptonSettings, count: int) -> float:
+    """Events/s of a faust agent forwarding events.clean, read back from its output topic."""
+    source, out = f"{settings.topic_prefix}faust-in", f"{settings.topic_prefix}faust-out"
+    _feed(settings, count, source)
+    ensure_topics(settings, [out])
+    reader = make_consumer(settings, f"{settings.topic_prefix}faust-reader",
+                           **{"isolation.level": "read_uncommitted"})
+    reader.subscribe([out])
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--faust-child",
+         settings.bootstrap_servers(), source, out, f"{settings.topic_prefix}faust"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.mkdtemp())
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + 300
+    try:
+        while seen < count and time.monotonic() < deadline:
+            got = sum(1 for m in reader.consume(1000, 0.2) if m.error() is None)
+            if got and not started:
+                started = time.perf_counter()
+            seen += got
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        reader.close()
+    return seen / (time.perf_counter() - started)
 
 
 def governance(settings: GovernanceSettings, count: int) -> float:
@@ -209,7 +262,11 @@ def main() -> None:
     """Run every measurement and print the markdown section."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--faust-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.faust_child:
+        faust_child(*args.faust_child)
+        return
     broker = None
     bootstrap = os.environ.get("LEPTON_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -221,6 +278,7 @@ def main() -> None:
         base = _settings(bootstrap, data)
         _feed(base, n)
         pass_rate = passthrough(base, n)
+        faust_rate = faust_passthrough(base, n)
         for label, extra in (("DP on (Laplace), fsync", {}),
                              ("DP off, fsync", {"governance_dp_enabled": False}),
                              ("DP on, no fsync", {"governance_fsync": False})):
@@ -240,6 +298,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores.\n")
     print("| loop | events/s | ratio to passthrough |\n|---|---:|---:|")
     print(f"| passthrough (consume → produce → commit txn) | {pass_rate:,.0f} | 1.00 |")
+    print(f"| faust agent forwarding each record (no work) | {faust_rate:,.0f} | "
+          f"{faust_rate / pass_rate:.2f} |")
     for label, rate in rows:
         print(f"| governance, {label} | {rate:,.0f} | {rate / pass_rate:.2f} |")
     print("\n| operation | rate |\n|---|---:|")

@@ -76,10 +76,11 @@ class LedgerMachine(RuleBasedStateMachine):
         if any(math.isnan(x) or math.isinf(x) or x < 0 for x in (eps, rho)):
             return ("invalid", 0.0, 0.0)
         s = self.subject[charge.subject] if charge.subject else None
-        if s is not None and effective_epsilon(s[0] + eps, s[1] + rho, BUDGET.delta) > 3.0:
-            outcome = ("refused", 0.0, 0.0)
-        elif effective_epsilon(self.dataset[0] + eps, self.dataset[1] + rho,
-                               BUDGET.delta) > 8.0:
+        over_subject = s is not None and effective_epsilon(
+            s[0] + eps, s[1] + rho, BUDGET.delta) > 3.0
+        over_dataset = effective_epsilon(
+            self.dataset[0] + eps, self.dataset[1] + rho, BUDGET.delta) > 8.0
+        if over_subject or over_dataset:
             outcome = ("refused", 0.0, 0.0)
         else:
             outcome = ("charged", eps, rho)
