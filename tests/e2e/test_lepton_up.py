@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
@@ -178,7 +179,12 @@ def test_lepton_up_runs_the_platform_end_to_end(platform: Running) -> None:
     answers: list[dict[str, object]] = []
 
     def answered_by_live() -> bool:
-        answers.append(client.predict([record], model="transactions")[0])
+        try:
+            answers.append(client.predict([record], model="transactions")[0])
+        except grpc.RpcError as error:  # serving may not have loaded the announcement yet
+            if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                raise
+            return False
         return answers[-1]["version"] == registry.live("transactions")
 
     try:

@@ -72,9 +72,11 @@ def test_rotate_and_forget_while_ingest_runs(running_ingest: IngestSettings) -> 
     assert all(decrypts(store, e) for e in before + after)
     assert set(store.master_key_usage()) <= {first_key, new_key}
 
-    victim = before[0].subject_id
+    later_docs = valid_docs(BATCH, seed=3)
+    later_subjects = {str(d["subject_id"]) for d in later_docs}
+    victim = min(e.subject_id for e in before if e.subject_id in later_subjects)
     lepton("forget", victim)
-    later = send(settings, valid_docs(BATCH, seed=3), 2 * BATCH)
+    later = send(settings, later_docs, 2 * BATCH)
 
     store = KeyStore(settings)
     for envelope in before + after:
