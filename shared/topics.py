@@ -18,6 +18,8 @@ class Topic(StrEnum):
     MODELS = "models.updates"
     PREDICT_REQUESTS = "predictions.requests"
     PREDICT_RESULTS = "predictions.results"
+    INGEST_OFFSETS = "ingest.offsets"
+    GOVERNANCE_OFFSETS = "governance.offsets"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Consumes `events.clean` and `audit.requests` (one consumer group), and per batch: govern and
 seal (processor.py; charges, audit leaves and checkpoints are durable on disk first), then
-produce `events.governed`, `audit.log`, dead letters and the input positions (positions.py),
+produce `events.governed`, `audit.log`, dead letters and the input positions (shared/positions.py),
 `send_offsets_to_transaction` and commit, so outputs and input offsets become visible together
 or not at all. After a crash the
 uncommitted batch is consumed again and reuses its ledger charges and audit leaves.
@@ -26,17 +26,17 @@ from opentelemetry.trace import Tracer
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.policy import Policy
-from services.governance.positions import InputPositions
 from services.governance.processor import Processor
 from services.governance.sealing import AUDIT_TYPE_HEADER, Output
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.positions import InputPositions
 from shared.readiness import clear_ready, mark_ready
 from shared.signing import load_or_create_private_key
 from shared.state import make_redis
-from shared.topics import Topics
+from shared.topics import Topic, Topics
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class GovernanceService:
             # the transactional producer first: initialising it aborts a predecessor's open
             # transaction, which would otherwise block reading the committed positions
             producer = make_producer(s, transactional_id=s.transactional_id())
-            self.positions = InputPositions(s, s.group_id())
+            self.positions = InputPositions(
+                s, self.topics.name(Topic.GOVERNANCE_OFFSETS), s.group_id(), read_timeout=60.0)
             consumer = make_consumer(s, s.group_id(),
                                      **{"session.timeout.ms": s.governance_session_timeout_ms})
             self._last_signed = time.monotonic()

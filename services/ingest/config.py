@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.config import LeptonSettings
+from shared.topics import Topic, Topics
 
 
 class IngestSettings(LeptonSettings):
@@ -56,4 +57,4 @@ class IngestSettings(LeptonSettings):
 
     def offsets_topic(self) -> str:
         """Where each transaction also checkpoints the input offsets it consumed."""
-        return f"{self.topic_prefix}ingest.offsets"
+        return Topics(self.topic_prefix).name(Topic.INGEST_OFFSETS)

@@ -23,13 +23,13 @@ from opentelemetry.trace import Tracer
 from services.ingest.config import IngestSettings
 from services.ingest.decoding import Datasets
 from services.ingest.dedup import Deduper
-from services.ingest.offsets import OffsetCheckpoints, Source
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
 from services.ingest.telemetry import IngestMetrics
 from shared.crypto import KeyStore, load_tokenizer
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.keyring import KmsError
+from shared.positions import InputPositions, Source
 from shared.readiness import clear_ready, mark_ready
 from shared.state import make_redis
 from shared.topics import Topics
@@ -76,7 +76,7 @@ class IngestWorker:
         """Process until stopped; returns the process exit status."""
         settings = self.settings
         ensure_topics(settings, [self.topics.raw, self.topics.clean, self.topics.rejected])
-        self.checkpoints = OffsetCheckpoints(
+        self.checkpoints = InputPositions(
             settings, settings.offsets_topic(), settings.group_id(),
             read_timeout=settings.ingest_transaction_timeout_ms / 1000 + 10)
         self.producer = make_producer(

@@ -1,8 +1,9 @@
-"""Input-offset checkpoints written inside each Kafka transaction, read back on assignment.
+"""Input positions written inside each Kafka transaction, read back on partition assignment.
 
 Every transaction that consumes from a partition also produces a checkpoint record
-(key `<group>/<topic>/<partition>`, value `{"offset": next offset}`) to `<prefix>ingest.offsets`,
-so the input position commits atomically with the outputs on any broker. This matters because
+(key `<group>/<topic>/<partition>`, value `{"offset": next offset}`) to the service's
+positions topic (`<prefix><service>.offsets`), so the input position commits atomically with
+the outputs on any broker. This matters because
 the embedded broker (librdkafka's mock cluster) accepts `send_offsets_to_transaction` but does
 not store the offsets; on Apache Kafka both agree and the resume point is the larger of the two.
 On assignment the latest committed checkpoint of each partition is found by reading its
@@ -29,8 +30,8 @@ CHUNK = 2000
 Source = tuple[str, int]
 
 
-class OffsetCheckpoints:
-    """Writes and reads the checkpoint topic of one consumer group."""
+class InputPositions:
+    """Writes and reads the positions topic of one consumer group."""
 
     def __init__(self, settings: LeptonSettings, topic: str, group: str,
                  read_timeout: float = 70.0) -> None:
@@ -40,7 +41,7 @@ class OffsetCheckpoints:
         self._partitions = ensure_topics(settings, [topic])[topic]
         self._reader = Consumer({
             "bootstrap.servers": settings.bootstrap_servers(),
-            "group.id": f"{group}.checkpoint-reader",
+            "group.id": f"{group}.positions-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
