@@ -80,3 +80,60 @@ def lepton(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
             f"lepton {' '.join(args)} exited {result.returncode}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+class TopicCollector:
+    """Reads topics from the beginning on a background thread while a test runs, so records
+    are kept even after the embedded broker's ~5 MB retention drops them from a partition."""
+
+    def __init__(self, settings: LeptonSettings, topics: list[str]) -> None:
+        import threading
+
+        self.records: dict[str, list[Record]] = {topic: [] for topic in topics}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap_servers(),
+            "group.id": f"test-collector-{os.getpid()}-{time.monotonic_ns()}",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 50, "log_level": 3,
+        })
+        assignment = []
+        for topic in topics:
+            partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+        self._consumer.assign(assignment)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, timeout=0.2):
+                if msg.error():
+                    continue
+                topic = msg.topic() or ""
+                record = Record(topic=topic, partition=msg.partition() or 0,
+                                offset=msg.offset() or 0, key=msg.key(),
+                                value=msg.value() or b"",
+                                headers={k: v for k, v in (msg.headers() or []) if v is not None})
+                with self._lock:
+                    self.records[topic].append(record)
+        self._consumer.close()
+
+    def count(self, topic: str) -> int:
+        """Records of `topic` seen so far."""
+        with self._lock:
+            return len(self.records[topic])
+
+    def wait_for(self, topic: str, count: int, timeout: float) -> list[Record]:
+        """Wait until `count` records of `topic` were seen (or the timeout); return them all."""
+        deadline = time.monotonic() + timeout
+        while self.count(topic) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._lock:
+            return list(self.records[topic])
+
+    def stop(self) -> None:
+        """Stop reading and close the consumer."""
+        self._stop.set()
+        self._thread.join(10)

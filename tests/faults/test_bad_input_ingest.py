@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from shared.events import Envelope, Header, encode
 from tests.faults.conftest import FaultReport, Pipeline, ScenarioLine
-from tests.helpers import read_topic
+from tests.helpers import TopicCollector
 
 VALID = 1000
 DUPLICATES = 300
@@ -65,13 +65,15 @@ def test_ten_thousand_hostile_records(broker: str, make_pipeline: Callable[..., 
     valid = pipeline.events(VALID, seed=44)
     records = [encode(e) for e in valid]
     records += [records[rng.randrange(VALID)] for _ in range(DUPLICATES)]
-    # the embedded broker keeps ~5 MB a partition: only a few of the biggest records
     records += [_hostile(rng, valid[i % VALID], i) for i in range(HOSTILE - 17)]
+    records += [b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"] * 5
+    # the embedded broker keeps ~5 MB a partition: the biggest records go one at a time, each
+    # after the previous one was dead-lettered, and a collector keeps every output it reads
     big = orjson.loads(records[0])
+    bigs = []
     for n, size in enumerate([300_000] * 10 + [1_200_000] * 2):
         big["event_id"], big["payload"]["name"] = f"huge-{n}", "y" * size
-        records.append(orjson.dumps(big))
-    records += [b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"] * 5
+        bigs.append(orjson.dumps(big))
     warmup, rest = records[:200], records[200:]
     rng.shuffle(rest)
 
@@ -84,23 +86,33 @@ def test_ten_thousand_hostile_records(broker: str, make_pipeline: Callable[..., 
             producer.poll(0)
         assert producer.flush(30) == 0
 
-    pipeline.start("ingest")
-    send(warmup)
-    read_topic(pipeline.settings, pipeline.topics.clean, expect=200, timeout=60)
-    proc = psutil.Process(pipeline.processes.procs["ingest"].pid)
-    before = proc.memory_info().rss
-    send(rest)
-    expected_rejected = HOSTILE
-    rejected = read_topic(pipeline.settings, pipeline.topics.rejected, expect=expected_rejected,
-                          timeout=120)
-    clean = read_topic(pipeline.settings, pipeline.topics.clean, expect=VALID, timeout=60)
+    topics = pipeline.topics
+    collector = TopicCollector(pipeline.settings, [topics.clean, topics.rejected])
+    try:
+        pipeline.start("ingest")
+        send(warmup)
+        collector.wait_for(topics.clean, 200, timeout=60)
+        proc = psutil.Process(pipeline.processes.procs["ingest"].pid)
+        before = proc.memory_info().rss
+        send(rest)
+        expected_rejected = HOSTILE
+        small_rejected = expected_rejected - len(bigs)
+        collector.wait_for(topics.rejected, small_rejected, timeout=120)
+        for n, value in enumerate(bigs, start=1):
+            send([value])
+            collector.wait_for(topics.rejected, small_rejected + n, timeout=60)
+        rejected = collector.wait_for(topics.rejected, expected_rejected, timeout=10)
+        clean = collector.wait_for(topics.clean, VALID, timeout=60)
+    finally:
+        collector.stop()
     pipeline.processes.check_alive("ingest")
     after = proc.memory_info().rss
     clean_ids = Counter(orjson.loads(r.value)["event_id"] for r in clean)
     reasons = Counter(r.headers.get(Header.DLQ_REASON, b"").decode() for r in rejected)
     lost = len({e.event_id for e in valid} - set(clean_ids))
     dup = sum(n - 1 for n in clean_ids.values())
-    fault_report.add(ScenarioLine("bad input (ingest)", len(records), len(clean), lost, dup, 0,
+    fault_report.add(ScenarioLine("bad input (ingest)", len(records) + len(bigs), len(clean),
+                                  lost, dup, 0,
                                   f"{len(rejected)} dead-lettered {dict(reasons)}; "
                                   f"RSS {before >> 20}→{after >> 20} MB"))
     assert lost == 0
