@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install everything, make sure Redis runs, then run the whole test suite (plus ruff and mypy).
+# Install everything, make sure Redis runs, then check and test: ruff, mypy, the default pytest
+# suite (unit, integration, e2e, fuzz), then the fault-injection suite (tests/faults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/redis.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -m faults tests/faults "$@"
