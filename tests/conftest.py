@@ -21,6 +21,14 @@ from shared.topics import Topics
 
 REDIS_URL = os.environ.get("LEPTON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# `timeout pytest …` or CI stopping the run sends SIGTERM: turn it into KeyboardInterrupt so
+# fixture teardowns still kill the broker and service processes the tests started
+signal.signal(signal.SIGTERM, _interrupt)
+
 for _name in [n for n in os.environ if n.startswith("LEPTON_")]:
     if _name != "LEPTON_TEST_REDIS_URL":
         del os.environ[_name]
