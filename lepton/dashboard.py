@@ -1,10 +1,12 @@
-"""What `lepton up` shows: records and rates per stage (from topic watermarks), rejected
-events, privacy budget spent (governance ledger), live model versions with their metrics
-(registry), the last trace id, and the processes it runs."""
+"""What `lepton up` shows: events and rates per stage (the services' own Prometheus counters;
+topic watermarks only for non-transactional topics, since transaction markers take offsets),
+rejected and withheld events, privacy budget spent (governance ledger), live model versions
+with their metrics (registry), the last trace id, and the processes it runs."""
 
 from __future__ import annotations
 
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
@@ -16,15 +18,35 @@ from shared.events import Header, header_str, headers_dict
 from shared.state import make_redis
 from shared.topics import Topic, Topics
 
-STAGES = (
-    ("produced", Topic.RAW),
-    ("ingested", Topic.CLEAN),
-    ("rejected", Topic.REJECTED),
-    ("governed", Topic.GOVERNED),
-    ("audited", Topic.AUDIT_LOG),
-    ("model updates", Topic.MODELS),
-    ("predictions (Kafka)", Topic.PREDICT_RESULTS),
+# (label, service, counter, label filter): counters the services export on /metrics
+COUNTED: tuple[tuple[str, str, str, dict[str, str]], ...] = (
+    ("ingested", "ingest", "lepton_ingest_events_out", {}),
+    ("rejected", "ingest", "lepton_ingest_events_rejected", {}),
+    ("governed", "governance", "lepton_governance_decisions", {"kind": "event_released"}),
+    ("withheld", "governance", "lepton_governance_decisions", {"kind": "event_withheld"}),
+    ("trained", "trainer", "lepton_trainer_records", {"outcome": "train"}),
+    ("predictions", "serving", "lepton_serving_predictions", {}),
 )
+# non-transactional topics, where the high watermark is the record count
+WATERMARKED = (("produced", Topic.RAW), ("model updates", Topic.MODELS))
+STAGES = ("produced", *(c[0] for c in COUNTED), "model updates")
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of one Prometheus endpoint on 127.0.0.1 (empty when it does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name.removesuffix("_total"), []).append(
+                (sample.labels, sample.value))
+    return samples
 
 
 @dataclass
@@ -53,8 +75,10 @@ class Snapshot:
 class Dashboard:
     """Collects snapshots; keeps one Kafka client and one Redis client open."""
 
-    def __init__(self, settings: LeptonSettings, bootstrap: str) -> None:
+    def __init__(self, settings: LeptonSettings, bootstrap: str,
+                 metrics_ports: dict[str, int]) -> None:
         self.settings = settings
+        self.metrics_ports = metrics_ports
         self.topics = Topics(settings.topic_prefix)
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "log_level": 3,
                                   "group.id": "lepton-up-dashboard",
@@ -105,15 +129,23 @@ class Dashboard:
                 rows.append((model, live, registry.card(model, live).metrics))
         return rows
 
+    def _counted(self) -> dict[str, int]:
+        scraped = {name: scrape(port) for name, port in self.metrics_ports.items()}
+        counts = {}
+        for label, service, metric, wanted in COUNTED:
+            samples = scraped.get(service, {}).get(metric, [])
+            counts[label] = int(sum(value for labels, value in samples
+                                    if all(labels.get(k) == v for k, v in wanted.items())))
+        return counts
+
     def snapshot(self) -> Snapshot:
         """Read every figure once (each source failing alone leaves its part empty)."""
         now = time.monotonic()
-        records, last_trace = {}, ""
-        for label, topic in STAGES:
-            highs = self._high(self.topics.name(topic))
-            records[label] = sum(highs.values())
-            if topic is Topic.GOVERNED:
-                last_trace = self._last_trace(self.topics.name(topic), highs)
+        records = {label: sum(self._high(self.topics.name(topic)).values())
+                   for label, topic in WATERMARKED}
+        records.update(self._counted())
+        governed = self.topics.name(Topic.GOVERNED)
+        last_trace = self._last_trace(governed, self._high(governed))
         rates: dict[str, float] = {}
         if self.previous is not None and now > self.previous.at:
             span = now - self.previous.at
@@ -136,9 +168,9 @@ class Dashboard:
 def render(snap: Snapshot, processes: list[ProcessRow], uptime: float) -> Group:
     """The rich renderable for one snapshot."""
     stages = Table(title=f"Lepton Stream — up {uptime:.0f}s")
-    for column in ("stage", "records", "per second"):
+    for column in ("stage", "events", "per second"):
         stages.add_column(column, justify="left" if column == "stage" else "right")
-    for label, _ in STAGES:
+    for label in STAGES:
         stages.add_row(label, f"{snap.records.get(label, 0):,}",
                        f"{snap.rates.get(label, 0.0):,.0f}")
     models = Table(title="live models")
@@ -163,6 +195,6 @@ def render(snap: Snapshot, processes: list[ProcessRow], uptime: float) -> Group:
 
 def plain_line(snap: Snapshot) -> str:
     """A one-line summary for logs and non-terminal output."""
-    counts = " ".join(f"{label.split()[0]}={snap.records.get(label, 0)}" for label, _ in STAGES)
+    counts = " ".join(f"{label.split()[0]}={snap.records.get(label, 0)}" for label in STAGES)
     models = ",".join(f"{n}:v{v}" for n, v, _ in snap.models) or "-"
     return f"lepton up: {counts} models={models} last_trace={snap.last_trace or '-'}"

@@ -154,7 +154,8 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
 
     from lepton.dashboard import Dashboard, plain_line, render
 
-    dashboard = Dashboard(settings, platform.env["LEPTON_KAFKA_BOOTSTRAP"])
+    ports = {c.name: c.metrics_port for c in platform.children if c.metrics_port is not None}
+    dashboard = Dashboard(settings, platform.env["LEPTON_KAFKA_BOOTSTRAP"], ports)
     console = Console()
     try:
         def view() -> RenderableType:
