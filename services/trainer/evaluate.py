@@ -35,6 +35,16 @@ def expected_calibration_error(probs: Floats, labels: Floats, bins: int = 10) ->
     return float(total / max(len(probs), 1))
 
 
+def tune_threshold(probs: Floats, labels: Floats, candidates: int = 200) -> float:
+    """The score threshold that maximises F1 on these rows (0.5 without both classes)."""
+    truth = labels.astype(np.int64)
+    if not 0 < truth.sum() < len(truth):
+        return THRESHOLD
+    grid = np.unique(np.quantile(probs, np.linspace(0.0, 1.0, candidates)))
+    scores = [f1_score(truth, (probs >= t).astype(np.int64), zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
 def quality(probs: Floats, labels: Floats, threshold: float = THRESHOLD) -> dict[str, float]:
     """Classification and calibration metrics (roc_auc only when both classes occur)."""
     if len(labels) == 0:

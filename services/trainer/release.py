@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from confluent_kafka import Producer
 from opentelemetry import trace
@@ -26,7 +27,7 @@ from torch import nn
 from services.trainer import dp as dp_mod
 from services.trainer.announce import announce
 from services.trainer.config import TrainerSettings
-from services.trainer.evaluate import fairness, quality
+from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import until_redis
@@ -148,6 +149,12 @@ class Releaser:
         net_cpu = net.to("cpu").eval()
         return predict_proba(net_cpu, x).numpy().astype(np.float64)
 
+    def _threshold(self, probs: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]
+                   ) -> float:
+        """The spec's decision threshold, or the F1-maximising one when it says `tune`."""
+        chosen = self.spec.model.decision_threshold
+        return tune_threshold(probs, labels) if chosen == "tune" else float(chosen)
+
     def release(self, candidate: Candidate, window: list[dict[str, Any]],
                 resume: dict[int, int], stop: threading.Event | None = None) -> ModelCard:
         """Evaluate, gate, save and (when promoted) make live and announce; returns the card."""
@@ -156,13 +163,14 @@ class Releaser:
             labels = transform.labels(window).astype(np.float64)
             groups = transform.groups(window)
             probs = self._scores(candidate.net, transform, window)
-            metrics = quality(probs, labels)
-            fair = fairness(probs, labels, groups, transform.sensitive)
+            threshold = self._threshold(probs, labels)
+            metrics = quality(probs, labels, threshold)
+            fair = fairness(probs, labels, groups, transform.sensitive, threshold)
             parent = candidate.parent
             live_metrics = None
             if parent is not None:
                 live_probs = self._scores(parent.net, parent.transform, window)
-                live_metrics = quality(live_probs, labels)
+                live_metrics = quality(live_probs, labels, self._threshold(live_probs, labels))
             verdict = decide(metrics, fair, live_metrics,
                              parent.card.version if parent else None,
                              metrics=self.settings.trainer_gate_metrics,

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class FieldType(StrEnum):
@@ -108,6 +108,18 @@ class ModelSpec(_Spec):
     learning_rate: float = Field(default=0.05, gt=0)
     epochs_per_batch: int = Field(default=1, ge=1)
     token_buckets: int = Field(default=64, ge=2)
+    decision_threshold: float | Literal["tune"] = Field(
+        default=0.5,
+        description="Score at or above which the label is positive; `tune` picks the "
+        "F1-maximising threshold on the held-out rows (for rare positives, e.g. fraud).",
+    )
+
+    @field_validator("decision_threshold")
+    @classmethod
+    def _threshold(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("must be between 0 and 1, or `tune`")
+        return value
 
 
 class DatasetSpec(_Spec):

@@ -78,3 +78,13 @@ def test_unknown_generator_and_bad_spec_are_clear(tmp_path: Path) -> None:
     bad.write_text("name: x\nfields:\n  - {name: a, type: category, role: feature}\n")
     with pytest.raises(ValueError, match="allowed"):
         load_spec_file(bad)
+
+
+def test_decision_threshold_is_a_probability_or_tune(tmp_path: Path) -> None:
+    assert load_spec("transactions").model.decision_threshold == "tune"
+    assert load_spec("breast_cancer").model.decision_threshold == 0.5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfields:\n  - {name: y, type: bool, role: label}\n"
+                   "model: {decision_threshold: 1.5}\n")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        load_spec_file(bad)

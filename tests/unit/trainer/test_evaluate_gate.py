@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from services.trainer.evaluate import expected_calibration_error, fairness, quality
+from services.trainer.evaluate import (
+    expected_calibration_error,
+    fairness,
+    quality,
+    tune_threshold,
+)
 from services.trainer.gate import decide
 
 GATE = {"metrics": ("f1", "roc_auc"), "tolerance": 0.02, "max_dp_diff": 0.2,
@@ -73,3 +78,14 @@ def test_gate_refuses_worse_quality_unfairness_and_no_data() -> None:
                                                       "equal_opportunity_diff"]
     empty = decide({"validation_rows": 0}, {}, None, None, **GATE)
     assert empty.reasons == ["no held-out rows to evaluate on"]
+
+
+def test_tuned_threshold_finds_rare_positives_that_half_misses() -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.random(2000) < 0.03).astype(np.float64)
+    probs = np.clip(0.02 + 0.25 * labels + rng.normal(0, 0.05, 2000), 0, 1)
+    assert quality(probs, labels)["f1"] == 0.0
+    threshold = tune_threshold(probs, labels)
+    assert 0.05 < threshold < 0.5
+    assert quality(probs, labels, threshold)["f1"] > 0.8
+    assert tune_threshold(probs, np.zeros(2000)) == 0.5
