@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -175,6 +176,31 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
         dashboard.close()
 
 
+def scope_run(settings: LeptonSettings) -> LeptonSettings:
+    """Settings for one run on a fresh embedded broker: its own data directory and Redis
+    prefix, since offsets, dedup marks and resume points from another broker's run would not
+    match this one's topics. `<data_dir>/current.env` names them for other shells."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    scoped = settings.model_copy(update={
+        "data_dir": settings.data_dir / "runs" / stamp,
+        "redis_prefix": f"{settings.redis_prefix}run-{stamp}:",
+        "bootstrap_file": settings.default_bootstrap_file(),
+    })
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"{name}={value}" for name, value in run_env(scoped).items()]
+    (settings.data_dir / "current.env").write_text("\n".join(lines) + "\n")
+    return scoped
+
+
+def run_env(settings: LeptonSettings) -> dict[str, str]:
+    """The LEPTON_* variables that point a process at this run's state."""
+    env = {"LEPTON_DATA_DIR": str(settings.data_dir.resolve()),
+           "LEPTON_REDIS_PREFIX": settings.redis_prefix}
+    if settings.bootstrap_file is not None:
+        env["LEPTON_BOOTSTRAP_FILE"] = str(settings.bootstrap_file.resolve())
+    return env
+
+
 def up(
     demo: Annotated[bool, typer.Option(help="Also run a producer of demo transactions.")]
     = False,
@@ -187,14 +213,16 @@ def up(
 
     settings = load_settings(LeptonSettings)
     stop = stop_event()
+    if not settings.kafka_bootstrap:
+        settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)
-    platform.env.setdefault("LEPTON_DATA_DIR", str(settings.data_dir))
+    platform.env.update(run_env(settings))
     started = time.monotonic()
     try:
         start_platform(settings, platform, stop)
         typer.echo(f"lepton up: ready in {time.monotonic() - started:.1f}s "
-                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}, logs in "
-                   f"{settings.data_dir / 'logs'}); Ctrl-C stops everything", err=True)
+                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}, data and logs in "
+                   f"{settings.data_dir}); Ctrl-C stops everything", err=True)
         if demo:
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
                                         "--count", str(count), "--rate", str(rate), "--quiet"])

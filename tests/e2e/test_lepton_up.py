@@ -89,11 +89,17 @@ def platform(tmp_path: Path, redis_prefix: str) -> Iterator[Running]:
         proc = subprocess.Popen([sys.executable, "-m", "lepton", "up"], env=env,
                                 stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    settings = LeptonSettings(data_dir=tmp_path / "data", redis_url=REDIS_URL,
-                              redis_prefix=redis_prefix, topic_prefix=env["LEPTON_TOPIC_PREFIX"])
-    running = Running(proc, env, settings, addr, log, receiver, set())
+    running = Running(proc, env, LeptonSettings(), addr, log, receiver, set())
     try:
         _wait(lambda: b"lepton up: ready" in log.read_bytes(), "readiness", 240, proc, log)
+        # this run's state is scoped under the data dir and the Redis prefix (current.env)
+        run = dict(line.split("=", 1) for line in
+                   (tmp_path / "data" / "current.env").read_text().splitlines())
+        assert run["LEPTON_REDIS_PREFIX"].startswith(redis_prefix)
+        env.update(run)
+        running.settings = LeptonSettings(
+            data_dir=Path(run["LEPTON_DATA_DIR"]), redis_url=REDIS_URL,
+            redis_prefix=run["LEPTON_REDIS_PREFIX"], topic_prefix=env["LEPTON_TOPIC_PREFIX"])
         running.descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         yield running
     finally:
