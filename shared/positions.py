@@ -118,6 +118,18 @@ class InputPositions:
             self._reader.unassign()
         return [(p, k, o) for (p, k), o in latest.items()]
 
+    def resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Set each assigned partition's offset to the later of its stored position and the
+        group's committed offset (left alone when neither exists)."""
+        stored = self.load([(tp.topic, tp.partition) for tp in partitions])
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            source = (tp.topic, tp.partition)
+            best = max(stored.get(source, -1), committed.get(source, -1))
+            if best >= 0:
+                tp.offset = best
+
     def close(self) -> None:
         """Close the reader."""
         self._reader.close()

@@ -159,14 +159,7 @@ class GovernanceService:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Resume each partition at the later of its Kafka-committed and stored position."""
-        stored = self.positions.load([(tp.topic, tp.partition) for tp in partitions])
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in consumer.committed(partitions, timeout=30)}
-        for tp in partitions:
-            source = (tp.topic, tp.partition)
-            best = max(stored.get(source, -1), committed.get(source, -1))
-            if best >= 0:
-                tp.offset = best
+        self.positions.resume(consumer, partitions)
         consumer.assign(partitions)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}"
                                           for tp in partitions))

@@ -224,15 +224,7 @@ class IngestWorker:
                 log.info("not rewinding %s/%d (no longer assigned): %s", topic, partition, exc)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        sources = [(tp.topic, tp.partition) for tp in partitions]
-        checkpoints = self.checkpoints.load(sources)
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in consumer.committed(partitions, timeout=30)}
-        for tp in partitions:
-            source = (tp.topic, tp.partition)
-            best = max(checkpoints.get(source, -1), committed.get(source, -1))
-            if best >= 0:
-                tp.offset = best
+        self.checkpoints.resume(consumer, partitions)
         consumer.assign(partitions)
         log.info("%s assigned %s", self.settings.ingest_instance,
                  ", ".join(f"{tp.partition}@{tp.offset}" for tp in partitions))
