@@ -9,12 +9,16 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from services.governance.config import GovernanceSettings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 audit_app = typer.Typer(help="Verify the audit log and produce or check proofs.",
                         no_args_is_help=True)
@@ -205,25 +209,32 @@ def audit_prove(
         typer.echo(f"wrote the proof of leaf {index} (partition {partition}) to {out}", err=True)
 
 
+def _check_proof(proof: str, public_key: Path,
+                 checker: Callable[[Any, Ed25519PublicKey], str], label: str) -> None:
+    """Run `checker` on a proof file; exit 1 when it does not hold, 2 on an unreadable key."""
+    from services.governance.merkle import ProofError
+    from shared.signing import load_public_key
+
+    data = _read_json(proof)
+    try:
+        summary = checker(data, load_public_key(public_key))
+    except ProofError as error:
+        typer.echo(f"PROOF REJECTED: {error}", err=True)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as error:
+        raise _fail(f"cannot read public key {public_key}: {error}", 2) from None
+    typer.echo(f"{label} OK: {summary}")
+
+
 @audit_app.command("check-proof")
 def audit_check_proof(
     proof: Annotated[str, typer.Argument(help="Proof file from `lepton audit prove` (- = stdin).")],
     public_key: Annotated[Path, typer.Option("--public-key", help="The log's public key (PEM).")],
 ) -> None:
     """Check an inclusion proof with the public key alone (exit 1 when it does not hold)."""
-    from services.governance.merkle import ProofError
     from services.governance.verify import check_inclusion
-    from shared.signing import load_public_key
 
-    data = _read_json(proof)
-    try:
-        summary = check_inclusion(data, load_public_key(public_key))
-    except ProofError as error:
-        typer.echo(f"PROOF REJECTED: {error}", err=True)
-        raise typer.Exit(1) from None
-    except (OSError, ValueError) as error:
-        raise _fail(f"cannot read public key {public_key}: {error}", 2) from None
-    typer.echo(f"proof OK: {summary}")
+    _check_proof(proof, public_key, check_inclusion, "proof")
 
 
 @audit_app.command("consistency")
@@ -252,19 +263,9 @@ def audit_check_consistency(
     public_key: Annotated[Path, typer.Option("--public-key", help="The log's public key (PEM).")],
 ) -> None:
     """Check that an older signed checkpoint is a prefix of a newer one (append-only)."""
-    from services.governance.merkle import ProofError
     from services.governance.verify import check_consistency
-    from shared.signing import load_public_key
 
-    data = _read_json(proof)
-    try:
-        summary = check_consistency(data, load_public_key(public_key))
-    except ProofError as error:
-        typer.echo(f"PROOF REJECTED: {error}", err=True)
-        raise typer.Exit(1) from None
-    except (OSError, ValueError) as error:
-        raise _fail(f"cannot read public key {public_key}: {error}", 2) from None
-    typer.echo(f"consistency OK: {summary}")
+    _check_proof(proof, public_key, check_consistency, "consistency")
 
 
 def register(app: typer.Typer) -> None:

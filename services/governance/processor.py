@@ -178,11 +178,7 @@ class Processor:
     def _charge(self, events: list[Item]) -> None:
         if not self.settings.governance_dp_enabled:
             return
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for item in events:
-            if item.kind is None and item.envelope is not None:
-                groups[item.envelope.dataset].append(item)
-        for name, group in groups.items():
+        for name, group in _undecided_by_dataset(events).items():
             privacy = self.dataset(name)
             assert isinstance(privacy, DatasetPrivacy)
             charges = [Charge(i.identity, i.envelope.subject_id if i.envelope else None,
@@ -211,11 +207,7 @@ class Processor:
             name, effective_epsilon(spend.epsilon, spend.rho, budget.delta), budget.dataset)
 
     def _release(self, events: list[Item]) -> None:
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for item in events:
-            if item.kind is None and item.envelope is not None:
-                groups[item.envelope.dataset].append(item)
-        for name, group in groups.items():
+        for name, group in _undecided_by_dataset(events).items():
             privacy = self.dataset(name)
             assert isinstance(privacy, DatasetPrivacy)
             released = privacy.release([i.envelope.payload for i in group if i.envelope])
@@ -247,3 +239,12 @@ class Processor:
                 self.metrics.withheld.add(1, {"reason": item.reason or ""})
             elif item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
                 self.metrics.rejected.add(1, {"reason": item.reason or ""})
+
+
+def _undecided_by_dataset(events: list[Item]) -> dict[str, list[Item]]:
+    """Events not yet withheld or released, grouped by dataset (in arrival order)."""
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in events:
+        if item.kind is None and item.envelope is not None:
+            groups[item.envelope.dataset].append(item)
+    return groups
