@@ -24,6 +24,11 @@ class Policy:
         self._redis = client
         self._settings = settings
 
+    @property
+    def redis(self) -> redis.Redis[bytes]:
+        """The Redis client policy state is read from."""
+        return self._redis
+
     def forgotten_key(self) -> str:
         """The SET of forgotten subject ids."""
         return rkey(self._settings, "policy", "forgotten")

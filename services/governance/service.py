@@ -27,6 +27,7 @@ from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.policy import Policy
 from services.governance.processor import Processor
+from services.governance.releases import ReleaseLedger
 from services.governance.sealing import AUDIT_TYPE_HEADER, Output
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
@@ -90,13 +91,18 @@ class GovernanceService:
             if rebuilt:
                 log.warning("privacy ledger was missing from Redis: rebuilt from %d charges",
                             rebuilt)
+            releases = ReleaseLedger(client, s, s.ledger_dir() / "releases",
+                                     fsync=s.governance_fsync)
+            if rebuilt := releases.ensure_ready():
+                log.warning("release ledger was missing from Redis: rebuilt from %d releases",
+                            rebuilt)
             store = AuditStore(s.audit_dir(), self.topics.audit_log,
                                segment_bytes=s.governance_segment_bytes, fsync=s.governance_fsync)
             store.open(counts[self.topics.audit_log])
             self.store = store
             self.key = load_or_create_private_key(s.audit_key_path())
             self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
-                                       counts[self.topics.audit_log], self.tracer)
+                                       counts[self.topics.audit_log], self.tracer, releases)
             # the transactional producer first: initialising it aborts a predecessor's open
             # transaction, which would otherwise block reading the committed positions
             producer = make_producer(s, transactional_id=s.transactional_id())
@@ -121,6 +127,7 @@ class GovernanceService:
                 producer.flush(10)
                 store.close()
                 charge_log.close()
+                releases.close()
                 client.close()
 
     def _loop(self, consumer: Consumer, producer: Producer) -> None:

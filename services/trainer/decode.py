@@ -20,6 +20,7 @@ from services.trainer.split import is_validation
 from shared.features import FeatureTransform, label_value
 
 Headers = list[tuple[str, bytes]]
+SUBJECT_KEY = "__subject_id"  # a training row's data subject (for the bound and the charge)
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,10 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
         value = msg.value() or b""
         headers = [(k, v) for k, v in (msg.headers() or []) if v is not None]
         try:
-            checked = _check(orjson.loads(value), dataset)
+            obj = orjson.loads(value)
+            checked = _check(obj, dataset)
         except orjson.JSONDecodeError as error:
-            checked = f"envelope: not valid JSON: {error}"
+            obj, checked = None, f"envelope: not valid JSON: {error}"
         if isinstance(checked, str):
             if checked:
                 batch.rejected.append(Rejected(msg.topic(), partition, offset, msg.key(), value,
@@ -146,5 +148,7 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
         if is_validation(event_id, val_percent):
             batch.validation.append({**payload, "__event_id": event_id})
         else:
+            subject = obj.get("subject_id") if isinstance(obj, dict) else None
+            payload[SUBJECT_KEY] = subject if isinstance(subject, str) else event_id
             batch.train.append(payload)
     return batch
