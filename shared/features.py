@@ -168,16 +168,21 @@ class FeatureTransform:
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> FeatureTransform:
-        """Scale each numeric feature by its public bounds (clip, else valid range) to
-        [-1, 1]; unbounded ones pass unscaled. Nothing is computed from data."""
+        """Centre each numeric feature on the spec's imputation value (else the middle of its
+        public bounds) and scale by half the bounds' width (clip, else valid range);
+        unbounded ones pass unscaled. Nothing is computed from data."""
         fitted = cls.fit(spec, [])
         columns = []
         for column in fitted.columns:
             bounds = _public_bounds(spec.field(column.name))
             if column.kind == "numeric" and bounds is not None:
                 low, high = bounds
-                centre, half = (low + high) / 2, max((high - low) / 2, 1e-12)
-                impute = column.impute if spec.field(column.name).impute else centre
+                half = max((high - low) / 2, 1e-12)
+                declared = spec.field(column.name).impute
+                centre = (low + high) / 2
+                if declared is not None and (number := _number(declared.value)) is not None:
+                    centre = min(max(number, low), high)
+                impute = column.impute if declared else centre
                 column = Column(column.name, column.kind, mean=centre, std=half, impute=impute)
             columns.append(column)
         return cls(fitted.dataset, fitted.spec_hash, columns, fitted.label, fitted.sensitive)

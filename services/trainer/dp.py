@@ -164,11 +164,14 @@ def fit_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         num_samples=len(x), sample_rate=plan.sample_rate, generator=sampling,
         steps=plan.steps) if len(x) else [[] for _ in range(plan.steps)]
     total, seen = 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    average = [torch.zeros_like(p) for p in params]
+    start = plan.steps // 2
     module.train()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Using a non-full backward hook")
-        for indices in batches:
+        for step, indices in enumerate(batches):
             index = torch.tensor(indices, dtype=torch.long, device=device)
             loss = loss_fn(module(x[index]), y[index])
             dp_optimizer.zero_grad(set_to_none=True)
@@ -176,5 +179,12 @@ def fit_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             dp_optimizer.step()
             total += float(loss.detach())
             seen += len(indices)
+            if step >= start:
+                with torch.no_grad():
+                    for mean, p in zip(average, params, strict=True):
+                        mean.add_(p.detach(), alpha=1 / (plan.steps - start))
     module.to_standard_module()
+    with torch.no_grad():  # the average of the later iterates: post-processing, no privacy cost
+        for mean, p in zip(average, params, strict=True):
+            p.copy_(mean)
     return total / max(seen, 1)

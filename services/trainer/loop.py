@@ -90,7 +90,9 @@ class TrainerLoop:
         self.released: list[int] = []
         self.seed = settings.trainer_seed
         self.epochs = settings.trainer_epochs or self.spec.model.epochs_per_batch
-        self.learning_rate = settings.trainer_learning_rate or self.spec.model.learning_rate
+        self.learning_rate = settings.trainer_learning_rate or (
+            self.spec.model.dp_learning_rate if self.private else None
+        ) or self.spec.model.learning_rate
 
     # -- start -----------------------------------------------------------------------------
 

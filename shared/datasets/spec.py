@@ -126,6 +126,9 @@ class ModelSpec(_Spec):
     kind: Literal["logistic", "mlp"] = "logistic"
     hidden: tuple[int, ...] = (32,)
     learning_rate: float = Field(default=0.05, gt=0)
+    dp_learning_rate: float | None = Field(
+        default=None, gt=0, description="Adam learning rate under DP-SGD (default: "
+        "learning_rate).")
     epochs_per_batch: int = Field(default=1, ge=1)
     token_buckets: int = Field(default=64, ge=2)
     min_auc: float = Field(

@@ -10,8 +10,8 @@ import torch
 from confluent_kafka import Producer
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
-from scipy import stats
 from pydantic import ValidationError
+from scipy import stats
 
 from services.trainer import dp
 from services.trainer.config import TrainerSettings
