@@ -71,7 +71,7 @@ def _customer(rng: random.Random, index: int) -> Customer:
 def transactions(count: int, seed: int = 7, customers: int | None = None) -> Iterator[Envelope]:
     """Yield `count` realistic card transactions; a few percent are fraud with learnable cues."""
     rng = random.Random(seed)
-    pool = [_customer(rng, i) for i in range(customers or max(50, count // 20))]
+    pool = [_customer(rng, i) for i in range(customers or max(50, count // 2))]
     clock = EPOCH
     for index in range(count):
         customer = rng.choice(pool)
