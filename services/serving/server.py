@@ -1,7 +1,7 @@
 """Assemble and run the serving process: a grpc.aio server (auth interceptor, message-size
-limits, optional TLS) with PredictionService, standard grpc.health.v1 health (NOT_SERVING
-until the first model is ready) and server reflection; the hot-swap watcher on
-`models.updates`; and the Kafka prediction path."""
+limits, optional TLS) with PredictionService and the OIP v2 `inference.GRPCInferenceService`
+on one port, standard grpc.health.v1 health (NOT_SERVING until the first model is ready) and
+server reflection; the hot-swap watcher on `models.updates`; and the Kafka prediction path."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from services.serving.config import ServingSettings
 from services.serving.control import RolloutControl
 from services.serving.decoding import DecodeGuard
 from services.serving.fleet import Fleet
-from services.serving.gen import serving_pb2, serving_pb2_grpc
+from services.serving.gen import grpc_service_pb2_grpc, serving_pb2, serving_pb2_grpc
 from services.serving.grpc_api import SERVICE, PredictionService
 from services.serving.hot_swap import AnnouncementWatcher
 from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
+from services.serving.oip_grpc import InferenceService
 from services.serving.predictor import Predictor
 from shared.readiness import clear_ready, mark_ready
 
@@ -93,6 +94,8 @@ class ServingApp:
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.predictor, self.fleet, self.control,
                               self.settings.serving_max_batch_items), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.predictor, self.fleet), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
