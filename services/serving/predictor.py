@@ -164,7 +164,8 @@ class Predictor:
                         raise
                     self.fleet.load_pinned(miss.model, miss.version)
                     _, model, route, shadow = self._choose(request)
-                groups[model].append((i, model.schema.clean(request.record), route))
+                cleaned_record = model.schema.clean(request.record)  # before groups[model]:
+                groups[model].append((i, cleaned_record, route))  # no empty group on error
                 if shadow is not None:
                     shadows[shadow].append(i)
             except ServingError as error:

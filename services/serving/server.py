@@ -1,7 +1,8 @@
 """Assemble and run the serving process: a grpc.aio server (auth interceptor, message-size
 limits, optional TLS) with PredictionService and the OIP v2 `inference.GRPCInferenceService`
 on one port, standard grpc.health.v1 health (NOT_SERVING until the first model is ready) and
-server reflection; the hot-swap watcher on `models.updates`; and the Kafka prediction path."""
+server reflection; the HTTP/REST API (FastAPI on uvicorn, same loop); the hot-swap watcher on
+`models.updates`; and the Kafka prediction path."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from services.serving.fleet import Fleet
 from services.serving.gen import grpc_service_pb2_grpc, serving_pb2, serving_pb2_grpc
 from services.serving.grpc_api import SERVICE, PredictionService
 from services.serving.hot_swap import AnnouncementWatcher
+from services.serving.http_api import build_app
+from services.serving.http_server import HttpServer
 from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
@@ -81,8 +84,10 @@ class ServingApp:
         self.kafka = KafkaPredictions(settings, self.predictor, self.stop_event) \
             if use_kafka else None
         self.server: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self._health_status: Any = None
         self.port = 0
+        self.http_port = 0
 
     def _build_server(self) -> grpc.aio.Server:
         auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
@@ -128,6 +133,11 @@ class ServingApp:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
+        if self.settings.serving_http_addr:
+            self.http = HttpServer(build_app(
+                self.predictor, self.fleet, token=self.settings.auth_token(),
+                max_body_bytes=self.settings.serving_max_message_bytes), self.settings)
+            self.http_port = await self.http.start()
         self.watcher.start()
         if self.kafka is not None:
             self.kafka.start()
@@ -144,6 +154,8 @@ class ServingApp:
         clear_ready(self.settings, "serving")
         await self.health.enter_graceful_shutdown()
         self.stop_event.set()
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace)
         await asyncio.to_thread(self.watcher.join, 10)

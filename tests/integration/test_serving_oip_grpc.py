@@ -106,7 +106,7 @@ def test_tritonclient_grpc_health_metadata_and_100_rows_match_the_lepton_api(ser
 
 
 def test_model_version_pins_and_errors_map_to_v2_codes(served: Any) -> None:
-    server, old, live = served
+    server, old, _ = served
     client = triton.InferenceServerClient(server.addr)
     meta = client.get_model_metadata(MODEL, headers=HEADERS, as_json=True)
     records = full_records(3)
