@@ -23,6 +23,7 @@ from services.serving.fleet import Fleet
 from services.serving.model import LoadedModel
 from services.serving.router import ModelHost, PinMiss, Route
 from shared.events import Scalar
+from shared.predictions import EntryName
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")
@@ -36,12 +37,12 @@ _shadow = _meter.create_counter("lepton_serving_shadow_predictions",
 class Call:
     """Where and when a request arrived (for the prediction log)."""
 
-    entry: str  # "grpc", "v2-grpc", "http", "kafka"
+    entry: EntryName
     traceparent: str | None = None
     started: float = 0.0  # time.perf_counter() on arrival
 
     @staticmethod
-    def now(entry: str, traceparent: str | None = None) -> Call:
+    def now(entry: EntryName, traceparent: str | None = None) -> Call:
         """A Call that starts now."""
         return Call(entry, traceparent, time.perf_counter())
 
@@ -82,6 +83,9 @@ class Rows:
 
 class PredictionSink(Protocol):
     """Receives every answered prediction (the prediction log); must never block."""
+
+    def wanted(self) -> bool:
+        """Whether to record this one (sampling)."""
 
     def record(self, call: Call, prediction: Prediction, record: dict[str, Scalar]) -> None:
         """Take one answered prediction with its cleaned record."""
@@ -129,8 +133,7 @@ class Predictor:
         prediction = self._prediction(request_id, model, score, route)
         _predictions.add(1, {"model": model.name, "version": model.version,
                              "route": route.value})
-        if self.sink is not None and request.call is not None:
-            self.sink.record(request.call, prediction, record)
+        self._log(request.call, model, prediction, record)
         if shadow is not None:
             asyncio.get_running_loop().call_soon(self._score_shadow, shadow, [record],
                                                  [prediction])
@@ -180,9 +183,7 @@ class Predictor:
             for (i, record, route), score in zip(items, scores, strict=True):
                 results[i] = prediction = self._prediction(ids[i], model, score, route)
                 cleaned[i] = record
-                call = requests[i].call
-                if self.sink is not None and call is not None:
-                    self.sink.record(call, prediction, record)
+                self._log(requests[i].call, model, prediction, record)
             for route, count in Counter(route for _, _, route in items).items():
                 _predictions.add(count, {"model": model.name, "version": model.version,
                                          "route": route.value})
@@ -220,13 +221,18 @@ class Predictor:
                        for i, s in zip(ids, scores, strict=True)]
         _predictions.add(len(predictions), {"model": model.name, "version": model.version,
                                             "route": route.value})
-        if self.sink is not None and call is not None:
-            for prediction, record in zip(predictions, cleaned, strict=True):
-                self.sink.record(call, prediction, record)
+        for prediction, record in zip(predictions, cleaned, strict=True):
+            self._log(call, model, prediction, record)
         if shadow is not None and cleaned:
             asyncio.get_running_loop().call_soon(self._score_shadow, shadow, cleaned,
                                                  predictions)
         return Rows(model, route, cleaned, predictions)
+
+    def _log(self, call: Call | None, model: LoadedModel, prediction: Prediction,
+             record: dict[str, Scalar]) -> None:
+        sink = self.sink
+        if sink is not None and call is not None and sink.wanted():
+            sink.record(call, prediction, model.schema.loggable(record))
 
     def _score_shadow(self, shadow: LoadedModel, records: list[dict[str, Scalar]],
                       answered: list[Prediction]) -> None:

@@ -31,6 +31,7 @@ from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
 from services.serving.oip_grpc import InferenceService
+from services.serving.prediction_log import PredictionLog
 from services.serving.predictor import Predictor
 from shared.readiness import clear_ready, mark_ready
 
@@ -77,7 +78,10 @@ class ServingApp:
         batcher = Batcher(settings.serving_batch_max_size,
                           settings.serving_batch_max_wait_ms / 1000.0) \
             if settings.serving_batching else None
-        self.predictor = Predictor(self.fleet, settings.serving_threshold, batcher)
+        self.prediction_log = PredictionLog(settings) if settings.serving_log_sample > 0 \
+            else None
+        self.predictor = Predictor(self.fleet, settings.serving_threshold, batcher,
+                                   self.prediction_log)
         self.control = RolloutControl(settings, self.fleet)
         self.watcher = AnnouncementWatcher(settings, self.fleet, self.control, self.stop_event)
         use_kafka = settings.serving_kafka if kafka is None else kafka
@@ -133,6 +137,8 @@ class ServingApp:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         if self.settings.serving_http_addr:
             self.http = HttpServer(build_app(
                 self.predictor, self.fleet, token=self.settings.auth_token(),
@@ -162,6 +168,8 @@ class ServingApp:
         if self.kafka is not None:
             await asyncio.to_thread(self.kafka.join, 30)
         await asyncio.to_thread(self.control.close)
+        if self.prediction_log is not None:
+            await asyncio.to_thread(self.prediction_log.close)
 
     async def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set (SIGINT/SIGTERM), then shut down gracefully."""
