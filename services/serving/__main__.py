@@ -8,11 +8,11 @@ import sys
 
 def main() -> None:
     """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
-    from lepton.signals import stop_event
     from services.serving.config import ServingSettings
     from shared.config import ConfigError, load_settings
     from shared.kafka import ensure_topics
     from shared.logs import setup_logging
+    from shared.signals import stop_event
     from shared.topics import Topics
     from shared.tracing import setup_telemetry, shutdown_telemetry
 

@@ -10,11 +10,11 @@ import argparse
 import logging
 import sys
 
-from lepton.signals import stop_event
 from services.trainer.config import TrainerSettings
 from shared.config import ConfigError, load_settings
 from shared.kafka import ensure_topics
 from shared.logs import setup_logging
+from shared.signals import stop_event
 from shared.topics import Topics
 from shared.tracing import setup_telemetry, shutdown_telemetry
 
