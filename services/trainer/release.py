@@ -31,13 +31,14 @@ from services.trainer.config import TrainerSettings
 from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
-from services.trainer.retry import until_redis
+from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.attribution import global_importance
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
+from shared.principals import Principal
 from shared.registry import ArtifactError, ModelCard, Registry
 from shared.state import rkey
 from shared.topics import Topics
@@ -100,6 +101,7 @@ class Releaser:
         self.registry = registry
         self.producer = producer
         self.tracer = tracer
+        self.signer = Principal.load(settings, "trainer")
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         self.code_version = code_version()
@@ -232,7 +234,7 @@ class Releaser:
             def after_save() -> None:
                 self.store_offsets(resume)
                 self.finish(saved)
-            until_redis(after_save, "post-save steps", stop)
+            until_redis(after_save, "post-save steps", stop, errors=REDIS_OR_BROKER_DOWN)
         log.info("%s v%d %s (f1 %.4f%s)", self.model, saved.version, saved.status,
                  metrics.get("f1", float("nan")),
                  "" if verdict.promoted else f"; {'; '.join(verdict.reasons)}")
@@ -253,17 +255,18 @@ class Releaser:
                 decision_id=f"{ident}-dp", kind="dp_sgd_charge", actor=ACTOR,
                 dataset=card.dataset, detail={"epsilon": charge, "delta": card.delta or 0.0,
                                               "model": card.model, "version": card.version,
-                                              "model_epsilon": card.epsilon}))
+                                              "model_epsilon": card.epsilon}),
+                signer=self.signer)
         if card.status == "promoted":
             self.registry.set_live(card.model, card.version)
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-promoted", kind="model_promoted", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
             self.announce(card, "promote")
         else:
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-refused", kind="model_refused", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
         self.redis.sadd(self._released_key, str(card.version))
 
     def announce(self, card: ModelCard, action: str, share: float | None = None) -> None:
