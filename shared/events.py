@@ -127,6 +127,11 @@ class Decision(_Wire):
     dataset: Name | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     occurred_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    key_id: str | None = Field(default=None, max_length=64,
+                               description="The signing principal's key id.")
+    signature: str | None = Field(default=None, max_length=200, description=(
+        "Ed25519 (base64) over shared.principals.canonical_decision; governance refuses "
+        "decisions without a valid one from an allowed principal."))
 
 
 class ModelAnnouncement(_Wire):
@@ -149,7 +154,8 @@ class ModelAnnouncement(_Wire):
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}
 
 
-def _first_error(error: ValidationError) -> EnvelopeError:
+def first_error(error: ValidationError) -> EnvelopeError:
+    """The first validation error as an EnvelopeError naming the field (values never quoted)."""
     item = error.errors()[0]
     parts = [str(part) for part in item["loc"]]
     field = ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p)
@@ -193,7 +199,7 @@ def decode_envelope(
     try:
         return Envelope.model_validate(obj)
     except ValidationError as error:
-        raise _first_error(error) from None
+        raise first_error(error) from None
 
 
 def encode(model: BaseModel) -> bytes:
@@ -207,7 +213,7 @@ def decode(model: type[_W], data: bytes | str) -> _W:
     try:
         return model.model_validate(obj)
     except ValidationError as error:
-        raise _first_error(error) from None
+        raise first_error(error) from None
 
 
 def derived_event_id(topic: str, partition: int, offset: int) -> str:

@@ -1,6 +1,8 @@
-"""Release charges between the trainer and governance: the `release_charge` decision's id and
-where governance records its verdict (Redis HASH per dataset: release id → verdict JSON), which
-the trainer waits for before it announces a model."""
+"""Release charges between the trainer and governance: the `release_charge` decision's id, the
+contributing subjects (too many for a decision: the trainer stores them in Redis under the
+release id, the signed decision carries their count and sha256, governance checks both), and
+where governance records its verdict (Redis HASH per dataset: release id → verdict JSON),
+which the trainer waits for before it announces a model."""
 
 from __future__ import annotations
 
@@ -16,6 +18,31 @@ from shared.config import LeptonSettings
 from shared.state import rkey
 
 RELEASE_CHARGE = "release_charge"
+SUBJECTS_TTL_S = 7 * 24 * 3600
+
+
+def subjects_key(settings: LeptonSettings, dataset: str, release: str) -> str:
+    """The STRING holding a release's subject ids (newline-separated, sorted)."""
+    return rkey(settings, "trainer", "releases", dataset, release, "subjects")
+
+
+def subjects_digest(subjects: list[str] | tuple[str, ...]) -> str:
+    """sha256 (hex) of the sorted, distinct subject ids joined by newlines."""
+    return hashlib.sha256("\n".join(sorted(set(subjects))).encode()).hexdigest()
+
+
+def store_subjects(client: redis.Redis[bytes], settings: LeptonSettings, dataset: str,
+                   release: str, subjects: list[str]) -> None:
+    """Put a release's subject ids where governance reads them (kept a week)."""
+    client.set(subjects_key(settings, dataset, release), "\n".join(sorted(set(subjects))),
+               ex=SUBJECTS_TTL_S)
+
+
+def load_subjects(client: redis.Redis[bytes], settings: LeptonSettings, dataset: str,
+                  release: str) -> list[str] | None:
+    """A release's subject ids, or None when they are not (or no longer) stored."""
+    raw = client.get(subjects_key(settings, dataset, release))
+    return None if raw is None else [s for s in raw.decode().split("\n") if s]
 
 
 def verdicts_key(settings: LeptonSettings, dataset: str) -> str:

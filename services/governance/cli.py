@@ -59,6 +59,7 @@ def consent(
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.kafka import make_producer
+    from shared.principals import Principal
     from shared.state import make_redis
 
     settings = _settings()
@@ -76,7 +77,7 @@ def consent(
     client = make_redis(settings)
     changed = Policy(client, settings).set_consent(subject, dataset, given=not withdraw)
     producer = make_producer(settings)
-    publish_decision(producer, settings, decision)
+    publish_decision(producer, settings, decision, signer=Principal.load(settings, "operator"))
     state = "withdrawn" if withdraw else "given"
     note = "" if changed else " (it already was)"
     typer.echo(f"consent of {subject} for {dataset} ({purpose}): {state}{note}; "

@@ -21,7 +21,10 @@ from typing import Any
 
 from confluent_kafka import Message
 from opentelemetry.trace import Tracer
+from pydantic import BaseModel
 
+from services.governance.admission import Refused, admit
+from services.governance.allowlist import Allowed, AllowList
 from services.governance.bound import ContributionBound
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
@@ -40,9 +43,9 @@ from shared.events import (
     EnvelopeError,
     PrivacyStamp,
     Scalar,
-    decode,
     decode_envelope,
 )
+from shared.principals import public_keys_dir
 from shared.topics import Topics
 from shared.tracing import get_tracer
 
@@ -57,6 +60,8 @@ class Item:
     source: str
     envelope: Envelope | None = None
     decision: Decision | None = None
+    detail: BaseModel | None = None
+    principal: Allowed | None = None
     error: str | None = None
     identity: str = ""
     kind: str | None = None
@@ -98,6 +103,7 @@ class Processor:
         self.audit_partitions = audit_partitions
         self.tracer = tracer or get_tracer("lepton.governance")
         self._datasets: dict[str, DatasetPrivacy | str] = {}
+        self.allow = AllowList(public_keys_dir(settings))
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
         """The release settings of a dataset, or why it cannot be governed."""
@@ -141,18 +147,27 @@ class Processor:
     def _decode(self, msg: Message) -> Item:
         item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")
         value = msg.value() or b""
-        try:
-            if msg.topic() == self.topics.clean:
-                item.envelope = decode_envelope(value)
+        if msg.topic() != self.topics.clean:
+            admitted = admit(value, self._governed, self.settings.governance_max_charge_epsilon,
+                             self.allow)
+            if isinstance(admitted, Refused):
+                item.error = admitted.text()
+                item.identity = f"input:{item.source}"
+                item.kind, item.reason = Kind.DECISION_REJECTED, admitted.code
             else:
-                item.decision = decode(Decision, value)
+                item.decision, item.detail = admitted.decision, admitted.detail
+                item.principal = admitted.principal
+            return item
+        try:
+            item.envelope = decode_envelope(value)
         except EnvelopeError as error:
             item.error = f"{error.kind}: {error.field}"[:200]
             item.identity = f"input:{item.source}"
-            item.kind = Kind.REJECTED if msg.topic() == self.topics.clean else \
-                Kind.DECISION_REJECTED
-            item.reason = Reason.BAD_ENVELOPE
+            item.kind, item.reason = Kind.REJECTED, Reason.BAD_ENVELOPE
         return item
+
+    def _governed(self, name: str) -> bool:
+        return isinstance(self.dataset(name), DatasetPrivacy)
 
     def _identify(self, events: list[Item]) -> None:
         in_batch: set[str] = set()

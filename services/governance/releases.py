@@ -157,6 +157,7 @@ class ReleaseLedger:
                  directory: Path | None = None, *, fsync: bool = True) -> None:
         self._redis = client
         self._settings = settings
+        self.client, self.settings = client, settings
         self._script = client.register_script(_CHARGE_SCRIPT)
         self._log = SegmentLog(directory / "segments", fsync=fsync) if directory else None
         self._ids: set[str] = set()

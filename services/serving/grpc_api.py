@@ -16,13 +16,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.serving.control import RolloutControl
 from services.serving.errors import InvalidInput, ServingError
+from services.serving.explain import Explanation, explain_predictions
 from services.serving.fleet import Action, Fleet
 from services.serving.gen import serving_pb2 as pb
 from services.serving.gen import serving_pb2_grpc
-from services.serving.predictor import Prediction, Predictor, Request
+from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.router import Mode, ModelHost, Route
 from shared.events import Scalar
-from shared.tracing import get_tracer
+from shared.tracing import get_tracer, traceparent
 
 SERVICE = "lepton.serving.v1.PredictionService"
 _tracer = get_tracer(__name__)
@@ -55,17 +56,24 @@ def _record(features: Any) -> dict[str, Scalar]:
     return record
 
 
-def to_request(message: Any) -> Request:
+def to_request(message: Any, call: Call | None = None) -> Request:
     """A Predictor Request from a `PredictRequest` message."""
-    return Request(message.request_id, message.model, message.version, _record(message.features))
+    return Request(message.request_id, message.model, message.version, _record(message.features),
+                   call)
 
 
-def to_response(prediction: Prediction) -> Any:
-    """A `PredictResponse` message from a Prediction."""
-    return pb.PredictResponse(
+def to_response(prediction: Prediction, explanation: Explanation | None = None) -> Any:
+    """A `PredictResponse` message from a Prediction (and its explanation)."""
+    response = pb.PredictResponse(
         request_id=prediction.request_id, model=prediction.model, version=prediction.version,
         score=prediction.score, label=prediction.label, route=_ROUTES[prediction.route],
     )
+    if explanation is not None:
+        response.explanation.CopyFrom(pb.Explanation(
+            method=explanation.method, baseline=explanation.baseline, logit=explanation.logit,
+            baseline_logit=explanation.baseline_logit, attributions=explanation.attributions,
+            version=explanation.version))
+    return response
 
 
 def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
@@ -143,14 +151,19 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         """Score one record."""
         with _lean_span("Predict", context) as span:
             try:
+                call = Call.now("grpc", traceparent(span.get_span_context()))
                 await _check_deadline(context, span)
-                prediction = await self.predictor.predict(to_request(request))
+                scoring = to_request(request, call)
+                prediction = await self.predictor.predict(scoring)
+                reasons = await asyncio.to_thread(explain_predictions, self.fleet,
+                                                  [scoring.record], [prediction]) \
+                    if request.explain else [None]
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
             span.set_attributes({"lepton.model": prediction.model,
                                  "lepton.model.version": prediction.version})
             _link_model(span, prediction)
-            return to_response(prediction)
+            return to_response(prediction, reasons[0])
 
     async def PredictBatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Score many records; any bad item fails the call naming its index."""
@@ -161,25 +174,31 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 if len(items) > self.max_batch_items:
                     raise InvalidInput(f"batch has {len(items)} requests, over the limit of "
                                        f"{self.max_batch_items}")
+                call = Call.now("grpc", traceparent(span.get_span_context()))
                 await _check_deadline(context, span)
                 requests = []
                 for i, item in enumerate(items):
                     try:
-                        requests.append(to_request(item))
+                        requests.append(to_request(item, call))
                     except InvalidInput as error:
                         raise InvalidInput(f"requests[{i}]: {error}") from None
                 results = await self.predictor.predict_batch(requests)
                 for i, result in enumerate(results):
                     if isinstance(result, ServingError):
                         raise type(result)(f"requests[{i}]: {result}")
+                scored = [r for r in results if isinstance(r, Prediction)]
+                asked = [i for i, item in enumerate(items) if item.explain]
+                reasons: dict[int, Explanation] = dict(zip(asked, await asyncio.to_thread(
+                    explain_predictions, self.fleet, [requests[i].record for i in asked],
+                    [scored[i] for i in asked]), strict=True)) if asked else {}
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
-            answered = {r.version: r for r in results if isinstance(r, Prediction)}
+            answered = {r.version: r for r in scored}
             span.set_attribute("lepton.model.versions", sorted(answered))
             for prediction in answered.values():
                 _link_model(span, prediction)
             return pb.PredictBatchResponse(
-                responses=[to_response(r) for r in results if isinstance(r, Prediction)])
+                responses=[to_response(r, reasons.get(i)) for i, r in enumerate(scored)])
 
     async def PredictStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -187,12 +206,13 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         """Score a stream of records, pipelined, answering in request order."""
         with _span("PredictStream", context) as span:
             pending: asyncio.Queue[asyncio.Future[Prediction] | None] = asyncio.Queue(256)
+            trace = traceparent(span.get_span_context())
 
             async def read() -> None:
                 try:
                     async for message in requests:
                         try:
-                            request = to_request(message)
+                            request = to_request(message, Call.now("grpc", trace))
                         except InvalidInput as error:
                             failed: asyncio.Future[Prediction] = \
                                 asyncio.get_running_loop().create_future()

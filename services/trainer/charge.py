@@ -1,11 +1,12 @@
 """A model release's privacy: the card's `privacy` object, and the release charge governance
 must accept before the model is announced.
 
-The charge is a `release_charge` decision on `audit.requests` naming the release id (a digest
-of the weights and the lineage, so a retried publish is charged once), the per-subject RDP
-curve and the contributing subjects; governance's verdict comes back through Redis
-(shared/releases.py). Refused, or no verdict within `trainer_charge_timeout_s`: the candidate
-is refused (`privacy_charge_refused`) and nothing is announced.
+The charge is a signed `release_charge` decision on `audit.requests` naming the release id (a
+digest of the weights and the lineage, so a retried publish is charged once), the per-subject
+RDP curve and the count and sha256 of the contributing subjects, whose ids are stored in Redis
+beside it; governance's verdict comes back through Redis (shared/releases.py). Refused, or no
+verdict within `trainer_charge_timeout_s`: the candidate is refused (`privacy_charge_refused`)
+and nothing is announced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
 from shared.registry import ModelCard
-from shared.releases import RELEASE_CHARGE, release_id, wait_verdict
+from shared.releases import (
+    RELEASE_CHARGE,
+    release_id,
+    store_subjects,
+    subjects_digest,
+    wait_verdict,
+)
 
 if TYPE_CHECKING:
     from services.trainer.release import Candidate, Releaser
@@ -79,10 +86,15 @@ def charge_release(releaser: Releaser, candidate: Candidate, lineage: dict[str, 
               "rdp": [v if math.isfinite(v) else None for v in curve],
               "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
               "steps": plan.steps, "max_events_per_subject": plan.events_per_subject,
-              "group_privacy": privacy["group_privacy"], "subjects": candidate.subjects}
+              "group_privacy": privacy["group_privacy"],
+              "subjects_count": len(set(candidate.subjects)),
+              "subjects_sha256": subjects_digest(candidate.subjects)}
+    until_redis(lambda: store_subjects(releaser.redis, releaser.settings, spec.name, rid,
+                                       candidate.subjects), "release subjects", stop)
     until_redis(lambda: publish_decision(releaser.producer, releaser.settings, Decision(
         decision_id=rid, kind=RELEASE_CHARGE, actor="trainer", dataset=spec.name,
-        detail=detail)), "release charge", stop, errors=(TimeoutError,))
+        detail=detail), signer=releaser.signer), "release charge", stop,
+        errors=(TimeoutError,))
     answer = until_redis(lambda: wait_verdict(
         releaser.redis, releaser.settings, spec.name, rid,
         releaser.settings.trainer_charge_timeout_s, stop), "release verdict", stop)

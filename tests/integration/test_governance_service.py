@@ -26,6 +26,7 @@ from shared.datasets.generators import transactions
 from shared.decisions import publish_decision
 from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode
 from shared.kafka import make_producer
+from shared.principals import Principal
 from shared.signing import load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
@@ -156,9 +157,11 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     producer = make_producer(lepton_env)
     charge = Decision(kind="dp_sgd_charge", actor="trainer", dataset="tiny",
                       detail={"epsilon": 3.5, "delta": 1e-5, "model": "m", "version": 1})
-    for decision in (charge, charge, Decision(kind="subject_forgotten", actor="cli:test",
-                                              subject_id="gone")):
-        publish_decision(producer, lepton_env, decision)
+    trainer, operator = (Principal.load(lepton_env, "trainer"),
+                         Principal.load(lepton_env, "operator"))
+    for decision, signer in ((charge, trainer), (charge, trainer), (Decision(
+            kind="subject_forgotten", actor="cli:test", subject_id="gone"), operator)):
+        publish_decision(producer, lepton_env, decision, signer=signer)
     producer.produce(topics.audit_requests, value=b'{"kind": 7}')
     producer.flush(10)
 
@@ -183,10 +186,12 @@ def test_policy_budget_dp_audit_lineage_and_traces(
                         "tiny-5": "consent_withdrawn", "tiny-1": "duplicate_event",
                         **{e: "contribution_bound_reached" for e in over_bound}}
     assert sorted(r["reason"] for r in records if r["kind"] in (
-        "event_rejected", "decision_rejected")) == ["bad_envelope", "bad_envelope",
+        "event_rejected", "decision_rejected")) == ["bad_envelope", "invalid_decision",
                                                     "unknown_dataset"]
-    assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"bad_envelope",
-                                                               b"unknown_dataset"}
+    assert sorted(r.headers[Header.DLQ_REASON] for r in rejected) == [
+        b"bad_envelope", b"decision_rejected", b"unknown_dataset"]
+    [bad_decision] = [r for r in rejected if r.headers[Header.DLQ_REASON] == b"decision_rejected"]
+    assert bad_decision.headers[Header.DLQ_DETAIL].startswith(b"invalid_decision: kind")
 
     # lineage: each governed event names the leaf that records its release
     by_leaf = {(r["partition"], r["leaf_index"]): r for r in records}
@@ -223,6 +228,9 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     on_disk = ChargeLog(settings.ledger_dir()).read()
     assert sum(c["eps"] for c in on_disk if c["dataset"] == "tiny") == pytest.approx(expected)
     assert {r["kind"] for r in records} >= {"subject_forgotten", "dp_sgd_charge"}
+    assert (sgd[0]["principal"], sgd[0]["key_id"]) == ("trainer", trainer.key_id)
+    [forgot] = [r for r in records if r["kind"] == "subject_forgotten"]
+    assert (forgot["principal"], forgot["key_id"]) == ("operator", operator.key_id)
 
     # the store verifies against its signed checkpoints
     public = load_public_key(public_path(settings.audit_key_path()))
