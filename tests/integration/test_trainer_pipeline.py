@@ -29,6 +29,7 @@ from shared.events import ModelAnnouncement, decode
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
 from shared.registry import WEIGHTS_FILE, Registry
+from shared.releases import subjects_digest
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.integration.test_governance_service import Running
@@ -187,7 +188,8 @@ def test_dp_sgd_release_is_charged_by_governance_before_it_is_announced(
     charges = [d for d in _decisions(lepton_env) if d["kind"] == "release_charge"]
     assert len(charges) == 1
     assert charges[0]["decision_id"] == privacy["release_id"]
-    assert len(charges[0]["detail"]["subjects"]) == train_rows
+    assert charges[0]["detail"]["subjects_count"] == train_rows
+    assert charges[0]["detail"]["subjects_sha256"] == subjects_digest(list(spent))
     assert not [d for d in _decisions(lepton_env) if d["kind"] == "dp_sgd_charge"]
     promoted = [d for d in _decisions(lepton_env) if d["kind"] == "model_promoted"]
     assert promoted[0]["detail"]["privacy"]["epsilon"] == card.epsilon
