@@ -169,21 +169,23 @@ class FeatureTransform:
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> FeatureTransform:
         """Centre each numeric feature on the spec's imputation value (else the middle of its
-        public bounds) and scale by half the bounds' width (clip, else valid range);
-        unbounded ones pass unscaled. Nothing is computed from data."""
+        public bounds) and scale by a quarter of the bounds' width (clip, else valid range),
+        so the bounds land near ±2; unbounded ones pass unscaled. Nothing is computed from
+        data."""
         fitted = cls.fit(spec, [])
         columns = []
         for column in fitted.columns:
             bounds = _public_bounds(spec.field(column.name))
             if column.kind == "numeric" and bounds is not None:
                 low, high = bounds
-                half = max((high - low) / 2, 1e-12)
+                quarter = max((high - low) / 4, 1e-12)
                 declared = spec.field(column.name).impute
                 centre = (low + high) / 2
                 if declared is not None and (number := _number(declared.value)) is not None:
                     centre = min(max(number, low), high)
                 impute = column.impute if declared else centre
-                column = Column(column.name, column.kind, mean=centre, std=half, impute=impute)
+                column = Column(column.name, column.kind, mean=centre, std=quarter,
+                                impute=impute)
             columns.append(column)
         return cls(fitted.dataset, fitted.spec_hash, columns, fitted.label, fitted.sensitive)
 

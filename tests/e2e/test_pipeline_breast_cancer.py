@@ -14,12 +14,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from lepton.produce import publish
 from services.governance.releases import ReleaseLedger
+from services.trainer.evaluate import tune_threshold
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
@@ -60,7 +62,11 @@ def _sklearn_f1(governed: list[Envelope], percent: int) -> float:
     held = [e.payload for e in governed if is_validation(e.event_id, percent)]
     ft = FeatureTransform.fit(load_spec("breast_cancer"), train)
     clf = LogisticRegression(max_iter=2000).fit(ft.transform(train), ft.labels(train))
-    return float(f1_score(ft.labels(held), clf.predict(ft.transform(held))))
+    # the same threshold rule as the trainer (the spec's: `tune` on the held-out rows)
+    labels = ft.labels(held).astype(np.float64)
+    probs = clf.predict_proba(ft.transform(held))[:, 1]
+    threshold = tune_threshold(probs, labels)
+    return float(f1_score(labels, probs >= threshold))
 
 
 @pytest.mark.parametrize("services", [True, False], ids=["default", "non_private"],

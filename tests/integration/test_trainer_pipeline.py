@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import torch
@@ -22,6 +23,7 @@ from sklearn.metrics import f1_score
 
 from services.governance.config import GovernanceSettings
 from services.governance.releases import ReleaseLedger
+from services.trainer.evaluate import tune_threshold
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
@@ -48,7 +50,11 @@ def _sklearn_f1(val_percent: int = 20) -> tuple[float, int]:
     held = [e.payload for e in events if is_validation(e.event_id, val_percent)]
     ft = FeatureTransform.fit(load_spec("breast_cancer"), train)
     clf = LogisticRegression(max_iter=2000).fit(ft.transform(train), ft.labels(train))
-    return float(f1_score(ft.labels(held), clf.predict(ft.transform(held)))), len(held)
+    # the same threshold rule as the trainer (the spec's: `tune` on the held-out rows)
+    labels = ft.labels(held).astype(np.float64)
+    probs = clf.predict_proba(ft.transform(held))[:, 1]
+    threshold = tune_threshold(probs, labels)
+    return float(f1_score(labels, probs >= threshold)), len(held)
 
 
 def _decisions(settings: LeptonSettings) -> list[dict]:
@@ -90,7 +96,8 @@ def test_trains_promotes_and_matches_sklearn(
     net.load_state_dict(load_file(str(path)), strict=True)
     ft = FeatureTransform.from_dict(card.feature_transform)
     held_rows = [e.payload for e in events if is_validation(e.event_id, 20)]
-    predicted = predict_proba(net, torch.from_numpy(ft.transform(held_rows))).numpy() >= 0.5
+    scores = predict_proba(net, torch.from_numpy(ft.transform(held_rows))).numpy()
+    predicted = scores >= card.metrics["threshold"]
     assert f1_score(ft.labels(held_rows), predicted) == pytest.approx(card.metrics["f1"])
     assert torch.equal(weights["layers.0.weight"], net.state_dict()["layers.0.weight"])
     # lineage: every offset of every partition, the audit leaves, the row counts
