@@ -31,6 +31,7 @@ SERVICE_CLIS = (
     "services.trainer.cli",
     "services.serving.cli",
     "lepton.up",
+    "lepton.dlq",
 )
 
 

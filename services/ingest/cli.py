@@ -113,10 +113,12 @@ def forget(
     from shared.config import LeptonSettings, load_settings
     from shared.crypto import KeyStore
 
-    existed = KeyStore(load_settings(LeptonSettings)).forget(subject)
+    store = KeyStore(load_settings(LeptonSettings))
+    existed = store.forget(subject)
     typer.echo(f"subject forgotten; data key {'destroyed' if existed else 'was absent'}",
                err=True)
-    _record("subject_forgotten", "forget", subject, {"data_key_destroyed": existed},
+    _record("subject_forgotten", "forget", store.pseudonyms.normal(subject),
+            {"data_key_destroyed": existed},
             "run it again once the broker is up (forgetting is idempotent)")
 
 
