@@ -66,8 +66,8 @@ def broker(
     brokers: Annotated[int, typer.Option(min=1, max=5, help="Mock brokers in the cluster.")] = 1,
 ) -> None:
     """Run the embedded Kafka-protocol broker until SIGINT/SIGTERM."""
-    from lepton.signals import stop_event
     from shared.broker import serve
+    from shared.signals import stop_event
     from shared.topics import Topics
 
     common = settings()
@@ -87,8 +87,8 @@ def produce(
 ) -> None:
     """Publish dataset events to events.raw, with trace context and a progress bar."""
     from lepton.produce import publish
-    from lepton.signals import stop_event
     from shared.datasets.generators import GENERATORS, generate
+    from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     if dataset not in GENERATORS:

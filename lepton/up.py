@@ -66,17 +66,22 @@ class Platform:
         self.children.append(child)
         return child
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every child (newest first), wait, then SIGKILL its whole process group."""
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 9.0) -> None:
+        """SIGTERM the services (and producer) together, then the broker and Redis they need
+        to finish; whatever is still running after `timeout` loses its whole process group."""
+        infra = {"broker", "redis"}
+        apps = [c for c in self.children if c.name not in infra]
+        for phase in (apps, [c for c in self.children if c.name in infra]):
+            for child in phase:
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while child.proc.poll() is None and time.monotonic() < deadline:
+            while any(c.proc.poll() is None for c in phase) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            child.proc.wait()
+            for child in phase:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
 
 
 def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout: float,
@@ -208,11 +213,11 @@ def up(
     count: Annotated[int, typer.Option(min=1, help="Demo events in all.")] = 100_000,
 ) -> None:
     """Run broker, Redis and every service (and a demo producer) until Ctrl-C."""
-    from lepton.signals import stop_event
     from shared.config import load_settings
+    from shared.signals import stop_event
 
     settings = load_settings(LeptonSettings)
-    stop = stop_event()
+    stop = stop_event(grace_s=25.0)  # services, then broker and Redis: 9 s each
     if not settings.kafka_bootstrap:
         settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)

@@ -9,6 +9,7 @@ from confluent_kafka import Producer
 
 from shared.config import LeptonSettings
 from shared.events import CONTENT_TYPE_JSON, Decision, Header, HeaderList, encode
+from shared.kafka import deliver
 from shared.topics import Topics
 from shared.tracing import get_tracer, publish_span
 
@@ -25,5 +26,5 @@ def publish_decision(
     with publish_span(_tracer, topic, headers, key=key,
                       attributes={"lepton.decision.kind": decision.kind}):
         producer.produce(topic, key=key.encode(), value=encode(decision), headers=headers)
-    if flush and producer.flush(15) > 0:
-        raise TimeoutError(f"decision {decision.decision_id} was not delivered to {topic}")
+    if flush:
+        deliver(producer, f"decision {decision.decision_id} to {topic}")

@@ -146,7 +146,8 @@ class ModelAnnouncement(_Wire):
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}
 
 
-def _first_error(error: ValidationError) -> EnvelopeError:
+def first_error(error: ValidationError) -> EnvelopeError:
+    """The first validation error as an EnvelopeError naming the field (values never quoted)."""
     item = error.errors()[0]
     parts = [str(part) for part in item["loc"]]
     field = ".".join(p for p in parts if p not in _UNION_TAGS and "[" not in p)
@@ -190,7 +191,7 @@ def decode_envelope(
     try:
         return Envelope.model_validate(obj)
     except ValidationError as error:
-        raise _first_error(error) from None
+        raise first_error(error) from None
 
 
 def encode(model: BaseModel) -> bytes:
@@ -204,7 +205,7 @@ def decode(model: type[_W], data: bytes | str) -> _W:
     try:
         return model.model_validate(obj)
     except ValidationError as error:
-        raise _first_error(error) from None
+        raise first_error(error) from None
 
 
 def derived_event_id(topic: str, partition: int, offset: int) -> str:

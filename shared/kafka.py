@@ -124,5 +124,16 @@ def ensure_topics(
     return counts
 
 
+class DeliveryTimeout(TimeoutError):
+    """Messages were still undelivered when a flush gave up: the broker is unreachable."""
+
+
+def deliver(producer: Producer, what: str, timeout: float = 15.0) -> None:
+    """Flush `producer`; raise DeliveryTimeout naming `what` when messages remain queued (they
+    stay queued, so a later flush may still deliver them)."""
+    if producer.flush(timeout) > 0:
+        raise DeliveryTimeout(f"{what} was not delivered within {timeout:g} s")
+
+
 def _log_error(error: Any) -> None:
     log.warning("kafka client error: %s", error)

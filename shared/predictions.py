@@ -1,7 +1,9 @@
 """Wire models of the Kafka prediction path: `PredictRequest` (JSON on
-`predictions.requests`, key = request id) and `PredictResult` (JSON on `predictions.results`,
-key = request id, trace context in the headers). Every successful result names its model
-version; a request that cannot be served gets a result with `error` set instead."""
+`predictions.requests`, key = request id), `PredictResult` (JSON on `predictions.results`,
+key = request id, trace context in the headers) and `PredictionLogRecord` (JSON on
+`predictions.log`, key = request id: one per answered prediction of any entry point). Every
+successful result names its model version; a request that cannot be served gets a result with
+`error` set instead."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from shared.events import Identifier, Name, Scalar
 
 ErrorCode = Literal["invalid_argument", "not_found", "unavailable", "failed_precondition"]
 RouteName = Literal["live", "canary", "pinned"]
+EntryName = Literal["grpc", "v2-grpc", "http", "kafka"]
 
 
 class _Wire(BaseModel):
@@ -47,3 +50,20 @@ class PredictResult(_Wire):
     def ok(self) -> bool:
         """True when the request was scored."""
         return self.error is None
+
+
+class PredictionLogRecord(_Wire):
+    """One answered prediction as serving saw it; `inputs` is the cleaned record (PII
+    tokenized or dropped, subject ids dropped), never raw PII."""
+
+    request_id: str
+    model: str
+    version: int
+    route: RouteName
+    entry: EntryName
+    inputs: dict[str, Scalar]
+    score: float
+    label: bool
+    latency_ms: float
+    traceparent: str | None = None
+    logged_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -18,6 +18,7 @@ class Topic(StrEnum):
     MODELS = "models.updates"
     PREDICT_REQUESTS = "predictions.requests"
     PREDICT_RESULTS = "predictions.results"
+    PREDICTION_LOG = "predictions.log"
     INGEST_OFFSETS = "ingest.offsets"
     GOVERNANCE_OFFSETS = "governance.offsets"
 
@@ -80,3 +81,8 @@ class Topics:
     def predict_results(self) -> str:
         """Prediction results for downstream apps."""
         return self.name(Topic.PREDICT_RESULTS)
+
+    @property
+    def prediction_log(self) -> str:
+        """Every answered prediction (sampled), for monitoring: PredictionLogRecord JSON."""
+        return self.name(Topic.PREDICTION_LOG)

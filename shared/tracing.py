@@ -18,7 +18,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind
 
 from shared.events import HeaderList
 
@@ -215,3 +215,11 @@ def links_from_headers(
         if span_context.is_valid:
             links.append(Link(span_context))
     return links, len(all_headers)
+
+
+def traceparent(span_context: SpanContext | None) -> str | None:
+    """The W3C `traceparent` of a span context (None when it is not valid)."""
+    if span_context is None or not span_context.is_valid:
+        return None
+    return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{int(span_context.trace_flags):02x}")

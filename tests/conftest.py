@@ -32,6 +32,9 @@ signal.signal(signal.SIGTERM, _interrupt)
 for _name in [n for n in os.environ if n.startswith("LEPTON_")]:
     if _name != "LEPTON_TEST_REDIS_URL":
         del os.environ[_name]
+# serving's HTTP API defaults to 0.0.0.0:8080; tests (and the services they spawn) share a
+# machine, so each takes a free loopback port instead
+os.environ["LEPTON_SERVING_HTTP_ADDR"] = "127.0.0.1:0"
 
 
 @pytest.fixture(scope="session")

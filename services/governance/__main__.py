@@ -14,9 +14,9 @@ log = logging.getLogger("services.governance")
 
 def main() -> None:
     """Run the governance loop until SIGINT/SIGTERM; exit 0 after a clean stop."""
-    from lepton.signals import stop_event
     from services.governance.service import AlreadyRunning, GovernanceService
     from services.governance.store import StoreError
+    from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(GovernanceSettings)

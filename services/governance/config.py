@@ -37,6 +37,9 @@ class GovernanceSettings(LeptonSettings):
         default=64 * 1024 * 1024, ge=4096, description="Roll segment files at this size.")
     governance_specs_dir: Path | None = Field(
         default=None, description="Extra dataset specs directory (<name>.yaml).")
+    governance_max_charge_epsilon: float = Field(
+        default=100.0, gt=0, allow_inf_nan=False,
+        description="Largest ε one dp_sgd_charge decision may charge (larger: refused).")
     governance_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Consumer group session timeout.")
 

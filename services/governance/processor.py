@@ -19,7 +19,9 @@ from typing import Any
 
 from confluent_kafka import Message
 from opentelemetry.trace import Tracer
+from pydantic import BaseModel
 
+from services.governance.admission import Refused, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
 from services.governance.policy import Policy
@@ -38,7 +40,6 @@ from shared.events import (
     EnvelopeError,
     PrivacyStamp,
     Scalar,
-    decode,
     decode_envelope,
 )
 from shared.pseudonym import is_pseudonym
@@ -56,6 +57,7 @@ class Item:
     source: str
     envelope: Envelope | None = None
     decision: Decision | None = None
+    detail: BaseModel | None = None
     error: str | None = None
     identity: str = ""
     kind: str | None = None
@@ -139,28 +141,36 @@ class Processor:
     def _decode(self, msg: Message) -> Item:
         item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")
         value = msg.value() or b""
-        try:
-            # subjects are pseudonyms after ingest; a raw id (a producer writing events.clean
-            # directly, an operator's decision) is pseudonymised here, never sealed in clear
-            if msg.topic() == self.topics.clean:
-                envelope = decode_envelope(value)
-                if not is_pseudonym(envelope.subject_id):
-                    envelope = envelope.model_copy(
-                        update={"subject_id": self.pseudonyms.of(envelope.subject_id)})
-                item.envelope = envelope
+        if msg.topic() != self.topics.clean:
+            admitted = admit(value, self._governed, self.settings.governance_max_charge_epsilon)
+            if isinstance(admitted, Refused):
+                item.error = admitted.text()
+                item.identity = f"input:{item.source}"
+                item.kind, item.reason = Kind.DECISION_REJECTED, admitted.code
             else:
-                decision = decode(Decision, value)
+                decision = admitted.decision
                 if decision.subject_id and not is_pseudonym(decision.subject_id):
+                    # an operator's raw id is pseudonymised here, never sealed in clear
                     decision = decision.model_copy(
                         update={"subject_id": self.pseudonyms.of(decision.subject_id)})
-                item.decision = decision
+                item.decision, item.detail = decision, admitted.detail
+            return item
+        try:
+            # subjects are pseudonyms after ingest; a raw id (a producer writing events.clean
+            # directly) is pseudonymised here
+            envelope = decode_envelope(value)
+            if not is_pseudonym(envelope.subject_id):
+                envelope = envelope.model_copy(
+                    update={"subject_id": self.pseudonyms.of(envelope.subject_id)})
+            item.envelope = envelope
         except EnvelopeError as error:
             item.error = f"{error.kind}: {error.field}"[:200]
             item.identity = f"input:{item.source}"
-            item.kind = Kind.REJECTED if msg.topic() == self.topics.clean else \
-                Kind.DECISION_REJECTED
-            item.reason = Reason.BAD_ENVELOPE
+            item.kind, item.reason = Kind.REJECTED, Reason.BAD_ENVELOPE
         return item
+
+    def _governed(self, name: str) -> bool:
+        return isinstance(self.dataset(name), DatasetPrivacy)
 
     def _identify(self, events: list[Item]) -> None:
         in_batch: set[str] = set()

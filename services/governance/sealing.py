@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.governance.ledger import Budget, Charge, Ledger
+from services.governance.admission import ChargeDetail
+from services.governance.ledger import Charge, Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.store import AuditStore
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from services.governance.processor import Item
 
 AUDIT_TYPE_HEADER = "lepton.audit.type"
-UNBOUNDED = Budget(subject=1e308, dataset=1e308)
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"
 
 DatasetLookup = Callable[[str], "DatasetPrivacy | str"]
@@ -95,33 +95,27 @@ def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: Datase
         "decision_id": decision.decision_id, "subject_id": decision.subject_id,
         "event_id": decision.event_id, "dataset": decision.dataset, "detail": decision.detail,
         "occurred_at": decision.occurred_at.isoformat()}
-    if decision.kind == Kind.DP_SGD_CHARGE:
-        fields.update(_charge_dp_sgd(item, decision.dataset, decision.detail, ledger, dataset,
-                                     metrics, replay=sealed is not None))
+    if isinstance(item.detail, ChargeDetail) and decision.dataset is not None:
+        fields.update(_charge_dp_sgd(item, decision.dataset, item.detail, ledger, dataset,
+                                     metrics))
     item.reason = fields.get("reason")
     item.extra = fields
 
 
-def _charge_dp_sgd(item: Item, name: str | None, detail: dict[str, Any], ledger: Ledger,
-                   dataset: DatasetLookup, metrics: GovernanceMetrics,
-                   replay: bool) -> dict[str, Any]:
-    """Charge a trainer's DP-SGD ε to the dataset ledger (recorded even over budget: the
-    privacy was already spent), idempotently by decision id."""
-    name = name or detail.get("dataset")
-    eps = detail.get("epsilon")
-    if not name or isinstance(eps, bool) or not isinstance(eps, int | float):
-        return {"reason": "invalid_charge"}
+def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
+                   dataset: DatasetLookup, metrics: GovernanceMetrics) -> dict[str, Any]:
+    """Charge a trainer's DP-SGD ε (admitted: finite, bounded, known dataset) to the dataset
+    ledger (recorded even over budget: the privacy was already spent), idempotently by
+    decision id."""
     privacy = dataset(name)
-    budget = privacy.budget if isinstance(privacy, DatasetPrivacy) else UNBOUNDED
-    [result] = ledger.charge(name, budget, [Charge(item.identity, None, float(eps))],
+    assert isinstance(privacy, DatasetPrivacy)
+    [result] = ledger.charge(name, privacy.budget, [Charge(item.identity, None, detail.epsilon)],
                              force=True)
     if not result.charged:
         return {"reason": Reason.BAD_EPSILON}
     if not result.replay:
         metrics.epsilon.add(result.epsilon, {"dataset": name})
-    delta = detail.get("delta")
-    return {"dataset": name, "epsilon": result.epsilon,
-            "delta": float(delta) if isinstance(delta, int | float) else None,
+    return {"dataset": name, "epsilon": result.epsilon, "delta": detail.delta,
             "mechanism": "dp-sgd",
             "reason": "dataset_budget_exceeded" if result.reason else None}
 
@@ -151,8 +145,10 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
             out.append(Output(topics.audit_log, item.identity.encode(), item.line,
                               [_JSON, _RECORD, *trace], item.sealed.partition))
         if item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
+            reason = (Kind.DECISION_REJECTED if item.kind == Kind.DECISION_REJECTED
+                      else item.reason or "rejected")
             headers = dlq_headers(
-                consumed, reason=item.reason or "rejected", detail=item.error or "",
+                consumed, reason=reason, detail=item.error or "",
                 stage="governance", exception="", topic=msg.topic() or "",
                 partition=msg.partition() or 0, offset=msg.offset() or 0, service="governance")
             value, how = sealer.seal(msg.value() or b"")

@@ -11,8 +11,8 @@ from shared.config import ConfigError, load_settings
 
 def main() -> int:
     """Run one ingest replica until SIGINT/SIGTERM; returns the exit status."""
-    from lepton.signals import stop_event
     from services.ingest.worker import IngestWorker
+    from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(IngestSettings)

@@ -9,9 +9,9 @@ import sys
 
 def main() -> None:
     """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
-    from lepton.signals import stop_event
     from services.serving.config import ServingSettings
     from shared.config import load_settings
+    from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(ServingSettings)

@@ -13,6 +13,18 @@ class ServingSettings(LeptonSettings):
     """Settings of the serving process: gRPC endpoint, limits, batching, rollout, Kafka path."""
 
     serving_addr: str = Field(default="0.0.0.0:50051", description="gRPC listen address.")
+    serving_http_addr: str = Field(
+        default="0.0.0.0:8080", description="HTTP/REST (OIP v2 + /v1 predict) listen address; "
+        "empty: no HTTP API."
+    )
+    serving_log_sample: float = Field(
+        default=1.0, ge=0, le=1, description="Share of answered predictions sent to "
+        "predictions.log (0: none)."
+    )
+    serving_log_queue: int = Field(
+        default=10000, ge=1, description="Prediction-log records buffered before new ones "
+        "are dropped (and counted)."
+    )
     serving_models: str = Field(
         default="", description="Comma-separated model names to host (empty: every registered)."
     )
@@ -43,9 +55,11 @@ class ServingSettings(LeptonSettings):
         default=True, description="Score Linear/ReLU stacks with a verified NumPy forward pass."
     )
 
-    @field_validator("serving_addr")
+    @field_validator("serving_addr", "serving_http_addr")
     @classmethod
-    def _addr(cls, value: str) -> str:
+    def _addr(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "serving_http_addr":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:50051")

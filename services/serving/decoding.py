@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-GUARDED_PREFIX = "/lepton.serving.v1."
+GUARDED_PREFIX = ("/lepton.serving.v1.", "/inference.GRPCInferenceService/")
 
 
 async def _decode(deserializer: Callable[[bytes], Any], raw: bytes,

@@ -1,9 +1,12 @@
-"""Generate the gRPC stubs of `proto/lepton/serving/v1/serving.proto` into
-`services/serving/gen/` (grpcio-tools for code, mypy-protobuf for `.pyi`).
+"""Generate the gRPC stubs of `proto/lepton/serving/v1/serving.proto` and of the Open
+Inference Protocol's `proto/inference/grpc_service.proto` into `services/serving/gen/`
+(grpcio-tools for code, mypy-protobuf for `.pyi`).
 
 protoc names modules after the proto path (`lepton.serving.v1`), which would collide with our
 own top-level `lepton` package, so the generated files are flattened into
-`services.serving.gen` and their imports rewritten. Run `python -m services.serving.gen_stubs`.
+`services.serving.gen` and their imports rewritten. The `inference` descriptors go into a
+private descriptor pool: v2 clients (tritonclient) register their own `inference.*` messages in
+the default pool, and both must load in one process. Run `python -m services.serving.gen_stubs`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "proto"
-PROTO = "lepton/serving/v1/serving.proto"
+PROTOS = ("lepton/serving/v1/serving.proto", "inference/grpc_service.proto")
+PRIVATE_POOL = "_descriptor_pool.Default()"
 GEN_DIR = Path(__file__).resolve().parent / "gen"
 GEN_PACKAGE = "services.serving.gen"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
-INIT = '"""Generated gRPC stubs of lepton.serving.v1 (see services/serving/gen_stubs.py)."""\n'
+INIT = ('"""Generated gRPC stubs of lepton.serving.v1 and inference (OIP v2); see '
+        'services/serving/gen_stubs.py."""\n')
 
 
 def _plugin(name: str) -> str:
@@ -34,8 +39,17 @@ def _plugin(name: str) -> str:
 
 def _fix_imports(text: str) -> str:
     # `from lepton.serving.v1 import serving_pb2` and `import lepton.serving.v1.serving_pb2`
-    text = re.sub(r"\bfrom lepton\.serving\.v1 import\b", f"from {GEN_PACKAGE} import", text)
-    return re.sub(r"\blepton\.serving\.v1\.(serving_pb2\w*)", rf"{GEN_PACKAGE}.\1", text)
+    text = re.sub(r"\bfrom (lepton\.serving\.v1|inference) import\b", f"from {GEN_PACKAGE} import",
+                  text)
+    return re.sub(r"\b(?:lepton\.serving\.v1|inference)\.(\w+_pb2\w*)\b", rf"{GEN_PACKAGE}.\1",
+                  text)
+
+
+def _private_pool(text: str) -> str:
+    """Register the file's descriptors in a pool of its own instead of the default one."""
+    if PRIVATE_POOL not in text:
+        raise SystemExit("unexpected protoc output: no default descriptor pool to replace")
+    return text.replace(PRIVATE_POOL, "_descriptor_pool.DescriptorPool()", 1)
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -54,18 +68,22 @@ def generate(out_dir: Path) -> list[Path]:
             f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",
             f"--mypy_grpc_out={tmp}",
-            PROTO,
+            *PROTOS,
         ]
         if protoc.main(args) != 0:
-            raise SystemExit(f"protoc failed for {PROTO}")
+            raise SystemExit(f"protoc failed for {', '.join(PROTOS)}")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for path in sorted((Path(tmp) / Path(PROTO).parent).iterdir()):
-            if not path.name.endswith(SUFFIXES):
-                continue
-            target = out_dir / path.name
-            target.write_text(_fix_imports(path.read_text()))
-            written.append(target)
+        for proto in PROTOS:
+            for path in sorted((Path(tmp) / Path(proto).parent).iterdir()):
+                if not path.name.endswith(SUFFIXES):
+                    continue
+                text = _fix_imports(path.read_text())
+                if proto.startswith("inference/") and path.name.endswith("_pb2.py"):
+                    text = _private_pool(text)
+                target = out_dir / path.name
+                target.write_text(text)
+                written.append(target)
     init = out_dir / "__init__.py"
     init.write_text(INIT)
     return [init, *written]

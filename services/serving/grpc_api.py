@@ -19,10 +19,10 @@ from services.serving.errors import InvalidInput, ServingError
 from services.serving.fleet import Action, Fleet
 from services.serving.gen import serving_pb2 as pb
 from services.serving.gen import serving_pb2_grpc
-from services.serving.predictor import Prediction, Predictor, Request
+from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.router import Mode, ModelHost, Route
 from shared.events import Scalar
-from shared.tracing import get_tracer
+from shared.tracing import get_tracer, traceparent
 
 SERVICE = "lepton.serving.v1.PredictionService"
 _tracer = get_tracer(__name__)
@@ -55,9 +55,10 @@ def _record(features: Any) -> dict[str, Scalar]:
     return record
 
 
-def to_request(message: Any) -> Request:
+def to_request(message: Any, call: Call | None = None) -> Request:
     """A Predictor Request from a `PredictRequest` message."""
-    return Request(message.request_id, message.model, message.version, _record(message.features))
+    return Request(message.request_id, message.model, message.version, _record(message.features),
+                   call)
 
 
 def to_response(prediction: Prediction) -> Any:
@@ -143,8 +144,9 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         """Score one record."""
         with _lean_span("Predict", context) as span:
             try:
+                call = Call.now("grpc", traceparent(span.get_span_context()))
                 await _check_deadline(context, span)
-                prediction = await self.predictor.predict(to_request(request))
+                prediction = await self.predictor.predict(to_request(request, call))
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
             span.set_attributes({"lepton.model": prediction.model,
@@ -161,11 +163,12 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 if len(items) > self.max_batch_items:
                     raise InvalidInput(f"batch has {len(items)} requests, over the limit of "
                                        f"{self.max_batch_items}")
+                call = Call.now("grpc", traceparent(span.get_span_context()))
                 await _check_deadline(context, span)
                 requests = []
                 for i, item in enumerate(items):
                     try:
-                        requests.append(to_request(item))
+                        requests.append(to_request(item, call))
                     except InvalidInput as error:
                         raise InvalidInput(f"requests[{i}]: {error}") from None
                 results = await self.predictor.predict_batch(requests)
@@ -187,12 +190,13 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         """Score a stream of records, pipelined, answering in request order."""
         with _span("PredictStream", context) as span:
             pending: asyncio.Queue[asyncio.Future[Prediction] | None] = asyncio.Queue(256)
+            trace = traceparent(span.get_span_context())
 
             async def read() -> None:
                 try:
                     async for message in requests:
                         try:
-                            request = to_request(message)
+                            request = to_request(message, Call.now("grpc", trace))
                         except InvalidInput as error:
                             failed: asyncio.Future[Prediction] = \
                                 asyncio.get_running_loop().create_future()

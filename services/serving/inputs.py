@@ -90,6 +90,7 @@ class RecordSchema:
         self._required = [
             f.name for f in spec.fields if f.role is Role.FEATURE and f.required and not f.impute
         ]
+        self._unlogged = frozenset(f.name for f in spec.fields if f.role is Role.SUBJECT)
         self._tokenizer_factory = tokenizer
         self._tokenize: Tokenize | None = None
         self._loaded = False
@@ -127,6 +128,11 @@ class RecordSchema:
             if name not in out:
                 raise InvalidInput(f"field {name!r} is required")
         return out
+
+    def loggable(self, cleaned: dict[str, Scalar]) -> dict[str, Scalar]:
+        """A cleaned record fit for logs: PII is already tokenized or dropped by `clean`, and
+        the data subject's id is dropped too."""
+        return {k: v for k, v in cleaned.items() if k not in self._unlogged}
 
     def _protect(self, spec: FieldSpec, value: Scalar) -> object:
         if spec.pii is not PiiAction.TOKENIZE:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from services.serving.errors import ServingError
-from services.serving.predictor import Prediction, Predictor, Request
+from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.wire import message_headers
 from shared.events import (
     CONTENT_TYPE_JSON,
@@ -138,9 +139,11 @@ class KafkaPredictions:
                 seen.add(item.request_id)
             fresh.append(item)
         scorable = [i for i in fresh if i.request is not None]
+        started = time.perf_counter()
         outcomes = self.predictor.predict_many([
             Request(i.request_id, i.request.model or "", i.request.version or 0,
-                    i.request.features) for i in scorable if i.request is not None
+                    i.request.features, Call("kafka", _traceparent(i.message), started))
+            for i in scorable if i.request is not None
         ])
         for item, outcome in zip(scorable, outcomes, strict=True):
             if isinstance(outcome, ServingError):
@@ -203,6 +206,13 @@ def _result(request_id: str, prediction: Prediction) -> PredictResult:
 def _error_result(request_id: str, error: ServingError | EnvelopeError | None) -> PredictResult:
     code = error.code if isinstance(error, ServingError) else "invalid_argument"
     return PredictResult(request_id=request_id, error=str(error), error_code=code)
+
+
+def _traceparent(message: Message) -> str | None:
+    for key, value in message_headers(message):
+        if key == "traceparent" and value:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    return None
 
 
 def _next_offsets(messages: list[Message]) -> list[TopicPartition]:

@@ -1,25 +1,29 @@
 """Turn prediction requests into predictions: route each to a version, clean its record
 against that version's dataset spec, score it (dynamically batched, or as a batch), score the
 shadow candidate off the response path and log its result, and name the version in every
-answer. Shared by the gRPC API (event loop) and the Kafka path (its own thread)."""
+answer. Shared by the gRPC APIs (lepton and OIP v2), the HTTP API (event loop) and the Kafka path
+(its own thread). Every answered prediction is handed to the prediction log when one is set."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry import metrics
 from opentelemetry.trace import SpanContext
 
 from services.serving.batching import Batcher
-from services.serving.errors import ServingError
+from services.serving.errors import InvalidInput, ServingError
 from services.serving.fleet import Fleet
 from services.serving.model import LoadedModel
 from services.serving.router import ModelHost, PinMiss, Route
 from shared.events import Scalar
+from shared.predictions import EntryName
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")
@@ -30,6 +34,20 @@ _shadow = _meter.create_counter("lepton_serving_shadow_predictions",
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """Where and when a request arrived (for the prediction log)."""
+
+    entry: EntryName
+    traceparent: str | None = None
+    started: float = 0.0  # time.perf_counter() on arrival
+
+    @staticmethod
+    def now(entry: EntryName, traceparent: str | None = None) -> Call:
+        """A Call that starts now."""
+        return Call(entry, traceparent, time.perf_counter())
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One record to score; `version` 0 lets the rollout choose."""
 
@@ -37,6 +55,7 @@ class Request:
     model: str
     version: int
     record: dict[str, Scalar]
+    call: Call | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +71,35 @@ class Prediction:
     origin: SpanContext | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """The answer to many rows scored together by one version (columnar APIs)."""
+
+    model: LoadedModel
+    route: Route
+    records: list[dict[str, Scalar]]  # cleaned: PII tokenized or dropped
+    predictions: list[Prediction]
+
+
+class PredictionSink(Protocol):
+    """Receives every answered prediction (the prediction log); must never block."""
+
+    def wanted(self) -> bool:
+        """Whether to record this one (sampling)."""
+
+    def record(self, call: Call, prediction: Prediction, record: dict[str, Scalar]) -> None:
+        """Take one answered prediction with its cleaned record."""
+
+
 class Predictor:
     """Routes, validates and scores requests against the fleet."""
 
-    def __init__(self, fleet: Fleet, threshold: float, batcher: Batcher | None = None) -> None:
+    def __init__(self, fleet: Fleet, threshold: float, batcher: Batcher | None = None,
+                 sink: PredictionSink | None = None) -> None:
         self.fleet = fleet
         self.threshold = threshold
         self.batcher = batcher
+        self.sink = sink
 
     def _choose(self, request: Request) -> tuple[ModelHost, LoadedModel, Route,
                                                   LoadedModel | None]:
@@ -92,6 +133,7 @@ class Predictor:
         prediction = self._prediction(request_id, model, score, route)
         _predictions.add(1, {"model": model.name, "version": model.version,
                              "route": route.value})
+        self._log(request.call, model, prediction, record)
         if shadow is not None:
             asyncio.get_running_loop().call_soon(self._score_shadow, shadow, [record],
                                                  [prediction])
@@ -125,7 +167,8 @@ class Predictor:
                         raise
                     self.fleet.load_pinned(miss.model, miss.version)
                     _, model, route, shadow = self._choose(request)
-                groups[model].append((i, model.schema.clean(request.record), route))
+                cleaned_record = model.schema.clean(request.record)  # before groups[model]:
+                groups[model].append((i, cleaned_record, route))  # no empty group on error
                 if shadow is not None:
                     shadows[shadow].append(i)
             except ServingError as error:
@@ -138,8 +181,9 @@ class Predictor:
             finally:
                 model.release(len(items))
             for (i, record, route), score in zip(items, scores, strict=True):
-                results[i] = self._prediction(ids[i], model, score, route)
+                results[i] = prediction = self._prediction(ids[i], model, score, route)
                 cleaned[i] = record
+                self._log(requests[i].call, model, prediction, record)
             for route, count in Counter(route for _, _, route in items).items():
                 _predictions.add(count, {"model": model.name, "version": model.version,
                                          "route": route.value})
@@ -148,6 +192,47 @@ class Predictor:
             self._score_shadow(shadow, [cleaned[i] for i in done],
                                [results[i] for i in done])  # type: ignore[misc]
         return [r for r in results if r is not None]
+
+    async def predict_rows(self, request_id: str, model_name: str, version: int,
+                           records: list[dict[str, Scalar]], call: Call | None = None) -> Rows:
+        """Score rows as one request: one routing decision, one version for every row; a bad
+        row fails the whole request naming its index. Row i's request id is `<id>.<i>`."""
+        request_id = request_id or uuid.uuid4().hex
+        request = Request(request_id, model_name, version, {}, call)
+        try:
+            _, model, route, shadow = self._choose(request)
+        except PinMiss as miss:
+            await asyncio.to_thread(self.fleet.load_pinned, miss.model, miss.version)
+            _, model, route, shadow = self._choose(request)
+        cleaned: list[dict[str, Scalar]] = []
+        for i, record in enumerate(records):
+            try:
+                cleaned.append(model.schema.clean(record))
+            except InvalidInput as error:
+                raise InvalidInput(f"row {i}: {error}") from None
+        model.acquire(len(cleaned))
+        try:
+            scores = model.score(cleaned).tolist() if cleaned else []
+        finally:
+            model.release(len(cleaned))
+        ids = [request_id] if len(cleaned) == 1 else \
+            [f"{request_id}.{i}" for i in range(len(cleaned))]
+        predictions = [self._prediction(i, model, s, route)
+                       for i, s in zip(ids, scores, strict=True)]
+        _predictions.add(len(predictions), {"model": model.name, "version": model.version,
+                                            "route": route.value})
+        for prediction, record in zip(predictions, cleaned, strict=True):
+            self._log(call, model, prediction, record)
+        if shadow is not None and cleaned:
+            asyncio.get_running_loop().call_soon(self._score_shadow, shadow, cleaned,
+                                                 predictions)
+        return Rows(model, route, cleaned, predictions)
+
+    def _log(self, call: Call | None, model: LoadedModel, prediction: Prediction,
+             record: dict[str, Scalar]) -> None:
+        sink = self.sink
+        if sink is not None and call is not None and sink.wanted():
+            sink.record(call, prediction, model.schema.loggable(record))
 
     def _score_shadow(self, shadow: LoadedModel, records: list[dict[str, Scalar]],
                       answered: list[Prediction]) -> None:

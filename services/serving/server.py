@@ -1,6 +1,7 @@
 """Assemble and run the serving process: a grpc.aio server (auth interceptor, message-size
-limits, optional TLS) with PredictionService, standard grpc.health.v1 health (NOT_SERVING
-until the first model is ready) and server reflection; the hot-swap watcher on
+limits, optional TLS) with PredictionService and the OIP v2 `inference.GRPCInferenceService`
+on one port, standard grpc.health.v1 health (NOT_SERVING until the first model is ready) and
+server reflection; the HTTP/REST API (FastAPI on uvicorn, same loop); the hot-swap watcher on
 `models.updates`; and the Kafka prediction path."""
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from services.serving.config import ServingSettings
 from services.serving.control import RolloutControl
 from services.serving.decoding import DecodeGuard
 from services.serving.fleet import Fleet
-from services.serving.gen import serving_pb2, serving_pb2_grpc
+from services.serving.gen import grpc_service_pb2_grpc, serving_pb2, serving_pb2_grpc
 from services.serving.grpc_api import SERVICE, PredictionService
 from services.serving.hot_swap import AnnouncementWatcher
+from services.serving.http_api import build_app
+from services.serving.http_server import HttpServer
 from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
+from services.serving.oip_grpc import InferenceService
+from services.serving.prediction_log import PredictionLog
 from services.serving.predictor import Predictor
 from shared.readiness import clear_ready, mark_ready
 
@@ -73,15 +78,20 @@ class ServingApp:
         batcher = Batcher(settings.serving_batch_max_size,
                           settings.serving_batch_max_wait_ms / 1000.0) \
             if settings.serving_batching else None
-        self.predictor = Predictor(self.fleet, settings.serving_threshold, batcher)
+        self.prediction_log = PredictionLog(settings) if settings.serving_log_sample > 0 \
+            else None
+        self.predictor = Predictor(self.fleet, settings.serving_threshold, batcher,
+                                   self.prediction_log)
         self.control = RolloutControl(settings, self.fleet)
         self.watcher = AnnouncementWatcher(settings, self.fleet, self.control, self.stop_event)
         use_kafka = settings.serving_kafka if kafka is None else kafka
         self.kafka = KafkaPredictions(settings, self.predictor, self.stop_event) \
             if use_kafka else None
         self.server: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self._health_status: Any = None
         self.port = 0
+        self.http_port = 0
 
     def _build_server(self) -> grpc.aio.Server:
         auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
@@ -93,6 +103,8 @@ class ServingApp:
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.predictor, self.fleet, self.control,
                               self.settings.serving_max_batch_items), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.predictor, self.fleet), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (serving_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -125,6 +137,13 @@ class ServingApp:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
+        if self.settings.serving_http_addr:
+            self.http = HttpServer(build_app(
+                self.predictor, self.fleet, token=self.settings.auth_token(),
+                max_body_bytes=self.settings.serving_max_message_bytes), self.settings)
+            self.http_port = await self.http.start()
         self.watcher.start()
         if self.kafka is not None:
             self.kafka.start()
@@ -141,12 +160,16 @@ class ServingApp:
         clear_ready(self.settings, "serving")
         await self.health.enter_graceful_shutdown()
         self.stop_event.set()
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(grace)
         await asyncio.to_thread(self.watcher.join, 10)
         if self.kafka is not None:
             await asyncio.to_thread(self.kafka.join, 30)
         await asyncio.to_thread(self.control.close)
+        if self.prediction_log is not None:
+            await asyncio.to_thread(self.prediction_log.close)
 
     async def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set (SIGINT/SIGTERM), then shut down gracefully."""

@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from lepton.signals import stop_event
 from services.trainer.config import TrainerSettings
 from shared.config import ConfigError, load_settings
+from shared.signals import stop_event
 from shared.tracing import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("services.trainer")

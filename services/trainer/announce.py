@@ -8,6 +8,7 @@ from opentelemetry import trace
 
 from shared.config import LeptonSettings
 from shared.events import CONTENT_TYPE_JSON, Header, HeaderList, encode
+from shared.kafka import deliver
 from shared.registry import ModelCard, Registry
 from shared.topics import Topics
 from shared.tracing import publish_span
@@ -22,5 +23,4 @@ def announce(producer: Producer, settings: LeptonSettings, registry: Registry,
     with publish_span(tracer, topic, headers, key=card.model, attributes={
             "lepton.model.version": card.version, "lepton.model.action": action}):
         producer.produce(topic, key=card.model.encode(), value=encode(message), headers=headers)
-    if producer.flush(15) > 0:
-        raise TimeoutError(f"announcement of {card.model} v{card.version} was not delivered")
+    deliver(producer, f"announcement of {card.model} v{card.version}")

@@ -337,4 +337,4 @@ class TrainerLoop:
     def _commit(self) -> None:
         offsets = [TopicPartition(self.topic, p, o) for p, o in self.positions.items()]
         if offsets and self.prefetch is not None:
-            self.prefetch.commit(offsets)
+            self.prefetch.commit(offsets, self.stop)

@@ -10,15 +10,18 @@ to it (a synchronous commit from another thread during `consume` can block forev
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import Batch
 from shared.features import FeatureTransform
+
+log = logging.getLogger(__name__)
 
 
 class Prefetcher:
@@ -72,16 +75,30 @@ class Prefetcher:
             except Exception as error:
                 reply.put(error)
 
-    def commit(self, offsets: list[TopicPartition], timeout: float = 30.0) -> None:
-        """Commit `offsets` synchronously, on the consumer's thread."""
-        reply: queue.Queue[BaseException | None] = queue.Queue(maxsize=1)
-        self._commits.put((offsets, reply))
-        try:
-            error = reply.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError("offset commit did not complete") from None
-        if error is not None:
-            raise error
+    def commit(self, offsets: list[TopicPartition], stop: threading.Event) -> bool:
+        """Commit `offsets` synchronously on the consumer's thread, retrying a failed commit
+        with back-off (a broker outage) until it succeeds; False when `stop` came first (the
+        offsets are in the Redis resume mirror already, so nothing is lost)."""
+        wait = 0.2
+        while not stop.is_set():
+            reply: queue.Queue[BaseException | None] = queue.Queue(maxsize=1)
+            self._commits.put((offsets, reply))
+            while True:
+                try:
+                    error = reply.get(timeout=0.2)
+                    break
+                except queue.Empty:
+                    if stop.is_set() or self._error is not None:
+                        return False
+            if error is None:
+                return True
+            if not isinstance(error, KafkaException):
+                raise error
+            log.warning("offset commit waits (%s); retrying in %.1f s", error, wait)
+            if stop.wait(wait):
+                break
+            wait = min(wait * 2, 5.0)
+        return False
 
     def take(self, limit: int, timeout: float) -> Batch | None:
         """Decoded batches (up to about `limit` messages), waiting at most `timeout` for the

@@ -30,7 +30,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
-from services.trainer.retry import until_redis
+from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
@@ -219,7 +219,7 @@ class Releaser:
             def after_save() -> None:
                 self.store_offsets(resume)
                 self.finish(saved)
-            until_redis(after_save, "post-save steps", stop)
+            until_redis(after_save, "post-save steps", stop, errors=REDIS_OR_BROKER_DOWN)
         log.info("%s v%d %s (f1 %.4f%s)", self.model, saved.version, saved.status,
                  metrics.get("f1", float("nan")),
                  "" if verdict.promoted else f"; {'; '.join(verdict.reasons)}")

@@ -1,7 +1,8 @@
 """Waiting out an outage: the trainer's Redis steps (registry index, live pointer, resume
-mirror, release markers) and its start-up metadata reads are idempotent, so they are retried
-with back-off instead of killing the process (and a cycle of training) on the first refused
-connection."""
+mirror, release markers), its release publications (decisions and announcements, which
+governance and serving deduplicate) and its start-up metadata reads are idempotent, so they are
+retried with back-off instead of killing the process (and a cycle of training) on the first
+refused connection or a broker that stopped answering."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from typing import TypeVar
 
 import redis
 
+from shared.kafka import DeliveryTimeout
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+REDIS_OR_BROKER_DOWN = (*REDIS_DOWN, DeliveryTimeout)
 
 
 def until_redis(step: Callable[[], T], what: str, stop: threading.Event | None = None,

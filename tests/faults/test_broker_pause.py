@@ -1,5 +1,6 @@
-"""SIGSTOP the (private) broker process for 30 s under a 20k-event load, then SIGCONT: every
-service survives the freeze and resumes, and nothing is lost or duplicated end to end."""
+"""SIGSTOP the (private) broker process under a 20k-event load. Frozen for 30 s, then SIGCONT:
+every service survives the freeze and resumes. Frozen and the services sent SIGTERM: each exits
+within 10 s, and once restarted nothing is lost or duplicated end to end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.faults.conftest import (
     Pipeline,
     PrivateBroker,
     assert_exactly_once,
+    wait_until,
 )
 
 EVENTS = 20_000
@@ -44,3 +46,44 @@ def test_broker_frozen_for_thirty_seconds(
     codes = pipeline.stop_all()
     assert codes == dict.fromkeys(SERVICES, 0), codes
     assert_exactly_once(pipeline, events, "broker SIGSTOP 30s", fault_report)
+
+
+STOP_LIMIT_S = 10.0
+
+
+def test_sigterm_with_broker_frozen_stops_on_time_and_restart_loses_nothing(
+        private_broker: PrivateBroker, make_pipeline: Callable[..., Pipeline],
+        fault_report: FaultReport) -> None:
+    pipeline = make_pipeline(private_broker.bootstrap)
+    events = pipeline.events(EVENTS, seed=23)
+    pipeline.start_all()
+    pipeline.feed(events, RATE)
+    processes = pipeline.processes
+    # mid-stream: every stage has work in flight (the trainer a cycle) when the broker freezes
+    wait_until(lambda: pipeline.trained_rows() > 0, "a first model", 120, pipeline.check_alive)
+    processes.signal(private_broker.name, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)
+        for name in SERVICES:
+            processes.signal(name, signal.SIGTERM)
+        began = time.monotonic()
+        took: dict[str, float] = {}
+        while len(took) < len(SERVICES) and time.monotonic() - began < 30:
+            for name in SERVICES:
+                if name not in took and processes.procs[name].poll() is not None:
+                    took[name] = time.monotonic() - began
+            time.sleep(0.05)
+    finally:
+        processes.signal(private_broker.name, signal.SIGCONT)
+    assert set(took) == set(SERVICES), f"still running 30 s after SIGTERM: {took}"
+    slow = {name: round(s, 1) for name, s in took.items() if s > STOP_LIMIT_S}
+    assert not slow, f"stopped later than {STOP_LIMIT_S} s after SIGTERM: {slow}"
+
+    pipeline.start_all()
+    produced = pipeline.feed_done()
+    assert produced.delivered == EVENTS, produced.errors
+    pipeline.wait_trained(EVENTS)
+    codes = pipeline.stop_all()
+    assert codes == dict.fromkeys(SERVICES, 0), codes
+    assert_exactly_once(pipeline, events, "SIGTERM with broker frozen, restart", fault_report,
+                        notes=f"stopped in {max(took.values()):.1f} s")

@@ -179,10 +179,12 @@ def test_policy_budget_dp_audit_lineage_and_traces(
                         "tiny-3": "subject_budget_exhausted", "tiny-4": "subject_forgotten",
                         "tiny-5": "consent_withdrawn", "tiny-1": "duplicate_event"}
     assert sorted(r["reason"] for r in records if r["kind"] in (
-        "event_rejected", "decision_rejected")) == ["bad_envelope", "bad_envelope",
+        "event_rejected", "decision_rejected")) == ["bad_envelope", "invalid_decision",
                                                     "unknown_dataset"]
-    assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"bad_envelope",
-                                                               b"unknown_dataset"}
+    assert sorted(r.headers[Header.DLQ_REASON] for r in rejected) == [
+        b"bad_envelope", b"decision_rejected", b"unknown_dataset"]
+    [bad_decision] = [r for r in rejected if r.headers[Header.DLQ_REASON] == b"decision_rejected"]
+    assert bad_decision.headers[Header.DLQ_DETAIL].startswith(b"invalid_decision: kind")
     # subjects are named by pseudonym only (the raw ids came on events.clean and audit.requests)
     assert {r["subject_id"] for r in records} - {None} == {
         pseudonyms.of(who) for who in ("ann", "gone", "optout", "bob")} | {

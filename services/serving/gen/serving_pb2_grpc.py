@@ -5,7 +5,7 @@ import warnings
 
 from services.serving.gen import serving_pb2 as lepton_dot_serving_dot_v1_dot_serving__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in lepton/serving/v1/serving_pb2_grpc.py depends on'
+        + f' but the generated code in lepton/serving/v1/serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class PredictionServiceStub:
+class PredictionServiceStub(object):
     """Predictions, model metadata and rollout control for the models a server hosts.
     Every method needs `authorization: Bearer <token>` metadata when the server has a token.
     """
@@ -68,7 +68,7 @@ class PredictionServiceStub:
                 _registered_method=True)
 
 
-class PredictionServiceServicer:
+class PredictionServiceServicer(object):
     """Predictions, model metadata and rollout control for the models a server hosts.
     Every method needs `authorization: Bearer <token>` metadata when the server has a token.
     """
@@ -156,7 +156,7 @@ def add_PredictionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class PredictionService:
+class PredictionService(object):
     """Predictions, model metadata and rollout control for the models a server hosts.
     Every method needs `authorization: Bearer <token>` metadata when the server has a token.
     """

@@ -68,6 +68,7 @@ def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
 def serving_settings(**overrides: Any) -> ServingSettings:
     """ServingSettings from the (test) environment, on a free loopback port, no Kafka path."""
     values: dict[str, Any] = {"serving_addr": "127.0.0.1:0", "serving_kafka": False,
+                              "serving_http_addr": "127.0.0.1:0",
                               "serving_warmup_rows": 4, "serving_drain_timeout_s": 5.0}
     values.update(overrides)
     return ServingSettings(**values)
@@ -102,6 +103,11 @@ class ServerThread:
     def addr(self) -> str:
         """Dialable address."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://127.0.0.1:{self.app.http_port}"
 
 
 @contextmanager

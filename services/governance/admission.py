@@ -1,0 +1,190 @@
+"""Admission of `audit.requests` records: bytes → a typed, bounded decision, or a refusal.
+
+Consumes the raw record value; produces an `Admitted` decision (the generic `Decision` plus the
+typed detail of its kind) or a `Refused` (a short code and a reason that never quotes the
+input). Every check that can fail is here, before anything touches the ledger or the audit log:
+size, JSON, the generic shape, safe ids and names (no `.`/`..` segments), the kind's own model
+with bounds (ε finite and ≤ the configured maximum), and a known dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from shared.events import Decision, EnvelopeError, first_error
+
+MAX_DECISION_BYTES = 64 * 1024
+MAX_DETAIL_BYTES = 16 * 1024
+MAX_DEPTH = 4
+MAX_ITEMS = 64
+MAX_TEXT = 500
+
+SafeName = Annotated[str, StringConstraints(
+    min_length=1, max_length=100, pattern=r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")]
+SafeId = Annotated[str, StringConstraints(
+    min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_:@+=-]+(?:[./][A-Za-z0-9_:@+=-]+)*$")]
+Actor = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[ -~]+$")]
+
+# codes (the audit record's reason; the DLQ detail starts with it)
+INVALID = "invalid_decision"
+TOO_LARGE = "decision_too_large"
+UNKNOWN_KIND = "unknown_kind"
+UNKNOWN_DATASET = "unknown_dataset"
+EPSILON_OVER_MAX = "epsilon_over_max"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _Ids(_Strict):
+    """The generic decision's ids, re-checked against the safe patterns."""
+
+    decision_id: SafeId
+    actor: Actor
+    subject_id: SafeId | None = None
+    event_id: SafeId | None = None
+    dataset: SafeName | None = None
+
+
+class ChargeDetail(_Strict):
+    """`dp_sgd_charge`: the ε (and δ) a trainer spent on a dataset."""
+
+    epsilon: float = Field(ge=0, allow_inf_nan=False)
+    delta: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
+    model: SafeName | None = None
+    version: int | None = Field(default=None, ge=1, le=10**9)
+    model_epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class ConsentDetail(_Strict):
+    """`consent_changed`: the new state and the purpose it applies to."""
+
+    consent: Literal["given", "withdrawn"]
+    purpose: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+
+
+class ModelDetail(BaseModel):
+    """`model_*`: which version (other bounded fields such as metrics may follow)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: SafeName | None = None
+    version: int | None = Field(default=None, ge=1, le=10**9)
+
+
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """What a kind needs: top-level fields that must be present and its detail model."""
+
+    requires: tuple[str, ...] = ()
+    detail: type[BaseModel] | None = None
+
+
+KINDS: dict[str, KindRule] = {
+    "dp_sgd_charge": KindRule(("dataset",), ChargeDetail),
+    "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
+    "subject_forgotten": KindRule(("subject_id",)),
+    "key_rotated": KindRule(),
+    "model_promoted": KindRule(("dataset",), ModelDetail),
+    "model_rolled_back": KindRule(("dataset",), ModelDetail),
+    "model_refused": KindRule((), ModelDetail),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A decision that passed every check."""
+
+    decision: Decision
+    detail: BaseModel | None
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a record is not a decision governance will seal as such."""
+
+    code: str
+    reason: str
+
+    def text(self) -> str:
+        """`code: reason`, for the DLQ detail header."""
+        return f"{self.code}: {self.reason}"[:1000]
+
+
+KnownDataset = Callable[[str], bool]
+
+
+def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float) -> Admitted | Refused:
+    """Parse and bound-check one `audit.requests` value."""
+    import orjson
+
+    if len(value) > MAX_DECISION_BYTES:
+        return Refused(TOO_LARGE, f"{len(value)} bytes, over {MAX_DECISION_BYTES}")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return Refused(INVALID, "not valid JSON")
+    if not isinstance(raw, dict):
+        return Refused(INVALID, "top level must be a JSON object")
+    try:
+        decision = Decision.model_validate(raw)
+        _Ids.model_validate({k: getattr(decision, k) for k in _Ids.model_fields})
+    except ValidationError as error:
+        return Refused(INVALID, _why(error))
+    rule = KINDS.get(decision.kind)
+    if rule is None:
+        return Refused(UNKNOWN_KIND, f"kind {decision.kind!r} is not a known decision kind")
+    for name in rule.requires:
+        if getattr(decision, name) is None:
+            return Refused(INVALID, f"{name}: required for {decision.kind}")
+    bound = _bounded(raw.get("detail"), 0)
+    if bound is not None:
+        return Refused(INVALID, f"detail: {bound}")
+    if len(orjson.dumps(decision.detail)) > MAX_DETAIL_BYTES:
+        return Refused(TOO_LARGE, f"detail over {MAX_DETAIL_BYTES} bytes")
+    detail = None
+    if rule.detail is not None:
+        try:
+            detail = rule.detail.model_validate(decision.detail)
+        except ValidationError as error:
+            return Refused(INVALID, f"detail.{_why(error)}")
+    if isinstance(detail, ChargeDetail) and detail.epsilon > max_epsilon:
+        return Refused(EPSILON_OVER_MAX, f"detail.epsilon: over the maximum {max_epsilon:g}")
+    if decision.dataset is not None and not known_dataset(decision.dataset):
+        return Refused(UNKNOWN_DATASET, "dataset: not a governed dataset")
+    return Admitted(decision, detail, raw)
+
+
+def _why(error: ValidationError) -> str:
+    found: EnvelopeError = first_error(error)
+    return f"{found.field}: {found.reason}" if found.field else found.reason
+
+
+def _bounded(value: Any, depth: int) -> str | None:
+    """Why a JSON value is outside the detail bounds (None when inside them)."""
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH}"
+    if isinstance(value, str):
+        return f"text over {MAX_TEXT} characters" if len(value) > MAX_TEXT else None
+    if isinstance(value, dict):
+        if len(value) > MAX_ITEMS:
+            return f"more than {MAX_ITEMS} keys"
+        for key, item in value.items():
+            if len(key) > 100:
+                return "key over 100 characters"
+            if (why := _bounded(item, depth + 1)) is not None:
+                return why
+        return None
+    if isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            return f"more than {MAX_ITEMS} items"
+        for item in value:
+            if (why := _bounded(item, depth + 1)) is not None:
+                return why
+    return None

@@ -1,0 +1,309 @@
+"""The HTTP/REST API of serving (FastAPI): Open Inference Protocol v2 (`/v2/health/*`, `/v2`,
+`/v2/models/{name}[/versions/{v}][/ready|/infer]`, JSON or the binary tensor extension) and
+`POST /v1/models/{name}:predict` taking JSON records as `lepton predict` does. The same Predictor,
+bearer token, W3C trace context (from HTTP headers) and metrics as the gRPC APIs; errors are
+`{"error": "..."}` with 400 / 401 / 404 / 413 / 503. OpenAPI at `/openapi.json`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
+
+from services.serving import oip
+from services.serving.errors import InvalidInput, ModelNotFound, NotReady, ServingError
+from services.serving.explain import explain
+from services.serving.fleet import Fleet
+from services.serving.http_models import InferRequest, PredictBody, records_of
+from services.serving.predictor import Call, Predictor
+from services.serving.predictor import Request as Scoring
+from shared.tracing import get_tracer, traceparent
+
+_tracer = get_tracer(__name__)
+_STATUS = {"invalid_argument": 400, "not_found": 404, "unavailable": 503,
+           "failed_precondition": 400}
+OPEN_PATHS = ("/v2/health/", "/openapi.json", "/docs")
+
+
+class Unauthorized(ServingError):
+    """Missing or wrong bearer token."""
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _status(error: ServingError) -> int:
+    return 401 if isinstance(error, Unauthorized) else _STATUS.get(error.code, 500)
+
+
+@contextlib.contextmanager
+def _span(request: Request, route: str) -> Iterator[Span]:
+    span = _tracer.start_span(f"{request.method} {route}", context=propagate.extract(
+        dict(request.headers)), kind=SpanKind.SERVER, attributes={
+            "http.request.method": request.method, "http.route": route},
+        record_exception=False, set_status_on_exception=False)
+    try:
+        yield span
+    finally:
+        span.end()
+
+
+def _fail(span: Span, error: ServingError) -> JSONResponse:
+    status = _status(error)
+    span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.set_attribute("http.response.status_code", status)
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    return _error(status, str(error), headers)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+def build_app(predictor: Predictor, fleet: Fleet, *, token: str | None,
+              max_body_bytes: int) -> FastAPI:
+    """The FastAPI application of one serving process."""
+    app = FastAPI(title="Lepton serving", version=oip.SERVER_VERSION,
+                  description="Open Inference Protocol v2 and lepton predictions over HTTP.")
+    expected = f"Bearer {token}".encode() if token else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if request.url.path.startswith(OPEN_PATHS):
+            return await call_next(request)
+        if expected is not None:
+            supplied = request.headers.get("authorization")
+            if supplied is None:
+                return _error(401, "missing Authorization header (expected 'Bearer <token>')",
+                              {"www-authenticate": "Bearer"})
+            if not hmac.compare_digest(supplied.encode(), expected):
+                return _error(401, "invalid bearer token", {"www-authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            return _error(413, f"body larger than {max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.get("/v2/health/live", tags=["v2"])
+    async def live() -> dict[str, bool]:
+        """Live while the process answers."""
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["v2"])
+    async def ready() -> Response:
+        """200 once a model has a live version, else 503."""
+        return _json({"ready": fleet.ready}, 200 if fleet.ready else 503)
+
+    @app.get("/v2", tags=["v2"])
+    async def server_metadata() -> dict[str, Any]:
+        """Server name, version and extensions."""
+        return {"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION,
+                "extensions": list(oip.EXTENSIONS)}
+
+    async def metadata(request: Request, name: str, version: str) -> Response:
+        with _span(request, "/v2/models/{name}") as span:
+            try:
+                model = await asyncio.to_thread(oip.model_for, fleet, name, version)
+            except ServingError as error:
+                return _fail(span, error)
+            return _json(oip.metadata(fleet, model))
+
+    async def model_ready(name: str, version: str) -> Response:
+        try:
+            host = fleet.host(name)
+            pin = oip.parse_version(version)
+        except ModelNotFound as error:
+            return _error(404, str(error))
+        except ServingError as error:
+            return _error(_status(error), str(error))
+        ok = host.rollout is not None and (not pin or pin in {m.version for m in host.loaded()})
+        return _json({"name": host.name, "ready": ok}, 200 if ok else 400)
+
+    async def infer(request: Request, name: str, version: str) -> Response:
+        with _span(request, "/v2/models/{name}/infer") as span:
+            call = Call.now("http", traceparent(span.get_span_context()))
+            try:
+                body, tensors = _decode_infer(request.headers, await request.body())
+                explain_rows = oip.flag((body.parameters or {}).get("explain"))
+                answer = await oip.infer(predictor, name, version, body.id or "", tensors,
+                                         explain_rows=explain_rows, call=call)
+                doc = _infer_response(body, answer)
+            except ServingError as error:
+                return _fail(span, error)
+            span.set_attributes({"lepton.model": answer.rows.model.name,
+                                 "lepton.model.version": answer.version,
+                                 "lepton.batch.size": len(answer.rows.predictions)})
+            return _json(doc)
+
+    @app.get("/v2/models/{name}", tags=["v2"])
+    async def model_metadata(request: Request, name: str) -> Response:
+        """Versions, platform, one input per raw feature, outputs."""
+        return await metadata(request, name, "")
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+    async def version_metadata(request: Request, name: str, version: str) -> Response:
+        """Metadata of one version."""
+        return await metadata(request, name, version)
+
+    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    async def ready_model(name: str) -> Response:
+        """200 when the model can answer now."""
+        return await model_ready(name, "")
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    async def ready_version(name: str, version: str) -> Response:
+        """200 when this version is loaded."""
+        return await model_ready(name, version)
+
+    extra = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+
+    @app.post("/v2/models/{name}/infer", tags=["v2"], openapi_extra=extra)
+    async def model_infer(request: Request, name: str) -> Response:
+        """Score N rows given as columnar tensors (the rollout picks the version)."""
+        return await infer(request, name, "")
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], openapi_extra=extra)
+    async def version_infer(request: Request, name: str, version: str) -> Response:
+        """Score N rows with a pinned version."""
+        return await infer(request, name, version)
+
+    @app.post("/v1/models/{name}:predict", tags=["lepton"])
+    async def predict(request: Request, name: str, body: PredictBody,
+                      version: Annotated[int, Query(ge=0)] = 0,
+                      explain_rows: Annotated[bool, Query(alias="explain")] = False) -> Response:
+        """Score JSON records (one object, a list, or {"instances": [...]}), as `lepton
+        predict` does; `?version=` pins, `?explain=true` adds attributions."""
+        with _span(request, "/v1/models/{name}:predict") as span:
+            call = Call.now("http", traceparent(span.get_span_context()))
+            try:
+                records = records_of(body)
+                results = await predictor.predict_batch(
+                    [Scoring("", name, version, r, call) for r in records])
+                for i, result in enumerate(results):
+                    if isinstance(result, ServingError):
+                        raise type(result)(f"records[{i}]: {result}")
+                predictions = [_prediction(r) for r in results if not isinstance(r, Exception)]
+                if explain_rows:
+                    _add_explanations(fleet, name, records, results, predictions)
+            except ServingError as error:
+                return _fail(span, error)
+            return _json({"predictions": predictions})
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            _, defs = models_json_schema([(InferRequest, "validation")],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _decode_infer(headers: Any, raw: bytes) -> tuple[InferRequest, list[oip.Tensor]]:
+    """The JSON header and tensors of a v2 infer body (binary extension included)."""
+    size = headers.get("inference-header-content-length")
+    if size is not None and (not size.isdigit() or int(size) > len(raw)):
+        raise InvalidInput("Inference-Header-Content-Length does not fit the body")
+    head, binary = (raw[:int(size)], raw[int(size):]) if size is not None else (raw, b"")
+    try:
+        body = InferRequest.model_validate_json(head)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidInput(f"invalid infer request: {where}: {first.get('msg')}") from None
+    tensors, at = [], 0
+    for item in body.inputs:
+        params = item.parameters or {}
+        if "binary_data_size" in params:
+            length = params["binary_data_size"]
+            if not isinstance(length, int) or length < 0 or at + length > len(binary):
+                raise InvalidInput(f"input {item.name!r}: binary_data_size does not fit the body")
+            values = oip.decode_raw(item.name, item.datatype, binary[at:at + length])
+            at += length
+        elif item.data is None:
+            raise InvalidInput(f"input {item.name!r} has no data")
+        else:
+            values = oip.typed_values(item.name, item.datatype, _flatten(item.data))
+        tensors.append(oip.Tensor(item.name, item.datatype, tuple(item.shape), values))
+    return body, tensors
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in data:
+        if isinstance(value, list):
+            out.extend(_flatten(value))
+        else:
+            out.append(value)
+    return out
+
+
+def _infer_response(body: InferRequest, answer: oip.Answer) -> dict[str, Any]:
+    rows = answer.rows
+    n = len(rows.predictions)
+    outputs = [{"name": "score", "datatype": "FP64", "shape": [n],
+                "data": [p.score for p in rows.predictions]},
+               {"name": "label", "datatype": "BOOL", "shape": [n],
+                "data": [p.label for p in rows.predictions]}]
+    parameters = answer.parameters()
+    if answer.explanations:
+        fields = len(answer.explanations[0].attributions)
+        outputs.append({"name": "attributions", "datatype": "FP64", "shape": [n, fields],
+                        "data": [v for e in answer.explanations
+                                 for v in e.attributions.values()]})
+        parameters["baseline_logit"] = answer.explanations[0].baseline_logit
+    wanted = [o.name for o in body.outputs or []]
+    unknown = [w for w in wanted if w not in {o["name"] for o in outputs}]
+    if unknown:
+        raise InvalidInput(f"unknown output {unknown[0][:100]!r}")
+    return {"model_name": rows.model.name, "model_version": str(answer.version),
+            "id": body.id or "", "parameters": parameters,
+            "outputs": [o for o in outputs if not wanted or o["name"] in wanted]}
+
+
+def _prediction(prediction: Any) -> dict[str, Any]:
+    return {"request_id": prediction.request_id, "model": prediction.model,
+            "version": prediction.version, "score": prediction.score,
+            "label": prediction.label, "route": prediction.route.value}
+
+
+def _add_explanations(fleet: Fleet, name: str, records: list[dict[str, Any]],
+                      results: list[Any], predictions: list[dict[str, Any]]) -> None:
+    """Explain each prediction with the version that scored it."""
+    host = fleet.host(name)
+    models = {m.version: m for m in host.loaded()}
+    for record, result, out in zip(records, results, predictions, strict=True):
+        model = models.get(result.version)
+        if model is None:
+            raise NotReady(f"version {result.version} was unloaded before it could explain")
+        out["explanation"] = explain(model, [model.schema.clean(record)])[0].to_dict()

@@ -1,0 +1,71 @@
+"""Request bodies of the HTTP API as pydantic models (they also make the OpenAPI document):
+the v2 infer request (JSON tensors, optionally with binary data after the JSON header) and the
+`/v1/models/{name}:predict` body (one record, a list of records, or {"instances": [...]})."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.serving.errors import InvalidInput
+from shared.events import Scalar
+
+MAX_RECORDS = 4096
+Record = dict[str, Scalar]
+
+
+class InferInput(BaseModel):
+    """One v2 input tensor: flat or nested `data`, or `binary_data_size` in parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    shape: list[int] = Field(max_length=8)
+    datatype: str = Field(max_length=20)
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    """An output the caller wants (score, label, attributions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=200)
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """A v2 inference request; `parameters.explain = true` adds attributions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200)
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=512)
+    outputs: list[RequestedOutput] | None = None
+
+
+class Instances(BaseModel):
+    """KServe v1 style: {"instances": [record, ...]}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Record] = Field(min_length=1, max_length=MAX_RECORDS)
+
+
+PredictBody = Instances | list[Record] | Record
+
+
+def records_of(body: PredictBody) -> list[Record]:
+    """The records of a predict body."""
+    if isinstance(body, Instances):
+        return body.instances
+    if isinstance(body, list):
+        if not body:
+            raise InvalidInput("no records given")
+        if len(body) > MAX_RECORDS:
+            raise InvalidInput(f"{len(body)} records, over the limit of {MAX_RECORDS}")
+        return body
+    return [body]

@@ -1,0 +1,119 @@
+"""The prediction log: every answered prediction (gRPC, OIP v2, HTTP, Kafka), sampled by
+`LEPTON_SERVING_LOG_SAMPLE`, published to `predictions.log` as PredictionLogRecord JSON (key =
+request id). Off the request path: a request only puts a tuple on a bounded queue; when the
+queue is full the record is dropped and counted (`dropped`, metric
+`lepton_serving_prediction_log_dropped`), never blocking. A thread encodes and produces."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+
+from shared.events import CONTENT_TYPE_JSON, Header, HeaderList, Scalar, encode
+from shared.predictions import PredictionLogRecord
+from shared.topics import Topics
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from services.serving.config import ServingSettings
+    from services.serving.predictor import Call, Prediction
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("services.serving")
+_logged = _meter.create_counter("lepton_serving_prediction_log_records",
+                                description="Prediction-log records published")
+_dropped = _meter.create_counter("lepton_serving_prediction_log_dropped",
+                                 description="Prediction-log records dropped: queue full")
+_Item = tuple["Call", "Prediction", dict[str, Scalar], float]
+
+
+class PredictionLog:
+    """A bounded queue of answered predictions and the thread that publishes them."""
+
+    def __init__(self, settings: ServingSettings, *, producer: Producer | None = None,
+                 capacity: int | None = None, sample: float | None = None) -> None:
+        self.settings = settings
+        self.topic = Topics(settings.topic_prefix).prediction_log
+        self.sample = settings.serving_log_sample if sample is None else sample
+        self._queue: queue.Queue[_Item] = queue.Queue(
+            capacity or settings.serving_log_queue)
+        self._producer = producer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="serving-prediction-log",
+                                        daemon=True)
+        self.published = 0
+        self.dropped = 0
+        self.failed = 0
+
+    def wanted(self) -> bool:
+        """Whether this prediction is in the sample."""
+        return self.sample >= 1.0 or (self.sample > 0.0 and random.random() < self.sample)
+
+    def record(self, call: Call, prediction: Prediction, record: dict[str, Scalar]) -> None:
+        """Queue one answered prediction (never blocks; drops and counts when full)."""
+        item = (call, prediction, record, time.perf_counter())
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            _dropped.add(1)
+
+    def start(self) -> None:
+        """Start publishing."""
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish what is queued (up to `timeout` s) and stop."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from shared.kafka import make_producer
+
+        overrides: dict[str, Any] = {"linger.ms": 20}
+        producer = self._producer or make_producer(self.settings, **overrides)
+        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        break
+                    producer.poll(0)
+                    continue
+                self._publish(producer, item, headers)
+        finally:
+            producer.flush(10)
+
+    def _publish(self, producer: Producer, item: _Item,
+                 headers: HeaderList) -> None:
+        call, prediction, record, answered = item
+        entry = PredictionLogRecord(
+            request_id=prediction.request_id, model=prediction.model,
+            version=prediction.version, route=prediction.route.value,
+            entry=call.entry, inputs=record, score=prediction.score,
+            label=prediction.label, latency_ms=round((answered - call.started) * 1000, 3),
+            traceparent=call.traceparent)
+        try:
+            producer.produce(self.topic, key=prediction.request_id.encode(),
+                             value=encode(entry), headers=headers)
+        except BufferError:
+            self.failed += 1
+            _dropped.add(1)
+            return
+        except Exception:
+            self.failed += 1
+            log.exception("prediction log: cannot publish")
+            return
+        self.published += 1
+        _logged.add(1)
+        producer.poll(0)

@@ -1,0 +1,62 @@
+"""Hostile `audit.requests` values for tests: the issue's poison record and seeded mutations of
+a valid decision (wrong types, lists, huge or non-finite ε, path-like ids, deep nesting, junk)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+POISON = b'{"kind":"dp_sgd_charge","actor":"x","detail":{"dataset":["x"],"epsilon":1}}'
+
+_BASE: dict[str, Any] = {
+    "decision_id": "d-1", "kind": "dp_sgd_charge", "actor": "trainer", "dataset": "tiny",
+    "detail": {"epsilon": 1.0, "delta": 1e-5, "model": "m", "version": 1},
+    "occurred_at": "2026-01-01T00:00:00Z"}
+_VALUES: list[Any] = [
+    None, True, 0, -1, 1e300, -1e300, 2**63 - 1, "", "..", ".", "../etc", "a/../b", "x" * 5000,
+    [], ["x"], {}, {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}, [[[[[[1]]]]]], "1e300",
+    "NaN", {"epsilon": 1}, list(range(100)), "\u0000", "🙂"]
+_FIELDS = ["decision_id", "kind", "actor", "subject_id", "event_id", "dataset", "detail",
+           "occurred_at", "detail.epsilon", "detail.delta", "detail.version", "detail.model",
+           "detail.dataset", "key_id", "signature", "extra"]
+_JUNK = [b"", b"null", b"[]", b"{", b"\xff\xfe", b'"text"', b"1e400", b'{"kind":"x"}' * 3]
+
+
+def hostile_decisions(count: int, seed: int = 12) -> list[bytes]:
+    """`count` values governance must refuse (the poison first), deterministic per seed."""
+    rng = random.Random(seed)
+    out = [POISON]
+    while len(out) < count:
+        roll = rng.random()
+        if roll < 0.05:
+            out.append(rng.choice(_JUNK))
+            continue
+        obj = orjson.loads(orjson.dumps(_BASE))
+        obj["decision_id"] = f"hostile-{len(out)}"
+        for _ in range(rng.randint(1, 3)):
+            _mutate(obj, rng)
+        if _still_valid(obj):
+            obj["detail"]["epsilon"] = 1e300
+        out.append(orjson.dumps(obj))
+    return out
+
+
+def _mutate(obj: dict[str, Any], rng: random.Random) -> None:
+    field = rng.choice(_FIELDS)
+    value = rng.choice(_VALUES)
+    if field.startswith("detail."):
+        detail = obj.get("detail")
+        if isinstance(detail, dict):
+            detail[field.removeprefix("detail.")] = value
+    else:
+        obj[field] = value
+
+
+def _still_valid(obj: dict[str, Any]) -> bool:
+    """Whether a mutation left a decision that could pass parsing (then made hostile anyway)."""
+    detail = obj.get("detail")
+    eps = detail.get("epsilon") if isinstance(detail, dict) else None
+    return (obj.get("kind") == "dp_sgd_charge" and isinstance(eps, int | float)
+            and not isinstance(eps, bool) and eps < 1e300)
