@@ -46,6 +46,12 @@ class LeptonSettings(BaseSettings):
     keys_dir: Path | None = Field(
         default=None, description="Key material directory (default: <data_dir>/keys)."
     )
+    principal_key_file: Path | None = Field(
+        default=None, description="This process's own principal key (a read-only secret; "
+        "unset: <keys dir>/principals/<name>.key, created on first use).")
+    principals_public_dir: Path | None = Field(
+        default=None, description="Public keys (<principal>.pub) this process trusts "
+        "(default: <keys dir>/principals).")
     log_level: str = "INFO"
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."

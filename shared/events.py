@@ -124,6 +124,11 @@ class Decision(_Wire):
     dataset: Name | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
     occurred_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    key_id: str | None = Field(default=None, max_length=64,
+                               description="The signing principal's key id.")
+    signature: str | None = Field(default=None, max_length=200, description=(
+        "Ed25519 (base64) over shared.principals.canonical_decision; governance refuses "
+        "decisions without a valid one from an allowed principal."))
 
 
 class ModelAnnouncement(_Wire):

@@ -59,6 +59,7 @@ def consent(
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.kafka import make_producer
+    from shared.principals import Principal
     from shared.pseudonym import load_pseudonymizer
     from shared.state import make_redis
 
@@ -78,7 +79,7 @@ def consent(
     client = make_redis(settings)
     changed = Policy(client, settings).set_consent(pseudonym, dataset, given=not withdraw)
     producer = make_producer(settings)
-    publish_decision(producer, settings, decision)
+    publish_decision(producer, settings, decision, signer=Principal.load(settings, "operator"))
     state = "withdrawn" if withdraw else "given"
     note = "" if changed else " (it already was)"
     typer.echo(f"consent of {subject} ({pseudonym}) for {dataset} ({purpose}): {state}{note}; "

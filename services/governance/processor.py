@@ -22,6 +22,7 @@ from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from services.governance.admission import Refused, admit
+from services.governance.allowlist import Allowed, AllowList
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
 from services.governance.policy import Policy
@@ -42,6 +43,7 @@ from shared.events import (
     Scalar,
     decode_envelope,
 )
+from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym
 from shared.topics import Topics
 from shared.tracing import get_tracer
@@ -58,6 +60,7 @@ class Item:
     envelope: Envelope | None = None
     decision: Decision | None = None
     detail: BaseModel | None = None
+    principal: Allowed | None = None
     error: str | None = None
     identity: str = ""
     kind: str | None = None
@@ -99,6 +102,7 @@ class Processor:
         self.pseudonyms = keystore.pseudonyms
         self.sealer = DeadLetterSealer(keystore)
         self._datasets: dict[str, DatasetPrivacy | str] = {}
+        self.allow = AllowList(public_keys_dir(settings))
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
         """The release settings of a dataset, or why it cannot be governed."""
@@ -142,7 +146,8 @@ class Processor:
         item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")
         value = msg.value() or b""
         if msg.topic() != self.topics.clean:
-            admitted = admit(value, self._governed, self.settings.governance_max_charge_epsilon)
+            admitted = admit(value, self._governed, self.settings.governance_max_charge_epsilon,
+                             self.allow)
             if isinstance(admitted, Refused):
                 item.error = admitted.text()
                 item.identity = f"input:{item.source}"
@@ -154,6 +159,7 @@ class Processor:
                     decision = decision.model_copy(
                         update={"subject_id": self.pseudonyms.of(decision.subject_id)})
                 item.decision, item.detail = decision, admitted.detail
+                item.principal = admitted.principal
             return item
         try:
             # subjects are pseudonyms after ingest; a raw id (a producer writing events.clean

@@ -94,7 +94,9 @@ def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: Datase
         **base, "identity": item.identity, "kind": decision.kind, "actor": decision.actor,
         "decision_id": decision.decision_id, "subject_id": decision.subject_id,
         "event_id": decision.event_id, "dataset": decision.dataset, "detail": decision.detail,
-        "occurred_at": decision.occurred_at.isoformat()}
+        "occurred_at": decision.occurred_at.isoformat(),
+        "principal": item.principal.name if item.principal else None,
+        "key_id": decision.key_id}
     if isinstance(item.detail, ChargeDetail) and decision.dataset is not None:
         fields.update(_charge_dp_sgd(item, decision.dataset, item.detail, ledger, dataset,
                                      metrics))

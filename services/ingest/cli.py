@@ -1,19 +1,22 @@
-"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status` (`lepton forget` lives in
-`lepton/subjects.py`: it reaches into every service's stores).
+"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status|principals` (`lepton forget`
+lives in `lepton/subjects.py`: it reaches into every service's stores).
 
 Rotation and retirement are recorded as decisions (`key_rotated`, `key_retired`) on
-`audit.requests` for governance to seal into the audit log. Imports stay inside the commands.
+`audit.requests`, signed as the operator principal, for governance to seal into the audit log.
+Imports stay inside the commands.
 """
 
 from __future__ import annotations
 
 import getpass
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, retire, show usage.",
+keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, retire, show usage; "
+                       "principals' signing keys.",
                        no_args_is_help=True)
 
 
@@ -26,18 +29,19 @@ def _actor(command: str) -> str:
 
 
 def record_decision(kind: str, command: str, subject_id: str | None, detail: dict[str, object],
-            retry_hint: str) -> None:
+                    retry_hint: str) -> None:
     from shared.config import LeptonSettings, load_settings
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.kafka import make_producer
+    from shared.principals import Principal
 
     settings = load_settings(LeptonSettings)
     try:
         producer = make_producer(settings)
         publish_decision(producer, settings,
                          Decision(kind=kind, actor=_actor(command), subject_id=subject_id,
-                                  detail=detail))
+                                  detail=detail), signer=Principal.load(settings, "operator"))
     except Exception as error:  # the act is done; say loudly that its record is missing
         typer.echo(f"error: done, but the {kind} decision was NOT recorded on audit.requests "
                    f"({type(error).__name__}: {error}); {retry_hint}", err=True)
@@ -76,6 +80,18 @@ def rotate() -> None:
             "the rotation stands (running it again would add another key)")
     if report.failed:
         raise typer.Exit(1)
+
+
+@keys_app.command("principals")
+def principals(
+    directory: Annotated[Path, typer.Argument(help="Where to write the key set (0700).")],
+) -> None:
+    """Create each principal's signing key (<name>.key, 0600) and public/<name>.pub for the
+    receivers (compose secrets); existing keys are kept."""
+    from shared.principals import make_key_set
+
+    for name, kid in make_key_set(directory).items():
+        typer.echo(f"{name}: key id {kid}")
 
 
 @keys_app.command("rewrap")

@@ -103,10 +103,12 @@ class RolloutControl:
 
     def _decide(self, kind: str, dataset: str | None, detail: dict[str, Any]) -> None:
         from shared.decisions import publish_decision
+        from shared.principals import Principal
 
         try:
             publish_decision(self.producer(), self.settings,
-                             Decision(kind=kind, actor=ACTOR, dataset=dataset, detail=detail))
+                             Decision(kind=kind, actor=ACTOR, dataset=dataset, detail=detail),
+                             signer=Principal.load(self.settings, "serving"))
         except Exception as error:
             log.warning("decision %s not published: %s", kind, error)
 

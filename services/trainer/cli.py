@@ -90,6 +90,7 @@ def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, acti
     from services.trainer.announce import announce
     from shared.decisions import publish_decision
     from shared.events import Decision
+    from shared.principals import Principal
     from shared.tracing import get_tracer, setup_telemetry, shutdown_telemetry
 
     setup_telemetry("lepton-models")
@@ -98,7 +99,8 @@ def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, acti
         if decision is not None:
             publish_decision(producer, settings, Decision(
                 kind=decision, actor=f"cli:{os.environ.get('USER', 'unknown')}",
-                dataset=card.dataset, detail={"version": card.version, **(detail or {})}))
+                dataset=card.dataset, detail={"version": card.version, **(detail or {})}),
+                signer=Principal.load(settings, "operator"))
         announce(producer, settings, registry, card, action, share, get_tracer(__name__))
     finally:
         shutdown_telemetry()

@@ -36,6 +36,7 @@ from shared.decisions import publish_decision
 from shared.events import Decision
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
+from shared.principals import Principal
 from shared.registry import ArtifactError, ModelCard, Registry
 from shared.state import rkey
 from shared.topics import Topics
@@ -97,6 +98,7 @@ class Releaser:
         self.registry = registry
         self.producer = producer
         self.tracer = tracer
+        self.signer = Principal.load(settings, "trainer")
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         self.code_version = code_version()
@@ -240,17 +242,18 @@ class Releaser:
                 decision_id=f"{ident}-dp", kind="dp_sgd_charge", actor=ACTOR,
                 dataset=card.dataset, detail={"epsilon": charge, "delta": card.delta or 0.0,
                                               "model": card.model, "version": card.version,
-                                              "model_epsilon": card.epsilon}))
+                                              "model_epsilon": card.epsilon}),
+                signer=self.signer)
         if card.status == "promoted":
             self.registry.set_live(card.model, card.version)
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-promoted", kind="model_promoted", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
             self.announce(card, "promote")
         else:
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-refused", kind="model_refused", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
         self.redis.sadd(self._released_key, str(card.version))
 
     def announce(self, card: ModelCard, action: str, share: float | None = None) -> None:

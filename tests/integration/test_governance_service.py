@@ -27,6 +27,7 @@ from shared.decisions import publish_decision
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode
 from shared.kafka import make_producer
+from shared.principals import Principal
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
 from shared.signing import load_public_key, public_path
 from shared.state import rkey
@@ -153,9 +154,11 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     producer = make_producer(lepton_env)
     charge = Decision(kind="dp_sgd_charge", actor="trainer", dataset="tiny",
                       detail={"epsilon": 3.5, "delta": 1e-5, "model": "m", "version": 1})
-    for decision in (charge, charge, Decision(kind="subject_forgotten", actor="cli:test",
-                                              subject_id="gone")):
-        publish_decision(producer, lepton_env, decision)
+    trainer, operator = (Principal.load(lepton_env, "trainer"),
+                         Principal.load(lepton_env, "operator"))
+    for decision, signer in ((charge, trainer), (charge, trainer), (Decision(
+            kind="subject_forgotten", actor="cli:test", subject_id="gone"), operator)):
+        publish_decision(producer, lepton_env, decision, signer=signer)
     producer.produce(topics.audit_requests, value=b'{"kind": 7}')
     producer.flush(10)
 
@@ -222,6 +225,9 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     on_disk = ChargeLog(settings.ledger_dir()).read()
     assert sum(c["eps"] for c in on_disk if c["dataset"] == "tiny") == pytest.approx(expected)
     assert {r["kind"] for r in records} >= {"subject_forgotten", "dp_sgd_charge"}
+    assert (sgd[0]["principal"], sgd[0]["key_id"]) == ("trainer", trainer.key_id)
+    [forgot] = [r for r in records if r["kind"] == "subject_forgotten"]
+    assert (forgot["principal"], forgot["key_id"]) == ("operator", operator.key_id)
 
     # the store verifies against its signed checkpoints
     public = load_public_key(public_path(settings.audit_key_path()))

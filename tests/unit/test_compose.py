@@ -67,3 +67,17 @@ def test_infrastructure_is_production_shaped() -> None:
     assert devices[0]["capabilities"] == ["gpu"]
     assert any(v.startswith("lepton-registry:") for v in compose["serving"]["volumes"])
     assert compose["serving"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+
+
+def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_only() -> None:
+    compose = _compose()
+    secrets = compose["secrets"]
+    for name in SERVICES:
+        service = compose["services"][name]
+        assert service["secrets"] == [f"{name}-principal"], name
+        assert secrets[f"{name}-principal"]["file"] == f"./secrets/principals/{name}.key"
+        env = service["environment"]
+        assert env["LEPTON_PRINCIPAL_KEY_FILE"] == f"/run/secrets/{name}-principal"
+        assert env["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
+        assert "./secrets/principals/public:/principals:ro" in service["volumes"]
+    assert "operator-principal" not in secrets
