@@ -186,3 +186,27 @@ def test_tritonclient_http_against_the_server(served: Any) -> None:
         channel.close()
     assert scores.shape == (100,)
     assert np.max(np.abs(scores - np.array(expected))) <= 1e-6
+
+
+def test_explanations_over_http_name_the_version_and_add_up(served: Any) -> None:
+    server, first, live = served
+    records = full_records(4)
+    with httpx.Client(base_url=server.http_url, headers=AUTH, timeout=30) as http:
+        plain = http.post(f"/v1/models/{MODEL}:predict", json=records[0]).json()
+        assert "explanation" not in plain["predictions"][0]
+        for version in (0, first.version):
+            doc = http.post(f"/v1/models/{MODEL}:predict?explain=true&version={version}",
+                            json=records).json()
+            for out in doc["predictions"]:
+                reason = out["explanation"]
+                assert reason["version"] == out["version"] == (version or live.version)
+                total = sum(reason["attributions"].values())
+                assert abs(total - (reason["logit"] - reason["baseline_logit"])) <= 1e-4
+                score = out["score"]
+                assert abs(reason["logit"] - float(np.log(score / (1 - score)))) <= 1e-4
+        meta = http.get(f"/v2/models/{MODEL}").json()
+        doc = http.post(f"/v2/models/{MODEL}/infer",
+                        json=v2_body(records, meta, parameters={"explain": True})).json()
+        attributions = next(o for o in doc["outputs"] if o["name"] == "attributions")
+        assert attributions["shape"] == [4, len(doc["parameters"]["explain_features"].split(","))]
+        assert doc["parameters"]["lepton_version"] == live.version
