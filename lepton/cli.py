@@ -31,6 +31,8 @@ SERVICE_CLIS = (
     "services.trainer.cli",
     "services.serving.cli",
     "lepton.up",
+    "lepton.dlq",
+    "lepton.subjects",
     "lepton.topics",
 )
 

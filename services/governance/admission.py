@@ -100,6 +100,7 @@ KINDS: dict[str, KindRule] = {
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
     "key_rotated": KindRule(),
+    "key_retired": KindRule(),
     "model_promoted": KindRule(("dataset",), ModelDetail),
     "model_rolled_back": KindRule(("dataset",), ModelDetail),
     "model_refused": KindRule((), ModelDetail),

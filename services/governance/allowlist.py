@@ -25,7 +25,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
     "trainer": _MODEL | {"dp_sgd_charge"},
     "serving": _MODEL,
-    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated",
+    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
 }
 RELOAD_EVERY_S = 5.0
