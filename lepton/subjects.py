@@ -12,21 +12,25 @@ version whose lineage includes the subject's released events (marked
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from services.governance.config import GovernanceSettings
 
 
 def forget(
     subject: Annotated[str, typer.Argument(help="The data subject id (or its ps1: pseudonym).")],
 ) -> None:
     """Crypto-shred a subject: destroy its keys everywhere and report what was not reached."""
+    from services.governance.config import GovernanceSettings
     from services.ingest.cli import record_decision
-    from shared.config import LeptonSettings, load_settings
+    from shared.config import load_settings
     from shared.crypto import KeyStore
     from shared.state import compact_persistence, make_redis
 
-    settings = load_settings(LeptonSettings)
+    settings = load_settings(GovernanceSettings)
     client = make_redis(settings)
     store = KeyStore(settings, client=client)
     pseudonym = store.pseudonyms.normal(subject)
@@ -54,9 +58,36 @@ def forget(
                     "run it again once the broker is up (forgetting is idempotent)")
 
 
-def _mark_models(settings: object, pseudonym: str) -> list[str]:
-    """Mark every model version trained on the subject's released events; one line each."""
-    return []
+def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
+    """Mark every model version trained on the subject's released events (found through the
+    audit leaves its lineage names) and every version warm-started from one; a line each."""
+    from services.governance.verify import find_subject
+    from shared.registry import ArtifactError, Registry
+
+    leaves = {(p, i) for p, i, record in find_subject(settings.audit_dir(), pseudonym)
+              if record.get("kind") == "event_released"}
+    if not leaves:
+        return []
+    registry = Registry(settings)
+    lines = []
+    for model in registry.models():
+        tainted: set[int] = set()
+        for version in sorted(registry.versions(model)):
+            try:
+                card = registry.card(model, version)
+            except ArtifactError:
+                continue
+            ranges = card.lineage.get("audit_leaves", {})
+            hit = any(lo <= i <= hi for p, i in leaves
+                      for lo, hi in [ranges.get(str(p), (1, 0))])
+            if hit or card.parent_version in tainted:
+                tainted.add(version)
+                registry.mark(model, version, contains_forgotten=True)
+                why = ("trained on" if hit else
+                       f"warm-started from v{card.parent_version}, trained on")
+                lines.append(f"model {model} v{version}: {why} the subject's data; marked "
+                             "contains_forgotten: true (retrain without it, then retire it)")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

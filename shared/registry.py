@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
+FLAGS_FILE = "flags.json"  # unsigned operator marks beside the signed card
 SIGNING_KEY = "model-signing.key"
 PUBLIC_KEY = "model-signing.pub"
 
@@ -253,6 +254,22 @@ class Registry:
                 except ArtifactError:
                     continue
         return on_disk
+
+    def flags(self, model: str, version: int) -> dict[str, Any]:
+        """A version's operator marks (e.g. `contains_forgotten`); {} when none."""
+        try:
+            data = orjson.loads((self.version_dir(model, version) / FLAGS_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def mark(self, model: str, version: int, **flags: Any) -> None:
+        """Merge `flags` into a version's marks (atomic replace; the signed card is untouched)."""
+        folder = self.version_dir(model, version)
+        merged = {**self.flags(model, version), **flags}
+        tmp = folder / f".{FLAGS_FILE}.{os.getpid()}"
+        tmp.write_bytes(orjson.dumps(merged, option=orjson.OPT_SORT_KEYS))
+        tmp.replace(folder / FLAGS_FILE)
 
     def card(self, model: str, version: int) -> ModelCard:
         """The card of one version as stored (not verified: use `load` for that)."""
