@@ -1,5 +1,6 @@
 """`lepton forget SUBJECT`: crypto-shred a data subject everywhere the platform can reach, and
-say exactly what was destroyed and what was not.
+say exactly what was destroyed and what was not; `lepton state rebuild`: restore every piece of
+policy state Redis holds from its durable copies.
 
 Destroys the subject's data key in Redis (which also destroys its per-subject token key and
 every dead letter sealed under it), adds its pseudonym to the forgotten set, makes Redis
@@ -7,7 +8,10 @@ rewrite its AOF/RDB files so the wrapped key leaves them, and records a `subject
 decision for the audit log. Then lists what it could not reach: data keys cached in running
 processes (until their cache TTL), the producer's raw bytes on events.raw, and every model
 version whose lineage includes the subject's released events (marked
-`contains_forgotten: true` in the registry). Imports stay inside the command.
+`contains_forgotten: true` in the registry). `state rebuild` puts back wrapped data keys (from
+`<keys>/datakeys`), the forgotten and consent sets (from the audit store), live-model pointers
+(from `<registry>/<model>/live.json`) and the privacy ledger (from its charge log). Imports stay
+inside the commands.
 """
 
 from __future__ import annotations
@@ -90,6 +94,42 @@ def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
     return lines
 
 
+state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.",
+                        no_args_is_help=True)
+
+
+@state_app.command("rebuild")
+def rebuild() -> None:
+    """Restore data keys, forgotten/consent sets, live pointers and the ledger into Redis."""
+    from services.governance.config import GovernanceSettings
+    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.policy import Policy
+    from services.governance.service import AlreadyRunning, exclusive
+    from shared.config import load_settings
+    from shared.crypto import KeyStore
+    from shared.registry import Registry
+    from shared.state import make_redis
+
+    settings = load_settings(GovernanceSettings)
+    client = make_redis(settings)
+    restored, present = KeyStore(settings, client=client).restore()
+    typer.echo(f"data keys: {restored} restored from {settings.keys_path() / 'datakeys'}, "
+               f"{present} already in Redis")
+    applied = Policy(client, settings, settings.audit_dir()).rebuild()
+    typer.echo(f"forgotten and consent sets: {applied} decisions re-applied from "
+               f"{settings.audit_dir()}")
+    registry = Registry(settings)
+    for model in registry.models():
+        typer.echo(f"model {model}: live version {registry.live(model)}")
+    try:
+        with exclusive(settings.governance_dir()):
+            count = Ledger(client, settings, ChargeLog(settings.ledger_dir())).rebuild()
+        typer.echo(f"privacy ledger: rebuilt from {count} charges")
+    except AlreadyRunning:
+        typer.echo("privacy ledger: governance is running and rebuilds it itself when missing")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `lepton forget` to the command line."""
+    """Add `lepton forget` and `lepton state` to the command line."""
     app.command("forget")(forget)
+    app.add_typer(state_app, name="state")
