@@ -46,6 +46,9 @@ class ServingSettings(LeptonSettings):
     serving_warmup_rows: int = Field(default=16, ge=1)
     serving_drain_timeout_s: float = Field(default=30.0, ge=0)
     serving_pinned_cache: int = Field(default=4, ge=0, description="Extra pinned versions kept.")
+    serving_pinned_loads_per_min: int = Field(
+        default=30, ge=1, description="Pinned-version loads per model per minute (more: "
+        "RESOURCE_EXHAUSTED until the budget refills).")
     serving_kafka: bool = Field(default=True, description="Consume predictions.requests.")
     serving_group: str = Field(default="lepton-serving", description="Kafka consumer group.")
     serving_kafka_batch: int = Field(default=500, ge=1)

@@ -74,6 +74,7 @@ class ServingApp:
                            canary_share=settings.serving_canary_share,
                            pinned_cache=settings.serving_pinned_cache,
                            drain_timeout_s=settings.serving_drain_timeout_s,
+                           pinned_loads_per_min=settings.serving_pinned_loads_per_min,
                            on_ready=self._on_ready)
         batcher = Batcher(settings.serving_batch_max_size,
                           settings.serving_batch_max_wait_ms / 1000.0) \
