@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.serving.auth import TokenAuth
+from services.serving.auth import Credentials, TokenAuth
 from services.serving.batching import Batcher
 from services.serving.config import ServingSettings
 from services.serving.control import RolloutControl
@@ -64,6 +64,7 @@ class ServingApp:
         from shared.registry import Registry
 
         self.settings = settings
+        self.credentials = Credentials.from_settings(settings)
         self.stop_event = threading.Event()
         self.health = health_aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,10 +96,8 @@ class ServingApp:
         self.http_port = 0
 
     def _build_server(self) -> grpc.aio.Server:
-        auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
+        auth = [TokenAuth(self.credentials)] if self.credentials.enabled else []
         interceptors = [DecodeGuard(), *auth]
-        if not auth:
-            log.warning("LEPTON_SERVING_AUTH_TOKEN is not set: the API is open to any caller")
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_options(self.settings))
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -142,7 +141,8 @@ class ServingApp:
             self.prediction_log.start()
         if self.settings.serving_http_addr:
             self.http = HttpServer(build_app(
-                self.predictor, self.fleet, token=self.settings.auth_token(),
+                self.predictor, self.fleet, token=self.settings.predict_token()
+                if self.credentials.enabled else None,
                 max_body_bytes=self.settings.serving_max_message_bytes), self.settings)
             self.http_port = await self.http.start()
         self.watcher.start()

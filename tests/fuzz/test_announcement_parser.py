@@ -62,8 +62,7 @@ def _check(data: bytes, world: World) -> None:
         return
     try:
         world.gate.check(announcement, live_version=None)
-    except AnnouncementRefused as error:
-        assert str(error)
+    except AnnouncementRefused:
         return
     card = world.gate.registry.card(announcement.model, announcement.version)
     assert card.sha256 == announcement.sha256 and card.signature

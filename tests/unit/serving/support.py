@@ -31,6 +31,7 @@ from shared.registry import ModelCard, Registry
 
 MODEL = "fraud"
 TOKEN = "s3cret-test-token"
+ADMIN_TOKEN = "s3cret-admin-token"
 
 
 @cache
@@ -67,11 +68,16 @@ def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
 
 
 def serving_settings(**overrides: Any) -> ServingSettings:
-    """ServingSettings from the (test) environment, on a free loopback port, no Kafka path."""
+    """ServingSettings from the (test) environment, on a free loopback port, no Kafka path;
+    with a predict token the admin token is ADMIN_TOKEN, without one auth is explicitly off."""
     values: dict[str, Any] = {"serving_addr": "127.0.0.1:0", "serving_kafka": False,
                               "serving_http_addr": "127.0.0.1:0",
                               "serving_warmup_rows": 4, "serving_drain_timeout_s": 5.0}
     values.update(overrides)
+    if values.get("serving_auth_token"):
+        values.setdefault("serving_admin_token", ADMIN_TOKEN)
+    else:
+        values.setdefault("serving_auth", "none")
     return ServingSettings(**values)
 
 
