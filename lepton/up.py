@@ -2,8 +2,9 @@
 
 Starts the embedded broker (unless LEPTON_KAFKA_BOOTSTRAP is set), Redis (the configured URL,
 or a private `redis-server`), the four services as separate processes, each waited for until
-it reports ready, and with `--demo` a producer; shows a live dashboard; Ctrl-C stops
-everything in reverse order, leaving no process behind.
+it reports ready, and with `--demo` a producer and a demo app (`lepton demo-app`: predictions
+over gRPC, HTTP and Kafka); shows a live dashboard; Ctrl-C stops everything in reverse order,
+leaving no process behind.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def serving_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
 
 
 def up(
-    demo: Annotated[bool, typer.Option(help="Also run a producer of demo transactions.")]
+    demo: Annotated[bool, typer.Option(
+        help="Also run a producer of demo transactions and a demo app calling serving.")]
     = False,
     rate: Annotated[float, typer.Option(min=1, help="Demo events a second.")] = 200.0,
     count: Annotated[int, typer.Option(min=1, help="Demo events in all.")] = 100_000,
@@ -250,6 +252,8 @@ def up(
         if demo:
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
                                         "--count", str(count), "--rate", str(rate), "--quiet"])
+            platform.spawn("demo-app", [sys.executable, "-m", "lepton", "demo-app",
+                                        "--rate", "2"])
         _watch(settings, platform, stop, started)
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)

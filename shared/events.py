@@ -45,6 +45,7 @@ class Header:
     DLQ_TOPIC = "lepton.dlq.source.topic"
     DLQ_PARTITION = "lepton.dlq.source.partition"
     DLQ_OFFSET = "lepton.dlq.source.offset"
+    CONNECT_ERRORS = "__connect.errors."  # Kafka Connect's dead-letter header namespace
 
 
 class EnvelopeError(ValueError):
@@ -258,21 +259,34 @@ def dlq_headers(
     partition: int,
     offset: int,
     attempt: int = 1,
+    service: str = "",
 ) -> HeaderList:
-    """Headers for a dead-lettered record: the original ones plus why, where and how often."""
+    """Headers for a dead-lettered record: the original ones plus why, where and how often, as
+    `lepton.dlq.*` and as Kafka Connect's `__connect.errors.*` (for standard DLQ tooling)."""
     kept = [
         (k, v.encode() if isinstance(v, str) else v)
         for k, v in (original or ())
-        if v is not None and not k.startswith("lepton.dlq.")
+        if v is not None and not k.startswith(("lepton.dlq.", Header.CONNECT_ERRORS))
     ]
+    text = detail[:1000].encode("utf-8", "replace")
+    connect = Header.CONNECT_ERRORS
     return [
         *kept,
         (Header.DLQ_REASON, reason.encode()),
-        (Header.DLQ_DETAIL, detail[:1000].encode("utf-8", "replace")),
+        (Header.DLQ_DETAIL, text),
         (Header.DLQ_STAGE, stage.encode()),
         (Header.DLQ_EXCEPTION, exception.encode()),
         (Header.DLQ_TOPIC, topic.encode()),
         (Header.DLQ_PARTITION, str(partition).encode()),
         (Header.DLQ_OFFSET, str(offset).encode()),
         (Header.DLQ_ATTEMPT, str(attempt).encode()),
+        (connect + "topic", topic.encode()),
+        (connect + "partition", str(partition).encode()),
+        (connect + "offset", str(offset).encode()),
+        (connect + "connector.name", (service or stage).encode()),
+        (connect + "task.id", b"0"),
+        (connect + "stage", stage.encode()),
+        (connect + "class.name", (service or stage).encode()),
+        (connect + "exception.class.name", (exception or reason).encode()),
+        (connect + "exception.message", f"{reason}: ".encode() + text),
     ]

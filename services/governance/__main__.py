@@ -16,13 +16,12 @@ def main() -> None:
     """Run the governance loop until SIGINT/SIGTERM; exit 0 after a clean stop."""
     from services.governance.service import AlreadyRunning, GovernanceService
     from services.governance.store import StoreError
+    from shared.logs import setup_logging
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(GovernanceSettings)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("governance", settings.log_level)
     stop = stop_event()
     setup_telemetry("governance", metrics_port=settings.metrics_port)
     try:

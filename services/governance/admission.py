@@ -92,7 +92,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
     "trainer": _MODEL | {"dp_sgd_charge"},
     "serving": _MODEL,
-    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated",
+    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
 }
 
@@ -110,6 +110,7 @@ KINDS: dict[str, KindRule] = {
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
     "key_rotated": KindRule(),
+    "key_retired": KindRule(),
     "model_promoted": KindRule(("dataset",), ModelDetail),
     "model_rolled_back": KindRule(("dataset",), ModelDetail),
     "model_refused": KindRule((), ModelDetail),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from services.ingest.config import IngestSettings
@@ -12,13 +11,12 @@ from shared.config import ConfigError, load_settings
 def main() -> int:
     """Run one ingest replica until SIGINT/SIGTERM; returns the exit status."""
     from services.ingest.worker import IngestWorker
+    from shared.logs import setup_logging
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(IngestSettings)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("ingest", settings.log_level)
     stop = stop_event()
     setup_telemetry("ingest", metrics_port=settings.metrics_port)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 
@@ -11,12 +10,19 @@ def main() -> None:
     """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
     from services.serving.config import ServingSettings
     from shared.config import EXIT_CONFIG, ConfigError, load_settings
+    from shared.kafka import ensure_topics
+    from shared.logs import setup_logging
     from shared.signals import stop_event
+    from shared.topics import Topics
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(ServingSettings)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("serving", settings.log_level)
+    try:
+        ensure_topics(settings, [Topics(settings.topic_prefix).models])
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        sys.exit(78)
     stop = stop_event()
     setup_telemetry("serving", metrics_port=settings.metrics_port)
     import torch

@@ -24,8 +24,8 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from services.serving import oip
-from services.serving.errors import InvalidInput, ModelNotFound, NotReady, ServingError
-from services.serving.explain import explain
+from services.serving.errors import InvalidInput, ModelNotFound, ServingError
+from services.serving.explain import explain_predictions
 from services.serving.fleet import Fleet
 from services.serving.http_models import InferRequest, PredictBody, records_of
 from services.serving.predictor import Call, Predictor
@@ -207,9 +207,13 @@ def build_app(predictor: Predictor, fleet: Fleet, *, token: str | None,
                 for i, result in enumerate(results):
                     if isinstance(result, ServingError):
                         raise type(result)(f"records[{i}]: {result}")
-                predictions = [_prediction(r) for r in results if not isinstance(r, Exception)]
+                answered = [r for r in results if not isinstance(r, ServingError)]
+                predictions = [_prediction(r) for r in answered]
                 if explain_rows:
-                    _add_explanations(fleet, name, records, results, predictions)
+                    reasons = await asyncio.to_thread(explain_predictions, fleet, records,
+                                                      answered)
+                    for out, reason in zip(predictions, reasons, strict=True):
+                        out["explanation"] = reason.to_dict()
             except ServingError as error:
                 return _fail(span, error)
             return _json({"predictions": predictions})
@@ -296,14 +300,3 @@ def _prediction(prediction: Any) -> dict[str, Any]:
             "version": prediction.version, "score": prediction.score,
             "label": prediction.label, "route": prediction.route.value}
 
-
-def _add_explanations(fleet: Fleet, name: str, records: list[dict[str, Any]],
-                      results: list[Any], predictions: list[dict[str, Any]]) -> None:
-    """Explain each prediction with the version that scored it."""
-    host = fleet.host(name)
-    models = {m.version: m for m in host.loaded()}
-    for record, result, out in zip(records, results, predictions, strict=True):
-        model = models.get(result.version)
-        if model is None:
-            raise NotReady(f"version {result.version} was unloaded before it could explain")
-        out["explanation"] = explain(model, [model.schema.clean(record)])[0].to_dict()

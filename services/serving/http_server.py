@@ -34,6 +34,15 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the serving process owns SIGINT/SIGTERM and stops
+    this server itself (uvicorn would take the signal and re-raise it after its shutdown)."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until `should_exit`, leaving signal handling alone."""
+        await self._serve(sockets)
+
+
 class HttpServer:
     """One uvicorn server for `app`, started and stopped with the serving process."""
 
@@ -49,7 +58,7 @@ class HttpServer:
         self.tls = bool(tls)
         self.config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                                      server_header=False, timeout_graceful_shutdown=5, **tls)
-        self.server = uvicorn.Server(self.config)
+        self.server = _Server(self.config)
         self._task: asyncio.Task[None] | None = None
         self.port = 0
 

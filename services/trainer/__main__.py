@@ -12,7 +12,10 @@ import sys
 
 from services.trainer.config import TrainerSettings
 from shared.config import ConfigError, load_settings
+from shared.kafka import ensure_topics
+from shared.logs import setup_logging
 from shared.signals import stop_event
+from shared.topics import Topics
 from shared.tracing import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger("services.trainer")
@@ -26,20 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = load_settings(TrainerSettings)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("trainer", settings.log_level)
     try:
-        settings.bootstrap_servers()
+        topics = Topics(settings.topic_prefix)
+        ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 78
     stop = stop_event()
-    from services.trainer.worker import die_with_parent, launch, run_rank
+    from services.trainer.worker import launch, run_rank
 
     if args.rank is None and settings.trainer_workers > 1:
         return launch(settings, stop)
-    if args.rank is not None:
-        die_with_parent()
     rank = args.rank or 0
     port = settings.metrics_port
     setup_telemetry("trainer", metrics_port=None if port is None else port + rank)

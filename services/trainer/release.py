@@ -1,6 +1,7 @@
 """Rank 0's side of a cycle: load the live model to warm-start from, evaluate the candidate
-beside it on the held-out window, apply the gate, write the signed artifact, then make it
-live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
+beside it on the held-out window, apply the gate, record global feature importance (mean
+|attribution| per raw field, shared.attribution) in the card, write the signed artifact, then
+make it live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
 `models.updates` with the trace context in the headers.
 
 The steps after the registry write are idempotent (deterministic decision ids) and marked
@@ -31,6 +32,7 @@ from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
+from shared.attribution import global_importance
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
@@ -43,6 +45,7 @@ from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 ACTOR = "trainer"
+IMPORTANCE_ROWS = 256
 
 
 def code_version() -> str:
@@ -151,6 +154,15 @@ class Releaser:
         net_cpu = net.to("cpu").eval()
         return predict_proba(net_cpu, x).numpy().astype(np.float64)
 
+    def _importance(self, candidate: Candidate, window: list[dict[str, Any]]) -> dict[str, Any]:
+        """Global feature importance (mean |attribution| per raw field) on the held-out rows;
+        like the metrics, it is computed outside DP-SGD and so not covered by the card's ε."""
+        rows = window[:IMPORTANCE_ROWS]
+        importance = global_importance(candidate.net.to("cpu").eval(), candidate.transform,
+                                       candidate.transform.transform(rows))
+        return {**importance, "data": "held-out window (not covered by epsilon)"} \
+            if importance else {}
+
     def _threshold(self, probs: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]
                    ) -> float:
         """The spec's decision threshold, or the F1-maximising one when it says `tune`."""
@@ -209,7 +221,8 @@ class Releaser:
             wall_time_s=round(candidate.wall_time_s, 3), energy_j=round(candidate.energy_j, 3),
             energy_method=candidate.energy_method,
             co2e_g=round(candidate.energy_j / 3.6e6 * self.settings.trainer_grid_gco2_per_kwh, 6),
-            training={**candidate.training, "dp_charge_epsilon": charge}, gate=gate,
+            training={**candidate.training, "dp_charge_epsilon": charge,
+                      "feature_importance": self._importance(candidate, window)}, gate=gate,
             parent_version=parent.card.version if parent else None,
             status="promoted" if verdict.promoted else "refused",
         )

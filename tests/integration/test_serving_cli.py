@@ -79,6 +79,13 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
         lines = lepton("predict", str(batch), env=env).stdout.splitlines()
         assert [json.loads(line)["version"] for line in lines] == [card.version] * 3
 
+        explained = lepton("predict", json.dumps(rec), "--explain", env=env)
+        reason = json.loads(explained.stdout)["explanation"]
+        assert reason["version"] == card.version and reason["method"] == "integrated-gradients"
+        assert abs(sum(reason["attributions"].values())
+                   - (reason["logit"] - reason["baseline_logit"])) <= 1e-4
+        assert "top reasons" in explained.stderr
+
         bad = lepton("predict", json.dumps({**rec, "amount": "x"}), env=env, check=False)
         assert bad.returncode == 2
         assert "INVALID_ARGUMENT" in bad.stderr
