@@ -27,7 +27,6 @@ from services.serving.grpc_api import SERVICE, PredictionService
 from services.serving.hot_swap import AnnouncementWatcher
 from services.serving.http_api import build_app
 from services.serving.http_server import HttpServer
-from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
 from services.serving.oip_grpc import InferenceService
@@ -68,7 +67,7 @@ class ServingApp:
         self.stop_event = threading.Event()
         self.health = health_aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        loader = ModelLoader(Registry(settings), tokenizer_factory(settings),
+        loader = ModelLoader(Registry(settings),
                              warmup_rows=settings.serving_warmup_rows,
                              numpy_forward=settings.serving_numpy_forward)
         self.fleet = Fleet(loader, names=settings.model_names(),
