@@ -210,3 +210,19 @@ def test_explanations_over_http_name_the_version_and_add_up(served: Any) -> None
         attributions = next(o for o in doc["outputs"] if o["name"] == "attributions")
         assert attributions["shape"] == [4, len(doc["parameters"]["explain_features"].split(","))]
         assert doc["parameters"]["lepton_version"] == live.version
+
+
+def test_http_answers_without_a_nagle_delay(served: Any) -> None:
+    """Accepted sockets must have TCP_NODELAY: with Nagle + delayed ACK every answer waits
+    ~40 ms."""
+    import statistics
+    import time
+
+    server, _, _ = served
+    took = []
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        for _ in range(30):
+            start = time.perf_counter()
+            assert http.get("/v2/health/live").status_code == 200
+            took.append(time.perf_counter() - start)
+    assert statistics.median(took) < 0.02, statistics.median(took)
