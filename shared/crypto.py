@@ -10,7 +10,12 @@ the associated data binds that header, the event id and the field name. `seal_by
 arbitrary bytes (dead letters) in the same header format, binary. Data key ids and the forgotten
 set are keyed by the subject's pseudonym (`shared.pseudonym`), so raw ids and pseudonyms name
 the same key.
-Tokens (`shared.tokens`, re-exported here): `tok1:<token key id>:<base64url(HMAC[:18])>`.
+Tokens (`pii: tokenize`): `tok2:<data key id>:<base64url(HMAC-SHA256(token key, field NUL
+value)[:18])>`, where the token key is derived from the subject's own data key: equal values of
+one subject give equal tokens (group by card within a subject), the same value of two subjects
+gives unrelated tokens (no cross-subject join), and `forget` destroys the key, so the subject's
+tokens can no longer be reproduced or linked to anything. Nothing holds a key that tokenizes
+for every subject.
 
 Consumes: key material under `settings.keys_path()` (or `LEPTON_MASTER_KEYS`,
 `LEPTON_TOKEN_KEY`), Redis. Produces: ciphertexts, tokens, wrapped keys in Redis.
@@ -23,7 +28,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from cryptography.exceptions import InvalidTag
@@ -33,14 +38,15 @@ from shared.config import LeptonSettings
 from shared.keyring import Kms, KmsError, LocalKms, b64d, b64e
 from shared.pseudonym import Pseudonymizer
 from shared.state import make_redis, rkey
-from shared.tokens import TOKEN_VERSION, Tokenizer, is_token, load_tokenizer
+from shared.tokens import PlatformKey, load_platform_key
 
 __all__ = [
-    "TOKEN_VERSION", "CryptoError", "DataKey", "KeyDestroyed", "KeyStore", "RewrapReport",
-    "Tokenizer", "is_ciphertext", "is_token", "load_tokenizer",
+    "TOKEN_VERSION", "CryptoError", "DataKey", "KeyDestroyed", "KeyStore", "PlatformKey",
+    "RewrapReport", "is_ciphertext", "is_token", "load_platform_key",
 ]
 
 CIPHER_VERSION = "enc1"
+TOKEN_VERSION = "tok2"  # noqa: S105 (a format tag)
 NONCE_BYTES = 12
 
 # Mint a data key unless the subject was forgotten; returns the record that won (or nil).
@@ -69,13 +75,19 @@ def is_ciphertext(value: object) -> bool:
     return isinstance(value, str) and value.startswith(CIPHER_VERSION + ":")
 
 
+def is_token(value: object) -> bool:
+    """True for a string in this module's token format."""
+    return isinstance(value, str) and value.startswith(TOKEN_VERSION + ":")
+
+
 @dataclass(frozen=True, slots=True)
 class DataKey:
-    """An unwrapped data key (never printed: AESGCM hides its key)."""
+    """An unwrapped data key and the subject's token key derived from it (never printed)."""
 
     key_id: str
     master_id: str
     aead: AESGCM
+    token_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,13 +138,13 @@ class KeyStore:
         *,
         kms: Kms | None = None,
         client: redis.Redis[bytes] | None = None,
-        tokenizer: Tokenizer | None = None,
+        platform: PlatformKey | None = None,
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
     ) -> None:
         self.kms: Kms = kms or LocalKms.from_settings(settings)
         self._redis = client or make_redis(settings)
-        platform = tokenizer or load_tokenizer(settings)
+        platform = platform or load_platform_key(settings)
         self._id_key = platform.derive("data-key-id")
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self._key_prefix = rkey(settings, "crypto", "datakey", "")
@@ -195,6 +207,11 @@ class KeyStore:
         nonce = os.urandom(NONCE_BYTES)
         sealed = key.aead.encrypt(nonce, plaintext.encode(), _aad(header, event_id, field))
         return f"{header}:{b64e(nonce + sealed)}"
+
+    def tokenize(self, key: DataKey, field: str, value: str) -> str:
+        """The subject's token of `value` in `field` (keyed by its data key)."""
+        digest = hmac.digest(key.token_key, f"{field}\0{value}".encode(), "sha256")
+        return f"{TOKEN_VERSION}:{key.key_id}:{b64e(digest[:18])}"
 
     def encrypt_for(self, subject_id: str, event_id: str, field: str, plaintext: str) -> str:
         """Encrypt for a subject, minting its key if needed (KeyDestroyed when forgotten)."""
@@ -335,8 +352,9 @@ class KeyStore:
         return self.kms.unwrap(master_id, blob, _wrap_aad(key_id))
 
     def _open(self, key_id: str, record: bytes) -> DataKey:
-        key = DataKey(key_id, record.split(b".", 1)[0].decode(),
-                      AESGCM(self._unwrap(key_id, record)))
+        raw = self._unwrap(key_id, record)
+        key = DataKey(key_id, record.split(b".", 1)[0].decode(), AESGCM(raw),
+                      hmac.digest(raw, b"lepton-token-key", "sha256"))
         self._cache.put(key)
         return key
 

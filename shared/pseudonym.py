@@ -4,11 +4,11 @@ Ingest replaces every raw `subject_id` (envelope, Kafka key, the payload's subje
 pseudonym, so nothing after events.raw names a subject in clear: events.clean/governed, the DLQ,
 the audit leaves, the privacy ledger and the policy sets in Redis all hold pseudonyms. An
 operator who knows a subject computes its pseudonym with the same key (`lepton forget`,
-`lepton consent`, `lepton audit prove --subject`). The key is derived from the platform token
+`lepton consent`, `lepton audit prove --subject`). The key is derived from the platform
 key, so it is as durable as that key; a pseudonym survives `forget` by design (the forgotten set
 needs it to keep withholding the subject) but no PII can be read through it.
 
-Consumes: the platform token key (`shared.tokens`). Produces: pseudonym strings.
+Consumes: the platform key (`shared.tokens`). Produces: pseudonym strings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 
 from shared.config import LeptonSettings
-from shared.tokens import load_tokenizer
+from shared.tokens import load_platform_key
 
 PSEUDONYM_VERSION = "ps1"
 _PREFIX = PSEUDONYM_VERSION + ":"
@@ -47,4 +47,4 @@ def is_pseudonym(value: str) -> bool:
 
 def load_pseudonymizer(settings: LeptonSettings) -> Pseudonymizer:
     """The platform pseudonymizer (key derived from the token key)."""
-    return Pseudonymizer(load_tokenizer(settings).derive("subject-pseudonym"))
+    return Pseudonymizer(load_platform_key(settings).derive("subject-pseudonym"))

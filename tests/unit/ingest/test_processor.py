@@ -77,7 +77,8 @@ def test_good_events_are_cleaned_and_their_pii_protected(
             assert str(payload[field]).startswith("enc1:")
             assert store.decrypt_field(envelope.event_id, field, str(payload[field])) == \
                 doc["payload"][field]
-        assert str(payload["card_number"]).startswith("tok1:")
+        key_id = store.data_key_id(str(doc["subject_id"]))
+        assert str(payload["card_number"]).startswith(f"tok2:{key_id}:")
         assert {(c.field, c.action) for c in envelope.changes} == {
             ("email", "encrypted"), ("name", "encrypted"), ("card_number", "tokenized")}
         assert payload["amount"] == doc["payload"]["amount"]
