@@ -15,6 +15,7 @@ from shared.config import LeptonSettings
 from shared.registry import Registry
 from tests.integration.test_serving_oip_grpc import NUMPY, full_records
 from tests.unit.serving.support import (
+    ADMIN_TOKEN,
     MODEL,
     TOKEN,
     call_predict,
@@ -81,6 +82,8 @@ def test_auth_failures_are_401_with_a_json_error(served: Any) -> None:
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]
                 assert response.headers["www-authenticate"] == "Bearer"
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # admin rights include predicting
+        assert http.get(f"/v2/models/{MODEL}", headers=admin).status_code == 200
 
 
 def test_v2_infer_json_matches_grpc_and_bad_bodies_are_400(served: Any) -> None:
