@@ -140,8 +140,7 @@ class ServingApp:
             self.prediction_log.start()
         if self.settings.serving_http_addr:
             self.http = HttpServer(build_app(
-                self.predictor, self.fleet, token=self.settings.predict_token()
-                if self.credentials.enabled else None,
+                self.predictor, self.fleet, credentials=self.credentials,
                 max_body_bytes=self.settings.serving_max_message_bytes), self.settings)
             self.http_port = await self.http.start()
         self.watcher.start()
