@@ -114,5 +114,5 @@ def demo_app(*, dataset: str, model: str, rate: float, stop: threading.Event,
     serving = ServingSettings()
     http = f"http://{target(serving.serving_http_addr)}" if serving.serving_http_addr else ""
     app = DemoApp(serving, dataset=dataset, model=model, rate=rate, http_url=http,
-                  token=serving.auth_token())
+                  token=serving.predict_token())
     return app.run(stop, count)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -207,6 +208,23 @@ def run_env(settings: LeptonSettings) -> dict[str, str]:
     return env
 
 
+def serving_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    """Fresh predict and admin tokens for serving where the environment sets none (and auth is
+    not explicitly off), also written to `<data_dir>/serving-tokens.env` (0600) for other
+    shells."""
+    if env.get("LEPTON_SERVING_AUTH") == "none":
+        return {}
+    made = {name: secrets.token_urlsafe(24) for name in
+            ("LEPTON_SERVING_AUTH_TOKEN", "LEPTON_SERVING_ADMIN_TOKEN") if not env.get(name)}
+    if made:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / "serving-tokens.env"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(f"{k}={v}\n" for k, v in made.items()))
+    return made
+
+
 def up(
     demo: Annotated[bool, typer.Option(
         help="Also run a producer of demo transactions and a demo app calling serving.")]
@@ -224,6 +242,7 @@ def up(
         settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)
     platform.env.update(run_env(settings))
+    platform.env.update(serving_tokens(platform.env, settings.data_dir))
     started = time.monotonic()
     try:
         start_platform(settings, platform, stop)

@@ -27,7 +27,8 @@ _W = TypeVar("_W", bound=BaseModel)
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 ]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[a-z0-9_.-]+$")]
+Name = Annotated[str, StringConstraints(
+    min_length=1, max_length=100, pattern=r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")]  # no ./.. parts
 
 
 class Header:
@@ -146,6 +147,13 @@ class ModelAnnouncement(_Wire):
     action: Literal["promote", "rollback", "canary", "shadow", "retire"] = "promote"
     share: float | None = Field(default=None, ge=0, le=1)
     announced_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    sequence: int = Field(default=0, ge=0, le=2**62,
+                          description="Per-model monotonic sequence (replays are refused).")
+    override: bool = Field(default=False, description=(
+        "Operator-signed: serve a card whose gate status is not `promoted`."))
+    signer_key_id: str | None = Field(default=None, max_length=64)
+    signer_signature: str | None = Field(default=None, max_length=200, description=(
+        "Ed25519 (base64) of the announcing principal over shared.announcements.signed_bytes."))
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}

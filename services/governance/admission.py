@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from services.governance.allowlist import Allowed, AllowList
+from shared.allowlist import Allowed, AllowList
 from shared.events import Decision, EnvelopeError, first_error
 from shared.principals import verify_decision
 
@@ -85,6 +85,16 @@ class ModelDetail(BaseModel):
 
     model: SafeName | None = None
     version: int | None = Field(default=None, ge=1, le=10**9)
+
+
+_MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
+ALLOWED: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"subject_forgotten", "key_rotated"}),
+    "trainer": _MODEL | {"dp_sgd_charge"},
+    "serving": _MODEL,
+    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
+                           "model_promoted", "model_rolled_back"}),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,7 @@ from confluent_kafka import Message
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from services.governance.admission import Refused, admit
-from services.governance.allowlist import Allowed, AllowList
+from services.governance.admission import ALLOWED, Refused, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
 from services.governance.policy import Policy
@@ -31,6 +30,7 @@ from services.governance.records import Kind, Reason
 from services.governance.sealing import Output, decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
+from shared.allowlist import Allowed, AllowList
 from shared.crypto import KeyStore
 from shared.datasets import UnknownDataset, load_spec
 from shared.dlq import DeadLetterSealer
@@ -43,6 +43,7 @@ from shared.events import (
     Scalar,
     decode_envelope,
 )
+from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym
 from shared.topics import Topics
@@ -102,7 +103,8 @@ class Processor:
         self.pseudonyms = keystore.pseudonyms
         self.sealer = DeadLetterSealer(keystore)
         self._datasets: dict[str, DatasetPrivacy | str] = {}
-        self.allow = AllowList(public_keys_dir(settings))
+        self.allow = AllowList(public_keys_dir(settings), ALLOWED)
+        self.mac = GovernedMac.load(settings)
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
         """The release settings of a dataset, or why it cannot be governed."""
@@ -141,7 +143,7 @@ class Processor:
             offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
             counts[item.kind or "skipped"] += 1
             outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id(),
-                                       self.sealer))
+                                       self.sealer, self.mac))
         return BatchResult(outputs, offsets, counts)
 
     def _decode(self, msg: Message) -> Item:

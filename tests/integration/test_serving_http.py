@@ -15,6 +15,7 @@ from shared.config import LeptonSettings
 from shared.registry import Registry
 from tests.integration.test_serving_oip_grpc import NUMPY, full_records
 from tests.unit.serving.support import (
+    ADMIN_TOKEN,
     MODEL,
     TOKEN,
     call_predict,
@@ -81,6 +82,8 @@ def test_auth_failures_are_401_with_a_json_error(served: Any) -> None:
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]
                 assert response.headers["www-authenticate"] == "Bearer"
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # admin rights include predicting
+        assert http.get(f"/v2/models/{MODEL}", headers=admin).status_code == 200
 
 
 def test_v2_infer_json_matches_grpc_and_bad_bodies_are_400(served: Any) -> None:
@@ -210,3 +213,19 @@ def test_explanations_over_http_name_the_version_and_add_up(served: Any) -> None
         attributions = next(o for o in doc["outputs"] if o["name"] == "attributions")
         assert attributions["shape"] == [4, len(doc["parameters"]["explain_features"].split(","))]
         assert doc["parameters"]["lepton_version"] == live.version
+
+
+def test_http_answers_without_a_nagle_delay(served: Any) -> None:
+    """Accepted sockets must have TCP_NODELAY: with Nagle + delayed ACK every answer waits
+    ~40 ms."""
+    import statistics
+    import time
+
+    server, _, _ = served
+    took = []
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        for _ in range(30):
+            start = time.perf_counter()
+            assert http.get("/v2/health/live").status_code == 200
+            took.append(time.perf_counter() - start)
+    assert statistics.median(took) < 0.02, statistics.median(took)
