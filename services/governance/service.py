@@ -31,6 +31,7 @@ from services.governance.releases import ReleaseLedger
 from services.governance.sealing import AUDIT_TYPE_HEADER, Output
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
+from shared.crypto import KeyStore
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.positions import InputPositions
@@ -101,8 +102,10 @@ class GovernanceService:
             store.open(counts[self.topics.audit_log])
             self.store = store
             self.key = load_or_create_private_key(s.audit_key_path())
-            self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
-                                       counts[self.topics.audit_log], self.tracer, releases)
+            policy = Policy(client, s, s.audit_dir())
+            self.processor = Processor(s, store, ledger, policy, self.metrics,
+                                       counts[self.topics.audit_log],
+                                       KeyStore(s, client=client), self.tracer, releases)
             # the transactional producer first: initialising it aborts a predecessor's open
             # transaction, which would otherwise block reading the committed positions
             producer = make_producer(s, transactional_id=s.transactional_id())

@@ -19,6 +19,7 @@ from services.governance.store import SEGMENTS, AuditStore, partition_dir
 from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.config import LeptonSettings
 from shared.events import Decision
+from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
@@ -27,16 +28,19 @@ from tests.helpers import lepton, local_mode_specs, read_topic
 
 def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
     key = rkey(lepton_env, "policy", "consent", "transactions")
+    pseudonym = load_pseudonymizer(lepton_env).of("cust-000007")
     out = lepton("consent", "cust-000007", "--dataset", "transactions", "--withdraw")
     assert "withdrawn" in out.stdout
-    assert redis_client.sismember(key, "cust-000007")
-    lepton("consent", "cust-000007", "--dataset", "transactions", "--give")
+    assert redis_client.sismember(key, pseudonym)
     assert not redis_client.sismember(key, "cust-000007")
+    lepton("consent", pseudonym, "--dataset", "transactions", "--give")  # either name works
+    assert redis_client.scard(key) == 0
     records = read_topic(lepton_env, Topics(lepton_env.topic_prefix).audit_requests, expect=2)
+    assert all(b"cust-000007" not in r.value + (r.key or b"") for r in records)
     decisions = [Decision.model_validate_json(r.value) for r in records]
     assert [(d.kind, d.subject_id, d.dataset, d.detail["consent"]) for d in decisions] == [
-        ("consent_changed", "cust-000007", "transactions", "withdrawn"),
-        ("consent_changed", "cust-000007", "transactions", "given")]
+        ("consent_changed", pseudonym, "transactions", "withdrawn"),
+        ("consent_changed", pseudonym, "transactions", "given")]
     assert decisions[0].detail["purpose"] == "fraud-detection"
     bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
@@ -139,3 +143,31 @@ def test_privacy_report_and_rebuild(lepton_env: LeptonSettings, monkeypatch: pyt
     assert "from 30 charges and 2 releases" in lepton("privacy", "rebuild").stdout
     assert (ledger.spend("transactions"), ledger.subjects("transactions"),
             releases.subject_epsilons("breast_cancer", 1e-5)) == before
+
+
+def test_audit_prove_by_subject_for_an_operator_who_knows_it(lepton_env: LeptonSettings) -> None:
+    from services.governance.verify import check_inclusion
+    from shared.signing import load_public_key
+
+    settings = GovernanceSettings()
+    pseudonym = load_pseudonymizer(settings).of("cust-000042")
+    key = load_or_create_private_key(settings.audit_key_path())
+    store = AuditStore(settings.audit_dir(), Topics(settings.topic_prefix).audit_log,
+                       fsync=False)
+    store.open(1)
+    for i in range(12):
+        store.append(0, {"identity": f"event:s{i}", "kind": "event_released",
+                         "actor": "governance", "event_id": f"s{i}", "source": f"c/0/{i}",
+                         "subject_id": pseudonym if i % 4 == 0 else f"ps1:{i:024x}"})
+    store.checkpoint(0, key)
+    store.close()
+    stored = b"".join(p.read_bytes() for p in settings.audit_dir().rglob("*") if p.is_file())
+    assert b"cust-000042" not in stored and pseudonym.encode() in stored
+
+    proofs = json.loads(lepton("audit", "prove", "--subject", "cust-000042").stdout)
+    public = load_public_key(public_path(settings.audit_key_path()))
+    assert sorted(json.loads(p["record"])["event_id"] for p in proofs) == ["s0", "s4", "s8"]
+    for proof in proofs:
+        assert "event:s" in check_inclusion(proof, public)
+    assert lepton("audit", "prove", "--subject", "nobody", check=False).returncode == 1
+    assert lepton("audit", "prove", check=False).returncode == 2

@@ -74,10 +74,38 @@ def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_o
     secrets = compose["secrets"]
     for name in SERVICES:
         service = compose["services"][name]
-        assert service["secrets"] == [f"{name}-principal"], name
+        assert [x for x in service["secrets"] if x.endswith("-principal")] == [
+            f"{name}-principal"], name
         assert secrets[f"{name}-principal"]["file"] == f"./secrets/principals/{name}.key"
         env = service["environment"]
         assert env["LEPTON_PRINCIPAL_KEY_FILE"] == f"/run/secrets/{name}-principal"
         assert env["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
         assert "./secrets/principals/public:/principals:ro" in service["volumes"]
     assert "operator-principal" not in secrets
+
+
+def test_serving_gets_distinct_predict_and_admin_tokens_from_secrets() -> None:
+    compose = _compose()
+    serving = compose["services"]["serving"]
+    assert {"serving-predict-token", "serving-admin-token"} <= set(serving["secrets"])
+    env = serving["environment"]
+    assert env["LEPTON_SERVING_AUTH_TOKEN_FILE"] == "/run/secrets/serving-predict-token"
+    assert env["LEPTON_SERVING_ADMIN_TOKEN_FILE"] == "/run/secrets/serving-admin-token"
+    files = {compose["secrets"][n]["file"] for n in ("serving-predict-token",
+                                                       "serving-admin-token")}
+    assert len(files) == 2
+    assert "LEPTON_SERVING_AUTH" not in env
+    for name in SERVICES:
+        if name != "serving":
+            assert not {"serving-predict-token", "serving-admin-token"} & set(
+                compose["services"][name]["secrets"])
+
+
+def test_only_governance_and_the_trainer_hold_the_governed_mac_key() -> None:
+    compose = _compose()
+    holders = {name for name in SERVICES
+               if "governed-mac-key" in compose["services"][name]["secrets"]}
+    assert holders == {"governance", "trainer"}
+    for name in holders:
+        env = compose["services"][name]["environment"]
+        assert env["LEPTON_GOVERNED_MAC_KEY_FILE"] == "/run/secrets/governed-mac-key"
