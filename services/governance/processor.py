@@ -27,7 +27,7 @@ from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, eff
 from services.governance.policy import Policy
 from services.governance.privacy import DatasetPrivacy, PrivacyConfigError
 from services.governance.records import Kind, Reason
-from services.governance.sealing import Output, decision_item, event_fields, outputs_for
+from services.governance.sealing import decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
 from shared.datasets import UnknownDataset, load_spec
@@ -40,6 +40,7 @@ from shared.events import (
     Scalar,
     decode_envelope,
 )
+from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import get_tracer
 

@@ -1,33 +1,31 @@
-"""Entry point of the serving process: `python -m services.serving` (or `lepton serving`)."""
+"""Entry point of the serving process: `python -m services.serving` (or `lepton serving`).
+Consumes models.updates and predictions.requests; answers gRPC (and HTTP); produces
+predictions.results and predictions.log."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
+import threading
+from typing import NoReturn
+
+from services.serving.config import ServingSettings
+from shared.stage import run_service
 
 
-def main() -> None:
-    """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
-    from services.serving.config import ServingSettings
-    from shared.config import load_settings
-    from shared.signals import stop_event
-    from shared.tracing import setup_telemetry, shutdown_telemetry
-
-    settings = load_settings(ServingSettings)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = stop_event()
-    setup_telemetry("serving", metrics_port=settings.metrics_port)
+def run(settings: ServingSettings, stop: threading.Event) -> int:
+    """Serve until stopped; the exit status."""
     import torch
 
-    torch.set_num_threads(settings.serving_torch_threads)
     from services.serving.server import ServingApp
 
-    try:
-        asyncio.run(ServingApp(settings).run(stop))
-    finally:
-        shutdown_telemetry()
+    torch.set_num_threads(settings.serving_torch_threads)
+    asyncio.run(ServingApp(settings).run(stop))
+    return 0
+
+
+def main() -> NoReturn:
+    """Run the service and exit with its status."""
+    run_service("serving", ServingSettings, run)
 
 
 if __name__ == "__main__":
