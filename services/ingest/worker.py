@@ -113,4 +113,5 @@ class IngestWorker:
                 "session.timeout.ms": s.ingest_session_timeout_ms,
                 "fetch.wait.max.ms": s.ingest_fetch_wait_ms},
             producer_config={"transaction.timeout.ms": s.ingest_transaction_timeout_ms},
+            label=s.ingest_instance,
         ).run()

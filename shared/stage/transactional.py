@@ -62,7 +62,7 @@ class TransactionalRuntime:
                  batch_size: int, poll_timeout_s: float, positions_read_timeout_s: float = 70.0,
                  consumer_config: dict[str, object] | None = None,
                  producer_config: dict[str, object] | None = None,
-                 on_assign: Callable[[list[TopicPartition]], None] | None = None) -> None:
+                 label: str | None = None) -> None:
         self.settings = settings
         self.stage = stage
         self.stop = stop
@@ -74,7 +74,7 @@ class TransactionalRuntime:
         self.positions_read_timeout_s = positions_read_timeout_s
         self.consumer_config = consumer_config or {}
         self.producer_config = producer_config or {}
-        self.assigned = on_assign
+        self.label = label or stage.name  # names this replica in logs
         self.metrics = StageMetrics(stage.name)
         self.batches = 0
         self.processed = 0
@@ -93,7 +93,7 @@ class TransactionalRuntime:
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
         self.consumer.subscribe(stage.inputs, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        log.info("%s consuming %s as %s", stage.name, ", ".join(stage.inputs),
+        log.info("%s consuming %s as %s", self.label, ", ".join(stage.inputs),
                  self.transactional_id)
         mark_ready(s, stage.name)
         try:
@@ -197,15 +197,13 @@ class TransactionalRuntime:
         """Resume each partition at the later of its Kafka-committed and stored position."""
         self.positions.resume(consumer, partitions)
         consumer.assign(partitions)
-        if self.assigned is not None:
-            self.assigned(partitions)
-        log.info("%s assigned %s", self.stage.name,
+        log.info("%s assigned %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.metrics.lag.pop((tp.topic, tp.partition), None)
-        log.info("%s revoked %s", self.stage.name,
+        log.info("%s revoked %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     def _close(self) -> None:
