@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +31,9 @@ SERVICE_CLIS = (
     "services.trainer.cli",
     "services.serving.cli",
     "lepton.up",
+    "lepton.dlq",
+    "lepton.subjects",
+    "lepton.topics",
 )
 
 
@@ -45,15 +48,29 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"lepton-stream {version('lepton-stream')}")
+        except PackageNotFoundError:
+            typer.echo("lepton-stream (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from shared.logs import setup_logging
+
+    # LEPTON_LOG_LEVEL wins; -v forces DEBUG
+    setup_logging("lepton", "DEBUG" if verbose else os.environ.get("LEPTON_LOG_LEVEL", "INFO"))
 
 
 @app.command()
@@ -62,8 +79,18 @@ def broker(
         Path | None, typer.Option(help="Write the bootstrap address here (default: data dir).")
     ] = None,
     brokers: Annotated[int, typer.Option(min=1, max=5, help="Mock brokers in the cluster.")] = 1,
+    host: Annotated[str, typer.Option(help="Listen on this address (with --port).")]
+    = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535,
+                                 help="Fixed port (brokers take port, port+1, …); default random.")
+    ] = None,
+    advertise: Annotated[
+        str | None, typer.Option(help="Host name clients use (default: --host, or this "
+                                      "machine's name when --host is 0.0.0.0).")
+    ] = None,
 ) -> None:
-    """Run the embedded Kafka-protocol broker until SIGINT/SIGTERM."""
+    """Run the embedded Kafka-protocol broker until SIGINT/SIGTERM/SIGHUP."""
     from shared.broker import serve
     from shared.signals import stop_event
     from shared.topics import Topics
@@ -71,7 +98,28 @@ def broker(
     common = settings()
     stop = stop_event()
     path = bootstrap_file or common.default_bootstrap_file()
-    serve(Topics(common.topic_prefix).all(), path, stop, brokers)
+    serve(Topics(common.topic_prefix).all(), path, stop, brokers, host=host, port=port,
+          advertise=advertise)
+
+
+@app.command("demo-app")
+def demo_app_command(
+    dataset: Annotated[str, typer.Option(help="Dataset whose generator makes the records.")]
+    = "transactions",
+    model: Annotated[str, typer.Option(help="Model to call (default: the dataset's name).")]
+    = "",
+    rate: Annotated[float, typer.Option(min=0.1, help="Calls a second, over all routes.")]
+    = 2.0,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many calls.")]
+    = None,
+) -> None:
+    """Play a downstream app: predictions over gRPC, HTTP (OIP v2) and Kafka, in turn."""
+    from lepton.demo_app import demo_app
+    from shared.signals import stop_event
+
+    report = demo_app(dataset=dataset, model=model or dataset, rate=rate, stop=stop_event(),
+                      count=count)
+    typer.echo(f"demo-app: sent {dict(report.sent)}, failed {dict(report.failed)}", err=True)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from shared.config import LeptonSettings
 from shared.events import Header, header_str, headers_dict
+from shared.kafka import client_config
 from shared.state import make_redis
 from shared.topics import Topic, Topics
 
@@ -80,9 +81,9 @@ class Dashboard:
         self.settings = settings
         self.metrics_ports = metrics_ports
         self.topics = Topics(settings.topic_prefix)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "log_level": 3,
-                                  "group.id": "lepton-up-dashboard",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(client_config(
+            settings.model_copy(update={"kafka_bootstrap": bootstrap}), log_level=3,
+            **{"group.id": "lepton-up-dashboard", "enable.auto.commit": False}))
         self.redis = make_redis(settings)
         self.previous: Snapshot | None = None
 

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Install everything Lepton Stream needs on a fresh Debian/Ubuntu machine with Python 3.11:
-# redis-server and kcat from Debian when missing, a virtual environment in .venv, torch as
+# redis-server, kcat and python3-venv from Debian when missing, a virtual environment in
+# .venv, torch as
 # DEVELOPERS.md says (`pip install torch==2.13.0`, the local CPU wheel), then the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+# Debian/Ubuntu split venv support out of the interpreter: no ensurepip means no `-m venv`
+if [ ! -x .venv/bin/python ] && ! "$python" -c "import ensurepip" >/dev/null 2>&1; then
+  missing+=("python3-venv")
+fi
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -16,8 +24,6 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3.11}
-command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LEPTON_"
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 
 
 class ConfigError(RuntimeError):
@@ -36,6 +38,32 @@ class LeptonSettings(BaseSettings):
     bootstrap_file: Path | None = Field(
         default=None, description="File the embedded broker wrote its address to."
     )
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)."
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="Never logged.")
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None, description="PEM file of the CAs that sign the brokers' certificates."
+    )
+    kafka_ssl_cert_location: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_key_location: Path | None = Field(
+        default=None, description="Client private key (PEM) for mutual TLS."
+    )
+    kafka_extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="JSON object of further librdkafka properties, applied to every client.",
+    )
+    kafka_auto_create: bool = Field(
+        default=True,
+        description="Let clients auto-create missing topics; false: fail fast when one is "
+        "missing (run `lepton topics create`).",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = Field(default="lepton:", description="Prefix of every Redis key.")
     topic_prefix: str = "lepton."
@@ -46,6 +74,12 @@ class LeptonSettings(BaseSettings):
     keys_dir: Path | None = Field(
         default=None, description="Key material directory (default: <data_dir>/keys)."
     )
+    principal_key_file: Path | None = Field(
+        default=None, description="This process's own principal key (a read-only secret; "
+        "unset: <keys dir>/principals/<name>.key, created on first use).")
+    principals_public_dir: Path | None = Field(
+        default=None, description="Public keys (<principal>.pub) this process trusts "
+        "(default: <keys dir>/principals).")
     log_level: str = "INFO"
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
@@ -57,6 +91,24 @@ class LeptonSettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _security_protocol(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in SECURITY_PROTOCOLS:
+            raise ValueError(f"must be one of {', '.join(SECURITY_PROTOCOLS)}")
+        return upper
+
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _sasl_mechanism(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        upper = value.upper()
+        if upper not in SASL_MECHANISMS:
+            raise ValueError(f"must be one of {', '.join(SASL_MECHANISMS)}")
+        return upper
 
     @field_validator("topic_prefix")
     @classmethod

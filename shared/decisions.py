@@ -1,6 +1,7 @@
 """Publish a Decision on `audit.requests`, where governance seals it into the audit log.
 
-Services other than governance, and the CLI, record what they decided about data this way.
+Services other than governance, and the CLI, record what they decided about data this way,
+each signing as its own principal (`shared.principals`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from confluent_kafka import Producer
 from shared.config import LeptonSettings
 from shared.events import CONTENT_TYPE_JSON, Decision, Header, HeaderList, encode
 from shared.kafka import deliver
+from shared.principals import Principal, sign_decision
 from shared.topics import Topics
 from shared.tracing import get_tracer, publish_span
 
@@ -17,9 +19,12 @@ _tracer = get_tracer(__name__)
 
 
 def publish_decision(
-    producer: Producer, settings: LeptonSettings, decision: Decision, *, flush: bool = True
+    producer: Producer, settings: LeptonSettings, decision: Decision, *, signer: Principal,
+    flush: bool = True,
 ) -> None:
-    """Send `decision` to `audit.requests` (keyed by subject or kind); flush unless told not to."""
+    """Sign `decision` as `signer` and send it to `audit.requests` (keyed by subject or kind);
+    flush unless told not to."""
+    decision = sign_decision(signer, decision)
     topic = Topics(settings.topic_prefix).audit_requests
     key = decision.subject_id or decision.kind
     headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]

@@ -8,7 +8,7 @@ the embedded broker (librdkafka's mock cluster) accepts `send_offsets_to_transac
 not store the offsets; on Apache Kafka both agree and the resume point is the larger of the two.
 On assignment the latest committed checkpoint of each partition is found by reading its
 checkpoint partition backwards in chunks (read_committed, so aborted checkpoints never count).
-Give the topic `cleanup.policy=compact` on a real cluster.
+`lepton topics create` gives the topic `cleanup.policy=compact` on a real cluster.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from shared.config import LeptonSettings
-from shared.kafka import ensure_topics
+from shared.kafka import client_config, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,13 @@ class InputPositions:
         self._group = group
         self._read_timeout = read_timeout
         self._partitions = ensure_topics(settings, [topic])[topic]
-        self._reader = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers(),
+        self._reader = Consumer(client_config(settings, log_level=3, **{
             "group.id": f"{group}.positions-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 20,
-            "log_level": 3,
-        })
+        }))
 
     def key(self, source: Source) -> bytes:
         """The checkpoint key of a source partition."""

@@ -1,4 +1,5 @@
-"""The single registry of Lepton topic names (DESIGN.md, "Topics")."""
+"""The single registry of Lepton topic names (DESIGN.md, "Topics") and the settings each topic
+needs on a real cluster (`lepton topics create` applies them, `lepton topics check` verifies)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,35 @@ class Topic(StrEnum):
     PREDICTION_LOG = "predictions.log"
     INGEST_OFFSETS = "ingest.offsets"
     GOVERNANCE_OFFSETS = "governance.offsets"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """Per-topic settings beyond partitions and replication."""
+
+    compacted: bool = False
+    retention_ms: int | None = None  # None: the broker's default; -1: keep forever
+
+    def configs(self) -> dict[str, str]:
+        """Kafka topic configs for this spec."""
+        configs = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        return configs
+
+
+# Positions checkpoints keep only the latest per key; the audit log is never expired by Kafka
+# (it is also sealed to disk, but a reader replaying the topic must see every record).
+TOPIC_SPECS: dict[Topic, TopicSpec] = {
+    Topic.INGEST_OFFSETS: TopicSpec(compacted=True),
+    Topic.GOVERNANCE_OFFSETS: TopicSpec(compacted=True),
+    Topic.AUDIT_LOG: TopicSpec(retention_ms=-1),
+}
+
+
+def topic_spec(topic: Topic) -> TopicSpec:
+    """The settings of `topic` (the default spec unless TOPIC_SPECS names it)."""
+    return TOPIC_SPECS.get(topic, TopicSpec())
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import redis
 
 from shared.config import LeptonSettings
 from shared.kafka import ensure_topics
+from shared.lifecycle import parent_death
 from shared.topics import Topics
 
 REDIS_URL = os.environ.get("LEPTON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -41,17 +42,19 @@ os.environ["LEPTON_SERVING_HTTP_ADDR"] = "127.0.0.1:0"
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Run `lepton broker` in a subprocess for the whole session; yield its bootstrap address."""
     path = tmp_path_factory.mktemp("broker") / "bootstrap"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lepton", "broker", "--bootstrap-file", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "LEPTON_DATA_DIR": str(path.parent)},
-    )
+    # stderr to a file, never an unread pipe: a full pipe would block the broker's log writes
+    log = path.with_name("broker.log")
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lepton", "broker", "--bootstrap-file", str(path)],
+            stdout=subprocess.DEVNULL, stderr=handle, preexec_fn=parent_death(),
+            env={**os.environ, "LEPTON_DATA_DIR": str(path.parent)},
+        )
     deadline = time.monotonic() + 30
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            detail = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"embedded broker did not start: {detail}")
+            raise RuntimeError(f"embedded broker did not start: {log.read_text()[-3000:]}")
         time.sleep(0.05)
     try:
         yield path.read_text().strip()

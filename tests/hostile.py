@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from shared.principals import Principal, canonical_decision
+
 POISON = b'{"kind":"dp_sgd_charge","actor":"x","detail":{"dataset":["x"],"epsilon":1}}'
 
 _BASE: dict[str, Any] = {
@@ -24,8 +26,10 @@ _FIELDS = ["decision_id", "kind", "actor", "subject_id", "event_id", "dataset", 
 _JUNK = [b"", b"null", b"[]", b"{", b"\xff\xfe", b'"text"', b"1e400", b'{"kind":"x"}' * 3]
 
 
-def hostile_decisions(count: int, seed: int = 12) -> list[bytes]:
-    """`count` values governance must refuse (the poison first), deterministic per seed."""
+def hostile_decisions(count: int, seed: int = 12, signer: Principal | None = None) -> list[bytes]:
+    """`count` values governance must refuse (the poison first), deterministic per seed; with
+    `signer`, two in three are validly signed so that the parsers behind the signature check
+    see them too."""
     rng = random.Random(seed)
     out = [POISON]
     while len(out) < count:
@@ -39,6 +43,9 @@ def hostile_decisions(count: int, seed: int = 12) -> list[bytes]:
             _mutate(obj, rng)
         if _still_valid(obj):
             obj["detail"]["epsilon"] = 1e300
+        if signer is not None and rng.random() < 2 / 3:
+            obj["key_id"] = signer.key_id
+            obj["signature"] = signer.sign(canonical_decision(obj))
         out.append(orjson.dumps(obj))
     return out
 

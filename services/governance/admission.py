@@ -1,10 +1,12 @@
 """Admission of `audit.requests` records: bytes → a typed, bounded decision, or a refusal.
 
 Consumes the raw record value; produces an `Admitted` decision (the generic `Decision` plus the
-typed detail of its kind) or a `Refused` (a short code and a reason that never quotes the
-input). Every check that can fail is here, before anything touches the ledger or the audit log:
-size, JSON, the generic shape, safe ids and names (no `.`/`..` segments), the kind's own model
-with bounds (ε finite and ≤ the configured maximum), and a known dataset.
+typed detail of its kind and the principal that signed it) or a `Refused` (a short code and a
+reason that never quotes the input). Every check that can fail is here, before anything touches
+the ledger or the audit log: size, JSON, the generic shape, safe ids and names (no `.`/`..`
+segments), the signature of an allowed principal over the canonical encoding, the kind allowed
+for that principal, the kind's own model with bounds (ε finite and ≤ the configured maximum),
+and a known dataset.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from shared.allowlist import Allowed, AllowList
 from shared.events import Decision, EnvelopeError, first_error
+from shared.principals import verify_decision
 
 MAX_DECISION_BYTES = 64 * 1024
 MAX_DETAIL_BYTES = 16 * 1024
@@ -35,6 +39,12 @@ TOO_LARGE = "decision_too_large"
 UNKNOWN_KIND = "unknown_kind"
 UNKNOWN_DATASET = "unknown_dataset"
 EPSILON_OVER_MAX = "epsilon_over_max"
+UNSIGNED = "unsigned"
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+KIND_NOT_ALLOWED = "kind_not_allowed"
+CODES = frozenset({INVALID, TOO_LARGE, UNKNOWN_KIND, UNKNOWN_DATASET, EPSILON_OVER_MAX, UNSIGNED,
+                   UNKNOWN_KEY, BAD_SIGNATURE, KIND_NOT_ALLOWED})
 
 
 class _Strict(BaseModel):
@@ -77,6 +87,16 @@ class ModelDetail(BaseModel):
     version: int | None = Field(default=None, ge=1, le=10**9)
 
 
+_MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
+ALLOWED: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"subject_forgotten", "key_rotated"}),
+    "trainer": _MODEL | {"dp_sgd_charge"},
+    "serving": _MODEL,
+    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
+                           "model_promoted", "model_rolled_back"}),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class KindRule:
     """What a kind needs: top-level fields that must be present and its detail model."""
@@ -90,6 +110,7 @@ KINDS: dict[str, KindRule] = {
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
     "key_rotated": KindRule(),
+    "key_retired": KindRule(),
     "model_promoted": KindRule(("dataset",), ModelDetail),
     "model_rolled_back": KindRule(("dataset",), ModelDetail),
     "model_refused": KindRule((), ModelDetail),
@@ -102,7 +123,7 @@ class Admitted:
 
     decision: Decision
     detail: BaseModel | None
-    raw: dict[str, Any]
+    principal: Allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +141,9 @@ class Refused:
 KnownDataset = Callable[[str], bool]
 
 
-def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float) -> Admitted | Refused:
-    """Parse and bound-check one `audit.requests` value."""
+def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float,
+          allow: AllowList) -> Admitted | Refused:
+    """Parse, authenticate and bound-check one `audit.requests` value."""
     import orjson
 
     if len(value) > MAX_DECISION_BYTES:
@@ -137,9 +159,18 @@ def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float) -> Admi
         _Ids.model_validate({k: getattr(decision, k) for k in _Ids.model_fields})
     except ValidationError as error:
         return Refused(INVALID, _why(error))
+    if decision.key_id is None or decision.signature is None:
+        return Refused(UNSIGNED, "no key_id and signature")
+    principal = allow.lookup(decision.key_id)
+    if principal is None:
+        return Refused(UNKNOWN_KEY, "key_id is not an allowed principal's key")
+    if not verify_decision(principal.public, raw):
+        return Refused(BAD_SIGNATURE, f"signature does not verify under {principal.name}'s key")
     rule = KINDS.get(decision.kind)
     if rule is None:
-        return Refused(UNKNOWN_KIND, f"kind {decision.kind!r} is not a known decision kind")
+        return Refused(UNKNOWN_KIND, "kind is not a known decision kind")
+    if decision.kind not in principal.kinds:
+        return Refused(KIND_NOT_ALLOWED, f"{principal.name} may not emit {decision.kind}")
     for name in rule.requires:
         if getattr(decision, name) is None:
             return Refused(INVALID, f"{name}: required for {decision.kind}")
@@ -158,7 +189,7 @@ def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float) -> Admi
         return Refused(EPSILON_OVER_MAX, f"detail.epsilon: over the maximum {max_epsilon:g}")
     if decision.dataset is not None and not known_dataset(decision.dataset):
         return Refused(UNKNOWN_DATASET, "dataset: not a governed dataset")
-    return Admitted(decision, detail, raw)
+    return Admitted(decision, detail, principal)
 
 
 def _why(error: ValidationError) -> str:

@@ -52,6 +52,9 @@ class AuditRecord(BaseModel):
     identity: str = Field(description="What makes this decision unique (idempotency key).")
     kind: str
     actor: str
+    principal: str | None = Field(
+        default=None, description="The verified principal that signed the decision.")
+    key_id: str | None = Field(default=None, description="Its signing key's id.")
     reason: str | None = None
     event_id: str | None = None
     decision_id: str | None = None

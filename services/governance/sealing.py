@@ -17,6 +17,7 @@ from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import (
     CONTENT_TYPE_JSON,
     Change,
@@ -81,7 +82,9 @@ def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: Datase
         **base, "identity": item.identity, "kind": decision.kind, "actor": decision.actor,
         "decision_id": decision.decision_id, "subject_id": decision.subject_id,
         "event_id": decision.event_id, "dataset": decision.dataset, "detail": decision.detail,
-        "occurred_at": decision.occurred_at.isoformat()}
+        "occurred_at": decision.occurred_at.isoformat(),
+        "principal": item.principal.name if item.principal else None,
+        "key_id": decision.key_id}
     if isinstance(item.detail, ChargeDetail) and decision.dataset is not None:
         fields.update(_charge_dp_sgd(item, decision.dataset, item.detail, ledger, dataset,
                                      metrics))
@@ -107,8 +110,10 @@ def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
             "reason": "dataset_budget_exceeded" if result.reason else None}
 
 
-def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[Output]:
-    """The records to produce for one consumed record, under its process span."""
+def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
+                sealer: DeadLetterSealer) -> list[Output]:
+    """The records to produce for one consumed record, under its process span (dead letters
+    sealed under the DLQ key)."""
     msg = item.msg
     attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
     if item.reason:
@@ -118,7 +123,6 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[
     if item.sealed is not None:
         attrs["lepton.audit.leaf_index"] = item.sealed.leaf_index
     out: list[Output] = []
-    key = msg.key()
     raw = msg.headers()
     consumed = list(raw.items()) if isinstance(raw, dict) else raw
     with process_span(tracer, msg.topic() or "", consumed, partition=msg.partition(),
@@ -136,8 +140,11 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[
             headers = dlq_headers(
                 consumed, reason=reason, detail=item.error or "",
                 stage="governance", exception="", topic=msg.topic() or "",
-                partition=msg.partition() or 0, offset=msg.offset() or 0)
-            out.append(Output(topics.rejected, key, msg.value() or b"", [*headers, *trace]))
+                partition=msg.partition() or 0, offset=msg.offset() or 0, service="governance")
+            value, how = sealer.seal(msg.value() or b"")
+            headers.append((SEALED_HEADER, how.value.encode()))
+            subject = item.envelope.subject_id.encode() if item.envelope else None
+            out.append(Output(topics.rejected, subject, value, [*headers, *trace]))
     return out
 
 
@@ -155,6 +162,8 @@ def governed_json(item: Item) -> bytes:
     changes made, the privacy stamp and the audit reference."""
     assert item.sealed is not None
     obj = orjson.loads(item.msg.value() or b"{}")
+    if item.envelope is not None:
+        obj["subject_id"] = item.envelope.subject_id
     obj["payload"] = item.payload
     obj["changes"] = [*obj.get("changes", ()), *(_as_dict(c) for c in item.changes)]
     obj["privacy"] = _as_dict(item.stamp) if item.stamp is not None else None

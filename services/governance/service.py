@@ -32,6 +32,7 @@ from services.governance.processor import Processor
 from services.governance.sealing import AUDIT_TYPE_HEADER
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
+from shared.crypto import KeyStore
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics
 from shared.signing import load_or_create_private_key
@@ -145,7 +146,8 @@ class GovernanceService:
             store.open(counts[self.topics.audit_log])
             key = load_or_create_private_key(s.audit_key_path())
             processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
-                                  counts[self.topics.audit_log], self.tracer)
+                                  counts[self.topics.audit_log],
+                                  KeyStore(s, client=client), self.tracer)
             self.runtime = TransactionalRuntime(
                 s, GovernanceStage(s, processor, store, key), self.stop,
                 group_id=s.group_id(), transactional_id=s.transactional_id(),

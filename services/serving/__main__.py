@@ -9,7 +9,9 @@ import threading
 from typing import NoReturn
 
 from services.serving.config import ServingSettings
+from shared.kafka import ensure_topics
 from shared.stage import run_service
+from shared.topics import Topics
 
 
 def run(settings: ServingSettings, stop: threading.Event) -> int:
@@ -18,6 +20,7 @@ def run(settings: ServingSettings, stop: threading.Event) -> int:
 
     from services.serving.server import ServingApp
 
+    ensure_topics(settings, [Topics(settings.topic_prefix).models])
     torch.set_num_threads(settings.serving_torch_threads)
     asyncio.run(ServingApp(settings).run(stop))
     return 0

@@ -25,6 +25,9 @@ serving_app = typer.Typer(help="Run the serving process, or inspect/steer a runn
 Addr = Annotated[str | None, typer.Option(help="Server address (default LEPTON_SERVING_ADDR).")]
 Token = Annotated[str | None, typer.Option(envvar="LEPTON_SERVING_AUTH_TOKEN",
                                            help="Bearer token.", show_default=False)]
+AdminToken = Annotated[str | None, typer.Option(
+    "--token", envvar="LEPTON_SERVING_ADMIN_TOKEN", help="Admin bearer token.",
+    show_default=False)]
 TlsCa = Annotated[Path | None, typer.Option(help="CA certificate to verify a TLS server.")]
 Timeout = Annotated[float, typer.Option(min=0.001, help="Deadline in seconds.")]
 
@@ -85,9 +88,10 @@ def rollout(
     model: Annotated[str, typer.Option(help="Model name (may be empty with one model).")] = "",
     version: Annotated[int, typer.Option(min=0, help="Version (rollback: optional).")] = 0,
     share: Annotated[float, typer.Option(min=0, max=1, help="Canary share.")] = 0.0,
-    addr: Addr = None, token: Token = None, tls_ca: TlsCa = None, timeout: Timeout = 60.0,
+    addr: Addr = None, token: AdminToken = None, tls_ca: TlsCa = None, timeout: Timeout = 60.0,
 ) -> None:
-    """Change a model's rollout on a running server (announced to every replica)."""
+    """Change a model's rollout on a running server (announced to every replica); needs the
+    admin token (LEPTON_SERVING_ADMIN_TOKEN)."""
     import grpc
 
     from services.serving.client import ACTIONS
@@ -133,6 +137,9 @@ def predict(
     version: Annotated[int, typer.Option(min=0, help="Pin a model version.")] = 0,
     request_id: Annotated[str, typer.Option(help="Request id (default: server-assigned).")]
     = "",
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Ask for attributions; prints the top reasons after each line.")]
+    = False,
     addr: Addr = None, token: Token = None, tls_ca: TlsCa = None, timeout: Timeout = 10.0,
 ) -> None:
     """Score records with a running serving process; prints one JSON line per prediction.
@@ -150,8 +157,10 @@ def predict(
     client = _client(addr, token, tls_ca, timeout)
     try:
         for prediction in client.predict(records, model=model, version=version,
-                                         request_id=request_id):
+                                         request_id=request_id, explain=explain):
             _print(prediction)
+            if explain and "explanation" in prediction:
+                _print_reasons(prediction["explanation"])
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -159,6 +168,14 @@ def predict(
         raise _rpc_error(error) from None
     finally:
         client.close()
+
+
+def _print_reasons(explanation: dict[str, Any], top: int = 3) -> None:
+    ranked = sorted(explanation["attributions"].items(), key=lambda kv: -abs(kv[1]))[:top]
+    reasons = ", ".join(f"{name} {value:+.3f}" for name, value in ranked)
+    typer.echo(f"top reasons (logit {explanation['logit']:+.3f} vs baseline "
+               f"{explanation['baseline_logit']:+.3f}, {explanation['method']}, "
+               f"v{explanation['version']}): {reasons}", err=True)
 
 
 def register(app: typer.Typer) -> None:

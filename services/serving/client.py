@@ -64,17 +64,24 @@ def struct_value(value: Scalar) -> struct_pb2.Value:
 
 
 def predict_request(record: dict[str, Scalar], *, model: str = "", version: int = 0,
-                    request_id: str = "") -> Any:
+                    request_id: str = "", explain: bool = False) -> Any:
     """A PredictRequest message for a JSON record."""
     return pb.PredictRequest(request_id=request_id, model=model, version=version,
-                             features={k: struct_value(v) for k, v in record.items()})
+                             features={k: struct_value(v) for k, v in record.items()},
+                             explain=explain)
 
 
 def response_dict(response: Any) -> dict[str, Any]:
-    """A PredictResponse as a plain dict."""
-    return {"request_id": response.request_id, "model": response.model,
-            "version": response.version, "score": response.score, "label": response.label,
-            "route": ROUTES.get(response.route, "unspecified")}
+    """A PredictResponse as a plain dict (with `explanation` when the server sent one)."""
+    out = {"request_id": response.request_id, "model": response.model,
+           "version": response.version, "score": response.score, "label": response.label,
+           "route": ROUTES.get(response.route, "unspecified")}
+    if response.HasField("explanation"):
+        e = response.explanation
+        out["explanation"] = {"method": e.method, "baseline": e.baseline, "logit": e.logit,
+                              "baseline_logit": e.baseline_logit, "version": e.version,
+                              "attributions": dict(e.attributions)}
+    return out
 
 
 def status_dict(status: Any) -> dict[str, Any]:
@@ -98,11 +105,13 @@ class ServingClient:
         self.timeout = timeout
 
     def predict(self, records: Sequence[dict[str, Scalar]], *, model: str = "",
-                version: int = 0, request_id: str = "") -> list[dict[str, Any]]:
+                version: int = 0, request_id: str = "",
+                explain: bool = False) -> list[dict[str, Any]]:
         """Predict one record (Predict) or many (PredictBatch)."""
         requests = [predict_request(r, model=model, version=version,
                                     request_id=request_id if len(records) == 1 else
-                                    (f"{request_id}-{i}" if request_id else ""))
+                                    (f"{request_id}-{i}" if request_id else ""),
+                                    explain=explain)
                     for i, r in enumerate(records)]
         if len(requests) == 1:
             return [response_dict(self.stub.Predict(requests[0], timeout=self.timeout,

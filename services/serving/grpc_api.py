@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.serving.control import RolloutControl
 from services.serving.errors import InvalidInput, ServingError
+from services.serving.explain import Explanation, explain_predictions
 from services.serving.fleet import Action, Fleet
 from services.serving.gen import serving_pb2 as pb
 from services.serving.gen import serving_pb2_grpc
@@ -61,12 +62,18 @@ def to_request(message: Any, call: Call | None = None) -> Request:
                    call)
 
 
-def to_response(prediction: Prediction) -> Any:
-    """A `PredictResponse` message from a Prediction."""
-    return pb.PredictResponse(
+def to_response(prediction: Prediction, explanation: Explanation | None = None) -> Any:
+    """A `PredictResponse` message from a Prediction (and its explanation)."""
+    response = pb.PredictResponse(
         request_id=prediction.request_id, model=prediction.model, version=prediction.version,
         score=prediction.score, label=prediction.label, route=_ROUTES[prediction.route],
     )
+    if explanation is not None:
+        response.explanation.CopyFrom(pb.Explanation(
+            method=explanation.method, baseline=explanation.baseline, logit=explanation.logit,
+            baseline_logit=explanation.baseline_logit, attributions=explanation.attributions,
+            version=explanation.version))
+    return response
 
 
 def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
@@ -146,13 +153,17 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
             try:
                 call = Call.now("grpc", traceparent(span.get_span_context()))
                 await _check_deadline(context, span)
-                prediction = await self.predictor.predict(to_request(request, call))
+                scoring = to_request(request, call)
+                prediction = await self.predictor.predict(scoring)
+                reasons = await asyncio.to_thread(explain_predictions, self.fleet,
+                                                  [scoring.record], [prediction]) \
+                    if request.explain else [None]
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
             span.set_attributes({"lepton.model": prediction.model,
                                  "lepton.model.version": prediction.version})
             _link_model(span, prediction)
-            return to_response(prediction)
+            return to_response(prediction, reasons[0])
 
     async def PredictBatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Score many records; any bad item fails the call naming its index."""
@@ -175,14 +186,19 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 for i, result in enumerate(results):
                     if isinstance(result, ServingError):
                         raise type(result)(f"requests[{i}]: {result}")
+                scored = [r for r in results if isinstance(r, Prediction)]
+                asked = [i for i, item in enumerate(items) if item.explain]
+                reasons: dict[int, Explanation] = dict(zip(asked, await asyncio.to_thread(
+                    explain_predictions, self.fleet, [requests[i].record for i in asked],
+                    [scored[i] for i in asked]), strict=True)) if asked else {}
             except ServingError as error:
                 await _fail(context, span, error.status, str(error))
-            answered = {r.version: r for r in results if isinstance(r, Prediction)}
+            answered = {r.version: r for r in scored}
             span.set_attribute("lepton.model.versions", sorted(answered))
             for prediction in answered.values():
                 _link_model(span, prediction)
             return pb.PredictBatchResponse(
-                responses=[to_response(r) for r in results if isinstance(r, Prediction)])
+                responses=[to_response(r, reasons.get(i)) for i, r in enumerate(scored)])
 
     async def PredictStream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]

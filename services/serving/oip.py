@@ -6,6 +6,7 @@ scoring itself is the Predictor's."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from dataclasses import dataclass
@@ -208,7 +209,8 @@ async def infer(predictor: Predictor, model_name: str, version: str, request_id:
     records = to_records(tensors)
     rows = await predictor.predict_rows(request_id, model_name, parse_version(version),
                                         records, call)
-    explanations = explain(rows.model, rows.records) if explain_rows else None
+    explanations = await asyncio.to_thread(explain, rows.model, rows.records) \
+        if explain_rows else None
     return Answer(rows, explanations)
 
 

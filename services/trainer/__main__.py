@@ -12,7 +12,9 @@ import threading
 from typing import NoReturn
 
 from services.trainer.config import TrainerSettings
+from shared.kafka import ensure_topics
 from shared.stage import run_service
+from shared.topics import Topics
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -27,12 +29,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         return args.rank is None and settings.trainer_workers > 1
 
     def run(settings: TrainerSettings, stop: threading.Event) -> int:
-        from services.trainer.worker import die_with_parent, launch, run_rank
+        from services.trainer.worker import launch, run_rank
 
+        topics = Topics(settings.topic_prefix)
+        ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
         if launcher(settings):
             return launch(settings, stop)
-        if args.rank is not None:
-            die_with_parent()
         return run_rank(settings, args.rank or 0, args.world_size, args.master_port, stop)
 
     def metrics_port(settings: TrainerSettings) -> int | None:

@@ -88,16 +88,21 @@ def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, acti
     from services.trainer.announce import announce
     from shared.decisions import publish_decision
     from shared.events import Decision
+    from shared.principals import Principal
     from shared.tracing import get_tracer, setup_telemetry, shutdown_telemetry
 
     setup_telemetry("lepton-models")
     try:
         producer = _producer(settings)
+        operator = Principal.load(settings, "operator")
         if decision is not None:
             publish_decision(producer, settings, Decision(
                 kind=decision, actor=f"cli:{os.environ.get('USER', 'unknown')}",
-                dataset=card.dataset, detail={"version": card.version, **(detail or {})}))
-        announce(producer, settings, registry, card, action, share, get_tracer(__name__))
+                dataset=card.dataset, detail={"version": card.version, **(detail or {})}),
+                signer=operator)
+        announce(producer, settings, registry, card, action, share, get_tracer(__name__),
+                 signer=operator, override=action in ("promote", "canary")
+                 and card.status != "promoted")
     finally:
         shutdown_telemetry()
 

@@ -1,6 +1,7 @@
 """Rank 0's side of a cycle: load the live model to warm-start from, evaluate the candidate
-beside it on the held-out window, apply the gate, write the signed artifact, then make it
-live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
+beside it on the held-out window, apply the gate, record global feature importance (mean
+|attribution| per raw field, shared.attribution) in the card, write the signed artifact, then
+make it live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
 `models.updates` with the trace context in the headers.
 
 The steps after the registry write are idempotent (deterministic decision ids) and marked
@@ -31,17 +32,20 @@ from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
+from shared.attribution import global_importance
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
+from shared.principals import Principal
 from shared.registry import ArtifactError, ModelCard, Registry
 from shared.state import rkey
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
 ACTOR = "trainer"
+IMPORTANCE_ROWS = 256
 
 
 def code_version() -> str:
@@ -97,6 +101,7 @@ class Releaser:
         self.registry = registry
         self.producer = producer
         self.tracer = tracer
+        self.signer = Principal.load(settings, "trainer")
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         self.code_version = code_version()
@@ -148,6 +153,15 @@ class Releaser:
         x = torch.from_numpy(transform.transform(window))
         net_cpu = net.to("cpu").eval()
         return predict_proba(net_cpu, x).numpy().astype(np.float64)
+
+    def _importance(self, candidate: Candidate, window: list[dict[str, Any]]) -> dict[str, Any]:
+        """Global feature importance (mean |attribution| per raw field) on the held-out rows;
+        like the metrics, it is computed outside DP-SGD and so not covered by the card's ε."""
+        rows = window[:IMPORTANCE_ROWS]
+        importance = global_importance(candidate.net.to("cpu").eval(), candidate.transform,
+                                       candidate.transform.transform(rows))
+        return {**importance, "data": "held-out window (not covered by epsilon)"} \
+            if importance else {}
 
     def _threshold(self, probs: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]
                    ) -> float:
@@ -207,7 +221,8 @@ class Releaser:
             wall_time_s=round(candidate.wall_time_s, 3), energy_j=round(candidate.energy_j, 3),
             energy_method=candidate.energy_method,
             co2e_g=round(candidate.energy_j / 3.6e6 * self.settings.trainer_grid_gco2_per_kwh, 6),
-            training={**candidate.training, "dp_charge_epsilon": charge}, gate=gate,
+            training={**candidate.training, "dp_charge_epsilon": charge,
+                      "feature_importance": self._importance(candidate, window)}, gate=gate,
             parent_version=parent.card.version if parent else None,
             status="promoted" if verdict.promoted else "refused",
         )
@@ -240,22 +255,24 @@ class Releaser:
                 decision_id=f"{ident}-dp", kind="dp_sgd_charge", actor=ACTOR,
                 dataset=card.dataset, detail={"epsilon": charge, "delta": card.delta or 0.0,
                                               "model": card.model, "version": card.version,
-                                              "model_epsilon": card.epsilon}))
+                                              "model_epsilon": card.epsilon}),
+                signer=self.signer)
         if card.status == "promoted":
             self.registry.set_live(card.model, card.version)
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-promoted", kind="model_promoted", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
             self.announce(card, "promote")
         else:
             publish_decision(self.producer, self.settings, Decision(
                 decision_id=f"{ident}-refused", kind="model_refused", actor=ACTOR,
-                dataset=card.dataset, detail=detail))
+                dataset=card.dataset, detail=detail), signer=self.signer)
         self.redis.sadd(self._released_key, str(card.version))
 
     def announce(self, card: ModelCard, action: str, share: float | None = None) -> None:
         """Publish the announcement on `models.updates` (key = model), trace context included."""
-        announce(self.producer, self.settings, self.registry, card, action, share, self.tracer)
+        announce(self.producer, self.settings, self.registry, card, action, share, self.tracer,
+                 signer=self.signer)
 
     def reconcile(self) -> None:
         """Finish the post-save steps of saved versions a crash interrupted."""

@@ -4,9 +4,7 @@ local port, forwards SIGINT/SIGTERM to them, and stops them all when one fails."
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -15,9 +13,9 @@ import threading
 import time
 
 from services.trainer.config import TrainerSettings
+from shared.lifecycle import parent_death
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -25,17 +23,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (best effort elsewhere)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:
-        os._exit(1)
 
 
 def run_rank(settings: TrainerSettings, rank: int, world: int, port: int,
@@ -62,7 +49,8 @@ def launch(settings: TrainerSettings, stop: threading.Event) -> int:
     world = settings.trainer_workers
     port = settings.trainer_master_port or free_port(settings.trainer_master_addr)
     procs = [subprocess.Popen([sys.executable, "-m", "services.trainer", "--rank", str(rank),
-                               "--world-size", str(world), "--master-port", str(port)])
+                               "--world-size", str(world), "--master-port", str(port)],
+                              preexec_fn=parent_death(signal.SIGKILL))
              for rank in range(world)]
     log.info("started %d trainer workers (pids %s), rendezvous %s:%d", world,
              [p.pid for p in procs], settings.trainer_master_addr, port)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from shared.config import EXIT_CONFIG, ConfigError, LeptonSettings, load_settings
+from shared.logs import setup_logging
 from shared.signals import stop_event
 from shared.tracing import setup_telemetry, shutdown_telemetry
 
@@ -26,9 +27,7 @@ def run_service(name: str, settings_class: type[S], run: Callable[[S, threading.
     """Run service `name` until stopped and exit with the status `run` returns. Errors in
     `fatal` (and configuration errors) print one line, not a traceback."""
     settings = load_settings(settings_class)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(name, settings.log_level)
     stop = stop_event()
     port = metrics_port(settings) if metrics_port is not None else settings.metrics_port
     setup_telemetry(name, metrics_port=port)

@@ -1,29 +1,27 @@
 """Governance against hostile `audit.requests` records on the embedded broker and real Redis:
 the poison decision and 1,000 fuzzed ones are refused to the DLQ and committed past, events keep
-flowing, the ledger is untouched and the audit log verifies (service run in a thread)."""
+flowing, the ledger is untouched and the audit log verifies; forged decisions (unsigned, wrong
+key, kind not allowed, ε = 1e300, tampered) are never sealed (service run in a thread)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.governance.admission import (
-    EPSILON_OVER_MAX,
-    INVALID,
-    TOO_LARGE,
-    UNKNOWN_DATASET,
-    UNKNOWN_KIND,
-)
+from services.governance.admission import CODES, EPSILON_OVER_MAX, INVALID, UNSIGNED
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
 from shared.datasets.generators import transactions
-from shared.events import Header
+from shared.events import Decision, Header, encode
 from shared.kafka import make_producer
-from shared.signing import load_public_key, public_path
+from shared.principals import Principal, sign_decision
+from shared.signing import key_id, load_public_key, public_path
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.hostile import POISON, hostile_decisions
@@ -35,13 +33,11 @@ from tests.integration.test_governance_service import (  # noqa: F401 (fixture)
     specs,
 )
 
-CODES = {INVALID, TOO_LARGE, UNKNOWN_KIND, UNKNOWN_DATASET, EPSILON_OVER_MAX}
-
 
 def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
         lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis) -> None:  # noqa: F811
     topics = Topics(lepton_env.topic_prefix)
-    hostile = hostile_decisions(1000)
+    hostile = hostile_decisions(1000, signer=Principal.load(lepton_env, "trainer"))
     assert hostile[0] == POISON
     events = [ingest_like(e) for e in transactions(200, seed=9, customers=200)]
     producer = make_producer(lepton_env)
@@ -64,7 +60,7 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"decision_rejected"}
     codes = Counter(r.headers[Header.DLQ_DETAIL].split(b":")[0].decode() for r in rejected)
     assert set(codes) <= CODES, codes
-    assert codes[EPSILON_OVER_MAX] > 0 and codes[INVALID] > 0
+    assert min(codes[EPSILON_OVER_MAX], codes[INVALID], codes[UNSIGNED]) > 0, codes
     assert sorted(r.value for r in rejected) == sorted(hostile)
 
     records = _records(lepton_env)
@@ -88,3 +84,66 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     finally:
         running.close()
     assert len(read_topic(lepton_env, topics.rejected, idle=1.5)) == 1000
+
+
+def _forged(settings: LeptonSettings) -> tuple[list[tuple[bytes, str]], bytes]:
+    """Forged decisions with the code each must be refused with, and one genuine charge."""
+    trainer = Principal.load(settings, "trainer")
+    ingest = Principal.load(settings, "ingest")
+    key = Ed25519PrivateKey.generate()
+    stranger = Principal("trainer", key, key_id(key.public_key()))
+
+    def charge(eps: float, ident: str) -> Decision:
+        return Decision(decision_id=ident, kind="dp_sgd_charge", actor="trainer",
+                        dataset="tiny", detail={"epsilon": eps, "delta": 1e-5})
+
+    impostor = sign_decision(stranger, charge(5.0, "wrong-key")).model_copy(
+        update={"key_id": trainer.key_id})
+    tampered = orjson.loads(encode(sign_decision(trainer, charge(0.5, "tampered"))))
+    tampered["detail"]["epsilon"] = 50.0
+    forged = [
+        (encode(charge(5.0, "unsigned")), "unsigned"),
+        (encode(impostor), "bad_signature"),
+        (encode(sign_decision(stranger, charge(5.0, "stranger"))), "unknown_key"),
+        (orjson.dumps(tampered), "bad_signature"),
+        (encode(sign_decision(ingest, charge(5.0, "ingest-charges"))), "kind_not_allowed"),
+        (encode(sign_decision(trainer, charge(1e300, "huge"))), "epsilon_over_max"),
+        (encode(Decision(kind="subject_forgotten", actor="cli:root", subject_id="ann")),
+         "unsigned"),
+        (encode(sign_decision(ingest, Decision(kind="model_promoted", actor="trainer",
+                                               dataset="tiny", detail={"version": 9}))),
+         "kind_not_allowed"),
+        (encode(sign_decision(trainer, Decision(
+            kind="consent_changed", actor="cli:x", subject_id="ann", dataset="tiny",
+            detail={"consent": "withdrawn", "purpose": "p"}))), "kind_not_allowed"),
+    ]
+    return forged, encode(sign_decision(trainer, charge(2.0, "genuine")))
+
+
+def test_forged_decisions_are_not_sealed_and_leave_the_ledger_unchanged(
+        lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis) -> None:  # noqa: F811
+    topics = Topics(lepton_env.topic_prefix)
+    forged, genuine = _forged(lepton_env)
+    producer = make_producer(lepton_env)
+    for value, _ in forged:
+        producer.produce(topics.audit_requests, key=b"forged", value=value)
+    producer.produce(topics.audit_requests, key=b"forged", value=genuine)
+    assert producer.flush(30) == 0
+
+    settings = GovernanceSettings()
+    running = Running(settings, None)
+    try:
+        rejected = read_topic(lepton_env, topics.rejected, expect=len(forged), timeout=60)
+        records = read_topic(lepton_env, topics.audit_log, expect=len(forged) + 1, timeout=30)
+    finally:
+        running.close()
+    codes = [r.headers[Header.DLQ_DETAIL].split(b":")[0].decode() for r in rejected]
+    assert sorted(codes) == sorted(code for _, code in forged)
+    assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"decision_rejected"}
+    sealed = [r for r in _records(lepton_env) if r["kind"] != "decision_rejected"]
+    assert [(r["kind"], r["decision_id"], r["epsilon"], r["principal"]) for r in sealed] == [
+        ("dp_sgd_charge", "genuine", 2.0, "trainer")]
+    assert len([r for r in records if r.headers["lepton.audit.type"] == b"record"]) == len(
+        forged) + 1
+    spend = Ledger(redis_client, settings, None).spend("tiny")
+    assert (spend.epsilon, spend.charges) == (2.0, 1)

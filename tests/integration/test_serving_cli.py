@@ -19,7 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.config import LeptonSettings
 from shared.registry import Registry
 from tests.helpers import lepton
-from tests.unit.serving.support import MODEL, TOKEN, record, save_model, serving_settings
+from tests.unit.serving.support import (
+    ADMIN_TOKEN,
+    MODEL,
+    TOKEN,
+    record,
+    save_model,
+    serving_settings,
+)
 
 
 def _free_port() -> int:
@@ -52,6 +59,7 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     Registry(lepton_env).set_live(MODEL, card.version)
     addr = f"127.0.0.1:{_free_port()}"
     env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
+           "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
            "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG"}
     pii = [str(record(3)[f]) for f in ("card_number", "email", "name")]
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
@@ -70,6 +78,13 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
         batch.write_text("\n".join(json.dumps(record(i)) for i in range(3)))
         lines = lepton("predict", str(batch), env=env).stdout.splitlines()
         assert [json.loads(line)["version"] for line in lines] == [card.version] * 3
+
+        explained = lepton("predict", json.dumps(rec), "--explain", env=env)
+        reason = json.loads(explained.stdout)["explanation"]
+        assert reason["version"] == card.version and reason["method"] == "integrated-gradients"
+        assert abs(sum(reason["attributions"].values())
+                   - (reason["logit"] - reason["baseline_logit"])) <= 1e-4
+        assert "top reasons" in explained.stderr
 
         bad = lepton("predict", json.dumps({**rec, "amount": "x"}), env=env, check=False)
         assert bad.returncode == 2

@@ -143,3 +143,27 @@ def test_model_version_pins_and_errors_map_to_v2_codes(served: Any) -> None:
         == "StatusCode.UNAUTHENTICATED"
     assert status(lambda: client.get_model_metadata("nope", headers=HEADERS)) \
         == "StatusCode.NOT_FOUND"
+
+
+def test_explain_parameter_adds_attributions_that_add_up(served: Any) -> None:
+    server, old, live = served
+    client = triton.InferenceServerClient(server.addr)
+    meta = client.get_model_metadata(MODEL, headers=HEADERS, as_json=True)
+    records = full_records(8)
+    plain = client.infer(MODEL, v2_inputs(records, meta), headers=HEADERS)
+    assert plain.as_numpy("attributions") is None
+    for version in ("", str(old.version)):
+        result = client.infer(MODEL, v2_inputs(records, meta), model_version=version,
+                              parameters={"explain": True}, headers=HEADERS)
+        response = result.get_response(as_json=True)
+        params = response["parameters"]
+        assert params["explain_method"]["string_param"] == "integrated-gradients"
+        assert "mean" in params["explain_baseline"]["string_param"]
+        assert response["model_version"] == str(old.version if version else live.version)
+        features = params["explain_features"]["string_param"].split(",")
+        attributions = result.as_numpy("attributions")
+        assert attributions.shape == (8, len(features))
+        scores = result.as_numpy("score")
+        baseline = params["baseline_logit"]["double_param"]
+        logits = np.log(scores / (1 - scores))
+        assert np.max(np.abs(attributions.sum(axis=1) - (logits - baseline))) <= 1e-4

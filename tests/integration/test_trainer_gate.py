@@ -50,6 +50,12 @@ def test_gate_refuses_a_worse_model(lepton_env: LeptonSettings) -> None:
     good, _ = registry.load("breast_cancer", 1)
     bad, _ = registry.load("breast_cancer", 2)
     assert bad.status == "refused"
+    importance = good.training["feature_importance"]
+    assert importance["method"] in ("exact-linear", "integrated-gradients")
+    assert "mean" in importance["baseline"] and importance["rows"] > 0
+    fields = {c["name"] for c in good.feature_transform["columns"]}
+    assert set(importance["mean_abs_attribution"]) == fields
+    assert max(importance["mean_abs_attribution"].values()) > 0
     assert bad.parent_version == 1
     assert bad.gate["compared_to"] == 1
     assert bad.metrics["f1"] < good.metrics["f1"] - settings.trainer_gate_tolerance

@@ -67,3 +67,35 @@ def test_infrastructure_is_production_shaped() -> None:
     assert devices[0]["capabilities"] == ["gpu"]
     assert any(v.startswith("lepton-registry:") for v in compose["serving"]["volumes"])
     assert compose["serving"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+
+
+def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_only() -> None:
+    compose = _compose()
+    secrets = compose["secrets"]
+    for name in SERVICES:
+        service = compose["services"][name]
+        assert [x for x in service["secrets"] if x.endswith("-principal")] == [
+            f"{name}-principal"], name
+        assert secrets[f"{name}-principal"]["file"] == f"./secrets/principals/{name}.key"
+        env = service["environment"]
+        assert env["LEPTON_PRINCIPAL_KEY_FILE"] == f"/run/secrets/{name}-principal"
+        assert env["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
+        assert "./secrets/principals/public:/principals:ro" in service["volumes"]
+    assert "operator-principal" not in secrets
+
+
+def test_serving_gets_distinct_predict_and_admin_tokens_from_secrets() -> None:
+    compose = _compose()
+    serving = compose["services"]["serving"]
+    assert {"serving-predict-token", "serving-admin-token"} <= set(serving["secrets"])
+    env = serving["environment"]
+    assert env["LEPTON_SERVING_AUTH_TOKEN_FILE"] == "/run/secrets/serving-predict-token"
+    assert env["LEPTON_SERVING_ADMIN_TOKEN_FILE"] == "/run/secrets/serving-admin-token"
+    files = {compose["secrets"][n]["file"] for n in ("serving-predict-token",
+                                                       "serving-admin-token")}
+    assert len(files) == 2
+    assert "LEPTON_SERVING_AUTH" not in env
+    for name in SERVICES:
+        if name != "serving":
+            assert not {"serving-predict-token", "serving-admin-token"} & set(
+                compose["services"][name]["secrets"])

@@ -122,12 +122,15 @@ class PredictRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Caller-chosen id echoed in the response (the server assigns one when empty)."""
     model: _builtins.str
     """Model name; may be empty when the server hosts exactly one model."""
     version: _builtins.int
     """Pin a model version; 0 lets the rollout (live / canary) choose."""
+    explain: _builtins.bool
+    """Also answer per-field attributions (off by default: it costs more than scoring)."""
     @_builtins.property
     def features(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
         """The raw record: field name -> string, number, bool or null."""
@@ -139,10 +142,11 @@ class PredictRequest(_message.Message):
         model: _builtins.str = ...,
         version: _builtins.int = ...,
         features: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "model", b"model", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explain", b"explain", "features", b"features", "model", b"model", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,6 +162,7 @@ class PredictResponse(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     version: _builtins.int
@@ -167,6 +172,10 @@ class PredictResponse(_message.Message):
     label: _builtins.bool
     """score >= the server's decision threshold."""
     route: Global___Route.ValueType
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Set when the request asked `explain`."""
+
     def __init__(
         self,
         *,
@@ -176,14 +185,76 @@ class PredictResponse(_message.Message):
         score: _builtins.float = ...,
         label: _builtins.bool = ...,
         route: Global___Route.ValueType = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "model", b"model", "request_id", b"request_id", "route", b"route", "score", b"score", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "label", b"label", "model", b"model", "request_id", b"request_id", "route", b"route", "score", b"score", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """How much each raw field moved the logit away from the baseline, by the version that scored:
+    the sum of `attributions` is `logit - baseline_logit`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    LOGIT_FIELD_NUMBER: _builtins.int
+    BASELINE_LOGIT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """"exact-linear" (logistic: weight x standardised value) or "integrated-gradients" (MLP)."""
+    baseline: _builtins.str
+    """The baseline input, in words."""
+    logit: _builtins.float
+    baseline_logit: _builtins.float
+    version: _builtins.int
+    @_builtins.property
+    def attributions(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        baseline: _builtins.str = ...,
+        logit: _builtins.float = ...,
+        baseline_logit: _builtins.float = ...,
+        attributions: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributions", b"attributions", "baseline", b"baseline", "baseline_logit", b"baseline_logit", "logit", b"logit", "method", b"method", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class PredictBatchRequest(_message.Message):

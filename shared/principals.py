@@ -1,0 +1,106 @@
+"""Principals: each service and the operator CLI has its own Ed25519 identity, and signs what it
+says on the bus (decisions) over a canonical encoding that the receiver verifies.
+
+Consumes the keys directory: `<keys>/principals/<name>.key` (0600, in a 0700 directory, created on
+first use) with `<name>.pub` beside it; receivers read only the `.pub` files. Produces signed
+`Decision`s (`key_id`, `signature`) and verifies them against a public key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.config import LeptonSettings
+from shared.events import Decision
+from shared.signing import key_id, load_or_create_private_key, public_pem, sign, verify
+
+PrincipalName = Literal["ingest", "governance", "trainer", "serving", "operator"]
+PRINCIPAL_NAMES: tuple[PrincipalName, ...] = get_args(PrincipalName)
+PRINCIPALS_DIR = "principals"
+DECISION_DOMAIN = b"lepton.decision.v1\n"
+
+
+def principals_dir(settings: LeptonSettings) -> Path:
+    """Where the principals' keys live (`<keys>/principals`)."""
+    return settings.keys_path() / PRINCIPALS_DIR
+
+
+def public_keys_dir(settings: LeptonSettings) -> Path:
+    """Where a receiver reads the principals' public keys (`<name>.pub`)."""
+    return settings.principals_public_dir or principals_dir(settings)
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if absent, and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """One identity that signs: its name, private key and key id."""
+
+    name: str
+    key: Ed25519PrivateKey
+    key_id: str
+
+    @classmethod
+    def load(cls, settings: LeptonSettings, name: PrincipalName) -> Principal:
+        """The principal's key: `LEPTON_PRINCIPAL_KEY_FILE` when set (must exist), else from the
+        keys directory, created (0600 in a 0700 directory) on first use."""
+        given = settings.principal_key_file
+        if given is not None:
+            if not given.is_file():
+                raise FileNotFoundError(f"LEPTON_PRINCIPAL_KEY_FILE {given} does not exist")
+            key = load_or_create_private_key(given)
+        else:
+            directory = principals_dir(settings)
+            if not (directory / f"{name}.key").exists():
+                private_dir(directory)
+            key = load_or_create_private_key(directory / f"{name}.key")
+        return cls(name, key, key_id(key.public_key()))
+
+    def sign(self, data: bytes) -> str:
+        """Sign `data` (base64 signature)."""
+        return sign(self.key, data)
+
+
+def make_key_set(directory: Path) -> dict[str, str]:
+    """Create every principal's key in `directory` (0700): `<name>.key` (0600) and, for the
+    receivers, `public/<name>.pub`; existing keys are kept. Returns name → key id."""
+    private_dir(directory)
+    public = directory / "public"
+    public.mkdir(exist_ok=True)
+    ids: dict[str, str] = {}
+    for name in PRINCIPAL_NAMES:
+        key = load_or_create_private_key(directory / f"{name}.key")
+        (public / f"{name}.pub").write_bytes(public_pem(key.public_key()))
+        ids[name] = key_id(key.public_key())
+    return ids
+
+
+def canonical_decision(obj: dict[str, Any]) -> bytes:
+    """The bytes a decision's signature covers: a domain tag and the decision's JSON object
+    (sorted keys, compact) without its `signature`."""
+    body = {k: v for k, v in obj.items() if k != "signature"}
+    return DECISION_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_decision(principal: Principal, decision: Decision) -> Decision:
+    """`decision` with the principal's key id and its signature over the canonical encoding."""
+    unsigned = decision.model_copy(update={"key_id": principal.key_id, "signature": None})
+    signature = principal.sign(canonical_decision(unsigned.model_dump(mode="json")))
+    return unsigned.model_copy(update={"signature": signature})
+
+
+def verify_decision(public: Ed25519PublicKey, obj: dict[str, Any]) -> bool:
+    """Whether the decision object (as received, parsed JSON) is signed by `public`."""
+    signature = obj.get("signature")
+    return isinstance(signature, str) and verify(public, canonical_decision(obj), signature)
