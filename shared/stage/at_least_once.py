@@ -51,7 +51,8 @@ class AtLeastOnceRuntime:
         finished = True
         try:
             while finished and not self.stop.is_set():
-                batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s)
+                batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s,
+                                   eager=True)
                 self.metrics.update_lag(self.consumer)
                 if batch:
                     finished = self._handle(batch)

@@ -94,11 +94,18 @@ def is_retriable(error: KafkaError) -> bool:
     return bool(error.retriable()) and not error.txn_requires_abort() and not is_fenced(error)
 
 
-def poll_batch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
-    """Up to `size` records (waiting at most `timeout_s`); a fatal client error raises Fenced,
+def poll_batch(consumer: Consumer, size: int, timeout_s: float, *, eager: bool = False
+               ) -> list[Message]:
+    """Up to `size` records, waiting at most `timeout_s` for them (`eager`: only for the first,
+    then whatever is already fetched: lowest latency); a fatal client error raises Fenced,
     other errors are logged."""
+    if eager:
+        first = consumer.poll(timeout_s)
+        messages = [] if first is None else [first, *consumer.consume(size - 1, timeout=0)]
+    else:
+        messages = consumer.consume(size, timeout_s)
     batch = []
-    for msg in consumer.consume(size, timeout_s):
+    for msg in messages:
         error = msg.error()
         if error is None:
             batch.append(msg)
