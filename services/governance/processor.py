@@ -43,6 +43,7 @@ from shared.events import (
     Scalar,
     decode_envelope,
 )
+from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym
 from shared.stage import Output
@@ -104,6 +105,7 @@ class Processor:
         self.sealer = DeadLetterSealer(keystore)
         self._datasets: dict[str, DatasetPrivacy | str] = {}
         self.allow = AllowList(public_keys_dir(settings), ALLOWED)
+        self.mac = GovernedMac.load(settings)
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
         """The release settings of a dataset, or why it cannot be governed."""
@@ -131,6 +133,8 @@ class Processor:
             if item.msg.topic() != self.topics.clean:
                 decision_item(item, self.store, self.ledger, self.dataset, self.metrics)
         self._seal(items)
+        self.policy.apply(item.extra for item in items
+                          if item.decision is not None and item.sealed is not None)
         self.store.sync()
         offsets: dict[tuple[str, int], int] = {}
         counts: Counter[str] = Counter()
@@ -140,7 +144,7 @@ class Processor:
             offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
             counts[item.kind or "skipped"] += 1
             outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id(),
-                                       self.sealer))
+                                       self.sealer, self.mac))
         return BatchResult(outputs, offsets, counts)
 
     def _decode(self, msg: Message) -> Item:

@@ -25,6 +25,7 @@ from shared.events import (
     PrivacyStamp,
     dlq_headers,
 )
+from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import inject_headers, process_span
@@ -111,9 +112,9 @@ def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
 
 
 def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
-                sealer: DeadLetterSealer) -> list[Output]:
-    """The records to produce for one consumed record, under its process span (dead letters
-    sealed under the DLQ key)."""
+                sealer: DeadLetterSealer, mac: GovernedMac) -> list[Output]:
+    """The records to produce for one consumed record, under its process span (governed
+    records stamped with their MAC, dead letters sealed under the DLQ key)."""
     msg = item.msg
     attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
     if item.reason:
@@ -129,8 +130,9 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
                       offset=msg.offset(), group=group, attributes=attrs):
         trace = inject_headers([])
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
-            out.append(Output(topics.governed, item.envelope.subject_id.encode(),
-                              governed_json(item), [_JSON, *trace]))
+            value = governed_json(item)
+            out.append(Output(topics.governed, item.envelope.subject_id.encode(), value,
+                              [_JSON, (MAC_HEADER, mac.tag(value)), *trace]))
         if item.sealed is not None and item.publish:
             out.append(Output(topics.audit_log, item.identity.encode(), item.line,
                               [_JSON, _RECORD, *trace], item.sealed.partition))

@@ -145,7 +145,7 @@ class GovernanceService:
                                segment_bytes=s.governance_segment_bytes, fsync=s.governance_fsync)
             store.open(counts[self.topics.audit_log])
             key = load_or_create_private_key(s.audit_key_path())
-            processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
+            processor = Processor(s, store, ledger, Policy(client, s, s.audit_dir()), self.metrics,
                                   counts[self.topics.audit_log],
                                   KeyStore(s, client=client), self.tracer)
             self.runtime = TransactionalRuntime(

@@ -43,6 +43,7 @@ from shared.datasets import load_spec
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import dlq_headers
 from shared.features import FeatureTransform
+from shared.governed_mac import GovernedMac
 from shared.kafka import make_consumer, make_producer
 from shared.nets import architecture, build_model
 from shared.readiness import clear_ready, mark_ready
@@ -119,7 +120,7 @@ class TrainerLoop:
         self._assign()
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
-            val_percent=self.settings.trainer_val_percent))
+            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)))
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:

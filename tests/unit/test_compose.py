@@ -99,3 +99,13 @@ def test_serving_gets_distinct_predict_and_admin_tokens_from_secrets() -> None:
         if name != "serving":
             assert not {"serving-predict-token", "serving-admin-token"} & set(
                 compose["services"][name]["secrets"])
+
+
+def test_only_governance_and_the_trainer_hold_the_governed_mac_key() -> None:
+    compose = _compose()
+    holders = {name for name in SERVICES
+               if "governed-mac-key" in compose["services"][name]["secrets"]}
+    assert holders == {"governance", "trainer"}
+    for name in holders:
+        env = compose["services"][name]["environment"]
+        assert env["LEPTON_GOVERNED_MAC_KEY_FILE"] == "/run/secrets/governed-mac-key"
