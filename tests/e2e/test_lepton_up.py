@@ -24,6 +24,7 @@ import pytest
 from services.serving.client import ServingClient
 from shared.config import LeptonSettings
 from shared.datasets.generators import transactions
+from shared.lifecycle import parent_death
 from shared.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.helpers import lepton
@@ -88,7 +89,7 @@ def platform(tmp_path: Path, redis_prefix: str) -> Iterator[Running]:
     with log.open("wb") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "lepton", "up"], env=env,
                                 stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=parent_death())
     running = Running(proc, env, LeptonSettings(), addr, log, receiver, set())
     try:
         _wait(lambda: b"lepton up: ready" in log.read_bytes(), "readiness", 240, proc, log)
