@@ -33,6 +33,7 @@ from services.serving.model import ModelLoader
 from services.serving.oip_grpc import InferenceService
 from services.serving.prediction_log import PredictionLog
 from services.serving.predictor import Predictor
+from services.serving.request_metrics import RequestMetrics
 from shared.readiness import clear_ready, mark_ready
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class ServingApp:
 
     def _build_server(self) -> grpc.aio.Server:
         auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
-        interceptors = [DecodeGuard(), *auth]
+        interceptors = [RequestMetrics(), DecodeGuard(), *auth]
         if not auth:
             log.warning("LEPTON_SERVING_AUTH_TOKEN is not set: the API is open to any caller")
         server = grpc.aio.server(interceptors=interceptors,
