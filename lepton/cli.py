@@ -32,6 +32,7 @@ SERVICE_CLIS = (
     "services.serving.cli",
     "lepton.up",
     "lepton.topics",
+    "lepton.probe",
 )
 
 

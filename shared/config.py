@@ -81,6 +81,9 @@ class LeptonSettings(BaseSettings):
         default=None, description="Public keys (<principal>.pub) this process trusts "
         "(default: <keys dir>/principals).")
     log_level: str = "INFO"
+    log_format: str = Field(
+        default="auto", pattern="^(auto|json|text)$",
+        description="json, text, or auto (text on a terminal, JSON otherwise).")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
     )

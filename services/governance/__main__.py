@@ -21,7 +21,7 @@ def main() -> None:
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(GovernanceSettings)
-    setup_logging("governance", settings.log_level)
+    setup_logging("governance", settings.log_level, settings.log_format)
     stop = stop_event()
     setup_telemetry("governance", metrics_port=settings.metrics_port)
     try:

@@ -16,7 +16,7 @@ def main() -> int:
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(IngestSettings)
-    setup_logging("ingest", settings.log_level)
+    setup_logging("ingest", settings.log_level, settings.log_format)
     stop = stop_event()
     setup_telemetry("ingest", metrics_port=settings.metrics_port)
     try:

@@ -17,7 +17,7 @@ def main() -> None:
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     settings = load_settings(ServingSettings)
-    setup_logging("serving", settings.log_level)
+    setup_logging("serving", settings.log_level, settings.log_format)
     try:
         ensure_topics(settings, [Topics(settings.topic_prefix).models])
     except ConfigError as error:

@@ -31,6 +31,9 @@ class ServingSettings(LeptonSettings):
     serving_auth_token: SecretStr | None = Field(
         default=None, description="Bearer token every call must carry (unset: no auth)."
     )
+    serving_auth_token_file: Path | None = Field(
+        default=None, description="File holding the bearer token (a compose/k8s secret); "
+        "used when LEPTON_SERVING_AUTH_TOKEN is unset.")
     serving_tls_cert: Path | None = Field(default=None, description="PEM certificate chain.")
     serving_tls_key: Path | None = Field(default=None, description="PEM private key.")
     serving_tls_client_ca: Path | None = Field(
@@ -86,4 +89,8 @@ class ServingSettings(LeptonSettings):
     def auth_token(self) -> str | None:
         """The bearer token, or None when auth is off."""
         token = self.serving_auth_token
-        return token.get_secret_value() if token and token.get_secret_value() else None
+        if token and token.get_secret_value():
+            return token.get_secret_value()
+        if self.serving_auth_token_file is not None:
+            return self.serving_auth_token_file.read_text().strip() or None
+        return None

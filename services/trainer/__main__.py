@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = load_settings(TrainerSettings)
-    setup_logging("trainer", settings.log_level)
+    setup_logging("trainer", settings.log_level, settings.log_format)
     try:
         topics = Topics(settings.topic_prefix)
         ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
