@@ -1,6 +1,9 @@
 """Serving benchmark: QPS and p50/p99 of unary Predict and PredictBatch at several concurrency
 levels, with and without dynamic batching, against a minimal grpc.aio echo server (same proto,
-constant answer) in the same run; then the worst latency while the model is hot-swapped.
+constant answer) in the same run; the OIP v2 paths (gRPC ModelInfer with 1 and 32 rows, HTTP v2
+infer at concurrency 1/8/32) against a v2 grpc.aio echo and an HTTP (FastAPI/uvicorn) echo, and
+the cost of `explain=true` (bench/serving_v2.py); then the worst latency while the model is
+hot-swapped.
 
 Run `python bench/serving_bench.py [--seconds 2 --rounds 2]`; prints markdown. Starts its
 own embedded broker when LEPTON_KAFKA_BOOTSTRAP is unset and uses Redis at LEPTON_REDIS_URL
@@ -26,6 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import serving_v2  # noqa: E402
 
 TOKEN = "bench-token"
 MODEL = "fraud"
@@ -142,6 +148,7 @@ class Platform:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.http: dict[str, str] = {}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
         self.env.update({
             "LEPTON_REDIS_URL": os.environ.get("LEPTON_REDIS_URL", "redis://127.0.0.1:6379/15"),
@@ -180,18 +187,24 @@ class Platform:
         """Start `python -m services.serving`; returns it once SERVING."""
         port = _free_port()
         addr = f"127.0.0.1:{port}"
+        http = f"127.0.0.1:{_free_port()}"
         proc = self._spawn([sys.executable, "-m", "services.serving"],
-                           {"LEPTON_SERVING_ADDR": addr, **env})
+                           {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_HTTP_ADDR": http,
+                            **env})
         _wait_serving(addr, proc)
+        self.http[addr] = f"http://{http}"
         return proc, addr
 
-    def echo(self) -> tuple[subprocess.Popen[bytes], str]:
-        """Start the minimal echo server."""
+    def echo(self, kind: str = "--echo-server") -> tuple[subprocess.Popen[bytes], str]:
+        """Start a minimal echo server (lepton gRPC, v2 gRPC or HTTP)."""
         port = _free_port()
-        proc = self._spawn([sys.executable, str(Path(__file__).resolve()), "--echo-server",
-                            str(port)])
+        proc = self._spawn([sys.executable, str(Path(__file__).resolve()), kind, str(port)])
         addr = f"127.0.0.1:{port}"
-        _wait_port(addr, proc)
+        if kind == "--http-echo-server":
+            _wait_tcp(addr, proc)
+            self.http[addr] = f"http://{addr}"
+        else:
+            _wait_port(addr, proc)
         return proc, addr
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -220,6 +233,18 @@ def _wait_port(addr: str, proc: subprocess.Popen[bytes]) -> None:
         channel.close()
     if proc.poll() is not None:
         raise RuntimeError(f"server at {addr} exited")
+
+
+def _wait_tcp(addr: str, proc: subprocess.Popen[bytes]) -> None:
+    host, _, port = addr.rpartition(":")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {addr} did not listen")
 
 
 def _wait_serving(addr: str, proc: subprocess.Popen[bytes]) -> None:
@@ -278,13 +303,19 @@ class Point:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def _measure(addr: str, pid: int, concurrency: int, seconds: float, batch: int) -> tuple[
-        Result, float]:
+def _measure(addr: str, pid: int, concurrency: int, seconds: float, batch: int,
+             kind: str = "lepton", explain: bool = False) -> tuple[Result, float]:
+    """One load point against one server; `kind` lepton | v2 | http."""
     import psutil
 
     proc = psutil.Process(pid)
     before = proc.cpu_times()
-    result = asyncio.run(_load(addr, concurrency, seconds, batch))
+    if kind == "lepton":
+        result = asyncio.run(_load(addr, concurrency, seconds, batch))
+    else:
+        load = serving_v2.load_v2_grpc(addr, concurrency, seconds, batch, explain) \
+            if kind == "v2" else serving_v2.load_http(addr, concurrency, seconds, batch)
+        result = Result(*asyncio.run(load))
     after = proc.cpu_times()
     return result, (after.user + after.system) - (before.user + before.system)
 
@@ -317,15 +348,35 @@ async def _swap_run(addr: str, platform: Platform, cards: list[Any], seconds: fl
     return result, windows
 
 
+def _print_v2(points: dict[tuple[str, int, int], Point],
+              v2_points: list[tuple[str, int, int, bool]]) -> None:
+    labels = {"v2 echo": "v2 ModelInfer, echo server (grpc.aio)", "v2": "v2 ModelInfer (gRPC)",
+              "http echo": "HTTP v2 infer, echo (FastAPI/uvicorn)", "http": "HTTP v2 infer",
+              "v2 explain": "v2 ModelInfer, explain=true"}
+    echo_of = {"v2": "v2 echo", "http": "http echo", "v2 explain": "v2 echo"}
+    for name, conc, rows, explain in v2_points:
+        key = f"{name}{' explain' if explain else ''}"
+        base = points.get((echo_of[key], conc, rows)) if key in echo_of else None
+        print(_row(f"{labels[key]} ×{rows}", conc, points[(key, conc, rows)], base))
+
+
 def main() -> None:
     """Run every load point (servers interleaved round by round) and print markdown."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0, help="Per round and point.")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--v2-echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--http-echo-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
         asyncio.run(_echo_server(args.echo_server))
+        return
+    if args.v2_echo_server is not None:
+        asyncio.run(serving_v2.v2_echo_server(args.v2_echo_server))
+        return
+    if args.http_echo_server is not None:
+        serving_v2.http_echo_server(args.http_echo_server)
         return
     from shared.registry import Registry
     from tests.unit.serving.support import save_model
@@ -342,6 +393,18 @@ def main() -> None:
                    "batched": (batched, batched_addr)}
         for _, addr in servers.values():
             asyncio.run(_load(addr, 8, 0.5, 1))
+        v2_echo, v2_echo_addr = platform.echo("--v2-echo-server")
+        http_echo, http_echo_addr = platform.echo("--http-echo-server")
+        v2_targets = {  # (label, kind, proc, target, rows, explain) -> measured at levels
+            "v2 echo": ("v2", v2_echo, v2_echo_addr), "v2": ("v2", plain, plain_addr),
+            "http echo": ("http", http_echo, platform.http[http_echo_addr]),
+            "http": ("http", plain, platform.http[plain_addr])}
+        v2_points = [(name, conc, rows, explain) for name in v2_targets for conc, rows, explain
+                     in ((1, 1, False), (8, 1, False), (32, 1, False), (8, 32, False))
+                     if not (name.startswith("http") and rows > 1)]
+        v2_points += [("v2", 8, 1, True), ("v2", 8, 32, True)]
+        for kind, _, target in v2_targets.values():
+            _measure(target, plain.pid, 8, 0.5, 1, kind)
         levels = (1, 8, 32)
         points: dict[tuple[str, int, int], Point] = {}
         for _ in range(args.rounds):
@@ -353,6 +416,13 @@ def main() -> None:
                 proc, addr = servers[name]
                 result, cpu = _measure(addr, proc.pid, 8, args.seconds, 32)
                 points.setdefault((name, 8, 32), Point()).add(result, cpu)
+            for name, conc, rows, explain in v2_points:
+                kind, proc, target = v2_targets[name]
+                result, cpu = _measure(target, proc.pid, conc, args.seconds, rows, kind, explain)
+                points.setdefault((f"{name}{' explain' if explain else ''}", conc, rows),
+                                  Point()).add(result, cpu)
+        platform.stop(v2_echo)
+        platform.stop(http_echo)
         platform.stop(echo)
         platform.stop(batched)
         swap, windows = asyncio.run(_swap_run(plain_addr, platform, cards[1:],
@@ -383,6 +453,7 @@ def main() -> None:
                 print(_row(labels[name], conc, points[(name, conc, 1)], echo_point))
         print(_row("PredictBatch ×32, echo server", 8, points[("echo", 8, 32)], None))
         print(_row("PredictBatch ×32", 8, points[("plain", 8, 32)], points[("echo", 8, 32)]))
+        _print_v2(points, v2_points)
         print(f"\nHot-swap under load (Predict, no batching, concurrency 8, a shadow then "
               f"{len(cards) - 1} promotions by announcement): {swap.calls:,} calls, "
               f"{swap.errors} errors; worst latency within 0.5 s after a swap "

@@ -31,6 +31,8 @@ SERVICE_CLIS = (
     "services.trainer.cli",
     "services.serving.cli",
     "lepton.up",
+    "lepton.dlq",
+    "lepton.subjects",
     "lepton.topics",
     "lepton.probe",
 )
@@ -99,6 +101,26 @@ def broker(
     path = bootstrap_file or common.default_bootstrap_file()
     serve(Topics(common.topic_prefix).all(), path, stop, brokers, host=host, port=port,
           advertise=advertise)
+
+
+@app.command("demo-app")
+def demo_app_command(
+    dataset: Annotated[str, typer.Option(help="Dataset whose generator makes the records.")]
+    = "transactions",
+    model: Annotated[str, typer.Option(help="Model to call (default: the dataset's name).")]
+    = "",
+    rate: Annotated[float, typer.Option(min=0.1, help="Calls a second, over all routes.")]
+    = 2.0,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many calls.")]
+    = None,
+) -> None:
+    """Play a downstream app: predictions over gRPC, HTTP (OIP v2) and Kafka, in turn."""
+    from lepton.demo_app import demo_app
+    from shared.signals import stop_event
+
+    report = demo_app(dataset=dataset, model=model or dataset, rate=rate, stop=stop_event(),
+                      count=count)
+    typer.echo(f"demo-app: sent {dict(report.sent)}, failed {dict(report.failed)}", err=True)
 
 
 @app.command()

@@ -2,14 +2,16 @@
 
 Starts the embedded broker (unless LEPTON_KAFKA_BOOTSTRAP is set), Redis (the configured URL,
 or a private `redis-server`), the four services as separate processes, each waited for until
-it reports ready, and with `--demo` a producer; shows a live dashboard; Ctrl-C stops
-everything in reverse order, leaving no process behind.
+it reports ready, and with `--demo` a producer and a demo app (`lepton demo-app`: predictions
+over gRPC, HTTP and Kafka); shows a live dashboard; Ctrl-C stops everything in reverse order,
+leaving no process behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -211,8 +213,26 @@ def run_env(settings: LeptonSettings) -> dict[str, str]:
     return env
 
 
+def serving_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
+    """Fresh predict and admin tokens for serving where the environment sets none (and auth is
+    not explicitly off), also written to `<data_dir>/serving-tokens.env` (0600) for other
+    shells."""
+    if env.get("LEPTON_SERVING_AUTH") == "none":
+        return {}
+    made = {name: secrets.token_urlsafe(24) for name in
+            ("LEPTON_SERVING_AUTH_TOKEN", "LEPTON_SERVING_ADMIN_TOKEN") if not env.get(name)}
+    if made:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / "serving-tokens.env"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(f"{k}={v}\n" for k, v in made.items()))
+    return made
+
+
 def up(
-    demo: Annotated[bool, typer.Option(help="Also run a producer of demo transactions.")]
+    demo: Annotated[bool, typer.Option(
+        help="Also run a producer of demo transactions and a demo app calling serving.")]
     = False,
     rate: Annotated[float, typer.Option(min=1, help="Demo events a second.")] = 200.0,
     count: Annotated[int, typer.Option(min=1, help="Demo events in all.")] = 100_000,
@@ -227,6 +247,7 @@ def up(
         settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)
     platform.env.update(run_env(settings))
+    platform.env.update(serving_tokens(platform.env, settings.data_dir))
     started = time.monotonic()
     try:
         start_platform(settings, platform, stop)
@@ -236,6 +257,8 @@ def up(
         if demo:
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
                                         "--count", str(count), "--rate", str(rate), "--quiet"])
+            platform.spawn("demo-app", [sys.executable, "-m", "lepton", "demo-app",
+                                        "--rate", "2"])
         _watch(settings, platform, stop, started)
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)

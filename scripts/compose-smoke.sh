@@ -68,8 +68,8 @@ docker build --network host -q "${build_args[@]}" -t lepton-stream:0.1.0 . >/dev
 secrets="$work/secrets"
 rm -rf "$secrets" && mkdir -p "$secrets"
 docker run --rm --user 0 --entrypoint sh -v "$secrets:/out" lepton-stream:0.1.0 -c \
-  "lepton keys principals /out/principals >/dev/null && python -c 'import secrets; print(secrets.token_hex(16))' > /out/serving.token && chown -R 10001:10001 /out"
-token=$(cat "$secrets/serving.token")
+  "lepton keys principals /out/principals >/dev/null && for t in predict admin; do python -c 'import secrets; print(secrets.token_hex(16))' > /out/serving-\$t.token; done && chown -R 10001:10001 /out"
+token=$(cat "$secrets/serving-predict.token")
 
 # -- the stack ---------------------------------------------------------------------------
 .venv/bin/python scripts/smoke/derive.py "$repo" "$work/compose.yml" "$secrets" 2>/dev/null \

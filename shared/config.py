@@ -80,6 +80,9 @@ class LeptonSettings(BaseSettings):
     principals_public_dir: Path | None = Field(
         default=None, description="Public keys (<principal>.pub) this process trusts "
         "(default: <keys dir>/principals).")
+    governed_mac_key_file: Path | None = Field(
+        default=None, description="Key authenticating events.governed records (shared by "
+        "governance and the trainer only; default: <keys dir>/governed-mac.key).")
     log_level: str = "INFO"
     log_format: str = Field(
         default="auto", pattern="^(auto|json|text)$",

@@ -6,8 +6,16 @@ Data keys are random 256-bit AES keys, one per data subject, wrapped by a master
 unwrapped keys are cached in-process in a bounded LRU whose entries live at most `cache_ttl`
 seconds, which bounds how long a running process can still use a key after `forget`.
 Ciphertext text: `enc1:<master key id>:<data key id>:<base64url(nonce | ciphertext | tag)>`;
-the associated data binds that header, the event id and the field name.
-Tokens (`shared.tokens`, re-exported here): `tok1:<token key id>:<base64url(HMAC[:18])>`.
+the associated data binds that header, the event id and the field name. `seal_bytes` seals
+arbitrary bytes (dead letters) in the same header format, binary. Data key ids and the forgotten
+set are keyed by the subject's pseudonym (`shared.pseudonym`), so raw ids and pseudonyms name
+the same key.
+Tokens (`pii: tokenize`): `tok2:<data key id>:<base64url(HMAC-SHA256(token key, field NUL
+value)[:18])>`, where the token key is derived from the subject's own data key: equal values of
+one subject give equal tokens (group by card within a subject), the same value of two subjects
+gives unrelated tokens (no cross-subject join), and `forget` destroys the key, so the subject's
+tokens can no longer be reproduced or linked to anything. Nothing holds a key that tokenizes
+for every subject.
 
 Consumes: key material under `settings.keys_path()` (or `LEPTON_MASTER_KEYS`,
 `LEPTON_TOKEN_KEY`), Redis. Produces: ciphertexts, tokens, wrapped keys in Redis.
@@ -20,7 +28,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from cryptography.exceptions import InvalidTag
@@ -28,15 +36,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import LeptonSettings
 from shared.keyring import Kms, KmsError, LocalKms, b64d, b64e
+from shared.pseudonym import Pseudonymizer
 from shared.state import make_redis, rkey
-from shared.tokens import TOKEN_VERSION, Tokenizer, is_token, load_tokenizer
+from shared.tokens import PlatformKey, load_platform_key
 
 __all__ = [
-    "TOKEN_VERSION", "CryptoError", "DataKey", "KeyDestroyed", "KeyStore", "RewrapReport",
-    "Tokenizer", "is_ciphertext", "is_token", "load_tokenizer",
+    "TOKEN_VERSION", "CryptoError", "DataKey", "KeyDestroyed", "KeyStore", "PlatformKey",
+    "RewrapReport", "is_ciphertext", "is_token", "load_platform_key",
 ]
 
 CIPHER_VERSION = "enc1"
+TOKEN_VERSION = "tok2"  # noqa: S105 (a format tag)
 NONCE_BYTES = 12
 
 # Mint a data key unless the subject was forgotten; returns the record that won (or nil).
@@ -65,13 +75,19 @@ def is_ciphertext(value: object) -> bool:
     return isinstance(value, str) and value.startswith(CIPHER_VERSION + ":")
 
 
+def is_token(value: object) -> bool:
+    """True for a string in this module's token format."""
+    return isinstance(value, str) and value.startswith(TOKEN_VERSION + ":")
+
+
 @dataclass(frozen=True, slots=True)
 class DataKey:
-    """An unwrapped data key (never printed: AESGCM hides its key)."""
+    """An unwrapped data key and the subject's token key derived from it (never printed)."""
 
     key_id: str
     master_id: str
     aead: AESGCM
+    token_key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -122,13 +138,15 @@ class KeyStore:
         *,
         kms: Kms | None = None,
         client: redis.Redis[bytes] | None = None,
-        tokenizer: Tokenizer | None = None,
+        platform: PlatformKey | None = None,
         cache_size: int = 10_000,
         cache_ttl: float = 30.0,
     ) -> None:
         self.kms: Kms = kms or LocalKms.from_settings(settings)
         self._redis = client or make_redis(settings)
-        self._id_key = (tokenizer or load_tokenizer(settings)).derive("data-key-id")
+        platform = platform or load_platform_key(settings)
+        self._id_key = platform.derive("data-key-id")
+        self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self._key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
         self._cache = _Cache(cache_size, cache_ttl)
@@ -136,8 +154,9 @@ class KeyStore:
         self._swap = self._redis.register_script(_SWAP)
 
     def data_key_id(self, subject_id: str) -> str:
-        """The (keyed, non-reversible) id of a subject's data key."""
-        return hmac.digest(self._id_key, subject_id.encode(), "sha256").hex()[:24]
+        """The (keyed, non-reversible) id of a subject's data key (raw id or pseudonym)."""
+        subject = self.pseudonyms.normal(subject_id).encode()
+        return hmac.digest(self._id_key, subject, "sha256").hex()[:24]
 
     def data_keys(
         self, subject_ids: Iterable[str], *, create: bool = True
@@ -172,7 +191,8 @@ class KeyStore:
             pipe = self._redis.pipeline(transaction=False)
             for subject, key_id in to_mint:
                 self._mint(keys=[self._key_prefix + key_id, self._forgotten],
-                           args=[subject, self._seal(key_id, AESGCM.generate_key(256))],
+                           args=[self.pseudonyms.normal(subject),
+                                 self._seal(key_id, AESGCM.generate_key(256))],
                            client=pipe)
             for (subject, key_id), record in zip(to_mint, pipe.execute(), strict=True):
                 if record is None:
@@ -188,6 +208,11 @@ class KeyStore:
         sealed = key.aead.encrypt(nonce, plaintext.encode(), _aad(header, event_id, field))
         return f"{header}:{b64e(nonce + sealed)}"
 
+    def tokenize(self, key: DataKey, field: str, value: str) -> str:
+        """The subject's token of `value` in `field` (keyed by its data key)."""
+        digest = hmac.digest(key.token_key, f"{field}\0{value}".encode(), "sha256")
+        return f"{TOKEN_VERSION}:{key.key_id}:{b64e(digest[:18])}"
+
     def encrypt_for(self, subject_id: str, event_id: str, field: str, plaintext: str) -> str:
         """Encrypt for a subject, minting its key if needed (KeyDestroyed when forgotten)."""
         keys, failures = self.data_keys([subject_id])
@@ -198,6 +223,36 @@ class KeyStore:
     def decrypt_field(self, envelope_event_id: str, field: str, ciphertext: str) -> str:
         """Decrypt a field of event `envelope_event_id`; CryptoError/KeyDestroyed when it can't."""
         version, master_id, key_id, blob = _split(ciphertext)
+        header = f"{version}:{master_id}:{key_id}"
+        return self._decrypt(key_id, blob, _aad(header, envelope_event_id, field)).decode()
+
+    def seal_bytes(self, key: DataKey, label: str, data: bytes) -> bytes:
+        """Encrypt arbitrary bytes (binary: `enc1:<master>:<data key>:` + nonce|ct|tag)."""
+        header = f"{CIPHER_VERSION}:{key.master_id}:{key.key_id}"
+        nonce = os.urandom(NONCE_BYTES)
+        return (f"{header}:".encode() + nonce
+                + key.aead.encrypt(nonce, data, _aad(header, label, "bytes")))
+
+    def open_bytes(self, label: str, sealed: bytes) -> bytes:
+        """Inverse of `seal_bytes`; CryptoError/KeyDestroyed when it can't."""
+        parts = sealed.split(b":", 3)
+        if len(parts) != 4 or parts[0] != CIPHER_VERSION.encode() or not parts[2]:
+            raise CryptoError(f"not a sealed {CIPHER_VERSION} value")
+        if len(parts[3]) < NONCE_BYTES + 16:
+            raise CryptoError("sealed value is truncated")
+        header = b":".join(parts[:3]).decode("ascii", "replace")
+        return self._decrypt(parts[2].decode("ascii", "replace"), parts[3],
+                             _aad(header, label, "bytes"))
+
+    def key_id_of(self, sealed: bytes | str) -> tuple[str, str]:
+        """(master key id, data key id) named by a ciphertext or sealed value."""
+        text = sealed if isinstance(sealed, str) else sealed[:120].decode("ascii", "replace")
+        parts = text.split(":", 3)
+        if len(parts) < 4 or parts[0] != CIPHER_VERSION:
+            raise CryptoError(f"not a {CIPHER_VERSION} ciphertext")
+        return parts[1], parts[2]
+
+    def _decrypt(self, key_id: str, blob: bytes, aad: bytes) -> bytes:
         key = self._cache.get(key_id)
         if key is None:
             record = self._redis.get(self._key_prefix + key_id)
@@ -207,23 +262,20 @@ class KeyStore:
                 key = self._open(key_id, record)
             except KmsError as error:
                 raise CryptoError(str(error)) from None
-        header = f"{version}:{master_id}:{key_id}"
         try:
-            plain = key.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
-                                     _aad(header, envelope_event_id, field))
+            return key.aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag:
             raise CryptoError("ciphertext failed authentication for this event and field") from None
-        return plain.decode()
 
     def is_forgotten(self, subject_id: str) -> bool:
         """True once `forget(subject_id)` ran."""
-        return bool(self._redis.sismember(self._forgotten, subject_id))
+        return bool(self._redis.sismember(self._forgotten, self.pseudonyms.normal(subject_id)))
 
     def forget(self, subject_id: str) -> bool:
         """Crypto-shred: mark the subject forgotten and delete its data key; True if one existed."""
         key_id = self.data_key_id(subject_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.sadd(self._forgotten, subject_id)
+        pipe.sadd(self._forgotten, self.pseudonyms.normal(subject_id))
         pipe.delete(self._key_prefix + key_id)
         _, deleted = pipe.execute()
         self._cache.pop(key_id)
@@ -300,8 +352,9 @@ class KeyStore:
         return self.kms.unwrap(master_id, blob, _wrap_aad(key_id))
 
     def _open(self, key_id: str, record: bytes) -> DataKey:
-        key = DataKey(key_id, record.split(b".", 1)[0].decode(),
-                      AESGCM(self._unwrap(key_id, record)))
+        raw = self._unwrap(key_id, record)
+        key = DataKey(key_id, record.split(b".", 1)[0].decode(), AESGCM(raw),
+                      hmac.digest(raw, b"lepton-token-key", "sha256"))
         self._cache.put(key)
         return key
 

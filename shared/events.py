@@ -27,7 +27,8 @@ _W = TypeVar("_W", bound=BaseModel)
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")
 ]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[a-z0-9_.-]+$")]
+Name = Annotated[str, StringConstraints(
+    min_length=1, max_length=100, pattern=r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")]  # no ./.. parts
 
 
 class Header:
@@ -44,6 +45,7 @@ class Header:
     DLQ_TOPIC = "lepton.dlq.source.topic"
     DLQ_PARTITION = "lepton.dlq.source.partition"
     DLQ_OFFSET = "lepton.dlq.source.offset"
+    CONNECT_ERRORS = "__connect.errors."  # Kafka Connect's dead-letter header namespace
 
 
 class EnvelopeError(ValueError):
@@ -145,6 +147,13 @@ class ModelAnnouncement(_Wire):
     action: Literal["promote", "rollback", "canary", "shadow", "retire"] = "promote"
     share: float | None = Field(default=None, ge=0, le=1)
     announced_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    sequence: int = Field(default=0, ge=0, le=2**62,
+                          description="Per-model monotonic sequence (replays are refused).")
+    override: bool = Field(default=False, description=(
+        "Operator-signed: serve a card whose gate status is not `promoted`."))
+    signer_key_id: str | None = Field(default=None, max_length=64)
+    signer_signature: str | None = Field(default=None, max_length=200, description=(
+        "Ed25519 (base64) of the announcing principal over shared.announcements.signed_bytes."))
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}
@@ -250,21 +259,34 @@ def dlq_headers(
     partition: int,
     offset: int,
     attempt: int = 1,
+    service: str = "",
 ) -> HeaderList:
-    """Headers for a dead-lettered record: the original ones plus why, where and how often."""
+    """Headers for a dead-lettered record: the original ones plus why, where and how often, as
+    `lepton.dlq.*` and as Kafka Connect's `__connect.errors.*` (for standard DLQ tooling)."""
     kept = [
         (k, v.encode() if isinstance(v, str) else v)
         for k, v in (original or ())
-        if v is not None and not k.startswith("lepton.dlq.")
+        if v is not None and not k.startswith(("lepton.dlq.", Header.CONNECT_ERRORS))
     ]
+    text = detail[:1000].encode("utf-8", "replace")
+    connect = Header.CONNECT_ERRORS
     return [
         *kept,
         (Header.DLQ_REASON, reason.encode()),
-        (Header.DLQ_DETAIL, detail[:1000].encode("utf-8", "replace")),
+        (Header.DLQ_DETAIL, text),
         (Header.DLQ_STAGE, stage.encode()),
         (Header.DLQ_EXCEPTION, exception.encode()),
         (Header.DLQ_TOPIC, topic.encode()),
         (Header.DLQ_PARTITION, str(partition).encode()),
         (Header.DLQ_OFFSET, str(offset).encode()),
         (Header.DLQ_ATTEMPT, str(attempt).encode()),
+        (connect + "topic", topic.encode()),
+        (connect + "partition", str(partition).encode()),
+        (connect + "offset", str(offset).encode()),
+        (connect + "connector.name", (service or stage).encode()),
+        (connect + "task.id", b"0"),
+        (connect + "stage", stage.encode()),
+        (connect + "class.name", (service or stage).encode()),
+        (connect + "exception.class.name", (exception or reason).encode()),
+        (connect + "exception.message", f"{reason}: ".encode() + text),
     ]

@@ -189,19 +189,36 @@ class LocalKms:
 
     def add_key(self) -> str:
         """Add a fresh master key and make it active (keyring files only); returns its id."""
+        key_id = _new_key_id()
+        self._rewrite(lambda active, keys: (key_id, {**keys, key_id: AESGCM.generate_key(256)}))
+        return key_id
+
+    def remove_key(self, key_id: str) -> None:
+        """Delete master key `key_id` from the keyring file (never the active one)."""
+
+        def drop(active: str, keys: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+            if key_id not in keys:
+                raise KmsError(f"no master key {key_id[:20]!r}")
+            if key_id == active:
+                raise KmsError(f"{key_id} is the active master key: rotate first")
+            return active, {k: v for k, v in keys.items() if k != key_id}
+
+        self._rewrite(drop)
+
+    def _rewrite(self, change: Callable[[str, dict[str, bytes]],
+                                        tuple[str, dict[str, bytes]]]) -> None:
+        """Apply `change` to the keyring file under its lock, atomically."""
         if self.path is None:
-            raise KmsError(f"master keys come from {MASTER_KEYS_ENV}: add a key there instead")
+            raise KmsError(f"master keys come from {MASTER_KEYS_ENV}: change them there instead")
         lock_path = self.path.with_name(f".{self.path.name}.lock")
         with os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._load(force=True)
-            key_id = _new_key_id()
-            keys = {**self._keys, key_id: AESGCM.generate_key(256)}
+            active, keys = change(self._active, dict(self._keys))
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-            _write_private(tmp, _keyring_bytes(key_id, keys))
+            _write_private(tmp, _keyring_bytes(active, keys))
             tmp.replace(self.path)
         self._load(force=True)
-        return key_id
 
     def _load(self, force: bool = False) -> None:
         if self.path is None:

@@ -53,8 +53,8 @@ class PredictResult(_Wire):
 
 
 class PredictionLogRecord(_Wire):
-    """One answered prediction as serving saw it; `inputs` is the cleaned record (PII
-    tokenized or dropped, subject ids dropped), never raw PII."""
+    """One answered prediction as serving saw it; `inputs` is the cleaned record (PII and
+    subject ids dropped), never raw PII."""
 
     request_id: str
     model: str

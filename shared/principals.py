@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared.config import LeptonSettings
 from shared.events import Decision
+from shared.governed_mac import MAC_KEY_FILE, load_or_create_key
 from shared.signing import key_id, load_or_create_private_key, public_pem, sign, verify
 
 PrincipalName = Literal["ingest", "governance", "trainer", "serving", "operator"]
@@ -74,7 +75,8 @@ class Principal:
 
 def make_key_set(directory: Path) -> dict[str, str]:
     """Create every principal's key in `directory` (0700): `<name>.key` (0600) and, for the
-    receivers, `public/<name>.pub`; existing keys are kept. Returns name → key id."""
+    receivers, `public/<name>.pub`, plus the governed-event MAC key (`governed-mac.key`);
+    existing keys are kept. Returns name → key id."""
     private_dir(directory)
     public = directory / "public"
     public.mkdir(exist_ok=True)
@@ -83,6 +85,7 @@ def make_key_set(directory: Path) -> dict[str, str]:
         key = load_or_create_private_key(directory / f"{name}.key")
         (public / f"{name}.pub").write_bytes(public_pem(key.public_key()))
         ids[name] = key_id(key.public_key())
+    load_or_create_key(directory / MAC_KEY_FILE)
     return ids
 
 

@@ -137,3 +137,58 @@ class TopicCollector:
         """Stop reading and close the consumer."""
         self._stop.set()
         self._thread.join(10)
+
+
+class PrivateRedisServer:
+    """A redis-server of this test alone (free port, own directory), AOF on by default: for
+    tests that wipe Redis or read its files. Never the shared server."""
+
+    def __init__(self, directory: str, *, aof: bool = True, rdb: bool = True) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.directory = directory
+        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                     "--dir", directory, "--appendonly", "yes" if aof else "no",
+                     "--appendfsync", "always", "--save", "3600 1" if rdb else ""]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedisServer:
+        """Start the server (from its files, if any) and wait until it answers."""
+        import redis
+
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def files(self) -> bytes:
+        """Every byte of every file the server keeps (AOF parts and RDB)."""
+        from pathlib import Path
+
+        return b"".join(p.read_bytes() for p in sorted(Path(self.directory).rglob("*"))
+                        if p.is_file())

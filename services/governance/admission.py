@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from services.governance.allowlist import Allowed, AllowList
+from shared.allowlist import Allowed, AllowList
 from shared.events import Decision, EnvelopeError, first_error
 from shared.principals import verify_decision
 
@@ -87,6 +87,16 @@ class ModelDetail(BaseModel):
     version: int | None = Field(default=None, ge=1, le=10**9)
 
 
+_MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
+ALLOWED: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"subject_forgotten", "key_rotated"}),
+    "trainer": _MODEL | {"dp_sgd_charge"},
+    "serving": _MODEL,
+    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
+                           "model_promoted", "model_rolled_back"}),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class KindRule:
     """What a kind needs: top-level fields that must be present and its detail model."""
@@ -100,6 +110,7 @@ KINDS: dict[str, KindRule] = {
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
     "key_rotated": KindRule(),
+    "key_retired": KindRule(),
     "model_promoted": KindRule(("dataset",), ModelDetail),
     "model_rolled_back": KindRule(("dataset",), ModelDetail),
     "model_refused": KindRule((), ModelDetail),

@@ -60,6 +60,7 @@ def consent(
     from shared.events import Decision
     from shared.kafka import make_producer
     from shared.principals import Principal
+    from shared.pseudonym import load_pseudonymizer
     from shared.state import make_redis
 
     settings = _settings()
@@ -67,20 +68,21 @@ def consent(
         purpose = load_spec(dataset, settings.governance_specs_dir).privacy.purpose
     except UnknownDataset:
         raise _fail(f"unknown dataset {dataset!r}", 2) from None
+    pseudonym = load_pseudonymizer(settings).normal(subject)
     try:
         decision = Decision(kind="consent_changed", actor=f"cli:{getpass.getuser()}",
-                            subject_id=subject, dataset=dataset,
+                            subject_id=pseudonym, dataset=dataset,
                             detail={"consent": "withdrawn" if withdraw else "given",
                                     "purpose": purpose})
     except ValueError as error:
         raise _fail(f"invalid subject id: {error}", 2) from None
     client = make_redis(settings)
-    changed = Policy(client, settings).set_consent(subject, dataset, given=not withdraw)
+    changed = Policy(client, settings).set_consent(pseudonym, dataset, given=not withdraw)
     producer = make_producer(settings)
     publish_decision(producer, settings, decision, signer=Principal.load(settings, "operator"))
     state = "withdrawn" if withdraw else "given"
     note = "" if changed else " (it already was)"
-    typer.echo(f"consent of {subject} for {dataset} ({purpose}): {state}{note}; "
+    typer.echo(f"consent of {subject} ({pseudonym}) for {dataset} ({purpose}): {state}{note}; "
                f"decision {decision.decision_id} sent for audit")
 
 

@@ -2,7 +2,8 @@
 
 `rkey(s, "policy", "forgotten")` is the SET of forgotten subjects (written by `lepton forget`);
 `rkey(s, "policy", "consent", dataset)` is the SET of subjects who withdrew consent for that
-dataset's purpose (consent is given by default; written by `lepton consent`).
+dataset's purpose (consent is given by default; written by `lepton consent`). Both hold subject
+pseudonyms (`shared.pseudonym`), never raw subject ids.
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ from confluent_kafka import Message
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from services.governance.admission import Refused, admit
-from services.governance.allowlist import Allowed, AllowList
+from services.governance.admission import ALLOWED, Refused, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
 from services.governance.policy import Policy
@@ -31,7 +30,10 @@ from services.governance.records import Kind, Reason
 from services.governance.sealing import Output, decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
+from shared.allowlist import Allowed, AllowList
+from shared.crypto import KeyStore
 from shared.datasets import UnknownDataset, load_spec
+from shared.dlq import DeadLetterSealer
 from shared.events import (
     Change,
     Decision,
@@ -41,7 +43,9 @@ from shared.events import (
     Scalar,
     decode_envelope,
 )
+from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
+from shared.pseudonym import is_pseudonym
 from shared.topics import Topics
 from shared.tracing import get_tracer
 
@@ -87,7 +91,7 @@ class Processor:
 
     def __init__(self, settings: GovernanceSettings, store: AuditStore, ledger: Ledger,
                  policy: Policy, metrics: GovernanceMetrics, audit_partitions: int,
-                 tracer: Tracer | None = None) -> None:
+                 keystore: KeyStore, tracer: Tracer | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.store = store
@@ -96,8 +100,11 @@ class Processor:
         self.metrics = metrics
         self.audit_partitions = audit_partitions
         self.tracer = tracer or get_tracer("lepton.governance")
+        self.pseudonyms = keystore.pseudonyms
+        self.sealer = DeadLetterSealer(keystore)
         self._datasets: dict[str, DatasetPrivacy | str] = {}
-        self.allow = AllowList(public_keys_dir(settings))
+        self.allow = AllowList(public_keys_dir(settings), ALLOWED)
+        self.mac = GovernedMac.load(settings)
 
     def dataset(self, name: str) -> DatasetPrivacy | str:
         """The release settings of a dataset, or why it cannot be governed."""
@@ -133,7 +140,8 @@ class Processor:
             key = (item.msg.topic() or "", item.msg.partition() or 0)
             offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
             counts[item.kind or "skipped"] += 1
-            outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id()))
+            outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id(),
+                                       self.sealer, self.mac))
         return BatchResult(outputs, offsets, counts)
 
     def _decode(self, msg: Message) -> Item:
@@ -147,11 +155,22 @@ class Processor:
                 item.identity = f"input:{item.source}"
                 item.kind, item.reason = Kind.DECISION_REJECTED, admitted.code
             else:
-                item.decision, item.detail = admitted.decision, admitted.detail
+                decision = admitted.decision
+                if decision.subject_id and not is_pseudonym(decision.subject_id):
+                    # an operator's raw id is pseudonymised here, never sealed in clear
+                    decision = decision.model_copy(
+                        update={"subject_id": self.pseudonyms.of(decision.subject_id)})
+                item.decision, item.detail = decision, admitted.detail
                 item.principal = admitted.principal
             return item
         try:
-            item.envelope = decode_envelope(value)
+            # subjects are pseudonyms after ingest; a raw id (a producer writing events.clean
+            # directly) is pseudonymised here
+            envelope = decode_envelope(value)
+            if not is_pseudonym(envelope.subject_id):
+                envelope = envelope.model_copy(
+                    update={"subject_id": self.pseudonyms.of(envelope.subject_id)})
+            item.envelope = envelope
         except EnvelopeError as error:
             item.error = f"{error.kind}: {error.field}"[:200]
             item.identity = f"input:{item.source}"

@@ -18,6 +18,7 @@ from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import (
     CONTENT_TYPE_JSON,
     Change,
@@ -26,6 +27,7 @@ from shared.events import (
     PrivacyStamp,
     dlq_headers,
 )
+from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.topics import Topics
 from shared.tracing import inject_headers, process_span
 
@@ -121,8 +123,10 @@ def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
             "reason": "dataset_budget_exceeded" if result.reason else None}
 
 
-def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[Output]:
-    """The records to produce for one consumed record, under its process span."""
+def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
+                sealer: DeadLetterSealer, mac: GovernedMac) -> list[Output]:
+    """The records to produce for one consumed record, under its process span (governed
+    records stamped with their MAC, dead letters sealed under the DLQ key)."""
     msg = item.msg
     attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
     if item.reason:
@@ -132,15 +136,15 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[
     if item.sealed is not None:
         attrs["lepton.audit.leaf_index"] = item.sealed.leaf_index
     out: list[Output] = []
-    key = msg.key()
     raw = msg.headers()
     consumed = list(raw.items()) if isinstance(raw, dict) else raw
     with process_span(tracer, msg.topic() or "", consumed, partition=msg.partition(),
                       offset=msg.offset(), group=group, attributes=attrs):
         trace = inject_headers([])
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
-            out.append(Output(topics.governed, item.envelope.subject_id.encode(),
-                              governed_json(item), [_JSON, *trace]))
+            value = governed_json(item)
+            out.append(Output(topics.governed, item.envelope.subject_id.encode(), value,
+                              [_JSON, (MAC_HEADER, mac.tag(value)), *trace]))
         if item.sealed is not None and item.publish:
             out.append(Output(topics.audit_log, item.identity.encode(), item.line,
                               [_JSON, _RECORD, *trace], item.sealed.partition))
@@ -150,8 +154,11 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str) -> list[
             headers = dlq_headers(
                 consumed, reason=reason, detail=item.error or "",
                 stage="governance", exception="", topic=msg.topic() or "",
-                partition=msg.partition() or 0, offset=msg.offset() or 0)
-            out.append(Output(topics.rejected, key, msg.value() or b"", [*headers, *trace]))
+                partition=msg.partition() or 0, offset=msg.offset() or 0, service="governance")
+            value, how = sealer.seal(msg.value() or b"")
+            headers.append((SEALED_HEADER, how.value.encode()))
+            subject = item.envelope.subject_id.encode() if item.envelope else None
+            out.append(Output(topics.rejected, subject, value, [*headers, *trace]))
     return out
 
 
@@ -169,6 +176,8 @@ def governed_json(item: Item) -> bytes:
     changes made, the privacy stamp and the audit reference."""
     assert item.sealed is not None
     obj = orjson.loads(item.msg.value() or b"{}")
+    if item.envelope is not None:
+        obj["subject_id"] = item.envelope.subject_id
     obj["payload"] = item.payload
     obj["changes"] = [*obj.get("changes", ()), *(_as_dict(c) for c in item.changes)]
     obj["privacy"] = _as_dict(item.stamp) if item.stamp is not None else None

@@ -30,6 +30,7 @@ from services.governance.processor import Processor
 from services.governance.sealing import AUDIT_TYPE_HEADER, Output
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
+from shared.crypto import KeyStore
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.positions import InputPositions
@@ -96,7 +97,8 @@ class GovernanceService:
             self.store = store
             self.key = load_or_create_private_key(s.audit_key_path())
             self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
-                                       counts[self.topics.audit_log], self.tracer)
+                                       counts[self.topics.audit_log],
+                                       KeyStore(s, client=client), self.tracer)
             # the transactional producer first: initialising it aborts a predecessor's open
             # transaction, which would otherwise block reading the committed positions
             producer = make_producer(s, transactional_id=s.transactional_id())

@@ -1,6 +1,7 @@
-"""`lepton ingest`, `lepton keys rotate|rewrap|status|principals` and `lepton forget SUBJECT`.
+"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status|principals` (`lepton forget`
+lives in `lepton/subjects.py`: it reaches into every service's stores).
 
-Rotation and forgetting are recorded as decisions (`key_rotated`, `subject_forgotten`) on
+Rotation and retirement are recorded as decisions (`key_rotated`, `key_retired`) on
 `audit.requests`, signed as the operator principal, for governance to seal into the audit log.
 Imports stay inside the commands.
 """
@@ -14,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, show usage; principals' "
-                       "signing keys.",
+keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, retire, show usage; "
+                       "principals' signing keys.",
                        no_args_is_help=True)
 
 
@@ -27,8 +28,8 @@ def _actor(command: str) -> str:
     return f"{user} via lepton {command}"
 
 
-def _record(kind: str, command: str, subject_id: str | None, detail: dict[str, object],
-            retry_hint: str) -> None:
+def record_decision(kind: str, command: str, subject_id: str | None, detail: dict[str, object],
+                    retry_hint: str) -> None:
     from shared.config import LeptonSettings, load_settings
     from shared.decisions import publish_decision
     from shared.events import Decision
@@ -73,7 +74,7 @@ def rotate() -> None:
     report = store.rewrap()
     typer.echo(f"active master key {new} (was {previous}); re-wrapped {report.rewrapped} data "
                f"keys, {report.failed} failed, {report.changed_meanwhile} changed meanwhile")
-    _record("key_rotated", "keys rotate", None,
+    record_decision("key_rotated", "keys rotate", None,
             {"master_key_id": new, "previous_master_key_id": previous,
              "rewrapped": report.rewrapped, "failed": report.failed},
             "the rotation stands (running it again would add another key)")
@@ -109,7 +110,7 @@ def rewrap() -> None:
 
 @keys_app.command("status")
 def status() -> None:
-    """Show the master keys and how many data keys each wraps (never the keys)."""
+    """Show each master key and what still depends on it (never the keys)."""
     from shared.config import LeptonSettings, load_settings
     from shared.crypto import KeyStore
 
@@ -119,29 +120,51 @@ def status() -> None:
     ids = getattr(store.kms, "key_ids", lambda: sorted(usage))()
     for key_id in ids:
         mark = "*" if key_id == active else " "
-        typer.echo(f"{mark} {key_id}  wraps {usage.get(key_id, 0)} data keys")
+        note = ("active: new data keys are wrapped under it" if key_id == active else
+                "retirable (nothing depends on it)" if not usage.get(key_id) else
+                "run `lepton keys rewrap` before retiring it")
+        typer.echo(f"{mark} {key_id}  wraps {usage.get(key_id, 0)} data keys; {note}")
 
 
-def forget(
-    subject: Annotated[str, typer.Argument(help="The data subject id to forget.")],
+@keys_app.command("retire")
+def retire(
+    key_id: Annotated[str, typer.Argument(help="The master key id to remove.")],
 ) -> None:
-    """Crypto-shred a subject: destroy its data key so all of its encrypted PII is unreadable."""
+    """Remove a master key from the keyring once no data key is wrapped under it."""
     from shared.config import LeptonSettings, load_settings
     from shared.crypto import KeyStore
+    from shared.keyring import KmsError
 
-    existed = KeyStore(load_settings(LeptonSettings)).forget(subject)
-    typer.echo(f"subject forgotten; data key {'destroyed' if existed else 'was absent'}",
-               err=True)
-    _record("subject_forgotten", "forget", subject, {"data_key_destroyed": existed},
-            "run it again once the broker is up (forgetting is idempotent)")
+    store = KeyStore(load_settings(LeptonSettings))
+    remove = getattr(store.kms, "remove_key", None)
+    if remove is None:
+        typer.echo("error: this KMS cannot remove keys; retire it in the KMS itself", err=True)
+        raise typer.Exit(1)
+    if key_id == store.kms.active_key_id():
+        typer.echo(f"error: {key_id} is the active master key; `lepton keys rotate` first",
+                   err=True)
+        raise typer.Exit(1)
+    wrapped = store.master_key_usage().get(key_id, 0)
+    if wrapped:
+        typer.echo(f"error: {wrapped} data keys are still wrapped under {key_id}; run "
+                   "`lepton keys rewrap` first", err=True)
+        raise typer.Exit(1)
+    try:
+        remove(key_id)
+    except KmsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"retired master key {key_id}: removed from the keyring; copies of data keys "
+               "wrapped under it (old backups, rewritten Redis files) can no longer be opened")
+    record_decision("key_retired", "keys retire", None, {"master_key_id": key_id},
+                    "the key is gone (retiring it again is refused)")
 
 
 def register(app: typer.Typer) -> None:
     """Add the ingest commands to the `lepton` CLI."""
     app.command("ingest")(ingest)
-    app.command("forget")(forget)
     app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":
-    sys.exit("use `lepton ingest`, `lepton keys ...` or `lepton forget ...`")
+    sys.exit("use `lepton ingest` or `lepton keys ...`")

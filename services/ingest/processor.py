@@ -1,6 +1,13 @@
 """Turn a batch of raw Kafka records into output records: clean events for `events.clean`,
 dead letters for `events.rejected`, and nothing for duplicates.
 
+Every subject id leaving ingest is its keyed pseudonym (`shared.pseudonym`): the envelope's
+`subject_id`, the payload's subject field and the Kafka key. Dead letters are sealed
+(`shared.dlq`): under the subject's data key when the record names a subject, else under the DLQ
+key; a forgotten subject's rejected bytes are discarded. A record replayed by `lepton dlq replay`
+carries `lepton.replay.origin` (its first source, so a derived event id stays the same) and
+`lepton.replay.attempt` (its dead-letter attempt count, continued here).
+
 Per batch: decode + validate + clean every record (CPU only); one Redis round trip for dedup
 claims and forgotten subjects; at most two for data keys; then, per record, one process span
 (continuing the producer's trace, backdated to when the record's work began) in which the PII is
@@ -17,6 +24,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from confluent_kafka import Message
 from opentelemetry.trace import Status, StatusCode, Tracer
 
@@ -25,7 +33,14 @@ from services.ingest.decoding import Datasets, decode_record
 from services.ingest.dedup import Claim, Deduper
 from services.ingest.protect import Protector
 from services.ingest.rejection import Reason, Rejection, Stage
-from shared.crypto import DataKey, KeyStore
+from shared.crypto import DataKey, KeyDestroyed, KeyStore
+from shared.dlq import (
+    DLQ_SUBJECT,
+    REPLAY_ATTEMPT,
+    REPLAY_ORIGIN,
+    SEALED_HEADER,
+    DeadLetterSealer,
+)
 from shared.events import (
     CONTENT_TYPE_JSON,
     Change,
@@ -83,6 +98,7 @@ class _Item:
     rejection: Rejection | None = None
     exception: str = ""
     duplicate: bool = False
+    subject: str | None = None  # the pseudonym, when the record names a subject
 
     @property
     def source(self) -> str:
@@ -101,6 +117,8 @@ class Processor:
         self._protector = protector
         self._tracer = tracer
         self._group = group
+        self._pseudonyms = keystore.pseudonyms
+        self._sealer = DeadLetterSealer(keystore)
 
     def process(self, records: Sequence[Message],
                 attempts: Mapping[SourceKey, int] | None = None) -> BatchResult:
@@ -109,7 +127,11 @@ class Processor:
         valid = [item for item in items if item.rejection is None]
         claims = []
         subjects: dict[str, None] = {}
-        for item in valid:
+        for item in items:
+            if item.rejection is not None:
+                if item.subject is not None:
+                    subjects[item.subject] = None
+                continue
             assert item.envelope is not None
             assert item.cleaner is not None
             claims.append(Claim(item.envelope.dataset, item.envelope.event_id, item.source))
@@ -126,10 +148,17 @@ class Processor:
                 item.cleaner.spec
             ):
                 need_keys[subject] = None
+        existing: dict[str, None] = {}  # subjects only hinted at by an undecodable record
+        for item in items:
+            if item.rejection is not None and item.subject and item.subject not in forgotten:
+                (need_keys if item.envelope is not None else existing)[item.subject] = None
         keys: dict[str, DataKey] = {}
         if need_keys:
             keys, failures = self._keystore.data_keys(need_keys)
             forgotten.update(s for s, why in failures.items() if why == "forgotten")
+        if existing.keys() - keys.keys():
+            found, _ = self._keystore.data_keys(existing.keys() - keys.keys(), create=False)
+            keys.update(found)
         result = BatchResult(consumed=len(items))
         for item in items:
             self._finish(item, keys, forgotten, attempts or {}, result)
@@ -138,19 +167,29 @@ class Processor:
     def _prepare(self, record: Message) -> _Item:
         item = _Item(record, record.topic() or "", record.partition() or 0,
                      record.offset() or 0, time.time_ns())
+        raw = b""
         try:
             value = record.value()
-            raw = value.encode() if isinstance(value, str) else value
-            item.envelope = decode_record(raw, item.topic, item.partition, item.offset,
-                                          record.timestamp(), self._datasets)
+            raw = value.encode() if isinstance(value, str) else (value or b"")
+            topic, partition, offset = _origin(record) or (item.topic, item.partition,
+                                                           item.offset)
+            envelope = decode_record(value if value is None else raw, topic, partition,
+                                     offset, record.timestamp(), self._datasets)
+            item.subject = self._pseudonyms.of(envelope.subject_id)
+            item.envelope = envelope.model_copy(update={"subject_id": item.subject})
             item.cleaner = self._datasets.require(item.envelope)
             item.payload, item.changes = item.cleaner.clean(
-                item.envelope.payload, item.envelope.subject_id
+                envelope.payload, envelope.subject_id
             )
+            if item.cleaner.subject_field in item.payload:
+                item.payload[item.cleaner.subject_field] = item.subject
         except Rejection as rejection:
             item.rejection = rejection
         except Exception as error:  # a poison record must never stop the partition
             self._internal(item, error, Stage.VALIDATE)
+        if item.rejection is not None and item.subject is None:
+            hint = _subject_hint(raw)
+            item.subject = self._pseudonyms.of(hint) if hint else None
         return item
 
     def _internal(self, item: _Item, error: Exception, stage: Stage) -> None:
@@ -186,8 +225,9 @@ class Processor:
                     self._internal(item, error, Stage.PROTECT)
             final = item.rejection
             assert final is not None
-            attempt = attempts.get((item.topic, item.partition, item.offset), 0) + 1
-            result.outputs.append(self._dead_letter(item, final, attempt))
+            attempt = (attempts.get((item.topic, item.partition, item.offset), 0) + 1
+                       + _replay_attempt(item.record))
+            result.outputs.append(self._dead_letter(item, final, attempt, keys, forgotten))
             result.rejected[final.reason.value] += 1
             span.set_attribute("lepton.outcome", "rejected")
             span.set_attribute("lepton.dlq.reason", final.reason.value)
@@ -200,7 +240,7 @@ class Processor:
         assert envelope is not None
         assert cleaner is not None
         assert payload is not None
-        subject = envelope.subject_id
+        subject = envelope.subject_id  # already the pseudonym
         self._protector.protect(cleaner.spec, envelope.event_id, payload, keys.get(subject),
                                 subject in forgotten, item.changes)
         out = envelope.model_copy(update={"payload": payload, "changes": tuple(item.changes)})
@@ -211,21 +251,62 @@ class Processor:
                            if k in (Header.TRACEPARENT, Header.TRACESTATE))
         return Output(self._topics.clean, subject.encode(), encode(out), headers)
 
-    def _dead_letter(self, item: _Item, rejection: Rejection, attempt: int) -> Output:
+    def _dead_letter(self, item: _Item, rejection: Rejection, attempt: int,
+                     keys: Mapping[str, DataKey], forgotten: set[str]) -> Output:
         value = item.record.value()
         raw = value.encode() if isinstance(value, str) else (value or b"")
-        key = item.record.key()
-        truncated = len(raw) > DLQ_MAX_VALUE
         headers = dlq_headers(
             _headers(item.record), reason=rejection.reason.value, detail=rejection.detail,
             stage=rejection.stage.value, exception=item.exception or rejection.exception,
             topic=item.topic, partition=item.partition, offset=item.offset, attempt=attempt,
+            service="ingest",
         )
-        if truncated:  # the producer could not send it whole; the source offset finds the rest
+        if len(raw) > DLQ_MAX_VALUE:  # the producer could not send it whole; the source has it
             headers.append((DLQ_TRUNCATED, str(len(raw)).encode()))
             raw = raw[:DLQ_MAX_VALUE]
-        return Output(self._topics.rejected, key.encode() if isinstance(key, str) else key,
-                      raw, headers)
+        subject = item.subject
+        key = keys.get(subject) if subject else None
+        if subject == DLQ_SUBJECT:
+            key = None
+        try:
+            sealed, how = self._sealer.seal(raw, key=key, forgotten=subject in forgotten)
+        except KeyDestroyed:  # nobody may read it back: keep the reason, drop the bytes
+            sealed, how = self._sealer.seal(raw, forgotten=True)
+        headers.append((SEALED_HEADER, how.value.encode()))
+        return Output(self._topics.rejected, subject.encode() if subject else None, sealed,
+                      headers)
+
+
+def _subject_hint(raw: bytes) -> str | None:
+    """The `subject_id` a rejected record names, if it is JSON with a plausible one."""
+    if not raw or len(raw) > DLQ_MAX_VALUE:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    subject = obj.get("subject_id") if isinstance(obj, dict) else None
+    return subject if isinstance(subject, str) and 0 < len(subject) <= 200 else None
+
+
+def _origin(record: Message) -> tuple[str, int, int] | None:
+    """A replayed record's first source (topic, partition, offset), if it names one."""
+    for key, value in _headers(record):
+        if key == REPLAY_ORIGIN and value is not None:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            topic, _, rest = text.rpartition("/")
+            topic, _, partition = topic.rpartition("/")
+            if topic and partition.isdigit() and rest.isdigit():
+                return topic, int(partition), int(rest)
+    return None
+
+
+def _replay_attempt(record: Message) -> int:
+    for key, value in _headers(record):
+        if key == REPLAY_ATTEMPT and value is not None:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            return int(text) if text.isdigit() and len(text) < 6 else 0
+    return 0
 
 
 def _headers(record: Message) -> Headers:

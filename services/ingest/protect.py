@@ -1,5 +1,6 @@
 """Protect a clean payload's PII fields per the spec: encrypt (AES-256-GCM under the subject's
-data key), tokenize (keyed hash) or drop. For a forgotten subject every PII field is dropped and
+data key), tokenize (keyed hash under the subject's token key, derived from its data key, so
+forgetting destroys the tokens too) or drop. For a forgotten subject every PII field is dropped and
 no data key is ever minted. Each action is recorded as a Change (never with the value).
 """
 
@@ -7,17 +8,16 @@ from __future__ import annotations
 
 from services.ingest.cleaning import change
 from services.ingest.rejection import Reason, Rejection, Stage
-from shared.crypto import DataKey, KeyStore, Tokenizer
+from shared.crypto import DataKey, KeyStore
 from shared.datasets import DatasetSpec, FieldSpec, PiiAction
 from shared.events import Change, Scalar
 
 
 class Protector:
-    """Applies PII actions using the shared key store and tokenizer."""
+    """Applies PII actions using the shared key store."""
 
-    def __init__(self, keystore: KeyStore, tokenizer: Tokenizer) -> None:
+    def __init__(self, keystore: KeyStore) -> None:
         self._keystore = keystore
-        self._tokenizer = tokenizer
         self._pii: dict[str, list[FieldSpec]] = {}
 
     def pii_fields(self, spec: DatasetSpec) -> list[FieldSpec]:
@@ -28,8 +28,8 @@ class Protector:
         return fields
 
     def needs_key(self, spec: DatasetSpec) -> bool:
-        """True when the dataset has fields to encrypt."""
-        return any(f.pii is PiiAction.ENCRYPT for f in self.pii_fields(spec))
+        """True when the dataset has fields to encrypt or tokenize (both need the data key)."""
+        return any(f.pii is not PiiAction.DROP for f in self.pii_fields(spec))
 
     def protect(self, spec: DatasetSpec, event_id: str, payload: dict[str, Scalar],
                 key: DataKey | None, forgotten: bool, changes: list[Change]) -> None:
@@ -45,13 +45,14 @@ class Protector:
             elif field.pii is PiiAction.DROP:
                 del payload[name]
                 changes.append(change(field=name, action="dropped", detail="pii: drop"))
+            elif key is None:
+                raise Rejection(Reason.KEY_UNAVAILABLE,
+                                f"{name}: the subject's data key cannot be unwrapped",
+                                stage=Stage.PROTECT, field=name)
             elif field.pii is PiiAction.TOKENIZE:
-                payload[name] = self._tokenizer.tokenize(name, str(value))
-                changes.append(change(field=name, action="tokenized", detail="hmac-sha256"))
+                payload[name] = self._keystore.tokenize(key, name, str(value))
+                changes.append(change(field=name, action="tokenized",
+                                      detail="hmac-sha256, per-subject key"))
             else:
-                if key is None:
-                    raise Rejection(Reason.KEY_UNAVAILABLE,
-                                    f"{name}: the subject's data key cannot be unwrapped",
-                                    stage=Stage.PROTECT, field=name)
                 payload[name] = self._keystore.encrypt_field(key, event_id, name, str(value))
                 changes.append(change(field=name, action="encrypted", detail="aes-256-gcm"))

@@ -26,7 +26,7 @@ from services.ingest.dedup import Deduper
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
 from services.ingest.telemetry import IngestMetrics
-from shared.crypto import KeyStore, load_tokenizer
+from shared.crypto import KeyStore
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.keyring import KmsError
 from shared.positions import InputPositions, Source
@@ -48,15 +48,14 @@ class Fenced(RuntimeError):
 def build_processor(settings: IngestSettings, tracer: Tracer) -> Processor:
     """The batch processor wired to Redis, the key store and the dataset specs."""
     client = make_redis(settings)
-    tokenizer = load_tokenizer(settings)
-    keystore = KeyStore(settings, client=client, tokenizer=tokenizer,
+    keystore = KeyStore(settings, client=client,
                         cache_size=settings.ingest_key_cache_size,
                         cache_ttl=settings.ingest_key_cache_ttl_s)
     return Processor(
         Topics(settings.topic_prefix),
         Datasets(settings.ingest_specs_dir, settings.ingest_unknown_fields),
         Deduper(settings, client, settings.ingest_dedup_window_s), keystore,
-        Protector(keystore, tokenizer), tracer, settings.group_id(),
+        Protector(keystore), tracer, settings.group_id(),
     )
 
 

@@ -9,7 +9,7 @@ import sys
 def main() -> None:
     """Load settings, set up telemetry and serve until SIGINT/SIGTERM."""
     from services.serving.config import ServingSettings
-    from shared.config import ConfigError, load_settings
+    from shared.config import EXIT_CONFIG, ConfigError, load_settings
     from shared.kafka import ensure_topics
     from shared.logs import setup_logging
     from shared.signals import stop_event
@@ -32,6 +32,9 @@ def main() -> None:
 
     try:
         asyncio.run(ServingApp(settings).run(stop))
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     finally:
         shutdown_telemetry()
 

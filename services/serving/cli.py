@@ -25,6 +25,9 @@ serving_app = typer.Typer(help="Run the serving process, or inspect/steer a runn
 Addr = Annotated[str | None, typer.Option(help="Server address (default LEPTON_SERVING_ADDR).")]
 Token = Annotated[str | None, typer.Option(envvar="LEPTON_SERVING_AUTH_TOKEN",
                                            help="Bearer token.", show_default=False)]
+AdminToken = Annotated[str | None, typer.Option(
+    "--token", envvar="LEPTON_SERVING_ADMIN_TOKEN", help="Admin bearer token.",
+    show_default=False)]
 TlsCa = Annotated[Path | None, typer.Option(help="CA certificate to verify a TLS server.")]
 Timeout = Annotated[float, typer.Option(min=0.001, help="Deadline in seconds.")]
 
@@ -85,9 +88,10 @@ def rollout(
     model: Annotated[str, typer.Option(help="Model name (may be empty with one model).")] = "",
     version: Annotated[int, typer.Option(min=0, help="Version (rollback: optional).")] = 0,
     share: Annotated[float, typer.Option(min=0, max=1, help="Canary share.")] = 0.0,
-    addr: Addr = None, token: Token = None, tls_ca: TlsCa = None, timeout: Timeout = 60.0,
+    addr: Addr = None, token: AdminToken = None, tls_ca: TlsCa = None, timeout: Timeout = 60.0,
 ) -> None:
-    """Change a model's rollout on a running server (announced to every replica)."""
+    """Change a model's rollout on a running server (announced to every replica); needs the
+    admin token (LEPTON_SERVING_ADMIN_TOKEN)."""
     import grpc
 
     from services.serving.client import ACTIONS

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from shared.config import LeptonSettings
+from shared.config import ConfigError, LeptonSettings
 
 
 class ServingSettings(LeptonSettings):
@@ -28,12 +29,17 @@ class ServingSettings(LeptonSettings):
     serving_models: str = Field(
         default="", description="Comma-separated model names to host (empty: every registered)."
     )
+    serving_auth: Literal["token", "none"] = Field(
+        default="token", description="'none' runs without auth (logged as a warning); "
+        "otherwise both tokens are required.")
     serving_auth_token: SecretStr | None = Field(
-        default=None, description="Bearer token every call must carry (unset: no auth)."
-    )
+        default=None, description="Bearer token for prediction and read-only calls.")
     serving_auth_token_file: Path | None = Field(
-        default=None, description="File holding the bearer token (a compose/k8s secret); "
-        "used when LEPTON_SERVING_AUTH_TOKEN is unset.")
+        default=None, description="File holding the predict token (a compose secret).")
+    serving_admin_token: SecretStr | None = Field(
+        default=None, description="Distinct bearer token for admin calls (SetRollout).")
+    serving_admin_token_file: Path | None = Field(
+        default=None, description="File holding the admin token (a compose secret).")
     serving_tls_cert: Path | None = Field(default=None, description="PEM certificate chain.")
     serving_tls_key: Path | None = Field(default=None, description="PEM private key.")
     serving_tls_client_ca: Path | None = Field(
@@ -49,6 +55,9 @@ class ServingSettings(LeptonSettings):
     serving_warmup_rows: int = Field(default=16, ge=1)
     serving_drain_timeout_s: float = Field(default=30.0, ge=0)
     serving_pinned_cache: int = Field(default=4, ge=0, description="Extra pinned versions kept.")
+    serving_pinned_loads_per_min: int = Field(
+        default=30, ge=1, description="Pinned-version loads per model per minute (more: "
+        "RESOURCE_EXHAUSTED until the budget refills).")
     serving_kafka: bool = Field(default=True, description="Consume predictions.requests.")
     serving_group: str = Field(default="lepton-serving", description="Kafka consumer group.")
     serving_kafka_batch: int = Field(default=500, ge=1)
@@ -86,11 +95,22 @@ class ServingSettings(LeptonSettings):
         """The configured model names (empty: host every model in the registry)."""
         return [name.strip() for name in self.serving_models.split(",") if name.strip()]
 
-    def auth_token(self) -> str | None:
-        """The bearer token, or None when auth is off."""
-        token = self.serving_auth_token
-        if token and token.get_secret_value():
-            return token.get_secret_value()
-        if self.serving_auth_token_file is not None:
-            return self.serving_auth_token_file.read_text().strip() or None
-        return None
+    def predict_token(self) -> str | None:
+        """The predict token (from the variable, else its file), or None when unset/empty."""
+        return _secret(self.serving_auth_token, self.serving_auth_token_file)
+
+    def admin_token(self) -> str | None:
+        """The admin token (from the variable, else its file), or None when unset/empty."""
+        return _secret(self.serving_admin_token, self.serving_admin_token_file)
+
+
+def _secret(value: SecretStr | None, path: Path | None) -> str | None:
+    if value is not None and value.get_secret_value().strip():
+        return value.get_secret_value().strip()
+    if path is not None:
+        try:
+            text = path.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read token file {path}: {error.strerror}") from None
+        return text or None
+    return None

@@ -16,7 +16,9 @@ from opentelemetry import metrics
 from services.serving.fleet import Action, Fleet
 from services.serving.model import LoadedModel
 from services.serving.router import Rollout
+from shared.announcements import next_sequence, sign_announcement
 from shared.events import CONTENT_TYPE_JSON, Decision, Header, HeaderList, encode
+from shared.principals import Principal
 from shared.topics import Topics
 from shared.tracing import get_tracer, publish_span
 
@@ -74,7 +76,11 @@ class RolloutControl:
         wire_action = Action.RETIRE if action is Action.CLEAR else action
         update: dict[str, Any] = {"action": wire_action.value,
                                   "share": rollout.share if action is Action.CANARY else None}
-        announcement = target.card.announcement().model_copy(update=update)
+        registry = self.fleet.loader.registry
+        announcement = sign_announcement(
+            Principal.load(self.settings, "serving"),
+            target.card.announcement().model_copy(update=update),
+            next_sequence(registry.redis, self.settings, target.name))
         topic = Topics(self.settings.topic_prefix).models
         headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
                                (ORIGIN_HEADER, self.origin.encode())]
@@ -103,7 +109,6 @@ class RolloutControl:
 
     def _decide(self, kind: str, dataset: str | None, detail: dict[str, Any]) -> None:
         from shared.decisions import publish_decision
-        from shared.principals import Principal
 
         try:
             publish_decision(self.producer(), self.settings,

@@ -42,3 +42,10 @@ class Refused(ServingError):
 
     status = grpc.StatusCode.FAILED_PRECONDITION
     code = "failed_precondition"
+
+
+class Overloaded(ServingError):
+    """Serving declines work that would cost a model load now (pinned-load budget spent)."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "unavailable"

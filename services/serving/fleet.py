@@ -1,17 +1,21 @@
 """The models this server hosts and every change to their rollout: promote, canary, shadow,
 rollback, clear, retire. A change loads and verifies the new version BESIDE the live one
 (outside any request path), then swaps the host's Rollout reference in one assignment, then
-drains versions no longer referenced (waits for their in-flight requests) and drops them."""
+drains versions no longer referenced (waits for their in-flight requests) and drops them.
+A model is hosted only once a version of it loaded and verified. Pinned-version loads are
+single-flight per version and limited per model per minute, so requests naming ever other
+versions cannot turn into a load each."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 
-from services.serving.errors import InvalidInput, ModelNotFound, Refused
+from services.serving.errors import InvalidInput, ModelNotFound, Overloaded, Refused
 from services.serving.model import LoadedModel, ModelLoader
 from services.serving.router import Mode, ModelHost, Rollout
 
@@ -40,6 +44,7 @@ class Fleet:
         canary_share: float = 0.1,
         pinned_cache: int = 4,
         drain_timeout_s: float = 30.0,
+        pinned_loads_per_min: int = 30,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.loader = loader
@@ -52,6 +57,9 @@ class Fleet:
                                             self.fixed_names}
         self._lock = threading.RLock()
         self.swaps = 0
+        self.pinned_loads_per_min = pinned_loads_per_min
+        self._pin_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._pin_loads: dict[str, deque[float]] = {}
 
     @property
     def ready(self) -> bool:
@@ -92,16 +100,42 @@ class Fleet:
             except Refused as error:
                 log.warning("refused live model at startup: %s", error)
 
+    def live_version(self, name: str) -> int | None:
+        """The live version of a hosted model (None when not hosted or not live)."""
+        host = self.hosts.get(name)
+        state = host.rollout if host is not None else None
+        return state.live.version if state is not None else None
+
     def load_pinned(self, name: str, version: int) -> LoadedModel:
-        """Load `version` of `name` for pinned requests (verified, warmed, cached)."""
+        """Load `version` of `name` for pinned requests (verified, warmed, cached; one load per
+        version at a time; Overloaded when this model's pinned-load budget is spent)."""
         host = self.host(name)
         state = host.rollout
-        existing = state.by_version(version) if state else None
+        existing = (state.by_version(version) if state else None) or host.pinned(version)
         if existing is not None:
             return existing
         if version not in self.loader.registry.versions(name):
             raise ModelNotFound(f"model {name!r} has no version {version}")
-        return host.add_pinned(self.loader.load(name, version))
+        with self._lock:
+            flight = self._pin_locks.setdefault((name, version), threading.Lock())
+        with flight:
+            state = host.rollout
+            existing = (state.by_version(version) if state else None) or host.pinned(version)
+            if existing is not None:
+                return existing
+            self._spend_pinned_load(name, version)
+            return host.add_pinned(self.loader.load(name, version))
+
+    def _spend_pinned_load(self, name: str, version: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            loads = self._pin_loads.setdefault(name, deque())
+            while loads and now - loads[0] > 60.0:
+                loads.popleft()
+            if len(loads) >= self.pinned_loads_per_min:
+                raise Overloaded(f"{name} v{version} is not loaded and {name}'s pinned-load "
+                                 f"budget ({self.pinned_loads_per_min}/min) is spent; retry")
+            loads.append(now)
 
     def apply(
         self, action: Action | str, name: str, version: int | None = None,
@@ -114,10 +148,11 @@ class Fleet:
             if host is None:
                 if not self.hosts_model(name):
                     raise ModelNotFound(f"model {name!r} is not hosted here")
-                host = self.hosts[name] = ModelHost(name, self.pinned_cache)
+                host = ModelHost(name, self.pinned_cache)
             old = host.rollout
             new = self._next(host, old, action, version, share, expect_sha256)
             was_ready = self.ready
+            self.hosts.setdefault(name, host)
             host.rollout = new
             if new is not old:
                 self.swaps += 1
@@ -133,6 +168,16 @@ class Fleet:
 
     def _model(self, host: ModelHost, version: int, expect_sha256: str | None) -> LoadedModel:
         found = next((m for m in host.loaded() if m.version == version), None)
+        if found is None and expect_sha256 is not None:
+            from shared.registry import ArtifactError
+
+            try:
+                card = self.loader.registry.card(host.name, version)
+            except ArtifactError as error:
+                raise Refused(f"{host.name} v{version}: {error}") from None
+            if card.sha256 != expect_sha256:  # before the weights are read or parsed
+                raise Refused(f"{host.name} v{version}: announced sha256 does not match the "
+                              "artifact")
         model = found or self.loader.load(host.name, version)
         if expect_sha256 is not None and model.card.sha256 != expect_sha256:
             raise Refused(f"{host.name} v{version}: announced sha256 does not match the artifact")

@@ -1,8 +1,10 @@
 """Hot-swap on `models.updates`: a thread reads every announcement (each replica reads all of
 them, from the end of the topic at startup, without a consumer group), continues the trace
-from the message headers into a `serving swap` span, and applies the announced action through
-the Fleet: load beside the live version, verify sha256 + Ed25519 signature, warm up, swap the
-reference, drain the old. A refused version is logged and recorded; the live one keeps serving.
+from the message headers into a `serving swap` span, checks the announcement (`gate.py`: the
+announcer's signature, sequence, version order, the signed card and its status) and only then
+applies the announced action through the Fleet: load beside the live version, verify sha256 +
+Ed25519 signature, warm up, swap the reference, drain the old. A refused version is logged and,
+when the announcement itself was genuine, recorded; the live one keeps serving.
 
 Startup order matters: the consumer is positioned at the current end BEFORE the registry's
 live versions are loaded, so an announcement racing the startup is seen (and applying it
@@ -20,6 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 from services.serving.control import ORIGIN_HEADER
 from services.serving.errors import ServingError
 from services.serving.fleet import Fleet
+from services.serving.gate import AnnouncementGate, AnnouncementRefused
 from services.serving.wire import message_headers
 from shared.events import EnvelopeError, ModelAnnouncement, decode
 from shared.topics import Topics
@@ -48,6 +51,8 @@ class AnnouncementWatcher:
         self.positioned = threading.Event()
         self.initial_loaded = threading.Event()
         self.applied = 0
+        self.refused = 0
+        self.gate = AnnouncementGate(settings, fleet.loader.registry)
         self._thread = threading.Thread(target=self._run, name="serving-hot-swap", daemon=True)
 
     def start(self) -> None:
@@ -85,6 +90,7 @@ class AnnouncementWatcher:
     def _run(self) -> None:
         consumer = None
         try:
+            self.gate.start_floor(self.fleet.fixed_names or self.fleet.loader.registry_models())
             consumer = self._consumer()
             self.positioned.set()
             self.fleet.load_initial()
@@ -126,10 +132,24 @@ class AnnouncementWatcher:
                       "lepton.rollout.action": announcement.action}
         with _tracer.start_as_current_span("serving swap", attributes=attributes) as span:
             try:
+                self.gate.check(announcement, self.fleet.live_version(announcement.model))
+            except AnnouncementRefused as error:
+                self.refused += 1
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                span.set_attribute("lepton.swap.outcome", "refused")
+                if error.verified:
+                    self.control.refused(announcement.model, announcement.version,
+                                         announcement.action, str(error), announcement.dataset)
+                else:
+                    log.warning("ignoring announcement of %s v%d: %s", announcement.model,
+                                announcement.version, error)
+                return
+            try:
                 rollout = self.fleet.apply(announcement.action, announcement.model,
                                            announcement.version, announcement.share,
                                            expect_sha256=announcement.sha256)
             except ServingError as error:
+                self.refused += 1
                 span.set_status(Status(StatusCode.ERROR, str(error)))
                 span.set_attribute("lepton.swap.outcome", "refused")
                 self.control.refused(announcement.model, announcement.version,

@@ -1,14 +1,14 @@
 """The HTTP/REST API of serving (FastAPI): Open Inference Protocol v2 (`/v2/health/*`, `/v2`,
 `/v2/models/{name}[/versions/{v}][/ready|/infer]`, JSON or the binary tensor extension) and
-`POST /v1/models/{name}:predict` taking JSON records as `lepton predict` does. The same Predictor,
-bearer token, W3C trace context (from HTTP headers) and metrics as the gRPC APIs; errors are
-`{"error": "..."}` with 400 / 401 / 404 / 413 / 503. OpenAPI at `/openapi.json`."""
+`POST /v1/models/{name}:predict` taking JSON records as `lepton predict` does. The same
+Predictor, credentials (`Credentials.check`), W3C trace context (from HTTP headers) and metrics
+as the gRPC APIs; errors are `{"error": "..."}` with 400 / 401 / 404 / 413 / 503. OpenAPI at
+`/openapi.json`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from services.serving import oip
+from services.serving.auth import AuthResult, Credentials
 from services.serving.errors import InvalidInput, ModelNotFound, ServingError
 from services.serving.explain import explain_predictions
 from services.serving.fleet import Fleet
@@ -38,16 +39,12 @@ _STATUS = {"invalid_argument": 400, "not_found": 404, "unavailable": 503,
 OPEN_PATHS = ("/v2/health/", "/openapi.json", "/docs")
 
 
-class Unauthorized(ServingError):
-    """Missing or wrong bearer token."""
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _status(error: ServingError) -> int:
-    return 401 if isinstance(error, Unauthorized) else _STATUS.get(error.code, 500)
+    return _STATUS.get(error.code, 500)
 
 
 @contextlib.contextmanager
@@ -75,24 +72,23 @@ def _json(doc: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
-def build_app(predictor: Predictor, fleet: Fleet, *, token: str | None,
+def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
               max_body_bytes: int) -> FastAPI:
-    """The FastAPI application of one serving process."""
+    """The FastAPI application of one serving process (every route is a predict-level call:
+    the predict or the admin token)."""
     app = FastAPI(title="Lepton serving", version=oip.SERVER_VERSION,
                   description="Open Inference Protocol v2 and lepton predictions over HTTP.")
-    expected = f"Bearer {token}".encode() if token else None
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
         if request.url.path.startswith(OPEN_PATHS):
             return await call_next(request)
-        if expected is not None:
-            supplied = request.headers.get("authorization")
+        supplied = request.headers.get("authorization")
+        if credentials.check(supplied, admin=False) is not AuthResult.OK:
             if supplied is None:
                 return _error(401, "missing Authorization header (expected 'Bearer <token>')",
                               {"www-authenticate": "Bearer"})
-            if not hmac.compare_digest(supplied.encode(), expected):
-                return _error(401, "invalid bearer token", {"www-authenticate": "Bearer"})
+            return _error(401, "invalid bearer token", {"www-authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
             return _error(413, f"body larger than {max_body_bytes} bytes")

@@ -1,12 +1,14 @@
 """Check raw request records against the model's dataset spec and clean them the way ingest
-does (type checks, valid ranges, allowed values, clipping), tokenizing PII with the shared
-keyed-hash tokenizer. Values are never put in error messages or logs, only field names."""
+does (type checks, valid ranges, allowed values, clipping). PII fields are checked for type and
+dropped: tokens are keyed per data subject (shared/crypto.py) and never model inputs (a field has
+one role, and only `feature` fields reach the FeatureTransform), so serving needs no token key
+and train/serve parity holds by construction. Values are never put in error messages or logs,
+only field names."""
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +19,6 @@ from shared.events import Scalar
 log = logging.getLogger(__name__)
 
 MAX_FIELDS = 512
-Tokenize = Callable[[str, str], str]
 
 
 _SKIP = object()
@@ -84,17 +85,13 @@ def _text_check(spec: FieldSpec) -> Check:
 class RecordSchema:
     """Validates and cleans raw records of one dataset before the feature transform."""
 
-    def __init__(self, spec: DatasetSpec, tokenizer: Callable[[], Tokenize | None]) -> None:
+    def __init__(self, spec: DatasetSpec) -> None:
         self.spec = spec
         self._checks: dict[str, Check] = {f.name: self._check(f) for f in spec.fields}
         self._required = [
             f.name for f in spec.fields if f.role is Role.FEATURE and f.required and not f.impute
         ]
         self._unlogged = frozenset(f.name for f in spec.fields if f.role is Role.SUBJECT)
-        self._tokenizer_factory = tokenizer
-        self._tokenize: Tokenize | None = None
-        self._loaded = False
-        self._lock = threading.Lock()
 
     def _check(self, spec: FieldSpec) -> Check:
         if spec.role is Role.LABEL:
@@ -108,7 +105,7 @@ class RecordSchema:
         return _text_check(spec)
 
     def clean(self, record: Mapping[str, Scalar]) -> dict[str, Scalar]:
-        """The cleaned record (features, tokenized PII); raise InvalidInput naming the field."""
+        """The cleaned record (features; PII dropped); raise InvalidInput naming the field."""
         if len(record) > MAX_FIELDS:
             raise InvalidInput(f"record has more than {MAX_FIELDS} fields")
         checks = self._checks
@@ -130,38 +127,11 @@ class RecordSchema:
         return out
 
     def loggable(self, cleaned: dict[str, Scalar]) -> dict[str, Scalar]:
-        """A cleaned record fit for logs: PII is already tokenized or dropped by `clean`, and
+        """A cleaned record fit for logs: PII is already dropped by `clean`, and
         the data subject's id is dropped too."""
         return {k: v for k, v in cleaned.items() if k not in self._unlogged}
 
     def _protect(self, spec: FieldSpec, value: Scalar) -> object:
-        if spec.pii is not PiiAction.TOKENIZE:
-            return _SKIP
-        if not isinstance(value, str):
+        if spec.pii is PiiAction.TOKENIZE and not isinstance(value, str):
             raise InvalidInput(f"field {spec.name!r} must be a string")
-        tokenize = self._tokenizer()
-        return _SKIP if tokenize is None else tokenize(spec.name, value)
-
-    def _tokenizer(self) -> Tokenize | None:
-        if not self._loaded:
-            with self._lock:
-                if not self._loaded:
-                    self._tokenize = self._tokenizer_factory()
-                    self._loaded = True
-        return self._tokenize
-
-
-def tokenizer_factory(settings: Any) -> Callable[[], Tokenize | None]:
-    """A lazy loader of the shared PII tokenizer; None (PII dropped) when no keys exist."""
-
-    def load() -> Tokenize | None:
-        try:
-            from shared.crypto import load_tokenizer
-
-            return load_tokenizer(settings).tokenize
-        except Exception as error:
-            log.warning("PII tokenizer unavailable (%s): PII fields in requests are dropped",
-                        type(error).__name__)
-            return None
-
-    return load
+        return _SKIP

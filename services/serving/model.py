@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from scipy.special import expit
 
 from services.serving.errors import Refused
 from services.serving.fastpath import Forward, compile_numpy, verified
-from services.serving.inputs import RecordSchema, Tokenize
+from services.serving.inputs import RecordSchema
 from shared.datasets import DatasetSpec, FieldType, Role, load_spec
 from shared.events import Scalar
 
@@ -104,14 +103,12 @@ class ModelLoader:
     def __init__(
         self,
         registry: Registry,
-        tokenizer: Callable[[], Tokenize | None],
         *,
         warmup_rows: int = 16,
         spec_dir: Path | None = None,
         numpy_forward: bool = True,
     ) -> None:
         self.registry = registry
-        self.tokenizer = tokenizer
         self.warmup_rows = warmup_rows
         self.spec_dir = spec_dir
         self.numpy_forward = numpy_forward
@@ -136,7 +133,7 @@ class ModelLoader:
             raise Refused(f"{name} v{version} cannot be built: {error}") from None
         origin = trace.get_current_span().get_span_context()
         model = LoadedModel(name, version, card, transform, net,
-                            RecordSchema(spec, self.tokenizer),
+                            RecordSchema(spec),
                             origin=origin if origin.is_valid else None)
         self._warm_up(model, spec)
         if self.numpy_forward:

@@ -77,7 +77,7 @@ class Rows:
 
     model: LoadedModel
     route: Route
-    records: list[dict[str, Scalar]]  # cleaned: PII tokenized or dropped
+    records: list[dict[str, Scalar]]  # cleaned: PII dropped
     predictions: list[Prediction]
 
 

@@ -4,6 +4,7 @@ single reference assignment and a request keeps the version it started with."""
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -107,7 +108,7 @@ class ModelHost:
 
             raise NotReady(f"model {self.name!r} has no live version yet")
         if pin:
-            model = state.by_version(pin) or self._pinned.get(pin)
+            model = state.by_version(pin) or self.pinned(pin)
             if model is None:
                 raise PinMiss(self.name, pin)
             return model, Route.PINNED, None
@@ -118,8 +119,16 @@ class ModelHost:
                 return state.candidate, Route.CANARY, None
         return state.live, Route.LIVE, None
 
+    def pinned(self, version: int) -> LoadedModel | None:
+        """A pinned-only loaded version (marked as recently used), or None."""
+        model = self._pinned.get(version)
+        if model is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+                self._pinned.move_to_end(version)
+        return model
+
     def add_pinned(self, model: LoadedModel) -> LoadedModel:
-        """Keep a pinned-only version loaded (least recently added ones are dropped)."""
+        """Keep a pinned-only version loaded (least recently used ones are dropped)."""
         existing = self._pinned.get(model.version)
         if existing is not None:
             return existing

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from services.serving.auth import TokenAuth
+from services.serving.auth import Credentials, TokenAuth
 from services.serving.batching import Batcher
 from services.serving.config import ServingSettings
 from services.serving.control import RolloutControl
@@ -27,7 +27,6 @@ from services.serving.grpc_api import SERVICE, PredictionService
 from services.serving.hot_swap import AnnouncementWatcher
 from services.serving.http_api import build_app
 from services.serving.http_server import HttpServer
-from services.serving.inputs import tokenizer_factory
 from services.serving.kafka_path import KafkaPredictions
 from services.serving.model import ModelLoader
 from services.serving.oip_grpc import InferenceService
@@ -65,16 +64,18 @@ class ServingApp:
         from shared.registry import Registry
 
         self.settings = settings
+        self.credentials = Credentials.from_settings(settings)
         self.stop_event = threading.Event()
         self.health = health_aio.HealthServicer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        loader = ModelLoader(Registry(settings), tokenizer_factory(settings),
+        loader = ModelLoader(Registry(settings),
                              warmup_rows=settings.serving_warmup_rows,
                              numpy_forward=settings.serving_numpy_forward)
         self.fleet = Fleet(loader, names=settings.model_names(),
                            canary_share=settings.serving_canary_share,
                            pinned_cache=settings.serving_pinned_cache,
                            drain_timeout_s=settings.serving_drain_timeout_s,
+                           pinned_loads_per_min=settings.serving_pinned_loads_per_min,
                            on_ready=self._on_ready)
         batcher = Batcher(settings.serving_batch_max_size,
                           settings.serving_batch_max_wait_ms / 1000.0) \
@@ -95,10 +96,8 @@ class ServingApp:
         self.http_port = 0
 
     def _build_server(self) -> grpc.aio.Server:
-        auth = [TokenAuth(token)] if (token := self.settings.auth_token()) else []
+        auth = [TokenAuth(self.credentials)] if self.credentials.enabled else []
         interceptors = [RequestMetrics(), DecodeGuard(), *auth]
-        if not auth:
-            log.warning("LEPTON_SERVING_AUTH_TOKEN is not set: the API is open to any caller")
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_options(self.settings))
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -142,7 +141,7 @@ class ServingApp:
             self.prediction_log.start()
         if self.settings.serving_http_addr:
             self.http = HttpServer(build_app(
-                self.predictor, self.fleet, token=self.settings.auth_token(),
+                self.predictor, self.fleet, credentials=self.credentials,
                 max_body_bytes=self.settings.serving_max_message_bytes), self.settings)
             self.http_port = await self.http.start()
         self.watcher.start()

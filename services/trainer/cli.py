@@ -96,12 +96,15 @@ def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, acti
     setup_telemetry("lepton-models")
     try:
         producer = _producer(settings)
+        operator = Principal.load(settings, "operator")
         if decision is not None:
             publish_decision(producer, settings, Decision(
                 kind=decision, actor=f"cli:{os.environ.get('USER', 'unknown')}",
                 dataset=card.dataset, detail={"version": card.version, **(detail or {})}),
-                signer=Principal.load(settings, "operator"))
-        announce(producer, settings, registry, card, action, share, get_tracer(__name__))
+                signer=operator)
+        announce(producer, settings, registry, card, action, share, get_tracer(__name__),
+                 signer=operator, override=action in ("promote", "canary")
+                 and card.status != "promoted")
     finally:
         shutdown_telemetry()
 

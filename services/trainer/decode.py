@@ -1,6 +1,8 @@
 """Turn consumed `events.governed` records into a training batch: payloads split into train and
 held-out rows, the offset and audit-leaf ranges they came from, and what had to be rejected.
 
+Only records carrying governance's MAC over their exact bytes (`shared.governed_mac`) are
+used; any other is dead-lettered as `unauthenticated` and never trained on or put in lineage.
 Governance already validated each envelope; the trainer checks only the fields it uses
 (event_id, dataset, payload, label, audit reference) with a lean decoder, which costs a fifth
 of a full pydantic validation on this hot path.
@@ -18,8 +20,10 @@ import orjson
 
 from services.trainer.split import is_validation
 from shared.features import FeatureTransform, label_value
+from shared.governed_mac import MAC_HEADER, GovernedMac
 
 Headers = list[tuple[str, bytes]]
+UNAUTHENTICATED = "unauthenticated"
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,10 @@ def _check(obj: Any, dataset: str) -> tuple[str, dict[str, Any], tuple[int, int]
     return event_id, payload, ref
 
 
-def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent: int) -> Batch:
-    """Sort confluent-kafka messages into a Batch (messages with errors are ignored)."""
+def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent: int,
+                 mac: GovernedMac) -> Batch:
+    """Sort confluent-kafka messages into a Batch (messages with errors are ignored; records
+    without governance's valid MAC are rejected as `unauthenticated`, before being parsed)."""
     batch = Batch()
     for msg in messages:
         if msg.error() is not None:
@@ -125,6 +131,12 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
         batch.next_offsets[partition] = max(batch.next_offsets.get(partition, 0), offset + 1)
         value = msg.value() or b""
         headers = [(k, v) for k, v in (msg.headers() or []) if v is not None]
+        tag = next((v for k, v in headers if k == MAC_HEADER), None)
+        if not mac.verify(value, tag):
+            batch.rejected.append(Rejected(
+                msg.topic(), partition, offset, msg.key(), value, headers, UNAUTHENTICATED,
+                "no valid governance MAC" if tag else "no governance MAC header"))
+            continue
         try:
             checked = _check(orjson.loads(value), dataset)
         except orjson.JSONDecodeError as error:

@@ -38,9 +38,12 @@ from services.trainer.release import Releaser
 from services.trainer.retry import until_redis
 from services.trainer.telemetry import TrainerMetrics
 from services.trainer.train import Engine
+from shared.crypto import KeyStore
 from shared.datasets import load_spec
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import dlq_headers
 from shared.features import FeatureTransform
+from shared.governed_mac import GovernedMac
 from shared.kafka import make_consumer, make_producer
 from shared.nets import architecture, build_model
 from shared.readiness import clear_ready, mark_ready
@@ -75,6 +78,7 @@ class TrainerLoop:
             settings, settings.group_id(), **{"client.id": f"trainer-{comm.rank}",
                                               "log_level": 3})
         self.producer: Producer = make_producer(settings)
+        self._sealer: DeadLetterSealer | None = None
         self.registry = Registry(settings)
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
         self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
@@ -116,7 +120,7 @@ class TrainerLoop:
         self._assign()
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
-            val_percent=self.settings.trainer_val_percent))
+            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)))
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:
@@ -188,12 +192,19 @@ class TrainerLoop:
         return batch, (total, train_rows, stop > 0, total == 0 and idle > 0)
 
     def _reject(self, batch: Batch) -> None:
+        if batch.rejected and self._sealer is None:
+            self._sealer = DeadLetterSealer(KeyStore(self.settings))
         for item in batch.rejected:
+            assert self._sealer is not None
             headers = dlq_headers(item.headers, reason=item.reason, detail=item.detail,
                                   stage="trainer", exception="EnvelopeError", topic=item.topic,
-                                  partition=item.partition, offset=item.offset)
+                                  partition=item.partition, offset=item.offset,
+                                  service="trainer")
+            value, how = until_redis(partial(self._sealer.seal, item.value or b""),
+                                     "DLQ key", self.stop)
+            headers.append((SEALED_HEADER, how.value.encode()))
             self.producer.produce(Topics(self.settings.topic_prefix).rejected, key=item.key,
-                                  value=item.value, headers=headers)
+                                  value=value, headers=headers)
 
     def _start_cycle(self) -> Cycle:
         """Warm-start from the live model (rank 0 loads and verifies it, then broadcasts)."""

@@ -271,7 +271,8 @@ class Releaser:
 
     def announce(self, card: ModelCard, action: str, share: float | None = None) -> None:
         """Publish the announcement on `models.updates` (key = model), trace context included."""
-        announce(self.producer, self.settings, self.registry, card, action, share, self.tracer)
+        announce(self.producer, self.settings, self.registry, card, action, share, self.tracer,
+                 signer=self.signer)
 
     def reconcile(self) -> None:
         """Finish the post-save steps of saved versions a crash interrupted."""

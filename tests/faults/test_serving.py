@@ -29,7 +29,7 @@ from shared.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, Registry
 from shared.signing import load_or_create_private_key, sign
 from tests.faults.conftest import FaultReport, Pipeline, ScenarioLine, free_port, wait_until
 from tests.helpers import read_topic
-from tests.unit.serving.support import MODEL, TOKEN, announce, record, save_model
+from tests.unit.serving.support import ADMIN_TOKEN, MODEL, TOKEN, announce, record, save_model
 
 PREDICT = "/lepton.serving.v1.PredictionService/Predict"
 SWAPS = 20
@@ -63,6 +63,7 @@ def serving(broker: str, make_pipeline: Callable[..., Pipeline]) -> Iterator[Ser
     Registry(pipeline.settings).set_live(MODEL, first.version)
     addr = f"127.0.0.1:{free_port()}"
     env = {**pipeline.env, "LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
+           "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
            "LEPTON_SERVING_MODELS": MODEL, "LEPTON_SERVING_KAFKA": "false",
            "LEPTON_SERVING_MAX_MESSAGE_BYTES": str(1 << 20),
            "LEPTON_SERVING_WARMUP_ROWS": "4", "LEPTON_SERVING_DRAIN_TIMEOUT_S": "5"}

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.governance.admission import (
+    ALLOWED,
     CODES,
     EPSILON_OVER_MAX,
     INVALID,
@@ -23,7 +24,7 @@ from services.governance.admission import (
     Refused,
     admit,
 )
-from services.governance.allowlist import AllowList
+from shared.allowlist import AllowList
 from shared.principals import Principal, canonical_decision
 from shared.signing import key_id, load_or_create_private_key
 from tests.fuzz.conftest import corpus
@@ -43,7 +44,7 @@ class Keys:
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     directory = tmp_path_factory.mktemp("principals")
     key = load_or_create_private_key(directory / "trainer.key")
-    return Keys(AllowList(directory), Principal("trainer", key, key_id(key.public_key())))
+    return Keys(AllowList(directory, ALLOWED), Principal("trainer", key, key_id(key.public_key())))
 
 
 def _known(name: str) -> bool:

@@ -15,6 +15,7 @@ from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
 from shared.config import LeptonSettings
 from shared.events import Decision
+from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
@@ -23,16 +24,19 @@ from tests.helpers import lepton, read_topic
 
 def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
     key = rkey(lepton_env, "policy", "consent", "transactions")
+    pseudonym = load_pseudonymizer(lepton_env).of("cust-000007")
     out = lepton("consent", "cust-000007", "--dataset", "transactions", "--withdraw")
     assert "withdrawn" in out.stdout
-    assert redis_client.sismember(key, "cust-000007")
-    lepton("consent", "cust-000007", "--dataset", "transactions", "--give")
+    assert redis_client.sismember(key, pseudonym)
     assert not redis_client.sismember(key, "cust-000007")
+    lepton("consent", pseudonym, "--dataset", "transactions", "--give")  # either name works
+    assert redis_client.scard(key) == 0
     records = read_topic(lepton_env, Topics(lepton_env.topic_prefix).audit_requests, expect=2)
+    assert all(b"cust-000007" not in r.value + (r.key or b"") for r in records)
     decisions = [Decision.model_validate_json(r.value) for r in records]
     assert [(d.kind, d.subject_id, d.dataset, d.detail["consent"]) for d in decisions] == [
-        ("consent_changed", "cust-000007", "transactions", "withdrawn"),
-        ("consent_changed", "cust-000007", "transactions", "given")]
+        ("consent_changed", pseudonym, "transactions", "withdrawn"),
+        ("consent_changed", pseudonym, "transactions", "given")]
     assert decisions[0].detail["purpose"] == "fraud-detection"
     bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr

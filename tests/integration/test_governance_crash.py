@@ -25,6 +25,7 @@ from shared.datasets.generators import transactions
 from shared.events import CONTENT_TYPE_JSON, Envelope, Header, encode
 from shared.kafka import make_producer
 from shared.lifecycle import parent_death
+from shared.pseudonym import load_pseudonymizer
 from shared.topics import Topics
 from tests.helpers import lepton, read_topic
 
@@ -120,7 +121,8 @@ def test_sigkill_three_times_mid_stream(lepton_env: LeptonSettings, redis_client
     assert math.isclose(spend.epsilon, sum(c["eps"] for c in charges), rel_tol=1e-9)
     assert math.isclose(spend.epsilon, N * per_event, rel_tol=1e-9)
     assert math.isclose(sum(r["epsilon"] for r in released), spend.epsilon, rel_tol=1e-9)
-    by_subject = Counter(e.subject_id for e in events)
+    pseudonyms = load_pseudonymizer(settings)  # governance names subjects by pseudonym only
+    by_subject = Counter(pseudonyms.of(e.subject_id) for e in events)
     subjects = ledger.subjects("transactions")
     assert {s: round(v[0] / per_event) for s, v in subjects.items()} == dict(by_subject)
 

@@ -17,7 +17,9 @@ from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
+from shared.crypto import KeyStore
 from shared.datasets.generators import transactions
+from shared.dlq import DeadLetterSealer
 from shared.events import Decision, Header, encode
 from shared.kafka import make_producer
 from shared.principals import Principal, sign_decision
@@ -61,7 +63,8 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     codes = Counter(r.headers[Header.DLQ_DETAIL].split(b":")[0].decode() for r in rejected)
     assert set(codes) <= CODES, codes
     assert min(codes[EPSILON_OVER_MAX], codes[INVALID], codes[UNSIGNED]) > 0, codes
-    assert sorted(r.value for r in rejected) == sorted(hostile)
+    sealer = DeadLetterSealer(KeyStore(settings))
+    assert sorted(sealer.open(r.value) for r in rejected) == sorted(hostile)
 
     records = _records(lepton_env)
     kinds = Counter(r["kind"] for r in records)

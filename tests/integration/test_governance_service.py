@@ -21,11 +21,14 @@ from services.governance.ledger import ChargeLog, Ledger
 from services.governance.service import GovernanceService
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
+from shared.crypto import KeyStore
 from shared.datasets.generators import transactions
 from shared.decisions import publish_decision
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode
 from shared.kafka import make_producer
 from shared.principals import Principal
+from shared.pseudonym import is_pseudonym, load_pseudonymizer
 from shared.signing import load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
@@ -140,8 +143,9 @@ def test_policy_budget_dp_audit_lineage_and_traces(
         traced: tuple[Any, InMemorySpanExporter]) -> None:
     tracer, exporter = traced
     topics = Topics(lepton_env.topic_prefix)
-    redis_client.sadd(rkey(lepton_env, "policy", "forgotten"), "gone")
-    redis_client.sadd(rkey(lepton_env, "policy", "consent", "tiny"), "optout")
+    pseudonyms = load_pseudonymizer(lepton_env)
+    redis_client.sadd(rkey(lepton_env, "policy", "forgotten"), pseudonyms.of("gone"))
+    redis_client.sadd(rkey(lepton_env, "policy", "consent", "tiny"), pseudonyms.of("optout"))
     # "ann" has budget for two events (2.5 / 1.0), "gone" is forgotten, "optout" withdrew
     tiny = [_tiny(i, who) for i, who in enumerate(["ann"] * 4 + ["gone", "optout", "bob"])]
     tx = [ingest_like(e) for e in transactions(40, seed=3, customers=40)]
@@ -184,6 +188,18 @@ def test_policy_budget_dp_audit_lineage_and_traces(
         b"bad_envelope", b"decision_rejected", b"unknown_dataset"]
     [bad_decision] = [r for r in rejected if r.headers[Header.DLQ_REASON] == b"decision_rejected"]
     assert bad_decision.headers[Header.DLQ_DETAIL].startswith(b"invalid_decision: kind")
+    # subjects are named by pseudonym only (the raw ids came on events.clean and audit.requests)
+    assert {r["subject_id"] for r in records} - {None} == {
+        pseudonyms.of(who) for who in ("ann", "gone", "optout", "bob")} | {
+        pseudonyms.of(e.subject_id) for e in tx}
+    assert all(is_pseudonym(e.subject_id) for e in envelopes)
+    assert all(is_pseudonym(r.key.decode()) for r in governed if r.key)
+    sealer = DeadLetterSealer(KeyStore(lepton_env))
+    for record in rejected:  # sealed under the DLQ key, readable again by the operator only
+        assert record.headers[SEALED_HEADER] == b"dlq"
+        assert b"{not json" not in record.value and b'"kind": 7' not in record.value
+        assert sealer.open(record.value) in (b"{not json", b'{"kind": 7}') or \
+            b"nosuch-1" in sealer.open(record.value)
 
     # lineage: each governed event names the leaf that records its release
     by_leaf = {(r["partition"], r["leaf_index"]): r for r in records}

@@ -73,9 +73,12 @@ def test_rotate_and_forget_while_ingest_runs(running_ingest: IngestSettings) -> 
     assert set(store.master_key_usage()) <= {first_key, new_key}
 
     later_docs = valid_docs(BATCH, seed=3)
-    later_subjects = {str(d["subject_id"]) for d in later_docs}
-    victim = min(e.subject_id for e in before if e.subject_id in later_subjects)
-    lepton("forget", victim)
+    raw_of = {store.pseudonyms.of(str(d["subject_id"])): str(d["subject_id"])
+              for d in later_docs}
+    victim = min(e.subject_id for e in before if e.subject_id in raw_of)
+    forgot = lepton("forget", raw_of[victim]).stdout  # the operator names the subject
+    assert f"destroyed: data key {store.data_key_id(victim)} destroyed in Redis" in forgot
+    assert "not reached: events.raw" in forgot
     later = send(settings, later_docs, 2 * BATCH)
 
     store = KeyStore(settings)
@@ -101,4 +104,5 @@ def test_rotate_and_forget_while_ingest_runs(running_ingest: IngestSettings) -> 
     assert by_kind["key_rotated"].detail["master_key_id"] == new_key
     assert by_kind["key_rotated"].detail["previous_master_key_id"] == first_key
     assert by_kind["subject_forgotten"].subject_id == victim
-    assert by_kind["subject_forgotten"].detail == {"data_key_destroyed": True}
+    assert by_kind["subject_forgotten"].detail == {
+        "data_key_destroyed": True, "redis_persistence": "none", "models_marked": 0}

@@ -20,7 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.config import LeptonSettings
 from shared.registry import Registry
 from tests.helpers import lepton
-from tests.unit.serving.support import MODEL, TOKEN, record, save_model, serving_settings
+from tests.unit.serving.support import (
+    ADMIN_TOKEN,
+    MODEL,
+    TOKEN,
+    record,
+    save_model,
+    serving_settings,
+)
 
 
 def _free_port() -> int:
@@ -54,6 +61,7 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     addr = f"127.0.0.1:{_free_port()}"
     metrics_port = _free_port()
     env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
+           "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
            "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG"}
     pii = [str(record(3)[f]) for f in ("card_number", "email", "name")]
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],

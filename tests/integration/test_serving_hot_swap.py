@@ -22,6 +22,7 @@ from shared.registry import CARD_FILE, WEIGHTS_FILE, Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.serving.support import (
+    ADMIN_TOKEN,
     MODEL,
     TOKEN,
     announce,
@@ -201,7 +202,7 @@ def test_shadow_promote_and_rollback_through_api_and_announcements(
     topic = Topics(settings.topic_prefix).models
     with running(settings) as server:
         channel, service = stub(server.addr)
-        meta = auth_metadata(TOKEN)
+        meta = auth_metadata(ADMIN_TOKEN)
 
         status = service.SetRollout(pb.SetRolloutRequest(
             model=MODEL, action=pb.ROLLOUT_ACTION_SHADOW, version=2), timeout=30, metadata=meta)

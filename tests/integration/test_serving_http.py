@@ -15,6 +15,7 @@ from shared.config import LeptonSettings
 from shared.registry import Registry
 from tests.integration.test_serving_oip_grpc import NUMPY, full_records
 from tests.unit.serving.support import (
+    ADMIN_TOKEN,
     MODEL,
     TOKEN,
     call_predict,
@@ -26,7 +27,7 @@ from tests.unit.serving.support import (
     stub,
 )
 
-AUTH = {"authorization": f"Bearer {TOKEN}"}
+AUTH = {"authorization": f"Bearer {TOKEN}"}  # pass copies: tritonclient.http adds to it
 
 
 @pytest.fixture
@@ -52,19 +53,19 @@ def test_health_metadata_and_openapi(served: Any) -> None:
     with httpx.Client(base_url=server.http_url, timeout=10) as http:
         assert http.get("/v2/health/live").json() == {"live": True}
         assert http.get("/v2/health/ready").status_code == 200
-        assert http.get("/v2", headers=AUTH).json()["name"] == "lepton-serving"
-        meta = http.get(f"/v2/models/{MODEL}", headers=AUTH).json()
+        assert http.get("/v2", headers=dict(AUTH)).json()["name"] == "lepton-serving"
+        meta = http.get(f"/v2/models/{MODEL}", headers=dict(AUTH)).json()
         assert meta["name"] == MODEL and str(live.version) in meta["versions"]
         assert {o["name"] for o in meta["outputs"]} >= {"score", "label"}
-        pinned = http.get(f"/v2/models/{MODEL}/versions/{first.version}", headers=AUTH)
+        pinned = http.get(f"/v2/models/{MODEL}/versions/{first.version}", headers=dict(AUTH))
         assert pinned.status_code == 200
-        assert http.get(f"/v2/models/{MODEL}/ready", headers=AUTH).status_code == 200
+        assert http.get(f"/v2/models/{MODEL}/ready", headers=dict(AUTH)).status_code == 200
         assert http.get(f"/v2/models/{MODEL}/versions/{first.version}/ready",
-                        headers=AUTH).status_code == 200
-        missing = http.get("/v2/models/nope", headers=AUTH)
+                        headers=dict(AUTH)).status_code == 200
+        missing = http.get("/v2/models/nope", headers=dict(AUTH))
         assert missing.status_code == 404 and "nope" in missing.json()["error"]
-        assert http.get(f"/v2/models/{MODEL}/versions/99", headers=AUTH).status_code == 404
-        assert http.get("/v2/models/nope/ready", headers=AUTH).status_code == 404
+        assert http.get(f"/v2/models/{MODEL}/versions/99", headers=dict(AUTH)).status_code == 404
+        assert http.get("/v2/models/nope/ready", headers=dict(AUTH)).status_code == 404
         doc = http.get("/openapi.json").json()
         assert "/v2/models/{name}/infer" in doc["paths"]
         assert "/v1/models/{name}:predict" in doc["paths"]
@@ -81,6 +82,8 @@ def test_auth_failures_are_401_with_a_json_error(served: Any) -> None:
                 assert response.status_code == 401, (method, path, headers)
                 assert response.json()["error"]
                 assert response.headers["www-authenticate"] == "Bearer"
+        admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}  # admin rights include predicting
+        assert http.get(f"/v2/models/{MODEL}", headers=admin).status_code == 200
 
 
 def test_v2_infer_json_matches_grpc_and_bad_bodies_are_400(served: Any) -> None:
@@ -163,8 +166,8 @@ def test_tritonclient_http_against_the_server(served: Any) -> None:
     client = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"))
     assert client.is_server_live()
     assert client.is_server_ready()
-    assert client.is_model_ready(MODEL, headers=AUTH)
-    meta = client.get_model_metadata(MODEL, headers=AUTH)
+    assert client.is_model_ready(MODEL, headers=dict(AUTH))
+    meta = client.get_model_metadata(MODEL, headers=dict(AUTH))
     records = full_records(100)
     inputs = []
     for spec in meta["inputs"]:
@@ -174,7 +177,7 @@ def test_tritonclient_http_against_the_server(served: Any) -> None:
         item = triton_http.InferInput(spec["name"], [len(records)], spec["datatype"])
         item.set_data_from_numpy(array)  # binary tensor extension (tritonclient's default)
         inputs.append(item)
-    result = client.infer(MODEL, inputs, headers=AUTH)
+    result = client.infer(MODEL, inputs, headers=dict(AUTH))
     assert result.get_response()["model_version"] == str(live.version)
     scores = result.as_numpy("score")
     channel, lepton = stub(server.addr)
@@ -210,3 +213,19 @@ def test_explanations_over_http_name_the_version_and_add_up(served: Any) -> None
         attributions = next(o for o in doc["outputs"] if o["name"] == "attributions")
         assert attributions["shape"] == [4, len(doc["parameters"]["explain_features"].split(","))]
         assert doc["parameters"]["lepton_version"] == live.version
+
+
+def test_http_answers_without_a_nagle_delay(served: Any) -> None:
+    """Accepted sockets must have TCP_NODELAY: with Nagle + delayed ACK every answer waits
+    ~40 ms."""
+    import statistics
+    import time
+
+    server, _, _ = served
+    took = []
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        for _ in range(30):
+            start = time.perf_counter()
+            assert http.get("/v2/health/live").status_code == 200
+            took.append(time.perf_counter() - start)
+    assert statistics.median(took) < 0.02, statistics.median(took)

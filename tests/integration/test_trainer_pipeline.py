@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
-from shared.events import ModelAnnouncement, decode
+from shared.events import AuditRef, ModelAnnouncement, decode, encode
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
 from shared.registry import WEIGHTS_FILE, Registry
@@ -50,7 +50,11 @@ def test_trains_promotes_and_matches_sklearn(
         lepton_env: LeptonSettings, record_property: pytest.RecordProperty) -> None:
     topics = Topics(lepton_env.topic_prefix)
     events = governed_breast_cancer()
-    publish_governed(lepton_env, events, raw=[b"{not json", b'{"event_id": "x"}'])
+    # a well-formed event with a far-off audit leaf, but no governance MAC: never trained on
+    forged = events[0].model_copy(update={"event_id": "forged-1", "audit": AuditRef(
+        partition=0, leaf_index=99_999)})
+    publish_governed(lepton_env, events, raw=[b"{not json", b'{"event_id": "x"}'],
+                     unauthenticated=[encode(forged)])
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -85,13 +89,13 @@ def test_trains_promotes_and_matches_sklearn(
     assert torch.equal(weights["layers.0.weight"], net.state_dict()["layers.0.weight"])
     # lineage: every offset of every partition, the audit leaves, the row counts
     high = {r.partition: r.offset for r in read_topic(lepton_env, topics.governed,
-                                                         expect=len(events) + 2)}
+                                                         expect=len(events) + 3)}
     assert {int(p): r for p, r in card.lineage["partitions"].items()} == {
         p: [0, o] for p, o in high.items()}
     assert card.lineage["resume_offsets"] == {str(p): o + 1 for p, o in sorted(high.items())}
     assert card.lineage["audit_leaves"] == {"0": [0, 568], "1": [1, 567]}
-    assert card.lineage["rows"]["consumed"] == len(events) + 2
-    assert card.lineage["rows"]["rejected"] == 2
+    assert card.lineage["rows"]["consumed"] == len(events) + 3
+    assert card.lineage["rows"]["rejected"] == 3
     assert card.lineage["rows"]["train"] + held == len(events)
     assert card.energy_j > 0
     assert card.energy_method.startswith(("estimate", "rapl", "nvml"))
@@ -100,9 +104,10 @@ def test_trains_promotes_and_matches_sklearn(
     assert card.code_version
     assert card.epsilon is None
     # the unusable records went to the DLQ with a reason
-    rejected = read_topic(lepton_env, topics.rejected, expect=2)
+    rejected = read_topic(lepton_env, topics.rejected, expect=3)
     assert {r.headers["lepton.dlq.stage"] for r in rejected} == {b"trainer"}
-    assert {r.headers["lepton.dlq.reason"] for r in rejected} == {b"invalid_envelope"}
+    assert sorted(r.headers["lepton.dlq.reason"] for r in rejected) == [
+        b"invalid_envelope", b"invalid_envelope", b"unauthenticated"]
     # decision for the audit log, announcement on models.updates with trace context
     promoted = [d for d in _decisions(lepton_env) if d["kind"] == "model_promoted"]
     assert [d["detail"]["version"] for d in promoted] == [1]
@@ -127,7 +132,7 @@ def test_trains_promotes_and_matches_sklearn(
     batches = [s for s in spans if s.name == f"process {topics.governed}"]
     assert batches and all(s.attributes["messaging.operation.type"] == "process"
                            and s.attributes["server.address"] == host for s in batches)
-    assert sum(s.attributes["messaging.batch.message_count"] for s in batches) == len(events) + 2
+    assert sum(s.attributes["messaging.batch.message_count"] for s in batches) == len(events) + 3
     # links are capped at 128 a span; the count attribute says how many events were consumed
     assert sum(s.attributes["lepton.links.total"] for s in batches) == len(events)
     for span in batches:

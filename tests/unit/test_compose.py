@@ -99,7 +99,8 @@ def test_infrastructure_is_production_shaped() -> None:
 def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_only() -> None:
     compose = _compose()
     secrets = compose["secrets"]
-    extra = {"serving": ["serving-token"]}
+    extra = {"governance": ["governed-mac-key"], "trainer": ["governed-mac-key"],
+             "serving": ["serving-predict-token", "serving-admin-token"]}
     for name in SERVICES:
         service = compose["services"][name]
         assert service["secrets"] == [f"{name}-principal", *extra.get(name, [])], name
@@ -109,9 +110,6 @@ def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_o
         assert env["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
         assert "./secrets/principals/public:/principals:ro" in service["volumes"]
     assert "operator-principal" not in secrets
-    serving = compose["services"]["serving"]["environment"]
-    assert serving["LEPTON_SERVING_AUTH_TOKEN_FILE"] == "/run/secrets/serving-token"
-    assert "LEPTON_SERVING_AUTH_TOKEN" not in serving
 
 
 def test_compose_v1_compatible_pinned_images_and_one_shot_topics() -> None:
@@ -254,3 +252,30 @@ def _exported_metrics() -> set[str]:
     assert result.returncode == 0, result.stderr[-3000:]
     names: set[str] = set(json.loads(result.stdout.splitlines()[-1]))
     return names
+
+
+def test_serving_gets_distinct_predict_and_admin_tokens_from_secrets() -> None:
+    compose = _compose()
+    serving = compose["services"]["serving"]
+    assert {"serving-predict-token", "serving-admin-token"} <= set(serving["secrets"])
+    env = serving["environment"]
+    assert env["LEPTON_SERVING_AUTH_TOKEN_FILE"] == "/run/secrets/serving-predict-token"
+    assert env["LEPTON_SERVING_ADMIN_TOKEN_FILE"] == "/run/secrets/serving-admin-token"
+    files = {compose["secrets"][n]["file"] for n in ("serving-predict-token",
+                                                       "serving-admin-token")}
+    assert len(files) == 2
+    assert "LEPTON_SERVING_AUTH" not in env
+    for name in SERVICES:
+        if name != "serving":
+            assert not {"serving-predict-token", "serving-admin-token"} & set(
+                compose["services"][name]["secrets"])
+
+
+def test_only_governance_and_the_trainer_hold_the_governed_mac_key() -> None:
+    compose = _compose()
+    holders = {name for name in SERVICES
+               if "governed-mac-key" in compose["services"][name]["secrets"]}
+    assert holders == {"governance", "trainer"}
+    for name in holders:
+        env = compose["services"][name]["environment"]
+        assert env["LEPTON_GOVERNED_MAC_KEY_FILE"] == "/run/secrets/governed-mac-key"

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared.config import LeptonSettings
-from shared.crypto import CryptoError, KeyDestroyed, KeyStore, Tokenizer, load_tokenizer
+from shared.crypto import CryptoError, KeyDestroyed, KeyStore, is_token
 from shared.keyring import MASTER_KEYS_ENV, KmsError, LocalKms, b64d, b64e
 
 
@@ -160,12 +160,26 @@ def test_a_tampered_wrapped_key_in_redis_is_refused(
     assert KeyStore(settings).data_keys(["alice"])[1] == {"alice": "key_unavailable"}
 
 
-def test_tokens_are_deterministic_per_key_and_field(settings: LeptonSettings) -> None:
-    tokenizer = load_tokenizer(settings)
-    assert tokenizer.tokenize("card_number", "4111") == load_tokenizer(settings).tokenize(
-        "card_number", "4111")
-    assert tokenizer.tokenize("card_number", "4111") != tokenizer.tokenize("card_number", "4112")
-    assert tokenizer.tokenize("card_number", "4111") != tokenizer.tokenize("iban", "4111")
-    other = Tokenizer(os.urandom(32))
-    assert other.tokenize("card_number", "4111") != tokenizer.tokenize("card_number", "4111")
-    assert "4111" not in tokenizer.tokenize("card_number", "4111")
+def test_tokens_are_per_subject_and_die_with_the_subject(
+    store: KeyStore, settings: LeptonSettings
+) -> None:
+    keys, _ = store.data_keys(["alice", "bob"])
+    alice, bob = keys["alice"], keys["bob"]
+    pan = "4111111111111111"
+    token = store.tokenize(alice, "card_number", pan)
+    assert token.startswith("tok2:") and is_token(token) and pan not in token
+    assert token == KeyStore(settings).tokenize(
+        KeyStore(settings).data_keys(["alice"])[0]["alice"], "card_number", pan)
+    assert token != store.tokenize(alice, "card_number", "4111111111111112")
+    assert token != store.tokenize(alice, "iban", pan)
+    # the same PAN of two subjects: unrelated tokens, no join across subjects
+    assert store.tokenize(bob, "card_number", pan) != token
+    assert token.split(":")[2] != store.tokenize(bob, "card_number", pan).split(":")[2]
+    # forgetting alice destroys the only key that reproduces her token
+    store.forget("alice")
+    fresh = KeyStore(settings)
+    assert fresh.data_keys(["alice"]) == ({}, {"alice": "forgotten"})
+    assert fresh.data_keys(["alice"], create=False)[0] == {}
+    assert fresh.tokenize(fresh.data_keys(["bob"])[0]["bob"], "card_number", pan) == \
+        store.tokenize(bob, "card_number", pan)
+    assert "token_key" not in repr(alice)

@@ -18,7 +18,8 @@ from services.ingest.config import IngestSettings
 from services.ingest.processor import Processor
 from services.ingest.worker import build_processor
 from shared.crypto import CryptoError, KeyStore
-from shared.events import Envelope, Header, decode
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.events import Envelope, Header, decode, derived_event_id
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
 from tests.unit.ingest.samples import BROKEN_DATASET, BROKEN_SPEC_YAML, POISON, poison, valid_docs
@@ -76,19 +77,24 @@ def test_good_events_are_cleaned_and_their_pii_protected(
             assert str(payload[field]).startswith("enc1:")
             assert store.decrypt_field(envelope.event_id, field, str(payload[field])) == \
                 doc["payload"][field]
-        assert str(payload["card_number"]).startswith("tok1:")
+        key_id = store.data_key_id(str(doc["subject_id"]))
+        assert str(payload["card_number"]).startswith(f"tok2:{key_id}:")
         assert {(c.field, c.action) for c in envelope.changes} == {
             ("email", "encrypted"), ("name", "encrypted"), ("card_number", "tokenized")}
         assert payload["amount"] == doc["payload"]["amount"]
-    blob = b"".join(o.value for o in result.outputs)
+        assert envelope.subject_id == store.pseudonyms.of(str(doc["subject_id"]))
+        assert payload["customer_id"] == envelope.subject_id
+    blob = b"".join(o.value + (o.key or b"") for o in result.outputs)
     for doc in docs:
-        for field in ("email", "name", "card_number"):
+        for field in ("email", "name", "card_number", "customer_id"):
             assert doc["payload"][field].encode() not in blob
 
 
 def test_every_poison_kind_goes_to_the_dlq_with_reason_and_provenance(
-    processor: Processor,
+    processor: Processor, settings: IngestSettings
 ) -> None:
+    store = KeyStore(settings)
+    sealer = DeadLetterSealer(store)
     doc = valid_docs(1)[0]
     kinds = list(POISON)
     records = [record(poison(kind, doc), 100 + i) for i, kind in enumerate(kinds)]
@@ -99,8 +105,22 @@ def test_every_poison_kind_goes_to_the_dlq_with_reason_and_provenance(
     for kind, original, out in zip(kinds, records, dead, strict=True):
         headers = dict(out.headers)
         assert headers[Header.DLQ_REASON].decode() == POISON[kind][0], kind
-        assert out.value == original.value()
-        assert out.key == b"k"
+        assert sealer.open(out.value) == original.value()
+        for value in (doc["payload"]["email"], doc["payload"]["name"], doc["subject_id"]):
+            assert str(value).encode() not in out.value + (out.key or b""), kind
+        hint = _subject_of(original.value())
+        assert out.key == (store.pseudonyms.of(hint).encode() if hint else None), kind
+        if hint == doc["subject_id"]:  # a known subject: shredded with it by `forget`
+            assert headers[SEALED_HEADER] == b"subject", kind
+            assert store.key_id_of(out.value)[1] == store.data_key_id(hint)
+        else:  # no subject, or one without a data key: the DLQ key
+            assert headers[SEALED_HEADER] == b"dlq", kind
+            assert store.key_id_of(out.value)[1] == store.data_key_id("#dlq")
+        assert headers["__connect.errors.topic"] == RAW.encode()
+        assert headers["__connect.errors.offset"] == str(original.offset()).encode()
+        assert headers["__connect.errors.connector.name"] == b"ingest"
+        assert headers["__connect.errors.exception.message"].startswith(
+            POISON[kind][0].encode())
         assert headers["x-origin"] == b"unit-test"
         assert headers["traceparent"] == PARENT.encode()
         assert headers[Header.DLQ_TOPIC] == RAW.encode()
@@ -129,10 +149,11 @@ def test_a_forgotten_subjects_pii_is_dropped_and_no_key_is_minted(
     processor: Processor, settings: IngestSettings
 ) -> None:
     docs = valid_docs(30)
-    forgotten = docs[0]["subject_id"]
+    raw_subject = str(docs[0]["subject_id"])
     store = KeyStore(settings)
-    old = store.encrypt_for(forgotten, "ev-before", "email", "before@example.com")
-    store.forget(forgotten)
+    forgotten = store.pseudonyms.of(raw_subject)
+    old = store.encrypt_for(raw_subject, "ev-before", "email", "before@example.com")
+    store.forget(raw_subject)
     result = processor.process([record(orjson.dumps(d), i) for i, d in enumerate(docs)])
     envelopes = clean_envelopes(result.outputs)
     assert len(envelopes) == 30
@@ -172,7 +193,7 @@ def test_one_span_per_record_continues_the_producers_trace(
 
 
 def test_a_record_too_big_to_dead_letter_whole_is_truncated_not_stuck(
-    processor: Processor,
+    processor: Processor, settings: IngestSettings
 ) -> None:
     huge = b'{"blob": "' + b"x" * 2_500_000 + b'"}'
     result = processor.process([record(huge, 7)])
@@ -180,7 +201,8 @@ def test_a_record_too_big_to_dead_letter_whole_is_truncated_not_stuck(
     headers = dict(out.headers)
     assert headers[Header.DLQ_REASON] == b"too_large"
     assert headers["lepton.dlq.truncated"] == str(len(huge)).encode()
-    assert out.value == huge[: len(out.value)]
+    opened = DeadLetterSealer(KeyStore(settings)).open(out.value)
+    assert opened == huge[: len(opened)]
     assert len(out.value) < 2_000_000
 
 
@@ -198,3 +220,48 @@ def test_a_spec_whose_impute_value_misfits_its_field_is_an_internal_error(
     headers = dict(out.headers)
     assert headers[Header.DLQ_REASON] == b"internal_error"
     assert headers[Header.DLQ_EXCEPTION] == b"ValueError"
+
+
+def _subject_of(value: bytes | None) -> str | None:
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    subject = obj.get("subject_id") if isinstance(obj, dict) else None
+    return subject if isinstance(subject, str) and subject else None
+
+
+def test_a_replayed_record_is_a_new_attempt_of_the_same_event(
+    processor: Processor, settings: IngestSettings
+) -> None:
+    doc = valid_docs(1)[0]
+    del doc["event_id"]  # ingest derives it from where the record first arrived
+    doc["payload"]["hour"] = 24
+    first = processor.process([record(orjson.dumps(doc), 5)]).outputs[0]
+    replayed = Message(topic=RAW, partition=0, offset=900, key=None, value=orjson.dumps(doc),
+                       headers=[("lepton.replay.origin", f"{RAW}/1/5".encode()),
+                                ("lepton.replay.attempt", b"1")],
+                       timestamp=(1, 1_767_225_600_000))
+    again = processor.process([replayed]).outputs[0]
+    assert dict(again.headers)[Header.DLQ_ATTEMPT] == b"2"
+    assert dict(again.headers)[Header.DLQ_OFFSET] == b"900"
+    sealer = DeadLetterSealer(KeyStore(settings))
+    assert sealer.open(again.value) == sealer.open(first.value)
+    doc["payload"]["hour"] = 3  # fixed: the same derived event id as its first arrival
+    fixed = Message(topic=RAW, partition=0, offset=901, key=None, value=orjson.dumps(doc),
+                    headers=[("lepton.replay.origin", f"{RAW}/1/5".encode())],
+                    timestamp=(1, 1_767_225_600_000))
+    (out,) = processor.process([fixed]).outputs
+    assert decode(Envelope, out.value).event_id == derived_event_id(RAW, 1, 5)
+
+
+def test_a_forgotten_subjects_rejected_bytes_are_discarded(
+    processor: Processor, settings: IngestSettings
+) -> None:
+    doc = valid_docs(1)[0]
+    KeyStore(settings).forget(str(doc["subject_id"]))
+    doc["payload"]["hour"] = 24
+    (out,) = processor.process([record(orjson.dumps(doc), 8)]).outputs
+    headers = dict(out.headers)
+    assert (headers[Header.DLQ_REASON], headers[SEALED_HEADER], out.value) == (
+        b"out_of_range", b"discarded", b"")

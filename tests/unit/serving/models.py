@@ -20,5 +20,5 @@ def loaded(version: int, name: str = "fraud") -> LoadedModel:
     net = build_model(arch).eval()
     card = ModelCard(model=name, version=version, dataset="transactions", spec_hash="x",
                      architecture=arch, feature_transform=transform.to_dict())
-    schema = RecordSchema(load_spec("transactions"), lambda: None)
+    schema = RecordSchema(load_spec("transactions"))
     return LoadedModel(name, version, card, transform, net, schema)

@@ -26,10 +26,12 @@ from shared.datasets.generators import generate
 from shared.events import Scalar
 from shared.features import FeatureTransform
 from shared.nets import architecture, build_model
+from shared.principals import PrincipalName
 from shared.registry import ModelCard, Registry
 
 MODEL = "fraud"
 TOKEN = "s3cret-test-token"
+ADMIN_TOKEN = "s3cret-admin-token"
 
 
 @cache
@@ -52,7 +54,7 @@ def record(i: int = 0) -> dict[str, Scalar]:
 
 
 def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
-               kind: str = "mlp") -> ModelCard:
+               kind: str = "mlp", status: str = "promoted") -> ModelCard:
     """Save a signed model with random weights; returns its card."""
     transform = fitted_transform()
     arch = architecture(kind, transform.dim, (8,))
@@ -61,16 +63,21 @@ def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
     card = ModelCard(model=model, dataset="transactions",
                      spec_hash=load_spec("transactions").spec_hash(), architecture=arch,
                      feature_transform=transform.to_dict(), metrics={"auc": 0.5 + seed / 1000},
-                     status="promoted")
+                     status=status)
     return Registry(settings).save(card, net.state_dict())
 
 
 def serving_settings(**overrides: Any) -> ServingSettings:
-    """ServingSettings from the (test) environment, on a free loopback port, no Kafka path."""
+    """ServingSettings from the (test) environment, on a free loopback port, no Kafka path;
+    with a predict token the admin token is ADMIN_TOKEN, without one auth is explicitly off."""
     values: dict[str, Any] = {"serving_addr": "127.0.0.1:0", "serving_kafka": False,
                               "serving_http_addr": "127.0.0.1:0",
                               "serving_warmup_rows": 4, "serving_drain_timeout_s": 5.0}
     values.update(overrides)
+    if values.get("serving_auth_token"):
+        values.setdefault("serving_admin_token", ADMIN_TOKEN)
+    else:
+        values.setdefault("serving_auth", "none")
     return ServingSettings(**values)
 
 
@@ -154,23 +161,48 @@ def span_exporter() -> InMemorySpanExporter:
 _PRODUCERS: dict[tuple[str | None, str], Any] = {}
 
 
-def announce(settings: Any, card: ModelCard, action: str = "promote",
-             share: float | None = None, *, traceparent: str | None = None) -> None:
-    """Publish a ModelAnnouncement for `card` on models.updates (as `lepton models` would)."""
-    from shared.events import CONTENT_TYPE_JSON, Header, encode
+def signed_announcement(settings: Any, card: ModelCard, action: str = "promote",
+                        share: float | None = None, *, signer: PrincipalName = "trainer",
+                        sequence: int | None = None, override: bool = False) -> bytes:
+    """`card`'s announcement signed as `signer` with the model's next sequence (or `sequence`),
+    as the trainer or `lepton models` would send it."""
+    from shared.announcements import next_sequence, sign_announcement
+    from shared.events import encode
+    from shared.principals import Principal
+
+    registry = Registry(settings)
+    seq = sequence if sequence is not None else next_sequence(registry.redis, settings,
+                                                              card.model)
+    message = card.announcement(action, share).model_copy(update={"override": override})
+    return encode(sign_announcement(Principal.load(settings, signer), message, seq))
+
+
+def publish_announcement(settings: Any, value: bytes, key: str = MODEL, *,
+                         traceparent: str | None = None) -> None:
+    """Put `value` on models.updates as is."""
+    from shared.events import CONTENT_TYPE_JSON, Header
     from shared.kafka import make_producer
     from shared.topics import Topics
 
     headers: list[tuple[str, str | bytes | None]] = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    key = (settings.kafka_bootstrap, settings.topic_prefix)
-    producer = _PRODUCERS.get(key)
+    producer_key = (settings.kafka_bootstrap, settings.topic_prefix)
+    producer = _PRODUCERS.get(producer_key)
     if producer is None:
-        producer = _PRODUCERS[key] = make_producer(settings, **{"linger.ms": 0})
-    producer.produce(Topics(settings.topic_prefix).models, key=card.model.encode(),
-                     value=encode(card.announcement(action, share)), headers=headers)
+        producer = _PRODUCERS[producer_key] = make_producer(settings, **{"linger.ms": 0})
+    producer.produce(Topics(settings.topic_prefix).models, key=key.encode(), value=value,
+                     headers=headers)
     assert producer.flush(10) == 0
+
+
+def announce(settings: Any, card: ModelCard, action: str = "promote",
+             share: float | None = None, *, traceparent: str | None = None,
+             signer: PrincipalName = "trainer", override: bool = False) -> None:
+    """Publish a signed ModelAnnouncement for `card` on models.updates."""
+    publish_announcement(settings, signed_announcement(settings, card, action, share,
+                                                       signer=signer, override=override),
+                         card.model, traceparent=traceparent)
 
 
 def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> None:

@@ -13,7 +13,8 @@ from services.serving.config import ServingSettings
 def test_defaults() -> None:
     settings = ServingSettings()
     assert settings.serving_addr == "0.0.0.0:50051"
-    assert settings.auth_token() is None
+    assert settings.predict_token() is None and settings.admin_token() is None
+    assert settings.serving_auth == "token"  # no tokens and no explicit "none": exit 78
     assert ServingSettings(serving_models=" a, b ,").model_names() == ["a", "b"]
 
 

@@ -30,7 +30,7 @@ def _model(kind: str, version: int) -> LoadedModel:
                 p.mul_(3.0)
     card = ModelCard(model="fraud", version=version, dataset="transactions", spec_hash="x",
                      architecture=arch, feature_transform=transform.to_dict())
-    schema = RecordSchema(load_spec("transactions"), lambda: None)
+    schema = RecordSchema(load_spec("transactions"))
     return LoadedModel("fraud", version, card, transform, net, schema)
 
 

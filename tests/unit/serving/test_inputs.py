@@ -1,5 +1,5 @@
-"""Request records checked and cleaned against the dataset spec like ingest does; PII
-tokenized with the shared tokenizer or dropped; messages name fields, never values."""
+"""Request records checked and cleaned against the dataset spec like ingest does; PII dropped
+(never a model input); messages name fields, never values."""
 
 from __future__ import annotations
 
@@ -7,19 +7,16 @@ import pytest
 
 from services.serving.errors import InvalidInput
 from services.serving.inputs import RecordSchema
-from shared.crypto import Tokenizer
 from shared.datasets import load_spec
+from shared.features import FeatureTransform
 from tests.unit.serving.support import record
 
-KEY = b"k" * 32
+
+def _schema() -> RecordSchema:
+    return RecordSchema(load_spec("transactions"))
 
 
-def _schema(tokenizer: bool = True) -> RecordSchema:
-    tok = Tokenizer(KEY)
-    return RecordSchema(load_spec("transactions"), lambda: tok.tokenize if tokenizer else None)
-
-
-def test_clean_clips_tokenizes_and_drops() -> None:
+def test_clean_clips_and_drops_pii() -> None:
     raw = {**record(1), "amount": 9000.0, "hour": 5.0, "is_fraud": True}
     clean = _schema().clean(raw)
     assert clean["amount"] == 5000.0
@@ -28,13 +25,16 @@ def test_clean_clips_tokenizes_and_drops() -> None:
     assert "is_fraud" not in clean
     assert "email" not in clean
     assert "name" not in clean
-    assert clean["card_number"] == Tokenizer(KEY).tokenize("card_number", raw["card_number"])
-    assert clean["card_number"] != raw["card_number"]
-
-
-def test_without_a_tokenizer_pii_is_dropped() -> None:
-    clean = _schema(tokenizer=False).clean(record(1))
     assert "card_number" not in clean
+    assert all(str(raw[f]) not in str(clean) for f in ("card_number", "email", "name"))
+
+
+def test_pii_is_never_a_model_input() -> None:
+    spec = load_spec("transactions")
+    transform = FeatureTransform.fit(spec, [_schema().clean(record(i)) for i in range(20)])
+    pii = tuple(f.name for f in spec.pii_fields)
+    assert transform.feature_names and not [n for n in transform.feature_names
+                                            if n.startswith(pii)]
 
 
 @pytest.mark.parametrize(("change", "fragment"), [

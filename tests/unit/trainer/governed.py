@@ -13,6 +13,7 @@ from services.trainer.config import TrainerSettings
 from shared.config import LeptonSettings
 from shared.datasets.generators import breast_cancer
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
+from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.kafka import make_producer
 from shared.topics import Topics
 from shared.tracing import publish_span
@@ -34,19 +35,25 @@ def governed_breast_cancer(count: int | None = None, seed: int = 0,
 
 
 def publish_governed(settings: LeptonSettings, envelopes: Iterable[Envelope],
-                     raw: Iterable[bytes] = ()) -> int:
-    """Send envelopes (and raw junk values) to events.governed with trace headers; returns n."""
+                     raw: Iterable[bytes] = (), unauthenticated: Iterable[bytes] = ()) -> int:
+    """Send envelopes (and raw junk values) to events.governed with trace headers and
+    governance's MAC, plus `unauthenticated` values without one; returns n."""
     topic = Topics(settings.topic_prefix).governed
     producer = make_producer(settings)
+    mac = GovernedMac.load(settings)
     sent = 0
     for env in envelopes:
-        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
+        value = encode(env)
+        headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
+                               (MAC_HEADER, mac.tag(value))]
         with publish_span(_producer_tracer, topic, headers, key=env.subject_id):
-            producer.produce(topic, key=env.subject_id.encode(), value=encode(env),
-                             headers=headers)
+            producer.produce(topic, key=env.subject_id.encode(), value=value, headers=headers)
         sent += 1
     for value in raw:
-        producer.produce(topic, key=b"junk", value=value)
+        producer.produce(topic, key=b"junk", value=value, headers=[(MAC_HEADER, mac.tag(value))])
+        sent += 1
+    for value in unauthenticated:
+        producer.produce(topic, key=b"forged", value=value)
         sent += 1
     assert producer.flush(30) == 0
     return sent

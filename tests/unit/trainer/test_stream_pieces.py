@@ -20,6 +20,7 @@ from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import encode
+from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.nets import architecture, build_model
 from shared.registry import ModelCard, Registry
 from shared.topics import Topics
@@ -34,6 +35,7 @@ class FakeMessage:
     value_: bytes
     offset_: int
     partition_: int = 0
+    mac: bytes | None = None
 
     def error(self) -> None:
         return None
@@ -54,7 +56,16 @@ class FakeMessage:
         return "t.events.governed"
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
+        trace = [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
+        return trace + ([(MAC_HEADER, self.mac)] if self.mac is not None else [])
+
+
+MAC = GovernedMac(b"k" * 32)
+
+
+def governed(value: bytes, offset: int, partition: int = 0) -> FakeMessage:
+    """A message as governance writes it (its MAC in the headers)."""
+    return FakeMessage(value, offset, partition, MAC.tag(value))
 
 
 def test_decode_sorts_rows_and_rejects_with_reasons() -> None:
@@ -63,8 +74,8 @@ def test_decode_sorts_rows_and_rejects_with_reasons() -> None:
     unlabelled = envs[1].model_copy(update={"event_id": "nolabel",
                                             "payload": {"mean_radius": 1.0}})
     values = [encode(e) for e in envs] + [encode(other), encode(unlabelled), b"[1]", b"{bad"]
-    batch = decode_batch([FakeMessage(v, 100 + i) for i, v in enumerate(values)],
-                         "breast_cancer", "malignant", 20)
+    batch = decode_batch([governed(v, 100 + i) for i, v in enumerate(values)],
+                         "breast_cancer", "malignant", 20, MAC)
     held = sum(is_validation(e.event_id, 20) for e in envs)
     assert (len(batch.train), len(batch.validation)) == (40 - held, held)
     assert (batch.skipped, batch.unlabelled, batch.consumed) == (1, 1, 44)
@@ -73,6 +84,20 @@ def test_decode_sorts_rows_and_rejects_with_reasons() -> None:
     assert batch.next_offsets == {0: 144}
     assert batch.audit == {0: (0, 38), 1: (1, 39)}
     assert len(batch.headers) == 40
+
+
+def test_records_without_governance_mac_are_rejected_unauthenticated() -> None:
+    envs = governed_breast_cancer(6)
+    genuine, forged = encode(envs[0]), encode(envs[1])
+    tampered = governed(encode(envs[2]), 2)
+    tampered.value_ = tampered.value_.replace(b'"malignant":', b'"malignant" :')
+    other_key = FakeMessage(encode(envs[3]), 3, 0, GovernedMac(b"x" * 32).tag(encode(envs[3])))
+    batch = decode_batch([governed(genuine, 0), FakeMessage(forged, 1), tampered, other_key],
+                         "breast_cancer", "malignant", 0, MAC)
+    assert len(batch.train) == 1 and batch.consumed == 4
+    assert [(r.offset, r.reason) for r in batch.rejected] == [
+        (1, "unauthenticated"), (2, "unauthenticated"), (3, "unauthenticated")]
+    assert batch.audit == {0: (0, 0)}
 
 
 def test_split_is_deterministic_and_near_the_percentage() -> None:
@@ -84,8 +109,9 @@ def test_split_is_deterministic_and_near_the_percentage() -> None:
 
 def test_lineage_merges_workers_and_furthest_positions() -> None:
     a, b = CycleLineage(), CycleLineage()
-    batch = decode_batch([FakeMessage(encode(e), 5 + i, partition_=i % 2) for i, e in
-                          enumerate(governed_breast_cancer(6))], "breast_cancer", "malignant", 20)
+    batch = decode_batch([governed(encode(e), 5 + i, i % 2) for i, e in
+                          enumerate(governed_breast_cancer(6))], "breast_cancer", "malignant", 20,
+                         MAC)
     a.add(batch)
     b.offsets = {2: (0, 9)}
     merged = merge([a.to_json(), b.to_json()])

@@ -1,9 +1,11 @@
-"""Governance's allow-list: which principal's public key may emit which decision kinds.
+"""A receiver's allow-list: which principal's public key may say which kinds of thing
+(governance: decision kinds; serving: announcement actions).
 
-Consumes the principals' public keys (`<name>.pub` in the principals directory, read-only to
-governance) and the table `ALLOWED`; answers, for a decision's `key_id`, the principal's name,
-public key and allowed kinds. A key id it does not know makes it re-read the directory (at most
-every few seconds), so a service that created its key on first start is recognised.
+Consumes the principals' public keys (`<name>.pub` in the public keys directory, read-only to
+the receiver) and the receiver's table name → allowed kinds; answers, for a `key_id`, the
+principal's name, public key and allowed kinds. A key id it does not know makes it re-read the
+directory (at most every few seconds), so a service that created its key on first start is
+recognised.
 """
 
 from __future__ import annotations
@@ -20,14 +22,6 @@ from shared.signing import key_id, load_public_key
 
 log = logging.getLogger(__name__)
 
-_MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
-ALLOWED: dict[str, frozenset[str]] = {
-    "ingest": frozenset({"subject_forgotten", "key_rotated"}),
-    "trainer": _MODEL | {"dp_sgd_charge"},
-    "serving": _MODEL,
-    "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated",
-                           "model_promoted", "model_rolled_back"}),
-}
 RELOAD_EVERY_S = 5.0
 
 
@@ -43,7 +37,7 @@ class Allowed:
 class AllowList:
     """Key id → allowed principal, from the public keys in `directory`."""
 
-    def __init__(self, directory: Path, allowed: dict[str, frozenset[str]] = ALLOWED) -> None:
+    def __init__(self, directory: Path, allowed: dict[str, frozenset[str]]) -> None:
         self.directory = directory
         self.allowed = allowed
         self._by_key: dict[str, Allowed] = {}

@@ -1,0 +1,28 @@
+"""`lepton demo-app` against a real server: it takes turns between gRPC, HTTP and Kafka, and
+every call is answered (the Kafka ones on predictions.results)."""
+
+from __future__ import annotations
+
+import threading
+
+from lepton.demo_app import DemoApp
+from shared.config import LeptonSettings
+from shared.registry import Registry
+from shared.topics import Topics
+from tests.helpers import read_topic
+from tests.unit.serving.support import MODEL, TOKEN, running, save_model, serving_settings
+
+
+def test_demo_app_calls_over_grpc_http_and_kafka(lepton_env: LeptonSettings) -> None:
+    settings = serving_settings(serving_auth_token=TOKEN, serving_kafka=True)
+    card = save_model(settings)
+    Registry(settings).set_live(MODEL, card.version)
+    with running(settings, kafka=True) as server:
+        app = DemoApp(serving_settings(serving_addr=server.addr), dataset="transactions",
+                      model=MODEL, rate=50.0, http_url=server.http_url, token=TOKEN)
+        report = app.run(threading.Event(), count=9)
+        assert dict(report.sent) == {"grpc": 3, "http": 3, "kafka": 3}
+        assert not report.failed
+        results = read_topic(settings, Topics(settings.topic_prefix).predict_results, expect=3,
+                             timeout=30)
+        assert len(results) == 3
