@@ -1,5 +1,6 @@
 """`lepton forget SUBJECT`: crypto-shred a data subject everywhere the platform can reach, and
-say exactly what was destroyed and what was not.
+say exactly what was destroyed and what was not; `lepton state rebuild`: restore every piece of
+policy state Redis holds from its durable copies.
 
 Destroys the subject's data key in Redis (which also destroys its per-subject token key and
 every dead letter sealed under it), adds its pseudonym to the forgotten set, makes Redis
@@ -7,26 +8,33 @@ rewrite its AOF/RDB files so the wrapped key leaves them, and records a `subject
 decision for the audit log. Then lists what it could not reach: data keys cached in running
 processes (until their cache TTL), the producer's raw bytes on events.raw, and every model
 version whose lineage includes the subject's released events (marked
-`contains_forgotten: true` in the registry). Imports stay inside the command.
+`contains_forgotten: true` in the registry). `state rebuild` puts back wrapped data keys (from
+`<keys>/datakeys`), the forgotten and consent sets (from the audit store), live-model pointers
+(from `<registry>/<model>/live.json`) and the privacy ledger (from its charge log). Imports stay
+inside the commands.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from services.governance.config import GovernanceSettings
 
 
 def forget(
     subject: Annotated[str, typer.Argument(help="The data subject id (or its ps1: pseudonym).")],
 ) -> None:
     """Crypto-shred a subject: destroy its keys everywhere and report what was not reached."""
+    from services.governance.config import GovernanceSettings
     from services.ingest.cli import record_decision
-    from shared.config import LeptonSettings, load_settings
+    from shared.config import load_settings
     from shared.crypto import KeyStore
     from shared.state import compact_persistence, make_redis
 
-    settings = load_settings(LeptonSettings)
+    settings = load_settings(GovernanceSettings)
     client = make_redis(settings)
     store = KeyStore(settings, client=client)
     pseudonym = store.pseudonyms.normal(subject)
@@ -54,11 +62,74 @@ def forget(
                     "run it again once the broker is up (forgetting is idempotent)")
 
 
-def _mark_models(settings: object, pseudonym: str) -> list[str]:
-    """Mark every model version trained on the subject's released events; one line each."""
-    return []
+def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
+    """Mark every model version trained on the subject's released events (found through the
+    audit leaves its lineage names) and every version warm-started from one; a line each."""
+    from services.governance.verify import find_subject
+    from shared.registry import ArtifactError, Registry
+
+    leaves = {(p, i) for p, i, record in find_subject(settings.audit_dir(), pseudonym)
+              if record.get("kind") == "event_released"}
+    if not leaves:
+        return []
+    registry = Registry(settings)
+    lines = []
+    for model in registry.models():
+        tainted: set[int] = set()
+        for version in sorted(registry.versions(model)):
+            try:
+                card = registry.card(model, version)
+            except ArtifactError:
+                continue
+            ranges = card.lineage.get("audit_leaves", {})
+            hit = any(lo <= i <= hi for p, i in leaves
+                      for lo, hi in [ranges.get(str(p), (1, 0))])
+            if hit or card.parent_version in tainted:
+                tainted.add(version)
+                registry.mark(model, version, contains_forgotten=True)
+                why = ("trained on" if hit else
+                       f"warm-started from v{card.parent_version}, trained on")
+                lines.append(f"model {model} v{version}: {why} the subject's data; marked "
+                             "contains_forgotten: true (retrain without it, then retire it)")
+    return lines
+
+
+state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.",
+                        no_args_is_help=True)
+
+
+@state_app.command("rebuild")
+def rebuild() -> None:
+    """Restore data keys, forgotten/consent sets, live pointers and the ledger into Redis."""
+    from services.governance.config import GovernanceSettings
+    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.policy import Policy
+    from services.governance.service import AlreadyRunning, exclusive
+    from shared.config import load_settings
+    from shared.crypto import KeyStore
+    from shared.registry import Registry
+    from shared.state import make_redis
+
+    settings = load_settings(GovernanceSettings)
+    client = make_redis(settings)
+    restored, present = KeyStore(settings, client=client).restore()
+    typer.echo(f"data keys: {restored} restored from {settings.keys_path() / 'datakeys'}, "
+               f"{present} already in Redis")
+    applied = Policy(client, settings, settings.audit_dir()).rebuild()
+    typer.echo(f"forgotten and consent sets: {applied} decisions re-applied from "
+               f"{settings.audit_dir()}")
+    registry = Registry(settings)
+    for model in registry.models():
+        typer.echo(f"model {model}: live version {registry.live(model)}")
+    try:
+        with exclusive(settings.governance_dir()):
+            count = Ledger(client, settings, ChargeLog(settings.ledger_dir())).rebuild()
+        typer.echo(f"privacy ledger: rebuilt from {count} charges")
+    except AlreadyRunning:
+        typer.echo("privacy ledger: governance is running and rebuilds it itself when missing")
 
 
 def register(app: typer.Typer) -> None:
-    """Add `lepton forget` to the command line."""
+    """Add `lepton forget` and `lepton state` to the command line."""
     app.command("forget")(forget)
+    app.add_typer(state_app, name="state")

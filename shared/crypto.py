@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import LeptonSettings
+from shared.keyfiles import WrappedKeyFiles
 from shared.keyring import Kms, KmsError, LocalKms, b64d, b64e
 from shared.pseudonym import Pseudonymizer
 from shared.state import make_redis, rkey
@@ -149,6 +150,7 @@ class KeyStore:
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self._key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
+        self.files = WrappedKeyFiles(settings.keys_path() / "datakeys")
         self._cache = _Cache(cache_size, cache_ttl)
         self._mint = self._redis.register_script(_MINT)
         self._swap = self._redis.register_script(_SWAP)
@@ -180,11 +182,28 @@ class KeyStore:
             return keys, failures
         records = self._redis.mget([self._key_prefix + key_id for _, key_id in missing])
         to_mint = []
+        restored: list[tuple[str, bytes]] = []
+        reforgotten: list[str] = []
         for (subject, key_id), record in zip(missing, records, strict=True):
-            if record is None:
-                to_mint.append((subject, key_id))
-            else:
-                self._open_into(subject, key_id, record, keys, failures)
+            if record is None:  # not in Redis: the durable copy decides (restore or forgotten)
+                record = self.files.get(key_id)
+                if record is not None:
+                    restored.append((key_id, record))
+                elif self.files.forgotten(key_id):
+                    failures[subject] = "forgotten"
+                    reforgotten.append(self.pseudonyms.normal(subject))
+                    continue
+                else:
+                    to_mint.append((subject, key_id))
+                    continue
+            self._open_into(subject, key_id, record, keys, failures)
+        if restored or reforgotten:
+            pipe = self._redis.pipeline(transaction=False)
+            for key_id, record in restored:
+                pipe.set(self._key_prefix + key_id, record, nx=True)
+            if reforgotten:
+                pipe.sadd(self._forgotten, *reforgotten)
+            pipe.execute()
         if not create:
             failures.update((subject, "missing") for subject, _ in to_mint)
         elif to_mint:
@@ -198,6 +217,7 @@ class KeyStore:
                 if record is None:
                     failures[subject] = "forgotten"
                 else:
+                    self.files.put(key_id, record)
                     self._open_into(subject, key_id, record, keys, failures)
         return keys, failures
 
@@ -256,6 +276,8 @@ class KeyStore:
         key = self._cache.get(key_id)
         if key is None:
             record = self._redis.get(self._key_prefix + key_id)
+            if record is None and (record := self.files.get(key_id)) is not None:
+                self._redis.set(self._key_prefix + key_id, record, nx=True)
             if record is None:
                 raise KeyDestroyed("data key destroyed (subject forgotten) or never existed")
             try:
@@ -267,24 +289,40 @@ class KeyStore:
         except InvalidTag:
             raise CryptoError("ciphertext failed authentication for this event and field") from None
 
+    def restore(self) -> tuple[int, int]:
+        """Put every disk copy missing from Redis back (SET NX); (restored, already there)."""
+        restored = present = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for key_id, record in self.files.scan():
+            pipe.set(self._key_prefix + key_id, record, nx=True)
+        for done in pipe.execute():
+            restored += bool(done)
+            present += not done
+        return restored, present
+
     def is_forgotten(self, subject_id: str) -> bool:
         """True once `forget(subject_id)` ran."""
         return bool(self._redis.sismember(self._forgotten, self.pseudonyms.normal(subject_id)))
 
     def forget(self, subject_id: str) -> bool:
-        """Crypto-shred: mark the subject forgotten and delete its data key; True if one existed."""
+        """Crypto-shred: mark the subject forgotten and delete its data key in Redis and on disk
+        (leaving a tombstone there); True if a key existed in either."""
         key_id = self.data_key_id(subject_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.sadd(self._forgotten, self.pseudonyms.normal(subject_id))
         pipe.delete(self._key_prefix + key_id)
         _, deleted = pipe.execute()
+        on_disk = self.files.destroy(key_id)
         self._cache.pop(key_id)
-        return bool(deleted)
+        return bool(deleted) or on_disk
 
     def master_key_usage(self) -> dict[str, int]:
-        """How many data keys each master key currently wraps."""
+        """How many data keys each master key currently wraps (Redis and the disk copies)."""
+        records = dict(self.files.scan())
+        records.update((name[len(self._key_prefix):], record)
+                       for name, record in self._scan_records())
         usage: dict[str, int] = {}
-        for _, record in self._scan_records():
+        for record in records.values():
             master_id = record.split(b".", 1)[0].decode()
             usage[master_id] = usage.get(master_id, 0) + 1
         return usage
@@ -301,6 +339,9 @@ class KeyStore:
             for name, old, new in batch:
                 self._swap(keys=[name], args=[old, new], client=pipe)
             results = pipe.execute()
+            for (name, _, new), swapped in zip(batch, results, strict=True):
+                if swapped:
+                    self.files.put(name[len(self._key_prefix):], new)
             rewrapped += sum(results)
             changed += len(results) - sum(results)
             batch.clear()
@@ -320,6 +361,18 @@ class KeyStore:
                 flush()
         if batch:
             flush()
+        for key_id, record in self.files.scan():  # disk copies not (or no longer) in Redis
+            if record.split(b".", 1)[0].decode() == active:
+                continue
+            live = self._redis.get(self._key_prefix + key_id)
+            if live is not None and live.split(b".", 1)[0].decode() == active:
+                self.files.put(key_id, live)
+                continue
+            try:
+                self.files.put(key_id, self._seal(key_id, self._unwrap(key_id, record)))
+                rewrapped += live is None
+            except KmsError:
+                failed += 1
         return RewrapReport(active, rewrapped, current, changed, failed)
 
     def _scan_records(self) -> Iterable[tuple[str, bytes]]:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
+FLAGS_FILE = "flags.json"  # unsigned operator marks beside the signed card
+LIVE_FILE = "live.json"  # the durable copy of the live pointer and rollback history
 SIGNING_KEY = "model-signing.key"
 PUBLIC_KEY = "model-signing.pub"
 
@@ -254,6 +256,22 @@ class Registry:
                     continue
         return on_disk
 
+    def flags(self, model: str, version: int) -> dict[str, Any]:
+        """A version's operator marks (e.g. `contains_forgotten`); {} when none."""
+        try:
+            data = orjson.loads((self.version_dir(model, version) / FLAGS_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def mark(self, model: str, version: int, **flags: Any) -> None:
+        """Merge `flags` into a version's marks (atomic replace; the signed card is untouched)."""
+        folder = self.version_dir(model, version)
+        merged = {**self.flags(model, version), **flags}
+        tmp = folder / f".{FLAGS_FILE}.{os.getpid()}"
+        tmp.write_bytes(orjson.dumps(merged, option=orjson.OPT_SORT_KEYS))
+        tmp.replace(folder / FLAGS_FILE)
+
     def card(self, model: str, version: int) -> ModelCard:
         """The card of one version as stored (not verified: use `load` for that)."""
         path = self.version_dir(model, version) / CARD_FILE
@@ -303,9 +321,40 @@ class Registry:
         return card, tensors
 
     def live(self, model: str) -> int | None:
-        """The live version of `model` (None when none is)."""
+        """The live version of `model` (None when none is); when Redis lost the pointer it is
+        restored from `<registry>/<model>/live.json`, its durable copy."""
         value = self._redis.get(self._key(model, "live"))
+        if value is None:
+            live, history = self._live_file(model)
+            if live is None:
+                return None
+            pipe = self._redis.pipeline()
+            pipe.set(self._key(model, "live"), live, nx=True)
+            pipe.delete(self._key(model, "history"))
+            if history:
+                pipe.rpush(self._key(model, "history"), *history)
+            pipe.execute()
+            value = self._redis.get(self._key(model, "live"))
         return int(value) if value is not None else None
+
+    def _live_file(self, model: str) -> tuple[int | None, list[int]]:
+        try:
+            data = orjson.loads((self.root / model / LIVE_FILE).read_bytes())
+            return int(data["live"]), [int(v) for v in data.get("history", [])]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None, []
+
+    def _save_live(self, model: str) -> None:
+        """Write the live pointer and history to disk (atomically) after Redis changed."""
+        live = self._redis.get(self._key(model, "live"))
+        if live is None:
+            return
+        history = [int(v) for v in self._redis.lrange(self._key(model, "history"), 0, -1)]
+        folder = self.root / model
+        tmp = folder / f".{LIVE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.write_bytes(orjson.dumps({"live": int(live), "history": history}))
+        tmp.replace(folder / LIVE_FILE)
+        _fsync_dir(folder)
 
     def set_live(self, model: str, version: int) -> int | None:
         """Make `version` live; pushes the previous one onto the rollback history."""
@@ -318,6 +367,7 @@ class Registry:
         if previous is not None and previous != version:
             pipe.rpush(history, previous)
         pipe.execute()
+        self._save_live(model)
         return previous
 
     def rollback(self, model: str) -> tuple[int | None, int]:
@@ -332,4 +382,5 @@ class Registry:
             if target != current and target in self._disk_versions(model):
                 break
         self._redis.set(key, target)
+        self._save_live(model)
         return current, target

@@ -186,30 +186,53 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
 
 @audit_app.command("prove")
 def audit_prove(
-    event_id: Annotated[str, typer.Argument(help="The event whose decision to prove.")],
+    event_id: Annotated[str | None, typer.Argument(help="The event whose decision to prove.")]
+    = None,
+    subject: Annotated[str | None, typer.Option(
+        "--subject", help="Prove every decision about this subject (raw id or pseudonym).")]
+    = None,
     out: Annotated[Path | None, typer.Option(help="Write the proof here (default: stdout).")]
     = None,
 ) -> None:
-    """Print an inclusion proof (JSON, with its signed checkpoint) of an event's decision."""
+    """Print an inclusion proof (JSON, with its signed checkpoint) of an event's decision, or a
+    JSON list of proofs of every decision about a subject (leaves name its pseudonym)."""
     from services.governance.merkle import ProofError
-    from services.governance.verify import build_inclusion, find_event
+    from services.governance.verify import build_inclusion, find_event, find_subject
+    from shared.pseudonym import load_pseudonymizer
 
     settings = _settings()
-    found = find_event(settings.audit_dir(), event_id)
-    if not found:
-        raise _fail(f"no audit record for event {event_id}")
-    primary = [f for f in found if json.loads(f[2]).get("identity") == f"event:{event_id}"]
-    partition, index, _ = (primary or found)[0]
-    try:
-        proof = build_inclusion(settings.audit_dir(), partition, index)
-    except ProofError as error:
-        raise _fail(str(error)) from None
-    text = json.dumps(proof, indent=2)
+    if (event_id is None) == (subject is None):
+        raise _fail("name an EVENT_ID or --subject SUBJECT (one of them)", 2)
+    if subject is not None:
+        pseudonym = load_pseudonymizer(settings).normal(subject)
+        leaves = [(p, i) for p, i, _ in find_subject(settings.audit_dir(), pseudonym)]
+        if not leaves:
+            raise _fail(f"no audit record names subject {pseudonym}")
+        proofs = []
+        for partition, index in leaves:
+            try:
+                proofs.append(build_inclusion(settings.audit_dir(), partition, index))
+            except ProofError as error:
+                typer.echo(f"leaf {index} (partition {partition}): {error}", err=True)
+        text = json.dumps(proofs, indent=2)
+        summary = f"{len(proofs)} of {len(leaves)} decisions about {pseudonym}"
+    else:
+        assert event_id is not None
+        found = find_event(settings.audit_dir(), event_id)
+        if not found:
+            raise _fail(f"no audit record for event {event_id}")
+        primary = [f for f in found if json.loads(f[2]).get("identity") == f"event:{event_id}"]
+        partition, index, _ = (primary or found)[0]
+        try:
+            text = json.dumps(build_inclusion(settings.audit_dir(), partition, index), indent=2)
+        except ProofError as error:
+            raise _fail(str(error)) from None
+        summary = f"the proof of leaf {index} (partition {partition})"
     if out is None:
         typer.echo(text)
     else:
         out.write_text(text + "\n")
-        typer.echo(f"wrote the proof of leaf {index} (partition {partition}) to {out}", err=True)
+        typer.echo(f"wrote {summary} to {out}", err=True)
 
 
 def _check_proof(proof: str, public_key: Path,

@@ -132,6 +132,8 @@ class Processor:
             if item.msg.topic() != self.topics.clean:
                 decision_item(item, self.store, self.ledger, self.dataset, self.metrics)
         self._seal(items)
+        self.policy.apply(item.extra for item in items
+                          if item.decision is not None and item.sealed is not None)
         self.store.sync()
         offsets: dict[tuple[str, int], int] = {}
         counts: Counter[str] = Counter()

@@ -96,7 +96,8 @@ class GovernanceService:
             store.open(counts[self.topics.audit_log])
             self.store = store
             self.key = load_or_create_private_key(s.audit_key_path())
-            self.processor = Processor(s, store, ledger, Policy(client, s), self.metrics,
+            policy = Policy(client, s, s.audit_dir())
+            self.processor = Processor(s, store, ledger, policy, self.metrics,
                                        counts[self.topics.audit_log],
                                        KeyStore(s, client=client), self.tracer)
             # the transactional producer first: initialising it aborts a predecessor's open

@@ -163,6 +163,18 @@ def find_event(root: Path, event_id: str) -> list[tuple[int, int, bytes]]:
     return found
 
 
+def find_subject(root: Path, pseudonym: str) -> list[tuple[int, int, dict[str, Any]]]:
+    """(partition, leaf index, record) of every record naming the subject's pseudonym."""
+    needle = orjson.dumps(pseudonym)
+    found = []
+    for partition in partitions_on_disk(root):
+        lines, _ = _read_lines(root, partition)
+        for index, line in enumerate(lines):
+            if needle in line and (record := orjson.loads(line)).get("subject_id") == pseudonym:
+                found.append((partition, index, record))
+    return found
+
+
 def build_inclusion(root: Path, partition: int, index: int) -> dict[str, Any]:
     """An inclusion proof of leaf `index` against the partition's latest covering checkpoint."""
     checkpoints = CheckpointLog(partition_dir(root, partition)).read()

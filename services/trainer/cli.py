@@ -121,6 +121,8 @@ def list_models(model: ModelOption = None) -> None:
             card = registry.card(name, version)
             marker = "*" if version == live else " "
             eps = f" eps={card.epsilon:.3g}" if card.epsilon is not None else ""
+            if registry.flags(name, version).get("contains_forgotten"):
+                eps += " contains_forgotten"
             f1, auc = card.metrics.get("f1", 0.0), card.metrics.get("roc_auc", 0.0)
             typer.echo(f" {marker} v{version:<4} {card.status:<9} f1={f1:.4f} auc={auc:.4f}{eps} "
                        f"rows={card.lineage.get('rows', {}).get('train', 0)} "
@@ -139,8 +141,8 @@ def show(version: Annotated[int | None, typer.Argument(help="Default: live.")] =
     if target is None:
         raise _fail(f"{name} has no live version; name one")
     card = _verified(registry, name, target)
-    sys.stdout.write(orjson.dumps(card.model_dump(mode="json"),
-                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+    shown = {**card.model_dump(mode="json"), "flags": registry.flags(name, target)}
+    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 @models_app.command()

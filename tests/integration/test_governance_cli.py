@@ -10,11 +10,14 @@ from pathlib import Path
 import orjson
 import redis
 
+from services.governance.admission import ALLOWED, Admitted, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
+from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import Decision
+from shared.principals import Principal, public_keys_dir
 from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
 from shared.state import rkey
@@ -38,6 +41,13 @@ def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: red
         ("consent_changed", pseudonym, "transactions", "withdrawn"),
         ("consent_changed", pseudonym, "transactions", "given")]
     assert decisions[0].detail["purpose"] == "fraud-detection"
+    operator = Principal.load(lepton_env, "operator")  # the CLI created it on first use
+    allow = AllowList(public_keys_dir(lepton_env), ALLOWED)
+    for record in records:
+        admitted = admit(record.value, lambda name: name == "transactions", 100.0, allow)
+        assert isinstance(admitted, Admitted), admitted
+        assert (admitted.principal.name, admitted.decision.key_id) == ("operator",
+                                                                       operator.key_id)
     bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
 
@@ -112,3 +122,31 @@ def test_privacy_report_and_rebuild(lepton_env: LeptonSettings,
     assert "not in Redis" in lepton("privacy", "report").stdout
     assert "from 30 charges" in lepton("privacy", "rebuild").stdout
     assert (ledger.spend("transactions"), ledger.subjects("transactions")) == before
+
+
+def test_audit_prove_by_subject_for_an_operator_who_knows_it(lepton_env: LeptonSettings) -> None:
+    from services.governance.verify import check_inclusion
+    from shared.signing import load_public_key
+
+    settings = GovernanceSettings()
+    pseudonym = load_pseudonymizer(settings).of("cust-000042")
+    key = load_or_create_private_key(settings.audit_key_path())
+    store = AuditStore(settings.audit_dir(), Topics(settings.topic_prefix).audit_log,
+                       fsync=False)
+    store.open(1)
+    for i in range(12):
+        store.append(0, {"identity": f"event:s{i}", "kind": "event_released",
+                         "actor": "governance", "event_id": f"s{i}", "source": f"c/0/{i}",
+                         "subject_id": pseudonym if i % 4 == 0 else f"ps1:{i:024x}"})
+    store.checkpoint(0, key)
+    store.close()
+    stored = b"".join(p.read_bytes() for p in settings.audit_dir().rglob("*") if p.is_file())
+    assert b"cust-000042" not in stored and pseudonym.encode() in stored
+
+    proofs = json.loads(lepton("audit", "prove", "--subject", "cust-000042").stdout)
+    public = load_public_key(public_path(settings.audit_key_path()))
+    assert sorted(json.loads(p["record"])["event_id"] for p in proofs) == ["s0", "s4", "s8"]
+    for proof in proofs:
+        assert "event:s" in check_inclusion(proof, public)
+    assert lepton("audit", "prove", "--subject", "nobody", check=False).returncode == 1
+    assert lepton("audit", "prove", check=False).returncode == 2

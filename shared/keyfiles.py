@@ -1,0 +1,91 @@
+"""The durable copy of wrapped data keys: one file per data key id under
+`<keys_path>/datakeys/<2 hex>/<key id>` (0600 in 0700 directories), holding exactly the record
+Redis holds (the key wrapped by a master key, never a clear copy). Forgetting unlinks the file
+and leaves a tombstone `<key id>.forgotten`, so a Redis that lost its data (wipe, restart
+without persistence) neither re-mints a forgotten subject's key nor loses anyone else's: a key
+missing from Redis is restored from here, a tombstone marks its subject forgotten again.
+
+Files are written atomically (temp file, rename) before the key is first used; there is no
+fsync per key (minting is on ingest's hot path), so a power loss within the OS write-back delay
+may lose the disk copy of a key minted just then (Redis still has it).
+
+Consumes/produces: the directory above.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+TOMBSTONE = ".forgotten"
+
+
+class WrappedKeyFiles:
+    """Wrapped data-key records on disk, with real deletion and tombstones."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, key_id: str) -> Path:
+        if not key_id.isalnum():
+            raise ValueError("data key ids are alphanumeric")
+        return self.directory / key_id[:2] / key_id
+
+    def get(self, key_id: str) -> bytes | None:
+        """The stored record, or None."""
+        try:
+            return self._path(key_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def forgotten(self, key_id: str) -> bool:
+        """True when the key was destroyed by `forget`."""
+        path = self._path(key_id)
+        return path.with_name(path.name + TOMBSTONE).exists()
+
+    def put(self, key_id: str, record: bytes) -> None:
+        """Store (or replace) a record atomically; never over a tombstone."""
+        path = self._path(key_id)
+        if self.forgotten(key_id):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(record)
+        tmp.replace(path)
+
+    def destroy(self, key_id: str) -> bool:
+        """Unlink the record and leave a tombstone; True if a record existed."""
+        path = self._path(key_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path.with_name(path.name + TOMBSTONE), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.fsync(fd)
+        os.close(fd)
+        try:
+            path.unlink()
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return existed
+
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        """(key id, record) of every stored key."""
+        if not self.directory.is_dir():
+            return
+        for sub in sorted(self.directory.iterdir()):
+            if not sub.is_dir():
+                continue
+            for path in sorted(sub.iterdir()):
+                if path.name.isalnum():
+                    try:
+                        yield path.name, path.read_bytes()
+                    except FileNotFoundError:
+                        continue
