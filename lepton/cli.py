@@ -34,6 +34,7 @@ SERVICE_CLIS = (
     "lepton.dlq",
     "lepton.subjects",
     "lepton.topics",
+    "lepton.probe",
 )
 
 

@@ -1,5 +1,12 @@
 """OpenTelemetry for every process: SDK setup (called only at entry points), W3C context in
-Kafka headers, and `"{topic} publish"` / `"{topic} process"` spans with messaging attributes.
+Kafka headers, and `"send {topic}"` / `"process {topic}"` spans with the current messaging
+semantic-convention attributes (messaging.operation.type send|process,
+messaging.destination.name, server.address/server.port of the Kafka bootstrap).
+
+The standard variables are honoured: OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT, _PROTOCOL
+(grpc or http/protobuf), _HEADERS, _INSECURE, _CERTIFICATE; OTEL_TRACES_EXPORTER /
+OTEL_METRICS_EXPORTER=none; OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (read by the SDK).
+Histograms in seconds get sub-second buckets.
 
 A telemetry failure never breaks processing: propagation errors are logged and ignored, and
 exporters run in background processors.
@@ -36,6 +43,12 @@ log = logging.getLogger(__name__)
 MAX_LINKS = 128
 
 
+# seconds: 1 ms .. 60 s (the SDK's default buckets start at 5, useless for latencies)
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)
+_server: dict[str, Any] = {}
+
+
 def setup_telemetry(
     service_name: str,
     *,
@@ -44,44 +57,85 @@ def setup_telemetry(
 ) -> TracerProvider:
     """Install the global tracer and meter providers; call once, from a process entry point.
 
-    Spans go to `span_exporter` when given, else to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is
-    set; metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
+    Spans go to `span_exporter` when given, else to OTLP when an OTLP endpoint is configured;
+    metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
     """
     resource = Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
          "service.namespace": "lepton"}
     )
-    provider = TracerProvider(resource=resource)
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
-    if span_exporter is None and endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        span_exporter = OTLPSpanExporter()
+    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER[_ARG]
+    if span_exporter is None and _otlp_wanted("TRACES"):
+        span_exporter = _otlp_exporter("TRACES")
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
-    _setup_metrics(resource, bool(endpoint), metrics_port)
+    _setup_metrics(resource, _otlp_wanted("METRICS"), metrics_port)
     return provider
 
 
+def _otlp_wanted(signal: str) -> bool:
+    if os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+
+
+def otlp_protocol(signal: str) -> str:
+    """`grpc` or `http/protobuf`, from OTEL_EXPORTER_OTLP_{signal}_PROTOCOL or _PROTOCOL."""
+    return (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip().lower()
+
+
+def _otlp_exporter(signal: str) -> Any:
+    """The OTLP exporter for `signal` (TRACES or METRICS); each reads its own env variables."""
+    http = otlp_protocol(signal).startswith("http")
+    if signal == "TRACES":
+        if http:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpSpanExporter,
+            )
+
+            return HttpSpanExporter()
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if http:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter()
+
+
 def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None) -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import Histogram, MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
     readers: list[MetricReader] = []
     if otlp:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(PeriodicExportingMetricReader(_otlp_exporter("METRICS")))
     if metrics_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
         readers.append(PrometheusMetricReader())
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    seconds = View(instrument_type=Histogram, instrument_unit="s",
+                   aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS))
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers,
+                                             views=[seconds]))
+
+
+def note_kafka_server(bootstrap: str) -> None:
+    """Remember the first bootstrap server for spans' server.address/server.port."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    if host and port.isdigit():
+        _server.update({"server.address": host, "server.port": int(port)})
 
 
 def shutdown_telemetry() -> None:
@@ -142,12 +196,19 @@ def extract_context(
         return otel_context.Context()
 
 
-def _messaging_attributes(topic: str, operation: str, **extra: Any) -> dict[str, Any]:
+def span_name(operation: str, topic: str) -> str:
+    """The semantic-convention span name: `"{operation} {destination}"`."""
+    return f"{operation} {topic}"
+
+
+def messaging_attributes(topic: str, operation: str, **extra: Any) -> dict[str, Any]:
+    """Kafka messaging attributes for a `send` or `process` span on `topic`."""
     attrs: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.destination.name": topic,
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
+        **_server,
     }
     for key, value in extra.items():
         if value is not None:
@@ -165,11 +226,11 @@ def publish_span(
     parent: otel_context.Context | None = None,
     attributes: dict[str, Any] | None = None,
 ) -> Iterator[Span]:
-    """A PRODUCER span `"{topic} publish"`; its context is injected into `headers`."""
-    attrs = _messaging_attributes(topic, "publish", **{"messaging.kafka.message.key": key})
+    """A PRODUCER span `"send {topic}"`; its context is injected into `headers`."""
+    attrs = messaging_attributes(topic, "send", **{"messaging.kafka.message.key": key})
     attrs.update(attributes or {})
     with tracer.start_as_current_span(
-        f"{topic} publish", context=parent, kind=SpanKind.PRODUCER, attributes=attrs
+        span_name("send", topic), context=parent, kind=SpanKind.PRODUCER, attributes=attrs
     ) as span:
         inject_headers(headers)
         yield span
@@ -245,7 +306,7 @@ def process_span(
     attributes: dict[str, Any] | None = None,
     start_time: int | None = None,
 ) -> Iterator[Span]:
-    """A CONSUMER span `"{topic} process"` continuing the trace carried in `headers`.
+    """A CONSUMER span `"process {topic}"` continuing the trace carried in `headers`.
 
     `start_time` (ns since the epoch) backdates the span to when work on the record began.
     """
@@ -256,7 +317,7 @@ def process_span(
         with trace.use_span(NonRecordingSpan(parent), end_on_exit=False) as unrecorded:
             yield unrecorded
         return
-    attrs = _messaging_attributes(
+    attrs = messaging_attributes(
         topic,
         "process",
         **{
@@ -268,7 +329,7 @@ def process_span(
     )
     attrs.update(attributes or {})
     with tracer.start_as_current_span(
-        f"{topic} process",
+        span_name("process", topic),
         context=extract_context(headers),
         kind=SpanKind.CONSUMER,
         attributes=attrs,

@@ -27,7 +27,7 @@ def run_service(name: str, settings_class: type[S], run: Callable[[S, threading.
     """Run service `name` until stopped and exit with the status `run` returns. Errors in
     `fatal` (and configuration errors) print one line, not a traceback."""
     settings = load_settings(settings_class)
-    setup_logging(name, settings.log_level)
+    setup_logging(name, settings.log_level, settings.log_format)
     stop = stop_event()
     port = metrics_port(settings) if metrics_port is not None else settings.metrics_port
     setup_telemetry(name, metrics_port=port)
