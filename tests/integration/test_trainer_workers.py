@@ -16,6 +16,7 @@ import torch
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.features import FeatureTransform
+from shared.lifecycle import parent_death
 from shared.nets import build_model, predict_proba
 from shared.registry import ModelCard, Registry
 from tests.unit.trainer.governed import (
@@ -42,7 +43,7 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
         [sys.executable, "-m", "lepton", "trainer", "--workers", "2", "--dataset",
          "breast_cancer", "--exit-when-idle", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=parent_death())
     try:
         one = trainer_settings(trainer_group="single", data_dir=tmp_path / "single",
                                redis_prefix=f"{redis_prefix}single:")
