@@ -155,7 +155,8 @@ class Platform:
             "LEPTON_REDIS_PREFIX": f"bench:{uuid.uuid4().hex[:8]}:",
             "LEPTON_DATA_DIR": str(self.tmp / "data"),
             "LEPTON_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
-            "LEPTON_SERVING_AUTH_TOKEN": TOKEN, "LEPTON_SERVING_KAFKA": "false",
+            "LEPTON_SERVING_AUTH_TOKEN": TOKEN, "LEPTON_SERVING_ADMIN_TOKEN": "bench-admin",
+            "LEPTON_SERVING_KAFKA": "false",
             "LEPTON_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
         })
         bootstrap = os.environ.get("LEPTON_KAFKA_BOOTSTRAP")
@@ -405,6 +406,7 @@ def main() -> None:
         v2_points += [("v2", 8, 1, True), ("v2", 8, 32, True)]
         for kind, _, target in v2_targets.values():
             _measure(target, plain.pid, 8, 0.5, 1, kind)
+        _measure(plain_addr, plain.pid, 1, 0.5, 1, "v2", True)  # first explain imports captum
         levels = (1, 8, 32)
         points: dict[tuple[str, int, int], Point] = {}
         for _ in range(args.rounds):

@@ -29,6 +29,7 @@ import typer
 
 from lepton.dashboard import ProcessRow
 from shared.config import LeptonSettings
+from shared.lifecycle import parent_death
 from shared.readiness import ready_path
 
 SERVICES = ("ingest", "governance", "trainer", "serving")
@@ -54,7 +55,8 @@ class Platform:
     children: list[Child] = field(default_factory=list)
 
     def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None) -> Child:
-        """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`."""
+        """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`; it gets
+        SIGTERM when this process dies, however it dies."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
@@ -62,8 +64,11 @@ class Platform:
         if metrics_port is not None:
             env["LEPTON_METRICS_PORT"] = str(metrics_port)
         with log.open("ab") as handle:
+            # own session: a terminal's Ctrl-C reaches only `lepton up`, which stops children
+            # in order; PR_SET_PDEATHSIG: a SIGKILLed `lepton up` still takes them with it
             proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=parent_death())
         child = Child(name, proc, log, metrics_port)
         self.children.append(child)
         return child

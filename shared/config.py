@@ -84,6 +84,9 @@ class LeptonSettings(BaseSettings):
         default=None, description="Key authenticating events.governed records (shared by "
         "governance and the trainer only; default: <keys dir>/governed-mac.key).")
     log_level: str = "INFO"
+    log_format: str = Field(
+        default="auto", pattern="^(auto|json|text)$",
+        description="json, text, or auto (text on a terminal, JSON otherwise).")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
     )

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
+from shared.tracing import note_kafka_server
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class TopicMissing(ConfigError):
 
 def connection_config(settings: LeptonSettings) -> dict[str, Any]:
     """Bootstrap, security and `LEPTON_KAFKA_EXTRA` properties shared by every librdkafka client."""
+    bootstrap = settings.bootstrap_servers()
+    note_kafka_server(bootstrap)
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers(),
+        "bootstrap.servers": bootstrap,
         "security.protocol": settings.kafka_security_protocol.lower(),
     }
     optional = {

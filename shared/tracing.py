@@ -1,5 +1,12 @@
 """OpenTelemetry for every process: SDK setup (called only at entry points), W3C context in
-Kafka headers, and `"{topic} publish"` / `"{topic} process"` spans with messaging attributes.
+Kafka headers, and `"send {topic}"` / `"process {topic}"` spans with the current messaging
+semantic-convention attributes (messaging.operation.type send|process,
+messaging.destination.name, server.address/server.port of the Kafka bootstrap).
+
+The standard variables are honoured: OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT, _PROTOCOL
+(grpc or http/protobuf), _HEADERS, _INSECURE, _CERTIFICATE; OTEL_TRACES_EXPORTER /
+OTEL_METRICS_EXPORTER=none; OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (read by the SDK).
+Histograms in seconds get sub-second buckets.
 
 A telemetry failure never breaks processing: propagation errors are logged and ignored, and
 exporters run in background processors.
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,13 +26,27 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 
 from shared.events import HeaderList
 
 log = logging.getLogger(__name__)
 
 MAX_LINKS = 128
+
+
+# seconds: 1 ms .. 60 s (the SDK's default buckets start at 5, useless for latencies)
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)
+_server: dict[str, Any] = {}
 
 
 def setup_telemetry(
@@ -35,44 +57,85 @@ def setup_telemetry(
 ) -> TracerProvider:
     """Install the global tracer and meter providers; call once, from a process entry point.
 
-    Spans go to `span_exporter` when given, else to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is
-    set; metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
+    Spans go to `span_exporter` when given, else to OTLP when an OTLP endpoint is configured;
+    metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
     """
     resource = Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
          "service.namespace": "lepton"}
     )
-    provider = TracerProvider(resource=resource)
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
-    if span_exporter is None and endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        span_exporter = OTLPSpanExporter()
+    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER[_ARG]
+    if span_exporter is None and _otlp_wanted("TRACES"):
+        span_exporter = _otlp_exporter("TRACES")
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
-    _setup_metrics(resource, bool(endpoint), metrics_port)
+    _setup_metrics(resource, _otlp_wanted("METRICS"), metrics_port)
     return provider
 
 
+def _otlp_wanted(signal: str) -> bool:
+    if os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+
+
+def otlp_protocol(signal: str) -> str:
+    """`grpc` or `http/protobuf`, from OTEL_EXPORTER_OTLP_{signal}_PROTOCOL or _PROTOCOL."""
+    return (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip().lower()
+
+
+def _otlp_exporter(signal: str) -> Any:
+    """The OTLP exporter for `signal` (TRACES or METRICS); each reads its own env variables."""
+    http = otlp_protocol(signal).startswith("http")
+    if signal == "TRACES":
+        if http:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpSpanExporter,
+            )
+
+            return HttpSpanExporter()
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if http:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+
+        return HttpMetricExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter()
+
+
 def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None) -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import Histogram, MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
     readers: list[MetricReader] = []
     if otlp:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(PeriodicExportingMetricReader(_otlp_exporter("METRICS")))
     if metrics_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
         readers.append(PrometheusMetricReader())
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    seconds = View(instrument_type=Histogram, instrument_unit="s",
+                   aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS))
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers,
+                                             views=[seconds]))
+
+
+def note_kafka_server(bootstrap: str) -> None:
+    """Remember the first bootstrap server for spans' server.address/server.port."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    if host and port.isdigit():
+        _server.update({"server.address": host, "server.port": int(port)})
 
 
 def shutdown_telemetry() -> None:
@@ -133,12 +196,19 @@ def extract_context(
         return otel_context.Context()
 
 
-def _messaging_attributes(topic: str, operation: str, **extra: Any) -> dict[str, Any]:
+def span_name(operation: str, topic: str) -> str:
+    """The semantic-convention span name: `"{operation} {destination}"`."""
+    return f"{operation} {topic}"
+
+
+def messaging_attributes(topic: str, operation: str, **extra: Any) -> dict[str, Any]:
+    """Kafka messaging attributes for a `send` or `process` span on `topic`."""
     attrs: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.destination.name": topic,
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
+        **_server,
     }
     for key, value in extra.items():
         if value is not None:
@@ -156,14 +226,71 @@ def publish_span(
     parent: otel_context.Context | None = None,
     attributes: dict[str, Any] | None = None,
 ) -> Iterator[Span]:
-    """A PRODUCER span `"{topic} publish"`; its context is injected into `headers`."""
-    attrs = _messaging_attributes(topic, "publish", **{"messaging.kafka.message.key": key})
+    """A PRODUCER span `"send {topic}"`; its context is injected into `headers`."""
+    attrs = messaging_attributes(topic, "send", **{"messaging.kafka.message.key": key})
     attrs.update(attributes or {})
     with tracer.start_as_current_span(
-        f"{topic} publish", context=parent, kind=SpanKind.PRODUCER, attributes=attrs
+        span_name("send", topic), context=parent, kind=SpanKind.PRODUCER, attributes=attrs
     ) as span:
         inject_headers(headers)
         yield span
+
+
+def _parent_decides(tracer: trace.Tracer) -> bool:
+    """Whether `tracer`'s sampler (or the global provider's, for a proxy tracer) drops every
+    child of an unsampled remote parent, as the SDK's default `parentbased_*` samplers do; a
+    process without the SDK records nothing anyway."""
+    sampler = getattr(tracer, "sampler", None) or getattr(
+        trace.get_tracer_provider(), "sampler", None)
+    if sampler is None:
+        return True
+    cached = _SAMPLER_CACHE.get(id(sampler))
+    if cached is None:
+        cached = "remoteParentNotSampled:AlwaysOffSampler" in sampler.get_description()
+        _SAMPLER_CACHE.clear()
+        _SAMPLER_CACHE[id(sampler)] = cached
+    return cached
+
+
+def _unsampled_parent(
+    tracer: trace.Tracer,
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+) -> SpanContext | None:
+    """The remote parent in `headers` when it is valid, not sampled, and the sampler follows
+    it; None when the SDK must decide."""
+    if headers is None or not _parent_decides(tracer):
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    traceparent: bytes | str | None = None
+    tracestate: bytes | str | None = None
+    for key, value in items:
+        if key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+    if traceparent is None:
+        return None
+    text = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) \
+        else traceparent
+    match = _TRACEPARENT.fullmatch(text.strip())
+    if match is None or match["version"] == "ff" or int(match["flags"], 16) & 0x01:
+        return None
+    trace_id, span_id = int(match["trace"], 16), int(match["span"], 16)
+    if not trace_id or not span_id:
+        return None
+    state = None
+    if tracestate is not None:
+        value = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
+            else tracestate
+        state = TraceState.from_header([value])
+    return SpanContext(trace_id, span_id, is_remote=True,
+                       trace_flags=TraceFlags(int(match["flags"], 16)), trace_state=state)
+
+
+_SAMPLER_CACHE: dict[int, bool] = {}
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})"
+    r"(-.*)?")
 
 
 @contextmanager
@@ -179,11 +306,18 @@ def process_span(
     attributes: dict[str, Any] | None = None,
     start_time: int | None = None,
 ) -> Iterator[Span]:
-    """A CONSUMER span `"{topic} process"` continuing the trace carried in `headers`.
+    """A CONSUMER span `"process {topic}"` continuing the trace carried in `headers`.
 
     `start_time` (ns since the epoch) backdates the span to when work on the record began.
     """
-    attrs = _messaging_attributes(
+    parent = _unsampled_parent(tracer, headers)
+    if parent is not None:
+        # nothing would be recorded: continue the parent's context (so outputs carry its
+        # traceparent) without building SDK span objects (about 15 µs an event)
+        with trace.use_span(NonRecordingSpan(parent), end_on_exit=False) as unrecorded:
+            yield unrecorded
+        return
+    attrs = messaging_attributes(
         topic,
         "process",
         **{
@@ -195,7 +329,7 @@ def process_span(
     )
     attrs.update(attributes or {})
     with tracer.start_as_current_span(
-        f"{topic} process",
+        span_name("process", topic),
         context=extract_context(headers),
         kind=SpanKind.CONSUMER,
         attributes=attrs,

@@ -1,5 +1,5 @@
 """Governance metrics: decisions by kind and reason, budget exhaustion, ε charged, audit
-appends and checkpoints, batch latency, and per-dataset budget gauges."""
+appends and checkpoints, and per-dataset budget gauges (batch metrics: shared/stage)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class GovernanceMetrics:
             "lepton.governance.budget_exhausted", unit="{event}",
             description="Events withheld because a privacy budget is spent, by scope.")
         self.epsilon = meter.create_counter(
-            "lepton.governance.epsilon_charged", unit="1",
+            "lepton.governance.epsilon_charged", unit="{epsilon}",
             description="Privacy loss ε charged to the ledger, by dataset.")
         self.audit_appends = meter.create_counter(
             "lepton.governance.audit_appends", unit="{record}",
@@ -35,16 +35,13 @@ class GovernanceMetrics:
         self.rejected = meter.create_counter(
             "lepton.governance.rejected", unit="{record}",
             description="Input records sent to the dead-letter topic, by reason.")
-        self.batch_seconds = meter.create_histogram(
-            "lepton.governance.batch.duration", unit="s",
-            description="Wall time of one consume-to-commit batch.")
         self._spent: dict[str, tuple[float, float]] = {}
         meter.create_observable_gauge(
-            "lepton.governance.budget.spent", callbacks=[self._observe_spent], unit="1",
+            "lepton.governance.budget.spent", callbacks=[self._observe_spent], unit="{epsilon}",
             description="Effective ε spent per dataset.")
         meter.create_observable_gauge(
             "lepton.governance.budget.remaining", callbacks=[self._observe_remaining],
-            unit="1", description="Dataset budget left (ε).")
+            unit="{epsilon}", description="Dataset budget left (ε).")
 
     def set_budget(self, dataset: str, spent: float, budget: float) -> None:
         """Record a dataset's current spend for the gauges."""

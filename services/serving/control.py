@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _tracer = get_tracer(__name__)
-_refusals = metrics.get_meter("services.serving").create_counter(
-    "lepton_serving_models_refused", description="Model versions refused (verification/warm-up)"
+_refusals = metrics.get_meter("lepton.serving").create_counter(
+    "lepton.serving.models.refused", description="Model versions refused (verification/warm-up)"
 )
 ACTOR = "serving"
 ORIGIN_HEADER = "lepton.serving.origin"

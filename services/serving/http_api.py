@@ -72,6 +72,37 @@ def _json(doc: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
+class _Guard:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): the bearer token on every path
+    but health and the API document, and the body limit by Content-Length."""
+
+    def __init__(self, app: Any, credentials: Credentials, max_body_bytes: int) -> None:
+        self.app = app
+        self.credentials = credentials
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Answer 401 / 413 itself, pass everything else on."""
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        supplied = headers.get(b"authorization")
+        denied: Response | None = None
+        if self.credentials.check(supplied, admin=False) is not AuthResult.OK:
+            denied = _error(401, "invalid bearer token" if supplied is not None else
+                            "missing Authorization header (expected 'Bearer <token>')",
+                            {"www-authenticate": "Bearer"})
+        else:
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                denied = _error(413, f"body larger than {self.max_body_bytes} bytes")
+        if denied is not None:
+            await denied(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
               max_body_bytes: int) -> FastAPI:
     """The FastAPI application of one serving process (every route is a predict-level call:
@@ -79,20 +110,7 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
     app = FastAPI(title="Lepton serving", version=oip.SERVER_VERSION,
                   description="Open Inference Protocol v2 and lepton predictions over HTTP.")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith(OPEN_PATHS):
-            return await call_next(request)
-        supplied = request.headers.get("authorization")
-        if credentials.check(supplied, admin=False) is not AuthResult.OK:
-            if supplied is None:
-                return _error(401, "missing Authorization header (expected 'Bearer <token>')",
-                              {"www-authenticate": "Bearer"})
-            return _error(401, "invalid bearer token", {"www-authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return _error(413, f"body larger than {max_body_bytes} bytes")
-        return await call_next(request)
+    app.add_middleware(_Guard, credentials=credentials, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

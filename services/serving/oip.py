@@ -31,9 +31,8 @@ PLATFORM = "lepton_pytorch"
 DATATYPES = {FieldType.INT: "INT64", FieldType.FLOAT: "FP64", FieldType.BOOL: "BOOL",
              FieldType.CATEGORY: "BYTES", FieldType.STRING: "BYTES",
              FieldType.TIMESTAMP: "BYTES"}
-_RAW = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2",
-        "INT8": "i1", "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1",
-        "BOOL": "?"}
+_RAW = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b",
+        "UINT64": "Q", "UINT32": "I", "UINT16": "H", "UINT8": "B", "BOOL": "?"}
 NUMERIC = frozenset(_RAW) - {"BOOL"}
 MAX_ROWS = 65536
 
@@ -114,7 +113,7 @@ def _python(datatype: str, array: np.ndarray[Any, Any]) -> list[Scalar]:
 def decode_raw(name: str, datatype: str, raw: bytes) -> list[Scalar]:
     """Flat values of a raw (binary) tensor: little-endian elements, BYTES length-prefixed."""
     if datatype == "BYTES":
-        values: list[Scalar] = []
+        texts: list[Scalar] = []
         at = 0
         while at < len(raw):
             if at + 4 > len(raw):
@@ -123,17 +122,20 @@ def decode_raw(name: str, datatype: str, raw: bytes) -> list[Scalar]:
             at += 4
             if at + size > len(raw):
                 raise InvalidInput(f"input {name!r}: truncated BYTES element")
-            values.append(_text(name, raw[at:at + size]))
+            texts.append(_text(name, raw[at:at + size]))
             at += size
-        return values
-    dtype = _RAW.get(datatype)
-    if dtype is None:
+        return texts
+    code = _RAW.get(datatype)
+    if code is None:
         raise InvalidInput(f"input {name!r}: unsupported datatype {datatype[:20]!r}")
-    width = np.dtype(dtype).itemsize
+    width = struct.calcsize(code)
     if len(raw) % width:
         raise InvalidInput(f"input {name!r}: {len(raw)} bytes is not a whole number of "
                            f"{datatype} elements")
-    return _python(datatype, np.frombuffer(raw, dtype=dtype))
+    values: list[Scalar] = list(struct.unpack(f"<{len(raw) // width}{code}", raw))
+    if code in "df" and not all(map(math.isfinite, values)):  # type: ignore[arg-type]
+        raise InvalidInput(f"input {name!r}: FP tensors must hold finite numbers")
+    return values
 
 
 def _text(name: str, value: bytes | str) -> str:

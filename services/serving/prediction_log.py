@@ -2,7 +2,7 @@
 `LEPTON_SERVING_LOG_SAMPLE`, published to `predictions.log` as PredictionLogRecord JSON (key =
 request id). Off the request path: a request only puts a tuple on a bounded queue; when the
 queue is full the record is dropped and counted (`dropped`, metric
-`lepton_serving_prediction_log_dropped`), never blocking. A thread encodes and produces."""
+`lepton.serving.prediction_log.dropped`), never blocking. A thread encodes and produces."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     from services.serving.predictor import Call, Prediction
 
 log = logging.getLogger(__name__)
-_meter = metrics.get_meter("services.serving")
-_logged = _meter.create_counter("lepton_serving_prediction_log_records",
+_meter = metrics.get_meter("lepton.serving")
+_logged = _meter.create_counter("lepton.serving.prediction_log.records",
                                 description="Prediction-log records published")
-_dropped = _meter.create_counter("lepton_serving_prediction_log_dropped",
+_dropped = _meter.create_counter("lepton.serving.prediction_log.dropped",
                                  description="Prediction-log records dropped: queue full")
 _Item = tuple["Call", "Prediction", dict[str, Scalar], float]
 

@@ -27,9 +27,9 @@ from shared.predictions import EntryName
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")
-_meter = metrics.get_meter("services.serving")
-_predictions = _meter.create_counter("lepton_serving_predictions", description="Scored records")
-_shadow = _meter.create_counter("lepton_serving_shadow_predictions",
+_meter = metrics.get_meter("lepton.serving")
+_predictions = _meter.create_counter("lepton.serving.predictions", description="Scored records")
+_shadow = _meter.create_counter("lepton.serving.shadow_predictions",
                                 description="Records also scored by a shadow candidate")
 
 

@@ -32,6 +32,7 @@ from services.serving.model import ModelLoader
 from services.serving.oip_grpc import InferenceService
 from services.serving.prediction_log import PredictionLog
 from services.serving.predictor import Predictor
+from services.serving.request_metrics import RequestMetrics
 from shared.readiness import clear_ready, mark_ready
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class ServingApp:
 
     def _build_server(self) -> grpc.aio.Server:
         auth = [TokenAuth(self.credentials)] if self.credentials.enabled else []
-        interceptors = [DecodeGuard(), *auth]
+        interceptors = [RequestMetrics(), DecodeGuard(), *auth]
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_options(self.settings))
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(

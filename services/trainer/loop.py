@@ -49,7 +49,7 @@ from shared.nets import architecture, build_model
 from shared.readiness import clear_ready, mark_ready
 from shared.registry import Registry
 from shared.topics import Topics
-from shared.tracing import get_tracer, links_from_headers
+from shared.tracing import get_tracer, links_from_headers, messaging_attributes, span_name
 
 log = logging.getLogger(__name__)
 POLL_SLICE_S = 0.05
@@ -257,9 +257,9 @@ class TrainerLoop:
     def _train(self, cycle: Cycle, batch: Batch, global_train: int) -> None:
         links, count = links_from_headers(batch.headers, self.settings.trainer_link_cap)
         with self.tracer.start_as_current_span(
-                f"{self.topic} process", kind=SpanKind.CONSUMER, links=links, attributes={
-                    "messaging.system": "kafka", "messaging.destination.name": self.topic,
-                    "messaging.operation.type": "process",
+                span_name("process", self.topic), kind=SpanKind.CONSUMER, links=links,
+                attributes={
+                    **messaging_attributes(self.topic, "process"),
                     "messaging.batch.message_count": batch.consumed,
                     "lepton.links.total": count, "lepton.links.recorded": len(links),
                     "lepton.rank": self.comm.rank}) as batch_span:

@@ -22,5 +22,5 @@ class TrainerMetrics:
             "lepton.trainer.versions", unit="{version}",
             description="Model versions written to the registry, by gate status.")
         self.epsilon = meter.create_counter(
-            "lepton.trainer.epsilon_charged", unit="1",
+            "lepton.trainer.epsilon_charged", unit="{epsilon}",
             description="DP-SGD ε charged to the governance ledger, by dataset.")

@@ -24,6 +24,7 @@ import pytest
 from services.serving.client import ServingClient
 from shared.config import LeptonSettings
 from shared.datasets.generators import transactions
+from shared.lifecycle import parent_death
 from shared.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.helpers import lepton
@@ -74,7 +75,7 @@ def platform(tmp_path: Path, redis_prefix: str) -> Iterator[Running]:
         "LEPTON_REDIS_URL": REDIS_URL,
         "LEPTON_REDIS_PREFIX": redis_prefix,
         "LEPTON_SERVING_ADDR": addr,
-        "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",  # 8080 may be taken on a shared machine
+        "LEPTON_SERVING_HTTP_ADDR": f"127.0.0.1:{_free_port()}",
         "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
         "LEPTON_TRAINER_CYCLE_S": "6",
         # 2k events leave ~14 held-out frauds over five age bands: too few for a meaningful
@@ -89,7 +90,7 @@ def platform(tmp_path: Path, redis_prefix: str) -> Iterator[Running]:
     with log.open("wb") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "lepton", "up"], env=env,
                                 stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=parent_death())
     running = Running(proc, env, LeptonSettings(), addr, log, receiver, set())
     try:
         _wait(lambda: b"lepton up: ready" in log.read_bytes(), "readiness", 240, proc, log)
@@ -119,18 +120,18 @@ def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
 
 def _assert_traces(spans: list[ReceivedSpan], prefix: str) -> None:
     by_id = {s.span_id: s for s in spans}
-    produced = {s.span_id: s for s in _named(spans, f"{prefix}events.raw publish")}
-    ingested = [s for s in _named(spans, f"{prefix}events.raw process")
+    produced = {s.span_id: s for s in _named(spans, f"send {prefix}events.raw")}
+    ingested = [s for s in _named(spans, f"process {prefix}events.raw")
                 if s.parent_id in produced]
     assert ingested, "no ingest span continues a producer span"
     ingest_ids = {s.span_id for s in ingested}
-    governed = [s for s in _named(spans, f"{prefix}events.clean process")
+    governed = [s for s in _named(spans, f"process {prefix}events.clean")
                 if s.parent_id in ingest_ids]
     assert governed, "no governance span continues an ingest span"
     event_trace = {s.trace_id for s in governed}
     assert all(produced[by_id[g.parent_id].parent_id].trace_id == g.trace_id for g in governed)
 
-    batches = [s for s in _named(spans, f"{prefix}events.governed process")
+    batches = [s for s in _named(spans, f"process {prefix}events.governed")
                if any(trace in event_trace for trace, _ in s.links)]
     assert batches, "no trainer batch span links to an event's trace"
     batch_ids = {s.span_id for s in batches}
@@ -138,11 +139,11 @@ def _assert_traces(spans: list[ReceivedSpan], prefix: str) -> None:
               if any(span_id in batch_ids for _, span_id in s.links)]
     assert cycles, "no trainer cycle span links its batch spans"
     cycle_traces = {s.trace_id for s in cycles}
-    announced = [s for s in _named(spans, f"{prefix}models.updates publish")
+    announced = [s for s in _named(spans, f"send {prefix}models.updates")
                  if s.trace_id in cycle_traces]
     assert announced, "the model announcement is not in the training cycle's trace"
     announced_ids = {s.span_id for s in announced}
-    received = [s for s in _named(spans, f"{prefix}models.updates process")
+    received = [s for s in _named(spans, f"process {prefix}models.updates")
                 if s.parent_id in announced_ids and s.service == "serving"]
     assert received, "serving did not continue the announcement's trace"
     swaps = [s for s in _named(spans, "serving swap")

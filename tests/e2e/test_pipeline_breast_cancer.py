@@ -28,6 +28,7 @@ from shared.datasets import load_spec
 from shared.datasets.generators import breast_cancer
 from shared.events import Envelope, decode
 from shared.features import FeatureTransform
+from shared.lifecycle import parent_death
 from shared.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
@@ -46,7 +47,8 @@ def services(lepton_env: LeptonSettings, request: pytest.FixtureRequest,
         log = (tmp_path / f"{name}.log").open("w")
         procs.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
                                       stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+                                      start_new_session=True,
+                                      preexec_fn=parent_death()))
         log.close()
     try:
         yield env

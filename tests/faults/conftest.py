@@ -34,6 +34,7 @@ from shared.config import LeptonSettings
 from shared.datasets.generators import transactions
 from shared.events import Envelope
 from shared.kafka import ensure_topics
+from shared.lifecycle import parent_death
 from shared.registry import Registry
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
@@ -138,7 +139,8 @@ class Processes:
         self.starts[name] += 1
         with (self.logs / f"{name}-{self.starts[name]}.log").open("wb") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    preexec_fn=parent_death())
         self.procs[name] = proc
         return proc
 

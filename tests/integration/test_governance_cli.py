@@ -12,13 +12,16 @@ import pytest
 import redis
 from opacus.accountants.analysis.rdp import compute_rdp
 
+from services.governance.admission import ALLOWED, Admitted, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
 from services.governance.releases import ReleaseCharge, ReleaseLedger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
 from shared.accounting import ORDERS, epsilon_from_rdp
+from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import Decision
+from shared.principals import Principal, public_keys_dir
 from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
 from shared.state import rkey
@@ -42,6 +45,13 @@ def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: red
         ("consent_changed", pseudonym, "transactions", "withdrawn"),
         ("consent_changed", pseudonym, "transactions", "given")]
     assert decisions[0].detail["purpose"] == "fraud-detection"
+    operator = Principal.load(lepton_env, "operator")  # the CLI created it on first use
+    allow = AllowList(public_keys_dir(lepton_env), ALLOWED)
+    for record in records:
+        admitted = admit(record.value, lambda name: name == "transactions", 100.0, allow)
+        assert isinstance(admitted, Admitted), admitted
+        assert (admitted.principal.name, admitted.decision.key_id) == ("operator",
+                                                                       operator.key_id)
     bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
 

@@ -25,6 +25,7 @@ from shared.datasets import load_spec
 from shared.datasets.generators import transactions
 from shared.events import CONTENT_TYPE_JSON, Envelope, Header, encode
 from shared.kafka import make_producer
+from shared.lifecycle import parent_death
 from shared.pseudonym import load_pseudonymizer
 from shared.topics import Topics
 from tests.helpers import lepton, local_mode_specs, read_topic
@@ -72,7 +73,8 @@ def test_sigkill_three_times_mid_stream(lepton_env: LeptonSettings, redis_client
     def start(n: int) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"governance-{n}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "services.governance"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=parent_death())
         procs.append(proc)
         return proc
 

@@ -23,6 +23,7 @@ from shared.decisions import publish_decision
 from shared.events import Decision, Envelope
 from shared.kafka import make_producer
 from shared.principals import Principal
+from shared.pseudonym import load_pseudonymizer
 from shared.releases import RELEASE_CHARGE, read_verdict, store_subjects, subjects_digest
 from shared.topics import Topics
 from tests.helpers import read_topic
@@ -93,8 +94,10 @@ def test_release_charges_bound_replay_exhaustion_and_refusal(
     trainer = Principal.load(lepton_env, "trainer")
     settings = GovernanceSettings()
 
+    pseudonym = load_pseudonymizer(lepton_env).of  # governance keys subjects by pseudonym
+
     def publish(release: str, subjects: list[str]) -> None:
-        decision = _charge(redis_client, lepton_env, release, subjects)
+        decision = _charge(redis_client, lepton_env, release, [pseudonym(s) for s in subjects])
         publish_decision(producer, lepton_env, decision, signer=trainer)
 
     running = Running(settings, None)
@@ -116,8 +119,8 @@ def test_release_charges_bound_replay_exhaustion_and_refusal(
         # a release that would overspend ann is refused whole (bob is not charged either)
         publish("rel-3", ["ann", "bob"])
         # a charge whose stored subjects do not match its signed digest is refused, audited
-        decision = _charge(redis_client, lepton_env, "rel-4", ["bob"])
-        store_subjects(redis_client, lepton_env, "central", "rel-4", ["carol"])
+        decision = _charge(redis_client, lepton_env, "rel-4", [pseudonym("bob")])
+        store_subjects(redis_client, lepton_env, "central", "rel-4", [pseudonym("carol")])
         publish_decision(producer, lepton_env, decision, signer=trainer)
         fourth = _wait(redis_client, lepton_env, "rel-4")
         third = _wait(redis_client, lepton_env, "rel-3")
@@ -148,7 +151,7 @@ def test_release_charges_bound_replay_exhaustion_and_refusal(
     assert "subjects" not in by_id["rel-1"]["detail"]  # ids stay out of the audit leaf
     ledger = ReleaseLedger(redis_client, lepton_env)
     spent = ledger.subject_epsilons("central", DELTA)
-    assert spent == pytest.approx({"ann": TWO, "bob": ONE}, rel=1e-9)
+    assert spent == pytest.approx({pseudonym("ann"): TWO, pseudonym("bob"): ONE}, rel=1e-9)
     assert max(spent.values()) < 2 * ONE  # composed with RDP, not summed
     assert ledger.epoch("central") == 2
     lines = [orjson.loads(line) for seg in sorted(

@@ -258,8 +258,8 @@ def test_policy_budget_dp_audit_lineage_and_traces(
 
     # traces: each governed record continues its producer's trace via a process span
     spans = exporter.get_finished_spans()
-    published = {s.context.trace_id: s for s in spans if s.name == f"{topics.clean} publish"}
-    processed = [s for s in spans if s.name == f"{topics.clean} process"]
+    published = {s.context.trace_id: s for s in spans if s.name == f"send {topics.clean}"}
+    processed = [s for s in spans if s.name == f"process {topics.clean}"]
     assert len(processed) >= len(tiny) + len(tx)
     for span in processed:
         if span.context.trace_id in published:

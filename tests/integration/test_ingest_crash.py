@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.events import Envelope, Header, decode
+from shared.lifecycle import parent_death
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.ingest.samples import POISON, poison, valid_docs
@@ -42,7 +43,8 @@ def start(procs: list[subprocess.Popen[bytes]], *command: str) -> subprocess.Pop
     env = {**os.environ, "LEPTON_INGEST_INSTANCE": "crash", "LEPTON_INGEST_BATCH_SIZE": "300",
            "LEPTON_INGEST_SESSION_TIMEOUT_MS": "6000", "LEPTON_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", *(command or ("services.ingest",))], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=parent_death())
     procs.append(proc)
     return proc
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -58,12 +59,14 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     card = save_model(serving_settings())
     Registry(lepton_env).set_live(MODEL, card.version)
     addr = f"127.0.0.1:{_free_port()}"
+    metrics_port = _free_port()
     env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
            "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
            "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG"}
     pii = [str(record(3)[f]) for f in ("card_number", "email", "name")]
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            env={**os.environ, **env, "LEPTON_METRICS_PORT": str(metrics_port)},
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_serving(addr, proc)
@@ -94,6 +97,24 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
                         check=False)
         assert denied.returncode == 3
         assert "UNAUTHENTICATED" in denied.stderr
+        # one request-duration histogram, by method and status, with sub-second buckets
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as reply:
+            scraped = reply.read().decode()
+        counts = {}
+        for line in scraped.splitlines():
+            if line.startswith("lepton_serving_request_duration_seconds_count{"):
+                labels, value = line.split("} ")
+                kept = [kv for kv in labels.split("{", 1)[1].split(",")
+                        if kv.startswith("rpc_")]
+                counts[",".join(kept)] = float(value)
+        ok = 'rpc_grpc_status_code="OK",rpc_method="Predict"'
+        assert counts[ok] >= 2
+        assert counts['rpc_grpc_status_code="INVALID_ARGUMENT",rpc_method="Predict"'] >= 1
+        assert counts['rpc_grpc_status_code="UNAUTHENTICATED",rpc_method="Predict"'] >= 1
+        assert any(line.startswith("lepton_serving_request_duration_seconds_bucket{")
+                   and 'le="0.005"' in line for line in scraped.splitlines())
+        assert "lepton_serving_predictions_total{" in scraped
         unreadable = lepton("predict", "no-such-file.json", env=env, check=False)
         assert unreadable.returncode == 2
 

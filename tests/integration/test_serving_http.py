@@ -118,6 +118,8 @@ def test_v2_infer_json_matches_grpc_and_bad_bodies_are_400(served: Any) -> None:
             assert response.status_code == 400, (what, response.text)
             assert response.json()["error"], what
         assert http.post("/v2/models/nope/infer", json=v2_body(records, meta)).status_code == 404
+        huge = http.post(f"/v2/models/{MODEL}/infer", content=b" " * (4 * 1024 * 1024 + 1))
+        assert huge.status_code == 413 and huge.json()["error"]
     channel, lepton = stub(server.addr)
     try:
         kinds = {i["name"] for i in meta["inputs"]}

@@ -8,8 +8,11 @@ import json
 
 import orjson
 
+from services.governance.admission import ALLOWED, Admitted, admit
+from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement, decode
+from shared.principals import Principal, public_keys_dir
 from shared.registry import WEIGHTS_FILE, Registry
 from shared.topics import Topics
 from tests.helpers import lepton, read_topic
@@ -32,6 +35,7 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
     assert "breast_cancer (live: " in listing
     assert " v1 " in listing
     assert " v2 " in listing
+    live_before = registry.live("breast_cancer")  # 2 unless the gate refused v2
     lepton("models", "promote", "1")
     assert registry.live("breast_cancer") == 1
     lepton("models", "promote", "2", "--model", "breast_cancer")
@@ -52,13 +56,26 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
     announced = [decode(ModelAnnouncement, r.value)
                  for r in read_topic(lepton_env, topics.models, idle=1.0)][before:]
     assert [(a.version, a.action, a.share) for a in announced] == [
-        (1, "promote", None), (2, "promote", None), (1, "rollback", None),
+        (1, "rollback" if live_before == 2 else "promote", None), (2, "promote", None),
+        (1, "rollback", None),
         (2, "canary", 0.25), (2, "shadow", None)]
     decisions = [orjson.loads(r.value) for r in
                  read_topic(lepton_env, topics.audit_requests, idle=1.0)]
     manual = sorted((d["kind"], d["detail"]["version"]) for d in decisions
                     if d["actor"].startswith("cli:"))  # keyed by kind: partitions differ
     assert manual == [("model_promoted", 1), ("model_promoted", 2), ("model_rolled_back", 1)]
+    # the operator signs what the CLI says, the trainer what it decided; governance admits both
+    operator, trainer = (Principal.load(lepton_env, "operator"),
+                         Principal.load(lepton_env, "trainer"))
+    assert {a.signer_key_id for a in announced} == {operator.key_id}
+    assert [a.sequence for a in announced] == sorted({a.sequence for a in announced})
+    allow = AllowList(public_keys_dir(lepton_env), ALLOWED)
+    for record in read_topic(lepton_env, topics.audit_requests, idle=1.0):
+        admitted = admit(record.value, lambda _: True, 100.0, allow)
+        assert isinstance(admitted, Admitted), admitted
+        cli = admitted.decision.actor.startswith("cli:")
+        assert admitted.principal.name == ("operator" if cli else "trainer")
+        assert admitted.decision.key_id == (operator if cli else trainer).key_id
 
     path = registry.version_dir("breast_cancer", 2) / WEIGHTS_FILE
     data = bytearray(path.read_bytes())

@@ -135,12 +135,20 @@ def test_trains_promotes_and_matches_sklearn(
         1, card.sha256, "promote")
     spans = exporter.get_finished_spans()
     by_name = {s.name: s for s in spans}
-    publish = by_name[f"{topics.models} publish"]
+    publish = by_name[f"send {topics.models}"]
+    host, port = lepton_env.bootstrap_servers().split(",")[0].rsplit(":", 1)
+    assert {k: publish.attributes[k] for k in (
+        "messaging.operation.type", "messaging.destination.name", "server.address",
+        "server.port")} == {"messaging.operation.type": "send",
+                            "messaging.destination.name": topics.models,
+                            "server.address": host, "server.port": int(port)}
     traceparent = records[0].headers["traceparent"].decode()
     assert traceparent.split("-")[2] == f"{publish.context.span_id:016x}"
     assert publish.parent is not None
     assert publish.parent.span_id == by_name["trainer release"].context.span_id
-    batches = [s for s in spans if s.name == f"{topics.governed} process"]
+    batches = [s for s in spans if s.name == f"process {topics.governed}"]
+    assert batches and all(s.attributes["messaging.operation.type"] == "process"
+                           and s.attributes["server.address"] == host for s in batches)
     assert sum(s.attributes["messaging.batch.message_count"] for s in batches) == len(events) + 3
     # links are capped at 128 a span; the count attribute says how many events were consumed
     assert sum(s.attributes["lepton.links.total"] for s in batches) == len(events)

@@ -14,6 +14,7 @@ import time
 import orjson
 
 from shared.config import LeptonSettings
+from shared.lifecycle import parent_death
 from shared.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
@@ -25,7 +26,7 @@ TOTAL = 1707
 def _start(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=parent_death())
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:

@@ -16,6 +16,8 @@ import torch
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.features import FeatureTransform
+from shared.governed_mac import mac_key_path
+from shared.lifecycle import parent_death
 from shared.nets import build_model, predict_proba
 from shared.registry import ModelCard, Registry
 from tests.unit.trainer.governed import (
@@ -44,10 +46,12 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
         [sys.executable, "-m", "lepton", "trainer", "--workers", "2", "--dataset",
          "breast_cancer", "--exit-when-idle", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=parent_death())
     try:
+        # its own data dir and state, but the deployment's governed-event MAC key
         one = trainer_settings(trainer_group="single", data_dir=tmp_path / "single",
-                               redis_prefix=f"{redis_prefix}single:")
+                               redis_prefix=f"{redis_prefix}single:",
+                               governed_mac_key_file=mac_key_path(lepton_env))
         assert run_trainer(one) == [1]
         output, _ = proc.communicate(timeout=90)
     finally:

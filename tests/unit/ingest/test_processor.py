@@ -184,7 +184,7 @@ def test_one_span_per_record_continues_the_producers_trace(
         "clean", "clean", "clean", "rejected", "duplicate"]
     assert finished[3].attributes["lepton.dlq.reason"] == "bad_json"
     assert all(s.attributes["lepton.dataset"] in ("transactions", "") for s in finished)
-    assert all(s.name == f"{RAW} process" for s in finished)
+    assert all(s.name == f"process {RAW}" for s in finished)
     for span, out in zip(finished[:3], result.outputs[:3], strict=True):
         traceparent = dict(out.headers)["traceparent"].decode()
         assert traceparent.split("-")[2] == format(span.context.span_id, "016x")

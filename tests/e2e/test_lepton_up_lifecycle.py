@@ -1,0 +1,112 @@
+"""`lepton up` never orphans its children: a closed terminal (SIGHUP), a SIGTERM and a SIGKILL
+of `lepton up` each leave no process of the platform running 15 s later."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REDIS_URL
+
+SETTLE_S = 15.0
+
+
+def _alive(pids: set[int]) -> list[psutil.Process]:
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGHUP", "SIGTERM", "SIGKILL"])
+def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
+                                       signum: signal.Signals) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
+    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
+                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
+                "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",
+                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    log = tmp_path / "up.log"
+    with log.open("wb") as handle:
+        # its own session, like a shell job: the signal goes to `lepton up` alone
+        proc = subprocess.Popen([sys.executable, "-m", "lepton", "up", "--demo", "--rate", "50"],
+                                env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    descendants: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while b"lepton up: ready" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        time.sleep(2)  # the demo producer is started after the ready line
+        descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        names = {" ".join(p.cmdline()[1:4]) for p in _alive(descendants)}
+        assert len(descendants) >= 6, names  # broker, 4 services, producer (and Redis)
+        killed_at = time.monotonic()
+        proc.send_signal(signum)
+        while _alive(descendants) and time.monotonic() - killed_at < SETTLE_S:
+            time.sleep(0.2)
+        left = _alive(descendants)
+        assert not left, [(p.pid, p.cmdline()) for p in left]
+        elapsed = time.monotonic() - killed_at
+        proc.wait(5)
+        if signum != signal.SIGKILL:
+            assert proc.returncode == 0, log.read_text()[-3000:]
+            assert b"lepton up: stopped" in log.read_bytes()
+        print(f"{signal.Signals(signum).name}: all {len(descendants)} children gone in "
+              f"{elapsed:.1f} s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for leftover in _alive(descendants):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+
+
+def test_a_killed_test_session_leaves_no_broker(tmp_path: Path) -> None:
+    """The session broker fixture dies with a SIGKILLed pytest (CI cancelling a job)."""
+    test = tmp_path / "test_hold.py"
+    marker = tmp_path / "broker.pid"
+    test.write_text(
+        "import time, psutil\n"
+        "def test_hold(broker):\n"
+        f"    kids = psutil.Process().children()\n"
+        f"    open({str(marker)!r}, 'w').write(' '.join(str(k.pid) for k in kids))\n"
+        "    time.sleep(300)\n")
+    root = Path(__file__).resolve().parents[2]
+    children: set[int] = set()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
+                             "-p", "no:randomly", "--rootdir", str(tmp_path), str(test)],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        children = {int(pid) for pid in marker.read_text().split()}
+        assert _alive(children), "the broker fixture should be running"
+        proc.kill()
+        killed_at = time.monotonic()
+        while _alive(children) and time.monotonic() - killed_at < 10:
+            time.sleep(0.2)
+        assert not _alive(children)
+    finally:
+        proc.kill()
+        proc.wait()
+        for leftover in _alive(children):
+            leftover.kill()
