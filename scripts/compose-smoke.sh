@@ -52,7 +52,7 @@ if [ -n "$wheel" ]; then
   torch_index="http://127.0.0.1:$port/"
 fi
 cleanup() {
-  [ -z "${index_pid:-}" ] || kill "$index_pid" 2>/dev/null || true
+  if [ -n "${index_pid:-}" ]; then kill "$index_pid" 2>/dev/null; wait "$index_pid" 2>/dev/null; fi
   if [ -f "$work/compose.yml" ]; then
     "${compose[@]}" -p "$project" -f "$work/compose.yml" down -v --remove-orphans >/dev/null 2>&1 || true
   fi
