@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from shared.config import ConfigError, LeptonSettings, load_settings
+from shared.config import EXIT_CONFIG, ConfigError, LeptonSettings, load_settings
 
 app = typer.Typer(
     name="lepton",
@@ -145,7 +145,7 @@ def produce(
     try:
         common.bootstrap_servers()
     except ConfigError as error:
-        raise fail(str(error), 78) from None
+        raise fail(str(error), EXIT_CONFIG) from None
     setup_telemetry("lepton-produce")
     try:
         report = publish(common, generate(dataset, count, seed), total=count, rate=rate,
@@ -172,4 +172,4 @@ def main() -> None:
         app()
     except ConfigError as error:
         typer.echo(f"configuration error: {error}", err=True)
-        sys.exit(78)
+        sys.exit(EXIT_CONFIG)

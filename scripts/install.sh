@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything Lepton Stream needs on a fresh Debian/Ubuntu machine with Python 3.11:
 # redis-server, kcat and python3-venv from Debian when missing, a virtual environment in
-# .venv, torch as
-# DEVELOPERS.md says (`pip install torch==2.13.0`, the local CPU wheel), then the project.
+# .venv, torch as `pip install torch==2.13.0` (a CPU wheel on this project's machines; any
+# other spec would download the CUDA build), then the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

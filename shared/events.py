@@ -88,7 +88,7 @@ class AuditRef(_Wire):
 
 
 class Envelope(_Wire):
-    """The event envelope of DESIGN.md: identity, subject, time, source and payload."""
+    """The event envelope (docs/ARCHITECTURE.md): identity, subject, time, source and payload."""
 
     event_id: Identifier
     dataset: Name

@@ -1,5 +1,6 @@
-"""The single registry of Lepton topic names (DESIGN.md, "Topics") and the settings each topic
-needs on a real cluster (`lepton topics create` applies them, `lepton topics check` verifies)."""
+"""The single registry of Lepton topic names (docs/ARCHITECTURE.md, "The pipeline") and the
+settings each topic needs on a real cluster (`lepton topics create` applies them, `lepton topics
+check` verifies)."""
 
 from __future__ import annotations
 

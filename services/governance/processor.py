@@ -27,7 +27,7 @@ from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, eff
 from services.governance.policy import Policy
 from services.governance.privacy import DatasetPrivacy, PrivacyConfigError
 from services.governance.records import Kind, Reason
-from services.governance.sealing import Output, decision_item, event_fields, outputs_for
+from services.governance.sealing import decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
 from shared.allowlist import Allowed, AllowList
@@ -46,6 +46,7 @@ from shared.events import (
 from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym
+from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import get_tracer
 

@@ -6,7 +6,6 @@ process span that continues the record's trace."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +22,11 @@ from shared.events import (
     CONTENT_TYPE_JSON,
     Change,
     Header,
-    HeaderList,
     PrivacyStamp,
     dlq_headers,
 )
 from shared.governed_mac import MAC_HEADER, GovernedMac
+from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import inject_headers, process_span
 
@@ -40,17 +39,6 @@ AUDIT_TYPE_HEADER = "lepton.audit.type"
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"
 
 DatasetLookup = Callable[[str], "DatasetPrivacy | str"]
-
-
-@dataclass(slots=True)
-class Output:
-    """A record to produce inside the batch's transaction."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: HeaderList
-    partition: int | None = None
 
 
 def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,

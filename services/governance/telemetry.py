@@ -1,5 +1,5 @@
 """Governance metrics: decisions by kind and reason, budget exhaustion, ε charged, audit
-appends and checkpoints, batch latency, and per-dataset budget gauges."""
+appends and checkpoints, and per-dataset budget gauges (batch metrics: shared/stage)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,6 @@ class GovernanceMetrics:
         self.rejected = meter.create_counter(
             "lepton.governance.rejected", unit="{record}",
             description="Input records sent to the dead-letter topic, by reason.")
-        self.batch_seconds = meter.create_histogram(
-            "lepton.governance.batch.duration", unit="s",
-            description="Wall time of one consume-to-commit batch.")
         self._spent: dict[str, tuple[float, float]] = {}
         meter.create_observable_gauge(
             "lepton.governance.budget.spent", callbacks=[self._observe_spent], unit="{epsilon}",

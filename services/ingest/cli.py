@@ -52,9 +52,7 @@ def ingest() -> None:
     """Run the ingest service (events.raw → events.clean / events.rejected) until stopped."""
     from services.ingest.__main__ import main
 
-    code = main()
-    if code:
-        raise typer.Exit(code)
+    main()
 
 
 @keys_app.command("rotate")

@@ -51,6 +51,7 @@ from shared.events import (
     dlq_headers,
     encode,
 )
+from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import inject_headers, process_span
 
@@ -60,16 +61,6 @@ SourceKey = tuple[str, int, int]
 DLQ_MAX_VALUE = 1_900_000  # below the producer's message.max.bytes, leaving room for headers
 DLQ_TRUNCATED = "lepton.dlq.truncated"
 Headers = list[tuple[str, str | bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: HeaderList
 
 
 @dataclass

@@ -1,12 +1,10 @@
-"""Ingest metrics (OpenTelemetry): events in/out, rejections per reason, duplicates, aborted
-transactions, batch duration, and consumer lag per partition (an observable gauge)."""
+"""Ingest metrics (OpenTelemetry): events in/out, rejections per reason, duplicates. Lag,
+batch size and duration and aborted transactions are the stage runtime's (shared/stage)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter
 
 from services.ingest.processor import BatchResult
 
@@ -27,18 +25,8 @@ class IngestMetrics:
         self.duplicates = meter.create_counter(
             "lepton.ingest.events.duplicates", unit="{event}",
             description="Duplicate event ids dropped (dedup window hits)")
-        self.aborted = meter.create_counter(
-            "lepton.ingest.transactions.aborted", unit="{transaction}",
-            description="Transactions aborted and retried")
-        self.batch_seconds = meter.create_histogram(
-            "lepton.ingest.batch.duration", unit="s",
-            description="Consume-to-commit time per batch")
-        self.lag: dict[int, int] = {}
-        meter.create_observable_gauge(
-            "lepton.ingest.consumer.lag", callbacks=[self._observe_lag], unit="{message}",
-            description="High watermark minus position, per assigned partition of events.raw")
 
-    def record(self, result: BatchResult, seconds: float) -> None:
+    def record(self, result: BatchResult) -> None:
         """Count a committed batch."""
         self.events_in.add(result.consumed)
         for dataset, count in result.datasets.items():
@@ -47,7 +35,3 @@ class IngestMetrics:
             self.rejected.add(count, {"reason": reason})
         if result.duplicates:
             self.duplicates.add(result.duplicates)
-        self.batch_seconds.record(seconds)
-
-    def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(lag, {"partition": str(p)}) for p, lag in list(self.lag.items())]

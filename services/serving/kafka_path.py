@@ -1,15 +1,15 @@
 """The Kafka prediction path: consume `predictions.requests` (PredictRequest JSON, key =
 request id) in batches, score them, produce `predictions.results` (PredictResult JSON with the
-model version; trace context continued from the request's headers), then commit.
+model version; trace context continued from the request's headers), then commit: a stage on
+the shared at-least-once runtime (shared/stage).
 
-At-least-once with dedup by request id: results are flushed BEFORE the request ids are marked
-done in Redis and BEFORE offsets are committed, so a crash re-delivers rather than loses;
+Results are delivered BEFORE the request ids are marked done in Redis and BEFORE offsets are
+committed, so a crash re-delivers rather than loses;
 on re-delivery, ids already marked done are skipped (a crash between flush and mark can still
 emit a result twice; results are keyed by request id so consumers can dedup too)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -31,12 +31,13 @@ from shared.events import (
     encode,
 )
 from shared.predictions import PredictRequest, PredictResult
+from shared.stage import Output
 from shared.state import make_redis, rkey
 from shared.topics import Topics
 from shared.tracing import get_tracer, process_span, publish_span
 
 if TYPE_CHECKING:
-    from confluent_kafka import Message, Producer, TopicPartition
+    from confluent_kafka import Message
 
     from services.serving.config import ServingSettings
 
@@ -53,7 +54,11 @@ class _Item:
 
 
 class KafkaPredictions:
-    """The consume → score → produce → mark → commit loop, in its own thread."""
+    """The prediction stage, run by the at-least-once runtime in its own thread."""
+
+    name = "serving"
+    # any failure retries the batch with back-off: it is consumed again, never dropped
+    waits_out: tuple[type[BaseException], ...] = (Exception,)
 
     def __init__(self, settings: ServingSettings, predictor: Predictor,
                  stop: threading.Event) -> None:
@@ -64,6 +69,10 @@ class KafkaPredictions:
         self.requests_topic = topics.predict_requests
         self.results_topic = topics.predict_results
         self.rejected_topic = topics.rejected
+        self.inputs = [self.requests_topic]
+        self.outputs = [self.results_topic, self.rejected_topic]
+        self._answered: list[str] = []
+        self._fresh = 0
         self.redis = make_redis(settings)
         self.served = 0
         self.duplicates = 0
@@ -81,37 +90,14 @@ class KafkaPredictions:
         return rkey(self.settings, "serving", "done", request_id)
 
     def _run(self) -> None:
-        from confluent_kafka import KafkaException
-
-        from shared.kafka import make_consumer, make_producer
+        from shared.stage import AtLeastOnceRuntime
 
         while not self.predictor.fleet.ready and not self.stop.wait(0.1):
             pass
-        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-predictions",
-                                 **{"fetch.wait.max.ms": 50})
-        producer = make_producer(self.settings)
-        consumer.subscribe([self.requests_topic])
-        try:
-            while not self.stop.is_set():
-                first = consumer.poll(0.2)
-                if first is None:
-                    continue
-                rest = consumer.consume(self.settings.serving_kafka_batch - 1, timeout=0)
-                messages = [m for m in (first, *rest) if m.error() is None]
-                if not messages:
-                    continue
-                try:
-                    self.process(messages, producer)
-                    consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
-                except Exception:
-                    log.exception("prediction batch failed; it will be consumed again")
-                    for position in _first_offsets(messages):
-                        with contextlib.suppress(KafkaException):  # revoked meanwhile
-                            consumer.seek(position)
-                    self.stop.wait(1.0)
-        finally:
-            producer.flush(10)
-            consumer.close()
+        AtLeastOnceRuntime(
+            self.settings, self, self.stop, group_id=f"{self.settings.serving_group}-predictions",
+            batch_size=self.settings.serving_kafka_batch, poll_timeout_s=0.2,
+            consumer_config={"fetch.wait.max.ms": 50}).run()
 
     def _parse(self, messages: list[Message]) -> list[_Item]:
         items: list[_Item] = []
@@ -124,8 +110,9 @@ class KafkaPredictions:
                 items.append(_Item(message, key, error=error))
         return items
 
-    def process(self, messages: list[Message], producer: Producer) -> None:
-        """Score one consumed batch and deliver its results (raises if delivery fails)."""
+    def process(self, messages: list[Message]) -> list[Output]:
+        """Results (and dead letters) of one consumed batch; requests already answered are
+        skipped."""
         items = self._parse(messages)
         ids = [item.request_id for item in items if item.request_id]
         done = self.redis.mget([self._done_key(i) for i in ids]) if ids else []
@@ -138,6 +125,7 @@ class KafkaPredictions:
             if item.request_id:
                 seen.add(item.request_id)
             fresh.append(item)
+        outputs: list[Output] = []
         scorable = [i for i in fresh if i.request is not None]
         started = time.perf_counter()
         outcomes = self.predictor.predict_many([
@@ -149,23 +137,33 @@ class KafkaPredictions:
             if isinstance(outcome, ServingError):
                 item.error = outcome
             else:
-                self._emit(producer, item, _result(item.request_id, outcome))
+                outputs.append(self._emit(item, _result(item.request_id, outcome)))
         for item in fresh:
             if item.error is not None and item.request is None:
-                self._reject(producer, item)
+                outputs.append(self._reject(item))
             elif item.error is not None:
-                self._emit(producer, item, _error_result(item.request_id, item.error))
-        if producer.flush(30) > 0:
-            raise TimeoutError(f"results not delivered to {self.results_topic}")
-        marked = [i.request_id for i in fresh if i.request_id]
-        if marked:
+                outputs.append(self._emit(item, _error_result(item.request_id, item.error)))
+        self._answered = [i.request_id for i in fresh if i.request_id]
+        self._fresh = len(fresh)
+        return outputs
+
+    def due(self, final: bool) -> list[Output]:
+        """Nothing is due without requests."""
+        return []
+
+    def committed(self, batch: list[Message], seconds: float) -> None:
+        """The batch's results are delivered: mark its requests answered (dedup on redelivery)."""
+        if self._answered:
             pipe = self.redis.pipeline(transaction=False)
-            for request_id in marked:
+            for request_id in self._answered:
                 pipe.set(self._done_key(request_id), b"1", ex=self.settings.serving_dedup_ttl_s)
             pipe.execute()
-        self.served += len(fresh)
+        self.served += self._fresh
 
-    def _emit(self, producer: Producer, item: _Item, result: PredictResult) -> None:
+    def aborted(self, batch: list[Message]) -> None:
+        """Nothing: an undelivered batch is consumed again."""
+
+    def _emit(self, item: _Item, result: PredictResult) -> Output:
         message = item.message
         with process_span(_tracer, self.requests_topic, message_headers(message),
                           partition=message.partition(), offset=message.offset(),
@@ -174,11 +172,10 @@ class KafkaPredictions:
                           attributes={"lepton.model.version": result.version or 0}):
             headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
             with publish_span(_tracer, self.results_topic, headers, key=item.request_id):
-                producer.produce(self.results_topic, key=item.request_id.encode(),
-                                 value=encode(result), headers=headers)
-        producer.poll(0)
+                return Output(self.results_topic, item.request_id.encode(), encode(result),
+                              headers)
 
-    def _reject(self, producer: Producer, item: _Item) -> None:
+    def _reject(self, item: _Item) -> Output:
         message = item.message
         error = item.error
         try:
@@ -186,15 +183,13 @@ class KafkaPredictions:
         except ValidationError:
             result = None
         if result is not None:
-            self._emit(producer, item, result)
-            return
+            return self._emit(item, result)
         headers = dlq_headers(message_headers(message), reason=getattr(error, "kind", "invalid"),
                               detail=str(error), stage="serving",
                               exception=type(error).__name__, topic=self.requests_topic,
                               partition=message.partition() or 0,
                               offset=message.offset() or 0)
-        producer.produce(self.rejected_topic, key=message.key(), value=message.value(),
-                         headers=headers)
+        return Output(self.rejected_topic, message.key(), message.value() or b"", headers)
 
 
 def _result(request_id: str, prediction: Prediction) -> PredictResult:
@@ -213,25 +208,3 @@ def _traceparent(message: Message) -> str | None:
         if key == "traceparent" and value:
             return value.decode("ascii", "replace") if isinstance(value, bytes) else value
     return None
-
-
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    """Commit positions after the last message of each partition."""
-    from confluent_kafka import TopicPartition
-
-    last: dict[tuple[str, int], int] = {}
-    for message in messages:
-        key = (message.topic() or "", message.partition() or 0)
-        last[key] = max(last.get(key, -1), message.offset() or 0)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
-def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
-    """Positions of the first message of each partition (to consume a batch again)."""
-    from confluent_kafka import TopicPartition
-
-    first: dict[tuple[str, int], int] = {}
-    for message in messages:
-        key = (message.topic() or "", message.partition() or 0)
-        first.setdefault(key, message.offset() or 0)
-    return [TopicPartition(t, p, o) for (t, p), o in first.items()]

@@ -1,4 +1,5 @@
-"""Entry point: `python -m services.trainer` (also `lepton trainer`).
+"""Entry point: `python -m services.trainer` (also `lepton trainer`). Consumes events.governed;
+produces models.updates and audit.requests.
 
 Without `--rank` it runs one rank in-process, or launches `LEPTON_TRAINER_WORKERS` rank
 processes; `--rank/--world-size/--master-port` are what the launcher passes to each rank.
@@ -7,51 +8,41 @@ processes; `--rank/--world-size/--master-port` are what the launcher passes to e
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import threading
+from typing import NoReturn
 
 from services.trainer.config import TrainerSettings
-from shared.config import ConfigError, load_settings
 from shared.kafka import ensure_topics
-from shared.logs import setup_logging
-from shared.signals import stop_event
+from shared.stage import run_service
 from shared.topics import Topics
-from shared.tracing import setup_telemetry, shutdown_telemetry
-
-log = logging.getLogger("services.trainer")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the trainer; returns the process exit code."""
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the trainer (a launcher of ranks, or one rank) and exit with its status."""
     parser = argparse.ArgumentParser(prog="python -m services.trainer")
     parser.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--world-size", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--master-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    settings = load_settings(TrainerSettings)
-    setup_logging("trainer", settings.log_level, settings.log_format)
-    try:
+
+    def launcher(settings: TrainerSettings) -> bool:
+        return args.rank is None and settings.trainer_workers > 1
+
+    def run(settings: TrainerSettings, stop: threading.Event) -> int:
+        from services.trainer.worker import launch, run_rank
+
         topics = Topics(settings.topic_prefix)
         ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 78
-    stop = stop_event()
-    from services.trainer.worker import launch, run_rank
-
-    if args.rank is None and settings.trainer_workers > 1:
-        return launch(settings, stop)
-    rank = args.rank or 0
-    port = settings.metrics_port
-    setup_telemetry("trainer", metrics_port=None if port is None else port + rank)
-    try:
+        if launcher(settings):
+            return launch(settings, stop)
         return run_rank(settings, args.rank or 0, args.world_size, args.master_port, stop)
-    except Exception:
-        log.exception("trainer rank %s failed", args.rank or 0)
-        return 1
-    finally:
-        shutdown_telemetry()
+
+    def metrics_port(settings: TrainerSettings) -> int | None:
+        port = settings.metrics_port
+        return None if port is None or launcher(settings) else port + (args.rank or 0)
+
+    run_service("trainer", TrainerSettings, run, metrics_port=metrics_port)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -39,9 +39,7 @@ def trainer(
             os.environ[f"LEPTON_TRAINER_{name}"] = str(value)
     from services.trainer.__main__ import main
 
-    code = main([])
-    if code:
-        raise typer.Exit(code)
+    main([])
 
 
 def _context() -> tuple[LeptonSettings, Registry]:

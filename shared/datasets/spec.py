@@ -1,4 +1,4 @@
-"""The dataset-spec model (DESIGN.md, "Dataset specs"): each field's type, role, cleaning
+"""The dataset-spec model (docs/ARCHITECTURE.md, "The envelope"): each field's type, role, cleaning
 rules, PII handling and DP bounds, plus the dataset's privacy and model settings."""
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ def platform(tmp_path: Path, redis_prefix: str) -> Iterator[Running]:
         "LEPTON_REDIS_URL": REDIS_URL,
         "LEPTON_REDIS_PREFIX": redis_prefix,
         "LEPTON_SERVING_ADDR": addr,
+        "LEPTON_SERVING_HTTP_ADDR": f"127.0.0.1:{_free_port()}",
         "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
         "LEPTON_TRAINER_CYCLE_S": "6",
         # 2k events leave ~14 held-out frauds over five age bands: too few for a meaningful

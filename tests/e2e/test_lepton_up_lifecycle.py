@@ -37,6 +37,7 @@ def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
     env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
                 "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
+                "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",
                 "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
     log = tmp_path / "up.log"
     with log.open("wb") as handle:

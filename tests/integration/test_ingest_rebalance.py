@@ -27,7 +27,7 @@ RATE = 1500.0
 def test_a_replica_joining_mid_stream_loses_and_duplicates_nothing(
     lepton_env: LeptonSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.ingest.worker")
+    caplog.set_level(logging.INFO, logger="shared.stage.transactional")
     topics = Topics(lepton_env.topic_prefix)
     docs = valid_docs(EVENTS, seed=41)
     producer = Producer({"bootstrap.servers": lepton_env.bootstrap_servers(), "linger.ms": 5,

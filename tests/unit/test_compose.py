@@ -227,8 +227,11 @@ from services.governance.telemetry import GovernanceMetrics
 from services.trainer.telemetry import TrainerMetrics
 import services.serving.predictor, services.serving.control, services.serving.prediction_log
 import services.serving.request_metrics
-objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics()]
-objects[0].lag[0] = 1
+from shared.stage.metrics import StageMetrics
+stages = [StageMetrics(name) for name in ("ingest", "governance", "serving")]
+for stage in stages:
+    stage.lag[("topic", 0)] = 1
+objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics(), *stages]
 objects[1].set_budget("d", 1.0, 2.0)
 for module in (services.serving.predictor, services.serving.control,
                services.serving.prediction_log, services.serving.request_metrics):

@@ -1,0 +1,243 @@
+"""raw → governed against a bare transactional batch pipeline, all in one run on one broker.
+
+Rows:
+- bare: confluent-kafka consume 1000 → `json.loads` → AES-GCM one field → `json.dumps` →
+  produce → commit, one transaction per batch (the baseline);
+- ingest alone and governance alone, each at 1 % and 100 % of traces sampled (governance
+  reads the clean events ingest wrote in a previous step);
+- ingest + governance together, raw → governed.
+
+Throughput: N preloaded events, timed by the output records' timestamps (first to last), so
+start-up and group joins are excluded; CPU µs per event is the stage processes' CPU time
+over the same stretch. Latency: events published at `--rate` a second to the running
+pipeline, produce → committed output; "added" is the difference to the bare pipeline.
+
+Run: `.venv/bin/python bench/pipeline_bench.py [--events 15000] [--rate 1000] [--seconds 8]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest_bench import (  # noqa: E402
+    PREFIXES,
+    _forget_redis_keys,
+    latencies,
+    pct,
+    publish,
+    reader,
+    start_broker,
+)
+
+from shared.config import LeptonSettings  # noqa: E402
+from shared.datasets.generators import transactions  # noqa: E402
+from shared.events import encode  # noqa: E402
+from shared.kafka import ensure_topics  # noqa: E402
+from shared.topics import Topics  # noqa: E402
+
+BATCH = 1000
+SAMPLED_1 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+SAMPLED_100 = {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+
+
+def run_bare(bootstrap: str, source: str, target: str, group: str) -> None:
+    """Child process: the bare transactional batch pipeline (json + AES-GCM of one field)."""
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed", "fetch.wait.max.ms": 50,
+                         "log_level": 3})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{group}.tx",
+                         "linger.ms": 5, "compression.type": "lz4", "log_level": 3})
+    producer.init_transactions(30)
+    consumer.subscribe([source])
+    while not stop:
+        batch = [m for m in consumer.consume(BATCH, 0.05) if m.error() is None]
+        if not batch:
+            continue
+        producer.begin_transaction()
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in batch:
+            event = json.loads(msg.value() or b"{}")
+            payload = event["payload"]
+            payload["email"] = aead.encrypt(os.urandom(12), str(payload.get("email")).encode(),
+                                            None).hex()
+            producer.produce(target, value=json.dumps(event).encode(), key=msg.key(),
+                             headers=msg.headers())
+            offsets[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
+        producer.send_offsets_to_transaction(
+            [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+            consumer.consumer_group_metadata())
+        producer.commit_transaction()
+    consumer.close()
+
+
+def start(stages: list[str], bootstrap: str, topics: Topics, env: dict[str, str]
+          ) -> list[subprocess.Popen[bytes]]:
+    """Start the stage processes (`bare`, `ingest`, `governance`) on `topics`."""
+    data = tempfile.mkdtemp()
+    full = {**os.environ, "LEPTON_KAFKA_BOOTSTRAP": bootstrap,
+            "LEPTON_TOPIC_PREFIX": topics.prefix, "LEPTON_REDIS_PREFIX": f"{topics.prefix}:",
+            "LEPTON_DATA_DIR": data, "LEPTON_INGEST_INSTANCE": "bench",
+            "LEPTON_INGEST_BATCH_SIZE": str(BATCH), "LEPTON_GOVERNANCE_BATCH_SIZE": str(BATCH),
+            "LEPTON_LOG_LEVEL": "WARNING", **env}
+    procs = []
+    for stage in stages:
+        command = ([sys.executable, __file__, "--bare-child", bootstrap, topics.raw,
+                    f"{topics.prefix}out", f"{topics.prefix}bare"] if stage == "bare"
+                   else [sys.executable, "-m", f"services.{stage}"])
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=full, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    return procs
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every stage process and wait for it."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _cpu(procs: list[subprocess.Popen[bytes]]) -> float:
+    total = 0.0
+    for proc in procs:
+        times = psutil.Process(proc.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def throughput(out: Consumer, count: int, procs: list[subprocess.Popen[bytes]],
+               timeout: float = 300.0) -> tuple[float, float]:
+    """(events/s between the first and last of `count` outputs, stage CPU µs per event). Ends
+    early once most outputs are in and none came for 3 s: governance withholds events beyond a
+    subject's contribution bound, so fewer than `count` may ever arrive."""
+    stamps: list[int] = []
+    cpu_from, cpu_to, seen_from = 0.0, 0.0, 0
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    while len(stamps) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(stamps)} of {count} outputs arrived")
+        got = [m.timestamp()[1] for m in out.consume(5000, 0.1) if m.error() is None]
+        if got:
+            stamps.extend(got)
+            last, cpu_to = time.monotonic(), _cpu(procs)
+        elif len(stamps) > count // 2 and time.monotonic() - last > 3.0:
+            break
+        if stamps and not seen_from:
+            cpu_from, seen_from = _cpu(procs), len(stamps)
+    cpu_us = ((cpu_to or _cpu(procs)) - cpu_from) * 1e6 / max(len(stamps) - seen_from, 1)
+    return (len(stamps) - 1) / max((max(stamps) - min(stamps)) / 1000, 1e-3), cpu_us
+
+
+def measure(name: str, stages: list[str], output: str, env: dict[str, str], bootstrap: str,
+            args: argparse.Namespace, seed: int, *, latency: bool = True,
+            pre: list[str] | None = None) -> dict[str, float | str]:
+    """One row: throughput over preloaded events, then latency at a fixed rate."""
+    topics = Topics(f"bench{uuid.uuid4().hex[:8]}.")
+    PREFIXES.append(f"{topics.prefix}:")
+    settings = LeptonSettings(kafka_bootstrap=bootstrap, topic_prefix=topics.prefix)
+    ensure_topics(settings, [*topics.all(), f"{topics.prefix}out"])
+    n_latency = int(args.rate * (args.seconds + 1)) if latency else 0
+    values = [encode(e) for e in transactions(args.events + n_latency, seed=seed,
+                                              customers=20 * (args.events + n_latency))]
+    publish(bootstrap, topics.raw, values[: args.events])
+    if pre:  # earlier stages run to completion first (their output is this row's input)
+        before = start(pre, bootstrap, topics, SAMPLED_1)
+        throughput(reader(bootstrap, topics.clean), args.events, before)
+        stop_all(before)
+    out = reader(bootstrap, {"out": f"{topics.prefix}out", "clean": topics.clean,
+                             "governed": topics.governed}[output])
+    procs = start(stages, bootstrap, topics, env)
+    row: dict[str, float | str] = {"name": name}
+    try:
+        row["rate"], row["cpu"] = throughput(out, args.events, procs)
+        if latency:
+            sent: dict[bytes, float] = {}
+            sender = threading.Thread(target=lambda: publish(
+                bootstrap, topics.raw, values[args.events:], rate=args.rate, into=sent))
+            sender.start()
+            lat = latencies(out, sent, n_latency, args.rate, timeout=args.seconds + 60)
+            sender.join()
+            row["p50"], row["p99"] = pct(lat, 50), pct(lat, 99)
+    finally:
+        stop_all(procs)
+        out.close()
+    print(f"  {row}", file=sys.stderr)
+    return row
+
+
+def main() -> None:
+    """Run every row and print the markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=15_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    broker, bootstrap = None, os.environ.get("LEPTON_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker, bootstrap = start_broker()
+    rows = [
+        ("bare batch pipeline", ["bare"], "out", {}, True, None),
+        ("ingest alone, 1 % sampled", ["ingest"], "clean", SAMPLED_1, False, None),
+        ("ingest alone, 100 % sampled", ["ingest"], "clean", SAMPLED_100, False, None),
+        ("governance alone, 1 % sampled", ["governance"], "governed", SAMPLED_1, False,
+         ["ingest"]),
+        ("governance alone, 100 % sampled", ["governance"], "governed", SAMPLED_100, False,
+         ["ingest"]),
+        ("ingest + governance, 1 % sampled", ["ingest", "governance"], "governed", SAMPLED_1,
+         True, None),
+        ("ingest + governance, 100 % sampled", ["ingest", "governance"], "governed",
+         SAMPLED_100, False, None),
+    ]
+    try:
+        results = [measure(name, stages, output, env, bootstrap, args, seed, latency=lat,
+                           pre=pre)
+                   for seed, (name, stages, output, env, lat, pre) in enumerate(rows, 300)]
+    finally:
+        if broker is not None:
+            broker.send_signal(signal.SIGTERM)
+            broker.wait(20)
+        _forget_redis_keys(PREFIXES)
+    base = results[0]
+    print(f"\n{args.events:,} transactions events preloaded; latency at {args.rate:,.0f} ev/s "
+          f"for {args.seconds:.0f} s; batch {BATCH}.\n")
+    print("| pipeline | events/s | × bare | CPU µs/event | p50 ms | p99 ms | added p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+        rate = float(row["rate"])
+        lat = (f"{float(row['p50']):.1f} | {float(row['p99']):.1f} | "
+               f"{float(row['p99']) - float(base['p99']):.1f}") if "p50" in row else "– | – | –"
+        print(f"| {row['name']} | {rate:,.0f} | {rate / float(base['rate']):.2f} | "
+              f"{float(row['cpu']):.0f} | {lat} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare-child":
+        run_bare(*sys.argv[2:6])
+    else:
+        main()

@@ -1,0 +1,64 @@
+"""The runtime's own instruments, the same for every stage: consumer lag per input partition
+(commit markers excluded), batch size and duration, aborted transactions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaException
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+LAG_EVERY_S = 2.0
+# sub-second batches: the SDK's default buckets (0, 5, 10 … 10000) would put them all in le=5
+DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                      30.0)
+
+
+class StageMetrics:
+    """`lepton.<stage>.consumer.lag`, `.batch.size`, `.batch.duration`,
+    `.transactions.aborted`."""
+
+    def __init__(self, stage: str, meter: Meter | None = None) -> None:
+        meter = meter or metrics.get_meter(f"lepton.{stage}")
+        self.batch_size = meter.create_histogram(
+            f"lepton.{stage}.batch.size", unit="{record}",
+            description="Records per committed batch")
+        self.batch_seconds = meter.create_histogram(
+            f"lepton.{stage}.batch.duration", unit="s",
+            description="Consume-to-commit time per batch",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S)
+        self.aborted = meter.create_counter(
+            f"lepton.{stage}.transactions.aborted", unit="{transaction}",
+            description="Transactions aborted (their batch is processed again)")
+        self.lag: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
+        meter.create_observable_gauge(
+            f"lepton.{stage}.consumer.lag", callbacks=[self._observe_lag], unit="{message}",
+            description="High watermark minus position, per assigned input partition")
+
+    def committed(self, records: int, seconds: float) -> None:
+        """Count a committed batch."""
+        self.batch_size.record(records)
+        self.batch_seconds.record(seconds)
+
+    def update_lag(self, consumer: Consumer) -> None:
+        """Refresh the lag of every assigned partition (at most every LAG_EVERY_S)."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        try:
+            lag = {}
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+            self.lag = lag
+        except KafkaException:
+            return
+
+    def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"topic": t, "partition": str(p)})
+                for (t, p), n in list(self.lag.items())]

@@ -1,0 +1,216 @@
+"""The exactly-once runtime: consume a batch from the stage's inputs, `process` it, and produce
+its outputs, its input positions (shared/positions.py) and its consumer offsets in one Kafka
+transaction, so after a crash at any moment every input counts exactly once downstream
+(read_committed). A batch's transaction always finishes before the next poll, so a rebalance
+never meets an open transaction.
+
+Policy, in one place:
+- the stage's `waits_out` errors (Redis, a KMS) retry the batch with back-off;
+- a transactional step that times out or meets a retriable error is called again (the broker is
+  slow or away) until it completes, or until stop, which aborts it;
+- an error that requires abort aborts, rewinds the batch and processes it again;
+- a fenced producer or a fatal client error stops the process (exit status 1).
+On stop the current batch finishes (status 0), or is aborted when the broker cannot take it
+(status 1): nothing unfinished is ever committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from shared.config import LeptonSettings
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.positions import InputPositions
+from shared.readiness import clear_ready, mark_ready
+from shared.stage.metrics import StageMetrics
+from shared.stage.model import (
+    MAX_BACKOFF_S,
+    Fenced,
+    Output,
+    Stage,
+    is_fenced,
+    is_retriable,
+    next_offsets,
+    poll_batch,
+    process_waiting,
+    produce,
+    rewind,
+)
+
+log = logging.getLogger(__name__)
+
+STEP_TIMEOUT_S = 5.0
+STOPPING_STEP_TIMEOUT_S = 1.0
+EXIT_OK = 0
+EXIT_UNFINISHED = 1
+
+
+class Stopped(Exception):
+    """Stop was requested while a transactional step was still waiting for the broker."""
+
+
+class TransactionalRuntime:
+    """Runs one stage replica until `stop`; `run()` returns the exit status."""
+
+    def __init__(self, settings: LeptonSettings, stage: Stage, stop: threading.Event, *,
+                 group_id: str, transactional_id: str, positions_topic: str,
+                 batch_size: int, poll_timeout_s: float, positions_read_timeout_s: float = 70.0,
+                 consumer_config: dict[str, object] | None = None,
+                 producer_config: dict[str, object] | None = None,
+                 label: str | None = None) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.stop = stop
+        self.group_id = group_id
+        self.transactional_id = transactional_id
+        self.positions_topic = positions_topic
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.positions_read_timeout_s = positions_read_timeout_s
+        self.consumer_config = consumer_config or {}
+        self.producer_config = producer_config or {}
+        self.label = label or stage.name  # names this replica in logs
+        self.metrics = StageMetrics(stage.name)
+        self.batches = 0
+        self.processed = 0
+        self.unfinished = False
+
+    def run(self) -> int:
+        """Consume, process, produce and commit until stopped; the exit status."""
+        s, stage = self.settings, self.stage
+        ensure_topics(s, [*stage.inputs, *stage.outputs])
+        # the transactional producer first: initialising it aborts a predecessor's open
+        # transaction, which would otherwise block reading the committed positions
+        self.producer: Producer = make_producer(s, transactional_id=self.transactional_id,
+                                                **self.producer_config)
+        self.positions = InputPositions(s, self.positions_topic, self.group_id,
+                                        read_timeout=self.positions_read_timeout_s)
+        self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
+        self.consumer.subscribe(stage.inputs, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        log.info("%s consuming %s as %s", self.label, ", ".join(stage.inputs),
+                 self.transactional_id)
+        mark_ready(s, stage.name)
+        try:
+            self._loop()
+            if not self.unfinished:
+                self._commit([], stage.due(final=True))
+            return EXIT_UNFINISHED if self.unfinished else EXIT_OK
+        except Fenced as error:
+            log.error("%s: stopping", error)
+            return EXIT_UNFINISHED
+        finally:
+            clear_ready(s, stage.name)
+            self._close()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set() and not self.unfinished:
+            batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s)
+            self.metrics.update_lag(self.consumer)
+            if not batch:
+                due = self.stage.due(final=False)
+                if due:
+                    self._commit([], due)
+                continue
+            started = time.perf_counter()
+            outputs = process_waiting(self.stage, batch, self.stop)
+            if outputs is None:
+                rewind(self.consumer, batch)
+                return
+            if self._commit(batch, outputs + self.stage.due(final=False)):
+                seconds = time.perf_counter() - started
+                self.batches += 1
+                self.processed += len(batch)
+                self.metrics.committed(len(batch), seconds)
+                self.stage.committed(batch, seconds)
+            else:
+                self.metrics.aborted.add(1)
+                self.stage.aborted(batch)
+                rewind(self.consumer, batch)
+
+    def _commit(self, batch: list[Message], outputs: list[Output]) -> bool:
+        """Produce `outputs` and commit them with the batch's positions and offsets; False when
+        the transaction was aborted (the caller rewinds)."""
+        offsets = next_offsets(batch)
+        if not outputs and not offsets:
+            return True
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            for out in outputs:
+                produce(producer, out)
+            for partition, key, value in self.positions.records(offsets):
+                produce(producer, Output(self.positions.topic, key, value, [], partition))
+            if offsets:
+                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                meta = self.consumer.consumer_group_metadata()
+                self._step("send offsets", lambda t: producer.send_offsets_to_transaction(
+                    tps, meta, t))
+            self._step("commit", producer.commit_transaction)
+            return True
+        except Stopped:
+            log.warning("stopping with the broker unreachable: the open transaction is aborted")
+            self.unfinished = True
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if is_fenced(error):
+                raise Fenced(f"producer {self.transactional_id} was fenced or failed: another "
+                             f"live replica with this id? ({error})") from None
+            log.warning("transaction aborted, the batch will be processed again: %s", error)
+        self._abort()
+        return False
+
+    def _step(self, what: str, call: Callable[[float], object]) -> None:
+        """Call a transactional step until it completes; retriable errors (timeouts, the broker
+        away) call it again, until stop."""
+        wait = 0.1
+        while True:
+            try:
+                call(STOPPING_STEP_TIMEOUT_S if self.stop.is_set() else STEP_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not is_retriable(error):
+                    raise
+                if self.stop.is_set():
+                    raise Stopped(what) from None
+                log.warning("%s waits for the broker: %s", what, error)
+                self.stop.wait(wait)
+                wait = min(wait * 2, MAX_BACKOFF_S)
+
+    def _abort(self) -> None:
+        try:
+            self._step("abort", self.producer.abort_transaction)
+        except Stopped:
+            self.unfinished = True  # the broker aborts it: a restart fences this producer
+        except KafkaException as exc:
+            if is_fenced(exc.args[0]):
+                raise Fenced(f"producer failed while aborting: {exc.args[0]}") from None
+            raise
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Resume each partition at the later of its Kafka-committed and stored position."""
+        self.positions.resume(consumer, partitions)
+        consumer.assign(partitions)
+        log.info("%s assigned %s", self.label,
+                 ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.metrics.lag.pop((tp.topic, tp.partition), None)
+        log.info("%s revoked %s", self.label,
+                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    def _close(self) -> None:
+        for name, close in (("consumer", self.consumer.close),
+                            ("positions reader", self.positions.close)):
+            try:
+                close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing %s: %s", name, exc)
+        self.producer.flush(0 if self.unfinished else 5)
