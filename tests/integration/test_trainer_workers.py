@@ -45,7 +45,9 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, preexec_fn=parent_death())
     try:
+        # its own data dir, the same keys (the governed MAC key the events were stamped with)
         one = trainer_settings(trainer_group="single", data_dir=tmp_path / "single",
+                               keys_dir=lepton_env.keys_path(),
                                redis_prefix=f"{redis_prefix}single:")
         assert run_trainer(one) == [1]
         output, _ = proc.communicate(timeout=90)
