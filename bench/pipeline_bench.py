@@ -164,7 +164,7 @@ def measure(name: str, stages: list[str], output: str, env: dict[str, str], boot
     ensure_topics(settings, [*topics.all(), f"{topics.prefix}out"])
     n_latency = int(args.rate * (args.seconds + 1)) if latency else 0
     values = [encode(e) for e in transactions(args.events + n_latency, seed=seed,
-                                              customers=20 * (args.events + n_latency))]
+                                              customers=(args.events + n_latency) // 2)]
     publish(bootstrap, topics.raw, values[: args.events])
     if pre:  # earlier stages run to completion first (their output is this row's input)
         before = start(pre, bootstrap, topics, SAMPLED_1)

@@ -14,6 +14,7 @@ import redis
 from shared.config import LeptonSettings
 from shared.crypto import KeyDestroyed, KeyStore
 from shared.keyring import LocalKms
+from shared.registry import Registry
 from shared.state import rkey
 from tests.helpers import PrivateRedisServer, lepton
 
@@ -90,3 +91,55 @@ def test_forget_rewrites_the_aof_and_rdb_and_retire_needs_no_dependents(
     fresh = KeyStore(LeptonSettings())
     for s in subjects[1:]:
         assert fresh.decrypt_field(f"ev-{s}", "email", secrets[s]) == f"{s}@example.com"
+
+
+def test_state_rebuild_restores_keys_policy_and_live_pointer(
+        aof_redis: PrivateRedisServer, lepton_env: LeptonSettings) -> None:
+    from services.governance.config import GovernanceSettings
+    from services.governance.policy import Policy
+    from services.governance.store import AuditStore
+    from shared.signing import load_or_create_private_key
+    from shared.topics import Topics
+    from tests.unit.serving.support import save_model
+
+    settings = GovernanceSettings()
+    store = KeyStore(settings)
+    secrets = {s: store.encrypt_for(s, f"ev-{s}", "email", f"{s}@example.com")
+               for s in ("keep-1", "keep-2", "gone")}
+    store.forget("gone")
+    gone, optout = store.pseudonyms.of("gone"), store.pseudonyms.of("optout")
+    audit = AuditStore(settings.audit_dir(), Topics(settings.topic_prefix).audit_log,
+                       fsync=False)
+    audit.open(1)
+    for i, (kind, subject, detail) in enumerate([
+            ("subject_forgotten", gone, {}),
+            ("consent_changed", optout, {"consent": "withdrawn", "purpose": "p"}),
+            ("consent_changed", store.pseudonyms.of("back"), {"consent": "withdrawn",
+                                                              "purpose": "p"}),
+            ("consent_changed", store.pseudonyms.of("back"), {"consent": "given",
+                                                              "purpose": "p"})]):
+        audit.append(0, {"identity": f"decision:d{i}", "kind": kind, "actor": "cli",
+                         "source": f"r/0/{i}", "subject_id": subject,
+                         "dataset": "transactions", "detail": detail})
+    audit.checkpoint(0, load_or_create_private_key(settings.audit_key_path()))
+    audit.close()
+    registry = Registry(settings)
+    card = save_model(settings, model="fraud")
+    registry.set_live("fraud", card.version)
+
+    client = redis.Redis.from_url(aof_redis.url)
+    client.flushall()
+    out = lepton("state", "rebuild").stdout
+    assert "data keys: 2 restored" in out  # keep-1 and keep-2; gone left a tombstone
+    assert "4 decisions re-applied" in out
+    assert f"model fraud: live version {card.version}" in out
+    policy = Policy(client, settings)
+    assert policy.blocked([("transactions", gone), ("transactions", optout),
+                           ("transactions", store.pseudonyms.of("back"))]) == [
+        "subject_forgotten", "consent_withdrawn", None]
+    fresh = KeyStore(GovernanceSettings())
+    assert fresh.decrypt_field("ev-keep-1", "email", secrets["keep-1"]) == "keep-1@example.com"
+    with pytest.raises(KeyDestroyed):
+        fresh.decrypt_field("ev-gone", "email", secrets["gone"])
+    assert fresh.data_keys(["gone"]) == ({}, {"gone": "forgotten"})  # never re-minted
+    client.close()

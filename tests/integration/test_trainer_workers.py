@@ -16,6 +16,7 @@ import torch
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.features import FeatureTransform
+from shared.governed_mac import mac_key_path
 from shared.lifecycle import parent_death
 from shared.nets import build_model, predict_proba
 from shared.registry import ModelCard, Registry
@@ -45,10 +46,10 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True, preexec_fn=parent_death())
     try:
-        # its own data dir, the same keys (the governed MAC key the events were stamped with)
+        # its own data dir and state, but the deployment's governed-event MAC key
         one = trainer_settings(trainer_group="single", data_dir=tmp_path / "single",
-                               keys_dir=lepton_env.keys_path(),
-                               redis_prefix=f"{redis_prefix}single:")
+                               redis_prefix=f"{redis_prefix}single:",
+                               governed_mac_key_file=mac_key_path(lepton_env))
         assert run_trainer(one) == [1]
         output, _ = proc.communicate(timeout=90)
     finally:
