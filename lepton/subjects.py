@@ -112,9 +112,9 @@ def rebuild() -> None:
 
     settings = load_settings(GovernanceSettings)
     client = make_redis(settings)
-    restored, present = KeyStore(settings, client=client).restore()
+    restored, written = KeyStore(settings, client=client).restore()
     typer.echo(f"data keys: {restored} restored from {settings.keys_path() / 'datakeys'}, "
-               f"{present} already in Redis")
+               f"{written} disk copies written from Redis")
     applied = Policy(client, settings, settings.audit_dir()).rebuild()
     typer.echo(f"forgotten and consent sets: {applied} decisions re-applied from "
                f"{settings.audit_dir()}")

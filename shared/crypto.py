@@ -290,15 +290,19 @@ class KeyStore:
             raise CryptoError("ciphertext failed authentication for this event and field") from None
 
     def restore(self) -> tuple[int, int]:
-        """Put every disk copy missing from Redis back (SET NX); (restored, already there)."""
-        restored = present = 0
+        """Put every disk copy missing from Redis back (SET NX), and write the disk copy of
+        every Redis key that lacks one; (restored into Redis, written to disk)."""
+        on_disk = dict(self.files.scan())
         pipe = self._redis.pipeline(transaction=False)
-        for key_id, record in self.files.scan():
+        for key_id, record in on_disk.items():
             pipe.set(self._key_prefix + key_id, record, nx=True)
-        for done in pipe.execute():
-            restored += bool(done)
-            present += not done
-        return restored, present
+        restored = sum(bool(done) for done in pipe.execute())
+        written = 0
+        for name, record in self._scan_records():
+            key_id = name[len(self._key_prefix):]
+            if key_id not in on_disk and not self.files.forgotten(key_id):
+                written += self.files.put(key_id, record)
+        return restored, written
 
     def is_forgotten(self, subject_id: str) -> bool:
         """True once `forget(subject_id)` ran."""

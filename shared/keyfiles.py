@@ -14,12 +14,15 @@ Consumes/produces: the directory above.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 TOMBSTONE = ".forgotten"
+log = logging.getLogger(__name__)
 
 
 class WrappedKeyFiles:
@@ -45,17 +48,27 @@ class WrappedKeyFiles:
         path = self._path(key_id)
         return path.with_name(path.name + TOMBSTONE).exists()
 
-    def put(self, key_id: str, record: bytes) -> None:
-        """Store (or replace) a record atomically; never over a tombstone."""
+    def put(self, key_id: str, record: bytes) -> bool:
+        """Store (or replace) a record atomically, never over a tombstone; False when the
+        directory is read-only here (serving mounts keys read-only: `lepton state rebuild`
+        writes the missing copies from Redis)."""
         path = self._path(key_id)
         if self.forgotten(key_id):
-            return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return True
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as error:
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            log.warning("data key %s has no disk copy: %s is not writable here", key_id,
+                        self.directory)
+            return False
         with os.fdopen(fd, "wb") as handle:
             handle.write(record)
         tmp.replace(path)
+        return True
 
     def destroy(self, key_id: str) -> bool:
         """Unlink the record and leave a tombstone; True if a record existed."""

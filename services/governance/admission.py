@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from shared.allowlist import Allowed, AllowList
@@ -144,8 +145,6 @@ KnownDataset = Callable[[str], bool]
 def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float,
           allow: AllowList) -> Admitted | Refused:
     """Parse, authenticate and bound-check one `audit.requests` value."""
-    import orjson
-
     if len(value) > MAX_DECISION_BYTES:
         return Refused(TOO_LARGE, f"{len(value)} bytes, over {MAX_DECISION_BYTES}")
     try:

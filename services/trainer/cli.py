@@ -145,12 +145,15 @@ def show(version: Annotated[int | None, typer.Argument(help="Default: live.")] =
 
 @models_app.command()
 def promote(version: int, model: ModelOption = None) -> None:
-    """Make VERSION live (even one the gate refused) and announce it."""
+    """Make VERSION live (even one the gate refused: announced with an operator override) and
+    announce it (as a rollback when VERSION is below the live one)."""
     settings, registry = _context()
     name = _model(registry, model)
     card = _verified(registry, name, version)
     previous = registry.set_live(name, version)
-    _publish(settings, registry, card, "promote", decision="model_promoted",
+    # serving refuses a promote below live: going back is announced as the rollback it is
+    action = "rollback" if previous is not None and version < previous else "promote"
+    _publish(settings, registry, card, action, decision="model_promoted",
              detail={"previous": previous, "manual": True, "gate_status": card.status})
     typer.echo(f"{name} v{version} is live (was {previous})")
 

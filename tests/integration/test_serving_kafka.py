@@ -8,6 +8,8 @@ from collections import Counter
 import orjson
 
 from shared.config import LeptonSettings
+from shared.crypto import KeyStore
+from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import CONTENT_TYPE_JSON, Header, decode, encode
 from shared.kafka import make_producer
 from shared.predictions import PredictRequest, PredictResult
@@ -39,6 +41,8 @@ def test_kafka_round_trip_with_errors_and_dedup(lepton_env: LeptonSettings) -> N
     _send(producer, topics.predict_requests, "r-bad",
           encode(PredictRequest(request_id="r-bad", features={**record(), "amount": "x"})))
     _send(producer, topics.predict_requests, "r-json", b"{not json")
+    poison = b'{"features": {"email": "dlq-secret@example.com"'  # no usable request id either
+    _send(producer, topics.predict_requests, "has spaces!", poison)
     _send(producer, topics.predict_requests, "r-pin",
           encode(PredictRequest(request_id="r-pin", model=MODEL, version=7,
                                 features=record())))
@@ -60,6 +64,10 @@ def test_kafka_round_trip_with_errors_and_dedup(lepton_env: LeptonSettings) -> N
         assert results["r-pin"].error_code == "not_found"
         headers = [r.headers for r in records]
         assert all(h.get("traceparent", b"").decode().split("-")[1] == TRACE_ID for h in headers)
+        [dead] = read_topic(settings, topics.rejected, expect=1, timeout=30)
+        assert dead.headers[SEALED_HEADER] == b"dlq" and b"dlq-secret" not in dead.value
+        assert dead.headers["__connect.errors.connector.name"] == b"serving"
+        assert DeadLetterSealer(KeyStore(settings)).open(dead.value) == poison
 
         redis = make_redis(settings)
         assert redis.exists(rkey(settings, "serving", "done", "r3")) == 1

@@ -35,6 +35,7 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
     assert "breast_cancer (live: " in listing
     assert " v1 " in listing
     assert " v2 " in listing
+    live_before = registry.live("breast_cancer")  # 2 unless the gate refused v2
     lepton("models", "promote", "1")
     assert registry.live("breast_cancer") == 1
     lepton("models", "promote", "2", "--model", "breast_cancer")
@@ -50,7 +51,8 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
     announced = [decode(ModelAnnouncement, r.value)
                  for r in read_topic(lepton_env, topics.models, idle=1.0)][before:]
     assert [(a.version, a.action, a.share) for a in announced] == [
-        (1, "promote", None), (2, "promote", None), (1, "rollback", None),
+        (1, "rollback" if live_before == 2 else "promote", None), (2, "promote", None),
+        (1, "rollback", None),
         (2, "canary", 0.25), (2, "shadow", None)]
     decisions = [orjson.loads(r.value) for r in
                  read_topic(lepton_env, topics.audit_requests, idle=1.0)]
