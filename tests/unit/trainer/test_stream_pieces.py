@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psutil
 import pytest
 import torch
 from confluent_kafka import Producer
@@ -213,12 +214,18 @@ def test_sampling_is_poisson_and_each_sample_is_clipped() -> None:
 
 def test_energy_estimate_is_labelled_and_co2e() -> None:
     meter = EnergyMeter(torch.device("cpu"), watts_per_core=10.0)
+    process = psutil.Process()
     meter.start()
-    sum(i * i for i in range(300_000))
+    began = sum(process.cpu_times()[:2])
+    # work until CPU time has surely advanced: the clock moves in 10 ms ticks, so a fixed
+    # short loop could land inside one tick on a fast (or busy) machine and read 0
+    while sum(process.cpu_times()[:2]) - began < 0.05:
+        sum(i * i for i in range(20_000))
     used = meter.read()
     assert used > 0
     if meter.method == "estimate":
         assert meter.describe().startswith("estimate: CPU seconds x 10 W")
+        assert used >= 0.5  # at least 50 ms of CPU at 10 W
     assert co2e_grams(3.6e6, 400) == pytest.approx(400)
 
 
