@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -12,7 +13,6 @@ from confluent_kafka import Producer
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from pydantic import ValidationError
-from scipy import stats
 
 from services.trainer import dp
 from services.trainer.config import TrainerSettings
@@ -204,7 +204,8 @@ def test_sampling_is_poisson_and_each_sample_is_clipped() -> None:
     mean, var = rows * rate, rows * rate * (1 - rate)
     assert abs(sum(sizes) / len(sizes) - mean) < 4 * (var / len(sizes)) ** 0.5
     assert len(set(sizes)) > 5 and min(sizes) < mean < max(sizes)
-    assert stats.kstest(sizes, stats.binom(rows, rate).cdf).pvalue > 1e-4
+    # and their spread is the binomial one (a fixed-size batch would have none)
+    assert 0.7 < float(np.var(sizes)) / var < 1.3
     # with no noise, plain SGD moves by at most Σ clipped / E: each sample's norm ≤ C
     moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(net.parameters(), before,
                                                                    strict=True)]).norm()
