@@ -26,9 +26,10 @@ COPY docker/requirements.py ./docker/
 RUN pip install --no-deps --index-url "$TORCH_INDEX" "$TORCH_SPEC" \
     && python docker/requirements.py dist torch > /tmp/torch.txt \
     && pip install -r /tmp/torch.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN python docker/requirements.py project pyproject.toml torch > /tmp/deps.txt \
     && pip install -r /tmp/deps.txt
+COPY README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY lepton ./lepton

@@ -92,7 +92,7 @@ def broker(
     ] = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker until SIGINT/SIGTERM/SIGHUP."""
-    from shared.broker import serve
+    from lepton.broker import serve
     from shared.signals import stop_event
     from shared.topics import Topics
 

@@ -114,10 +114,11 @@ class Dashboard:
         return trace_id
 
     def _budgets(self) -> dict[str, float]:
-        from services.governance.ledger import Ledger
+        from services.governance.config import GovernanceSettings
+        from services.governance.report import max_subject_epsilon
 
-        ledger = Ledger(self.redis, self.settings)
-        return {name: ledger.spend(name).epsilon for name in ledger.datasets()}
+        settings = GovernanceSettings.model_validate(self.settings.model_dump())
+        return max_subject_epsilon(self.redis, settings)
 
     def _models(self) -> list[tuple[str, int, dict[str, float]]]:
         from shared.registry import Registry
@@ -180,11 +181,11 @@ def render(snap: Snapshot, processes: list[ProcessRow], uptime: float) -> Group:
     for name, version, metrics in snap.models:
         models.add_row(name, f"v{version}", *(f"{metrics.get(m, float('nan')):.3f}"
                                               for m in ("f1", "roc_auc", "accuracy")))
-    budgets = Table(title="privacy budget spent (ε)")
+    budgets = Table(title="privacy: max ε per subject")
     budgets.add_column("dataset")
-    budgets.add_column("ε", justify="right")
+    budgets.add_column("max ε per subject", justify="right")
     for dataset, epsilon in sorted(snap.budgets.items()):
-        budgets.add_row(dataset, f"{epsilon:,.1f}")
+        budgets.add_row(dataset, f"{epsilon:.3g}")
     procs = Table(title=f"processes — last trace {snap.last_trace or '-'}")
     for column in ("name", "pid", "state", "metrics", "log"):
         procs.add_column(column)

@@ -52,7 +52,7 @@ if [ -n "$wheel" ]; then
   torch_index="http://127.0.0.1:$port/"
 fi
 cleanup() {
-  [ -z "${index_pid:-}" ] || kill "$index_pid" 2>/dev/null || true
+  if [ -n "${index_pid:-}" ]; then kill "$index_pid" 2>/dev/null; wait "$index_pid" 2>/dev/null; fi
   if [ -f "$work/compose.yml" ]; then
     "${compose[@]}" -p "$project" -f "$work/compose.yml" down -v --remove-orphans >/dev/null 2>&1 || true
   fi
@@ -78,19 +78,23 @@ dc() { "${compose[@]}" -p "$project" -f "$work/compose.yml" "$@"; }
 dc down -v --remove-orphans >/dev/null 2>&1 || true
 say "starting the stack"
 dc up -d ingest governance trainer serving >/dev/null
-for service in kafka redis ingest governance trainer serving; do
-  deadline=$(( $(date +%s) + 240 ))
-  while :; do
-    id=$(dc ps -q "$service")
-    status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
-    [ "$status" = healthy ] && break
-    if [ "$(date +%s)" -gt "$deadline" ]; then
-      dc logs --tail 40 "$service" >&2; say "FAILED: $service is $status"; exit 1
-    fi
-    sleep 3
+healthy() {  # wait until every named service reports healthy
+  local service id status deadline
+  for service in "$@"; do
+    deadline=$(( $(date +%s) + 240 ))
+    while :; do
+      id=$(dc ps -q "$service")
+      status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)
+      [ "$status" = healthy ] && break
+      if [ "$(date +%s)" -gt "$deadline" ]; then
+        dc logs --tail 40 "$service" >&2; say "FAILED: $service is $status"; exit 1
+      fi
+      sleep 3
+    done
+    say "$service healthy"
   done
-  say "$service healthy"
-done
+}
+healthy kafka redis ingest governance trainer
 topics_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(dc ps -q topics)")
 [ "$topics_exit" = 0 ] || { dc logs topics >&2; say "FAILED: topics step exited $topics_exit"; exit 1; }
 
@@ -102,6 +106,7 @@ run python /smoke/check.py governed 1 >&2 || { dc logs --tail 60 governance >&2;
 say "an event reached events.governed"
 run python /smoke/check.py promoted 300 >&2 || { dc logs --tail 80 trainer >&2; say "FAILED: no model promoted"; exit 1; }
 say "a model was promoted"
+healthy serving  # grpc.health.v1 says SERVING once a model is loaded
 record=$(.venv/bin/python -c "
 import json
 from shared.datasets.generators import generate

@@ -67,16 +67,20 @@ class Change(_Wire):
 
     field: str
     action: Literal[
-        "imputed", "clipped", "normalised", "encrypted", "tokenized", "dropped", "noised"
+        "imputed", "clipped", "normalised", "encrypted", "tokenized", "dropped", "noised",
+        "randomized"
     ]
     detail: str | None = None
 
 
 class PrivacyStamp(_Wire):
-    """The differential-privacy release applied to an event's features."""
+    """The differential-privacy release applied to an event's fields: in `local` mode the
+    mechanism and the event's total ε; in `model` mode (the record is not noised, the model
+    release is what is DP) and with DP off, `epsilon` is None."""
 
+    mode: Literal["model", "local"] = "local"
     mechanism: str
-    epsilon: float = Field(ge=0, allow_inf_nan=False)
+    epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     delta: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
 
 

@@ -1,11 +1,13 @@
-"""Feature decoding shared by trainer and serving: a dataset spec plus fitted statistics turn
-event payloads (dicts) into float32 matrices.
+"""Feature decoding shared by trainer and serving: a dataset spec plus a centre and scale per
+numeric field turn event payloads (dicts) into float32 matrices.
 
-Numeric fields are standardised with fitted mean/std, categories one-hot over the spec's
-allowed values, strings hashed into `token_buckets` buckets, bools 0/1, timestamps as epoch
-seconds (standardised); a missing or unparsable value takes the spec's imputation value (or
-the fitted mean). The transform serialises to a plain dict kept in the model card, so serving
-applies exactly the trainer's transform without needing the spec.
+Numeric fields are standardised from the spec's public bounds (`from_spec`, what the trainer
+uses: nothing is computed from data, so scaling costs no privacy), or with fitted mean/std
+(`fit`, for analysis outside the private path); categories one-hot over the spec's allowed
+values, strings hashed into `token_buckets` buckets, bools 0/1, timestamps as epoch seconds; a
+missing or unparsable value takes the spec's imputation value (or the centre). The transform
+serialises to a plain dict kept in the model card, so serving applies exactly the trainer's
+transform without needing the spec.
 """
 
 from __future__ import annotations
@@ -123,6 +125,12 @@ def label_value(value: Any) -> float | None:
     return _boolean(value)
 
 
+def _public_bounds(spec_field: FieldSpec) -> tuple[float, float] | None:
+    low = spec_field.clip_min if spec_field.clip_min is not None else spec_field.valid_min
+    high = spec_field.clip_max if spec_field.clip_max is not None else spec_field.valid_max
+    return None if low is None or high is None else (float(low), float(high))
+
+
 def _kind(spec_field: FieldSpec) -> str:
     return {
         FieldType.INT: "numeric", FieldType.FLOAT: "numeric", FieldType.TIMESTAMP: "timestamp",
@@ -157,6 +165,29 @@ class FeatureTransform:
             else:
                 names.append(column.name)
         return names
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> FeatureTransform:
+        """Centre each numeric feature on the spec's imputation value (else the middle of its
+        public bounds) and scale by a quarter of the bounds' width (clip, else valid range),
+        so the bounds land near ±2; unbounded ones pass unscaled. Nothing is computed from
+        data."""
+        fitted = cls.fit(spec, [])
+        columns = []
+        for column in fitted.columns:
+            bounds = _public_bounds(spec.field(column.name))
+            if column.kind == "numeric" and bounds is not None:
+                low, high = bounds
+                quarter = max((high - low) / 4, 1e-12)
+                declared = spec.field(column.name).impute
+                centre = (low + high) / 2
+                if declared is not None and (number := _number(declared.value)) is not None:
+                    centre = min(max(number, low), high)
+                impute = column.impute if declared else centre
+                column = Column(column.name, column.kind, mean=centre, std=quarter,
+                                impute=impute)
+            columns.append(column)
+        return cls(fitted.dataset, fitted.spec_hash, columns, fitted.label, fitted.sensitive)
 
     @classmethod
     def fit(cls, spec: DatasetSpec, payloads: Sequence[Payload]) -> FeatureTransform:

@@ -70,6 +70,9 @@ class ModelCard(BaseModel):
     energy_method: str = ""
     co2e_g: float = 0.0
     training: dict[str, Any] = Field(default_factory=dict)
+    privacy: dict[str, Any] = Field(
+        default_factory=dict, description="mode, epsilon, delta, accountant, sampling, "
+        "max_events_per_subject, noise_multiplier, secure_rng, release ledger verdict")
     gate: dict[str, Any] = Field(default_factory=dict)
     parent_version: int | None = None
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))

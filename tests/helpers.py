@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
+import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from shared.config import LeptonSettings
+from shared.datasets import load_spec
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,17 @@ class TopicCollector:
         """Stop reading and close the consumer."""
         self._stop.set()
         self._thread.join(10)
+
+
+@cache
+def local_mode_specs() -> Path:
+    """A specs directory whose transactions is in `local` privacy mode (per-event noise and
+    per-event ledger charges), for the exactly-once tests of the per-event ledger."""
+    data = load_spec("transactions").model_dump(mode="json")
+    data["privacy"]["mode"] = "local"
+    folder = Path(tempfile.mkdtemp(prefix="lepton-local-specs-"))
+    (folder / "transactions.yaml").write_text(yaml.safe_dump(data))
+    return folder
 
 
 class PrivateRedisServer:

@@ -37,7 +37,10 @@ def derive(repo: Path, secrets: Path) -> dict[str, Any]:
     }
     # the embedded broker has no CreateTopics: the one-shot step verifies instead of creating
     services["topics"]["command"] = ["topics", "check"]
+    # Debian's redis-server enables protected mode (the official image's entrypoint turns it
+    # off; the network is private to the stack)
     services["redis"]["image"] = "local/redis:7"
+    services["redis"]["command"] = [*services["redis"]["command"], "--protected-mode", "no"]
     services["otel-collector"] = {
         "image": IMAGE, "entrypoint": ["python", "/smoke/otlp_sink.py"],
         "volumes": [f"{repo / 'scripts/smoke'}:/smoke:ro"],

@@ -72,6 +72,26 @@ class ChargeDetail(_Strict):
     model_epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
+class ReleaseChargeDetail(_Strict):
+    """`release_charge`: a model release's per-subject RDP curve; the contributing subjects'
+    ids travel out of band (shared/releases.py) and are bound by count and sha256 here."""
+
+    release_id: SafeId
+    model: SafeName
+    epsilon: float = Field(ge=0, allow_inf_nan=False)
+    delta: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    accountant: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    orders: list[float] = Field(min_length=1, max_length=MAX_ITEMS)
+    rdp: list[float | None] = Field(min_length=1, max_length=MAX_ITEMS)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
+    sample_rate: float = Field(gt=0, le=1, allow_inf_nan=False)
+    steps: int = Field(ge=1, le=10**9)
+    max_events_per_subject: int = Field(ge=1, le=1024)
+    group_privacy: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
+    subjects_count: int = Field(ge=1, le=10**7)
+    subjects_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ConsentDetail(_Strict):
     """`consent_changed`: the new state and the purpose it applies to."""
 
@@ -91,7 +111,7 @@ class ModelDetail(BaseModel):
 _MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
-    "trainer": _MODEL | {"dp_sgd_charge"},
+    "trainer": _MODEL | {"dp_sgd_charge", "release_charge"},
     "serving": _MODEL,
     "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
@@ -108,6 +128,7 @@ class KindRule:
 
 KINDS: dict[str, KindRule] = {
     "dp_sgd_charge": KindRule(("dataset",), ChargeDetail),
+    "release_charge": KindRule(("dataset",), ReleaseChargeDetail),
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
     "key_rotated": KindRule(),
@@ -184,7 +205,7 @@ def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float,
             detail = rule.detail.model_validate(decision.detail)
         except ValidationError as error:
             return Refused(INVALID, f"detail.{_why(error)}")
-    if isinstance(detail, ChargeDetail) and detail.epsilon > max_epsilon:
+    if isinstance(detail, ChargeDetail | ReleaseChargeDetail) and detail.epsilon > max_epsilon:
         return Refused(EPSILON_OVER_MAX, f"detail.epsilon: over the maximum {max_epsilon:g}")
     if decision.dataset is not None and not known_dataset(decision.dataset):
         return Refused(UNKNOWN_DATASET, "dataset: not a governed dataset")

@@ -89,23 +89,28 @@ def consent(
 @privacy_app.command("report")
 def privacy_report(
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
-    top: Annotated[int, typer.Option(min=0, help="How many top-spending subjects to list.")]
-    = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show spent and remaining privacy budgets per dataset and the top subjects."""
+    """Per dataset: releases, ε per release, and the distribution of per-subject spend."""
+    import orjson
     from rich.console import Console
 
-    from services.governance.report import budget_tables
+    from services.governance.ledger import Ledger
+    from services.governance.report import report, report_tables
     from shared.state import make_redis
 
     settings = _settings()
     client = make_redis(settings)
-    tables, ready = budget_tables(client, settings, dataset, top)
+    data = report(client, settings, dataset)
+    data["ledger_in_redis"] = Ledger(client, settings).ready()
+    if as_json:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
     console = Console()
-    if not ready:
+    if not data["ledger_in_redis"]:
         console.print("[yellow]the ledger is not in Redis; run `lepton privacy rebuild` "
                       "or start `lepton governance`[/]")
-    for table in tables:
+    for table in report_tables(data):
         console.print(table)
 
 
@@ -113,18 +118,23 @@ def privacy_report(
 def privacy_rebuild() -> None:
     """Rebuild the Redis ledger from the on-disk charge log (governance must be stopped)."""
     from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.releases import ReleaseLedger
     from services.governance.service import AlreadyRunning, exclusive
     from shared.state import make_redis
 
     settings = _settings()
     try:
         with exclusive(settings.governance_dir()):
-            count = Ledger(make_redis(settings), settings,
-                           ChargeLog(settings.ledger_dir())).rebuild()
+            client = make_redis(settings)
+            count = Ledger(client, settings, ChargeLog(settings.ledger_dir())).rebuild()
+            releases = ReleaseLedger(client, settings, settings.ledger_dir() / "releases")
+            released = releases.rebuild()
+            releases.close()
     except AlreadyRunning as error:
         raise _fail(f"{error}; stop it first (it rebuilds by itself when Redis lost the "
                     "ledger)") from None
-    typer.echo(f"rebuilt the privacy ledger from {count} charges in {settings.ledger_dir()}")
+    typer.echo(f"rebuilt the privacy ledger from {count} charges and {released} releases in "
+               f"{settings.ledger_dir()}")
 
 
 def _public_key(settings: GovernanceSettings, path: Path | None) -> Any:

@@ -45,6 +45,11 @@ class Policy:
         """Present while Redis holds the policy sets (set by `rebuild`)."""
         return rkey(self._settings, "policy", "ready")
 
+    @property
+    def redis(self) -> redis.Redis[bytes]:
+        """The Redis client policy state is read from."""
+        return self._redis
+
     def forgotten_key(self) -> str:
         """The SET of forgotten subject ids."""
         return rkey(self._settings, "policy", "forgotten")

@@ -1,19 +1,17 @@
-"""Differential-privacy release of an event's bounded numeric features, with OpenDP.
+"""How governance releases a dataset's events, by the spec's privacy mode, with OpenDP.
 
-For each dataset the spec's `privacy` settings fix the mechanism and the per-event budget.
-Every numeric feature with bounds (clip_min/clip_max, else valid_min/valid_max) is clipped to
-[lower, upper] and released through an OpenDP measurement whose sensitivity is the width
-upper − lower (one subject's record changes that value by at most the width):
+`model` mode (default): records are released un-noised inside the trusted boundary (the
+trainer's DP-SGD makes each model release DP); the stamp says so and carries no ε.
 
-- laplace: ε_per_event is split equally over the k bounded features, ε_f = ε/k, and each is
-  released with OpenDP's Laplace mechanism of scale width/ε_f (pure ε-DP, basic composition).
-- gaussian: ε_per_event and δ fix a zCDP budget ρ = (√(ln(1/δ)+ε) − √ln(1/δ))², split equally,
-  ρ_f = ρ/k, each released with OpenDP's Gaussian mechanism of σ = width/√(2ρ_f).
-
-The amounts charged are what OpenDP's privacy maps report for the calibrated scales (never
-more than the budget). Numeric features without bounds cannot be released privately and are
-dropped; categories, booleans and the label pass through unchanged. With DP disabled nothing
-is noised and ε = 0.
+`local` mode: every released field is protected, with `epsilon_per_event` split equally over
+the k protected fields (basic composition):
+- numeric features with bounds (clip_min/clip_max, else valid_min/valid_max) are clipped and
+  released through OpenDP's Laplace mechanism (scale width/ε_f) or, with `gaussian`, its
+  Gaussian mechanism (the numeric share of ε and δ fix a zCDP budget split over them);
+- categories (the sensitive attribute included), booleans and the label through OpenDP's
+  randomized response (truth kept with probability e^ε_f/(e^ε_f + m − 1) over m values).
+Fields that cannot be protected (unbounded numbers, free strings, ids, PII) are dropped. The
+stamp's ε is the sum of the fields' OpenDP privacy maps (the zCDP part converted at δ).
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.governance.ledger import Budget
-from shared.datasets import DatasetSpec, FieldSpec, Role
+from services.governance.randomized import randomized_field
+from shared.datasets import DatasetSpec, FieldSpec, FieldType, Role
 from shared.events import Change, PrivacyStamp, Scalar
 
 GRANULARITY_K = -40  # OpenDP noise lattice 2^-40: exact sampling at a fraction of the cost
@@ -76,32 +75,48 @@ class DatasetPrivacy:
     def __init__(self, spec: DatasetSpec, *, enabled: bool = True) -> None:
         privacy = spec.privacy
         self._privacy = privacy
+        self.privacy_spec = privacy
         self.dataset = spec.name
-        self.enabled = enabled
-        self.mechanism = privacy.mechanism if enabled else "none"
+        self.mode = privacy.mode
+        self.local = privacy.mode == "local"
+        self.enabled = enabled if self.local else False
+        self.mechanism = privacy.mechanism if self.enabled else "none"
         self.delta = privacy.delta if self.mechanism == "gaussian" else 0.0
         self.budget = Budget(privacy.subject_budget, privacy.dataset_budget, privacy.delta)
         if self.mechanism == "gaussian" and not 0 < privacy.delta < 1:
             raise PrivacyConfigError(f"dataset {spec.name}: the gaussian mechanism needs "
                                      "privacy.delta in (0, 1)")
-        numeric = [f for f in spec.fields if f.role is Role.FEATURE and f.is_numeric]
+        numeric = [f for f in spec.features if f.is_numeric]
         bounded = [(f, b) for f in numeric if (b := _bounds(f)) is not None]
-        self.dropped = [f.name for f in numeric if _bounds(f) is None]
+        randomized = [f for f in spec.fields if f.type in (FieldType.CATEGORY, FieldType.BOOL)
+                      and f.role in (Role.FEATURE, Role.LABEL, Role.SENSITIVE)]
+        protected = {f.name for f, _ in bounded} | {f.name for f in randomized}
+        self.dropped = [f.name for f in spec.fields if f.name not in protected] \
+            if self.enabled else []
         self._cache: dict[tuple[int, int], Callable[[list[float]], list[float]]] = {}
         self._dropped_changes = [Change(field=name, action="dropped",
-                                        detail="numeric feature without DP bounds")
+                                        detail="field cannot be protected in local DP mode")
                                  for name in self.dropped]
-        self.features = [self._calibrate(f, b, len(bounded)) for f, b in bounded] if enabled else []
-        self.epsilon = sum(f.epsilon for f in self.features)
+        k = len(bounded) + len(randomized)
+        self.features = [self._calibrate(f, b, len(bounded), k) for f, b in bounded] \
+            if self.enabled else []
+        self.randomized = [randomized_field(f, privacy.epsilon_per_event / k)
+                           for f in randomized] if self.enabled else []
+        self.epsilon = sum(f.epsilon for f in self.features) + sum(
+            r.epsilon for r in self.randomized)
         self.rho = sum(f.rho for f in self.features)
-        if self.mechanism == "gaussian":
-            stamp_eps = self.rho + 2 * math.sqrt(self.rho * math.log(1 / self.delta))
+        stamp_eps = self.epsilon
+        if self.mechanism == "gaussian" and self.rho > 0:
+            stamp_eps += self.rho + 2 * math.sqrt(self.rho * math.log(1 / self.delta))
+        if not self.local:
+            self.stamp = PrivacyStamp(mode="model", mechanism="none", epsilon=None, delta=0.0)
         else:
-            stamp_eps = self.epsilon
-        self.stamp = PrivacyStamp(mechanism=self.mechanism, epsilon=stamp_eps, delta=self.delta)
+            self.stamp = PrivacyStamp(mode="local", mechanism=self.mechanism,
+                                      epsilon=stamp_eps if self.enabled else None,
+                                      delta=self.delta)
 
-    def _calibrate(self, field: FieldSpec, bounds: tuple[float, float], k: int
-                   ) -> BoundedFeature:
+    def _calibrate(self, field: FieldSpec, bounds: tuple[float, float], numeric: int,
+                   k: int) -> BoundedFeature:
         lower, upper = bounds
         width = upper - lower
         impute = field.impute.value if field.impute is not None else None
@@ -113,7 +128,8 @@ class DatasetPrivacy:
             target = privacy.epsilon_per_event / k
             scale = width / target if width > 0 else 0.0
         else:
-            target = zcdp_rho(privacy.epsilon_per_event, privacy.delta) / k
+            share = privacy.epsilon_per_event * numeric / k
+            target = zcdp_rho(share, privacy.delta) / numeric
             scale = width / math.sqrt(2 * target) if width > 0 else 0.0
         cost = 0.0
         if width > 0:
@@ -149,8 +165,9 @@ class DatasetPrivacy:
 
     def release(self, payloads: Sequence[dict[str, Scalar]]
                 ) -> list[tuple[dict[str, Scalar], list[Change]]]:
-        """Clip and noise each payload's bounded numeric features (one OpenDP call per
-        feature for the whole batch); returns new payloads with the changes made."""
+        """Local mode: clip and noise bounded numbers (one OpenDP call per feature for the
+        batch), randomize categories, booleans and the label, drop the rest. Model mode:
+        payloads unchanged. Returns new payloads with the changes made."""
         out = [dict(p) for p in payloads]
         changes: list[list[Change]] = [[] for _ in payloads]
         if not self.enabled or not payloads:
@@ -173,6 +190,10 @@ class DatasetPrivacy:
                                             strict=True):
                 payload[feature.name] = noisy
                 made.append(feature.noised)
+        for rr in self.randomized:
+            for payload, made in zip(out, changes, strict=True):
+                if rr.apply(payload):
+                    made.append(rr.change)
         for payload, made in zip(out, changes, strict=True):
             for name, change in zip(self.dropped, self._dropped_changes, strict=True):
                 if payload.pop(name, None) is not None:

@@ -1,8 +1,10 @@
 """One governance batch, from consumed records to the records to produce.
 
 Consumes `events.clean` envelopes and `audit.requests` decisions; for events: replay/duplicate
-check → consent/forget policy → ledger charge (before any release) → DP release → audit append;
-decisions (and `dp_sgd_charge` ledger charges) are sealed into the audit log. Everything is made
+check → consent/forget policy → in `model` privacy mode the subject/dataset budget check and the
+per-release contribution bound, in `local` mode the per-event ledger charge → release (noised
+only in local mode) → audit append; decisions are sealed into the audit log (a
+`release_charge` is charged to the release ledger first, see sealing.py). Everything is made
 durable on disk before the caller commits. Produces governed envelopes (with privacy stamp and
 audit reference), audit records, and dead letters for input that cannot be governed.
 
@@ -22,11 +24,13 @@ from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
 from services.governance.admission import ALLOWED, Refused, admit
+from services.governance.bound import ContributionBound
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
 from services.governance.policy import Policy
 from services.governance.privacy import DatasetPrivacy, PrivacyConfigError
 from services.governance.records import Kind, Reason
+from services.governance.releases import ReleaseLedger
 from services.governance.sealing import decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
@@ -92,8 +96,11 @@ class Processor:
 
     def __init__(self, settings: GovernanceSettings, store: AuditStore, ledger: Ledger,
                  policy: Policy, metrics: GovernanceMetrics, audit_partitions: int,
-                 keystore: KeyStore, tracer: Tracer | None = None) -> None:
+                 keystore: KeyStore, tracer: Tracer | None = None,
+                 releases: ReleaseLedger | None = None) -> None:
         self.settings = settings
+        self.releases = releases or ReleaseLedger(policy.redis, settings)
+        self.bound = ContributionBound(policy.redis, settings)
         self.topics = Topics(settings.topic_prefix)
         self.store = store
         self.ledger = ledger
@@ -127,11 +134,13 @@ class Processor:
         events = [i for i in items if i.msg.topic() == self.topics.clean]
         self._identify(events)
         self._apply_policy(events)
+        self._bound(events)
         self._charge(events)
         self._release(events)
         for item in items:
             if item.msg.topic() != self.topics.clean:
-                decision_item(item, self.store, self.ledger, self.dataset, self.metrics)
+                decision_item(item, self.store, self.ledger, self.dataset, self.metrics,
+                              self.releases)
         self._seal(items)
         self.policy.apply(item.extra for item in items
                           if item.decision is not None and item.sealed is not None)
@@ -212,12 +221,46 @@ class Processor:
             if reason is not None:
                 item.kind, item.reason = Kind.WITHHELD, reason
 
+    def _bound(self, events: list[Item]) -> None:
+        """Model mode: withhold subjects (or a dataset) one more release would overspend,
+        then events beyond the subject's per-release contribution bound."""
+        for name, group in _undecided_by_dataset(events).items():
+            privacy = self.dataset(name)
+            assert isinstance(privacy, DatasetPrivacy)
+            if privacy.local:
+                continue
+            spec = privacy.privacy_spec
+            budget = privacy.budget
+            subjects = [i.envelope.subject_id for i in group if i.envelope]
+            dataset_over, over = self.releases.exhausted(
+                name, subjects, budget.subject, budget.dataset, budget.delta)
+            admitted: list[Item] = []
+            for item in group:
+                subject = item.envelope.subject_id if item.envelope else ""
+                if dataset_over or subject in over:
+                    item.kind = Kind.WITHHELD
+                    item.reason = Reason.DATASET_BUDGET if dataset_over else \
+                        Reason.SUBJECT_BUDGET
+                    self.metrics.budget_exhausted.add(1, {
+                        "dataset": name, "scope": "dataset" if dataset_over else "subject"})
+                else:
+                    admitted.append(item)
+            verdicts = self.bound.admit(
+                name, self.releases.epoch_key(name), spec.max_events_per_subject,
+                [(i.envelope.event_id, i.envelope.subject_id) for i in admitted if i.envelope])
+            for item, fits in zip(admitted, verdicts, strict=True):
+                if not fits:
+                    item.kind, item.reason = Kind.WITHHELD, Reason.CONTRIBUTION_BOUND
+
     def _charge(self, events: list[Item]) -> None:
+        """Local mode: charge each event's ε to the per-event ledger before it is released."""
         if not self.settings.governance_dp_enabled:
             return
         for name, group in _undecided_by_dataset(events).items():
             privacy = self.dataset(name)
             assert isinstance(privacy, DatasetPrivacy)
+            if not privacy.local:
+                continue
             charges = [Charge(i.identity, i.envelope.subject_id if i.envelope else None,
                               privacy.epsilon, privacy.rho) for i in group]
             results = self.ledger.charge(name, privacy.budget, charges)

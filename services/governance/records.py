@@ -24,6 +24,7 @@ class Kind:
     REJECTED = "event_rejected"
     DECISION_REJECTED = "decision_rejected"
     DP_SGD_CHARGE = "dp_sgd_charge"
+    RELEASE_CHARGE = "release_charge"
 
 
 class Reason:
@@ -33,6 +34,8 @@ class Reason:
     NO_CONSENT = "consent_withdrawn"
     SUBJECT_BUDGET = "subject_budget_exhausted"
     DATASET_BUDGET = "dataset_budget_exhausted"
+    CONTRIBUTION_BOUND = "contribution_bound_reached"
+    INVALID_CHARGE = "invalid_charge"
     DUPLICATE = "duplicate_event"
     BAD_ENVELOPE = "bad_envelope"
     UNKNOWN_DATASET = "unknown_dataset"

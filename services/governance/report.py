@@ -1,13 +1,21 @@
-"""`lepton privacy report`: spent and remaining budgets per dataset and the top subjects, as
-rich tables read from the Redis ledger."""
+"""`lepton privacy report`: per dataset its privacy mode, releases with their ε, and the
+distribution of per-subject spend (max, p50, p99, exhausted count), read from the Redis
+ledgers. Never a sum across subjects: under parallel composition that number bounds nothing.
+
+Model mode: a subject's spend is the RDP composition of the releases it took part in
+(releases.py); local mode: its per-event charges (pure ε summed, zCDP converted at δ)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import redis
 from rich.table import Table
 
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger, effective_epsilon
+from services.governance.releases import ReleaseLedger
 from shared.datasets import PrivacySpec, UnknownDataset, load_spec
 
 
@@ -18,44 +26,83 @@ def _privacy(settings: GovernanceSettings, dataset: str) -> PrivacySpec | None:
         return None
 
 
-def _num(value: float) -> str:
-    return f"{value:.4g}"
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
-def budget_tables(client: redis.Redis[bytes], settings: GovernanceSettings,
-                  only: str | None, top: int) -> tuple[list[Table], bool]:
-    """The dataset summary table and one top-subjects table per dataset; and whether the
-    ledger is present in Redis."""
+def subject_epsilons(client: redis.Redis[bytes], settings: GovernanceSettings, dataset: str,
+                     spec: PrivacySpec | None) -> dict[str, float]:
+    """Every subject's composed ε for `dataset` (at the spec's δ)."""
+    delta = spec.delta if spec else 1e-5
+    if spec is None or spec.mode == "model":
+        found = ReleaseLedger(client, settings).subject_epsilons(dataset, delta)
+        if found or spec is not None:
+            return found
+    return {s: effective_epsilon(e, r, delta)
+            for s, (e, r) in Ledger(client, settings).subjects(dataset).items()}
+
+
+def report(client: redis.Redis[bytes], settings: GovernanceSettings,
+           only: str | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data: one entry per dataset."""
+    releases = ReleaseLedger(client, settings)
     ledger = Ledger(client, settings)
-    names = [only] if only else ledger.datasets()
-    summary = Table(title="privacy budgets by dataset")
-    for column in ("dataset", "mechanism", "ε/event", "spent ε", "ρ", "budget ε", "remaining ε",
-                   "charges", "subjects", "subjects exhausted"):
-        summary.add_column(column, justify="left" if column in ("dataset", "mechanism")
-                           else "right")
-    tables = [summary]
+    names = [only] if only else sorted(set(releases.datasets()) | set(ledger.datasets()))
+    out: dict[str, Any] = {"datasets": []}
     for name in names:
         spec = _privacy(settings, name)
-        delta = spec.delta if spec else 0.0
-        spend = ledger.spend(name)
-        spent = effective_epsilon(spend.epsilon, spend.rho, delta)
-        subjects = ledger.subjects(name)
-        per_event = spec.epsilon_per_event if spec else 0.0
-        exhausted = sum(
-            1 for e, r in subjects.values()
-            if spec and effective_epsilon(e, r, delta) + per_event > spec.subject_budget)
-        summary.add_row(
-            name, spec.mechanism if spec else "?", _num(per_event) if spec else "?",
-            _num(spent), _num(spend.rho), _num(spec.dataset_budget) if spec else "?",
-            _num(max(spec.dataset_budget - spent, 0.0)) if spec else "?", str(spend.charges),
-            str(len(subjects)), str(exhausted))
-        if top and subjects:
-            table = Table(title=f"{name}: top {top} subjects by ε spent")
-            for column in ("subject", "ε", "ρ", "effective ε", "budget ε", "remaining ε"):
-                table.add_column(column, justify="left" if column == "subject" else "right")
-            for subject, eps, rho, eff in ledger.top_subjects(name, delta, top):
-                budget = spec.subject_budget if spec else float("nan")
-                table.add_row(subject, _num(eps), _num(rho), _num(eff), _num(budget),
-                              _num(max(budget - eff, 0.0)))
+        spent = subject_epsilons(client, settings, name, spec)
+        values = np.array(sorted(spent.values()), dtype=np.float64)
+        budget = spec.subject_budget if spec else None
+        verdicts = releases.verdicts(name)
+        out["datasets"].append({
+            "dataset": name, "mode": spec.mode if spec else None,
+            "accountant": "rdp" if spec is None or spec.mode == "model" else "basic/zcdp",
+            "delta": spec.delta if spec else None,
+            "epsilon_per_release": spec.epsilon_per_release if spec else None,
+            "subject_budget": budget,
+            "releases": [{"release_id": rid, "status": v.get("status"),
+                          "reason": v.get("reason"), "epsilon": v.get("epsilon"),
+                          "subjects": v.get("subjects")} for rid, v in sorted(verdicts.items())],
+            "releases_charged": releases.epoch(name),
+            "subjects": len(values),
+            "per_subject_epsilon": {
+                "max": float(values.max()) if len(values) else 0.0,
+                "p50": float(np.percentile(values, 50)) if len(values) else 0.0,
+                "p99": float(np.percentile(values, 99)) if len(values) else 0.0},
+            "exhausted": int((values >= budget).sum()) if budget and len(values) else 0,
+        })
+    return out
+
+
+def report_tables(data: dict[str, Any]) -> list[Table]:
+    """Rich tables of `report` data: a summary per dataset and each dataset's releases."""
+    summary = Table(title="privacy by dataset (ε per subject; never summed across subjects)")
+    for column in ("dataset", "mode", "releases", "subjects", "max ε", "p50 ε", "p99 ε",
+                   "budget ε", "exhausted", "δ"):
+        summary.add_column(column, justify="left" if column in ("dataset", "mode")
+                           else "right")
+    tables = [summary]
+    for entry in data["datasets"]:
+        spend = entry["per_subject_epsilon"]
+        summary.add_row(entry["dataset"], entry["mode"] or "?", str(entry["releases_charged"]),
+                        str(entry["subjects"]), _num(spend["max"]), _num(spend["p50"]),
+                        _num(spend["p99"]), _num(entry["subject_budget"]),
+                        str(entry["exhausted"]), _num(entry["delta"]))
+        if entry["releases"]:
+            table = Table(title=f"{entry['dataset']}: releases")
+            for column in ("release", "status", "ε", "subjects", "reason"):
+                table.add_column(column, justify="left" if column in (
+                    "release", "status", "reason") else "right")
+            for item in entry["releases"]:
+                table.add_row(item["release_id"], str(item["status"]), _num(item["epsilon"]),
+                              str(item["subjects"] or "-"), item["reason"] or "")
             tables.append(table)
-    return tables, ledger.ready()
+    return tables
+
+
+def max_subject_epsilon(client: redis.Redis[bytes], settings: GovernanceSettings
+                        ) -> dict[str, float]:
+    """Per dataset, the largest ε any one subject has spent (the dashboard's number)."""
+    data = report(client, settings)
+    return {d["dataset"]: d["per_subject_epsilon"]["max"] for d in data["datasets"]}

@@ -1,5 +1,6 @@
 """What governance writes for each consumed record: the audit fields of an event decision,
-the sealing of `audit.requests` decisions (charging `dp_sgd_charge` to the dataset ledger), and
+the sealing of `audit.requests` decisions (a `release_charge` is charged to the release ledger
+and its verdict recorded for the trainer; a legacy `dp_sgd_charge` to the dataset ledger), and
 the Kafka records to produce (governed envelope, audit record, dead letter), each under a
 process span that continues the record's trace."""
 
@@ -11,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.governance.admission import ChargeDetail
+from services.governance.admission import ChargeDetail, ReleaseChargeDetail
 from services.governance.ledger import Charge, Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
+from services.governance.release_charge import charge_release
+from services.governance.releases import ReleaseLedger
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 
 AUDIT_TYPE_HEADER = "lepton.audit.type"
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"
+MODEL_MODE_NOTE = ("released un-noised inside the boundary; models trained on it are DP-SGD "
+                   "releases charged per subject")
 
 DatasetLookup = Callable[[str], "DatasetPrivacy | str"]
 
@@ -55,6 +60,10 @@ def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,
     if item.kind == Kind.RELEASED and env is not None:
         privacy = dataset(env.dataset)
         assert isinstance(privacy, DatasetPrivacy)
+        if not privacy.local:
+            fields.update(mechanism="none", dp_enabled=True,
+                          detail={"privacy_mode": "model", "note": MODEL_MODE_NOTE})
+            return fields
         charge = item.charge
         fields.update(epsilon=charge.epsilon if charge else 0.0,
                       rho=charge.rho if charge else 0.0, delta=privacy.delta,
@@ -65,7 +74,7 @@ def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,
 
 
 def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: DatasetLookup,
-                  metrics: GovernanceMetrics) -> None:
+                  metrics: GovernanceMetrics, releases: ReleaseLedger) -> None:
     """Prepare a consumed `audit.requests` record for sealing (charging dp_sgd_charge)."""
     base = {"actor": "governance", "source": item.source}
     decision = item.decision
@@ -88,6 +97,9 @@ def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: Datase
         "key_id": decision.key_id}
     if isinstance(item.detail, ChargeDetail) and decision.dataset is not None:
         fields.update(_charge_dp_sgd(item, decision.dataset, item.detail, ledger, dataset,
+                                     metrics))
+    elif isinstance(item.detail, ReleaseChargeDetail) and decision.dataset is not None:
+        fields.update(charge_release(decision.dataset, item.detail, releases, dataset,
                                      metrics))
     item.reason = fields.get("reason")
     item.extra = fields

@@ -29,6 +29,7 @@ from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.policy import Policy
 from services.governance.processor import Processor
+from services.governance.releases import ReleaseLedger
 from services.governance.sealing import AUDIT_TYPE_HEADER
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
@@ -141,13 +142,18 @@ class GovernanceService:
             if rebuilt:
                 log.warning("privacy ledger was missing from Redis: rebuilt from %d charges",
                             rebuilt)
+            releases = ReleaseLedger(client, s, s.ledger_dir() / "releases",
+                                     fsync=s.governance_fsync)
+            if replayed := releases.ensure_ready():
+                log.warning("release ledger was missing from Redis: rebuilt from %d releases",
+                            replayed)
             store = AuditStore(s.audit_dir(), self.topics.audit_log,
                                segment_bytes=s.governance_segment_bytes, fsync=s.governance_fsync)
             store.open(counts[self.topics.audit_log])
             key = load_or_create_private_key(s.audit_key_path())
             processor = Processor(s, store, ledger, Policy(client, s, s.audit_dir()), self.metrics,
                                   counts[self.topics.audit_log],
-                                  KeyStore(s, client=client), self.tracer)
+                                  KeyStore(s, client=client), self.tracer, releases)
             self.runtime = TransactionalRuntime(
                 s, GovernanceStage(s, processor, store, key), self.stop,
                 group_id=s.group_id(), transactional_id=s.transactional_id(),
@@ -161,4 +167,5 @@ class GovernanceService:
             finally:
                 store.close()
                 charge_log.close()
+                releases.close()
                 client.close()

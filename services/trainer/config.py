@@ -36,10 +36,13 @@ class TrainerSettings(LeptonSettings):
     trainer_val_percent: int = Field(default=20, ge=1, le=90)
     trainer_val_window: int = Field(default=20_000, ge=10, description="Held-out rows kept.")
     trainer_seed: int = 0
-    trainer_dp_enabled: bool = False
-    trainer_dp_noise_multiplier: float = Field(default=1.0, gt=0)
-    trainer_dp_max_grad_norm: float = Field(default=1.0, gt=0)
-    trainer_dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    trainer_dp_enabled: bool = Field(
+        default=True, description="DP-SGD for `model`-mode datasets; false is refused at start "
+        "unless the spec says `allow_non_private: true`.")
+    trainer_dp_max_grad_norm: float = Field(default=1.0, gt=0, description="DP-SGD clip norm.")
+    trainer_charge_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for governance's verdict on a release "
+        "charge; no verdict means no announcement.")
     trainer_gate_metrics: tuple[str, ...] = ("f1", "roc_auc")
     trainer_gate_tolerance: float = Field(default=0.02, ge=0)
     trainer_max_dp_diff: float = Field(default=0.25, ge=0, le=1,

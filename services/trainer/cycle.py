@@ -4,15 +4,19 @@ release, and the candidate rank 0 builds from it for the gate."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from opentelemetry.trace import SpanContext
 
-from services.trainer import dp as dp_mod
 from services.trainer.config import TrainerSettings
+from services.trainer.decode import SUBJECT_KEY
 from services.trainer.devices import describe_device
+from services.trainer.dp import Plan
 from services.trainer.lineage import CycleLineage, merge
 from services.trainer.release import Candidate, LiveModel
 from services.trainer.train import Engine
@@ -35,16 +39,33 @@ class Cycle:
     rounds: int = 0
     active_s: float = 0.0
     batch_spans: list[SpanContext] = field(default_factory=list)
+    private_x: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    private_y: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    subjects: Counter[str] = field(default_factory=Counter)
+    over_bound: int = 0
+    plan: Plan | None = None
 
+    def keep_private(self, rows: list[dict[str, Any]], x: npt.NDArray[np.float32],
+                     y: npt.NDArray[np.float32], limit: int) -> None:
+        """Buffer rows for the cycle's DP-SGD release, at most `limit` per subject (rows over
+        the bound are counted in the card, not trained on)."""
+        keep = []
+        for index, row in enumerate(rows):
+            subject = str(row.get(SUBJECT_KEY))
+            if self.subjects[subject] < limit:
+                self.subjects[subject] += 1
+                keep.append(index)
+            else:
+                self.over_bound += 1
+        if keep:
+            self.private_x.append(x[keep])
+            self.private_y.append(y[keep])
 
-def dp_info(engine: Engine, delta: float) -> dict[str, Any] | None:
-    """The DP-SGD settings recorded in the card (None without DP)."""
-    if engine.dp is None:
-        return None
-    return {"library": "opacus", "noise_multiplier": engine.dp.noise_multiplier,
-            "max_grad_norm": engine.dp.max_grad_norm, "delta": delta, "accountant": "rdp",
-            "secure_rng": dp_mod.secure_rng_available(),
-            "noise": "opacus secure_mode sampling (floating-point attack hardened)"}
+    def private_rows(self, dim: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """This rank's buffered (features, labels)."""
+        if not self.private_x:
+            return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.private_x), np.concatenate(self.private_y)
 
 
 def build_candidate(cycle: Cycle, state: dict[str, torch.Tensor], parts: list[dict[str, Any]],
@@ -66,8 +87,10 @@ def build_candidate(cycle: Cycle, state: dict[str, torch.Tensor], parts: list[di
                   "backend": "single" if world == 1 else (
                       "nccl" if device.type == "cuda" else "gloo"),
                   "warm_start_version": cycle.parent.card.version if cycle.parent else None,
-                  "dp": dp_info(engine, settings.trainer_dp_delta)},
-        dp_history=engine.dp.history if engine.dp is not None else None,
+                  "rows_over_contribution_bound": sum(int(p.get("over_bound", 0))
+                                                      for p in parts)},
+        plan=cycle.plan,
+        subjects=sorted({s for part in parts for s in part.get("subjects", ())}),
         wall_time_s=time.monotonic() - cycle.started,
         energy_j=sum(float(part["energy"]) for part in parts),
         energy_method=energy_method, device=describe_device(device), parent=cycle.parent)

@@ -23,6 +23,7 @@ from shared.features import FeatureTransform, label_value
 from shared.governed_mac import MAC_HEADER, GovernedMac
 
 Headers = list[tuple[str, bytes]]
+SUBJECT_KEY = "__subject_id"  # a training row's data subject (for the bound and the charge)
 UNAUTHENTICATED = "unauthenticated"
 
 
@@ -138,9 +139,10 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
                 "no valid governance MAC" if tag else "no governance MAC header"))
             continue
         try:
-            checked = _check(orjson.loads(value), dataset)
+            obj = orjson.loads(value)
+            checked = _check(obj, dataset)
         except orjson.JSONDecodeError as error:
-            checked = f"envelope: not valid JSON: {error}"
+            obj, checked = None, f"envelope: not valid JSON: {error}"
         if isinstance(checked, str):
             if checked:
                 batch.rejected.append(Rejected(msg.topic(), partition, offset, msg.key(), value,
@@ -158,5 +160,7 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
         if is_validation(event_id, val_percent):
             batch.validation.append({**payload, "__event_id": event_id})
         else:
+            subject = obj.get("subject_id") if isinstance(obj, dict) else None
+            payload[SUBJECT_KEY] = subject if isinstance(subject, str) else event_id
             batch.train.append(payload)
     return batch

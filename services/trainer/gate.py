@@ -1,6 +1,9 @@
-"""The promotion gate: a candidate is promoted only when no gated metric is worse than the live
-model's (on the same held-out rows) by more than the tolerance and its fairness differences
-stay within bounds; otherwise it is refused with one reason per failed check."""
+"""The promotion gate: a candidate is promoted only when it beats the trivial baseline on the
+held-out rows (ROC-AUC at least the spec's `min_auc` and F1 above always predicting the
+positive class: refused `below_baseline` otherwise, with or without a live model), no gated
+metric is worse than the live model's (on the same rows) by more than the tolerance, and its
+fairness differences stay within bounds; otherwise it is refused with one reason per failed
+check."""
 
 from __future__ import annotations
 
@@ -23,6 +26,25 @@ class GateResult:
                 "compared_to": self.compared_to, "tolerance": tolerance}
 
 
+BELOW_BASELINE = "below_baseline"
+
+
+def below_baseline(candidate: Mapping[str, float], min_auc: float) -> list[str]:
+    """Reasons the candidate does not beat the trivial baseline (empty when it does)."""
+    reasons = []
+    auc = candidate.get("roc_auc")
+    if auc is None or auc < min_auc:
+        shown = "undefined (one class only)" if auc is None else f"{auc:.4f}"
+        reasons.append(f"{BELOW_BASELINE}: roc_auc {shown} is below min_auc {min_auc}")
+    rate = float(candidate.get("positive_rate", 0.0))
+    trivial = 2 * rate / (1 + rate)
+    f1 = float(candidate.get("f1", 0.0))
+    if f1 <= trivial:
+        reasons.append(f"{BELOW_BASELINE}: f1 {f1:.4f} is not above always-positive "
+                       f"{trivial:.4f}")
+    return reasons
+
+
 def decide(
     candidate: Mapping[str, float],
     candidate_fairness: Mapping[str, Any],
@@ -33,11 +55,14 @@ def decide(
     tolerance: float,
     max_dp_diff: float,
     max_eo_diff: float,
+    min_auc: float = 0.6,
 ) -> GateResult:
     """Apply the gate to a candidate's metrics against the live model's."""
     reasons: list[str] = []
     if not candidate.get("validation_rows"):
         reasons.append("no held-out rows to evaluate on")
+    else:
+        reasons.extend(below_baseline(candidate, min_auc))
     if live is not None:
         for name in metrics:
             if name in candidate and name in live and candidate[name] < live[name] - tolerance:

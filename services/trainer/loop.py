@@ -26,11 +26,11 @@ from confluent_kafka import (
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from services.trainer import dp as dp_mod
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import Batch, decode_batch
+from services.trainer.dp import Plan
 from services.trainer.energy import EnergyMeter
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
@@ -68,6 +68,11 @@ class TrainerLoop:
         if self.spec.label is None:
             raise ValueError(f"dataset {self.spec.name} has no label field")
         self.label = self.spec.label.name
+        privacy = self.spec.privacy
+        self.private = privacy.mode == "model" and settings.trainer_dp_enabled
+        if privacy.mode == "model" and not self.private and not privacy.allow_non_private:
+            raise ValueError(f"dataset {self.spec.name} is in privacy mode `model` without "
+                             "`allow_non_private: true`: the trainer must use DP-SGD")
         self.topic = Topics(settings.topic_prefix).governed
         self.device = comm.device
         if self.device.type == "cpu" and settings.trainer_cpu_threads:
@@ -89,7 +94,9 @@ class TrainerLoop:
         self.released: list[int] = []
         self.seed = settings.trainer_seed
         self.epochs = settings.trainer_epochs or self.spec.model.epochs_per_batch
-        self.learning_rate = settings.trainer_learning_rate or self.spec.model.learning_rate
+        self.learning_rate = settings.trainer_learning_rate or (
+            self.spec.model.dp_learning_rate if self.private else None
+        ) or self.spec.model.learning_rate
 
     # -- start -----------------------------------------------------------------------------
 
@@ -232,21 +239,13 @@ class TrainerLoop:
             net.load_state_dict(state, strict=True)
         net.to(self.device)
         self.comm.broadcast_([p.data for p in net.parameters()])
-        dp = None
-        if self.settings.trainer_dp_enabled:
-            dp = dp_mod.DpSgd(self.settings.trainer_dp_noise_multiplier,
-                              self.settings.trainer_dp_max_grad_norm, self.device)
         cycle.engine = Engine(net, self.comm, learning_rate=self.learning_rate,
                               minibatch=self.settings.trainer_minibatch, epochs=self.epochs,
-                              seed=self.seed + len(self.released), dp=dp)
+                              seed=self.seed + len(self.released))
 
-    def _fit_transform(self, cycle: Cycle, batch: Batch) -> None:
-        """No live model: rank 0 fits the transform on this round's rows from every rank."""
-        gathered = self.comm.gather_json(batch.train)
-        fitted = FeatureTransform.fit(self.spec, [p for part in gathered for p in part]
-                                      ) if self.comm.leader else None
-        data = self.comm.broadcast_json(fitted.to_dict() if fitted else None)
-        cycle.transform = FeatureTransform.from_dict(data)
+    def _fit_transform(self, cycle: Cycle) -> None:
+        """No live model: the transform comes from the spec's public bounds (no data)."""
+        cycle.transform = FeatureTransform.from_spec(self.spec)
         self._publish_transform(cycle.transform)
         arch = architecture(self.spec.model.kind, cycle.transform.dim, self.spec.model.hidden)
         self._build_engine(cycle, arch, None)
@@ -277,9 +276,14 @@ class TrainerLoop:
             if global_train == 0:
                 return
             if cycle.transform is None:
-                self._fit_transform(cycle, batch)
+                self._fit_transform(cycle)
             assert cycle.transform is not None
             assert cycle.engine is not None
+            if self.private:
+                x, y = batch.featurize(cycle.transform)
+                cycle.keep_private(batch.train, x, y,
+                                   self.spec.privacy.max_events_per_subject)
+                return
             with self.tracer.start_as_current_span("trainer train") as span:
                 began = time.monotonic()
                 x, y = batch.featurize(cycle.transform)
@@ -291,13 +295,39 @@ class TrainerLoop:
 
     # -- cycle end -------------------------------------------------------------------------
 
+    def _train_private(self, cycle: Cycle) -> None:
+        """The cycle's DP-SGD release over every rank's buffered rows (collective)."""
+        engine, transform = cycle.engine, cycle.transform
+        if engine is None or transform is None:
+            return
+        x, y = cycle.private_rows(transform.dim)
+        rows = int(self.comm.sum([float(len(x))])[0])
+        if rows == 0:
+            return
+        privacy = self.spec.privacy
+        cycle.plan = Plan.make(rows, self.settings.trainer_minibatch, self.epochs,
+                               privacy.epsilon_per_release, privacy.delta,
+                               self.settings.trainer_dp_max_grad_norm,
+                               privacy.max_events_per_subject)
+        with self.tracer.start_as_current_span("trainer train") as span:
+            began = time.monotonic()
+            stats = engine.train_private(x, y, cycle.plan)
+            self.metrics.round_seconds.record(time.monotonic() - began)
+            span.set_attribute("lepton.train.rows", stats.rows)
+            span.set_attribute("lepton.train.steps", stats.steps)
+            span.set_attribute("lepton.train.loss", stats.loss)
+            span.set_attribute("lepton.dp.noise_multiplier", cycle.plan.noise_multiplier)
+
     def _finish_cycle(self, cycle: Cycle) -> None:
         self.producer.flush(15)
+        if self.private:
+            self._train_private(cycle)
         engine = cycle.engine
         parts = self.comm.gather_json({
             "lineage": cycle.lineage.to_json(), "validation": cycle.validation,
             "positions": {str(p): o for p, o in self.positions.items()},
-            "energy": self.meter.read(),
+            "energy": self.meter.read(), "subjects": sorted(cycle.subjects),
+            "over_bound": cycle.over_bound,
         })
         state = ({k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
                  if engine is not None else None)
@@ -330,9 +360,8 @@ class TrainerLoop:
                             "lepton.links.recorded": len(links)}):
             card = self.releaser.release(candidate, self.window, resume, self.stop)
         self.metrics.versions.add(1, {"status": card.status})
-        if card.epsilon is not None:
-            self.metrics.epsilon.add(float(card.training.get("dp_charge_epsilon", 0.0)),
-                                     {"dataset": card.dataset})
+        if card.epsilon is not None and card.status == "promoted":
+            self.metrics.epsilon.add(float(card.epsilon), {"dataset": card.dataset})
         return {"version": card.version, "status": card.status}
 
     def _commit(self) -> None:

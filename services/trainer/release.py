@@ -1,8 +1,9 @@
 """Rank 0's side of a cycle: load the live model to warm-start from, evaluate the candidate
-beside it on the held-out window, apply the gate, record global feature importance (mean
-|attribution| per raw field, shared.attribution) in the card, write the signed artifact, then
-make it live, record the decisions (promoted/refused, DP-SGD charge) and announce it on
-`models.updates` with the trace context in the headers.
+beside it on the held-out window, apply the gate, have governance charge a DP-SGD release to
+every contributing subject (charge.py; a refused or unanswered charge means no announcement),
+record global feature importance (mean |attribution| per raw field, shared.attribution) in the
+card, write the signed artifact, then make it live, record the decisions (promoted/refused)
+and announce it on `models.updates` with the trace context in the headers.
 
 The steps after the registry write are idempotent (deterministic decision ids) and marked
 done in Redis, so a trainer that crashed between them finishes them on restart.
@@ -25,9 +26,10 @@ from confluent_kafka import Producer
 from opentelemetry import trace
 from torch import nn
 
-from services.trainer import dp as dp_mod
 from services.trainer.announce import announce
+from services.trainer.charge import charge_release, privacy_summary
 from services.trainer.config import TrainerSettings
+from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
@@ -82,7 +84,8 @@ class Candidate:
     architecture: dict[str, Any]
     lineage: dict[str, Any]
     training: dict[str, Any]
-    dp_history: dp_mod.History | None
+    plan: Plan | None
+    subjects: list[str]
     wall_time_s: float
     energy_j: float
     energy_method: str
@@ -190,29 +193,23 @@ class Releaser:
                              metrics=self.settings.trainer_gate_metrics,
                              tolerance=self.settings.trainer_gate_tolerance,
                              max_dp_diff=self.settings.trainer_max_dp_diff,
-                             max_eo_diff=self.settings.trainer_max_eo_diff)
+                             max_eo_diff=self.settings.trainer_max_eo_diff,
+                             min_auc=self.spec.model.min_auc)
             span.set_attribute("lepton.validation_rows", len(window))
             span.set_attribute("lepton.gate.promoted", verdict.promoted)
             for name in ("f1", "roc_auc"):
                 if name in metrics:
                     span.set_attribute(f"lepton.metric.{name}", metrics[name])
-        gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
-        gate["live_metrics"] = live_metrics
-        eps, delta, charge = None, None, 0.0
         lineage = {**candidate.lineage, "topic": self.topics.governed,
                    "group": self.settings.group_id(),
                    "resume_offsets": {str(p): o for p, o in sorted(resume.items())}}
-        if candidate.dp_history is not None:
-            before = parent.card.lineage.get("dp_history", []) if parent else []
-            history = dp_mod.merge_history(before, candidate.dp_history)
-            delta = self.settings.trainer_dp_delta
-            eps = dp_mod.epsilon(history, delta)
-            base = (parent.card.epsilon or 0.0) if parent is not None else 0.0
-            charge = max(0.0, eps - base)
-            lineage["dp_history"] = [list(h) for h in history]
-            if parent is not None and parent.card.epsilon is None:
-                lineage["dp_scope"] = (f"DP-SGD steps since v{parent.card.version}, which was "
-                                       "trained without DP: ε does not cover its data")
+        privacy = privacy_summary(self.spec, candidate.plan, parent.card if parent else None)
+        if verdict.promoted and candidate.plan is not None:
+            verdict = charge_release(self, candidate, lineage, privacy, verdict, stop)
+        gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
+        gate["live_metrics"] = live_metrics
+        eps = privacy.get("epsilon") if candidate.plan is not None else None
+        delta = privacy.get("delta") if candidate.plan is not None else None
         card = ModelCard(
             model=self.model, dataset=self.spec.name, spec_hash=self.spec.spec_hash(),
             architecture=candidate.architecture, feature_transform=transform.to_dict(),
@@ -221,8 +218,9 @@ class Releaser:
             wall_time_s=round(candidate.wall_time_s, 3), energy_j=round(candidate.energy_j, 3),
             energy_method=candidate.energy_method,
             co2e_g=round(candidate.energy_j / 3.6e6 * self.settings.trainer_grid_gco2_per_kwh, 6),
-            training={**candidate.training, "dp_charge_epsilon": charge,
-                      "feature_importance": self._importance(candidate, window)}, gate=gate,
+            training={**candidate.training,
+                      "feature_importance": self._importance(candidate, window)},
+            gate=gate, privacy=privacy,
             parent_version=parent.card.version if parent else None,
             status="promoted" if verdict.promoted else "refused",
         )
@@ -249,14 +247,9 @@ class Releaser:
             k: v for k, v in card.fairness.items() if k != "groups"},
             "reasons": card.gate.get("reasons", []), "compared_to": card.gate.get("compared_to"),
             "sha256": card.sha256}
-        if card.epsilon is not None:
-            charge = float(card.training.get("dp_charge_epsilon", card.epsilon))
-            publish_decision(self.producer, self.settings, Decision(
-                decision_id=f"{ident}-dp", kind="dp_sgd_charge", actor=ACTOR,
-                dataset=card.dataset, detail={"epsilon": charge, "delta": card.delta or 0.0,
-                                              "model": card.model, "version": card.version,
-                                              "model_epsilon": card.epsilon}),
-                signer=self.signer)
+        detail["privacy"] = {k: card.privacy.get(k) for k in (
+            "mode", "epsilon", "delta", "release_id", "max_subject_epsilon", "non_private")
+            if k in card.privacy}
         if card.status == "promoted":
             self.registry.set_live(card.model, card.version)
             publish_decision(self.producer, self.settings, Decision(

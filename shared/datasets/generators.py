@@ -159,7 +159,9 @@ GENERATORS = {"transactions": transactions, "breast_cancer": breast_cancer}
 def generate(dataset: str, count: int, seed: int = 7) -> Iterator[Envelope]:
     """Events for a built-in dataset."""
     if dataset == "transactions":
-        return transactions(count, seed=seed)
+        # about two payments per customer: under the default bound of one event per customer
+        # and model release, most of a demo stream can train the first releases
+        return transactions(count, seed=seed, customers=max(50, count // 2))
     if dataset == "breast_cancer":
         return breast_cancer(count, seed=seed)
     raise KeyError(f"no generator for dataset {dataset!r}; have {sorted(GENERATORS)}")

@@ -90,14 +90,34 @@ class FieldSpec(_Spec):
 
 
 class PrivacySpec(_Spec):
-    """Differential-privacy settings for governed releases."""
+    """Differential-privacy settings of a dataset.
 
+    `model` mode (default): governance releases records un-noised inside the trusted boundary,
+    bounds each subject to `max_events_per_subject` events per release, and every model
+    release is (`epsilon_per_release`, `delta`)-DP per subject by DP-SGD, charged to the
+    ledger before it is announced. `local` mode: governance noises every released field
+    (`mechanism` for numbers, randomized response for categories, booleans and the label)
+    with `epsilon_per_event` in total per event.
+    """
+
+    mode: Literal["model", "local"] = "model"
+    max_events_per_subject: int = Field(default=1, ge=1, le=1024)
+    epsilon_per_release: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    allow_non_private: bool = Field(
+        default=False, description="Permit a trainer to release a model without DP-SGD "
+        "(the card and the audit log then say so).")
     mechanism: Literal["laplace", "gaussian"] = "laplace"
     epsilon_per_event: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    delta: float = Field(default=0.0, ge=0, lt=1)
+    delta: float = Field(default=1e-5, ge=0, lt=1)
     subject_budget: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     dataset_budget: float = Field(default=1_000_000.0, gt=0, allow_inf_nan=False)
     purpose: str = "model-training"
+
+    @model_validator(mode="after")
+    def _delta(self) -> PrivacySpec:
+        if self.mode == "model" and not 0 < self.delta < 1:
+            raise ValueError("privacy.delta must be in (0, 1) in model mode")
+        return self
 
 
 class ModelSpec(_Spec):
@@ -106,8 +126,14 @@ class ModelSpec(_Spec):
     kind: Literal["logistic", "mlp"] = "logistic"
     hidden: tuple[int, ...] = (32,)
     learning_rate: float = Field(default=0.05, gt=0)
+    dp_learning_rate: float | None = Field(
+        default=None, gt=0, description="Adam learning rate under DP-SGD (default: "
+        "learning_rate).")
     epochs_per_batch: int = Field(default=1, ge=1)
     token_buckets: int = Field(default=64, ge=2)
+    min_auc: float = Field(
+        default=0.6, ge=0.5, le=1.0,
+        description="Gate floor: a candidate below this held-out ROC-AUC is refused.")
     decision_threshold: float | Literal["tune"] = Field(
         default=0.5,
         description="Score at or above which the label is positive; `tune` picks the "

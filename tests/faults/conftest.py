@@ -38,7 +38,7 @@ from shared.lifecycle import parent_death
 from shared.registry import Registry
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
-from tests.helpers import read_topic
+from tests.helpers import local_mode_specs, read_topic
 
 SERVICES = ("ingest", "governance", "trainer")
 MODEL = "transactions"
@@ -284,7 +284,10 @@ class Pipeline:
         self.env = {**os.environ, **SERVICE_ENV,
                     "LEPTON_KAFKA_BOOTSTRAP": bootstrap, "LEPTON_TOPIC_PREFIX": self.prefix,
                     "LEPTON_REDIS_URL": redis_url, "LEPTON_REDIS_PREFIX": self.redis_prefix,
-                    "LEPTON_DATA_DIR": str(tmp / "data")}
+                    "LEPTON_DATA_DIR": str(tmp / "data"),
+                    # per-event charges (local mode) make exactly-once visible in the ledger
+                    "LEPTON_GOVERNANCE_SPECS_DIR": str(local_mode_specs()),
+                    "LEPTON_TRAINER_SPECS_DIR": str(local_mode_specs())}
         self.settings = LeptonSettings(kafka_bootstrap=bootstrap, topic_prefix=self.prefix,
                                        redis_url=redis_url, redis_prefix=self.redis_prefix,
                                        data_dir=tmp / "data")
@@ -448,7 +451,7 @@ def assert_exactly_once(pipeline: Pipeline, events: list[Envelope], scenario: st
         client.close()
     charges = ChargeLog(gov.ledger_dir()).read()
     event_charges = [c for c in charges if str(c["id"]).startswith("event:")]
-    per_event = DatasetPrivacy(load_spec("transactions")).epsilon
+    per_event = DatasetPrivacy(load_spec("transactions", local_mode_specs())).epsilon
     assert len(event_charges) == len({c["id"] for c in event_charges}) == len(events)
     assert math.isclose(sum(c["eps"] for c in event_charges), len(events) * per_event,
                         rel_tol=1e-9)

@@ -8,12 +8,16 @@ import shutil
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
+from opacus.accountants.analysis.rdp import compute_rdp
 
 from services.governance.admission import ALLOWED, Admitted, admit
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
+from services.governance.releases import ReleaseCharge, ReleaseLedger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
+from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import Decision
@@ -22,7 +26,7 @@ from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
-from tests.helpers import lepton, read_topic
+from tests.helpers import lepton, local_mode_specs, read_topic
 
 
 def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
@@ -102,26 +106,53 @@ def test_audit_verify_prove_check_and_tamper(lepton_env: LeptonSettings, tmp_pat
     assert "VERIFICATION FAILED" in failed.stderr and "partition 1" in failed.stderr
 
 
-def test_privacy_report_and_rebuild(lepton_env: LeptonSettings,
+def test_privacy_report_and_rebuild(lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch,
                                     redis_client: redis.Redis, redis_prefix: str) -> None:
+    monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(local_mode_specs()))
     settings = GovernanceSettings()
     log = ChargeLog(settings.ledger_dir(), fsync=False)
     log.open()
     ledger = Ledger(redis_client, settings, log)
     ledger.ensure_ready()
     budget = Budget(subject=50.0, dataset=1e7)
+    # local mode: cust-0 has 10 events of ε 1 (then 10 each for cust-1 and cust-2)
     ledger.charge("transactions", budget,
                   [Charge(f"event:e{i}", f"cust-{i % 3}", 1.0) for i in range(30)])
     log.close()
-    before = (ledger.spend("transactions"), ledger.subjects("transactions"))
-    report = lepton("privacy", "report", "--top", "2", env={"COLUMNS": "200"}).stdout
-    assert "transactions" in report and "cust-0" in report and "30" in report
+    # model mode: two releases of breast_cancer, one patient in both
+    releases = ReleaseLedger(redis_client, settings, settings.ledger_dir() / "releases",
+                             fsync=False)
+    releases.ensure_ready()
+    curve = tuple(float(v) for v in compute_rdp(q=0.1, noise_multiplier=1.0, steps=50,
+                                                orders=list(ORDERS)))
+    for rid, patients in (("r1", [f"p{i}" for i in range(99)] + ["both"]), ("r2", ["both"])):
+        assert releases.charge("breast_cancer", 10.0, 1e5, 1e-5,
+                               ReleaseCharge(rid, curve, tuple(patients))).charged
+    releases.close()
+    before = (ledger.spend("transactions"), ledger.subjects("transactions"),
+              releases.subject_epsilons("breast_cancer", 1e-5))
+    data = orjson.loads(lepton("privacy", "report", "--json").stdout)
+    by_name = {d["dataset"]: d for d in data["datasets"]}
+    tx, bc = by_name["transactions"], by_name["breast_cancer"]
+    assert (tx["mode"], tx["subjects"]) == ("local", 3)
+    assert tx["per_subject_epsilon"] == {"max": 10.0, "p50": 10.0, "p99": 10.0}
+    one = epsilon_from_rdp(curve, 1e-5)
+    two = epsilon_from_rdp([2 * v for v in curve], 1e-5)
+    assert (bc["mode"], bc["subjects"], bc["releases_charged"]) == ("model", 100, 2)
+    assert bc["per_subject_epsilon"]["max"] == pytest.approx(two, rel=1e-9)
+    assert bc["per_subject_epsilon"]["p50"] == pytest.approx(one, rel=1e-9)
+    assert bc["per_subject_epsilon"]["max"] < 2 * one  # composed, and never a sum over subjects
+    assert [r["epsilon"] for r in bc["releases"]] == pytest.approx([one, one])
+    assert bc["exhausted"] == 0
+    text = lepton("privacy", "report", env={"COLUMNS": "200"}).stdout
+    assert "never summed" in text and "breast_cancer" in text and "r2" in text
 
-    for key in redis_client.scan_iter(match=f"{redis_prefix}governance:ledger:*"):
+    for key in redis_client.scan_iter(match=f"{redis_prefix}governance:*"):
         redis_client.delete(key)
     assert "not in Redis" in lepton("privacy", "report").stdout
-    assert "from 30 charges" in lepton("privacy", "rebuild").stdout
-    assert (ledger.spend("transactions"), ledger.subjects("transactions")) == before
+    assert "from 30 charges and 2 releases" in lepton("privacy", "rebuild").stdout
+    assert (ledger.spend("transactions"), ledger.subjects("transactions"),
+            releases.subject_epsilons("breast_cancer", 1e-5)) == before
 
 
 def test_audit_prove_by_subject_for_an_operator_who_knows_it(lepton_env: LeptonSettings) -> None:

@@ -1,5 +1,6 @@
-"""SIGKILL the governance process three times mid-stream: afterwards every input event is
-governed exactly once, the ledger equals the sum of its charges, and the audit log verifies."""
+"""SIGKILL the governance process three times mid-stream (transactions in `local` privacy mode,
+so every event is charged to the per-event ledger): afterwards every input event is governed
+exactly once, the ledger equals the sum of its charges, and the audit log verifies."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from shared.kafka import make_producer
 from shared.lifecycle import parent_death
 from shared.pseudonym import load_pseudonymizer
 from shared.topics import Topics
-from tests.helpers import lepton, read_topic
+from tests.helpers import lepton, local_mode_specs, read_topic
 
 N = 6000
 STEP = 600  # audit leaves each run must add before it is killed
@@ -56,10 +57,12 @@ def _leaves(audit: Path) -> int:
 
 
 def test_sigkill_three_times_mid_stream(lepton_env: LeptonSettings, redis_client: redis.Redis,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
     topics = Topics(lepton_env.topic_prefix)
     events = list(transactions(N, seed=11, customers=N // 4))
     _feed(lepton_env, events)
+    monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(local_mode_specs()))
     env = {**os.environ, "LEPTON_GOVERNANCE_BATCH_SIZE": "100",
            "LEPTON_GOVERNANCE_SESSION_TIMEOUT_MS": "3000",
            "LEPTON_GOVERNANCE_CHECKPOINT_EVERY": "700"}
@@ -113,7 +116,8 @@ def test_sigkill_three_times_mid_stream(lepton_env: LeptonSettings, redis_client
     assert all(leaf_of[e.event_id] == (e.audit.partition, e.audit.leaf_index)
                for e in governed if e.audit is not None)
 
-    per_event = DatasetPrivacy(load_spec("transactions")).epsilon
+    per_event = DatasetPrivacy(load_spec("transactions", local_mode_specs())).epsilon
+    assert per_event > 0.99
     ledger = Ledger(redis_client, settings, None)
     spend = ledger.spend("transactions")
     charges = ChargeLog(settings.ledger_dir()).read()

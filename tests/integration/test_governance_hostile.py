@@ -25,7 +25,7 @@ from shared.kafka import make_producer
 from shared.principals import Principal, sign_decision
 from shared.signing import key_id, load_public_key, public_path
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import local_mode_specs, read_topic
 from tests.hostile import POISON, hostile_decisions
 from tests.integration.test_governance_service import (  # noqa: F401 (fixture)
     Running,
@@ -41,6 +41,9 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     topics = Topics(lepton_env.topic_prefix)
     hostile = hostile_decisions(1000, signer=Principal.load(lepton_env, "trainer"))
     assert hostile[0] == POISON
+    # per-event ledger charges for every event: transactions in local mode
+    (specs / "transactions.yaml").write_text(
+        (local_mode_specs() / "transactions.yaml").read_text())
     events = [ingest_like(e) for e in transactions(200, seed=9, customers=200)]
     producer = make_producer(lepton_env)
     for i, value in enumerate(hostile):

@@ -1,5 +1,6 @@
-"""The governance service against the embedded broker and real Redis: policy, DP, budget
-ledger, audit log, lineage and traces end to end (service run in a thread)."""
+"""The governance service against the embedded broker and real Redis: policy, local-mode DP
+and per-event budget ledger, model-mode release un-noised with the per-release contribution
+bound, audit log, lineage and traces end to end (service run in a thread)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ fields:
   - {name: who, type: string, role: subject}
   - {name: amount, type: float, role: feature, clip_min: 0, clip_max: 10}
   - {name: label, type: bool, role: label}
-privacy: {mechanism: laplace, epsilon_per_event: 1.0, subject_budget: 2.5,
+privacy: {mode: local, mechanism: laplace, epsilon_per_event: 1.0, subject_budget: 2.5,
           dataset_budget: 1000.0}
 """
 
@@ -149,6 +150,12 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     # "ann" has budget for two events (2.5 / 1.0), "gone" is forgotten, "optout" withdrew
     tiny = [_tiny(i, who) for i, who in enumerate(["ann"] * 4 + ["gone", "optout", "bob"])]
     tx = [ingest_like(e) for e in transactions(40, seed=3, customers=40)]
+    # transactions is in model mode, one event per customer and release: later ones withheld
+    first: dict[str, str] = {}
+    for event in tx:
+        first.setdefault(event.subject_id, event.event_id)
+    over_bound = {e.event_id for e in tx} - set(first.values())
+    assert over_bound  # the seed gives some customers several transactions
     unknown = _tiny(99, "ann").model_copy(update={"dataset": "nosuch", "event_id": "nosuch-1"})
     feed(lepton_env, [*tiny, *tx, unknown, tiny[1]], tracer, raw=[b"{not json"])
     producer = make_producer(lepton_env)
@@ -165,14 +172,14 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     settings = GovernanceSettings()
     running = Running(settings, tracer)
     try:
-        governed = read_topic(lepton_env, topics.governed, expect=3 + 40, timeout=60)
+        governed = read_topic(lepton_env, topics.governed, expect=3 + len(first), timeout=60)
         rejected = read_topic(lepton_env, topics.rejected, expect=3, timeout=30)
     finally:
         running.close()
 
     envelopes = [Envelope.model_validate_json(r.value) for r in governed]
     ids = Counter(e.event_id for e in envelopes)
-    assert set(ids) == {"tiny-0", "tiny-1", "tiny-6"} | {e.event_id for e in tx}
+    assert set(ids) == {"tiny-0", "tiny-1", "tiny-6"} | set(first.values())
     assert max(ids.values()) == 1
     records = _records(lepton_env)
     by_identity = {r["identity"]: r for r in records}
@@ -180,7 +187,8 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     withheld = {r["event_id"]: r["reason"] for r in records if r["kind"] == "event_withheld"}
     assert withheld == {"tiny-2": "subject_budget_exhausted",
                         "tiny-3": "subject_budget_exhausted", "tiny-4": "subject_forgotten",
-                        "tiny-5": "consent_withdrawn", "tiny-1": "duplicate_event"}
+                        "tiny-5": "consent_withdrawn", "tiny-1": "duplicate_event",
+                        **{e: "contribution_bound_reached" for e in over_bound}}
     assert sorted(r["reason"] for r in records if r["kind"] in (
         "event_rejected", "decision_rejected")) == ["bad_envelope", "invalid_decision",
                                                     "unknown_dataset"]
@@ -203,13 +211,24 @@ def test_policy_budget_dp_audit_lineage_and_traces(
 
     # lineage: each governed event names the leaf that records its release
     by_leaf = {(r["partition"], r["leaf_index"]): r for r in records}
+    sent = {e.event_id: e for e in tx}
     for env in envelopes:
         assert env.audit is not None and env.privacy is not None
         leaf = by_leaf[(env.audit.partition, env.audit.leaf_index)]
         assert (leaf["event_id"], leaf["kind"]) == (env.event_id, "event_released")
-        assert leaf["epsilon"] == pytest.approx(env.privacy.epsilon)
-        assert env.privacy.mechanism == "laplace" and 0.99 < env.privacy.epsilon <= 1.0
-        assert any(c.action == "noised" for c in env.changes)
+        if env.dataset == "tiny":
+            assert env.privacy.mode == "local" and env.privacy.epsilon is not None
+            assert leaf["epsilon"] == pytest.approx(env.privacy.epsilon)
+            assert env.privacy.mechanism == "laplace" and 0.99 < env.privacy.epsilon <= 1.0
+            assert any(c.action == "noised" for c in env.changes)
+            assert any(c.field == "label" and c.action == "randomized" for c in env.changes)
+            assert "who" not in env.payload  # not protectable: not released in local mode
+        else:
+            # model mode: the record is not noised and carries no per-event ε
+            assert (env.privacy.mode, env.privacy.epsilon) == ("model", None)
+            assert env.payload == sent[env.event_id].payload
+            assert not any(c.action in ("noised", "randomized") for c in env.changes)
+            assert leaf["epsilon"] is None and leaf["detail"]["privacy_mode"] == "model"
     tiny0 = next(e for e in envelopes if e.event_id == "tiny-0")
     assert tiny0.payload["amount"] != 50.0
     assert any(c.field == "amount" and c.action == "clipped" for c in tiny0.changes)
@@ -255,7 +274,7 @@ def test_dp_disabled_releases_features_unchanged_and_charges_nothing(
         lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch, traced: tuple[Any, InMemorySpanExporter]) -> None:
     monkeypatch.setenv("LEPTON_GOVERNANCE_DP_ENABLED", "false")
-    tx = [ingest_like(e) for e in transactions(30, seed=5, customers=2)]
+    tx = [_tiny(i, f"s{i % 3}") for i in range(30)]  # a local-mode dataset
     feed(lepton_env, tx)
     settings = GovernanceSettings()
     running = Running(settings, traced[0])
@@ -270,9 +289,9 @@ def test_dp_disabled_releases_features_unchanged_and_charges_nothing(
         env = Envelope.model_validate_json(record.value)
         assert env.payload == sent[env.event_id].payload
         assert env.privacy is not None
-        assert (env.privacy.mechanism, env.privacy.epsilon) == ("none", 0.0)
+        assert (env.privacy.mechanism, env.privacy.epsilon) == ("none", None)
     released = [r for r in _records(lepton_env) if r["kind"] == "event_released"]
     assert len(released) == 30
     assert all(r["dp_enabled"] is False and r["epsilon"] == 0.0 for r in released)
     assert all("disabled" in r["detail"]["note"] for r in released)
-    assert Ledger(redis_client, settings, None).spend("transactions").charges == 0
+    assert Ledger(redis_client, settings, None).spend("tiny").charges == 0

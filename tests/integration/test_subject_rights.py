@@ -35,7 +35,7 @@ from shared.kafka import make_producer
 from shared.nets import architecture, build_model
 from shared.registry import ModelCard, Registry
 from shared.topics import Topics
-from tests.helpers import PrivateRedisServer, TopicCollector, lepton
+from tests.helpers import PrivateRedisServer, TopicCollector, lepton, local_mode_specs
 from tests.unit.ingest.samples import valid_docs
 from tests.unit.serving.support import fitted_transform
 
@@ -103,8 +103,10 @@ def _model(settings: LeptonSettings, name: str, lineage: dict[str, Any],
 
 def test_forget_consent_and_a_redis_wipe_leave_no_readable_copy(
         aof_redis: PrivateRedisServer, lepton_env: LeptonSettings, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)
+    # several events per subject all governed: transactions in local mode (no per-release bound)
+    monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(local_mode_specs()))
     settings = GovernanceSettings()
     topics = Topics(settings.topic_prefix)
     store = KeyStore(settings)

@@ -1,10 +1,12 @@
 """The promotion gate refuses a deliberately worse model: after a good v1, a stream with
 flipped labels (all in the training split) trains a candidate that is worse on the held-out
 rows; it is saved as refused, never announced, the live model stays v1, and the refusal with
-its reasons goes to the audit log."""
+its reasons goes to the audit log. With no live model at all, a candidate trained on shuffled
+labels is refused `below_baseline` by the gate's floors and nothing becomes live."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -70,3 +72,33 @@ def test_gate_refuses_a_worse_model(lepton_env: LeptonSettings) -> None:
     announced = [decode(ModelAnnouncement, r.value)
                  for r in read_topic(lepton_env, topics.models, idle=1.0)]
     assert [(a.version, a.action) for a in announced] == [(1, "promote")]
+
+
+def test_shuffled_labels_are_refused_below_baseline_with_no_live_model(
+        lepton_env: LeptonSettings) -> None:
+    topics = Topics(lepton_env.topic_prefix)
+    settings = trainer_settings()
+    events = governed_breast_cancer()
+    train = [i for i, e in enumerate(events)
+             if not is_validation(e.event_id, settings.trainer_val_percent)]
+    labels = [events[i].payload["malignant"] for i in train]
+    random.Random(5).shuffle(labels)
+    for i, label in zip(train, labels, strict=True):
+        events[i] = events[i].model_copy(update={"payload": {**events[i].payload,
+                                                             "malignant": label}})
+    publish_governed(lepton_env, events)
+
+    assert run_trainer(settings) == [1]
+
+    registry = Registry(settings)
+    card = registry.card("breast_cancer", 1)
+    assert card.status == "refused" and card.parent_version is None
+    assert card.gate["reasons"] and all(r.startswith("below_baseline: ")
+                                        for r in card.gate["reasons"])
+    assert registry.live("breast_cancer") is None
+    assert read_topic(lepton_env, topics.models, idle=1.0) == []
+    decisions = [orjson.loads(r.value) for r in
+                 read_topic(lepton_env, topics.audit_requests, idle=1.0)]
+    refused = [d for d in decisions if d["kind"] == "model_refused"]
+    assert len(refused) == 1 and refused[0]["detail"]["reasons"] == card.gate["reasons"]
+    assert not [d for d in decisions if d["kind"] == "model_promoted"]

@@ -1,12 +1,19 @@
 """Trainer integration: governed breast_cancer envelopes on the embedded broker → a promoted,
 signed model whose F1 on the held-out split is reported beside scikit-learn's
-LogisticRegression; lineage, trace links, decisions, announcement, DLQ; DP-SGD reports ε."""
+LogisticRegression; lineage, trace links, decisions, announcement, DLQ; a DP-SGD release is
+charged by a real governance service before it is announced (ε as Opacus's accountant gives
+it, every patient charged once), and a refused charge means no announcement."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import orjson
 import pytest
 import torch
+import yaml
+from opacus.accountants import RDPAccountant
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,6 +21,9 @@ from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
+from services.governance.config import GovernanceSettings
+from services.governance.releases import ReleaseLedger
+from services.trainer.evaluate import tune_threshold
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
@@ -21,8 +31,10 @@ from shared.events import AuditRef, ModelAnnouncement, decode, encode
 from shared.features import FeatureTransform
 from shared.nets import build_model, predict_proba
 from shared.registry import WEIGHTS_FILE, Registry
+from shared.releases import subjects_digest
 from shared.topics import Topics
 from tests.helpers import read_topic
+from tests.integration.test_governance_service import Running
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     publish_governed,
@@ -38,7 +50,11 @@ def _sklearn_f1(val_percent: int = 20) -> tuple[float, int]:
     held = [e.payload for e in events if is_validation(e.event_id, val_percent)]
     ft = FeatureTransform.fit(load_spec("breast_cancer"), train)
     clf = LogisticRegression(max_iter=2000).fit(ft.transform(train), ft.labels(train))
-    return float(f1_score(ft.labels(held), clf.predict(ft.transform(held)))), len(held)
+    # the same threshold rule as the trainer (the spec's: `tune` on the held-out rows)
+    labels = ft.labels(held).astype(np.float64)
+    probs = clf.predict_proba(ft.transform(held))[:, 1]
+    threshold = tune_threshold(probs, labels)
+    return float(f1_score(labels, probs >= threshold)), len(held)
 
 
 def _decisions(settings: LeptonSettings) -> list[dict]:
@@ -84,7 +100,8 @@ def test_trains_promotes_and_matches_sklearn(
     net.load_state_dict(load_file(str(path)), strict=True)
     ft = FeatureTransform.from_dict(card.feature_transform)
     held_rows = [e.payload for e in events if is_validation(e.event_id, 20)]
-    predicted = predict_proba(net, torch.from_numpy(ft.transform(held_rows))).numpy() >= 0.5
+    scores = predict_proba(net, torch.from_numpy(ft.transform(held_rows))).numpy()
+    predicted = scores >= card.metrics["threshold"]
     assert f1_score(ft.labels(held_rows), predicted) == pytest.approx(card.metrics["f1"])
     assert torch.equal(weights["layers.0.weight"], net.state_dict()["layers.0.weight"])
     # lineage: every offset of every partition, the audit leaves, the row counts
@@ -143,28 +160,84 @@ def test_trains_promotes_and_matches_sklearn(
     assert "trainer evaluate" in by_name
 
 
-def test_dp_sgd_reports_epsilon_and_charges_the_ledger(
-        lepton_env: LeptonSettings, record_property: pytest.RecordProperty) -> None:
-    publish_governed(lepton_env, governed_breast_cancer())
-    settings = trainer_settings(trainer_dp_enabled=True, trainer_dp_noise_multiplier=1.0)
-
-    assert run_trainer(settings) == [1]
+def test_dp_sgd_release_is_charged_by_governance_before_it_is_announced(
+        lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch,
+        record_property: pytest.RecordProperty) -> None:
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    events = governed_breast_cancer()
+    publish_governed(lepton_env, events)
+    settings = trainer_settings(trainer_dp_enabled=True)
+    governance = Running(GovernanceSettings(), None)
+    try:
+        assert run_trainer(settings) == [1]
+    finally:
+        governance.close()
 
     card = Registry(settings).card("breast_cancer", 1)
+    spec = load_spec("breast_cancer").privacy
+    privacy = card.privacy
     sk_f1, _ = _sklearn_f1()
     record_property("f1_lepton_dp", card.metrics["f1"])
     record_property("epsilon", card.epsilon)
     print(f"\nDP-SGD breast_cancer: F1 {card.metrics['f1']:.4f} (scikit-learn {sk_f1:.4f}), "
-          f"ε={card.epsilon:.3f} at δ={card.delta}")
-    assert card.epsilon is not None
-    assert card.epsilon > 0
-    assert card.delta == settings.trainer_dp_delta
-    assert card.training["dp"]["noise_multiplier"] == 1.0
-    assert card.lineage["dp_history"]
-    charges = [d for d in _decisions(lepton_env) if d["kind"] == "dp_sgd_charge"]
+          f"ε={card.epsilon:.3f} at δ={card.delta}, σ={privacy['noise_multiplier']:.3f}")
+    assert card.status == "promoted" and card.metrics["f1"] >= 0.85
+    assert card.epsilon is not None and 0.98 * spec.epsilon_per_release <= card.epsilon
+    assert card.epsilon <= spec.epsilon_per_release
+    assert card.delta == spec.delta == privacy["delta"]
+    assert (privacy["mode"], privacy["sampling"], privacy["max_events_per_subject"]) == (
+        "model", "poisson", 1)
+    assert privacy["accountant"].startswith("rdp") and isinstance(privacy["secure_rng"], bool)
+    accountant = RDPAccountant()
+    accountant.history = [(privacy["noise_multiplier"], privacy["sample_rate"],
+                           privacy["steps"])]
+    assert card.epsilon == pytest.approx(accountant.get_epsilon(
+        delta=card.delta, alphas=privacy["orders"]), rel=1e-9)
+    train_rows = card.lineage["rows"]["train"]
+    assert privacy["rows"] == train_rows
+    assert privacy["ledger"]["status"] == "charged"
+    assert privacy["max_subject_epsilon"] == pytest.approx(card.epsilon, rel=1e-9)
+    assert privacy["releases"] == [{"release_id": privacy["release_id"],
+                                    "epsilon": card.epsilon}]
+    # the ledger charged every contributing patient exactly this release's ε
+    spent = ReleaseLedger(Registry(settings).redis, lepton_env).subject_epsilons(
+        "breast_cancer", spec.delta)
+    assert len(spent) == train_rows
+    assert max(spent.values()) == pytest.approx(card.epsilon, rel=1e-9)
+    assert min(spent.values()) == pytest.approx(card.epsilon, rel=1e-9)
+    charges = [d for d in _decisions(lepton_env) if d["kind"] == "release_charge"]
     assert len(charges) == 1
-    assert charges[0]["dataset"] == "breast_cancer"
-    assert charges[0]["detail"]["epsilon"] == pytest.approx(card.epsilon)
-    assert charges[0]["detail"]["delta"] == card.delta
-    assert (charges[0]["detail"]["model"], charges[0]["detail"]["version"]) == (
-        "breast_cancer", 1)
+    assert charges[0]["decision_id"] == privacy["release_id"]
+    assert charges[0]["detail"]["subjects_count"] == train_rows
+    assert charges[0]["detail"]["subjects_sha256"] == subjects_digest(list(spent))
+    assert not [d for d in _decisions(lepton_env) if d["kind"] == "dp_sgd_charge"]
+    promoted = [d for d in _decisions(lepton_env) if d["kind"] == "model_promoted"]
+    assert promoted[0]["detail"]["privacy"]["epsilon"] == card.epsilon
+
+
+def test_a_refused_release_charge_is_not_announced(
+        lepton_env: LeptonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    data = load_spec("breast_cancer").model_dump(mode="json")
+    data["privacy"]["subject_budget"] = 0.01  # below one release
+    (specs / "breast_cancer.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(specs))
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    publish_governed(lepton_env, governed_breast_cancer())
+    settings = trainer_settings(trainer_dp_enabled=True, trainer_specs_dir=specs)
+    governance = Running(GovernanceSettings(), None)
+    try:
+        assert run_trainer(settings) == [1]
+    finally:
+        governance.close()
+    registry = Registry(settings)
+    card = registry.card("breast_cancer", 1)
+    assert card.status == "refused" and registry.live("breast_cancer") is None
+    assert card.gate["reasons"] == ["privacy_charge_refused: subject_budget_exhausted"]
+    assert card.privacy["ledger"]["status"] == "refused"
+    assert read_topic(lepton_env, Topics(lepton_env.topic_prefix).models, idle=1.0) == []
+    refused = [d for d in _decisions(lepton_env) if d["kind"] == "model_refused"]
+    assert len(refused) == 1
+    assert ReleaseLedger(registry.redis, lepton_env).subject_epsilons(
+        "breast_cancer", 1e-5) == {}

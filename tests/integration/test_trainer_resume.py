@@ -18,7 +18,7 @@ from shared.lifecycle import parent_death
 from shared.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
-from tests.unit.trainer.governed import governed_breast_cancer, publish_governed
+from tests.unit.trainer.governed import governed_breast_cancer, non_private_env, publish_governed
 
 TOTAL = 1707
 
@@ -37,7 +37,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 
 def test_sigkill_then_restart_trains_every_batch_once(lepton_env: LeptonSettings) -> None:
     publish_governed(lepton_env, governed_breast_cancer(TOTAL))
-    env = {**os.environ, "LEPTON_TRAINER_DATASET": "breast_cancer",
+    env = {**os.environ, **non_private_env(), "LEPTON_TRAINER_DATASET": "breast_cancer",
            "LEPTON_TRAINER_CYCLE_ROWS": "200", "LEPTON_TRAINER_BATCH_SIZE": "100",
            "LEPTON_TRAINER_EPOCHS": "20", "LEPTON_TRAINER_MAX_WAIT_S": "0.5",
            "LEPTON_TRAINER_EXIT_WHEN_IDLE_S": "2"}
@@ -95,7 +95,7 @@ def test_sigterm_finishes_the_cycle_commits_and_exits_zero(lepton_env: LeptonSet
     from shared.readiness import ready_path
 
     publish_governed(lepton_env, governed_breast_cancer(TOTAL))
-    env = {**os.environ, "LEPTON_TRAINER_DATASET": "breast_cancer",
+    env = {**os.environ, **non_private_env(), "LEPTON_TRAINER_DATASET": "breast_cancer",
            "LEPTON_TRAINER_CYCLE_ROWS": "200", "LEPTON_TRAINER_BATCH_SIZE": "100",
            "LEPTON_TRAINER_EPOCHS": "20", "LEPTON_TRAINER_MAX_WAIT_S": "0.5"}
     registry = Registry(lepton_env)

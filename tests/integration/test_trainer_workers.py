@@ -22,6 +22,7 @@ from shared.nets import build_model, predict_proba
 from shared.registry import ModelCard, Registry
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
+    non_private_env,
     publish_governed,
     run_trainer,
     trainer_settings,
@@ -39,7 +40,8 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
                                            redis_prefix: str) -> None:
     events = governed_breast_cancer()
     publish_governed(lepton_env, events)
-    env = {**os.environ, "LEPTON_TRAINER_MAX_WAIT_S": "0.5", "LEPTON_TRAINER_BATCH_SIZE": "128"}
+    env = {**os.environ, **non_private_env(), "LEPTON_TRAINER_MAX_WAIT_S": "0.5",
+           "LEPTON_TRAINER_BATCH_SIZE": "128"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lepton", "trainer", "--workers", "2", "--dataset",
          "breast_cancer", "--exit-when-idle", "2"],

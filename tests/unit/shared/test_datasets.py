@@ -80,9 +80,30 @@ def test_unknown_generator_and_bad_spec_are_clear(tmp_path: Path) -> None:
         load_spec_file(bad)
 
 
+def test_privacy_defaults_to_model_mode_with_one_event_per_subject(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: x\nfields:\n  - {name: y, type: bool, role: label}\n")
+    privacy = load_spec_file(plain).privacy
+    assert (privacy.mode, privacy.max_events_per_subject, privacy.allow_non_private) == (
+        "model", 1, False)
+    assert (privacy.epsilon_per_release, privacy.delta) == (1.0, 1e-5)
+    assert load_spec_file(plain).model.min_auc == 0.6
+    for name in ("transactions", "breast_cancer"):
+        assert load_spec(name).privacy.mode == "model"
+        assert not load_spec(name).privacy.allow_non_private
+    no_delta = tmp_path / "no_delta.yaml"
+    no_delta.write_text("name: x\nfields:\n  - {name: y, type: bool, role: label}\n"
+                        "privacy: {delta: 0.0}\n")
+    with pytest.raises(ValueError, match="delta"):
+        load_spec_file(no_delta)
+
+
 def test_decision_threshold_is_a_probability_or_tune(tmp_path: Path) -> None:
     assert load_spec("transactions").model.decision_threshold == "tune"
-    assert load_spec("breast_cancer").model.decision_threshold == 0.5
+    assert load_spec("breast_cancer").model.decision_threshold == "tune"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: x\nfields:\n  - {name: y, type: bool, role: label}\n")
+    assert load_spec_file(plain).model.decision_threshold == 0.5
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nfields:\n  - {name: y, type: bool, role: label}\n"
                    "model: {decision_threshold: 1.5}\n")

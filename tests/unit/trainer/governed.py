@@ -3,14 +3,19 @@ payload, audit reference, trace context in the headers), published to events.gov
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 
+import yaml
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from services.trainer.config import TrainerSettings
 from shared.config import LeptonSettings
+from shared.datasets import load_spec
 from shared.datasets.generators import breast_cancer
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
 from shared.governed_mac import MAC_HEADER, GovernedMac
@@ -59,11 +64,33 @@ def publish_governed(settings: LeptonSettings, envelopes: Iterable[Envelope],
     return sent
 
 
+@cache
+def non_private_specs() -> Path:
+    """A specs directory whose breast_cancer allows non-private models, for tests of the
+    trainer's mechanics that run without governance (no release charge to answer)."""
+    spec = load_spec("breast_cancer")
+    data = spec.model_dump(mode="json")
+    data["privacy"]["allow_non_private"] = True
+    folder = Path(tempfile.mkdtemp(prefix="lepton-specs-"))
+    (folder / "breast_cancer.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def non_private_env() -> dict[str, str]:
+    """Environment variables for a trainer subprocess on the non-private spec copy."""
+    return {"LEPTON_TRAINER_DP_ENABLED": "false",
+            "LEPTON_TRAINER_SPECS_DIR": str(non_private_specs())}
+
+
 def trainer_settings(**overrides: object) -> TrainerSettings:
-    """Trainer settings from the test environment, tuned to finish quickly when idle."""
+    """Trainer settings from the test environment, tuned to finish quickly when idle; without
+    DP (on a spec that allows it) unless `trainer_dp_enabled=True` is passed."""
+    private = bool(overrides.get("trainer_dp_enabled", False))
     values: dict[str, object] = {
         "trainer_dataset": "breast_cancer", "trainer_max_wait_s": 0.5,
         "trainer_exit_when_idle_s": 1.5, "trainer_batch_size": 256,
+        "trainer_dp_enabled": private,
+        "trainer_specs_dir": None if private else non_private_specs(),
     }
     values.update(overrides)
     return TrainerSettings(**values)  # type: ignore[arg-type]

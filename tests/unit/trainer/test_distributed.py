@@ -1,6 +1,8 @@
 """Data-parallel training over two gloo ranks (real torch.distributed, two processes): with one
 full-batch step per epoch it equals one worker on the union of the data, also when the
-ranks' batches are uneven or one is empty; under DP-SGD both ranks stay in lockstep."""
+ranks' batches are uneven or one is empty; under DP-SGD (Opacus's DistributedDPOptimizer,
+noise on rank 0 only) both ranks run the same Poisson-sampled plan and stay in lockstep, also
+when one rank holds no rows."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from services.trainer.comm import Comm
-from services.trainer.dp import DpSgd
+from services.trainer.dp import Plan
 from services.trainer.train import Engine
 from services.trainer.worker import free_port
 from shared.nets import architecture, build_model
@@ -27,27 +29,28 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _engine(comm: Comm, dp: DpSgd | None = None) -> Engine:
+def _engine(comm: Comm) -> Engine:
     torch.manual_seed(0)
     net = build_model(architecture("mlp", 5, [4]))
-    return Engine(net, comm, learning_rate=0.1, minibatch=1000, epochs=3, seed=0, dp=dp)
+    return Engine(net, comm, learning_rate=0.1, minibatch=1000, epochs=3, seed=0)
 
 
 def _rank(rank: int, port: int, out: str) -> None:
     comm = Comm.init(rank, 2, "127.0.0.1", port, torch.device("cpu"), 60)
     try:
         x, y = _data()
-        for dp in (None, DpSgd(1.0, 1.0, torch.device("cpu"))):
-            engine = _engine(comm, dp)
-            for parts in ROUNDS:
-                local = parts[rank]
-                total = int(comm.sum([local.stop - local.start])[0])
-                engine.train_round(x[local], y[local], total)
-            name = "dp" if dp else "plain"
+        engine = _engine(comm)
+        for parts in ROUNDS:
+            local = parts[rank]
+            total = int(comm.sum([local.stop - local.start])[0])
+            engine.train_round(x[local], y[local], total)
+        save_file(engine.model.state_dict(), f"{out}/plain-{rank}.safetensors")
+        plan = Plan.make(50, 10, 3, 2.0, 1e-5, 1.0, 1)
+        for name, local in (("dp", ROUNDS[0][rank]), ("dp-empty", ROUNDS[1][1 - rank])):
+            engine = _engine(comm)
+            stats = engine.train_private(x[local], y[local], plan)
             save_file(engine.model.state_dict(), f"{out}/{name}-{rank}.safetensors")
-            if dp is not None:
-                history = np.array(dp.history, dtype=np.float64)
-                save_file({"h": torch.from_numpy(history)}, f"{out}/history-{rank}.safetensors")
+            assert stats.steps == plan.steps
     finally:
         comm.close()
 
@@ -78,11 +81,10 @@ def test_two_gloo_ranks_equal_one_worker(tmp_path: Path) -> None:
             torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5)
     initial = _engine(Comm()).model.state_dict()
     assert not torch.equal(initial["layers.0.weight"], expected["layers.0.weight"])
-    dp0 = load_file(str(tmp_path / "dp-0.safetensors"))
-    dp1 = load_file(str(tmp_path / "dp-1.safetensors"))
-    for key in dp0:
-        assert torch.equal(dp0[key], dp1[key])
-        assert bool(torch.isfinite(dp0[key]).all())
-    h0 = load_file(str(tmp_path / "history-0.safetensors"))["h"]
-    assert torch.equal(h0, load_file(str(tmp_path / "history-1.safetensors"))["h"])
-    assert h0[:, 2].sum().item() == 2 * 3  # two rounds x three one-step epochs accounted
+    for name in ("dp", "dp-empty"):
+        dp0 = load_file(str(tmp_path / f"{name}-0.safetensors"))
+        dp1 = load_file(str(tmp_path / f"{name}-1.safetensors"))
+        for key in dp0:
+            assert torch.equal(dp0[key], dp1[key])
+            assert bool(torch.isfinite(dp0[key]).all())
+            assert not torch.equal(dp0[key], initial[key])

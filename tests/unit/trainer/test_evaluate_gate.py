@@ -55,22 +55,24 @@ def test_fairness_differences_per_group() -> None:
 
 
 def test_gate_promotes_first_and_equal_models() -> None:
-    first = decide({"f1": 0.5, "validation_rows": 10}, {}, None, None, **GATE)
+    first = decide({"f1": 0.5, "roc_auc": 0.7, "positive_rate": 0.2, "validation_rows": 10},
+                   {}, None, None, **GATE)
     assert first.promoted
     assert first.compared_to is None
-    same = decide({"f1": 0.9, "roc_auc": 0.95, "validation_rows": 10}, {},
+    same = decide({"f1": 0.9, "roc_auc": 0.95, "positive_rate": 0.5, "validation_rows": 10}, {},
                   {"f1": 0.91, "roc_auc": 0.95}, 3, **GATE)
     assert same.promoted
     assert same.compared_to == 3
 
 
 def test_gate_refuses_worse_quality_unfairness_and_no_data() -> None:
-    worse = decide({"f1": 0.80, "roc_auc": 0.99, "validation_rows": 10}, {},
+    worse = decide({"f1": 0.80, "roc_auc": 0.99, "positive_rate": 0.5, "validation_rows": 10},
+                   {},
                    {"f1": 0.90, "roc_auc": 0.95}, 4, **GATE)
     assert not worse.promoted
     assert len(worse.reasons) == 1
     assert worse.reasons[0].startswith("f1 0.8000 is worse than live v4 0.9000")
-    unfair = decide({"f1": 0.9, "validation_rows": 10},
+    unfair = decide({"f1": 0.9, "roc_auc": 0.9, "positive_rate": 0.5, "validation_rows": 10},
                     {"attribute": "age_band", "demographic_parity_diff": 0.3,
                      "equal_opportunity_diff": 0.21}, None, None, **GATE)
     assert not unfair.promoted
@@ -78,6 +80,25 @@ def test_gate_refuses_worse_quality_unfairness_and_no_data() -> None:
                                                       "equal_opportunity_diff"]
     empty = decide({"validation_rows": 0}, {}, None, None, **GATE)
     assert empty.reasons == ["no held-out rows to evaluate on"]
+
+
+def test_gate_floors_refuse_below_baseline_even_without_a_live_model() -> None:
+    # always-positive at a 40 % positive rate has F1 2·0.4/1.4 = 0.5714
+    random_auc = decide({"f1": 0.7, "roc_auc": 0.55, "positive_rate": 0.4,
+                         "validation_rows": 100}, {}, None, None, **GATE)
+    assert not random_auc.promoted
+    assert random_auc.reasons == [
+        "below_baseline: roc_auc 0.5500 is below min_auc 0.6"]
+    trivial = decide({"f1": 0.5714, "roc_auc": 0.8, "positive_rate": 0.4,
+                      "validation_rows": 100}, {}, None, None, **GATE)
+    assert [r.split(":")[0] for r in trivial.reasons] == ["below_baseline"]
+    assert "always-positive 0.5714" in trivial.reasons[0]
+    strict = decide({"f1": 0.9, "roc_auc": 0.8, "positive_rate": 0.4, "validation_rows": 100},
+                    {}, None, None, **{**GATE, "min_auc": 0.85})
+    assert strict.reasons[0].startswith("below_baseline: roc_auc 0.8000")
+    ok = decide({"f1": 0.58, "roc_auc": 0.61, "positive_rate": 0.4, "validation_rows": 100},
+                {}, None, None, **GATE)
+    assert ok.promoted
 
 
 def test_tuned_threshold_finds_rare_positives_that_half_misses() -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import psutil
 import pytest
 import torch
 from confluent_kafka import Producer
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp
 from pydantic import ValidationError
 
 from services.trainer import dp
@@ -17,6 +21,7 @@ from services.trainer.energy import EnergyMeter, co2e_grams
 from services.trainer.lineage import CycleLineage, furthest, merge
 from services.trainer.release import Releaser
 from services.trainer.split import is_validation
+from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import encode
@@ -145,35 +150,83 @@ def test_resume_covers_the_crash_window_after_the_registry_write(
     assert releaser.resume_offsets() == {0: 25, 1: 4, 2: 7}
 
 
-def test_dp_history_composes_and_epsilon_grows() -> None:
-    history = dp.merge_history([(1.0, 0.1, 10)], [(1.0, 0.1, 5), (2.0, 0.2, 3)])
-    assert history == [(1.0, 0.1, 15), (2.0, 0.2, 3)]
-    small = dp.epsilon([(1.0, 0.1, 10)], 1e-5)
-    assert 0 < small < dp.epsilon(history, 1e-5)
-    assert dp.epsilon([], 1e-5) == 0.0
+def test_card_epsilon_is_opacus_accountant_epsilon_and_meets_the_target() -> None:
+    plan = dp.Plan.make(rows=455, minibatch=32, epochs=5, epsilon=1.0, delta=1e-5,
+                        max_grad_norm=1.0, events_per_subject=1)
+    accountant = RDPAccountant()
+    accountant.history = [(plan.noise_multiplier, plan.sample_rate, plan.steps)]
+    opacus_eps = accountant.get_epsilon(delta=1e-5, alphas=list(ORDERS))
+    assert plan.epsilon() == pytest.approx(float(opacus_eps), rel=1e-9)
+    assert 0.99 <= plan.epsilon() <= 1.0
+    assert plan.sample_rate == pytest.approx(32 / 455) and plan.steps == round(5 * 455 / 32)
+    described = plan.describe()
+    assert (described["sampling"], described["epsilon"]) == ("poisson", plan.epsilon())
 
 
-def test_dp_clipping_bounds_each_sample() -> None:
-    sgd = dp.DpSgd(1.0, 0.5, torch.device("cpu"))
-    net = build_model(architecture("logistic", 3))
-    module = sgd.wrap(net)
-    x, y = torch.randn(8, 3) * 50, torch.ones(8)
-    sgd.backward(torch.nn.BCEWithLogitsLoss(reduction="sum")(module(x), y))
-    params = list(net.parameters())
-    sums = sgd.clipped_sum(params)
-    total = torch.cat([s.reshape(-1) for s in sums]).norm()
-    assert total <= 8 * 0.5 + 1e-4
-    assert all(getattr(p, "grad_sample", None) is None for p in params)
+def test_group_privacy_for_several_events_per_subject() -> None:
+    one = dp.Plan.make(1000, 50, 3, 1.0, 1e-5, 1.0, 1)
+    four = dp.Plan.make(1000, 50, 3, 1.0, 1e-5, 1.0, 4)
+    assert four.noise_multiplier > 2 * one.noise_multiplier
+    assert four.epsilon() <= 1.0
+    # at the k=1 noise, four events per subject cost 3^2·ε(4α): far more than ε
+    curve = dp.user_curve(one.noise_multiplier, one.sample_rate, one.steps, 4)
+    event = compute_rdp(q=one.sample_rate, noise_multiplier=one.noise_multiplier,
+                        steps=one.steps, orders=[4 * a for a in ORDERS if a >= 2])
+    assert [c for c in curve if c != float("inf")] == pytest.approx([9 * e for e in event])
+    assert epsilon_from_rdp(curve, 1e-5) > 2 * one.epsilon()
+    assert "Mironov" in four.describe()["group_privacy"]
+
+
+class _Recorder(torch.nn.Module):
+    """A logistic model that records the size of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return self.linear(x).squeeze(-1)
+
+
+def test_sampling_is_poisson_and_each_sample_is_clipped() -> None:
+    rows, rate = 400, 0.05
+    plan = dp.Plan(rows=rows, sample_rate=rate, steps=400, noise_multiplier=0.0,
+                   max_grad_norm=0.5, delta=1e-5, events_per_subject=1, target_epsilon=1.0)
+    net = _Recorder()
+    before = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(rows, 3) * 50, torch.ones(rows)
+    dp.fit_private(net, torch.optim.SGD(net.parameters(), lr=1.0), x, y, plan, world=1)
+    sizes = net.sizes
+    assert len(sizes) == plan.steps
+    # Poisson: each row independently with probability q, so batch sizes are Binomial(n, q)
+    mean, var = rows * rate, rows * rate * (1 - rate)
+    assert abs(sum(sizes) / len(sizes) - mean) < 4 * (var / len(sizes)) ** 0.5
+    assert len(set(sizes)) > 5 and min(sizes) < mean < max(sizes)
+    # and their spread is the binomial one (a fixed-size batch would have none)
+    assert 0.7 < float(np.var(sizes)) / var < 1.3
+    # with no noise, plain SGD moves by at most Σ clipped / E: each sample's norm ≤ C
+    moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(net.parameters(), before,
+                                                                   strict=True)]).norm()
+    bound = sum(sizes) * plan.max_grad_norm / round(rate * rows)
+    assert 0 < moved <= bound + 1e-4
 
 
 def test_energy_estimate_is_labelled_and_co2e() -> None:
     meter = EnergyMeter(torch.device("cpu"), watts_per_core=10.0)
+    process = psutil.Process()
     meter.start()
-    sum(i * i for i in range(300_000))
+    began = sum(process.cpu_times()[:2])
+    # work until CPU time has surely advanced: the clock moves in 10 ms ticks, so a fixed
+    # short loop could land inside one tick on a fast (or busy) machine and read 0
+    while sum(process.cpu_times()[:2]) - began < 0.05:
+        sum(i * i for i in range(20_000))
     used = meter.read()
     assert used > 0
     if meter.method == "estimate":
         assert meter.describe().startswith("estimate: CPU seconds x 10 W")
+        assert used >= 0.5  # at least 50 ms of CPU at 10 W
     assert co2e_grams(3.6e6, 400) == pytest.approx(400)
 
 
