@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from services.trainer.decode import Batch
 from shared.features import FeatureTransform
 
 log = logging.getLogger(__name__)
+
+STOPPING_WAIT_S = 5.0
 
 
 class Prefetcher:
@@ -77,28 +80,33 @@ class Prefetcher:
 
     def commit(self, offsets: list[TopicPartition], stop: threading.Event) -> bool:
         """Commit `offsets` synchronously on the consumer's thread, retrying a failed commit
-        with back-off (a broker outage) until it succeeds; False when `stop` came first (the
-        offsets are in the Redis resume mirror already, so nothing is lost)."""
+        with back-off (a broker outage) until it succeeds. Once `stop` is set, the commit in
+        flight gets STOPPING_WAIT_S more and is not retried: False then (the offsets are in
+        the Redis resume mirror already, so nothing is lost)."""
         wait = 0.2
-        while not stop.is_set():
+        while True:
             reply: queue.Queue[BaseException | None] = queue.Queue(maxsize=1)
             self._commits.put((offsets, reply))
+            give_up: float | None = None
             while True:
                 try:
                     error = reply.get(timeout=0.2)
                     break
                 except queue.Empty:
-                    if stop.is_set() or self._error is not None:
+                    if self._error is not None:
                         return False
+                    if stop.is_set():
+                        give_up = give_up or time.monotonic() + STOPPING_WAIT_S
+                        if time.monotonic() > give_up:
+                            return False
             if error is None:
                 return True
             if not isinstance(error, KafkaException):
                 raise error
             log.warning("offset commit waits (%s); retrying in %.1f s", error, wait)
             if stop.wait(wait):
-                break
+                return False
             wait = min(wait * 2, 5.0)
-        return False
 
     def take(self, limit: int, timeout: float) -> Batch | None:
         """Decoded batches (up to about `limit` messages), waiting at most `timeout` for the
