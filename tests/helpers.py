@@ -203,8 +203,14 @@ class PrivateRedisServer:
         self.process = None
 
     def files(self) -> bytes:
-        """Every byte of every file the server keeps (AOF parts and RDB)."""
+        """Every byte of every file the server keeps (AOF parts and RDB). A background save
+        renames its temp file when done: a file gone mid-read means the listing is read again."""
         from pathlib import Path
 
-        return b"".join(p.read_bytes() for p in sorted(Path(self.directory).rglob("*"))
-                        if p.is_file())
+        for _ in range(50):
+            try:
+                return b"".join(p.read_bytes() for p in sorted(Path(self.directory).rglob("*"))
+                                if p.is_file())
+            except FileNotFoundError:
+                time.sleep(0.1)
+        raise AssertionError(f"files in {self.directory} kept changing while read")
