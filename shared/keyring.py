@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import LeptonSettings
+from shared.secretfiles import read_or_create, write_private
 
 MASTER_KEYS_ENV = "LEPTON_MASTER_KEYS"
 KEYRING_FILE = "master-keys.json"
@@ -58,32 +59,6 @@ def b64e(data: bytes) -> str:
 def b64d(text: str) -> bytes:
     """Inverse of `b64e` (raises ValueError on bad input)."""
     return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-
-
-def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
-    """The file's bytes; when absent, create it (mode 0600, atomically, race-free) from `make`."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    _write_private(tmp, make())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return path.read_bytes()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _new_key_id() -> str:
@@ -216,7 +191,7 @@ class LocalKms:
             self._load(force=True)
             active, keys = change(self._active, dict(self._keys))
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-            _write_private(tmp, _keyring_bytes(active, keys))
+            write_private(tmp, _keyring_bytes(active, keys))
             tmp.replace(self.path)
         self._load(force=True)
 

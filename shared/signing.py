@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.secretfiles import read_or_create
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -19,22 +23,25 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load a PEM private key, creating one (mode 0600, with its .pub beside it) if absent."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
+    """Load a PEM private key, creating one (0600 in a 0700 directory, race-free, with its .pub
+    beside it) if absent."""
+    pem = read_or_create(path, lambda: Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    public_path(path).write_bytes(public_pem(key.public_key()))
+    ))
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    public = public_path(path)
+    if not public.exists():
+        tmp = public.with_name(f".{public.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            tmp.write_bytes(public_pem(key.public_key()))
+        except OSError as error:  # a read-only keys mount: the .pub is derivable when needed
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            return key
+        tmp.replace(public)
     return key
 
 

@@ -13,7 +13,8 @@ import hmac
 import os
 
 from shared.config import LeptonSettings
-from shared.keyring import KmsError, b64d, b64e, read_or_create
+from shared.keyring import KmsError, b64d, b64e
+from shared.secretfiles import read_or_create
 
 TOKEN_KEY_ENV = "LEPTON_TOKEN_KEY"  # noqa: S105 (names, not secrets)
 TOKEN_KEY_FILE = "token.key"  # noqa: S105

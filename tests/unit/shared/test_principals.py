@@ -3,6 +3,8 @@ canonical encoding, verified on the JSON as received."""
 
 from __future__ import annotations
 
+import multiprocessing
+import shutil
 import stat
 from pathlib import Path
 
@@ -46,3 +48,25 @@ def test_signature_verifies_on_the_wire_bytes_and_breaks_on_any_change(
         assert not verify_decision(public, {**wire, field: value}), field
     Principal.load(settings, "ingest")
     assert not verify_decision(load_public_key(principals_dir(settings) / "ingest.pub"), wire)
+
+
+def _load_key_id(settings: LeptonSettings, out: multiprocessing.Queue[str]) -> None:
+    out.put(Principal.load(settings, "trainer").key_id)
+
+
+def test_concurrent_first_starts_agree_on_one_key(settings: LeptonSettings) -> None:
+    """Two trainer ranks starting together once raced: one died on FileExistsError."""
+    context = multiprocessing.get_context("fork")
+    for _ in range(5):
+        shutil.rmtree(principals_dir(settings), ignore_errors=True)
+        out: multiprocessing.Queue[str] = context.Queue()
+        procs = [context.Process(target=_load_key_id, args=(settings, out)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0] * 4
+        key_ids = {out.get(timeout=5) for _ in procs}
+        assert len(key_ids) == 1
+        assert key_ids == {Principal.load(settings, "trainer").key_id}
+        assert not [p for p in principals_dir(settings).iterdir() if p.name.startswith(".")]
