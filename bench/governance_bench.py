@@ -25,6 +25,7 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
+from lepton.generators import transactions
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
 from services.governance.merkle import (
@@ -40,7 +41,6 @@ from services.governance.store import AuditStore
 from services.governance.verify import build_inclusion, check_inclusion
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
-from shared.datasets.generators import transactions
 from shared.events import CONTENT_TYPE_JSON, Header, encode
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.signing import load_or_create_private_key

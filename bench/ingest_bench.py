@@ -39,8 +39,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lepton.generators import transactions  # noqa: E402
 from shared.config import LeptonSettings  # noqa: E402
-from shared.datasets.generators import transactions  # noqa: E402
 from shared.events import encode  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
 from shared.topics import Topics  # noqa: E402

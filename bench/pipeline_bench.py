@@ -47,8 +47,8 @@ from ingest_bench import (  # noqa: E402
     start_broker,
 )
 
+from lepton.generators import transactions  # noqa: E402
 from shared.config import LeptonSettings  # noqa: E402
-from shared.datasets.generators import transactions  # noqa: E402
 from shared.events import encode  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
 from shared.topics import Topics  # noqa: E402

@@ -26,6 +26,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
+from lepton.generators import breast_cancer, transactions
 from services.governance.privacy import DatasetPrivacy
 from services.trainer import dp
 from services.trainer.comm import Comm
@@ -33,9 +34,8 @@ from services.trainer.evaluate import tune_threshold
 from services.trainer.split import is_validation
 from services.trainer.train import Engine
 from shared.datasets import DatasetSpec, load_spec
-from shared.datasets.generators import breast_cancer, transactions
-from shared.features import FeatureTransform
-from shared.nets import architecture, build_model, predict_proba
+from shared.models.features import FeatureTransform
+from shared.models.nets import architecture, build_model, predict_proba
 
 EPSILONS = (0.5, 1.0, 3.0, 8.0)
 Rows = list[dict[str, Any]]

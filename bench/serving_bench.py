@@ -379,7 +379,7 @@ def main() -> None:
     if args.http_echo_server is not None:
         serving_v2.http_echo_server(args.http_echo_server)
         return
-    from shared.registry import Registry
+    from shared.models.registry import Registry
     from tests.unit.serving.support import save_model
 
     platform = Platform()

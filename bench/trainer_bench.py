@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lepton.generators import generate
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.devices import pick_device
@@ -39,12 +40,11 @@ from services.trainer.energy import EnergyMeter
 from services.trainer.loop import TrainerLoop
 from services.trainer.split import is_validation
 from shared.datasets import load_spec
-from shared.datasets.generators import generate
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Header, encode
-from shared.features import FeatureTransform
 from shared.kafka import ensure_topics, make_producer
-from shared.nets import architecture, build_model
-from shared.registry import Registry
+from shared.models.features import FeatureTransform
+from shared.models.nets import architecture, build_model
+from shared.models.registry import Registry
 from shared.state import make_redis
 from shared.topics import Topics
 

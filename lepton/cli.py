@@ -133,8 +133,8 @@ def produce(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Publish dataset events to events.raw, with trace context and a progress bar."""
+    from lepton.generators import GENERATORS, generate
     from lepton.produce import publish
-    from shared.datasets.generators import GENERATORS, generate
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 

@@ -121,7 +121,7 @@ class Dashboard:
         return max_subject_epsilon(self.redis, settings)
 
     def _models(self) -> list[tuple[str, int, dict[str, float]]]:
-        from shared.registry import Registry
+        from shared.models.registry import Registry
 
         registry = Registry(self.settings)
         rows = []

@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from lepton.generators import generate
 from shared.datasets import Role, load_spec
-from shared.datasets.generators import generate
 from shared.events import CONTENT_TYPE_JSON, Header, Scalar, encode
-from shared.predictions import PredictRequest
+from shared.models.predictions import PredictRequest
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -66,7 +66,7 @@ def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
     """Mark every model version trained on the subject's released events (found through the
     audit leaves its lineage names) and every version warm-started from one; a line each."""
     from services.governance.verify import find_subject
-    from shared.registry import ArtifactError, Registry
+    from shared.models.registry import ArtifactError, Registry
 
     leaves = {(p, i) for p, i, record in find_subject(settings.audit_dir(), pseudonym)
               if record.get("kind") == "event_released"}
@@ -107,7 +107,7 @@ def rebuild() -> None:
     from services.governance.service import AlreadyRunning, exclusive
     from shared.config import load_settings
     from shared.crypto import KeyStore
-    from shared.registry import Registry
+    from shared.models.registry import Registry
     from shared.state import make_redis
 
     settings = load_settings(GovernanceSettings)

@@ -1,5 +1,5 @@
 """Per-prediction explanations: how much each raw field moved the logit away from the stated
-baseline (shared.attribution: exact for logistic models, Integrated Gradients for MLPs).
+baseline (shared.models.attribution: exact for logistic models, Integrated Gradients for MLPs).
 Consumes a LoadedModel and its cleaned records; produces one Explanation per row, naming the
 version that scored it. sum(attributions) = logit - baseline_logit."""
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from services.serving.errors import NotReady
-from shared.attribution import BASELINE, by_field, column_attributions, double_copy
 from shared.events import Scalar
+from shared.models.attribution import BASELINE, by_field, column_attributions, double_copy
 
 if TYPE_CHECKING:
     from services.serving.fleet import Fleet

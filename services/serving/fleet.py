@@ -169,7 +169,7 @@ class Fleet:
     def _model(self, host: ModelHost, version: int, expect_sha256: str | None) -> LoadedModel:
         found = next((m for m in host.loaded() if m.version == version), None)
         if found is None and expect_sha256 is not None:
-            from shared.registry import ArtifactError
+            from shared.models.registry import ArtifactError
 
             try:
                 card = self.loader.registry.card(host.name, version)

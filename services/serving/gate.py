@@ -20,8 +20,8 @@ from shared.allowlist import AllowList
 from shared.announcements import ANNOUNCERS, OVERRIDERS, current_sequence, verify_announcement
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement
+from shared.models.registry import ArtifactError, Registry
 from shared.principals import public_keys_dir
-from shared.registry import ArtifactError, Registry
 
 SERVES_ANSWERS = frozenset({"promote", "canary"})
 

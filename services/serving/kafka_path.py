@@ -32,7 +32,7 @@ from shared.events import (
     dlq_headers,
     encode,
 )
-from shared.predictions import PredictRequest, PredictResult
+from shared.models.predictions import PredictRequest, PredictResult
 from shared.stage import Output
 from shared.state import make_redis, rkey
 from shared.topics import Topics

@@ -1,5 +1,5 @@
 """A verified, warmed-up model version in memory, and the loader that makes one from the
-registry: signature and sha256 checked by `shared.registry.Registry.load`, the trainer's
+registry: signature and sha256 checked by `shared.models.registry.Registry.load`, the trainer's
 FeatureTransform and network rebuilt from the signed model card, then a warm-up pass."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from shared.events import Scalar
 if TYPE_CHECKING:
     import torch
 
-    from shared.features import FeatureTransform
-    from shared.registry import ModelCard, Registry
+    from shared.models.features import FeatureTransform
+    from shared.models.registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,9 @@ class ModelLoader:
 
     def load(self, name: str, version: int) -> LoadedModel:
         """Load, verify and warm up `name` v`version`; raise Refused with the reason."""
-        from shared.features import FeatureTransform
-        from shared.nets import build_model
-        from shared.registry import ArtifactError
+        from shared.models.features import FeatureTransform
+        from shared.models.nets import build_model
+        from shared.models.registry import ArtifactError
 
         try:
             card, state = self.registry.load(name, version, self.registry.public_key())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics
 
 from shared.events import CONTENT_TYPE_JSON, Header, HeaderList, Scalar, encode
-from shared.predictions import PredictionLogRecord
+from shared.models.predictions import PredictionLogRecord
 from shared.topics import Topics
 
 if TYPE_CHECKING:

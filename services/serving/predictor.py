@@ -23,7 +23,7 @@ from services.serving.fleet import Fleet
 from services.serving.model import LoadedModel
 from services.serving.router import ModelHost, PinMiss, Route
 from shared.events import Scalar
-from shared.predictions import EntryName
+from shared.models.predictions import EntryName
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")

@@ -61,7 +61,7 @@ class ServingApp:
     """Every part of the serving process, started and stopped together."""
 
     def __init__(self, settings: ServingSettings, *, kafka: bool | None = None) -> None:
-        from shared.registry import Registry
+        from shared.models.registry import Registry
 
         self.settings = settings
         self.credentials = Credentials.from_settings(settings)

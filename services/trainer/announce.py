@@ -11,8 +11,8 @@ from shared.announcements import next_sequence, sign_announcement
 from shared.config import LeptonSettings
 from shared.events import CONTENT_TYPE_JSON, Header, HeaderList, encode
 from shared.kafka import deliver
+from shared.models.registry import ModelCard, Registry
 from shared.principals import Principal
-from shared.registry import ModelCard, Registry
 from shared.topics import Topics
 from shared.tracing import publish_span
 

@@ -25,7 +25,7 @@ from services.trainer.retry import until_redis
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
-from shared.registry import ModelCard
+from shared.models.registry import ModelCard
 from shared.releases import (
     RELEASE_CHARGE,
     release_id,

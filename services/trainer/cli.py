@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Producer
 
     from shared.config import LeptonSettings
-    from shared.registry import ModelCard, Registry
+    from shared.models.registry import ModelCard, Registry
 
 models_app = typer.Typer(help="Inspect the model registry; promote, roll back, canary, shadow.",
                          no_args_is_help=True)
@@ -44,7 +44,7 @@ def trainer(
 
 def _context() -> tuple[LeptonSettings, Registry]:
     from shared.config import LeptonSettings, load_settings
-    from shared.registry import Registry
+    from shared.models.registry import Registry
 
     settings = load_settings(LeptonSettings)
     return settings, Registry(settings)
@@ -67,7 +67,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _verified(registry: Registry, model: str, version: int) -> ModelCard:
-    from shared.registry import ArtifactError
+    from shared.models.registry import ArtifactError
 
     try:
         card, _ = registry.verify(model, version)
@@ -162,7 +162,7 @@ def promote(version: int, model: ModelOption = None) -> None:
 def rollback(to: Annotated[int | None, typer.Option(help="Version (default: previous live).")]
              = None, model: ModelOption = None) -> None:
     """Make the previously live version (or --to VERSION) live again and announce it."""
-    from shared.registry import ArtifactError
+    from shared.models.registry import ArtifactError
 
     settings, registry = _context()
     name = _model(registry, model)

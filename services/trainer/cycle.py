@@ -20,8 +20,8 @@ from services.trainer.dp import Plan
 from services.trainer.lineage import CycleLineage, merge
 from services.trainer.release import Candidate, LiveModel
 from services.trainer.train import Engine
-from shared.features import FeatureTransform
-from shared.nets import build_model
+from shared.models.features import FeatureTransform
+from shared.models.nets import build_model
 
 
 @dataclass

@@ -19,8 +19,8 @@ import numpy.typing as npt
 import orjson
 
 from services.trainer.split import is_validation
-from shared.features import FeatureTransform, label_value
 from shared.governed_mac import MAC_HEADER, GovernedMac
+from shared.models.features import FeatureTransform, label_value
 
 Headers = list[tuple[str, bytes]]
 SUBJECT_KEY = "__subject_id"  # a training row's data subject (for the bound and the charge)

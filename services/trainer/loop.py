@@ -42,12 +42,12 @@ from shared.crypto import KeyStore
 from shared.datasets import load_spec
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import dlq_headers
-from shared.features import FeatureTransform
 from shared.governed_mac import GovernedMac
 from shared.kafka import make_consumer, make_producer
-from shared.nets import architecture, build_model
+from shared.models.features import FeatureTransform
+from shared.models.nets import architecture, build_model
+from shared.models.registry import Registry
 from shared.readiness import clear_ready, mark_ready
-from shared.registry import Registry
 from shared.topics import Topics
 from shared.tracing import get_tracer, links_from_headers, messaging_attributes, span_name
 

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import Batch
-from shared.features import FeatureTransform
+from shared.models.features import FeatureTransform
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """Rank 0's side of a cycle: load the live model to warm-start from, evaluate the candidate
 beside it on the held-out window, apply the gate, have governance charge a DP-SGD release to
 every contributing subject (charge.py; a refused or unanswered charge means no announcement),
-record global feature importance (mean |attribution| per raw field, shared.attribution) in the
-card, write the signed artifact, then make it live, record the decisions (promoted/refused)
-and announce it on `models.updates` with the trace context in the headers.
+record global feature importance (mean |attribution| per raw field,
+shared.models.attribution) in the card, write the signed artifact, then make it live, record
+the decisions (promoted/refused) and announce it on `models.updates` with the trace context in
+the headers.
 
 The steps after the registry write are idempotent (deterministic decision ids) and marked
 done in Redis, so a trainer that crashed between them finishes them on restart.
@@ -34,14 +35,14 @@ from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
-from shared.attribution import global_importance
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
-from shared.features import FeatureTransform
-from shared.nets import build_model, predict_proba
+from shared.models.attribution import global_importance
+from shared.models.features import FeatureTransform
+from shared.models.nets import build_model, predict_proba
+from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.principals import Principal
-from shared.registry import ArtifactError, ModelCard, Registry
 from shared.state import rkey
 from shared.topics import Topics
 

@@ -21,11 +21,11 @@ import grpc
 import psutil
 import pytest
 
+from lepton.generators import transactions
 from services.serving.client import ServingClient
 from shared.config import LeptonSettings
-from shared.datasets.generators import transactions
 from shared.lifecycle import parent_death
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.helpers import lepton
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan

@@ -19,17 +19,17 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
+from lepton.generators import breast_cancer
 from lepton.produce import publish
 from services.governance.releases import ReleaseLedger
 from services.trainer.evaluate import tune_threshold
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
-from shared.datasets.generators import breast_cancer
 from shared.events import Envelope, decode
-from shared.features import FeatureTransform
 from shared.lifecycle import parent_death
-from shared.registry import Registry
+from shared.models.features import FeatureTransform
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.trainer.governed import non_private_env

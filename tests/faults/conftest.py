@@ -29,13 +29,13 @@ import orjson
 import pytest
 import redis
 
+from lepton.generators import transactions
 from lepton.produce import ProduceReport, publish
 from shared.config import LeptonSettings
-from shared.datasets.generators import transactions
 from shared.events import Envelope
 from shared.kafka import ensure_topics
 from shared.lifecycle import parent_death
-from shared.registry import Registry
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
 from tests.helpers import local_mode_specs, read_topic

@@ -16,8 +16,8 @@ import grpc
 from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2_grpc
 from shared.events import Header, encode
+from shared.models.registry import Registry
 from shared.principals import Principal
-from shared.registry import Registry
 from tests.faults.conftest import FaultReport, assert_exactly_once, wait_until
 from tests.faults.test_serving import Serving, serving  # noqa: F401 (fixture)
 from tests.helpers import read_topic

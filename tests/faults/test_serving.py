@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2 as pb
 from services.serving.gen import serving_pb2_grpc
-from shared.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, Registry
+from shared.models.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, Registry
 from shared.signing import load_or_create_private_key, sign
 from tests.faults.conftest import FaultReport, Pipeline, ScenarioLine, free_port, wait_until
 from tests.helpers import read_topic

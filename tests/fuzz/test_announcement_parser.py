@@ -22,8 +22,8 @@ from services.serving.gate import AnnouncementGate, AnnouncementRefused
 from shared.announcements import signed_bytes
 from shared.config import LeptonSettings
 from shared.events import EnvelopeError, ModelAnnouncement, decode
+from shared.models.registry import ModelCard, Registry
 from shared.principals import Principal
-from shared.registry import ModelCard, Registry
 from tests.conftest import REDIS_URL
 from tests.fuzz.conftest import corpus
 

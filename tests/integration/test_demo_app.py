@@ -7,7 +7,7 @@ import threading
 
 from lepton.demo_app import DemoApp
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.serving.support import MODEL, TOKEN, running, save_model, serving_settings

@@ -14,7 +14,7 @@ import redis
 from shared.config import LeptonSettings
 from shared.crypto import KeyDestroyed, KeyStore
 from shared.keyring import LocalKms
-from shared.registry import Registry
+from shared.models.registry import Registry
 from shared.state import rkey
 from tests.helpers import PrivateRedisServer, lepton
 

@@ -17,12 +17,12 @@ import orjson
 import pytest
 import redis
 
+from lepton.generators import transactions
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.privacy import DatasetPrivacy
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
-from shared.datasets.generators import transactions
 from shared.events import CONTENT_TYPE_JSON, Envelope, Header, encode
 from shared.kafka import make_producer
 from shared.lifecycle import parent_death

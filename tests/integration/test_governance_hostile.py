@@ -12,13 +12,13 @@ import orjson
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lepton.generators import transactions
 from services.governance.admission import CODES, EPSILON_OVER_MAX, INVALID, UNSIGNED
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
 from shared.crypto import KeyStore
-from shared.datasets.generators import transactions
 from shared.dlq import DeadLetterSealer
 from shared.events import Decision, Header, encode
 from shared.kafka import make_producer

@@ -17,13 +17,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from lepton.generators import transactions
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import ChargeLog, Ledger
 from services.governance.service import GovernanceService
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
 from shared.crypto import KeyStore
-from shared.datasets.generators import transactions
 from shared.decisions import publish_decision
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode

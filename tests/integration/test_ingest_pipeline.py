@@ -16,11 +16,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from lepton.generators import AGE_BANDS, FIRST, LAST
 from services.ingest.config import IngestSettings
 from services.ingest.worker import IngestWorker
 from shared.config import LeptonSettings
 from shared.crypto import KeyStore
-from shared.datasets.generators import AGE_BANDS, FIRST, LAST
 from shared.events import Envelope, Header, decode
 from shared.topics import Topics
 from tests.helpers import read_topic

@@ -14,8 +14,8 @@ import grpc
 from services.serving.client import auth_metadata, predict_request
 from shared.config import LeptonSettings
 from shared.events import encode
+from shared.models.registry import Registry
 from shared.principals import Principal, PrincipalName
-from shared.registry import Registry
 from tests.unit.serving.support import (
     MODEL,
     TOKEN,

@@ -18,7 +18,7 @@ from services.serving.auth import AuthResult, Credentials
 from services.serving.gen import serving_pb2 as pb
 from services.serving.server import ServingApp
 from shared.config import ConfigError, LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.unit.serving.support import (
     ADMIN_TOKEN,
     MODEL,

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.helpers import lepton
 from tests.unit.serving.support import (
     ADMIN_TOKEN,

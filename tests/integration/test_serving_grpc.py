@@ -22,7 +22,7 @@ from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2 as pb
 from services.serving.gen import serving_pb2_grpc
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.unit.serving.support import (
     MODEL,
     TOKEN,
@@ -270,8 +270,8 @@ def test_served_scores_equal_the_trainers_transform_and_network(live_server: Any
     import torch
 
     from shared.datasets import load_spec
-    from shared.features import FeatureTransform
-    from shared.nets import build_model
+    from shared.models.features import FeatureTransform
+    from shared.models.nets import build_model
 
     server, service = live_server
     card, weights = Registry(server.settings).load(MODEL, 1)

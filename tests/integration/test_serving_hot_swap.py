@@ -18,7 +18,7 @@ from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2 as pb
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement, decode
-from shared.registry import CARD_FILE, WEIGHTS_FILE, Registry
+from shared.models.registry import CARD_FILE, WEIGHTS_FILE, Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.serving.support import (

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.integration.test_serving_oip_grpc import NUMPY, full_records
 from tests.unit.serving.support import (
     ADMIN_TOKEN,

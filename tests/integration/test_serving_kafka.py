@@ -12,8 +12,8 @@ from shared.crypto import KeyStore
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import CONTENT_TYPE_JSON, Header, decode, encode
 from shared.kafka import make_producer
-from shared.predictions import PredictRequest, PredictResult
-from shared.registry import Registry
+from shared.models.predictions import PredictRequest, PredictResult
+from shared.models.registry import Registry
 from shared.state import make_redis, rkey
 from shared.topics import Topics
 from tests.helpers import read_topic

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2 as pb
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.unit.serving.support import (
     MODEL,
     TOKEN,

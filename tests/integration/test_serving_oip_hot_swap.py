@@ -13,7 +13,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from shared.config import LeptonSettings
-from shared.registry import Registry
+from shared.models.registry import Registry
 from tests.integration.test_serving_http import v2_body
 from tests.integration.test_serving_oip_grpc import HEADERS, full_records, v2_inputs
 from tests.unit.serving.support import (

@@ -20,8 +20,8 @@ from services.serving.router import Route
 from shared.config import LeptonSettings
 from shared.events import CONTENT_TYPE_JSON, Header, decode, encode
 from shared.kafka import make_producer
-from shared.predictions import PredictionLogRecord, PredictRequest
-from shared.registry import Registry
+from shared.models.predictions import PredictionLogRecord, PredictRequest
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.integration.test_serving_oip_grpc import HEADERS, full_records, v2_inputs

@@ -32,8 +32,8 @@ from shared.datasets import load_spec
 from shared.dlq import DeadLetterSealer
 from shared.events import Envelope
 from shared.kafka import make_producer
-from shared.nets import architecture, build_model
-from shared.registry import ModelCard, Registry
+from shared.models.nets import architecture, build_model
+from shared.models.registry import ModelCard, Registry
 from shared.topics import Topics
 from tests.helpers import PrivateRedisServer, TopicCollector, lepton, local_mode_specs
 from tests.unit.ingest.samples import valid_docs

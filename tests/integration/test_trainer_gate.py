@@ -15,7 +15,7 @@ import orjson
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement, decode
-from shared.registry import Registry
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.trainer.governed import (

@@ -12,8 +12,8 @@ from services.governance.admission import ALLOWED, Admitted, admit
 from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement, decode
+from shared.models.registry import WEIGHTS_FILE, Registry
 from shared.principals import Principal, public_keys_dir
-from shared.registry import WEIGHTS_FILE, Registry
 from shared.topics import Topics
 from tests.helpers import lepton, read_topic
 from tests.unit.trainer.governed import (

@@ -28,9 +28,9 @@ from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import AuditRef, ModelAnnouncement, decode, encode
-from shared.features import FeatureTransform
-from shared.nets import build_model, predict_proba
-from shared.registry import WEIGHTS_FILE, Registry
+from shared.models.features import FeatureTransform
+from shared.models.nets import build_model, predict_proba
+from shared.models.registry import WEIGHTS_FILE, Registry
 from shared.releases import subjects_digest
 from shared.topics import Topics
 from tests.helpers import read_topic

@@ -15,7 +15,7 @@ import orjson
 
 from shared.config import LeptonSettings
 from shared.lifecycle import parent_death
-from shared.registry import Registry
+from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
 from tests.unit.trainer.governed import governed_breast_cancer, non_private_env, publish_governed

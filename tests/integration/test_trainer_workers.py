@@ -15,11 +15,11 @@ import torch
 
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
-from shared.features import FeatureTransform
 from shared.governed_mac import mac_key_path
 from shared.lifecycle import parent_death
-from shared.nets import build_model, predict_proba
-from shared.registry import ModelCard, Registry
+from shared.models.features import FeatureTransform
+from shared.models.nets import build_model, predict_proba
+from shared.models.registry import ModelCard, Registry
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     non_private_env,

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from shared.datasets.generators import transactions
+from lepton.generators import transactions
 from shared.events import encode
 
 BROKEN_DATASET = "broken_spec"

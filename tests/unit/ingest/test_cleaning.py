@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lepton.generators import transactions
 from services.ingest.cleaning import Cleaner
 from services.ingest.rejection import Reason, Rejection
 from shared.datasets import FieldSpec, FieldType, load_spec
-from shared.datasets.generators import transactions
 
 SPEC = load_spec("transactions")
 CLEANER = Cleaner(SPEC)

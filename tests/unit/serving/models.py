@@ -7,8 +7,8 @@ import torch
 from services.serving.inputs import RecordSchema
 from services.serving.model import LoadedModel
 from shared.datasets import load_spec
-from shared.nets import architecture, build_model
-from shared.registry import ModelCard
+from shared.models.nets import architecture, build_model
+from shared.models.registry import ModelCard
 from tests.unit.serving.support import fitted_transform
 
 

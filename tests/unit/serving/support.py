@@ -17,17 +17,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from lepton.generators import generate
 from services.serving.client import auth_metadata, predict_request
 from services.serving.config import ServingSettings
 from services.serving.gen import serving_pb2_grpc
 from services.serving.server import ServingApp
 from shared.datasets import load_spec
-from shared.datasets.generators import generate
 from shared.events import Scalar
-from shared.features import FeatureTransform
-from shared.nets import architecture, build_model
+from shared.models.features import FeatureTransform
+from shared.models.nets import architecture, build_model
+from shared.models.registry import ModelCard, Registry
 from shared.principals import PrincipalName
-from shared.registry import ModelCard, Registry
 
 MODEL = "fraud"
 TOKEN = "s3cret-test-token"

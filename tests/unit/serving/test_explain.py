@@ -12,10 +12,10 @@ from scipy.special import logit
 from services.serving.explain import explain
 from services.serving.inputs import RecordSchema
 from services.serving.model import LoadedModel
-from shared.attribution import BASELINE, global_importance
 from shared.datasets import load_spec
-from shared.nets import architecture, build_model
-from shared.registry import ModelCard
+from shared.models.attribution import BASELINE, global_importance
+from shared.models.nets import architecture, build_model
+from shared.models.registry import ModelCard
 from tests.unit.serving.support import fitted_transform, record
 
 

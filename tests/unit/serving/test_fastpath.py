@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from services.serving.fastpath import compile_numpy, verified
-from shared.nets import architecture, build_model
+from shared.models.nets import architecture, build_model
 
 
 def _samples(width: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from services.serving.errors import InvalidInput
 from services.serving.inputs import RecordSchema
 from shared.datasets import load_spec
-from shared.features import FeatureTransform
+from shared.models.features import FeatureTransform
 from tests.unit.serving.support import record
 
 

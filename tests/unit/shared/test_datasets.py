@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lepton.generators import breast_cancer, generate, transactions
 from shared.datasets import FieldType, Role, builtin_names, load_spec, load_spec_file
-from shared.datasets.generators import breast_cancer, generate, transactions
 from shared.datasets.spec import DatasetSpec
 from shared.events import Envelope
 

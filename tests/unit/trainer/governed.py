@@ -13,10 +13,10 @@ import yaml
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from lepton.generators import breast_cancer
 from services.trainer.config import TrainerSettings
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
-from shared.datasets.generators import breast_cancer
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
 from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.kafka import make_producer

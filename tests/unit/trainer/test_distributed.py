@@ -17,7 +17,7 @@ from services.trainer.comm import Comm
 from services.trainer.dp import Plan
 from services.trainer.train import Engine
 from services.trainer.worker import free_port
-from shared.nets import architecture, build_model
+from shared.models.nets import architecture, build_model
 
 ROUNDS = ((slice(0, 30), slice(30, 40)), (slice(40, 50), slice(50, 50)))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lepton.generators import breast_cancer, transactions
 from shared.datasets import load_spec
-from shared.datasets.generators import breast_cancer, transactions
 from shared.datasets.spec import DatasetSpec
-from shared.features import FeatureTransform, bucket
+from shared.models.features import FeatureTransform, bucket
 
 
 def _spec() -> DatasetSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.nets import architecture, build_model, predict_proba
+from shared.models.nets import architecture, build_model, predict_proba
 
 
 def test_logistic_and_mlp_shapes_and_names() -> None:

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
 from shared.config import LeptonSettings
-from shared.nets import architecture, build_model
-from shared.registry import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, Registry
+from shared.models.nets import architecture, build_model
+from shared.models.registry import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, Registry
 
 
 def _card(model: str = "demo") -> ModelCard:

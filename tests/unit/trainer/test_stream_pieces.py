@@ -26,8 +26,8 @@ from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import encode
 from shared.governed_mac import MAC_HEADER, GovernedMac
-from shared.nets import architecture, build_model
-from shared.registry import ModelCard, Registry
+from shared.models.nets import architecture, build_model
+from shared.models.registry import ModelCard, Registry
 from shared.topics import Topics
 from shared.tracing import get_tracer
 from tests.unit.trainer.governed import governed_breast_cancer

@@ -1,6 +1,6 @@
 """Feature attributions of the platform's networks, shared by serving (per-prediction
 explanations) and the trainer (global feature importance in the model card). Consumes a
-network (shared.nets) and the FeatureTransform's float matrix; produces per-column and
+network (shared.models.nets) and the FeatureTransform's float matrix; produces per-column and
 per-raw-field attributions relative to one stated baseline, the all-zero standardised vector.
 
 - logistic: exact, attribution = weight x standardised value;
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from shared.features import FeatureTransform
+    from shared.models.features import FeatureTransform
 
 BASELINE = ("all-zero standardised feature vector: numeric fields at their training mean, "
             "no category, no hash bucket, booleans false")
