@@ -6,9 +6,11 @@ the announcement may be applied and raises `AnnouncementRefused` (with the reaso
 the announcement itself was genuine, so only those are recorded as decisions) when it was
 unsigned or wrongly signed, a replay (sequence ≤ the last one applied for that model, or ≤ the
 model's counter when this server started), a downgrade that is not a `rollback`, for a card
-that is missing or unsigned, whose sha256 differs, or whose gate status is not `promoted` for
-live or canary without an operator-signed override. The sha256 is compared with the signed card
-before the weights file is read.
+that is missing or unsigned, whose sha256 differs, whose privacy is not cleared
+(`shared.models.clearance`: a DP release never charged is refused even with an override), or
+whose gate status is not `promoted` for live, canary or a rollback target without an
+operator-signed override; a rollback must go below live. The sha256 is compared with the
+signed card before the weights file is read.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from shared.allowlist import AllowList
 from shared.announcements import ANNOUNCERS, OVERRIDERS, current_sequence, verify_announcement
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement
+from shared.models.clearance import privacy_refusal
 from shared.models.registry import ArtifactError, Registry
 from shared.principals import public_keys_dir
 
 SERVES_ANSWERS = frozenset({"promote", "canary"})
+PROMOTED_ONLY = SERVES_ANSWERS | {"rollback"}
 
 
 class AnnouncementRefused(Refused):
@@ -80,10 +84,16 @@ class AnnouncementGate:
         if card.model != a.model or card.version != a.version or card.sha256 != a.sha256:
             raise AnnouncementRefused(f"{prefix}: announced sha256 does not match the signed card",
                                       verified=True)
-        if a.action in SERVES_ANSWERS and card.status != "promoted" and not a.override:
+        refusal = privacy_refusal(card)
+        if refusal is not None:
+            raise AnnouncementRefused(f"{prefix}: {refusal}", verified=True)
+        if a.action in PROMOTED_ONLY and card.status != "promoted" and not a.override:
             raise AnnouncementRefused(f"{prefix}: card status is {card.status!r}, not promoted "
                                       "(an operator-signed override is needed)", verified=True)
         if (a.action in SERVES_ANSWERS and live_version is not None
                 and a.version < live_version):
             raise AnnouncementRefused(f"{prefix}: lower than live v{live_version} (only a "
                                       "signed rollback may go back)", verified=True)
+        if a.action == "rollback" and live_version is not None and a.version > live_version:
+            raise AnnouncementRefused(f"{prefix}: a rollback goes below live v{live_version}",
+                                      verified=True)

@@ -115,6 +115,7 @@ class ModelLoader:
 
     def load(self, name: str, version: int) -> LoadedModel:
         """Load, verify and warm up `name` v`version`; raise Refused with the reason."""
+        from shared.models.clearance import privacy_refusal
         from shared.models.features import FeatureTransform
         from shared.models.nets import build_model
         from shared.models.registry import ArtifactError
@@ -123,6 +124,9 @@ class ModelLoader:
             card, state = self.registry.load(name, version, self.registry.public_key())
         except ArtifactError as error:
             raise Refused(f"{name} v{version}: {error}") from None
+        refusal = privacy_refusal(card)
+        if refusal is not None:
+            raise Refused(f"{name} v{version}: {refusal}")
         try:
             spec = load_spec(card.dataset, self.spec_dir)
             transform = FeatureTransform.from_dict(card.feature_transform)

@@ -76,6 +76,17 @@ def _verified(registry: Registry, model: str, version: int) -> ModelCard:
     return card
 
 
+def _servable(registry: Registry, model: str, version: int) -> ModelCard:
+    """The verified card of a version that may answer (privacy cleared), else exit 1."""
+    from shared.models.clearance import privacy_refusal
+
+    card = _verified(registry, model, version)
+    refusal = privacy_refusal(card)
+    if refusal is not None:
+        raise _fail(f"{model} v{version} cannot be served: {refusal}")
+    return card
+
+
 def _producer(settings: LeptonSettings) -> Producer:
     from shared.kafka import make_producer
 
@@ -101,7 +112,7 @@ def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, acti
                 dataset=card.dataset, detail={"version": card.version, **(detail or {})}),
                 signer=operator)
         announce(producer, settings, registry, card, action, share, get_tracer(__name__),
-                 signer=operator, override=action in ("promote", "canary")
+                 signer=operator, override=action in ("promote", "canary", "rollback")
                  and card.status != "promoted")
     finally:
         shutdown_telemetry()
@@ -149,7 +160,7 @@ def promote(version: int, model: ModelOption = None) -> None:
     announce it (as a rollback when VERSION is below the live one)."""
     settings, registry = _context()
     name = _model(registry, model)
-    card = _verified(registry, name, version)
+    card = _servable(registry, name, version)
     previous = registry.set_live(name, version)
     # serving refuses a promote below live: going back is announced as the rollback it is
     action = "rollback" if previous is not None and version < previous else "promote"
@@ -170,11 +181,16 @@ def rollback(to: Annotated[int | None, typer.Option(help="Version (default: prev
         if to is None:
             was, now = registry.rollback(name)
         else:
-            _verified(registry, name, to)
+            _servable(registry, name, to)
             was, now = registry.set_live(name, to), to
     except ArtifactError as error:
         raise _fail(str(error)) from None
-    card = _verified(registry, name, now)
+    try:
+        card = _servable(registry, name, now)
+    except typer.Exit:
+        if was is not None:
+            registry.set_live(name, was)  # the pointer goes back where it was
+        raise
     _publish(settings, registry, card, "rollback", decision="model_rolled_back",
              detail={"from": was})
     typer.echo(f"{name} rolled back from v{was} to v{now}")
@@ -187,7 +203,7 @@ def canary(version: int,
     """Announce VERSION as a canary taking SHARE of traffic (serving routes it)."""
     settings, registry = _context()
     name = _model(registry, model)
-    _publish(settings, registry, _verified(registry, name, version), "canary", share=share)
+    _publish(settings, registry, _servable(registry, name, version), "canary", share=share)
     typer.echo(f"{name} v{version} announced as canary at {share:.0%}")
 
 
@@ -196,7 +212,7 @@ def shadow(version: int, model: ModelOption = None) -> None:
     """Announce VERSION as a shadow (scored beside live, answers not returned)."""
     settings, registry = _context()
     name = _model(registry, model)
-    _publish(settings, registry, _verified(registry, name, version), "shadow")
+    _publish(settings, registry, _servable(registry, name, version), "shadow")
     typer.echo(f"{name} v{version} announced as shadow")
 
 

@@ -53,9 +53,17 @@ def record(i: int = 0) -> dict[str, Scalar]:
     return rec
 
 
+NON_PRIVATE = {"mode": "non-private", "non_private": True}
+CHARGED = {"mode": "model", "epsilon": 1.0, "delta": 1e-5, "ledger": {"status": "charged"}}
+UNCHARGED = {"mode": "model", "epsilon": 1.0, "delta": 1e-5,
+             "ledger": {"status": "refused", "reason": "subject_budget_exhausted"}}
+
+
 def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
-               kind: str = "mlp", status: str = "promoted") -> ModelCard:
-    """Save a signed model with random weights; returns its card."""
+               kind: str = "mlp", status: str = "promoted",
+               privacy: dict[str, Any] | None = None) -> ModelCard:
+    """Save a signed model with random weights (non-private unless `privacy` says otherwise);
+    returns its card."""
     transform = fitted_transform()
     arch = architecture(kind, transform.dim, (8,))
     torch.manual_seed(seed)
@@ -63,7 +71,7 @@ def save_model(settings: Any, *, model: str = MODEL, seed: int = 0,
     card = ModelCard(model=model, dataset="transactions",
                      spec_hash=load_spec("transactions").spec_hash(), architecture=arch,
                      feature_transform=transform.to_dict(), metrics={"auc": 0.5 + seed / 1000},
-                     status=status)
+                     status=status, privacy=NON_PRIVATE if privacy is None else privacy)
     return Registry(settings).save(card, net.state_dict())
 
 
