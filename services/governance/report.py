@@ -70,9 +70,23 @@ def report(client: redis.Redis[bytes], settings: GovernanceSettings,
                 "max": float(values.max()) if len(values) else 0.0,
                 "p50": float(np.percentile(values, 50)) if len(values) else 0.0,
                 "p99": float(np.percentile(values, 99)) if len(values) else 0.0},
-            "exhausted": int((values >= budget).sum()) if budget and len(values) else 0,
+            "exhausted": _exhausted(releases, name, spec, spent, values),
         })
     return out
+
+
+def _exhausted(releases: ReleaseLedger, dataset: str, spec: PrivacySpec | None,
+               spent: dict[str, float], values: np.ndarray[Any, np.dtype[np.float64]]) -> int:
+    """Subjects the next release will withhold (`subject_budget_exhausted`): in model mode
+    those one more release like the last would overspend, the ledger's own rule; in local
+    mode those whose spend reached the budget."""
+    if spec is None or not len(values):
+        return 0
+    if spec.mode == "model":
+        _, over = releases.exhausted(dataset, list(spent), spec.subject_budget,
+                                     spec.dataset_budget, spec.delta)
+        return len(over)
+    return int((values >= spec.subject_budget).sum())
 
 
 def report_tables(data: dict[str, Any]) -> list[Table]:

@@ -17,6 +17,7 @@ from opacus.accountants.analysis.rdp import compute_rdp
 
 from services.governance.config import GovernanceSettings
 from services.governance.releases import ReleaseLedger
+from services.governance.report import report
 from shared.accounting import ORDERS, compose, epsilon_from_rdp
 from shared.config import LeptonSettings
 from shared.decisions import publish_decision
@@ -153,6 +154,9 @@ def test_release_charges_bound_replay_exhaustion_and_refusal(
     spent = ledger.subject_epsilons("central", DELTA)
     assert spent == pytest.approx({pseudonym("ann"): TWO, pseudonym("bob"): ONE}, rel=1e-9)
     assert max(spent.values()) < 2 * ONE  # composed with RDP, not summed
+    # the report counts as exhausted exactly the subjects the next release withholds (ann)
+    entry = report(redis_client, settings, "central")["datasets"][0]
+    assert (entry["exhausted"], entry["subjects"]) == (1, 2)
     assert ledger.epoch("central") == 2
     lines = [orjson.loads(line) for seg in sorted(
         (settings.ledger_dir() / "releases" / "segments").glob("*.seg"))
