@@ -153,9 +153,11 @@ def fit_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     device = x.device
     module = GradSampleModule(model, loss_reduction="sum")
     wrapper = DistributedDPOptimizer if world > 1 else DPOptimizer
+    # per rank: DistributedDPOptimizer divides by it and then again by the world size, so the
+    # update is (clipped sum + one noise draw) / the release's expected batch, as on one worker
     dp_optimizer = wrapper(optimizer, noise_multiplier=plan.noise_multiplier,
                            max_grad_norm=plan.max_grad_norm,
-                           expected_batch_size=max(1, round(plan.sample_rate * plan.rows)),
+                           expected_batch_size=plan.sample_rate * plan.rows / world,
                            loss_reduction="mean", generator=_generator(device),
                            secure_mode=secure_rng_available())
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
