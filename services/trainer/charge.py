@@ -40,9 +40,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+OUTSIDE_EPSILON = ("the held-out window (events never trained on, named by the lineage): "
+                   "gate metrics, fairness, a tuned decision threshold and feature importance "
+                   "are computed on it without noise")
+
+
 def privacy_summary(spec: DatasetSpec, plan: Plan | None, parent: ModelCard | None
                     ) -> dict[str, Any]:
     """The card's `privacy` object before the charge (its ledger facts are added after)."""
+    summary = _summary(spec, plan, parent)
+    summary["outside_epsilon"] = OUTSIDE_EPSILON
+    return summary
+
+
+def _summary(spec: DatasetSpec, plan: Plan | None, parent: ModelCard | None) -> dict[str, Any]:
     privacy = spec.privacy
     earlier = list(parent.privacy.get("releases", [])) if parent is not None else []
     if plan is not None:

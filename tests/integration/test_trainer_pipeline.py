@@ -196,6 +196,7 @@ def test_dp_sgd_release_is_charged_by_governance_before_it_is_announced(
     train_rows = card.lineage["rows"]["train"]
     assert privacy["rows"] == train_rows
     assert privacy["ledger"]["status"] == "charged"
+    assert "held-out window" in privacy["outside_epsilon"]  # what ε does not cover, said
     assert privacy["max_subject_epsilon"] == pytest.approx(card.epsilon, rel=1e-9)
     assert privacy["releases"] == [{"release_id": privacy["release_id"],
                                     "epsilon": card.epsilon}]
