@@ -78,8 +78,10 @@ def _private(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, eps: float, seed: 
     torch.manual_seed(seed)
     net = _net(spec, x.shape[1])
     lr = spec.model.dp_learning_rate or spec.model.learning_rate
-    plan = dp.Plan.make(len(x), 32, spec.model.epochs_per_batch, eps, spec.privacy.delta, 1.0,
-                        spec.privacy.max_events_per_subject)
+    model = spec.model  # the spec's DP-SGD settings, with the trainer's defaults behind them
+    plan = dp.Plan.make(len(x), model.dp_minibatch or 32,
+                        model.dp_epochs or model.epochs_per_batch, eps, spec.privacy.delta,
+                        model.dp_max_grad_norm or 1.0, spec.privacy.max_events_per_subject)
     started = time.perf_counter()
     dp.fit_private(net, torch.optim.Adam(net.parameters(), lr=lr), torch.from_numpy(x),
                    torch.from_numpy(y), plan, world=1)

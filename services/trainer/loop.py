@@ -93,7 +93,9 @@ class TrainerLoop:
         self.window: list[dict[str, Any]] = []
         self.released: list[int] = []
         self.seed = settings.trainer_seed
-        self.epochs = settings.trainer_epochs or self.spec.model.epochs_per_batch
+        model = self.spec.model
+        self.epochs = settings.trainer_epochs or (
+            model.dp_epochs if self.private else None) or model.epochs_per_batch
         self.learning_rate = settings.trainer_learning_rate or (
             self.spec.model.dp_learning_rate if self.private else None
         ) or self.spec.model.learning_rate
@@ -305,9 +307,10 @@ class TrainerLoop:
         if rows == 0:
             return
         privacy = self.spec.privacy
-        cycle.plan = Plan.make(rows, self.settings.trainer_minibatch, self.epochs,
-                               privacy.epsilon_per_release, privacy.delta,
-                               self.settings.trainer_dp_max_grad_norm,
+        model = self.spec.model
+        cycle.plan = Plan.make(rows, model.dp_minibatch or self.settings.trainer_minibatch,
+                               self.epochs, privacy.epsilon_per_release, privacy.delta,
+                               model.dp_max_grad_norm or self.settings.trainer_dp_max_grad_norm,
                                privacy.max_events_per_subject)
         with self.tracer.start_as_current_span("trainer train") as span:
             began = time.monotonic()

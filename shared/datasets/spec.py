@@ -129,6 +129,14 @@ class ModelSpec(_Spec):
     dp_learning_rate: float | None = Field(
         default=None, gt=0, description="Adam learning rate under DP-SGD (default: "
         "learning_rate).")
+    dp_minibatch: int | None = Field(
+        default=None, ge=1, description="Expected Poisson batch under DP-SGD (default: the "
+        "trainer's minibatch setting).")
+    dp_epochs: int | None = Field(
+        default=None, ge=1, description="Passes (in expectation) over a release's rows under "
+        "DP-SGD (default: epochs_per_batch).")
+    dp_max_grad_norm: float | None = Field(
+        default=None, gt=0, description="DP-SGD clip norm (default: the trainer's setting).")
     epochs_per_batch: int = Field(default=1, ge=1)
     token_buckets: int = Field(default=64, ge=2)
     min_auc: float = Field(
