@@ -41,5 +41,11 @@ class MonitorSettings(LeptonSettings):
     monitor_retrain: bool = Field(
         default=False, description="Ask the trainer to end its cycle early on drift or "
         "degraded quality (a Redis flag its loop checks).")
+    monitor_energy_baseline_j_per_event: float | None = Field(
+        default=None, gt=0, description="Pipeline joules per ingested event to improve on "
+        "(unset: the first sustainability report's value).")
+    monitor_energy_target_reduction: float = Field(
+        default=0.2, ge=0, lt=1, description="Target: this much below the baseline (0.2: "
+        "-20 %).")
     monitor_scale_every_s: float = Field(
         default=15.0, gt=0, description="How often the scaling advice metric is recomputed.")

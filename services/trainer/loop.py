@@ -15,6 +15,7 @@ import time
 from functools import partial
 from typing import Any
 
+import redis
 import torch
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -49,6 +50,7 @@ from shared.models.nets import architecture, build_model, predict_proba
 from shared.models.reference import ReferenceCounter, reference_curve, spec_bins
 from shared.models.registry import Registry
 from shared.readiness import clear_ready, mark_ready
+from shared.retrain import take_retrain
 from shared.service_record import count_work, note_consumer
 from shared.topics import Topics
 from shared.tracing import get_tracer, links_from_headers, messaging_attributes, span_name
@@ -163,12 +165,25 @@ class TrainerLoop:
             elapsed = time.monotonic() - cycle.started if cycle else 0.0
             end_cycle = cycle is not None and (
                 stopping or total == 0 or cycle.rows >= self.settings.trainer_cycle_rows
-                or self._leader_flag(elapsed >= self.settings.trainer_cycle_s))
+                or self._leader_flag(elapsed >= self.settings.trainer_cycle_s
+                                     or self._retrain_asked()))
             if end_cycle and cycle is not None:
                 self._finish_cycle(cycle)
                 cycle = None
             if stopping or (idle_expired and cycle is None):
                 return
+
+    def _retrain_asked(self) -> bool:
+        """Rank 0: whether the monitor asked to end the cycle early (shared/retrain.py)."""
+        if not self.comm.leader:
+            return False
+        try:
+            reason = take_retrain(self.registry.redis, self.settings, self.releaser.model)
+        except redis.RedisError:
+            return False
+        if reason:
+            log.info("ending the cycle early: the monitor asked (%s)", reason)
+        return reason is not None
 
     def _leader_flag(self, value: bool) -> bool:
         return self.comm.sum([1.0 if value and self.comm.leader else 0.0])[0] > 0
