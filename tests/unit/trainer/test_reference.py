@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.trainer.dp import Plan
-from shared.accounting import ORDERS, compose, epsilon_from_rdp
+from shared.accounting import ORDERS, compose
 from shared.datasets import load_spec
 from shared.models.reference import SCORE, ReferenceCounter, reference_curve, spec_bins
 
