@@ -2,7 +2,7 @@
 
 Consumes `LEPTON_CARBON_G_PER_KWH` (a number: it wins), else `LEPTON_CARBON_REGION`: an ISO
 3166 alpha-3 country code (`FRA`) looked up in codecarbon's energy-mix data, or a cloud region
-`provider:region` (`aws:eu-west-3`, `gcp:europe-west1`, `azure:francecentral`) looked up in
+`provider:region` (e.g. `gcp:europe-west1`; the providers codecarbon lists) looked up in
 codecarbon's cloud impact table; codecarbon's data files are read where the package is
 installed (it is never imported). Produces a `CarbonIntensity` that names where its number
 came from; with neither setting it is the world average, labelled as a default.

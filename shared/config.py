@@ -92,7 +92,7 @@ class LeptonSettings(BaseSettings):
     )
     carbon_region: str | None = Field(
         default=None, max_length=64, description="Grid region for CO2e: ISO alpha-3 country "
-        "(FRA) or cloud region (aws:eu-west-3), looked up in codecarbon's data.")
+        "(FRA) or cloud region (gcp:europe-west1), looked up in codecarbon's data.")
     carbon_g_per_kwh: float | None = Field(
         default=None, ge=0, le=5000, description="Grid carbon intensity (g CO2e/kWh); wins "
         "over the region lookup.")
