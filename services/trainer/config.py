@@ -53,7 +53,7 @@ class TrainerSettings(LeptonSettings):
     trainer_exit_when_idle_s: float | None = Field(
         default=None, gt=0, description="Exit after this long without data (tests, batch jobs).")
     trainer_reference_epsilon: float = Field(
-        default=0.1, ge=0, description="Part of each model-mode release's ε spent on the "
+        default=0.2, ge=0, description="Part of each model-mode release's ε spent on the "
         "card's DP reference histograms for drift monitoring (0: no reference).")
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
