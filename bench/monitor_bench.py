@@ -1,8 +1,8 @@
 """Monitor drift statistics: false-alarm rate on unshifted traffic and cost per window.
 
 Builds a DP reference (ε 1.0, OpenDP Laplace) from 20k generated transactions exactly as the
-trainer does, then evaluates 200 windows of 1000 unshifted transactions (another seed) and one
-shifted window, timing each evaluation (day_of_week excluded: see CLOCK). Run: `.venv/bin/python bench/monitor_bench.py`.
+trainer does, then evaluates 200 windows of 1000 unshifted transactions (another seed), timing
+each evaluation (day_of_week excluded: see CLOCK). Run: `.venv/bin/python bench/monitor_bench.py`.
 """
 
 from __future__ import annotations
