@@ -36,10 +36,10 @@ from lepton.generators import generate
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.devices import pick_device
-from services.trainer.energy import EnergyMeter
 from services.trainer.loop import TrainerLoop
 from services.trainer.split import is_validation
 from shared.datasets import load_spec
+from shared.energy import EnergyMeter
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Header, encode
 from shared.kafka import ensure_topics, make_producer
 from shared.models.features import FeatureTransform
@@ -92,7 +92,7 @@ def _plain_loop(settings: TrainerSettings, dataset: str, rows: list[dict[str, ob
     epochs = settings.trainer_epochs or spec.model.epochs_per_batch
     batch = int(settings.trainer_batch_size * 0.8)
     rng = np.random.default_rng(0)
-    meter = EnergyMeter(device, settings.trainer_cpu_watts_per_core)
+    meter = EnergyMeter(device, settings.energy_watts_per_core)
     meter.start()
     started = time.perf_counter()
     for first in range(0, len(rows), batch):

@@ -1,7 +1,7 @@
 """`lepton up`: run the whole platform on one machine.
 
 Starts the embedded broker (unless LEPTON_KAFKA_BOOTSTRAP is set), Redis (the configured URL,
-or a private `redis-server`), the four services as separate processes, each waited for until
+or a private `redis-server`), the five services as separate processes, each waited for until
 it reports ready, and with `--demo` a producer and a demo app (`lepton demo-app`: predictions
 over gRPC, HTTP and Kafka); shows a live dashboard; Ctrl-C stops everything in reverse order,
 leaving no process behind.
@@ -32,7 +32,7 @@ from shared.config import LeptonSettings
 from shared.lifecycle import parent_death
 from shared.readiness import ready_path
 
-SERVICES = ("ingest", "governance", "trainer", "serving")
+SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
 
 

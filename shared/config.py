@@ -90,6 +90,17 @@ class LeptonSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
     )
+    carbon_region: str | None = Field(
+        default=None, max_length=64, description="Grid region for CO2e: ISO alpha-3 country "
+        "(FRA) or cloud region (gcp:europe-west1), looked up in codecarbon's data.")
+    carbon_g_per_kwh: float | None = Field(
+        default=None, ge=0, le=5000, description="Grid carbon intensity (g CO2e/kWh); wins "
+        "over the region lookup.")
+    energy_watts_per_core: float = Field(
+        default=10.0, gt=0, description="Energy estimate without RAPL/NVML: W per busy core.")
+    energy_record_every_s: float = Field(
+        default=10.0, gt=0, description="How often a process writes its energy record to "
+        "Redis.")
 
     @field_validator("redis_url")
     @classmethod

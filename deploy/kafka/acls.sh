@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Example: ACLs for a SASL/SCRAM Kafka cluster, one principal per service, matching the signing
-# principals of `lepton keys principals` (ingest, governance, trainer, serving, operator).
+# principals of `lepton keys principals` (ingest, governance, trainer, serving, monitor,
+# operator).
 # Each service then runs with
 #   LEPTON_KAFKA_SECURITY_PROTOCOL=SASL_SSL  LEPTON_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
 #   LEPTON_KAFKA_SASL_USERNAME=lepton-<service>  LEPTON_KAFKA_SASL_PASSWORD=<its own secret>
@@ -34,6 +35,14 @@ grant lepton-trainer "events.governed" "models.updates audit.requests events.rej
   "lepton-trainer-" ""
 grant lepton-serving "models.updates predictions.requests" \
   "predictions.results predictions.log audit.requests" "lepton-serving" ""
+# monitor: reads the prediction log and labels; its scaling advice reads every group's input
+# topics, positions topics and committed offsets (Describe on the groups, never their Read)
+grant lepton-monitor "predictions.log events.governed events.raw events.clean audit.requests \
+  predictions.requests ingest.offsets governance.offsets" "audit.requests" "lepton-monitor" ""
+for g in "${p}" lepton-; do
+  acl --allow-principal User:lepton-monitor --operation Describe --group "$g" \
+    --resource-pattern-type prefixed
+done
 # operators: read everything (audit verify, dlq), publish rollouts and decisions
 grant lepton-operator "events.rejected audit.log models.updates predictions.results" \
   "models.updates audit.requests" "lepton-operator" ""

@@ -108,11 +108,47 @@ class ModelDetail(BaseModel):
     version: int | None = Field(default=None, ge=1, le=10**9)
 
 
+class DriftFeature(_Strict):
+    """One drifted feature (or the score) of a `drift_detected` window."""
+
+    feature: SafeName
+    test: Literal["ks", "chi2", "wasserstein", "jensenshannon"]
+    statistic: float = Field(ge=0, allow_inf_nan=False)
+    threshold: float = Field(ge=0, allow_inf_nan=False)
+    p_value: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+
+
+class DriftDetail(_Strict):
+    """`drift_detected`: a monitored window of a model version drifted from the card's
+    reference on these features."""
+
+    model: SafeName
+    version: int = Field(ge=1, le=10**9)
+    window: int = Field(ge=1, le=10**7)
+    alpha: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    features: list[DriftFeature] = Field(min_length=1, max_length=MAX_ITEMS)
+    retrain: bool
+
+
+class QualityDetail(_Strict):
+    """`quality_degraded`: a version's live F1 on joined labels fell below its offline F1."""
+
+    model: SafeName
+    version: int = Field(ge=1, le=10**9)
+    labelled: int = Field(ge=1, le=10**9)
+    live_f1: float = Field(ge=0, le=1, allow_inf_nan=False)
+    offline_f1: float = Field(ge=0, le=1, allow_inf_nan=False)
+    live_roc_auc: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    f1_drop: float = Field(ge=0, le=1, allow_inf_nan=False)
+    retrain: bool
+
+
 _MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
     "trainer": _MODEL | {"dp_sgd_charge", "release_charge"},
     "serving": _MODEL,
+    "monitor": frozenset({"drift_detected", "quality_degraded"}),
     "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
 }
@@ -136,6 +172,8 @@ KINDS: dict[str, KindRule] = {
     "model_promoted": KindRule(("dataset",), ModelDetail),
     "model_rolled_back": KindRule(("dataset",), ModelDetail),
     "model_refused": KindRule((), ModelDetail),
+    "drift_detected": KindRule(("dataset",), DriftDetail),
+    "quality_degraded": KindRule(("dataset",), QualityDetail),
 }
 
 

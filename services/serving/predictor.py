@@ -24,6 +24,7 @@ from services.serving.model import LoadedModel
 from services.serving.router import ModelHost, PinMiss, Route
 from shared.events import Scalar
 from shared.models.predictions import EntryName
+from shared.service_record import count_work
 
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")
@@ -133,6 +134,7 @@ class Predictor:
         prediction = self._prediction(request_id, model, score, route)
         _predictions.add(1, {"model": model.name, "version": model.version,
                              "route": route.value})
+        count_work(1, key=f"{model.name}:{model.version}")
         self._log(request.call, model, prediction, record)
         if shadow is not None:
             asyncio.get_running_loop().call_soon(self._score_shadow, shadow, [record],
@@ -187,6 +189,7 @@ class Predictor:
             for route, count in Counter(route for _, _, route in items).items():
                 _predictions.add(count, {"model": model.name, "version": model.version,
                                          "route": route.value})
+                count_work(count, key=f"{model.name}:{model.version}")
         for shadow, indexes in shadows.items():
             done = [i for i in indexes if isinstance(results[i], Prediction)]
             self._score_shadow(shadow, [cleaned[i] for i in done],
@@ -221,6 +224,7 @@ class Predictor:
                        for i, s in zip(ids, scores, strict=True)]
         _predictions.add(len(predictions), {"model": model.name, "version": model.version,
                                             "route": route.value})
+        count_work(len(predictions), key=f"{model.name}:{model.version}")
         for prediction, record in zip(predictions, cleaned, strict=True):
             self._log(call, model, prediction, record)
         if shadow is not None and cleaned:

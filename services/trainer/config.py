@@ -52,9 +52,9 @@ class TrainerSettings(LeptonSettings):
     trainer_link_cap: int = Field(default=128, ge=0, description="Span links per batch span.")
     trainer_exit_when_idle_s: float | None = Field(
         default=None, gt=0, description="Exit after this long without data (tests, batch jobs).")
-    trainer_cpu_watts_per_core: float = Field(
-        default=10.0, gt=0, description="Estimate when RAPL is unreadable: W per busy core.")
-    trainer_grid_gco2_per_kwh: float = Field(default=400.0, ge=0)
+    trainer_reference_epsilon: float = Field(
+        default=0.2, ge=0, description="Part of each model-mode release's ε spent on the "
+        "card's DP reference histograms for drift monitoring (0: no reference).")
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     trainer_dist_timeout_s: float = Field(default=120.0, gt=0)

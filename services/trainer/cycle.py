@@ -22,6 +22,7 @@ from services.trainer.release import Candidate, LiveModel
 from services.trainer.train import Engine
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model
+from shared.models.reference import ReferenceCounter
 
 
 @dataclass
@@ -44,11 +45,13 @@ class Cycle:
     subjects: Counter[str] = field(default_factory=Counter)
     over_bound: int = 0
     plan: Plan | None = None
+    reference: ReferenceCounter | None = None
 
     def keep_private(self, rows: list[dict[str, Any]], x: npt.NDArray[np.float32],
                      y: npt.NDArray[np.float32], limit: int) -> None:
         """Buffer rows for the cycle's DP-SGD release, at most `limit` per subject (rows over
-        the bound are counted in the card, not trained on)."""
+        the bound are counted in the card, not trained on); the kept rows are also counted
+        for the release's reference histograms."""
         keep = []
         for index, row in enumerate(rows):
             subject = str(row.get(SUBJECT_KEY))
@@ -58,6 +61,8 @@ class Cycle:
             else:
                 self.over_bound += 1
         if keep:
+            if self.reference is not None:
+                self.reference.add_rows(rows[i] for i in keep)
             self.private_x.append(x[keep])
             self.private_y.append(y[keep])
 

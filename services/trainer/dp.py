@@ -9,6 +9,10 @@ spec's `epsilon_per_release` at `delta` for the subject, not the event: with at 
 events per subject the user-level curve is RDP group privacy (Mironov 2017, Prop. 2: ε'(α) =
 3^c·ε(2^c·α), for α ≥ 2), computed at the ledger's orders (shared/accounting.py).
 
+A release may also publish a reference (shared/models/reference.py: DP histograms in the card);
+its RDP curve is composed with DP-SGD's, and σ is calibrated so that the whole release stays
+within `epsilon_per_release`.
+
 Secure RNG: Opacus's `secure_mode` needs torchcsprng; without it the noise and the sampling
 come from torch generators seeded from the OS CSPRNG each release, and the card says
 `secure_rng: false`.
@@ -20,6 +24,7 @@ import importlib.util
 import math
 import secrets
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +36,7 @@ from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from shared.accounting import ACCOUNTANT, ORDERS, epsilon_from_rdp, group_exponent
+from shared.accounting import ACCOUNTANT, ORDERS, compose, epsilon_from_rdp, group_exponent
 
 MAX_SIGMA = 500.0
 
@@ -68,25 +73,30 @@ def user_curve(sigma: float, sample_rate: float, steps: int, events_per_subject:
 
 
 def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int,
-              events_per_subject: int) -> float:
-    """The smallest noise multiplier (to 0.1 %) whose user-level ε is at most `epsilon`."""
-    if group_exponent(events_per_subject) == 0:
+              events_per_subject: int, extra: Sequence[float] = ()) -> float:
+    """The smallest noise multiplier (to 0.1 %) whose user-level ε, composed with the `extra`
+    RDP curve (the release's other mechanisms), is at most `epsilon`."""
+    def total(sigma: float) -> float:
+        curve = user_curve(sigma, sample_rate, steps, events_per_subject)
+        return epsilon_from_rdp(compose(curve, extra) if extra else curve, delta)
+
+    if extra and epsilon_from_rdp(extra, delta) >= epsilon:
+        raise ValueError("the reference's ε leaves no budget for DP-SGD")
+    if group_exponent(events_per_subject) == 0 and not extra:
         sigma = float(get_noise_multiplier(
             target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
             accountant=ACCOUNTANT, epsilon_tolerance=0.005, alphas=list(ORDERS)))
-        while epsilon_from_rdp(user_curve(sigma, sample_rate, steps, 1), delta) > epsilon:
+        while total(sigma) > epsilon:
             sigma *= 1.001
         return sigma
     low, high = 0.0, 1.0
-    while epsilon_from_rdp(user_curve(high, sample_rate, steps, events_per_subject),
-                           delta) > epsilon:
+    while total(high) > epsilon:
         low, high = high, high * 2
         if high > MAX_SIGMA:
             raise ValueError("the privacy budget is too small for this many steps")
     while high - low > 1e-3 * high:
         mid = (low + high) / 2
-        if epsilon_from_rdp(user_curve(mid, sample_rate, steps, events_per_subject),
-                            delta) > epsilon:
+        if total(mid) > epsilon:
             low = mid
         else:
             high = mid
@@ -105,21 +115,31 @@ class Plan:
     delta: float
     events_per_subject: int
     target_epsilon: float
+    extra_rdp: tuple[float, ...] = ()
+    extra_epsilon: float = 0.0
 
     @classmethod
     def make(cls, rows: int, minibatch: int, epochs: int, epsilon: float, delta: float,
-             max_grad_norm: float, events_per_subject: int) -> Plan:
-        """Poisson rate = minibatch/rows, `epochs` passes in expectation, σ calibrated."""
+             max_grad_norm: float, events_per_subject: int,
+             extra: tuple[Sequence[float], float] | None = None) -> Plan:
+        """Poisson rate = minibatch/rows, `epochs` passes in expectation, σ calibrated so the
+        release (with `extra`: another mechanism's RDP curve and its pure ε) meets `epsilon`."""
         sample_rate = min(1.0, minibatch / rows)
         steps = max(1, round(epochs / sample_rate))
-        sigma = calibrate(epsilon, delta, sample_rate, steps, events_per_subject)
+        curve = tuple(extra[0]) if extra else ()
+        sigma = calibrate(epsilon, delta, sample_rate, steps, events_per_subject, curve)
         return cls(rows, sample_rate, steps, sigma, max_grad_norm, delta, events_per_subject,
-                   epsilon)
+                   epsilon, curve, extra[1] if extra else 0.0)
 
-    def curve(self) -> list[float]:
-        """The release's per-subject RDP curve."""
+    def sgd_curve(self) -> list[float]:
+        """DP-SGD's own per-subject RDP curve."""
         return user_curve(self.noise_multiplier, self.sample_rate, self.steps,
                           self.events_per_subject)
+
+    def curve(self) -> list[float]:
+        """The release's per-subject RDP curve (DP-SGD composed with the reference's)."""
+        sgd = self.sgd_curve()
+        return compose(sgd, self.extra_rdp) if self.extra_rdp else sgd
 
     def epsilon(self) -> float:
         """The release's per-subject ε at δ."""
@@ -141,6 +161,8 @@ class Plan:
                 f"RDP group privacy for up to {2 ** c} events: 3^{c}·ε(2^{c}·α) "
                 "(Mironov 2017, Prop. 2)",
             "secure_rng": secure_rng_available(),
+            "dp_sgd_epsilon": epsilon_from_rdp(self.sgd_curve(), self.delta),
+            "reference_epsilon": self.extra_epsilon,
             "noise": "rank 0 only (one draw per step)",
             "scaling": "spec public bounds (no data statistics)",
         }

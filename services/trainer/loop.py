@@ -15,6 +15,7 @@ import time
 from functools import partial
 from typing import Any
 
+import redis
 import torch
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -31,7 +32,6 @@ from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import Batch, decode_batch
 from services.trainer.dp import Plan
-from services.trainer.energy import EnergyMeter
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
 from services.trainer.release import Releaser
@@ -41,13 +41,17 @@ from services.trainer.train import Engine
 from shared.crypto import KeyStore
 from shared.datasets import load_spec
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.energy import EnergyMeter
 from shared.events import dlq_headers
 from shared.governed_mac import GovernedMac
 from shared.kafka import make_consumer, make_producer
 from shared.models.features import FeatureTransform
-from shared.models.nets import architecture, build_model
+from shared.models.nets import architecture, build_model, predict_proba
+from shared.models.reference import ReferenceCounter, reference_curve, spec_bins
 from shared.models.registry import Registry
 from shared.readiness import clear_ready, mark_ready
+from shared.retrain import take_retrain
+from shared.service_record import count_work, note_consumer
 from shared.topics import Topics
 from shared.tracing import get_tracer, links_from_headers, messaging_attributes, span_name
 
@@ -86,7 +90,7 @@ class TrainerLoop:
         self._sealer: DeadLetterSealer | None = None
         self.registry = Registry(settings)
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
-        self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
+        self.meter = EnergyMeter(self.device, settings.energy_watts_per_core, comm.rank)
         self.metrics = TrainerMetrics()
         self.positions: dict[int, int] = {}
         self.prefetch: Prefetcher | None = None
@@ -96,6 +100,9 @@ class TrainerLoop:
         model = self.spec.model
         self.epochs = settings.trainer_epochs or (
             model.dp_epochs if self.private else None) or model.epochs_per_batch
+        # the reference histograms for drift monitoring (not in local mode: its rows are
+        # noised per event, so they would not compare with live traffic)
+        self.bins = spec_bins(self.spec) if privacy.mode != "local" else []
         self.learning_rate = settings.trainer_learning_rate or (
             self.spec.model.dp_learning_rate if self.private else None
         ) or self.spec.model.learning_rate
@@ -121,6 +128,7 @@ class TrainerLoop:
         self.positions = {p: start[p] for p in mine if p in start}
         self.consumer.assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING))
                               for p in mine])
+        note_consumer(self.settings.group_id(), [self.topic])
         log.info("rank %d consumes %s partitions %s from %s", self.comm.rank, self.topic, mine,
                  {p: start.get(p, "beginning") for p in mine})
 
@@ -159,12 +167,25 @@ class TrainerLoop:
             elapsed = time.monotonic() - cycle.started if cycle else 0.0
             end_cycle = cycle is not None and (
                 stopping or total == 0 or cycle.rows >= self.settings.trainer_cycle_rows
-                or self._leader_flag(elapsed >= self.settings.trainer_cycle_s))
+                or self._leader_flag(elapsed >= self.settings.trainer_cycle_s
+                                     or self._retrain_asked()))
             if end_cycle and cycle is not None:
                 self._finish_cycle(cycle)
                 cycle = None
             if stopping or (idle_expired and cycle is None):
                 return
+
+    def _retrain_asked(self) -> bool:
+        """Rank 0: whether the monitor asked to end the cycle early (shared/retrain.py)."""
+        if not self.comm.leader:
+            return False
+        try:
+            reason = take_retrain(self.registry.redis, self.settings, self.releaser.model)
+        except redis.RedisError:
+            return False
+        if reason:
+            log.info("ending the cycle early: the monitor asked (%s)", reason)
+        return reason is not None
 
     def _leader_flag(self, value: bool) -> bool:
         return self.comm.sum([1.0 if value and self.comm.leader else 0.0])[0] > 0
@@ -222,7 +243,9 @@ class TrainerLoop:
         info = self.comm.broadcast_json(
             {"version": parent.card.version, "transform": parent.card.feature_transform,
              "architecture": parent.card.architecture} if parent else None)
-        cycle = Cycle(started=time.monotonic(), parent=parent, transform=None)
+        cycle = Cycle(started=time.monotonic(), parent=parent, transform=None,
+                      reference=ReferenceCounter(self.bins) if self.private and self.bins
+                      else None)
         self.meter.start()
         if info is not None:
             cycle.transform = FeatureTransform.from_dict(info["transform"])
@@ -269,6 +292,7 @@ class TrainerLoop:
                 cycle.batch_spans.append(batch_span.get_span_context())
             cycle.lineage.add(batch)
             cycle.validation.extend(batch.validation)
+            count_work(len(batch.train))
             for outcome, count in (("train", len(batch.train)),
                                    ("validation", len(batch.validation)),
                                    ("skipped", batch.skipped), ("unlabelled", batch.unlabelled),
@@ -307,11 +331,14 @@ class TrainerLoop:
         if rows == 0:
             return
         privacy = self.spec.privacy
-        model = self.spec.model
-        cycle.plan = Plan.make(rows, model.dp_minibatch or self.settings.trainer_minibatch,
+        ref_epsilon = self.settings.trainer_reference_epsilon if cycle.reference else 0.0
+        spec = self.spec.model
+        cycle.plan = Plan.make(rows, spec.dp_minibatch or self.settings.trainer_minibatch,
                                self.epochs, privacy.epsilon_per_release, privacy.delta,
-                               model.dp_max_grad_norm or self.settings.trainer_dp_max_grad_norm,
-                               privacy.max_events_per_subject)
+                               spec.dp_max_grad_norm or self.settings.trainer_dp_max_grad_norm,
+                               privacy.max_events_per_subject,
+                               extra=(reference_curve(ref_epsilon, len(self.bins)), ref_epsilon)
+                               if ref_epsilon > 0 else None)
         with self.tracer.start_as_current_span("trainer train") as span:
             began = time.monotonic()
             stats = engine.train_private(x, y, cycle.plan)
@@ -320,6 +347,10 @@ class TrainerLoop:
             span.set_attribute("lepton.train.steps", stats.steps)
             span.set_attribute("lepton.train.loss", stats.loss)
             span.set_attribute("lepton.dp.noise_multiplier", cycle.plan.noise_multiplier)
+        if cycle.reference is not None and len(x):
+            model = engine.model.eval()
+            scores = predict_proba(model, torch.from_numpy(x).to(self.device))
+            cycle.reference.add_scores(scores.reshape(-1).cpu().numpy().tolist())
 
     def _finish_cycle(self, cycle: Cycle) -> None:
         self.producer.flush(15)
@@ -331,6 +362,7 @@ class TrainerLoop:
             "positions": {str(p): o for p, o in self.positions.items()},
             "energy": self.meter.read(), "subjects": sorted(cycle.subjects),
             "over_bound": cycle.over_bound,
+            "reference": cycle.reference.to_json() if cycle.reference else None,
         })
         state = ({k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
                  if engine is not None else None)
@@ -356,6 +388,9 @@ class TrainerLoop:
             cycle, state, parts, self.settings, world=self.comm.world, device=self.device,
             energy_method=self.meter.describe(), learning_rate=self.learning_rate,
             epochs=self.epochs)
+        counts = [part["reference"] for part in parts if part.get("reference")]
+        if counts and cycle.plan is not None and cycle.plan.extra_epsilon > 0:
+            candidate.extra["reference_counts"] = counts
         links = [Link(context) for context in cycle.batch_spans]
         with self.tracer.start_as_current_span(
                 "trainer cycle", links=links,

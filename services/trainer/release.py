@@ -2,9 +2,10 @@
 beside it on the held-out window, apply the gate, have governance charge a DP-SGD release to
 every contributing subject (charge.py; a refused or unanswered charge means no announcement),
 record global feature importance (mean |attribution| per raw field,
-shared.models.attribution) in the card, write the signed artifact, then make it live, record
-the decisions (promoted/refused) and announce it on `models.updates` with the trace context in
-the headers.
+shared.models.attribution) and the reference histograms the monitor checks drift against
+(shared/models/reference.py; DP-noised in model mode) in the card, write the signed artifact,
+then make it live, record the decisions (promoted/refused) and announce it on `models.updates`
+with the trace context in the headers.
 
 The steps after the registry write are idempotent (deterministic decision ids) and marked
 done in Redis, so a trainer that crashed between them finishes them on restart.
@@ -35,12 +36,14 @@ from services.trainer.evaluate import fairness, quality, tune_threshold
 from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
+from shared.carbon import carbon_intensity
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
 from shared.models.attribution import global_importance
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model, predict_proba
+from shared.models.reference import ReferenceCounter, spec_bins
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.principals import Principal
 from shared.state import rkey
@@ -109,6 +112,7 @@ class Releaser:
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         self.code_version = code_version()
+        self.carbon = carbon_intensity(settings)
         self.redis = registry.redis
         self._offsets_key = rkey(settings, "trainer", self.model, self.topics.governed, "offsets")
         self._released_key = rkey(settings, "trainer", self.model, "released")
@@ -167,6 +171,25 @@ class Releaser:
         return {**importance, "data": "held-out window (not covered by epsilon)"} \
             if importance else {}
 
+    def _reference(self, candidate: Candidate, window: list[dict[str, Any]]) -> dict[str, Any]:
+        """The card's reference histograms: in model mode the noised counts of the release's
+        training rows (their ε is in the plan, charged with it); without DP, the held-out
+        window's exact counts and scores."""
+        if self.spec.privacy.mode == "local":
+            return {}
+        counter = ReferenceCounter(spec_bins(self.spec))
+        plan = candidate.plan
+        if plan is not None:
+            parts = candidate.extra.get("reference_counts")
+            if not parts or plan.extra_epsilon <= 0:
+                return {}
+            counter.merge(parts)
+            privacy = counter.noise(plan.extra_epsilon, plan.events_per_subject)
+            return counter.reference("training rows of this release", privacy)
+        counter.add_rows(window)
+        counter.add_scores(self._scores(candidate.net, candidate.transform, window).tolist())
+        return counter.reference("held-out window (exact: the model is not private)")
+
     def _threshold(self, probs: npt.NDArray[np.float64], labels: npt.NDArray[np.float64]
                    ) -> float:
         """The spec's decision threshold, or the F1-maximising one when it says `tune`."""
@@ -207,6 +230,7 @@ class Releaser:
         privacy = privacy_summary(self.spec, candidate.plan, parent.card if parent else None)
         if verdict.promoted and candidate.plan is not None:
             verdict = charge_release(self, candidate, lineage, privacy, verdict, stop)
+        reference = self._reference(candidate, window)
         gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
         gate["live_metrics"] = live_metrics
         eps = privacy.get("epsilon") if candidate.plan is not None else None
@@ -218,7 +242,9 @@ class Releaser:
             code_version=self.code_version, device=candidate.device,
             wall_time_s=round(candidate.wall_time_s, 3), energy_j=round(candidate.energy_j, 3),
             energy_method=candidate.energy_method,
-            co2e_g=round(candidate.energy_j / 3.6e6 * self.settings.trainer_grid_gco2_per_kwh, 6),
+            co2e_g=round(self.carbon.grams(candidate.energy_j), 6), carbon=self.carbon.to_dict(),
+            joules_per_sample=round(candidate.energy_j / max(1, int(
+                candidate.training.get("rows") or 0)), 6), reference=reference,
             training={**candidate.training,
                       "feature_importance": self._importance(candidate, window)},
             gate=gate, privacy=privacy,

@@ -69,6 +69,11 @@ class ModelCard(BaseModel):
     energy_j: float = 0.0
     energy_method: str = ""
     co2e_g: float = 0.0
+    carbon: dict[str, Any] = Field(default_factory=dict, description="g_per_kwh, region, source")
+    joules_per_sample: float = 0.0
+    reference: dict[str, Any] = Field(
+        default_factory=dict, description="per-feature and score histograms for drift "
+        "monitoring (shared/models/reference.py), with their privacy facts")
     training: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] = Field(
         default_factory=dict, description="mode, epsilon, delta, accountant, sampling, "

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from shared.config import LeptonSettings
 from shared.kafka import make_consumer, make_producer
+from shared.service_record import note_consumer
 from shared.stage.metrics import StageMetrics
 from shared.stage.model import (
     MAX_BACKOFF_S,
@@ -48,6 +49,7 @@ class AtLeastOnceRuntime:
         self.consumer: Consumer = make_consumer(self.settings, self.group_id,
                                                 **self.consumer_config)
         self.consumer.subscribe(self.stage.inputs)
+        note_consumer(self.group_id, self.stage.inputs)
         finished = True
         try:
             while finished and not self.stop.is_set():

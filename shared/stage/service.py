@@ -12,6 +12,7 @@ from typing import NoReturn, TypeVar
 
 from shared.config import EXIT_CONFIG, ConfigError, LeptonSettings, load_settings
 from shared.logs import setup_logging
+from shared.service_record import ServiceRecord
 from shared.signals import stop_event
 from shared.tracing import setup_telemetry, shutdown_telemetry
 
@@ -25,14 +26,17 @@ def run_service(name: str, settings_class: type[S], run: Callable[[S, threading.
                 *, fatal: tuple[type[Exception], ...] = (),
                 metrics_port: Callable[[S], int | None] | None = None) -> NoReturn:
     """Run service `name` until stopped and exit with the status `run` returns. Errors in
-    `fatal` (and configuration errors) print one line, not a traceback."""
+    `fatal` (and configuration errors) print one line, not a traceback. The process keeps
+    its service record (energy, work, consumer) in Redis while it runs."""
     settings = load_settings(settings_class)
     setup_logging(name, settings.log_level, settings.log_format)
     stop = stop_event()
     port = metrics_port(settings) if metrics_port is not None else settings.metrics_port
     setup_telemetry(name, metrics_port=port)
+    record: ServiceRecord | None = None
     try:
         settings.bootstrap_servers()
+        record = ServiceRecord(name, settings).start()
         code = run(settings, stop)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
@@ -44,5 +48,7 @@ def run_service(name: str, settings_class: type[S], run: Callable[[S, threading.
         log.exception("%s failed", name)
         code = EXIT_FAILED
     finally:
+        if record is not None:
+            record.close()
         shutdown_telemetry()
     sys.exit(code)

@@ -27,6 +27,7 @@ from shared.config import LeptonSettings
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.positions import InputPositions
 from shared.readiness import clear_ready, mark_ready
+from shared.service_record import count_work, note_consumer
 from shared.stage.metrics import StageMetrics
 from shared.stage.model import (
     MAX_BACKOFF_S,
@@ -93,6 +94,7 @@ class TransactionalRuntime:
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
         self.consumer.subscribe(stage.inputs, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        note_consumer(self.group_id, stage.inputs, self.positions_topic)
         log.info("%s consuming %s as %s", self.label, ", ".join(stage.inputs),
                  self.transactional_id)
         mark_ready(s, stage.name)
@@ -127,6 +129,7 @@ class TransactionalRuntime:
                 self.batches += 1
                 self.processed += len(batch)
                 self.metrics.committed(len(batch), seconds)
+                count_work(len(batch), seconds)
                 self.stage.committed(batch, seconds)
             else:
                 self.metrics.aborted.add(1)

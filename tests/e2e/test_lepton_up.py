@@ -167,8 +167,9 @@ def _assert_prometheus(platform: Running) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             body = reply.read().decode()
         assert f"lepton_{service}_" in body, f"{service} exports no lepton metrics on :{port}"
+        assert f"lepton_{service}_energy_joules_total" in body, f"{service} meters no energy"
         checked.add(service)
-    assert checked == {"ingest", "governance", "trainer", "serving"}
+    assert checked == {"ingest", "governance", "trainer", "serving", "monitor"}
 
 
 def test_lepton_up_runs_the_platform_end_to_end(platform: Running) -> None:

@@ -191,8 +191,14 @@ def test_dp_sgd_release_is_charged_by_governance_before_it_is_announced(
     accountant = RDPAccountant()
     accountant.history = [(privacy["noise_multiplier"], privacy["sample_rate"],
                            privacy["steps"])]
-    assert card.epsilon == pytest.approx(accountant.get_epsilon(
+    # DP-SGD's own ε is Opacus's; the release's ε also composes the card's DP reference
+    # histograms (RDP, order by order), and that composed ε is what the ledger charged
+    assert privacy["dp_sgd_epsilon"] == pytest.approx(accountant.get_epsilon(
         delta=card.delta, alphas=privacy["orders"]), rel=1e-9)
+    assert privacy["reference_epsilon"] > 0
+    assert card.reference["privacy"]["epsilon"] == pytest.approx(privacy["reference_epsilon"])
+    assert privacy["dp_sgd_epsilon"] < card.epsilon
+    assert card.joules_per_sample > 0 and card.carbon["g_per_kwh"] > 0
     train_rows = card.lineage["rows"]["train"]
     assert privacy["rows"] == train_rows
     assert privacy["ledger"]["status"] == "charged"

@@ -21,7 +21,7 @@ from lepton.cli import app
 from shared.config import LeptonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("ingest", "governance", "trainer", "serving")
+SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 
 
 def _compose() -> dict[str, Any]:
@@ -227,11 +227,15 @@ from services.governance.telemetry import GovernanceMetrics
 from services.trainer.telemetry import TrainerMetrics
 import services.serving.predictor, services.serving.control, services.serving.prediction_log
 import services.serving.request_metrics
+from services.monitor.telemetry import MonitorMetrics
 from shared.stage.metrics import StageMetrics
 stages = [StageMetrics(name) for name in ("ingest", "governance", "serving")]
 for stage in stages:
     stage.lag[("topic", 0)] = 1
-objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics(), *stages]
+monitor = MonitorMetrics()
+for name in monitor.values:
+    monitor.set(name, 1.0, model="m", version=1, feature="f", service="s")
+objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics(), monitor, *stages]
 objects[1].set_budget("d", 1.0, 2.0)
 for module in (services.serving.predictor, services.serving.control,
                services.serving.prediction_log, services.serving.request_metrics):

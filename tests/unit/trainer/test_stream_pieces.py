@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from services.trainer import dp
 from services.trainer.config import TrainerSettings
 from services.trainer.decode import decode_batch
-from services.trainer.energy import EnergyMeter, co2e_grams
 from services.trainer.lineage import CycleLineage, furthest, merge
 from services.trainer.release import Releaser
 from services.trainer.split import is_validation
 from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
+from shared.energy import EnergyMeter, co2e_grams
 from shared.events import encode
 from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.models.nets import architecture, build_model

@@ -1,0 +1,96 @@
+"""Consumer-group lag as a broker sees it, with the permanent lag of transaction markers
+excluded: every committed transaction leaves a commit marker offset after its last record, so a
+group that consumed everything still trails the end of each partition by its markers. For a
+partition whose apparent lag is small (at most `PROBE_MAX`), the records between the committed
+position and the end are read (read_committed, which skips markers and aborted records) and
+only real records count; a larger lag is counted as it is (markers are then one per batch).
+
+The committed position is the later of the group's Kafka-committed offset and, for
+transactional stages, its input position in their checkpoint topic (shared/positions.py; the
+embedded broker keeps no offsets sent with a transaction).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from shared.config import LeptonSettings
+from shared.kafka import client_config
+from shared.positions import InputPositions
+
+PROBE_MAX = 64
+PROBE_TIMEOUT_S = 5.0
+Source = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class GroupSample:
+    """One observation of a consumer group's input partitions."""
+
+    at: float
+    end: dict[Source, int]
+    committed: dict[Source, int]
+    lag: dict[Source, int]
+
+    @property
+    def total_lag(self) -> int:
+        """Records waiting, over every partition."""
+        return sum(self.lag.values())
+
+
+def sample_group(settings: LeptonSettings, group: str, topics: list[str],
+                 positions_topic: str | None = None) -> GroupSample:
+    """Watermarks, committed positions and marker-free lag of `group` on `topics`."""
+    reader = Consumer(client_config(settings, log_level=3, **{
+        "group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True, "fetch.wait.max.ms": 20}))
+    try:
+        sources: list[Source] = []
+        for topic in topics:
+            meta = reader.list_topics(topic, timeout=10).topics[topic]
+            sources += [(topic, p) for p in sorted(meta.partitions)]
+        end = {s: reader.get_watermark_offsets(TopicPartition(*s), timeout=10)[1]
+               for s in sources}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in reader.committed(
+            [TopicPartition(*s) for s in sources], timeout=10)}
+        if positions_topic:
+            stored = InputPositions(settings, positions_topic, group, read_timeout=PROBE_TIMEOUT_S)
+            try:
+                for source, offset in stored.load(sources).items():
+                    committed[source] = max(committed.get(source, -1), offset)
+            finally:
+                stored.close()
+        lag = {s: end[s] - max(committed.get(s, -1), 0) for s in sources}
+        probe = {s: committed[s] for s in sources
+                 if 0 < lag[s] <= PROBE_MAX and committed.get(s, -1) >= 0}
+        lag.update(_records_after(reader, probe, end))
+        return GroupSample(time.monotonic(), end, committed, lag)
+    finally:
+        reader.close()
+
+
+def _records_after(reader: Consumer, start: dict[Source, int], end: dict[Source, int]
+                   ) -> dict[Source, int]:
+    """Real records (markers and aborted records skipped) from `start` to the end, per
+    partition; a partition not read to its end in time keeps its apparent lag."""
+    if not start:
+        return {}
+    reader.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+    counts = dict.fromkeys(start, 0)
+    pending = set(start)
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        for msg in reader.consume(500, 0.2):
+            source = (msg.topic() or "", msg.partition() or 0)
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(source)
+                continue
+            if source in counts and (msg.offset() or 0) < end[source]:
+                counts[source] += 1
+    reader.unassign()
+    return {s: n for s, n in counts.items() if s not in pending}

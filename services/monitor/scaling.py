@@ -1,0 +1,175 @@
+"""Scaling advice per consumer-group service: the fewest replicas that keep lag bounded
+(energy-aware: every extra replica costs power, so none beyond what the load needs).
+
+Consumes two lag samples of each group (lag.py, commit markers excluded) and the services'
+records in Redis (shared/service_record.py): which group and topics each service consumes, how
+many replicas are alive, and what one replica can do (units of work per busy second). Produces
+`Advice`: replicas = ceil((arrival rate + backlog / drain time) / (capacity × utilisation)),
+between `min_replicas` and the partition count (a group cannot use more); the metric
+`lepton.monitor.scale.replicas{service}`; and KEDA ScaledObjects whose lag threshold is the
+backlog one replica works off within the drain time (same numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+import yaml
+
+from services.monitor.lag import GroupSample, sample_group
+from services.monitor.telemetry import MonitorMetrics
+from shared.config import LeptonSettings
+from shared.service_record import UNITS, read_records
+from shared.state import make_redis
+
+log = logging.getLogger(__name__)
+DRAIN_S = 30.0
+UTILISATION = 0.8
+MIN_REPLICAS = 1
+ALIVE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """What a service consumes and what its replicas can do, from its records."""
+
+    service: str
+    group: str
+    topics: list[str]
+    positions_topic: str | None
+    replicas: int
+    capacity: float | None  # units of work per busy second, per replica
+
+
+@dataclass(frozen=True)
+class Advice:
+    """The recommendation for one service and the numbers behind it."""
+
+    service: str
+    group: str
+    topics: list[str]
+    partitions: int
+    replicas: int
+    lag: int
+    lag_growth_per_s: float
+    arrival_per_s: float
+    capacity_per_replica: float | None
+    recommended: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def consumers(client: redis.Redis[bytes], settings: LeptonSettings) -> list[Consumes]:
+    """Every service whose records name a consumer group."""
+    now = datetime.now(UTC)
+    found = []
+    for service in UNITS:
+        records = [r for r in read_records(client, settings, service) if r.get("consumer")]
+        if not records:
+            continue
+        latest = max(records, key=lambda r: str(r["updated_at"]))
+        alive = [r for r in records if now - datetime.fromisoformat(r["updated_at"])
+                 < timedelta(seconds=max(ALIVE_S, 3 * settings.energy_record_every_s))]
+        busy = sum(float(r.get("busy_s", 0.0)) for r in records)
+        work = sum(int(r.get("work", 0)) for r in records)
+        consumer = latest["consumer"]
+        found.append(Consumes(service, consumer["group"], list(consumer["topics"]),
+                              consumer.get("positions_topic"), len(alive),
+                              work / busy if busy > 0 and work > 0 else None))
+    return found
+
+
+def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
+           min_replicas: int = MIN_REPLICAS, drain_s: float = DRAIN_S,
+           utilisation: float = UTILISATION) -> Advice:
+    """The fewest replicas whose capacity covers the arrival rate plus the backlog worked off
+    within `drain_s`, at most one per partition."""
+    seconds = max(after.at - before.at, 1e-3)
+    partitions = len(after.end)
+    arrival = sum(after.end[s] - before.end.get(s, after.end[s]) for s in after.end) / seconds
+    growth = (after.total_lag - before.total_lag) / seconds
+    needed = max(arrival, 0.0) + after.total_lag / drain_s
+    capacity = consumes.capacity
+    if capacity is None and consumes.replicas:
+        done = sum(max(0, after.committed.get(s, 0) - max(before.committed.get(s, 0), 0))
+                   for s in after.end) / seconds
+        capacity = done / consumes.replicas if done > 0 else None
+    if needed <= 0:
+        recommended, reason = min_replicas, "no backlog and no new records"
+    elif capacity is None:
+        recommended = max(min_replicas, consumes.replicas)
+        reason = "no capacity measured yet: keep the replicas running"
+    else:
+        recommended = math.ceil(needed / (capacity * utilisation))
+        reason = (f"needs {needed:,.1f}/s (arrival {arrival:,.1f}/s + backlog "
+                  f"{after.total_lag} over {drain_s:g} s); one replica does {capacity:,.1f}/s "
+                  f"at {utilisation:.0%}")
+    recommended = max(min_replicas, min(recommended, max(partitions, min_replicas)))
+    return Advice(consumes.service, consumes.group, consumes.topics, partitions,
+                  consumes.replicas,
+                  after.total_lag, growth, arrival, capacity, recommended, reason)
+
+
+def sample(settings: LeptonSettings, consumes: Consumes) -> GroupSample:
+    """A lag sample of the service's group."""
+    return sample_group(settings, consumes.group, consumes.topics, consumes.positions_topic)
+
+
+def keda_scaled_object(advice: Advice, bootstrap: str, *, drain_s: float = DRAIN_S,
+                       min_replicas: int = MIN_REPLICAS) -> str:
+    """A KEDA ScaledObject (Kafka scaler) for the service's group: lag threshold = the backlog
+    one replica works off in `drain_s`, persistent (commit-marker) lag excluded."""
+    capacity = advice.capacity_per_replica or 1.0
+    threshold = max(1, round(capacity * UTILISATION * drain_s))
+    triggers = [{"type": "kafka", "metadata": {
+        "bootstrapServers": bootstrap, "consumerGroup": advice.group, "topic": topic,
+        "lagThreshold": str(threshold), "activationLagThreshold": "1",
+        "offsetResetPolicy": "earliest", "excludePersistentLag": "true",
+        "limitToPartitionsWithLag": "true"}} for topic in advice.topics]
+    doc = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+           "metadata": {"name": f"lepton-{advice.service}", "annotations": {
+               "lepton/derived-from": f"{capacity:,.1f} {advice.service} records/s per replica "
+                                      f"at {UTILISATION:.0%}, backlog drained in {drain_s:g} s"}},
+           "spec": {"scaleTargetRef": {"name": f"lepton-{advice.service}"},
+                    "minReplicaCount": min_replicas,
+                    "maxReplicaCount": max(advice.partitions, min_replicas),
+                    "pollingInterval": 15, "cooldownPeriod": 300, "triggers": triggers}}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class ScaleWatch(threading.Thread):
+    """Recomputes `lepton.monitor.scale.replicas{service}` every `monitor_scale_every_s`."""
+
+    def __init__(self, settings: LeptonSettings, metrics: MonitorMetrics,
+                 stop: threading.Event, every_s: float | None = None) -> None:
+        super().__init__(name="monitor-scale", daemon=True)
+        self.settings = settings
+        self.metrics = metrics
+        self.stop = stop
+        self.every_s = every_s or float(getattr(settings, "monitor_scale_every_s", 15.0))
+        self.previous: dict[str, GroupSample] = {}
+
+    def run(self) -> None:
+        """Sample every group, advise, set the gauge; until stopped."""
+        client = make_redis(self.settings)
+        while not self.stop.wait(self.every_s):
+            try:
+                for consumes in consumers(client, self.settings):
+                    now = sample(self.settings, consumes)
+                    before = self.previous.get(consumes.service)
+                    self.previous[consumes.service] = now
+                    if before is not None:
+                        advice = advise(consumes, before, now)
+                        self.metrics.set("lepton.monitor.scale.replicas", advice.recommended,
+                                         service=advice.service)
+            except Exception as error:  # the advice is best-effort; the monitor goes on
+                log.warning("scaling advice skipped: %s", error)

@@ -1,0 +1,101 @@
+"""Scaling advice on the embedded broker and real Redis: with lag growing at a known rate the
+advice rises; a group that consumed everything of a transactional topic, whose committed
+offsets trail only the commit markers, stays at the minimum; KEDA
+ScaledObjects take their lag threshold from the same capacity."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from services.monitor.lag import sample_group
+from services.monitor.scaling import advise, consumers, keda_scaled_object
+from shared.config import LeptonSettings
+from shared.kafka import ensure_topics
+from shared.service_record import ServiceRecord, count_work, note_consumer
+from shared.state import make_redis
+
+
+def _record(settings: LeptonSettings, group: str, topic: str, per_s: float) -> None:
+    """A live ingest process record: one replica that did `per_s` events per busy second."""
+    record = ServiceRecord("ingest", settings).start()
+    try:
+        note_consumer(group, [topic])
+        count_work(1000, 1000 / per_s)
+    finally:
+        record.close()
+
+
+def test_markers_only_stay_at_the_minimum(lepton_env: LeptonSettings) -> None:
+    settings = lepton_env
+    topic, group = f"{settings.topic_prefix}tx-{uuid.uuid4().hex[:6]}", "g-markers"
+    ensure_topics(settings, [topic])
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers(),
+                         "transactional.id": f"tx-{uuid.uuid4().hex}"})
+    producer.init_transactions()
+    for _ in range(5):
+        producer.begin_transaction()
+        for p in range(4):
+            producer.produce(topic, value=b"x", partition=p)
+        producer.commit_transaction()
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers(), "group.id": group,
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 20})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+    last: dict[int, int] = {}
+    deadline = time.monotonic() + 20
+    while sum(1 for o in last.values() if o >= 8) < 4 and time.monotonic() < deadline:
+        for msg in consumer.consume(100, 0.2):
+            if not msg.error():
+                last[msg.partition() or 0] = msg.offset() or 0
+    consumer.commit(offsets=[TopicPartition(topic, p, o + 1) for p, o in last.items()],
+                    asynchronous=False)
+    consumer.close()
+    _record(settings, group, topic, per_s=100.0)
+    before = sample_group(settings, group, [topic])
+    # what a plain committed-offset lag would see: one marker per partition
+    assert sum(before.end[s] - before.committed[s] for s in before.end) == 4
+    assert before.total_lag == 0
+    time.sleep(1.0)
+    after = sample_group(settings, group, [topic])
+    (found,) = consumers(make_redis(settings), settings)
+    advice = advise(found, before, after)
+    assert (advice.lag, advice.recommended) == (0, 1)
+
+
+def test_growing_lag_raises_the_advice(lepton_env: LeptonSettings) -> None:
+    settings = lepton_env
+    topic, group = f"{settings.topic_prefix}grow-{uuid.uuid4().hex[:6]}", "g-grow"
+    ensure_topics(settings, [topic])
+    _record(settings, group, topic, per_s=100.0)
+    (found,) = consumers(make_redis(settings), settings)
+    assert found.capacity == 100.0 and found.replicas == 1
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers()})
+    samples = [sample_group(settings, group, [topic])]
+    for _ in range(3):  # 40 records a second, nothing consumed
+        began = time.monotonic()
+        for i in range(40):
+            producer.produce(topic, value=b"x", partition=i % 4)
+        producer.flush(10)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+        samples.append(sample_group(settings, group, [topic]))
+    pairs = list(itertools.pairwise(samples))
+    advice = [advise(found, a, b, drain_s=2.0) for a, b in pairs]
+    assert [a.lag for a in advice] == [40, 80, 120]
+    for item, (a, b) in zip(advice, pairs, strict=True):
+        assert item.arrival_per_s * (b.at - a.at) == pytest.approx(40)  # the known rate
+        assert item.lag_growth_per_s > 0
+    # one replica does 80/s at 80 %: 40/s plus a 40-record backlog fits, 120 does not
+    recommended = [a.recommended for a in advice]
+    assert recommended[0] == 1 and recommended[2] == 2 and recommended == sorted(recommended)
+    scaled = yaml.safe_load(keda_scaled_object(advice[2], settings.bootstrap_servers()))
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["consumerGroup"] == group
+    assert trigger["metadata"]["lagThreshold"] == str(round(100.0 * 0.8 * 30))
+    assert trigger["metadata"]["excludePersistentLag"] == "true"
+    assert scaled["spec"]["maxReplicaCount"] == 4
