@@ -32,6 +32,7 @@ SERVICE_CLIS = (
     "services.serving.cli",
     "lepton.up",
     "lepton.dlq",
+    "lepton.keyset",
     "lepton.subjects",
     "lepton.topics",
     "lepton.probe",

@@ -30,8 +30,8 @@ def forget(
     """Crypto-shred a subject: destroy its keys everywhere and report what was not reached."""
     from services.governance.config import GovernanceSettings
     from services.ingest.cli import record_decision
+    from services.ingest.keystore import KeyStore
     from shared.config import load_settings
-    from shared.crypto import KeyStore
     from shared.state import compact_persistence, make_redis
 
     settings = load_settings(GovernanceSettings)
@@ -105,8 +105,8 @@ def rebuild() -> None:
     from services.governance.ledger import ChargeLog, Ledger
     from services.governance.policy import Policy
     from services.governance.service import AlreadyRunning, exclusive
+    from services.ingest.keystore import KeyStore
     from shared.config import load_settings
-    from shared.crypto import KeyStore
     from shared.models.registry import Registry
     from shared.state import make_redis
 

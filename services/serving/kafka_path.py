@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from services.serving.errors import ServingError
 from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.wire import message_headers
-from shared.crypto import KeyStore
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import (
     CONTENT_TYPE_JSON,
@@ -192,8 +191,8 @@ class KafkaPredictions:
                               exception=type(error).__name__, topic=self.requests_topic,
                               partition=message.partition() or 0,
                               offset=message.offset() or 0, service="serving")
-        if self._sealer is None:  # requests may carry PII: sealed under the DLQ key
-            self._sealer = DeadLetterSealer(KeyStore(self.settings, client=self.redis))
+        if self._sealer is None:  # requests may carry PII: sealed to the DLQ public key
+            self._sealer = DeadLetterSealer.load(self.settings)
         value, how = self._sealer.seal(message.value() or b"")
         headers.append((SEALED_HEADER, how.value.encode()))
         return Output(self.rejected_topic, message.key(), value, headers)

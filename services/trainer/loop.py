@@ -38,7 +38,6 @@ from services.trainer.release import Releaser
 from services.trainer.retry import until_redis
 from services.trainer.telemetry import TrainerMetrics
 from services.trainer.train import Engine
-from shared.crypto import KeyStore
 from shared.datasets import load_spec
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import dlq_headers
@@ -200,15 +199,14 @@ class TrainerLoop:
 
     def _reject(self, batch: Batch) -> None:
         if batch.rejected and self._sealer is None:
-            self._sealer = DeadLetterSealer(KeyStore(self.settings))
+            self._sealer = DeadLetterSealer.load(self.settings)
         for item in batch.rejected:
             assert self._sealer is not None
             headers = dlq_headers(item.headers, reason=item.reason, detail=item.detail,
                                   stage="trainer", exception="EnvelopeError", topic=item.topic,
                                   partition=item.partition, offset=item.offset,
                                   service="trainer")
-            value, how = until_redis(partial(self._sealer.seal, item.value or b""),
-                                     "DLQ key", self.stop)
+            value, how = self._sealer.seal(item.value or b"")
             headers.append((SEALED_HEADER, how.value.encode()))
             self.producer.produce(Topics(self.settings.topic_prefix).rejected, key=item.key,
                                   value=value, headers=headers)
