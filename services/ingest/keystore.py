@@ -43,6 +43,11 @@ _SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
 return 0
 """
+# Delete a wrapped key only if it is still the given record.
+_UNSET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class _Cache:
@@ -97,6 +102,7 @@ class KeyStore:
         self._cache = _Cache(cache_size, cache_ttl)
         self._mint = self.redis.register_script(_MINT)
         self.swap = self.redis.register_script(_SWAP)
+        self._unset = self.redis.register_script(_UNSET)
 
     def data_key_id(self, subject_id: str) -> str:
         """The (keyed, non-reversible) id of a subject's data key (raw id or pseudonym)."""
@@ -199,15 +205,20 @@ class KeyStore:
             raise CryptoError(str(error)) from None
 
     def _restore(self, items: list[tuple[str, bytes]]) -> tuple[set[str], set[str]]:
-        """Put disk copies back into Redis (SET NX). Returns (key ids put back, key ids taken
-        out again: none)."""
+        """Put disk copies back into Redis (SET NX); a key whose tombstone appeared meanwhile
+        (a `forget` racing with this) is taken out again. Returns (key ids put back, key ids
+        taken out)."""
         if not items:
             return set(), set()
         pipe = self.redis.pipeline(transaction=False)
         for key_id, record in items:
             pipe.set(self.key_prefix + key_id, record, nx=True)
         done = {key_id for (key_id, _), ok in zip(items, pipe.execute(), strict=True) if ok}
-        return done, set()
+        shredded = {key_id for key_id, _ in items if self.files.forgotten(key_id)}
+        for key_id, record in items:
+            if key_id in shredded:
+                self._unset(keys=[self.key_prefix + key_id], args=[record])
+        return done - shredded, shredded
 
     def restore(self) -> tuple[int, int]:
         """Put every disk copy missing from Redis back (SET NX), and write the disk copy of
@@ -225,14 +236,15 @@ class KeyStore:
         return bool(self.redis.sismember(self._forgotten, self.pseudonyms.normal(subject_id)))
 
     def forget(self, subject_id: str) -> bool:
-        """Crypto-shred: mark the subject forgotten and delete its data key in Redis and on disk
-        (leaving a tombstone there); True if a key existed in either."""
+        """Crypto-shred: leave the tombstone on disk (deleting the disk copy), then mark the
+        subject forgotten and delete its data key in Redis; True if a key existed in either.
+        The tombstone comes first so that a restore racing with this sees it."""
         key_id = self.data_key_id(subject_id)
+        on_disk = self.files.destroy(key_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.sadd(self._forgotten, self.pseudonyms.normal(subject_id))
         pipe.delete(self.key_prefix + key_id)
         _, deleted = pipe.execute()
-        on_disk = self.files.destroy(key_id)
         self._cache.pop(key_id)
         return bool(deleted) or on_disk
 
