@@ -75,7 +75,7 @@ class KafkaPredictions:
         self._answered: list[str] = []
         self._fresh = 0
         self.redis = make_redis(settings)
-        self._sealer: DeadLetterSealer | None = None
+        self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.served = 0
         self.duplicates = 0
         self._thread = threading.Thread(target=self._run, name="serving-kafka", daemon=True)
@@ -191,9 +191,7 @@ class KafkaPredictions:
                               exception=type(error).__name__, topic=self.requests_topic,
                               partition=message.partition() or 0,
                               offset=message.offset() or 0, service="serving")
-        if self._sealer is None:  # requests may carry PII: sealed to the DLQ public key
-            self._sealer = DeadLetterSealer.load(self.settings)
-        value, how = self._sealer.seal(message.value() or b"")
+        value, how = self._sealer.seal(message.value() or b"")  # requests may carry PII
         headers.append((SEALED_HEADER, how.value.encode()))
         return Output(self.rejected_topic, message.key(), value, headers)
 

@@ -82,7 +82,7 @@ class TrainerLoop:
             settings, settings.group_id(), **{"client.id": f"trainer-{comm.rank}",
                                               "log_level": 3})
         self.producer: Producer = make_producer(settings)
-        self._sealer: DeadLetterSealer | None = None
+        self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.registry = Registry(settings)
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
         self.meter = EnergyMeter(self.device, settings.trainer_cpu_watts_per_core, comm.rank)
@@ -198,10 +198,7 @@ class TrainerLoop:
         return batch, (total, train_rows, stop > 0, total == 0 and idle > 0)
 
     def _reject(self, batch: Batch) -> None:
-        if batch.rejected and self._sealer is None:
-            self._sealer = DeadLetterSealer.load(self.settings)
         for item in batch.rejected:
-            assert self._sealer is not None
             headers = dlq_headers(item.headers, reason=item.reason, detail=item.detail,
                                   stage="trainer", exception="EnvelopeError", topic=item.topic,
                                   partition=item.partition, offset=item.offset,
