@@ -33,6 +33,7 @@ SERVICE_CLIS = (
     "services.monitor.cli",
     "lepton.up",
     "lepton.dlq",
+    "lepton.keyset",
     "lepton.subjects",
     "lepton.topics",
     "lepton.probe",

@@ -1,12 +1,13 @@
 """`lepton dlq show|replay [--reason R]`: inspect `events.rejected` and put fixed records back.
 
 `show` prints one JSON line per dead letter (reason, stage, attempt, source, how it is sealed;
-`--reveal` adds the decrypted original, for an operator entitled to read it). `replay` decrypts
-ingest's dead letters (those whose source is events.raw) and produces them to events.raw again
-with `lepton.replay.origin`/`lepton.replay.attempt`: ingest processes them as new attempts of
-the same event (same event id, attempt + 1), and its dedup lets each event through once however
-often it is replayed. Shredded (forgotten subject), discarded and truncated letters are skipped
-and counted. Imports stay inside the commands.
+`--reveal` adds the decrypted original, for an operator entitled to read it: DLQ-key letters
+open with the DLQ private key, `LEPTON_DLQ_KEY_FILE`; subject-sealed ones with the keyring).
+`replay` decrypts ingest's dead letters (those whose source is events.raw) and produces them to
+events.raw again with `lepton.replay.origin`/`lepton.replay.attempt`: ingest processes them as
+new attempts of the same event (same event id, attempt + 1), and its dedup lets each event
+through once however often it is replayed. Shredded (forgotten subject), discarded and truncated
+letters are skipped and counted. Imports stay inside the commands.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Message
 
     from shared.config import LeptonSettings
+    from shared.dlq import DeadLetterOpener
 
 dlq_app = typer.Typer(help="The dead-letter queue (events.rejected): show and replay.",
                       no_args_is_help=True)
@@ -64,6 +66,22 @@ def _letters(settings: LeptonSettings, reason: str | None) -> Iterator[Message]:
         consumer.close()
 
 
+def _opener(settings: LeptonSettings) -> DeadLetterOpener:
+    """The operator's opener: the DLQ private key, and the keyring for subject-sealed letters
+    (opened lazily, so reading DLQ-key letters needs no keyring)."""
+    from services.ingest.keystore import KeyStore
+    from shared.dlq import DeadLetterOpener
+
+    stores: list[KeyStore] = []
+
+    def open_subject(label: str, value: bytes) -> bytes:
+        if not stores:
+            stores.append(KeyStore(settings))
+        return stores[0].open_bytes(label, value)
+
+    return DeadLetterOpener.load(settings, open_subject)
+
+
 def _text(headers: dict[str, bytes], name: str) -> str:
     return headers.get(name, b"").decode("utf-8", "replace")
 
@@ -77,12 +95,12 @@ def show(
     """Print one JSON line per dead letter (never its PII unless --reveal)."""
     import orjson
 
-    from shared.crypto import CryptoError, KeyStore
-    from shared.dlq import SEALED_HEADER, DeadLetterSealer
+    from shared.crypto import CryptoError
+    from shared.dlq import SEALED_HEADER
     from shared.events import Header, headers_dict
 
     settings = _settings()
-    sealer = DeadLetterSealer(KeyStore(settings)) if reveal else None
+    opener = _opener(settings) if reveal else None
     counts: Counter[str] = Counter()
     for msg in _letters(settings, reason):
         headers = headers_dict(msg.headers())
@@ -98,9 +116,9 @@ def show(
             "subject": (msg.key() or b"").decode("utf-8", "replace") or None,
         }
         counts[str(row["reason"])] += 1
-        if sealer is not None and msg.value():
+        if opener is not None and msg.value():
             try:
-                row["value"] = sealer.open(msg.value() or b"").decode("utf-8", "replace")
+                row["value"] = opener.open(msg.value() or b"").decode("utf-8", "replace")
             except CryptoError as error:
                 row["value_error"] = str(error)
         typer.echo(orjson.dumps(row).decode())
@@ -111,15 +129,15 @@ def show(
 @dlq_app.command("replay")
 def replay(reason: ReasonOption = None) -> None:
     """Decrypt ingest's dead letters and send them to events.raw again (as new attempts)."""
-    from shared.crypto import CryptoError, KeyStore
-    from shared.dlq import REPLAY_ATTEMPT, REPLAY_ORIGIN, SEALED_HEADER, DeadLetterSealer, Sealing
+    from shared.crypto import CryptoError, KeyDestroyed
+    from shared.dlq import REPLAY_ATTEMPT, REPLAY_ORIGIN, SEALED_HEADER, Sealing
     from shared.events import Header, HeaderList, headers_dict
     from shared.kafka import make_producer
     from shared.topics import Topics
 
     settings = _settings()
     topics = Topics(settings.topic_prefix)
-    sealer = DeadLetterSealer(KeyStore(settings))
+    opener = _opener(settings)
     producer = make_producer(settings)
     replayed = 0
     skipped: Counter[str] = Counter()
@@ -135,9 +153,12 @@ def replay(reason: ReasonOption = None) -> None:
             skipped["discarded (subject forgotten)"] += 1
             continue
         try:
-            value = sealer.open(msg.value() or b"")
-        except CryptoError:
+            value = opener.open(msg.value() or b"")
+        except KeyDestroyed:
             skipped["shredded (key destroyed)"] += 1
+            continue
+        except CryptoError as error:
+            skipped[f"unreadable ({error})"] += 1
             continue
         origin = headers.get(REPLAY_ORIGIN) or "/".join(_text(headers, h) for h in (
             Header.DLQ_TOPIC, Header.DLQ_PARTITION, Header.DLQ_OFFSET)).encode()

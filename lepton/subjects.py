@@ -10,7 +10,8 @@ processes (until their cache TTL), the producer's raw bytes on events.raw, and e
 version whose lineage includes the subject's released events (marked
 `contains_forgotten: true` in the registry). `state rebuild` puts back wrapped data keys (from
 `<keys>/datakeys`), the forgotten and consent sets (from the audit store), live-model pointers
-(from `<registry>/<model>/live.json`) and the privacy ledger (from its charge log). Imports stay
+(from `<registry>/<model>/live.json`), announcement sequences (from
+`<registry>/<model>/announce-seq`) and the privacy ledger (from its charge log). Imports stay
 inside the commands.
 """
 
@@ -30,8 +31,8 @@ def forget(
     """Crypto-shred a subject: destroy its keys everywhere and report what was not reached."""
     from services.governance.config import GovernanceSettings
     from services.ingest.cli import record_decision
+    from services.ingest.keystore import KeyStore
     from shared.config import load_settings
-    from shared.crypto import KeyStore
     from shared.state import compact_persistence, make_redis
 
     settings = load_settings(GovernanceSettings)
@@ -100,13 +101,15 @@ state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.
 
 @state_app.command("rebuild")
 def rebuild() -> None:
-    """Restore data keys, forgotten/consent sets, live pointers and the ledger into Redis."""
+    """Restore data keys, forgotten/consent sets, live pointers, announcement sequences and the
+    ledger into Redis."""
     from services.governance.config import GovernanceSettings
     from services.governance.ledger import ChargeLog, Ledger
     from services.governance.policy import Policy
     from services.governance.service import AlreadyRunning, exclusive
+    from services.ingest.keystore import KeyStore
+    from shared.announcements import restore_sequence
     from shared.config import load_settings
-    from shared.crypto import KeyStore
     from shared.models.registry import Registry
     from shared.state import make_redis
 
@@ -120,7 +123,8 @@ def rebuild() -> None:
                f"{settings.audit_dir()}")
     registry = Registry(settings)
     for model in registry.models():
-        typer.echo(f"model {model}: live version {registry.live(model)}")
+        typer.echo(f"model {model}: live version {registry.live(model)}, announcement "
+                   f"sequence {restore_sequence(client, settings, model)}")
     try:
         with exclusive(settings.governance_dir()):
             count = Ledger(client, settings, ChargeLog(settings.ledger_dir())).rebuild()

@@ -80,6 +80,15 @@ class LeptonSettings(BaseSettings):
     principals_public_dir: Path | None = Field(
         default=None, description="Public keys (<principal>.pub) this process trusts "
         "(default: <keys dir>/principals).")
+    token_key_file: Path | None = Field(
+        default=None, description="The platform key (ingest, governance and the operator "
+        "only; a read-only secret; default: <keys dir>/token.key, created on first use).")
+    model_signing_key_file: Path | None = Field(
+        default=None, description="The trainer's model-card signing key (a read-only secret; "
+        "default: <keys dir>/model-signing.key, created on first use).")
+    dlq_key_file: Path | None = Field(
+        default=None, description="The DLQ private key (the operator's `lepton dlq` only; "
+        "default: <keys dir>/principals/dlq.key).")
     governed_mac_key_file: Path | None = Field(
         default=None, description="Key authenticating events.governed records (shared by "
         "governance and the trainer only; default: <keys dir>/governed-mac.key).")

@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared.config import LeptonSettings
 from shared.events import Decision
-from shared.governed_mac import MAC_KEY_FILE, load_or_create_key
-from shared.signing import key_id, load_or_create_private_key, public_pem, sign, verify
+from shared.signing import key_id, load_signing_key, sign, verify
 
 PrincipalName = Literal["ingest", "governance", "trainer", "serving", "monitor", "operator"]
 PRINCIPAL_NAMES: tuple[PrincipalName, ...] = get_args(PrincipalName)
@@ -56,37 +55,16 @@ class Principal:
     def load(cls, settings: LeptonSettings, name: PrincipalName) -> Principal:
         """The principal's key: `LEPTON_PRINCIPAL_KEY_FILE` when set (must exist), else from the
         keys directory, created (0600 in a 0700 directory) on first use."""
-        given = settings.principal_key_file
-        if given is not None:
-            if not given.is_file():
-                raise FileNotFoundError(f"LEPTON_PRINCIPAL_KEY_FILE {given} does not exist")
-            key = load_or_create_private_key(given)
-        else:
-            directory = principals_dir(settings)
-            if not (directory / f"{name}.key").exists():
-                private_dir(directory)
-            key = load_or_create_private_key(directory / f"{name}.key")
+        directory = principals_dir(settings)
+        if settings.principal_key_file is None and not (directory / f"{name}.key").exists():
+            private_dir(directory)
+        key = load_signing_key(settings.principal_key_file, directory / f"{name}.key",
+                               "LEPTON_PRINCIPAL_KEY_FILE")
         return cls(name, key, key_id(key.public_key()))
 
     def sign(self, data: bytes) -> str:
         """Sign `data` (base64 signature)."""
         return sign(self.key, data)
-
-
-def make_key_set(directory: Path) -> dict[str, str]:
-    """Create every principal's key in `directory` (0700): `<name>.key` (0600) and, for the
-    receivers, `public/<name>.pub`, plus the governed-event MAC key (`governed-mac.key`);
-    existing keys are kept. Returns name → key id."""
-    private_dir(directory)
-    public = directory / "public"
-    public.mkdir(exist_ok=True)
-    ids: dict[str, str] = {}
-    for name in PRINCIPAL_NAMES:
-        key = load_or_create_private_key(directory / f"{name}.key")
-        (public / f"{name}.pub").write_bytes(public_pem(key.public_key()))
-        ids[name] = key_id(key.public_key())
-    load_or_create_key(directory / MAC_KEY_FILE)
-    return ids
 
 
 def canonical_decision(obj: dict[str, Any]) -> bytes:

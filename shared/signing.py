@@ -45,6 +45,14 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def load_signing_key(given: Path | None, default: Path, variable: str) -> Ed25519PrivateKey:
+    """The key in `given` (a read-only secret that must exist, named by setting `variable`),
+    else the one in `default`, created on first use."""
+    if given is not None and not given.is_file():
+        raise FileNotFoundError(f"{variable} {given} does not exist")
+    return load_or_create_private_key(given or default)
+
+
 def public_path(private_path: Path) -> Path:
     """Where the public key of `private_path` is kept."""
     return private_path.with_suffix(".pub")

@@ -1,9 +1,10 @@
 """The platform key: the one long-lived secret from which keyed identifiers are derived
 (subject pseudonyms, data-key ids), domain-separated per purpose. It never tokenizes PII:
-tokens are keyed per subject (`shared.crypto.KeyStore.tokenize`) so forgetting destroys them.
+tokens are keyed per subject (`services/ingest/ciphers.py`) so forgetting destroys them. Held
+by ingest, governance (pseudonyms of operator input) and the operator only.
 
-Consumes: `LEPTON_TOKEN_KEY` (base64url) or `<keys_path>/token.key` (0600, made on first use).
-Produces: 32-byte subkeys. Also exported by `shared.crypto`.
+Consumes: `LEPTON_TOKEN_KEY` (base64url), else `LEPTON_TOKEN_KEY_FILE` (a read-only secret;
+must exist), else `<keys_path>/token.key` (0600, made on first use). Produces: 32-byte subkeys.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import os
 
 from shared.config import LeptonSettings
-from shared.keyring import KmsError, b64d, b64e
+from shared.crypto import KmsError, b64d, b64e
 from shared.secretfiles import read_or_create
 
 TOKEN_KEY_ENV = "LEPTON_TOKEN_KEY"  # noqa: S105 (names, not secrets)
@@ -35,13 +36,25 @@ class PlatformKey:
 
 
 def load_platform_key(settings: LeptonSettings) -> PlatformKey:
-    """The platform key from `LEPTON_TOKEN_KEY` (base64url) or `<keys_path>/token.key`."""
+    """The platform key from `LEPTON_TOKEN_KEY` (base64url), `LEPTON_TOKEN_KEY_FILE` or
+    `<keys_path>/token.key`."""
     env_value = os.environ.get(TOKEN_KEY_ENV)
+    path = settings.token_key_file or settings.keys_path() / TOKEN_KEY_FILE
+    origin = TOKEN_KEY_ENV if env_value else str(path)
     try:
-        text = env_value or read_or_create(
-            settings.keys_path() / TOKEN_KEY_FILE, lambda: b64e(os.urandom(32)).encode()
-        ).decode()
+        if env_value:
+            text = env_value
+        elif settings.token_key_file is not None:
+            text = path.read_text()
+        else:
+            text = read_or_create(path, new_platform_key).decode()
         return PlatformKey(b64d(text.strip()))
+    except FileNotFoundError:
+        raise KmsError(f"{origin} does not exist") from None
     except ValueError:
-        origin = TOKEN_KEY_ENV if env_value else str(settings.keys_path() / TOKEN_KEY_FILE)
         raise KmsError(f"{origin}: token key must be 32+ bytes of base64url") from None
+
+
+def new_platform_key() -> bytes:
+    """The contents of a fresh `token.key` file."""
+    return b64e(os.urandom(32)).encode()

@@ -1,4 +1,5 @@
-"""Test helpers: read whole topics without a group join, run the `lepton` command."""
+"""Test helpers: read whole topics without a group join, run the `lepton` command, open dead
+letters as the operator."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
+from shared.dlq import DeadLetterOpener
+
+
+def open_dead_letter(settings: LeptonSettings, value: bytes) -> bytes:
+    """A DLQ-key dead letter's bytes, opened with the DLQ private key alone (no keyring: a
+    subject-sealed letter fails the test)."""
+
+    def no_keyring(label: str, sealed: bytes) -> bytes:
+        raise AssertionError("not sealed to the DLQ public key")
+
+    return DeadLetterOpener.load(settings, no_keyring).open(value)
 
 
 @dataclass(frozen=True)

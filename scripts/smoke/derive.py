@@ -49,7 +49,7 @@ def derive(repo: Path, secrets: Path) -> dict[str, Any]:
         service.pop("build", None)
         if "volumes" in service:
             service["volumes"] = [_absolute(v, repo) for v in service["volumes"]]
-        if name in ("ingest", "governance", "trainer", "serving"):
+        if name in ("ingest", "governance", "trainer", "serving", "operator"):
             service["volumes"] = [v.replace(str(repo / "secrets"), str(secrets))
                                   for v in service["volumes"]]
     # a quick demo cycle: 2k events leave too few held-out frauds per age band for a

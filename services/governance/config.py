@@ -42,6 +42,9 @@ class GovernanceSettings(LeptonSettings):
         description="Largest ε one dp_sgd_charge decision may charge (larger: refused).")
     governance_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Consumer group session timeout.")
+    governance_audit_key_file: Path | None = Field(
+        default=None, description="The audit checkpoint signing key (a read-only secret; "
+        "default: <keys dir>/audit-signing.key, created on first use).")
 
     def group_id(self) -> str:
         """The consumer group of the governance loop."""
@@ -64,5 +67,5 @@ class GovernanceSettings(LeptonSettings):
         return self.governance_dir() / "ledger"
 
     def audit_key_path(self) -> Path:
-        """The Ed25519 key that signs audit checkpoints (its .pub beside it)."""
-        return self.keys_path() / AUDIT_KEY_NAME
+        """The Ed25519 key that signs audit checkpoints (its .pub beside it when created)."""
+        return self.governance_audit_key_file or self.keys_path() / AUDIT_KEY_NAME

@@ -35,7 +35,6 @@ from services.governance.sealing import decision_item, event_fields, outputs_for
 from services.governance.store import AuditStore, Sealed
 from services.governance.telemetry import GovernanceMetrics
 from shared.allowlist import Allowed, AllowList
-from shared.crypto import KeyStore
 from shared.datasets import UnknownDataset, load_spec
 from shared.dlq import DeadLetterSealer
 from shared.events import (
@@ -49,7 +48,7 @@ from shared.events import (
 )
 from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
-from shared.pseudonym import is_pseudonym
+from shared.pseudonym import is_pseudonym, load_pseudonymizer
 from shared.stage import Output
 from shared.topics import Topics
 from shared.tracing import get_tracer
@@ -96,7 +95,7 @@ class Processor:
 
     def __init__(self, settings: GovernanceSettings, store: AuditStore, ledger: Ledger,
                  policy: Policy, metrics: GovernanceMetrics, audit_partitions: int,
-                 keystore: KeyStore, tracer: Tracer | None = None,
+                 tracer: Tracer | None = None,
                  releases: ReleaseLedger | None = None) -> None:
         self.settings = settings
         self.releases = releases or ReleaseLedger(policy.redis, settings)
@@ -108,8 +107,8 @@ class Processor:
         self.metrics = metrics
         self.audit_partitions = audit_partitions
         self.tracer = tracer or get_tracer("lepton.governance")
-        self.pseudonyms = keystore.pseudonyms
-        self.sealer = DeadLetterSealer(keystore)
+        self.pseudonyms = load_pseudonymizer(settings)
+        self.sealer = DeadLetterSealer.load(settings)
         self._datasets: dict[str, DatasetPrivacy | str] = {}
         self.allow = AllowList(public_keys_dir(settings), ALLOWED)
         self.mac = GovernedMac.load(settings)

@@ -126,7 +126,7 @@ def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
 def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
                 sealer: DeadLetterSealer, mac: GovernedMac) -> list[Output]:
     """The records to produce for one consumed record, under its process span (governed
-    records stamped with their MAC, dead letters sealed under the DLQ key)."""
+    records stamped with their MAC, dead letters sealed to the DLQ public key)."""
     msg = item.msg
     attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
     if item.reason:

@@ -33,10 +33,9 @@ from services.governance.releases import ReleaseLedger
 from services.governance.sealing import AUDIT_TYPE_HEADER
 from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
-from shared.crypto import KeyStore
 from shared.events import CONTENT_TYPE_JSON, Header
 from shared.kafka import ensure_topics
-from shared.signing import load_or_create_private_key
+from shared.signing import load_signing_key
 from shared.stage import Output, TransactionalRuntime
 from shared.state import make_redis
 from shared.topics import Topic, Topics
@@ -150,10 +149,10 @@ class GovernanceService:
             store = AuditStore(s.audit_dir(), self.topics.audit_log,
                                segment_bytes=s.governance_segment_bytes, fsync=s.governance_fsync)
             store.open(counts[self.topics.audit_log])
-            key = load_or_create_private_key(s.audit_key_path())
+            key = load_signing_key(s.governance_audit_key_file, s.audit_key_path(),
+                                   "LEPTON_GOVERNANCE_AUDIT_KEY_FILE")
             processor = Processor(s, store, ledger, Policy(client, s, s.audit_dir()), self.metrics,
-                                  counts[self.topics.audit_log],
-                                  KeyStore(s, client=client), self.tracer, releases)
+                                  counts[self.topics.audit_log], self.tracer, releases)
             self.runtime = TransactionalRuntime(
                 s, GovernanceStage(s, processor, store, key), self.stop,
                 group_id=s.group_id(), transactional_id=s.transactional_id(),

@@ -1,5 +1,5 @@
-"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status|principals` (`lepton forget`
-lives in `lepton/subjects.py`: it reaches into every service's stores).
+"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status` (`lepton keys principals` is in
+`lepton/keyset.py`, `lepton forget` in `lepton/subjects.py`: they reach every service's keys).
 
 Rotation and retirement are recorded as decisions (`key_rotated`, `key_retired`) on
 `audit.requests`, signed as the operator principal, for governance to seal into the audit log.
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import getpass
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, retire, show usage; "
-                       "principals' signing keys.",
+                       "the deployment's key set.",
                        no_args_is_help=True)
 
 
@@ -58,9 +57,10 @@ def ingest() -> None:
 @keys_app.command("rotate")
 def rotate() -> None:
     """Add a new master key, make it active and re-wrap every data key under it."""
+    from services.ingest.keystore import KeyStore
+    from services.ingest.rewrap import rewrap
     from shared.config import LeptonSettings, load_settings
-    from shared.crypto import KeyStore
-    from shared.keyring import KmsError
+    from shared.crypto import KmsError
 
     store = KeyStore(load_settings(LeptonSettings))
     previous = store.kms.active_key_id()
@@ -69,7 +69,7 @@ def rotate() -> None:
     except (KmsError, AttributeError) as error:
         typer.echo(f"error: cannot add a master key: {error}", err=True)
         raise typer.Exit(1) from None
-    report = store.rewrap()
+    report = rewrap(store)
     typer.echo(f"active master key {new} (was {previous}); re-wrapped {report.rewrapped} data "
                f"keys, {report.failed} failed, {report.changed_meanwhile} changed meanwhile")
     record_decision("key_rotated", "keys rotate", None,
@@ -80,25 +80,14 @@ def rotate() -> None:
         raise typer.Exit(1)
 
 
-@keys_app.command("principals")
-def principals(
-    directory: Annotated[Path, typer.Argument(help="Where to write the key set (0700).")],
-) -> None:
-    """Create each principal's signing key (<name>.key, 0600) and public/<name>.pub for the
-    receivers (compose secrets); existing keys are kept."""
-    from shared.principals import make_key_set
-
-    for name, kid in make_key_set(directory).items():
-        typer.echo(f"{name}: key id {kid}")
-
-
 @keys_app.command("rewrap")
 def rewrap() -> None:
     """Re-wrap data keys still under an older master key (idempotent; safe while running)."""
+    from services.ingest.keystore import KeyStore
+    from services.ingest.rewrap import rewrap
     from shared.config import LeptonSettings, load_settings
-    from shared.crypto import KeyStore
 
-    report = KeyStore(load_settings(LeptonSettings)).rewrap()
+    report = rewrap(KeyStore(load_settings(LeptonSettings)))
     typer.echo(f"active {report.active}: re-wrapped {report.rewrapped}, already current "
                f"{report.current}, changed meanwhile {report.changed_meanwhile}, "
                f"failed {report.failed}")
@@ -109,12 +98,13 @@ def rewrap() -> None:
 @keys_app.command("status")
 def status() -> None:
     """Show each master key and what still depends on it (never the keys)."""
+    from services.ingest.keystore import KeyStore
+    from services.ingest.rewrap import master_key_usage
     from shared.config import LeptonSettings, load_settings
-    from shared.crypto import KeyStore
 
     store = KeyStore(load_settings(LeptonSettings))
     active = store.kms.active_key_id()
-    usage = store.master_key_usage()
+    usage = master_key_usage(store)
     ids = getattr(store.kms, "key_ids", lambda: sorted(usage))()
     for key_id in ids:
         mark = "*" if key_id == active else " "
@@ -129,9 +119,10 @@ def retire(
     key_id: Annotated[str, typer.Argument(help="The master key id to remove.")],
 ) -> None:
     """Remove a master key from the keyring once no data key is wrapped under it."""
+    from services.ingest.keystore import KeyStore
+    from services.ingest.rewrap import master_key_usage
     from shared.config import LeptonSettings, load_settings
-    from shared.crypto import KeyStore
-    from shared.keyring import KmsError
+    from shared.crypto import KmsError
 
     store = KeyStore(load_settings(LeptonSettings))
     remove = getattr(store.kms, "remove_key", None)
@@ -142,7 +133,7 @@ def retire(
         typer.echo(f"error: {key_id} is the active master key; `lepton keys rotate` first",
                    err=True)
         raise typer.Exit(1)
-    wrapped = store.master_key_usage().get(key_id, 0)
+    wrapped = master_key_usage(store).get(key_id, 0)
     if wrapped:
         typer.echo(f"error: {wrapped} data keys are still wrapped under {key_id}; run "
                    "`lepton keys rewrap` first", err=True)

@@ -3,10 +3,11 @@ dead letters for `events.rejected`, and nothing for duplicates.
 
 Every subject id leaving ingest is its keyed pseudonym (`shared.pseudonym`): the envelope's
 `subject_id`, the payload's subject field and the Kafka key. Dead letters are sealed
-(`shared.dlq`): under the subject's data key when the record names a subject, else under the DLQ
-key; a forgotten subject's rejected bytes are discarded. A record replayed by `lepton dlq replay`
-carries `lepton.replay.origin` (its first source, so a derived event id stays the same) and
-`lepton.replay.attempt` (its dead-letter attempt count, continued here).
+(`shared.dlq`): under the subject's data key when the record names a subject (so `forget` shreds
+them), else to the DLQ public key; a forgotten subject's rejected bytes are discarded. A record
+replayed by `lepton dlq replay` carries `lepton.replay.origin` (its first source, so a derived
+event id stays the same) and `lepton.replay.attempt` (its dead-letter attempt count, continued
+here).
 
 Per batch: decode + validate + clean every record (CPU only); one Redis round trip for dedup
 claims and forgotten subjects; at most two for data keys; then, per record, one process span
@@ -28,18 +29,20 @@ import orjson
 from confluent_kafka import Message
 from opentelemetry.trace import Status, StatusCode, Tracer
 
+from services.ingest.ciphers import DataKey
 from services.ingest.cleaning import Cleaner
 from services.ingest.decoding import Datasets, decode_record
 from services.ingest.dedup import Claim, Deduper
+from services.ingest.keystore import KeyStore
 from services.ingest.protect import Protector
 from services.ingest.rejection import Reason, Rejection, Stage
-from shared.crypto import DataKey, KeyDestroyed, KeyStore
 from shared.dlq import (
-    DLQ_SUBJECT,
+    LABEL,
     REPLAY_ATTEMPT,
     REPLAY_ORIGIN,
     SEALED_HEADER,
     DeadLetterSealer,
+    Sealing,
 )
 from shared.events import (
     CONTENT_TYPE_JSON,
@@ -100,7 +103,8 @@ class Processor:
     """The ingest pipeline for one batch, independent of the Kafka client loop."""
 
     def __init__(self, topics: Topics, datasets: Datasets, deduper: Deduper,
-                 keystore: KeyStore, protector: Protector, tracer: Tracer, group: str) -> None:
+                 keystore: KeyStore, protector: Protector, tracer: Tracer, group: str,
+                 sealer: DeadLetterSealer) -> None:
         self._topics = topics
         self._datasets = datasets
         self._deduper = deduper
@@ -109,7 +113,7 @@ class Processor:
         self._tracer = tracer
         self._group = group
         self._pseudonyms = keystore.pseudonyms
-        self._sealer = DeadLetterSealer(keystore)
+        self._sealer = sealer
 
     def process(self, records: Sequence[Message],
                 attempts: Mapping[SourceKey, int] | None = None) -> BatchResult:
@@ -257,12 +261,10 @@ class Processor:
             raw = raw[:DLQ_MAX_VALUE]
         subject = item.subject
         key = keys.get(subject) if subject else None
-        if subject == DLQ_SUBJECT:
-            key = None
-        try:
-            sealed, how = self._sealer.seal(raw, key=key, forgotten=subject in forgotten)
-        except KeyDestroyed:  # nobody may read it back: keep the reason, drop the bytes
-            sealed, how = self._sealer.seal(raw, forgotten=True)
+        if key is not None and subject not in forgotten:
+            sealed, how = key.seal(LABEL, raw), Sealing.SUBJECT
+        else:
+            sealed, how = self._sealer.seal(raw, forgotten=subject in forgotten)
         headers.append((SEALED_HEADER, how.value.encode()))
         return Output(self._topics.rejected, subject.encode() if subject else None, sealed,
                       headers)

@@ -6,18 +6,17 @@ no data key is ever minted. Each action is recorded as a Change (never with the 
 
 from __future__ import annotations
 
+from services.ingest.ciphers import DataKey
 from services.ingest.cleaning import change
 from services.ingest.rejection import Reason, Rejection, Stage
-from shared.crypto import DataKey, KeyStore
 from shared.datasets import DatasetSpec, FieldSpec, PiiAction
 from shared.events import Change, Scalar
 
 
 class Protector:
-    """Applies PII actions using the shared key store."""
+    """Applies PII actions under the subjects' data keys."""
 
-    def __init__(self, keystore: KeyStore) -> None:
-        self._keystore = keystore
+    def __init__(self) -> None:
         self._pii: dict[str, list[FieldSpec]] = {}
 
     def pii_fields(self, spec: DatasetSpec) -> list[FieldSpec]:
@@ -50,9 +49,9 @@ class Protector:
                                 f"{name}: the subject's data key cannot be unwrapped",
                                 stage=Stage.PROTECT, field=name)
             elif field.pii is PiiAction.TOKENIZE:
-                payload[name] = self._keystore.tokenize(key, name, str(value))
+                payload[name] = key.tokenize(name, str(value))
                 changes.append(change(field=name, action="tokenized",
                                       detail="hmac-sha256, per-subject key"))
             else:
-                payload[name] = self._keystore.encrypt_field(key, event_id, name, str(value))
+                payload[name] = key.encrypt(event_id, name, str(value))
                 changes.append(change(field=name, action="encrypted", detail="aes-256-gcm"))

@@ -20,11 +20,12 @@ from opentelemetry.trace import Tracer
 from services.ingest.config import IngestSettings
 from services.ingest.decoding import Datasets
 from services.ingest.dedup import Deduper
+from services.ingest.keystore import KeyStore
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
 from services.ingest.telemetry import IngestMetrics
-from shared.crypto import KeyStore
-from shared.keyring import KmsError
+from shared.crypto import KmsError
+from shared.dlq import DeadLetterSealer
 from shared.stage import Output, TransactionalRuntime
 from shared.state import make_redis
 from shared.topics import Topics
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def build_processor(settings: IngestSettings, tracer: Tracer) -> Processor:
-    """The batch processor wired to Redis, the key store and the dataset specs."""
+    """The batch processor wired to Redis, the key store, the DLQ key and the dataset
+    specs."""
     client = make_redis(settings)
     keystore = KeyStore(settings, client=client,
                         cache_size=settings.ingest_key_cache_size,
@@ -43,7 +45,7 @@ def build_processor(settings: IngestSettings, tracer: Tracer) -> Processor:
         Topics(settings.topic_prefix),
         Datasets(settings.ingest_specs_dir, settings.ingest_unknown_fields),
         Deduper(settings, client, settings.ingest_dedup_window_s), keystore,
-        Protector(keystore), tracer, settings.group_id(),
+        Protector(), tracer, settings.group_id(), DeadLetterSealer.load(settings),
     )
 
 

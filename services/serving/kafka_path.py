@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from services.serving.errors import ServingError
 from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.wire import message_headers
-from shared.crypto import KeyStore
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import (
     CONTENT_TYPE_JSON,
@@ -76,7 +75,7 @@ class KafkaPredictions:
         self._answered: list[str] = []
         self._fresh = 0
         self.redis = make_redis(settings)
-        self._sealer: DeadLetterSealer | None = None
+        self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.served = 0
         self.duplicates = 0
         self._thread = threading.Thread(target=self._run, name="serving-kafka", daemon=True)
@@ -192,9 +191,7 @@ class KafkaPredictions:
                               exception=type(error).__name__, topic=self.requests_topic,
                               partition=message.partition() or 0,
                               offset=message.offset() or 0, service="serving")
-        if self._sealer is None:  # requests may carry PII: sealed under the DLQ key
-            self._sealer = DeadLetterSealer(KeyStore(self.settings, client=self.redis))
-        value, how = self._sealer.seal(message.value() or b"")
+        value, how = self._sealer.seal(message.value() or b"")  # requests may carry PII
         headers.append((SEALED_HEADER, how.value.encode()))
         return Output(self.rejected_topic, message.key(), value, headers)
 

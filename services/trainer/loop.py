@@ -38,7 +38,6 @@ from services.trainer.release import Releaser
 from services.trainer.retry import until_redis
 from services.trainer.telemetry import TrainerMetrics
 from services.trainer.train import Engine
-from shared.crypto import KeyStore
 from shared.datasets import load_spec
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.energy import EnergyMeter
@@ -87,7 +86,7 @@ class TrainerLoop:
             settings, settings.group_id(), **{"client.id": f"trainer-{comm.rank}",
                                               "log_level": 3})
         self.producer: Producer = make_producer(settings)
-        self._sealer: DeadLetterSealer | None = None
+        self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.registry = Registry(settings)
         self.releaser = Releaser(settings, self.spec, self.registry, self.producer, self.tracer)
         self.meter = EnergyMeter(self.device, settings.energy_watts_per_core, comm.rank)
@@ -222,16 +221,12 @@ class TrainerLoop:
         return batch, (total, train_rows, stop > 0, total == 0 and idle > 0)
 
     def _reject(self, batch: Batch) -> None:
-        if batch.rejected and self._sealer is None:
-            self._sealer = DeadLetterSealer(KeyStore(self.settings))
         for item in batch.rejected:
-            assert self._sealer is not None
             headers = dlq_headers(item.headers, reason=item.reason, detail=item.detail,
                                   stage="trainer", exception="EnvelopeError", topic=item.topic,
                                   partition=item.partition, offset=item.offset,
                                   service="trainer")
-            value, how = until_redis(partial(self._sealer.seal, item.value or b""),
-                                     "DLQ key", self.stop)
+            value, how = self._sealer.seal(item.value or b"")
             headers.append((SEALED_HEADER, how.value.encode()))
             self.producer.produce(Topics(self.settings.topic_prefix).rejected, key=item.key,
                                   value=value, headers=headers)

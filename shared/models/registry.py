@@ -3,9 +3,10 @@ Redis index (versions, live pointer, live history) that trainer, serving and the
 
 Layout: `<registry_path>/<model>/<version>/model.safetensors` and `card.json`. A version is
 written to a temporary directory and renamed into place, so it appears whole or not at all.
-The card carries the weights' sha256 and an Ed25519 signature (by
-`<keys_path>/model-signing.key`) over its canonical JSON (sorted keys, signature excluded);
-`Registry.load` verifies both with the public key and never unpickles anything.
+The card carries the weights' sha256 and an Ed25519 signature (by the trainer's
+`<keys_path>/model-signing.key` or `LEPTON_MODEL_SIGNING_KEY_FILE`) over its canonical JSON
+(sorted keys, signature excluded); `Registry.load` verifies both with the public key
+(`model-signing.pub`) and never unpickles anything.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement
-from shared.signing import key_id, load_or_create_private_key, load_public_key, sign, verify
+from shared.signing import key_id, load_public_key, load_signing_key, public_path, sign, verify
 from shared.state import make_redis, rkey
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,15 @@ class Registry:
         return rkey(self.settings, "models", model, *parts)
 
     def signing_key_path(self) -> Path:
-        """Where the private signing key lives."""
-        return self.settings.keys_path() / SIGNING_KEY
+        """Where the private signing key lives (the trainer's only)."""
+        return self.settings.model_signing_key_file or self.settings.keys_path() / SIGNING_KEY
 
     def public_key_path(self) -> Path:
-        """Where the public verification key lives (the only key serving needs)."""
-        return self.settings.keys_path() / PUBLIC_KEY
+        """Where the public verification key lives (the only key serving needs): among the
+        public keys when `LEPTON_PRINCIPALS_PUBLIC_DIR` is set, else beside the private key."""
+        if self.settings.principals_public_dir is not None:
+            return self.settings.principals_public_dir / PUBLIC_KEY
+        return public_path(self.signing_key_path())
 
     def public_key(self) -> Ed25519PublicKey:
         """The verification key (ArtifactError when absent)."""
@@ -189,7 +193,8 @@ class Registry:
         when `card.version` is 0) and indexes it in Redis."""
         from safetensors.torch import save as save_safetensors
 
-        private = load_or_create_private_key(self.signing_key_path())
+        private = load_signing_key(self.settings.model_signing_key_file,
+                                   self.signing_key_path(), "LEPTON_MODEL_SIGNING_KEY_FILE")
         model_dir = self.root / card.model
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"

@@ -2,7 +2,9 @@
 1 % poison (an amount the strict spec rejects) through a running ingest leave no PII value or
 raw subject id in clear anywhere on events.rejected; a forgotten subject's dead letter cannot be
 opened; after the spec is fixed `lepton dlq replay` brings every other poisoned event through
-exactly once (a second replay adds nothing), as a new attempt of the same event id."""
+exactly once (a second replay adds nothing), as a new attempt of the same event id. Records that
+name no subject are sealed to the DLQ public key: `lepton dlq show --reveal` opens them with the
+DLQ private key alone, and nothing else does."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import orjson
 import pytest
 
 from services.ingest.config import IngestSettings
+from services.ingest.keystore import KeyStore
 from services.ingest.worker import IngestWorker
 from shared.config import LeptonSettings
-from shared.crypto import KeyDestroyed, KeyStore
-from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.crypto import KeyDestroyed
+from shared.dlq import SEALED_HEADER, DeadLetterOpener, make_dlq_key
 from shared.events import Envelope, Header, decode
 from shared.kafka import make_producer
 from shared.topics import Topics
@@ -104,10 +107,10 @@ def test_dlq_holds_no_pii_and_replay_after_a_fix_brings_them_through_once(
     assert {r.headers[SEALED_HEADER] for r in rejected} == {b"subject"}
     assert {r.headers["__connect.errors.topic"] for r in rejected} == {topics.raw.encode()}
     store = KeyStore(lepton_env)
-    sealer = DeadLetterSealer(store)
+    opener = DeadLetterOpener.load(lepton_env, store.open_bytes)
     by_event = {str(docs[i]["event_id"]): docs[i] for i in poisoned}
     for record in rejected:
-        original = orjson.loads(sealer.open(record.value))
+        original = orjson.loads(opener.open(record.value))
         assert original == by_event[original["event_id"]]
         assert record.key == store.pseudonyms.of(str(original["subject_id"])).encode()
 
@@ -119,7 +122,7 @@ def test_dlq_holds_no_pii_and_replay_after_a_fix_brings_them_through_once(
     assert len(victim_letters) == len(victim_events)
     for record in victim_letters:
         with pytest.raises(KeyDestroyed):
-            DeadLetterSealer(KeyStore(lepton_env)).open(record.value)
+            DeadLetterOpener.load(lepton_env, KeyStore(lepton_env).open_bytes).open(record.value)
 
     shown = lepton("dlq", "show", "--reason", "out_of_range")
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
@@ -152,3 +155,42 @@ def test_dlq_holds_no_pii_and_replay_after_a_fix_brings_them_through_once(
     assert all(("amount", "clipped") in {(c.field, c.action) for c in e.changes}
                for e in replayed)
     assert len(collector.wait_for(topics.rejected, len(poisoned), 1)) == len(poisoned)
+
+
+def test_letters_without_a_subject_open_with_the_dlq_private_key_only(
+        lepton_env: LeptonSettings, collector: TopicCollector, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topics = Topics(lepton_env.topic_prefix)
+    poison = [b"\xff not json ada@example.com",
+              orjson.dumps({"dataset": "transactions", "email": "ada@example.com",
+                            "card_number": "4111111111111111"}),
+              orjson.dumps(["Ada Okafor"])]
+    ingest = Ingest(_spec_dir(tmp_path, "specs", SPEC.read_text()), monkeypatch)
+    producer = make_producer(lepton_env)
+    try:
+        for value in poison:
+            producer.produce(topics.raw, value=value)
+        assert producer.flush(30) == 0
+        rejected = collector.wait_for(topics.rejected, len(poison), 120)
+    finally:
+        ingest.close()
+    assert {r.headers[SEALED_HEADER] for r in rejected} == {b"dlq"}
+    assert all(r.value.startswith(b"dlq1:") and r.key is None for r in rejected)
+    blob = b"\n".join(r.value for r in rejected)
+    for secret in (b"ada@example.com", b"4111111111111111", b"Ada Okafor", b"not json"):
+        assert secret not in blob
+
+    def no_keyring(label: str, value: bytes) -> bytes:
+        raise AssertionError("a DLQ-key letter needs no data key")
+
+    opener = DeadLetterOpener.load(lepton_env, no_keyring)
+    assert sorted(opener.open(r.value) for r in rejected) == sorted(poison)
+    shown = [json.loads(line) for line in lepton("dlq", "show", "--reveal").stdout.splitlines()]
+    assert sorted(row["value"].encode() for row in shown) == sorted(
+        p.decode("utf-8", "replace").encode() for p in poison)
+    # another DLQ key (or none) opens nothing: sealing needed only the public key
+    other = tmp_path / "other" / "dlq.key"
+    make_dlq_key(other, tmp_path / "other" / "dlq.pub")
+    hidden = lepton("dlq", "show", "--reveal", env={"LEPTON_DLQ_KEY_FILE": str(other)}).stdout
+    rows = [json.loads(line) for line in hidden.splitlines()]
+    assert all("value" not in row and "not to this key" in row["value_error"] for row in rows)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.ingest.keyring import LocalKms
+from services.ingest.keystore import KeyStore
 from shared.config import LeptonSettings
-from shared.crypto import KeyDestroyed, KeyStore
-from shared.keyring import LocalKms
+from shared.crypto import KeyDestroyed
 from shared.models.registry import Registry
 from shared.state import rkey
 from tests.helpers import PrivateRedisServer, lepton

@@ -18,14 +18,12 @@ from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
-from shared.crypto import KeyStore
-from shared.dlq import DeadLetterSealer
 from shared.events import Decision, Header, encode
 from shared.kafka import make_producer
 from shared.principals import Principal, sign_decision
 from shared.signing import key_id, load_public_key, public_path
 from shared.topics import Topics
-from tests.helpers import local_mode_specs, read_topic
+from tests.helpers import local_mode_specs, open_dead_letter, read_topic
 from tests.hostile import POISON, hostile_decisions
 from tests.integration.test_governance_service import (  # noqa: F401 (fixture)
     Running,
@@ -66,8 +64,7 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     codes = Counter(r.headers[Header.DLQ_DETAIL].split(b":")[0].decode() for r in rejected)
     assert set(codes) <= CODES, codes
     assert min(codes[EPSILON_OVER_MAX], codes[INVALID], codes[UNSIGNED]) > 0, codes
-    sealer = DeadLetterSealer(KeyStore(settings))
-    assert sorted(sealer.open(r.value) for r in rejected) == sorted(hostile)
+    assert sorted(open_dead_letter(settings, r.value) for r in rejected) == sorted(hostile)
 
     records = _records(lepton_env)
     kinds = Counter(r["kind"] for r in records)

@@ -23,9 +23,8 @@ from services.governance.ledger import ChargeLog, Ledger
 from services.governance.service import GovernanceService
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
-from shared.crypto import KeyStore
 from shared.decisions import publish_decision
-from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.dlq import SEALED_HEADER
 from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header, encode
 from shared.kafka import make_producer
 from shared.principals import Principal
@@ -34,7 +33,7 @@ from shared.signing import load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
 from shared.tracing import publish_span
-from tests.helpers import read_topic
+from tests.helpers import open_dead_letter, read_topic
 
 TINY_SPEC = """
 name: tiny
@@ -202,12 +201,11 @@ def test_policy_budget_dp_audit_lineage_and_traces(
         pseudonyms.of(e.subject_id) for e in tx}
     assert all(is_pseudonym(e.subject_id) for e in envelopes)
     assert all(is_pseudonym(r.key.decode()) for r in governed if r.key)
-    sealer = DeadLetterSealer(KeyStore(lepton_env))
     for record in rejected:  # sealed under the DLQ key, readable again by the operator only
         assert record.headers[SEALED_HEADER] == b"dlq"
         assert b"{not json" not in record.value and b'"kind": 7' not in record.value
-        assert sealer.open(record.value) in (b"{not json", b'{"kind": 7}') or \
-            b"nosuch-1" in sealer.open(record.value)
+        opened = open_dead_letter(lepton_env, record.value)
+        assert opened in (b"{not json", b'{"kind": 7}') or b"nosuch-1" in opened
 
     # lineage: each governed event names the leaf that records its release
     by_leaf = {(r["partition"], r["leaf_index"]): r for r in records}

@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 
 from lepton.generators import AGE_BANDS, FIRST, LAST
 from services.ingest.config import IngestSettings
+from services.ingest.keystore import KeyStore
 from services.ingest.worker import IngestWorker
 from shared.config import LeptonSettings
-from shared.crypto import KeyStore
 from shared.events import Envelope, Header, decode
 from shared.topics import Topics
 from tests.helpers import read_topic

@@ -1,21 +1,28 @@
 """Hostile announcements on `models.updates` against a real server, the embedded broker and
 Redis: unsigned, wrongly signed, replayed, downgraded, refused-status, trainer-"overridden" and
 junk-name announcements are all refused while clients keep getting the live version with no
-failed request; a signed rollback and an operator-signed override work."""
+failed request; a signed rollback and an operator-signed override work. After Redis loses
+everything (FLUSHALL of a private server) a restarted serving still refuses a replay: its floor
+comes from the durable copy of the announcement sequence."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
+import redis
 
 from services.serving.client import auth_metadata, predict_request
+from shared.announcements import current_sequence, durable_sequence, sequence_key
 from shared.config import LeptonSettings
 from shared.events import encode
 from shared.models.registry import Registry
 from shared.principals import Principal, PrincipalName
+from tests.helpers import PrivateRedisServer, lepton
 from tests.unit.serving.support import (
     MODEL,
     TOKEN,
@@ -167,3 +174,41 @@ def call_live(service: Any) -> int:
     reply = service.Predict(predict_request(record(1)), timeout=10,
                             metadata=auth_metadata(TOKEN))
     return int(reply.version)
+
+
+def test_a_replay_is_refused_after_redis_loses_everything(
+        lepton_env: LeptonSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "redis").mkdir()
+    server = PrivateRedisServer(str(tmp_path / "redis"), aof=False, rdb=False).start()
+    try:
+        monkeypatch.setenv("LEPTON_REDIS_URL", server.url)
+        settings = serving_settings(serving_auth_token=TOKEN)
+        registry = Registry(settings)
+        v1, v2 = save_model(settings), save_model(settings, seed=2)
+        registry.set_live(MODEL, v1.version)
+        with running(settings) as first:
+            old = signed_announcement(settings, v2)  # genuine: sequence 1
+            publish_announcement(settings, old)
+            wait_for(lambda: _live(first) == 2, what="v2 live")
+            publish_announcement(settings, signed_announcement(settings, v1, "rollback"))
+            wait_for(lambda: _live(first) == 1, what="rolled back to v1")
+        assert durable_sequence(settings, MODEL) == 2
+
+        redis.Redis.from_url(server.url).flushall()
+        assert current_sequence(registry.redis, settings, MODEL) == 2  # from the durable copy
+        with running(settings) as second:
+            assert _live(second) == 1  # live.json brought the pointer back
+            watcher = second.app.watcher
+            publish_announcement(settings, old)  # the replay: sequence 1 ≤ floor 2
+            wait_for(lambda: watcher.refused == 1, what="the replay refused")
+            assert _live(second) == 1
+            fresh = signed_announcement(settings, v2)  # the counter resumes above the floor
+            publish_announcement(settings, fresh)
+            wait_for(lambda: _live(second) == 2, what="a new signed promote applied")
+            assert watcher.refused == 1
+
+        redis.Redis.from_url(server.url).flushall()
+        assert "announcement sequence 3" in lepton("state", "rebuild").stdout
+        assert registry.redis.get(sequence_key(settings, MODEL)) == b"3"
+    finally:
+        server.stop()

@@ -8,15 +8,14 @@ from collections import Counter
 import orjson
 
 from shared.config import LeptonSettings
-from shared.crypto import KeyStore
-from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.dlq import SEALED_HEADER
 from shared.events import CONTENT_TYPE_JSON, Header, decode, encode
 from shared.kafka import make_producer
 from shared.models.predictions import PredictRequest, PredictResult
 from shared.models.registry import Registry
 from shared.state import make_redis, rkey
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import open_dead_letter, read_topic
 from tests.unit.serving.support import MODEL, record, running, save_model, serving_settings
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -67,7 +66,10 @@ def test_kafka_round_trip_with_errors_and_dedup(lepton_env: LeptonSettings) -> N
         [dead] = read_topic(settings, topics.rejected, expect=1, timeout=30)
         assert dead.headers[SEALED_HEADER] == b"dlq" and b"dlq-secret" not in dead.value
         assert dead.headers["__connect.errors.connector.name"] == b"serving"
-        assert DeadLetterSealer(KeyStore(settings)).open(dead.value) == poison
+        assert open_dead_letter(settings, dead.value) == poison
+        # sealed holding neither the master keyring nor the platform key (no data key at all)
+        assert not {"master-keys.json", "token.key", "datakeys"} & {
+            p.name for p in settings.keys_path().iterdir()}
 
         redis = make_redis(settings)
         assert redis.exists(rkey(settings, "serving", "done", "r3")) == 1

@@ -24,12 +24,14 @@ import torch
 from services.governance.config import GovernanceSettings
 from services.governance.service import GovernanceService
 from services.governance.verify import find_subject
+from services.ingest.ciphers import is_ciphertext
 from services.ingest.config import IngestSettings
+from services.ingest.keystore import KeyStore
 from services.ingest.worker import IngestWorker
 from shared.config import LeptonSettings
-from shared.crypto import CryptoError, KeyStore, is_ciphertext
+from shared.crypto import CryptoError
 from shared.datasets import load_spec
-from shared.dlq import DeadLetterSealer
+from shared.dlq import DeadLetterOpener
 from shared.events import Envelope
 from shared.kafka import make_producer
 from shared.models.nets import architecture, build_model
@@ -194,7 +196,7 @@ def test_forget_consent_and_a_redis_wipe_leave_no_readable_copy(
                for e in others[:50])
     keys, failures = fresh.data_keys([victim, other], create=False)
     assert failures == {victim: "forgotten"} and other in keys
-    assert fresh.tokenize(keys[other], "card_number", PAN) == tokens[po]
+    assert keys[other].tokenize("card_number", PAN) == tokens[po]
 
     # the scan: no clear copy, no decryptable copy
     records = [r for t in (topics.clean, topics.governed, topics.rejected)
@@ -205,13 +207,13 @@ def test_forget_consent_and_a_redis_wipe_leave_no_readable_copy(
     blob += b"".join(p.read_bytes() for p in files)
     blob += "\n".join(r.getMessage() for r in caplog.records).encode()
     assert [s for s in secrets if s in blob] == []
-    sealer = DeadLetterSealer(fresh)
+    opener = DeadLetterOpener.load(settings, fresh.open_bytes)  # every key the operator holds
     victim_records = [r for r in records if r.key == pv.encode()]
     assert any(r.topic == topics.rejected for r in victim_records)
     for record in victim_records:
         if record.topic == topics.rejected:
             with pytest.raises(CryptoError):
-                sealer.open(record.value)
+                opener.open(record.value)
             continue
         env = Envelope.model_validate_json(record.value)
         for name, value in env.payload.items():

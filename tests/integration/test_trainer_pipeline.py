@@ -33,7 +33,7 @@ from shared.models.nets import build_model, predict_proba
 from shared.models.registry import WEIGHTS_FILE, Registry
 from shared.releases import subjects_digest
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import open_dead_letter, read_topic
 from tests.integration.test_governance_service import Running
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
@@ -125,6 +125,10 @@ def test_trains_promotes_and_matches_sklearn(
     assert {r.headers["lepton.dlq.stage"] for r in rejected} == {b"trainer"}
     assert sorted(r.headers["lepton.dlq.reason"] for r in rejected) == [
         b"invalid_envelope", b"invalid_envelope", b"unauthenticated"]
+    # sealed to the DLQ public key: the trainer holds nothing that reads them back
+    assert {r.headers["lepton.dlq.sealed"] for r in rejected} == {b"dlq"}
+    assert sorted(open_dead_letter(lepton_env, r.value) for r in rejected) == sorted(
+        [b"{not json", b'{"event_id": "x"}', encode(forged)])
     # decision for the audit log, announcement on models.updates with trace context
     promoted = [d for d in _decisions(lepton_env) if d["kind"] == "model_promoted"]
     assert [d["detail"]["version"] for d in promoted] == [1]

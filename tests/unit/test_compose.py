@@ -96,20 +96,69 @@ def test_infrastructure_is_production_shaped() -> None:
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
-def test_each_service_gets_only_its_own_principal_key_and_the_public_keys_read_only() -> None:
+# every secret, who may hold it, and the setting that names its file
+SECRET_HOLDERS: dict[str, tuple[set[str], str | None]] = {
+    **{f"{name}-principal": ({name}, "LEPTON_PRINCIPAL_KEY_FILE")
+       for name in (*SERVICES, "operator")},
+    "governed-mac-key": ({"governance", "trainer"}, "LEPTON_GOVERNED_MAC_KEY_FILE"),
+    "platform-key": ({"ingest", "governance", "operator"}, "LEPTON_TOKEN_KEY_FILE"),
+    "model-signing-key": ({"trainer"}, "LEPTON_MODEL_SIGNING_KEY_FILE"),
+    "audit-signing-key": ({"governance"}, "LEPTON_GOVERNANCE_AUDIT_KEY_FILE"),
+    "dlq-key": ({"operator"}, "LEPTON_DLQ_KEY_FILE"),
+    "serving-predict-token": ({"serving"}, "LEPTON_SERVING_AUTH_TOKEN_FILE"),
+    "serving-admin-token": ({"serving"}, "LEPTON_SERVING_ADMIN_TOKEN_FILE"),
+}
+HOLDERS = (*SERVICES, "operator")
+
+
+def _holder(name: str) -> str:
+    return "trainer" if name == "trainer-gpu" else name  # the same principal, built for CUDA
+
+
+def test_each_secret_goes_only_to_the_services_that_use_it() -> None:
     compose = _compose()
-    secrets = compose["secrets"]
-    extra = {"governance": ["governed-mac-key"], "trainer": ["governed-mac-key"],
-             "serving": ["serving-predict-token", "serving-admin-token"]}
-    for name in SERVICES:
+    assert set(compose["secrets"]) == set(SECRET_HOLDERS)
+    for secret, (allowed, variable) in SECRET_HOLDERS.items():
+        holders = {_holder(n) for n, s in compose["services"].items()
+                   if secret in s.get("secrets", [])}
+        assert holders == allowed, secret
+        for name in allowed:
+            assert compose["services"][name]["environment"][variable] == \
+                f"/run/secrets/{secret}", (name, secret)
+    for name in HOLDERS:
         service = compose["services"][name]
-        assert service["secrets"] == [f"{name}-principal", *extra.get(name, [])], name
-        assert secrets[f"{name}-principal"]["file"] == f"./secrets/principals/{name}.key"
-        env = service["environment"]
-        assert env["LEPTON_PRINCIPAL_KEY_FILE"] == f"/run/secrets/{name}-principal"
-        assert env["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
+        assert service["environment"]["LEPTON_PRINCIPALS_PUBLIC_DIR"] == "/principals"
         assert "./secrets/principals/public:/principals:ro" in service["volumes"]
-    assert "operator-principal" not in secrets
+    assert compose["services"]["operator"]["profiles"] == ["operator"]  # never started by `up`
+
+
+def test_the_master_keyring_and_platform_key_stay_out_of_serving_and_the_trainer() -> None:
+    compose = _compose()
+    keyring = {n for n, s in compose["services"].items()
+               if any(v.split(":")[0] == "lepton-keys" for v in s.get("volumes", []))}
+    assert keyring == {"ingest", "operator"}  # master-keys.json and the wrapped data keys
+    for name in ("serving", "trainer", "trainer-gpu", "governance"):
+        service = compose["services"][name]
+        assert not [v for v in service["volumes"] if "keys" in v.split(":")[0]], name
+        assert not {"LEPTON_MASTER_KEYS", "LEPTON_TOKEN_KEY", "LEPTON_DLQ_KEY_FILE"} & set(
+            service["environment"]), name
+    for name in ("serving", "trainer", "trainer-gpu"):
+        assert "platform-key" not in compose["services"][name]["secrets"], name
+
+
+def test_the_key_set_command_makes_every_secret_file_and_public_key(tmp_path: Path) -> None:
+    from lepton.keyset import make_key_set
+
+    compose = _compose()
+    make_key_set(tmp_path / "principals")
+    for secret in compose["secrets"].values():
+        path = Path(secret["file"].replace("./secrets", str(tmp_path)))
+        if "principals" in secret["file"]:
+            assert path.is_file() and path.stat().st_mode & 0o077 == 0, path
+    public = {p.name for p in (tmp_path / "principals/public").iterdir()}
+    assert public == {*(f"{n}.pub" for n in HOLDERS), "model-signing.pub",
+                      "audit-signing.pub", "dlq.pub"}
+    assert not [p for p in public if not p.endswith(".pub")]
 
 
 def test_compose_v1_compatible_pinned_images_and_one_shot_topics() -> None:

@@ -39,3 +39,33 @@ def test_packages_import_only_shared_and_themselves(package: str) -> None:
             if top == ("lepton",) or (top[0] == "services" and top != allowed_service):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+KEY_HOLDING = ("shared.tokens", "shared.pseudonym", "services.ingest")
+IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+for name in ("serving", "trainer"):
+    package = importlib.import_module(f"services.{name}")
+    for module in pkgutil.walk_packages(package.__path__, f"services.{name}."):
+        if ".gen" not in module.name and not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_serving_and_the_trainer_never_load_the_keyring_or_the_platform_key() -> None:
+    """Their dead letters are sealed to the DLQ public key: no module they load, and no import
+    inside their functions, can unwrap a data key or derive a pseudonym."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert not [m for m in loaded if m.startswith(KEY_HOLDING)]
+    imported = {name for service in ("serving", "trainer")
+                for path in (ROOT / "services" / service).rglob("*.py")
+                for name in _imports(path)}
+    assert not [m for m in imported if m.startswith(KEY_HOLDING)]

@@ -1,4 +1,5 @@
-"""shared.crypto: AEAD field encryption, tamper and move detection, rotation, shredding, tokens."""
+"""Ingest's key store and ciphers: AEAD field encryption, tamper and move detection, rotation,
+shredding, tokens."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import orjson
 import pytest
 import redis
 
+from services.ingest.ciphers import is_token
+from services.ingest.keyring import MASTER_KEYS_ENV, LocalKms
+from services.ingest.keystore import KeyStore
+from services.ingest.rewrap import master_key_usage, rewrap
 from shared.config import LeptonSettings
-from shared.crypto import CryptoError, KeyDestroyed, KeyStore, is_token
-from shared.keyring import MASTER_KEYS_ENV, KmsError, LocalKms, b64d, b64e
+from shared.crypto import CryptoError, KeyDestroyed, KmsError, b64d, b64e
 
 
 @pytest.fixture
@@ -74,16 +78,16 @@ def test_rotation_keeps_old_ciphertexts_readable_and_rewraps_every_key(
     before = store.kms.active_key_id()
     running = KeyStore(settings)  # a process that started before the rotation
     new_id = LocalKms.from_settings(settings).add_key()
-    report = KeyStore(settings).rewrap()
+    report = rewrap(KeyStore(settings))
     assert (report.active, report.rewrapped, report.failed) == (new_id, 2, 0)
-    assert store.master_key_usage() == {new_id: 2}
+    assert master_key_usage(store) == {new_id: 2}
     fresh = KeyStore(settings)
     new = fresh.encrypt_for("carol", "ev-3", "email", "new@example.com")
     assert new.split(":")[1] == new_id != before
     for reader in (fresh, running):
         assert reader.decrypt_field("ev-1", "email", old) == "old@example.com"
         assert reader.decrypt_field("ev-3", "email", new) == "new@example.com"
-    assert KeyStore(settings).rewrap().rewrapped == 0
+    assert rewrap(KeyStore(settings)).rewrapped == 0
 
 
 def test_forget_shreds_only_that_subject_and_no_key_is_minted_again(
@@ -109,9 +113,10 @@ def test_rewrap_never_resurrects_a_key_forgotten_meanwhile(
     store.data_keys(["alice"])
     LocalKms.from_settings(settings).add_key()
     rotating = KeyStore(settings)
-    stale = list(rotating._scan_records())  # read before the forget lands
+    stale = list(rotating.records())  # read before the forget lands
     store.forget("alice")
-    swaps = [rotating._swap(keys=[name], args=[record, b"x.y"]) for name, record in stale]
+    swaps = [rotating.swap(keys=[rotating.key_prefix + key_id], args=[record, b"x.y"])
+             for key_id, record in stale]
     assert swaps == [0]
     assert store.data_keys(["alice"], create=False)[0] == {}
 
@@ -166,20 +171,20 @@ def test_tokens_are_per_subject_and_die_with_the_subject(
     keys, _ = store.data_keys(["alice", "bob"])
     alice, bob = keys["alice"], keys["bob"]
     pan = "4111111111111111"
-    token = store.tokenize(alice, "card_number", pan)
+    token = alice.tokenize("card_number", pan)
     assert token.startswith("tok2:") and is_token(token) and pan not in token
-    assert token == KeyStore(settings).tokenize(
-        KeyStore(settings).data_keys(["alice"])[0]["alice"], "card_number", pan)
-    assert token != store.tokenize(alice, "card_number", "4111111111111112")
-    assert token != store.tokenize(alice, "iban", pan)
+    assert token == KeyStore(settings).data_keys(["alice"])[0]["alice"].tokenize(
+        "card_number", pan)
+    assert token != alice.tokenize("card_number", "4111111111111112")
+    assert token != alice.tokenize("iban", pan)
     # the same PAN of two subjects: unrelated tokens, no join across subjects
-    assert store.tokenize(bob, "card_number", pan) != token
-    assert token.split(":")[2] != store.tokenize(bob, "card_number", pan).split(":")[2]
+    assert bob.tokenize("card_number", pan) != token
+    assert token.split(":")[2] != bob.tokenize("card_number", pan).split(":")[2]
     # forgetting alice destroys the only key that reproduces her token
     store.forget("alice")
     fresh = KeyStore(settings)
     assert fresh.data_keys(["alice"]) == ({}, {"alice": "forgotten"})
     assert fresh.data_keys(["alice"], create=False)[0] == {}
-    assert fresh.tokenize(fresh.data_keys(["bob"])[0]["bob"], "card_number", pan) == \
-        store.tokenize(bob, "card_number", pan)
+    assert fresh.data_keys(["bob"])[0]["bob"].tokenize("card_number", pan) == \
+        bob.tokenize("card_number", pan)
     assert "token_key" not in repr(alice)

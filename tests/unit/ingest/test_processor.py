@@ -14,11 +14,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.ingest.ciphers import key_ids_of
 from services.ingest.config import IngestSettings
+from services.ingest.keystore import KeyStore
 from services.ingest.processor import Processor
 from services.ingest.worker import build_processor
-from shared.crypto import CryptoError, KeyStore
-from shared.dlq import SEALED_HEADER, DeadLetterSealer
+from shared.crypto import CryptoError
+from shared.dlq import SEALED_HEADER, DeadLetterOpener, DeadLetterSealer
 from shared.events import Envelope, Header, decode, derived_event_id
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
@@ -94,7 +96,8 @@ def test_every_poison_kind_goes_to_the_dlq_with_reason_and_provenance(
     processor: Processor, settings: IngestSettings
 ) -> None:
     store = KeyStore(settings)
-    sealer = DeadLetterSealer(store)
+    opener = DeadLetterOpener.load(settings, store.open_bytes)
+    dlq_key = DeadLetterSealer.load(settings).key_id
     doc = valid_docs(1)[0]
     kinds = list(POISON)
     records = [record(poison(kind, doc), 100 + i) for i, kind in enumerate(kinds)]
@@ -105,17 +108,17 @@ def test_every_poison_kind_goes_to_the_dlq_with_reason_and_provenance(
     for kind, original, out in zip(kinds, records, dead, strict=True):
         headers = dict(out.headers)
         assert headers[Header.DLQ_REASON].decode() == POISON[kind][0], kind
-        assert sealer.open(out.value) == original.value()
+        assert opener.open(out.value) == original.value()
         for value in (doc["payload"]["email"], doc["payload"]["name"], doc["subject_id"]):
             assert str(value).encode() not in out.value + (out.key or b""), kind
         hint = _subject_of(original.value())
         assert out.key == (store.pseudonyms.of(hint).encode() if hint else None), kind
         if hint == doc["subject_id"]:  # a known subject: shredded with it by `forget`
             assert headers[SEALED_HEADER] == b"subject", kind
-            assert store.key_id_of(out.value)[1] == store.data_key_id(hint)
-        else:  # no subject, or one without a data key: the DLQ key
+            assert key_ids_of(out.value)[1] == store.data_key_id(hint)
+        else:  # no subject, or one without a data key: the DLQ public key
             assert headers[SEALED_HEADER] == b"dlq", kind
-            assert store.key_id_of(out.value)[1] == store.data_key_id("#dlq")
+            assert out.value.startswith(f"dlq1:{dlq_key}:".encode()), kind
         assert headers["__connect.errors.topic"] == RAW.encode()
         assert headers["__connect.errors.offset"] == str(original.offset()).encode()
         assert headers["__connect.errors.connector.name"] == b"ingest"
@@ -201,7 +204,7 @@ def test_a_record_too_big_to_dead_letter_whole_is_truncated_not_stuck(
     headers = dict(out.headers)
     assert headers[Header.DLQ_REASON] == b"too_large"
     assert headers["lepton.dlq.truncated"] == str(len(huge)).encode()
-    opened = DeadLetterSealer(KeyStore(settings)).open(out.value)
+    opened = DeadLetterOpener.load(settings, KeyStore(settings).open_bytes).open(out.value)
     assert opened == huge[: len(opened)]
     assert len(out.value) < 2_000_000
 
@@ -245,8 +248,8 @@ def test_a_replayed_record_is_a_new_attempt_of_the_same_event(
     again = processor.process([replayed]).outputs[0]
     assert dict(again.headers)[Header.DLQ_ATTEMPT] == b"2"
     assert dict(again.headers)[Header.DLQ_OFFSET] == b"900"
-    sealer = DeadLetterSealer(KeyStore(settings))
-    assert sealer.open(again.value) == sealer.open(first.value)
+    opener = DeadLetterOpener.load(settings, KeyStore(settings).open_bytes)
+    assert opener.open(again.value) == opener.open(first.value)
     doc["payload"]["hour"] = 3  # fixed: the same derived event id as its first arrival
     fixed = Message(topic=RAW, partition=0, offset=901, key=None, value=orjson.dumps(doc),
                     headers=[("lepton.replay.origin", f"{RAW}/1/5".encode())],

@@ -1,6 +1,7 @@
 """Master keys behind a small KMS interface: the `Kms` protocol (wrap/unwrap data keys under a
 named master key) and `LocalKms`, a keyring file (0600, created on first use) or the
 `LEPTON_MASTER_KEYS` environment variable. Vault or a cloud KMS plugs in by implementing `Kms`.
+Only ingest and the operator's `lepton` CLI load it.
 
 Consumes: `<keys_path>/master-keys.json` or `LEPTON_MASTER_KEYS`. Produces: wrapped key bytes.
 Key material is never logged or put in exception messages.
@@ -8,7 +9,6 @@ Key material is never logged or put in exception messages.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 import secrets
@@ -22,16 +22,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.config import LeptonSettings
+from shared.crypto import KmsError, b64d, b64e
 from shared.secretfiles import read_or_create, write_private
 
 MASTER_KEYS_ENV = "LEPTON_MASTER_KEYS"
 KEYRING_FILE = "master-keys.json"
 NONCE_BYTES = 12
 REFRESH_S = 5.0
-
-
-class KmsError(RuntimeError):
-    """A master key is unknown, malformed, or failed to unwrap a data key."""
 
 
 @runtime_checkable
@@ -49,16 +46,6 @@ class Kms(Protocol):
     def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
         """Unwrap bytes wrapped under master key `key_id`, or raise KmsError."""
         ...
-
-
-def b64e(data: bytes) -> str:
-    """URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64d(text: str) -> bytes:
-    """Inverse of `b64e` (raises ValueError on bad input)."""
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def _new_key_id() -> str:

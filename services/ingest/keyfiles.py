@@ -3,7 +3,9 @@
 Redis holds (the key wrapped by a master key, never a clear copy). Forgetting unlinks the file
 and leaves a tombstone `<key id>.forgotten`, so a Redis that lost its data (wipe, restart
 without persistence) neither re-mints a forgotten subject's key nor loses anyone else's: a key
-missing from Redis is restored from here, a tombstone marks its subject forgotten again.
+missing from Redis is restored from here, a tombstone marks its subject forgotten again. A
+record beside a tombstone (a `put` that raced with `destroy`, a restored backup) is never
+returned, and `put` removes its own file when a tombstone appeared while it wrote.
 
 Files are written atomically (temp file, rename) before the key is first used; there is no
 fsync per key (minting is on ingest's hot path), so a power loss within the OS write-back delay
@@ -37,11 +39,12 @@ class WrappedKeyFiles:
         return self.directory / key_id[:2] / key_id
 
     def get(self, key_id: str) -> bytes | None:
-        """The stored record, or None."""
+        """The stored record, or None (also when a tombstone says the key was destroyed)."""
         try:
-            return self._path(key_id).read_bytes()
+            record = self._path(key_id).read_bytes()
         except FileNotFoundError:
             return None
+        return None if self.forgotten(key_id) else record
 
     def forgotten(self, key_id: str) -> bool:
         """True when the key was destroyed by `forget`."""
@@ -49,9 +52,9 @@ class WrappedKeyFiles:
         return path.with_name(path.name + TOMBSTONE).exists()
 
     def put(self, key_id: str, record: bytes) -> bool:
-        """Store (or replace) a record atomically, never over a tombstone; False when the
-        directory is read-only here (serving mounts keys read-only: `lepton state rebuild`
-        writes the missing copies from Redis)."""
+        """Store (or replace) a record atomically, never beside a tombstone (checked again
+        after the rename, so a `destroy` racing with it always wins); False when the directory
+        is read-only here (`lepton state rebuild` writes the missing copies from Redis)."""
         path = self._path(key_id)
         if self.forgotten(key_id):
             return True
@@ -68,6 +71,8 @@ class WrappedKeyFiles:
         with os.fdopen(fd, "wb") as handle:
             handle.write(record)
         tmp.replace(path)
+        if self.forgotten(key_id):  # `destroy` ran since the check above: it wins
+            path.unlink(missing_ok=True)
         return True
 
     def destroy(self, key_id: str) -> bool:
@@ -90,15 +95,12 @@ class WrappedKeyFiles:
         return existed
 
     def scan(self) -> Iterator[tuple[str, bytes]]:
-        """(key id, record) of every stored key."""
+        """(key id, record) of every stored key that has no tombstone."""
         if not self.directory.is_dir():
             return
         for sub in sorted(self.directory.iterdir()):
             if not sub.is_dir():
                 continue
             for path in sorted(sub.iterdir()):
-                if path.name.isalnum():
-                    try:
-                        yield path.name, path.read_bytes()
-                    except FileNotFoundError:
-                        continue
+                if path.name.isalnum() and (record := self.get(path.name)) is not None:
+                    yield path.name, record

@@ -1,0 +1,306 @@
+"""Per-subject data keys: minted by ingest, wrapped by a master key from a `Kms`
+(`services/ingest/keyring.py`), stored wrapped in Redis (`<prefix>crypto:datakey:<data key id>`)
+with a durable copy on disk (`keyfiles.py`), and destroyed by `lepton forget` (crypto-shredding).
+
+Only ingest and the operator's `lepton` CLI (`forget`, `state rebuild`, `keys`, `dlq`) hold the
+master keyring; governance, the trainer and serving never construct a `KeyStore`.
+Unwrapped keys are cached in-process in a bounded LRU whose entries live at most `cache_ttl`
+seconds, which bounds how long a running process can still use a key after `forget`. Data key
+ids and the forgotten set are keyed by the subject's pseudonym (`shared.pseudonym`), so raw ids
+and pseudonyms name the same key. The ciphers themselves are in `ciphers.py`.
+
+Consumes: the keyring, the platform key (`shared.tokens`), Redis, `<keys dir>/datakeys`.
+Produces: `DataKey`s, plaintexts of ciphertexts and sealed values, wrapped keys in Redis.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import redis
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.ingest.ciphers import DataKey, parse_ciphertext, parse_sealed
+from services.ingest.keyfiles import WrappedKeyFiles
+from services.ingest.keyring import Kms, LocalKms
+from shared.config import LeptonSettings
+from shared.crypto import CryptoError, KeyDestroyed, KmsError, b64d, b64e
+from shared.pseudonym import Pseudonymizer
+from shared.state import make_redis, rkey
+from shared.tokens import PlatformKey, load_platform_key
+
+# Mint a data key unless the subject was forgotten; returns the record that won (or nil).
+_MINT = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return false end
+if redis.call('SET', KEYS[1], ARGV[2], 'NX') then return ARGV[2] end
+return redis.call('GET', KEYS[1])
+"""
+# Replace a wrapped key only if nobody changed (or deleted) it meanwhile.
+_SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+# Delete a wrapped key only if it is still the given record.
+_UNSET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Cache:
+    """A bounded LRU of data keys whose entries expire `ttl` seconds after they were fetched."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._items: OrderedDict[str, tuple[float, DataKey]] = OrderedDict()
+        self._size = size
+        self._ttl = ttl
+
+    def get(self, key_id: str) -> DataKey | None:
+        item = self._items.get(key_id)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._items[key_id]
+            return None
+        self._items.move_to_end(key_id)
+        return item[1]
+
+    def put(self, key: DataKey) -> None:
+        self._items[key.key_id] = (time.monotonic() + self._ttl, key)
+        self._items.move_to_end(key.key_id)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def pop(self, key_id: str) -> None:
+        self._items.pop(key_id, None)
+
+
+class KeyStore:
+    """Per-subject data keys in Redis, wrapped by the master keyring; open, restore, shred."""
+
+    def __init__(
+        self,
+        settings: LeptonSettings,
+        *,
+        kms: Kms | None = None,
+        client: redis.Redis[bytes] | None = None,
+        platform: PlatformKey | None = None,
+        cache_size: int = 10_000,
+        cache_ttl: float = 30.0,
+    ) -> None:
+        self.kms: Kms = kms or LocalKms.from_settings(settings)
+        self.redis = client or make_redis(settings)
+        platform = platform or load_platform_key(settings)
+        self._id_key = platform.derive("data-key-id")
+        self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
+        self.key_prefix = rkey(settings, "crypto", "datakey", "")
+        self._forgotten = rkey(settings, "policy", "forgotten")
+        self.files = WrappedKeyFiles(settings.keys_path() / "datakeys")
+        self._cache = _Cache(cache_size, cache_ttl)
+        self._mint = self.redis.register_script(_MINT)
+        self.swap = self.redis.register_script(_SWAP)
+        self._unset = self.redis.register_script(_UNSET)
+
+    def data_key_id(self, subject_id: str) -> str:
+        """The (keyed, non-reversible) id of a subject's data key (raw id or pseudonym)."""
+        subject = self.pseudonyms.normal(subject_id).encode()
+        return hmac.digest(self._id_key, subject, "sha256").hex()[:24]
+
+    def data_keys(
+        self, subject_ids: Iterable[str], *, create: bool = True
+    ) -> tuple[dict[str, DataKey], dict[str, str]]:
+        """Keys for many subjects in at most two Redis round trips: (keys, failures).
+
+        Missing keys are minted when `create`, except for forgotten subjects (failure
+        "forgotten"); a key that cannot be unwrapped fails with "key_unavailable".
+        """
+        keys: dict[str, DataKey] = {}
+        failures: dict[str, str] = {}
+        missing: list[tuple[str, str]] = []
+        for subject in dict.fromkeys(subject_ids):
+            key_id = self.data_key_id(subject)
+            cached = self._cache.get(key_id)
+            if cached is not None:
+                keys[subject] = cached
+            else:
+                missing.append((subject, key_id))
+        if not missing:
+            return keys, failures
+        records = self.redis.mget([self.key_prefix + key_id for _, key_id in missing])
+        to_mint = []
+        found: list[tuple[str, str, bytes]] = []
+        restored: list[tuple[str, bytes]] = []
+        reforgotten: list[str] = []
+        for (subject, key_id), record in zip(missing, records, strict=True):
+            if record is None:  # not in Redis: the durable copy decides (restore or forgotten)
+                record = self.files.get(key_id)
+                if record is not None:
+                    restored.append((key_id, record))
+                elif self.files.forgotten(key_id):
+                    failures[subject] = "forgotten"
+                    reforgotten.append(self.pseudonyms.normal(subject))
+                    continue
+                else:
+                    to_mint.append((subject, key_id))
+                    continue
+            found.append((subject, key_id, record))
+        _, shredded = self._restore(restored)
+        if reforgotten:
+            self.redis.sadd(self._forgotten, *reforgotten)
+        for subject, key_id, record in found:
+            if key_id in shredded:
+                failures[subject] = "forgotten"
+            else:
+                self._open_into(subject, key_id, record, keys, failures)
+        if not create:
+            failures.update((subject, "missing") for subject, _ in to_mint)
+        elif to_mint:
+            pipe = self.redis.pipeline(transaction=False)
+            for subject, key_id in to_mint:
+                self._mint(keys=[self.key_prefix + key_id, self._forgotten],
+                           args=[self.pseudonyms.normal(subject),
+                                 self.wrap(key_id, AESGCM.generate_key(256))],
+                           client=pipe)
+            for (subject, key_id), record in zip(to_mint, pipe.execute(), strict=True):
+                if record is None:
+                    failures[subject] = "forgotten"
+                else:
+                    self.files.put(key_id, record)
+                    self._open_into(subject, key_id, record, keys, failures)
+        return keys, failures
+
+    def encrypt_for(self, subject_id: str, event_id: str, field: str, plaintext: str) -> str:
+        """Encrypt for a subject, minting its key if needed (KeyDestroyed when forgotten)."""
+        keys, failures = self.data_keys([subject_id])
+        if subject_id not in keys:
+            raise KeyDestroyed(f"no data key for this subject ({failures[subject_id]})")
+        return keys[subject_id].encrypt(event_id, field, plaintext)
+
+    def decrypt_field(self, event_id: str, field: str, ciphertext: str) -> str:
+        """Decrypt a field of event `event_id`; CryptoError/KeyDestroyed when it can't."""
+        key_id, blob, aad = parse_ciphertext(ciphertext, event_id, field)
+        return self._key(key_id).decrypt(blob, aad).decode()
+
+    def open_bytes(self, label: str, sealed: bytes) -> bytes:
+        """Inverse of `DataKey.seal`; CryptoError/KeyDestroyed when it can't."""
+        key_id, blob, aad = parse_sealed(label, sealed)
+        return self._key(key_id).decrypt(blob, aad)
+
+    def _key(self, key_id: str) -> DataKey:
+        key = self._cache.get(key_id)
+        if key is not None:
+            return key
+        record = self.redis.get(self.key_prefix + key_id)
+        if record is None and (record := self.files.get(key_id)) is not None \
+                and self._restore([(key_id, record)])[1]:
+            record = None
+        if record is None:
+            raise KeyDestroyed("data key destroyed (subject forgotten) or never existed")
+        try:
+            return self._open(key_id, record)
+        except KmsError as error:
+            raise CryptoError(str(error)) from None
+
+    def _restore(self, items: list[tuple[str, bytes]]) -> tuple[set[str], set[str]]:
+        """Put disk copies back into Redis (SET NX); a key whose tombstone appeared meanwhile
+        (a `forget` racing with this) is taken out again. Returns (key ids put back, key ids
+        taken out)."""
+        if not items:
+            return set(), set()
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id, record in items:
+            pipe.set(self.key_prefix + key_id, record, nx=True)
+        done = {key_id for (key_id, _), ok in zip(items, pipe.execute(), strict=True) if ok}
+        shredded = {key_id for key_id, _ in items if self.files.forgotten(key_id)}
+        for key_id, record in items:
+            if key_id in shredded:
+                self._unset(keys=[self.key_prefix + key_id], args=[record])
+        return done - shredded, shredded
+
+    def restore(self) -> tuple[int, int]:
+        """Put every disk copy missing from Redis back (SET NX), and write the disk copy of
+        every Redis key that lacks one; (restored into Redis, written to disk)."""
+        on_disk = dict(self.files.scan())
+        restored, _ = self._restore(list(on_disk.items()))
+        written = 0
+        for key_id, record in self.records():
+            if key_id not in on_disk and not self.files.forgotten(key_id):
+                written += self.files.put(key_id, record)
+        return len(restored), written
+
+    def is_forgotten(self, subject_id: str) -> bool:
+        """True once `forget(subject_id)` ran."""
+        return bool(self.redis.sismember(self._forgotten, self.pseudonyms.normal(subject_id)))
+
+    def forget(self, subject_id: str) -> bool:
+        """Crypto-shred: leave the tombstone on disk (deleting the disk copy), then mark the
+        subject forgotten and delete its data key in Redis; True if a key existed in either.
+        The tombstone comes first so that a restore racing with this sees it."""
+        key_id = self.data_key_id(subject_id)
+        on_disk = self.files.destroy(key_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(self._forgotten, self.pseudonyms.normal(subject_id))
+        pipe.delete(self.key_prefix + key_id)
+        _, deleted = pipe.execute()
+        self._cache.pop(key_id)
+        return bool(deleted) or on_disk
+
+    def records(self) -> Iterable[tuple[str, bytes]]:
+        """(data key id, wrapped record) of every data key in Redis."""
+        names: list[str] = []
+        pattern = _glob_escape(self.key_prefix) + "*"
+        for raw in self.redis.scan_iter(match=pattern, count=1000):
+            names.append(raw.decode())
+            if len(names) >= 500:
+                yield from self._fetch(names)
+                names = []
+        yield from self._fetch(names)
+
+    def _fetch(self, names: list[str]) -> Iterable[tuple[str, bytes]]:
+        if not names:
+            return
+        for name, record in zip(names, self.redis.mget(names), strict=True):
+            if record is not None:
+                yield name[len(self.key_prefix):], record
+
+    def wrap(self, key_id: str, key: bytes) -> bytes:
+        """The stored record of a raw data key: `<master id>.<wrapped>`."""
+        master_id, wrapped = self.kms.wrap(key, _wrap_aad(key_id))
+        return f"{master_id}.{b64e(wrapped)}".encode()
+
+    def unwrap(self, key_id: str, record: bytes) -> bytes:
+        """The raw data key of a stored record (KmsError when it cannot be unwrapped)."""
+        master_id, _, wrapped = record.decode().partition(".")
+        try:
+            blob = b64d(wrapped)
+        except ValueError:
+            raise KmsError("stored data key record is malformed") from None
+        return self.kms.unwrap(master_id, blob, _wrap_aad(key_id))
+
+    def _open(self, key_id: str, record: bytes) -> DataKey:
+        key = DataKey.from_raw(key_id, master_of(record), self.unwrap(key_id, record))
+        self._cache.put(key)
+        return key
+
+    def _open_into(self, subject: str, key_id: str, record: bytes,
+                   keys: dict[str, DataKey], failures: dict[str, str]) -> None:
+        try:
+            keys[subject] = self._open(key_id, record)
+        except KmsError:
+            failures[subject] = "key_unavailable"
+
+
+def master_of(record: bytes) -> str:
+    """The id of the master key a stored record is wrapped under."""
+    return record.split(b".", 1)[0].decode()
+
+
+def _wrap_aad(key_id: str) -> bytes:
+    return b"lepton-datakey\0" + key_id.encode()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
