@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from lepton.keyset import make_key_set
 from services.governance.admission import (
     ALLOWED,
     INVALID,
@@ -19,7 +20,7 @@ from services.governance.admission import (
 )
 from shared.allowlist import AllowList
 from shared.events import Decision, encode
-from shared.principals import Principal, make_key_set, sign_decision
+from shared.principals import Principal, sign_decision
 from shared.signing import key_id, load_or_create_private_key
 
 DRIFT: dict[str, Any] = {"model": "transactions", "version": 3, "window": 1000, "alpha": 0.01,
