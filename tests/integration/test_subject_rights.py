@@ -1,10 +1,12 @@
 """Data subjects' rights end to end, on the real broker, real files and a PRIVATE redis-server
 with AOF on (the shared Redis is never flushed): ingest and governance run while a subject is
 forgotten and another withdraws consent; Redis is wiped (FLUSHALL) mid-stream and the services
-restart; then every byte of events.clean/governed/rejected, the Redis AOF/RDB, the data and
-registry directories and the services' logs is scanned for the forgotten subject's PII and raw
-id (0 hits), and none of its ciphertexts opens with any key the platform still holds. Tokens:
-the same PAN of two subjects never matches, and the forgotten one's cannot be reproduced."""
+restart, and a serving instance started after the wipe answers with the live version; then
+every byte of events.clean/governed/rejected, the Redis AOF/RDB, the data and registry
+directories and the services' logs is scanned for the forgotten subject's PII and raw id (0
+hits), and none of its ciphertexts opens with any key the platform still holds. Tokens: the
+same PAN of two subjects never matches, and the forgotten one's cannot be reproduced. The same
+scan with a real trainer and serving: test_forget_trained_and_served."""
 
 from __future__ import annotations
 
