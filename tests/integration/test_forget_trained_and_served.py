@@ -91,6 +91,15 @@ class Processes:
                 raise AssertionError(f"{name} exited {self.procs[name].returncode}:\n"
                                      + (self.logs / f"{name}.log").read_text()[-3000:])
 
+    def tails(self) -> str:
+        """The last lines above DEBUG of every service's log (for a failure message)."""
+        out = []
+        for path in sorted(self.logs.iterdir()):
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if '"level": "DEBUG"' not in line]
+            out += [f"--- {path.name}", *lines[-12:]]
+        return "\n".join(out)
+
     def close(self) -> None:
         """SIGKILL whatever still runs."""
         for proc in self.procs.values():
@@ -284,7 +293,7 @@ def _wait(what: str, check: Any, processes: Processes, timeout: float,
     deadline = time.monotonic() + timeout
     while not check():
         processes.alive(*alive)
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{processes.tails()}"
         time.sleep(0.2)
 
 
