@@ -1,10 +1,12 @@
 """Data subjects' rights end to end, on the real broker, real files and a PRIVATE redis-server
 with AOF on (the shared Redis is never flushed): ingest and governance run while a subject is
 forgotten and another withdraws consent; Redis is wiped (FLUSHALL) mid-stream and the services
-restart; then every byte of events.clean/governed/rejected, the Redis AOF/RDB, the data and
-registry directories and the services' logs is scanned for the forgotten subject's PII and raw
-id (0 hits), and none of its ciphertexts opens with any key the platform still holds. Tokens:
-the same PAN of two subjects never matches, and the forgotten one's cannot be reproduced."""
+restart, and a serving instance started after the wipe answers with the live version; then
+every byte of events.clean/governed/rejected, the Redis AOF/RDB, the data and registry
+directories and the services' logs is scanned for the forgotten subject's PII and raw id (0
+hits), and none of its ciphertexts opens with any key the platform still holds. Tokens: the
+same PAN of two subjects never matches, and the forgotten one's cannot be reproduced. The same
+scan with a real trainer and serving: test_forget_trained_and_served."""
 
 from __future__ import annotations
 
@@ -36,10 +38,18 @@ from shared.events import Envelope
 from shared.kafka import make_producer
 from shared.models.nets import architecture, build_model
 from shared.models.registry import ModelCard, Registry
+from shared.state import rkey
 from shared.topics import Topics
 from tests.helpers import PrivateRedisServer, TopicCollector, lepton, local_mode_specs
 from tests.unit.ingest.samples import valid_docs
-from tests.unit.serving.support import fitted_transform
+from tests.unit.serving.support import (
+    NON_PRIVATE,
+    call_predict,
+    fitted_transform,
+    running,
+    serving_settings,
+    stub,
+)
 
 PAN = "4111111111111111"
 
@@ -99,7 +109,7 @@ def _model(settings: LeptonSettings, name: str, lineage: dict[str, Any],
     card = ModelCard(model=name, dataset="transactions",
                      spec_hash=load_spec("transactions").spec_hash(), architecture=arch,
                      feature_transform=transform.to_dict(), lineage=lineage,
-                     parent_version=parent, status="promoted")
+                     parent_version=parent, status="promoted", privacy=NON_PRIVATE)
     return Registry(settings).save(card, build_model(arch).state_dict())
 
 
@@ -169,6 +179,16 @@ def test_forget_consent_and_a_redis_wipe_leave_no_readable_copy(
         services.close()
     services = Services()  # restart after the wipe
     try:
+        # a serving instance started after the wipe (nothing has read the live pointer back into
+        # Redis yet) answers with the live version; that a replayed announcement is refused
+        # after a wipe is test_serving_announcements' test_a_replay_is_refused_after_redis_...
+        assert not redis.Redis.from_url(aof_redis.url).exists(
+            rkey(settings, "models", "fraud", "live"))
+        with running(serving_settings(serving_models="fraud")) as server:
+            channel, service = stub(server.addr)
+            reply = call_predict(service, _request(later[-1]), token=None)
+            assert reply.version == child.version
+            channel.close()
         _produce(settings, later[300:])
         _wait("second batch decided", lambda: collector.count(topics.clean) >= len(docs) + 400)
         _wait("all governed", lambda: len(_decided(settings, later)) == 400, 120)
@@ -220,6 +240,10 @@ def test_forget_consent_and_a_redis_wipe_leave_no_readable_copy(
             if is_ciphertext(value):
                 with pytest.raises(CryptoError):
                     fresh.decrypt_field(env.event_id, name, str(value))
+
+
+def _request(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc["payload"].items() if k != "is_fraud"}
 
 
 def _decided(settings: GovernanceSettings, docs: list[dict[str, Any]]
