@@ -29,6 +29,7 @@ from torch import nn
 
 from services.trainer.announce import announce
 from services.trainer.charge import charge_release, privacy_summary
+from services.trainer.compress import compress_release
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
@@ -209,6 +210,9 @@ class Releaser:
             verdict = charge_release(self, candidate, lineage, privacy, verdict, stop)
         gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
         gate["live_metrics"] = live_metrics
+        variants, compressed = compress_release(
+            self.spec.compression, candidate.architecture, candidate.state, candidate.net,
+            transform.transform(window), labels, threshold, metrics)
         eps = privacy.get("epsilon") if candidate.plan is not None else None
         delta = privacy.get("delta") if candidate.plan is not None else None
         card = ModelCard(
@@ -223,11 +227,12 @@ class Releaser:
                       "feature_importance": self._importance(candidate, window)},
             gate=gate, privacy=privacy,
             parent_version=parent.card.version if parent else None,
-            status="promoted" if verdict.promoted else "refused",
+            status="promoted" if verdict.promoted else "refused", variants=variants,
         )
         with self.tracer.start_as_current_span("trainer release") as span:
             # a save that fails before its rename leaves nothing behind, so it may be retried
-            saved = until_redis(lambda: self.registry.save(card, candidate.state), "save", stop)
+            saved = until_redis(lambda: self.registry.save(card, candidate.state, compressed),
+                                "save", stop)
             span.set_attribute("lepton.model.version", saved.version)
 
             def after_save() -> None:
