@@ -58,6 +58,9 @@ class TrainerSettings(LeptonSettings):
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     trainer_dist_timeout_s: float = Field(default=120.0, gt=0)
+    trainer_tune_storage: Literal["redis", "journal"] = Field(
+        default="redis", description="Where `lepton tune` keeps its Optuna studies: Redis "
+        "(under the key prefix) or a journal file in the data dir.")
 
     @model_validator(mode="after")
     def _gate_metrics(self) -> TrainerSettings:

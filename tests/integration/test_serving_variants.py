@@ -81,7 +81,7 @@ def _scores(addr: str, records: list[dict[str, Any]]) -> tuple[np.ndarray, Any]:
 def test_serving_answers_from_int8_within_the_stated_error(
         released: tuple[ModelCard, list[dict[str, Any]], np.ndarray]) -> None:
     card, records, full = released
-    arch, state, transform, _, held = trained_mlp()
+    arch, _, transform, _, held = trained_mlp()
     _, tensors = Registry(serving_settings()).load_variant(MODEL, card.version, "int8")
     expected = expit(int8_forward(arch, tensors)(transform.transform(held[:ROWS]))
                      .astype(np.float64))
