@@ -30,6 +30,7 @@ SERVICE_CLIS = (
     "services.governance.cli",
     "services.trainer.cli",
     "services.serving.cli",
+    "services.federation.cli",
     "lepton.up",
     "lepton.dlq",
     "lepton.subjects",

@@ -21,7 +21,7 @@ from shared.events import Decision
 from shared.governed_mac import MAC_KEY_FILE, load_or_create_key
 from shared.signing import key_id, load_or_create_private_key, public_pem, sign, verify
 
-PrincipalName = Literal["ingest", "governance", "trainer", "serving", "operator"]
+PrincipalName = Literal["ingest", "governance", "trainer", "serving", "operator", "federation"]
 PRINCIPAL_NAMES: tuple[PrincipalName, ...] = get_args(PrincipalName)
 PRINCIPALS_DIR = "principals"
 DECISION_DOMAIN = b"lepton.decision.v1\n"

@@ -113,6 +113,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
     "trainer": _MODEL | {"dp_sgd_charge", "release_charge"},
     "serving": _MODEL,
+    "federation": _MODEL,
     "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
 }

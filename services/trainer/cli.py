@@ -129,9 +129,9 @@ def _producer(settings: LeptonSettings) -> Producer:
 def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
              share: float | None = None, decision: str | None = None,
              detail: dict[str, object] | None = None) -> None:
-    from services.trainer.announce import announce
     from shared.decisions import publish_decision
     from shared.events import Decision
+    from shared.models.announce import announce
     from shared.principals import Principal
     from shared.tracing import get_tracer, setup_telemetry, shutdown_telemetry
 

@@ -13,11 +13,8 @@ done in Redis, so a trainer that crashed between them finishes them on restart.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,43 +24,30 @@ from confluent_kafka import Producer
 from opentelemetry import trace
 from torch import nn
 
-from services.trainer.announce import announce
 from services.trainer.charge import charge_release, privacy_summary
 from services.trainer.compress import compress_release
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
-from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
+from shared.models.announce import announce
 from shared.models.attribution import global_importance
 from shared.models.features import FeatureTransform
+from shared.models.gate import decide
 from shared.models.nets import build_model, predict_proba
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.principals import Principal
 from shared.state import rkey
 from shared.topics import Topics
+from shared.version import code_version
 
 log = logging.getLogger(__name__)
 ACTOR = "trainer"
 IMPORTANCE_ROWS = 256
-
-
-def code_version() -> str:
-    """`git describe` of the source tree when it is a checkout, else the package version."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root,
-                             capture_output=True, text=True, timeout=5, check=True)
-        return f"git:{out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        try:
-            return f"lepton-stream {metadata.version('lepton-stream')}"
-        except metadata.PackageNotFoundError:
-            return "unknown"
 
 
 @dataclass
