@@ -289,7 +289,8 @@ class Coordinator:
             code_version=code_version(), device="cpu",
             wall_time_s=round(time.monotonic() - started, 3), energy_method="not measured: "
             "the coordinator only aggregates (the sites train)",
-            training={"algorithm": "fedavg", "rounds": rounds_run,
+            training={"algorithm": "fedavg", "local_optimizer": "sgd (DP-SGD, Opacus)",
+                      "learning_rate": settings.federation_learning_rate, "rounds": rounds_run,
                       "rounds_planned": settings.federation_rounds,
                       "local_epochs": settings.federation_local_epochs,
                       "minibatch": settings.federation_minibatch,
