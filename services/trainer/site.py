@@ -17,10 +17,12 @@ import threading
 import time
 from collections import OrderedDict
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services.trainer.config import TrainerSettings
 from services.trainer.site_rounds import Federation, SiteRounds
+from services.trainer.snapshot import SnapshotTimeout
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
 from shared.federation import (
@@ -32,7 +34,7 @@ from shared.federation import (
     decode,
     encode,
 )
-from shared.kafka import deliver, make_consumer, make_producer
+from shared.kafka import DeliveryTimeout, deliver, make_consumer, make_producer
 from shared.principals import Principal, public_keys_dir
 from shared.readiness import clear_ready, mark_ready
 from shared.topics import Topics
@@ -98,15 +100,25 @@ class FederatedSite:
         if task.dataset != self.spec.name or task.spec_hash != self.spec.spec_hash():
             self._send(self.rounds.declined(task, "another dataset spec"), {})
             return
-        state = self.states.get(task.federation)
-        if state is None:
-            state = self.states[task.federation] = self.rounds.prepare(task)
-            while len(self.states) > KEPT_FEDERATIONS:
-                self.states.popitem(last=False)
-        if task.kind == "fit":
-            self._send(*self.rounds.fit(task, state, tensors))
-        else:
-            self._send(self.rounds.evaluate(task, state, tensors), {})
+        try:
+            state = self.states.get(task.federation)
+            if state is None:
+                state = self.states[task.federation] = self.rounds.prepare(task)
+                while len(self.states) > KEPT_FEDERATIONS:
+                    self.states.popitem(last=False)
+            if task.kind == "fit":
+                self._send(*self.rounds.fit(task, state, tensors))
+            else:
+                self._send(self.rounds.evaluate(task, state, tensors), {})
+        except SnapshotTimeout as error:
+            if not self.stop.is_set():
+                self._send(self.rounds.declined(task, f"own data unreadable: {error}"), {})
+        except (DeliveryTimeout, redis.ConnectionError, redis.TimeoutError) as error:
+            # an outage: this round goes on without us (the coordinator's quorum decides)
+            log.warning("site %s missed round %d: %s", self.site, task.round, error)
+        except (ValueError, RuntimeError, KeyError) as error:  # a task this site cannot run
+            log.warning("site %s declines round %d: %s", self.site, task.round, error)
+            self._send(self.rounds.declined(task, f"{type(error).__name__}: {error}"), {})
 
     def _send(self, update: SiteUpdate, tensors: Arrays) -> None:
         value, headers = encode(update, tensors, self.signer)

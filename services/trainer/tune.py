@@ -130,6 +130,9 @@ def run_tune(settings: TrainerSettings, trials: int, study_id: str | None = None
     meter = EnergyMeter(torch.device("cpu"), settings.trainer_cpu_watts_per_core)
     meter.start()
     remaining = max(0, trials - _finished(study))
+    if remaining and study.user_attrs.get("released") is not None:
+        raise ValueError(f"study {study_id} already released its winner; more trials would "
+                         "spend budget no release charges: start a new study")
     if remaining:
         with warnings.catch_warnings():  # Optuna marks its progress bar experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -45,6 +45,13 @@ def test_ten_trial_study_is_charged_once_and_releases_the_best(
         spent = ledger.subject_epsilons("breast_cancer", spec.privacy.delta)
         verdicts = registry.redis.hgetall(verdicts_key(lepton_env, "breast_cancer"))
         again = run_tune(settings, 10, STUDY)
+        # the command, replaying the same study: its JSON summary, nothing run or charged
+        command = lepton("tune", "--dataset", "breast_cancer", "--trials", "10", "--study",
+                         STUDY, timeout=180)
+        summary = orjson.loads(command.stdout)
+        assert summary["replayed"] and summary["version"] == result.version
+        more = lepton("tune", "--dataset", "breast_cancer", "--trials", "12", "--study", STUDY,
+                      "-q", check=False, timeout=180)
     finally:
         governance.close()
 
@@ -93,6 +100,8 @@ def test_ten_trial_study_is_charged_once_and_releases_the_best(
     assert ledger.subject_epsilons("breast_cancer", spec.privacy.delta) == spent
     assert registry.redis.hgetall(verdicts_key(lepton_env, "breast_cancer")) == verdicts
     assert registry.versions("breast_cancer") == [result.version]
+    # more trials on a released study would spend budget nothing charges: refused
+    assert more.returncode == 1 and "already released its winner" in more.stderr
 
 
 def test_tune_command_rejects_an_unknown_dataset(lepton_env: LeptonSettings) -> None:
