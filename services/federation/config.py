@@ -34,6 +34,9 @@ class FederationSettings(LeptonSettings):
     federation_round_timeout_s: float = Field(
         default=120.0, gt=0, description="Deadline of a round; later answers are dropped and "
         "recorded.")
+    federation_first_round_timeout_s: float | None = Field(
+        default=None, gt=0, description="Deadline of round 1, where each site also reads its "
+        "data and has its governance charge the federation (default: the round timeout).")
     federation_local_epochs: float = Field(
         default=0.5, gt=0, description="Passes over its rows a site makes per round.")
     federation_minibatch: int = Field(

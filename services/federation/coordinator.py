@@ -203,7 +203,9 @@ class Coordinator:
             return f"only {len(active)} sites left, below the quorum of " \
                    f"{settings.federation_min_sites}"
         began = time.monotonic()
-        deadline = time.time() + settings.federation_round_timeout_s
+        deadline = time.time() + (settings.federation_first_round_timeout_s or
+                                  settings.federation_round_timeout_s if number == 1 else
+                                  settings.federation_round_timeout_s)
         with self.tracer.start_as_current_span("federation round", attributes={
                 "lepton.federation.round": number}) as span:
             sent = self._send(RoundTask(kind="fit", round=number, sites=tuple(active),

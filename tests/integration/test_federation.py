@@ -179,6 +179,7 @@ def test_a_site_killed_mid_round_leaves_the_round_to_the_quorum(world: World,
                                                                 tmp_path: Path) -> None:
     settings = world.coordinator.model_copy(update={
         "federation_rounds": 3, "federation_round_timeout_s": 8.0,
+        "federation_first_round_timeout_s": 90.0,
         "federation_noise_multiplier": 0.01})
     stop, threads = _run_sites(world, ("site-a", "site-b"))
     log = tmp_path / "site-c.log"
