@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from opentelemetry import trace
 
-from services.federation.aggregate import fedavg, site_level_epsilon
+from services.federation.aggregate import fedavg
+from services.federation.card import Progress, card_lineage, card_privacy, card_training
 from services.federation.config import FederationSettings
 from services.federation.inbox import Answer, Inbox
 from services.federation.pooled import pool
@@ -71,16 +72,6 @@ class Outcome:
                 "version": card.version if card else None,
                 "metrics": card.metrics if card else None,
                 "epsilon": card.epsilon if card else None}
-
-
-@dataclass
-class Progress:
-    """What the rounds of one federation recorded."""
-
-    sites: dict[str, dict[str, Any]]
-    declined: dict[str, str] = field(default_factory=dict)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    noise_std: float = 0.0
 
 
 class Coordinator:
@@ -250,7 +241,7 @@ class Coordinator:
         log.warning("federation %s ended without a release: %s (dropped answers: %d)",
                     federation, reason, len(inbox.dropped))
         return Outcome(federation, "aborted", len(progress.rounds), reason,
-                       bytes_per_round=[r["bytes_out"] + r["bytes_in"] for r in progress.rounds])
+                       bytes_per_round=progress.bytes_per_round())
 
     def _release(self, federation: str, weights: Arrays, arch: dict[str, Any],
                  transform: FeatureTransform,
@@ -272,7 +263,7 @@ class Coordinator:
                          min_auc=spec.model.min_auc)
         for site, entry in progress.sites.items():
             entry.update(per_site.get(site, {}))
-        privacy = self._privacy(progress)
+        privacy = card_privacy(settings, spec, progress)
         rounds_run = len(progress.rounds)
         gate = {**verdict.to_dict(settings.federation_gate_tolerance),
                 "live_metrics": live_metrics,
@@ -282,60 +273,16 @@ class Coordinator:
             model=self.model, dataset=spec.name, spec_hash=spec.spec_hash(), architecture=arch,
             feature_transform=transform.to_dict(), metrics=metrics, fairness=fairness,
             epsilon=privacy["epsilon"], delta=privacy["delta"],
-            lineage={"federation": {
-                "id": federation, "topic": self.topics.federation_updates,
-                "sites": {s: {k: v for k, v in e.items() if k != "privacy"}
-                          for s, e in progress.sites.items()},
-                "declined": progress.declined, "rounds": progress.rounds,
-                "dropped": inbox.dropped}},
+            lineage=card_lineage(federation, self.topics.federation_updates, progress,
+                                 inbox.dropped),
             code_version=code_version(), device="cpu",
             wall_time_s=round(time.monotonic() - started, 3), energy_method="not measured: "
             "the coordinator only aggregates (the sites train)",
-            training={"algorithm": "fedavg", "local_optimizer": "sgd (DP-SGD, Opacus)",
-                      "learning_rate": settings.federation_learning_rate, "rounds": rounds_run,
-                      "rounds_planned": settings.federation_rounds,
-                      "local_epochs": settings.federation_local_epochs,
-                      "minibatch": settings.federation_minibatch,
-                      "min_sites": settings.federation_min_sites,
-                      "round_timeout_s": settings.federation_round_timeout_s,
-                      "bytes_per_round": [r["bytes_out"] + r["bytes_in"]
-                                          for r in progress.rounds],
-                      "warm_start_version": live[0].version if live else None},
+            training=card_training(settings, progress, live[0].version if live else None),
             gate=gate, privacy=privacy, parent_version=live[0].version if live else None,
             status="promoted" if verdict.promoted else "refused")
         state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
         saved = release(settings, spec, self.registry, self.producer, self.signer, self.tracer,
                         card, state, verdict)
         return Outcome(federation, saved.status, rounds_run, "; ".join(verdict.reasons), saved,
-                       card.training["bytes_per_round"])
-
-    def _privacy(self, progress: Progress) -> dict[str, Any]:
-        """The card's privacy object: each site's charged DP-SGD, the largest ε, and the
-        client-level (site) guarantee of the server's noise."""
-        settings = self.settings
-        delta = self.spec.privacy.delta
-        sites = {s: e["privacy"] for s, e in progress.sites.items() if e.get("privacy")}
-        epsilons = [float(p["epsilon"]) for p in sites.values() if "epsilon" in p]
-        noised = len(progress.rounds) if settings.federation_noise_multiplier > 0 else 0
-        return {
-            "mode": "federated", "epsilon": max(epsilons) if epsilons else None,
-            "delta": delta,
-            "accountant": "rdp, per site: each site's DP-SGD over every planned round (Opacus "
-                          "compute_rdp, Balle et al. 2020 conversion), charged to that site's "
-                          "ledger before its first update; ε here is the largest site's (a "
-                          "subject belongs to one site)",
-            "sites": sites,
-            "client_level": {
-                "clip_norm": settings.federation_clip_norm,
-                "noise_multiplier": settings.federation_noise_multiplier,
-                "noise_std": progress.noise_std,
-                "site_epsilon": site_level_epsilon(settings.federation_noise_multiplier,
-                                                   noised, delta),
-                "adjacency": "one site's data replaced; against the released model only",
-                "calibration": "Flower DifferentialPrivacyServerSideFixedClipping: std = "
-                               "z·C·max site weight (z·C/m for equal weights)",
-                "aggregation": "FedAvg, weighted by sample counts"},
-            "secure_aggregation": "not implemented: the coordinator sees each site's clipped "
-                                  "update (the per-subject guarantee does not rely on it)",
-            "secure_rng": False, "releases": [],
-        }
+                       progress.bytes_per_round())
