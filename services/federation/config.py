@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config import LeptonSettings
-
-SiteName = str
 
 
 class FederationSettings(LeptonSettings):
@@ -61,21 +60,30 @@ class FederationSettings(LeptonSettings):
     federation_max_dp_diff: float = Field(default=0.25, ge=0, le=1)
     federation_max_eo_diff: float = Field(default=0.25, ge=0, le=1)
 
-    @model_validator(mode="after")
-    def _sites(self) -> FederationSettings:
-        if not self.federation_sites:
-            raise ValueError("federation_sites: name at least one site")
-        if len(set(self.federation_sites)) != len(self.federation_sites):
-            raise ValueError("federation_sites: a site is named twice")
-        for site in self.federation_sites:
-            if not site or not all(c.isalnum() or c in "_-" for c in site) or site.lower() != site:
-                raise ValueError(f"federation_sites: bad site name {site!r}")
-        if self.federation_min_sites > len(self.federation_sites):
-            raise ValueError("federation_min_sites: more than the sites named")
-        unknown = set(self.federation_gate_metrics) - {"accuracy", "precision", "recall", "f1",
-                                                       "roc_auc"}
+    @field_validator("federation_sites")
+    @classmethod
+    def _sites(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one site")
+        if len(set(value)) != len(value):
+            raise ValueError("a site is named twice")
+        for site in value:
+            if not re.fullmatch(r"[a-z0-9_-]+", site):
+                raise ValueError(f"bad site name {site!r} (lower-case letters, digits, _ and -)")
+        return value
+
+    @field_validator("federation_gate_metrics")
+    @classmethod
+    def _gate_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - {"accuracy", "precision", "recall", "f1", "roc_auc"}
         if unknown:
-            raise ValueError(f"federation_gate_metrics: unknown {sorted(unknown)}")
+            raise ValueError(f"unknown {sorted(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _quorum(self) -> FederationSettings:
+        if self.federation_min_sites > len(self.federation_sites):
+            raise ValueError("LEPTON_FEDERATION_MIN_SITES is above the number of sites")
         return self
 
     def model_name(self) -> str:
