@@ -31,6 +31,7 @@ SERVICE_CLIS = (
     "services.trainer.cli",
     "services.serving.cli",
     "services.monitor.cli",
+    "services.federation.cli",
     "lepton.up",
     "lepton.dlq",
     "lepton.keyset",

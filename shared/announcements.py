@@ -1,8 +1,9 @@
 """Signed model announcements: who may announce what, the monotonic sequence, the signature.
 
-An announcement is signed by its principal (trainer, operator, or a serving replica relaying an
-admin API change) over a domain tag and the sorted-key JSON of (model, version, action, sha256,
-card signature, sequence, share, override). The sequence is per model, allocated from one Redis
+An announcement is signed by its principal (trainer, operator, a serving replica relaying an
+admin API change, or a federation coordinator promoting a federated model) over a domain tag
+and the sorted-key JSON of (model, version, action, sha256, card signature, sequence, share,
+override). The sequence is per model, allocated from one Redis
 counter (`INCR`) that every announcer shares, so a receiver refuses anything at or below the
 last sequence it applied (replays). Each allocated number is also made durable, before the
 announcement is sent, in `<registry>/<model>/announce-seq` (next to `live.json`): after a Redis
@@ -31,7 +32,8 @@ from shared.state import rkey
 
 ANNOUNCEMENT_DOMAIN = b"lepton.announcement.v1\n"
 _ALL = frozenset({"promote", "rollback", "canary", "shadow", "retire"})
-ANNOUNCERS: dict[str, frozenset[str]] = {"trainer": _ALL, "operator": _ALL, "serving": _ALL}
+ANNOUNCERS: dict[str, frozenset[str]] = {"trainer": _ALL, "operator": _ALL, "serving": _ALL,
+                                         "federation": frozenset({"promote"})}
 OVERRIDERS = frozenset({"operator"})
 SEQUENCE_FILE = "announce-seq"
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from shared.config import LeptonSettings
 from shared.events import Decision
 from shared.signing import key_id, load_signing_key, sign, verify
 
-PrincipalName = Literal["ingest", "governance", "trainer", "serving", "monitor", "operator"]
+PrincipalName = Literal["ingest", "governance", "trainer", "serving", "monitor", "operator",
+                        "federation"]
 PRINCIPAL_NAMES: tuple[PrincipalName, ...] = get_args(PrincipalName)
 PRINCIPALS_DIR = "principals"
 DECISION_DOMAIN = b"lepton.decision.v1\n"

@@ -23,6 +23,8 @@ class Topic(StrEnum):
     PREDICTION_LOG = "predictions.log"
     INGEST_OFFSETS = "ingest.offsets"
     GOVERNANCE_OFFSETS = "governance.offsets"
+    FEDERATION_ROUNDS = "federation.rounds"
+    FEDERATION_UPDATES = "federation.updates"
 
 
 @dataclass(frozen=True)
@@ -117,3 +119,13 @@ class Topics:
     def prediction_log(self) -> str:
         """Every answered prediction (sampled), for monitoring: PredictionLogRecord JSON."""
         return self.name(Topic.PREDICTION_LOG)
+
+    @property
+    def federation_rounds(self) -> str:
+        """A federation coordinator's signed round tasks (global model) for its sites."""
+        return self.name(Topic.FEDERATION_ROUNDS)
+
+    @property
+    def federation_updates(self) -> str:
+        """Sites' signed answers to round tasks (clipped model updates, held-out summaries)."""
+        return self.name(Topic.FEDERATION_UPDATES)

@@ -149,6 +149,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "trainer": _MODEL | {"dp_sgd_charge", "release_charge"},
     "serving": _MODEL,
     "monitor": frozenset({"drift_detected", "quality_degraded"}),
+    "federation": _MODEL,
     "operator": frozenset({"consent_changed", "subject_forgotten", "key_rotated", "key_retired",
                            "model_promoted", "model_rolled_back"}),
 }

@@ -66,6 +66,11 @@ class ServingSettings(LeptonSettings):
     serving_numpy_forward: bool = Field(
         default=True, description="Score Linear/ReLU stacks with a verified NumPy forward pass."
     )
+    serving_variant: Literal["auto", "full", "int8", "fp16"] = Field(
+        default="auto", description="Which signed variant of a version to score with: `auto` "
+        "takes the one meant for this device (fp16 on CUDA, int8 on CPU) when the card "
+        "accepted it and it is not slower than full here; a named one falls back to full "
+        "(logged) when the card has no accepted variant of that name.")
 
     @field_validator("serving_addr", "serving_http_addr")
     @classmethod

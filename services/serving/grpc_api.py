@@ -264,6 +264,7 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
                 metrics={k: float(v) for k, v in card.metrics.items()},
                 epsilon=float(card.epsilon or 0.0), sha256=card.sha256, key_id=card.key_id,
                 created_at=str(card.created_at), card_json=card.model_dump_json(),
+                variant=model.variant,
             )
 
     async def ListModels(self, request: Any,

@@ -1,6 +1,8 @@
 """A verified, warmed-up model version in memory, and the loader that makes one from the
 registry: signature and sha256 checked by `shared.models.registry.Registry.load`, the trainer's
-FeatureTransform and network rebuilt from the signed model card, then a warm-up pass."""
+FeatureTransform and network rebuilt from the signed model card, then a warm-up pass, then the
+signed compressed variant the settings ask for (variants.py) in place of the full network when
+it fits this device."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from scipy.special import expit
 from services.serving.errors import Refused
 from services.serving.fastpath import Forward, compile_numpy, verified
 from services.serving.inputs import RecordSchema
+from services.serving.variants import use_variant
 from shared.datasets import DatasetSpec, FieldType, Role, load_spec
 from shared.events import Scalar
 
@@ -42,6 +45,8 @@ class LoadedModel:
     schema: RecordSchema
     fast: Forward | None = field(default=None, repr=False)
     origin: SpanContext | None = field(default=None, repr=False)
+    variant: str = "full"
+    runner: torch.nn.Module | None = field(default=None, repr=False)
     _inflight: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -52,9 +57,10 @@ class LoadedModel:
             return expit(self.fast(matrix)).astype(np.float64)  # type: ignore[no-any-return]
         import torch
 
-        with torch.inference_mode():
-            logits = self.net(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)))
-            probs = torch.sigmoid(logits).reshape(-1)
+        from shared.models.variants import logits
+
+        rows = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+        probs = torch.sigmoid(logits(self.runner or self.net, rows)).reshape(-1)
         return probs.numpy().astype(np.float64)
 
     def acquire(self, n: int = 1) -> None:
@@ -107,11 +113,13 @@ class ModelLoader:
         warmup_rows: int = 16,
         spec_dir: Path | None = None,
         numpy_forward: bool = True,
+        variant: str = "full",
     ) -> None:
         self.registry = registry
         self.warmup_rows = warmup_rows
         self.spec_dir = spec_dir
         self.numpy_forward = numpy_forward
+        self.variant = variant
 
     def load(self, name: str, version: int) -> LoadedModel:
         """Load, verify and warm up `name` v`version`; raise Refused with the reason."""
@@ -142,6 +150,11 @@ class ModelLoader:
         self._warm_up(model, spec)
         if self.numpy_forward:
             self._compile(model, spec)
+        if self.variant != "full":
+            samples = model.transform.transform(
+                [model.schema.clean(r) for r in warmup_records(spec, self.warmup_rows)])
+            use_variant(self.registry, model, self.variant, samples)
+            self._warm_up(model, spec)
         return model
 
     def _compile(self, model: LoadedModel, spec: DatasetSpec) -> None:

@@ -60,9 +60,11 @@ class Answer:
         return self.rows.model.version
 
     def parameters(self) -> dict[str, Scalar]:
-        """v2 response parameters: the version and route that answered (and how explained)."""
+        """v2 response parameters: the version, route and variant that answered (and how
+        explained)."""
         params: dict[str, Scalar] = {"lepton_version": self.version,
-                                     "lepton_route": self.rows.route.value}
+                                     "lepton_route": self.rows.route.value,
+                                     "lepton_variant": self.rows.model.variant}
         if self.explanations:
             first = self.explanations[0]
             params.update(explain_method=first.method, explain_baseline=first.baseline,
@@ -98,6 +100,7 @@ def metadata(fleet: Fleet, model: LoadedModel) -> dict[str, Any]:
         "outputs": [{"name": "score", "datatype": "FP64", "shape": [-1]},
                     {"name": "label", "datatype": "BOOL", "shape": [-1]},
                     {"name": "attributions", "datatype": "FP64", "shape": [-1, -1]}],
+        "parameters": {"lepton_variant": model.variant},
     }
 
 

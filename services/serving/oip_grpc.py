@@ -171,7 +171,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return pb.ModelMetadataResponse(
                 name=doc["name"], versions=doc["versions"], platform=doc["platform"],
                 inputs=[tensor(**t) for t in doc["inputs"]],
-                outputs=[tensor(**t) for t in doc["outputs"]])
+                outputs=[tensor(**t) for t in doc["outputs"]],
+                parameters={k: _to_param(v) for k, v in doc["parameters"].items()})
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Score N rows given as columnar tensors, with one version."""

@@ -70,7 +70,8 @@ class ServingApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         loader = ModelLoader(Registry(settings),
                              warmup_rows=settings.serving_warmup_rows,
-                             numpy_forward=settings.serving_numpy_forward)
+                             numpy_forward=settings.serving_numpy_forward,
+                             variant=settings.serving_variant)
         self.fleet = Fleet(loader, names=settings.model_names(),
                            canary_share=settings.serving_canary_share,
                            pinned_cache=settings.serving_pinned_cache,

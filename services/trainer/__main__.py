@@ -2,7 +2,9 @@
 produces models.updates and audit.requests.
 
 Without `--rank` it runs one rank in-process, or launches `LEPTON_TRAINER_WORKERS` rank
-processes; `--rank/--world-size/--master-port` are what the launcher passes to each rank.
+processes; `--rank/--world-size/--master-port` are what the launcher passes to each rank. With
+`LEPTON_TRAINER_FEDERATION_SITE` it runs as that federated site instead (site.py): it follows
+`federation.rounds` and answers on `federation.updates` on the federation's cluster.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
         topics = Topics(settings.topic_prefix)
         ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
+        if settings.trainer_federation_site:
+            from services.trainer.site import FederatedSite
+
+            federation = settings.federation_settings()
+            shared = Topics(federation.topic_prefix)
+            ensure_topics(federation, [shared.federation_rounds, shared.federation_updates])
+            return FederatedSite(settings, stop).run()
         if launcher(settings):
             return launch(settings, stop)
         return run_rank(settings, args.rank or 0, args.world_size, args.master_port, stop)

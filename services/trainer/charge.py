@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from services.trainer.dp import Plan
-from services.trainer.gate import GateResult
 from services.trainer.retry import until_redis
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
+from shared.models.gate import GateResult
 from shared.models.registry import ModelCard
 from shared.releases import (
     RELEASE_CHARGE,

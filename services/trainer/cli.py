@@ -1,4 +1,5 @@
-"""`lepton trainer` (run the trainer) and `lepton models list|show|promote|rollback|canary|
+"""`lepton trainer` (run the trainer), `lepton tune` (a private hyper-parameter search whose
+winner is released like a trained model) and `lepton models list|show|promote|rollback|canary|
 shadow` (inspect the registry, move the live pointer, and announce on `models.updates`)."""
 
 from __future__ import annotations
@@ -40,6 +41,49 @@ def trainer(
     from services.trainer.__main__ import main
 
     main([])
+
+
+def tune(
+    dataset: Annotated[str | None, typer.Option(help="Dataset spec to search.")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (a study id that "
+                                                    "exists continues up to this many).")] = 20,
+    study: Annotated[str | None, typer.Option(
+        help="Study id (default: a new one); an existing id continues or replays it, and is "
+             "never charged twice.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default: dataset).")] = None,
+    storage: Annotated[str | None, typer.Option(help="redis or journal.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Search DP-SGD hyper-parameters on events.governed (Optuna), charge the whole study to
+    the ledger and release the best trial's model; prints a JSON summary."""
+    import orjson
+
+    from services.trainer.config import TrainerSettings
+    from services.trainer.snapshot import SnapshotTimeout
+    from services.trainer.tune import run_tune
+    from shared.config import load_settings
+    from shared.datasets import UnknownDataset
+    from shared.signals import stop_event
+    from shared.tracing import setup_telemetry, shutdown_telemetry
+
+    overrides = {"DATASET": dataset, "MODEL": model, "TUNE_STORAGE": storage}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"LEPTON_TRAINER_{name}"] = str(value)
+    settings = load_settings(TrainerSettings)
+    setup_telemetry("lepton-tune")
+    try:
+        result = run_tune(settings, trials, study, progress=not quiet, stop=stop_event())
+    except UnknownDataset as error:
+        raise _fail(f"unknown dataset {error.args[0]!r}") from None
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    except SnapshotTimeout as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(69) from None
+    finally:
+        shutdown_telemetry()
+    sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
 
 
 def _context() -> tuple[LeptonSettings, Registry]:
@@ -96,9 +140,9 @@ def _producer(settings: LeptonSettings) -> Producer:
 def _publish(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
              share: float | None = None, decision: str | None = None,
              detail: dict[str, object] | None = None) -> None:
-    from services.trainer.announce import announce
     from shared.decisions import publish_decision
     from shared.events import Decision
+    from shared.models.announce import announce
     from shared.principals import Principal
     from shared.tracing import get_tracer, setup_telemetry, shutdown_telemetry
 
@@ -217,6 +261,7 @@ def shadow(version: int, model: ModelOption = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `lepton trainer` and `lepton models ...`."""
+    """Add `lepton trainer`, `lepton tune` and `lepton models ...`."""
     app.command("trainer")(trainer)
+    app.command("tune")(tune)
     app.add_typer(models_app, name="models")

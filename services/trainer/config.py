@@ -58,6 +58,22 @@ class TrainerSettings(LeptonSettings):
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     trainer_dist_timeout_s: float = Field(default=120.0, gt=0)
+    trainer_federation_site: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_-]+$", description="Run as this federated site: "
+        "train only for a coordinator's round tasks, on this site's own governed events; only "
+        "clipped model updates and held-out summaries leave.")
+    trainer_federation_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap of the federation's cluster (default: this "
+        "site's own).")
+    trainer_federation_topic_prefix: str = Field(
+        default="lepton.", pattern=r"^[A-Za-z0-9._-]*$",
+        description="Topic prefix of the federation's topics on that cluster.")
+    trainer_federation_keys_dir: Path | None = Field(
+        default=None, description="Where the coordinator's public key `federation.pub` is "
+        "(default: LEPTON_PRINCIPALS_PUBLIC_DIR).")
+    trainer_tune_storage: Literal["redis", "journal"] = Field(
+        default="redis", description="Where `lepton tune` keeps its Optuna studies: Redis "
+        "(under the key prefix) or a journal file in the data dir.")
 
     @model_validator(mode="after")
     def _gate_metrics(self) -> TrainerSettings:
@@ -67,6 +83,18 @@ class TrainerSettings(LeptonSettings):
             raise ValueError(f"trainer_gate_metrics: unknown {sorted(unknown)}; "
                              f"choose from {sorted(allowed)}")
         return self
+
+    @model_validator(mode="after")
+    def _site(self) -> TrainerSettings:
+        if self.trainer_federation_site and self.trainer_workers != 1:
+            raise ValueError("trainer_federation_site: a federated site runs one worker")
+        return self
+
+    def federation_settings(self) -> TrainerSettings:
+        """These settings pointed at the federation's cluster and topic prefix."""
+        return self.model_copy(update={
+            "kafka_bootstrap": self.trainer_federation_bootstrap or self.kafka_bootstrap,
+            "topic_prefix": self.trainer_federation_topic_prefix})
 
     def model_name(self) -> str:
         """The registry name of the trained model."""

@@ -14,11 +14,8 @@ done in Redis, so a trainer that crashed between them finishes them on restart.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,44 +25,32 @@ from confluent_kafka import Producer
 from opentelemetry import trace
 from torch import nn
 
-from services.trainer.announce import announce
 from services.trainer.charge import charge_release, privacy_summary
+from services.trainer.compress import compress_release
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
-from services.trainer.gate import decide
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.carbon import carbon_intensity
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
+from shared.models.announce import announce
 from shared.models.attribution import global_importance
 from shared.models.features import FeatureTransform
+from shared.models.gate import decide
 from shared.models.nets import build_model, predict_proba
 from shared.models.reference import ReferenceCounter, spec_bins
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.principals import Principal
 from shared.state import rkey
 from shared.topics import Topics
+from shared.version import code_version
 
 log = logging.getLogger(__name__)
 ACTOR = "trainer"
 IMPORTANCE_ROWS = 256
-
-
-def code_version() -> str:
-    """`git describe` of the source tree when it is a checkout, else the package version."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root,
-                             capture_output=True, text=True, timeout=5, check=True)
-        return f"git:{out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        try:
-            return f"lepton-stream {metadata.version('lepton-stream')}"
-        except metadata.PackageNotFoundError:
-            return "unknown"
 
 
 @dataclass
@@ -233,6 +218,9 @@ class Releaser:
         reference = self._reference(candidate, window)
         gate = verdict.to_dict(self.settings.trainer_gate_tolerance)
         gate["live_metrics"] = live_metrics
+        variants, compressed = compress_release(
+            self.spec.compression, candidate.architecture, candidate.state, candidate.net,
+            transform.transform(window), labels, threshold, metrics)
         eps = privacy.get("epsilon") if candidate.plan is not None else None
         delta = privacy.get("delta") if candidate.plan is not None else None
         card = ModelCard(
@@ -249,11 +237,12 @@ class Releaser:
                       "feature_importance": self._importance(candidate, window)},
             gate=gate, privacy=privacy,
             parent_version=parent.card.version if parent else None,
-            status="promoted" if verdict.promoted else "refused",
+            status="promoted" if verdict.promoted else "refused", variants=variants,
         )
         with self.tracer.start_as_current_span("trainer release") as span:
             # a save that fails before its rename leaves nothing behind, so it may be retried
-            saved = until_redis(lambda: self.registry.save(card, candidate.state), "save", stop)
+            saved = until_redis(lambda: self.registry.save(card, candidate.state, compressed),
+                                "save", stop)
             span.set_attribute("lepton.model.version", saved.version)
 
             def after_save() -> None:

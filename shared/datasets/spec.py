@@ -156,6 +156,44 @@ class ModelSpec(_Spec):
         return value
 
 
+class CompressionSpec(_Spec):
+    """Compressed variants the trainer writes beside each model release (serving loads the one
+    that fits its device): `int8` (dynamic int8, torch.ao, for CPU) and `fp16` (for CUDA)."""
+
+    variants: tuple[Literal["int8", "fp16"], ...] = ("int8", "fp16")
+    tolerance: float = Field(
+        default=0.01, ge=0, le=1, description="Largest drop of F1 or ROC-AUC on the held-out "
+        "window from the full model's; a variant beyond it is refused (not written).")
+
+
+class TuningSpec(_Spec):
+    """The private hyper-parameter search (`lepton tune`): search ranges and the study's total
+    privacy budget (every trial's DP-SGD run composes into it)."""
+
+    epsilon: float = Field(
+        default=3.0, gt=0, allow_inf_nan=False, description="The whole study's per-subject "
+        "ε at the privacy spec's δ (RDP composition of every trial that touched data).")
+    metric: Literal["f1", "roc_auc"] = "f1"
+    learning_rate: tuple[float, float] = (1e-3, 0.3)
+    epochs: tuple[int, int] = (1, 8)
+    max_grad_norm: tuple[float, float] = (0.2, 4.0)
+    noise_scale: tuple[float, float] = Field(
+        default=(1.0, 2.0), description="Noise multiplier as a multiple of the one that spends "
+        "an equal share of `epsilon` on every planned trial (≥ 1).")
+    hidden: tuple[tuple[int, ...], ...] = Field(
+        default=((16,), (32,), (32, 16), (64, 32)), description="Hidden sizes tried (mlp only).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuningSpec:
+        for name in ("learning_rate", "epochs", "max_grad_norm", "noise_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"tuning.{name}: need 0 < low <= high, got [{low}, {high}]")
+        if self.noise_scale[0] < 1:
+            raise ValueError("tuning.noise_scale must start at 1 or above")
+        return self
+
+
 class DatasetSpec(_Spec):
     """A dataset declared once; it drives every stage."""
 
@@ -165,6 +203,8 @@ class DatasetSpec(_Spec):
     fields: tuple[FieldSpec, ...]
     privacy: PrivacySpec = PrivacySpec()
     model: ModelSpec = ModelSpec()
+    compression: CompressionSpec = CompressionSpec()
+    tuning: TuningSpec = TuningSpec()
 
     @model_validator(mode="after")
     def _roles(self) -> DatasetSpec:

@@ -1,12 +1,14 @@
 """The model registry: signed safetensors artifacts plus JSON model cards in a directory, and a
 Redis index (versions, live pointer, live history) that trainer, serving and the CLI share.
 
-Layout: `<registry_path>/<model>/<version>/model.safetensors` and `card.json`. A version is
+Layout: `<registry_path>/<model>/<version>/model.safetensors` and `card.json`, plus the
+compressed variants' `model-<variant>.safetensors` (shared/models/variants.py). A version is
 written to a temporary directory and renamed into place, so it appears whole or not at all.
-The card carries the weights' sha256 and an Ed25519 signature (by the trainer's
-`<keys_path>/model-signing.key` or `LEPTON_MODEL_SIGNING_KEY_FILE`) over its canonical JSON
-(sorted keys, signature excluded); `Registry.load` verifies both with the public key
-(`model-signing.pub`) and never unpickles anything.
+The card carries the weights' sha256 (and each variant's, in `variants`) and an Ed25519
+signature (by the trainer's `<keys_path>/model-signing.key` or `LEPTON_MODEL_SIGNING_KEY_FILE`)
+over its canonical JSON (sorted keys, signature excluded); `Registry.load` and
+`Registry.load_variant` verify both with the public key (`model-signing.pub`) and never
+unpickle anything.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,13 @@ FLAGS_FILE = "flags.json"  # unsigned operator marks beside the signed card
 LIVE_FILE = "live.json"  # the durable copy of the live pointer and rollback history
 SIGNING_KEY = "model-signing.key"
 PUBLIC_KEY = "model-signing.pub"
+
+
+def variant_file(variant: str) -> str:
+    """The registry file name of a compressed variant's weights."""
+    if not variant.isalnum() or not variant.islower():
+        raise ValueError(f"bad variant name {variant!r}")
+    return f"model-{variant}.safetensors"
 
 
 class ArtifactError(RuntimeError):
@@ -86,6 +96,9 @@ class ModelCard(BaseModel):
     signature: str = ""
     key_id: str = ""
     status: str = Field(default="candidate", description="gate outcome: promoted|refused|...")
+    variants: dict[str, Any] = Field(
+        default_factory=dict, description="compressed variants: file, sha256, bytes, metrics, "
+        "latency, status (accepted|refused) and reasons; the full model's size and latency")
 
     def signed_bytes(self) -> bytes:
         """The canonical bytes the signature covers: sorted-key JSON without `signature`."""
@@ -188,9 +201,11 @@ class Registry:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
 
-    def save(self, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> ModelCard:
-        """Write weights + signed card atomically; returns the final card (version allocated
-        when `card.version` is 0) and indexes it in Redis."""
+    def save(self, card: ModelCard, state_dict: dict[str, torch.Tensor],
+             variants: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> ModelCard:
+        """Write weights (+ compressed `variants`: name -> tensors) and the signed card
+        atomically; returns the final card (version allocated when `card.version` is 0, each
+        variant's file, sha256 and size in `variants`) and indexes it in Redis."""
         from safetensors.torch import save as save_safetensors
 
         private = load_signing_key(self.settings.model_signing_key_file,
@@ -204,6 +219,18 @@ class Registry:
             weights = save_safetensors(tensors, metadata={"model": card.model})
             (tmp / WEIGHTS_FILE).write_bytes(weights)
             digest = hashlib.sha256(weights).hexdigest()
+            described = {k: dict(v) for k, v in card.variants.items()}
+            for name, variant in (variants or {}).items():
+                blob = save_safetensors({k: v.detach().to("cpu").contiguous()
+                                         for k, v in variant.items()},
+                                        metadata={"model": card.model, "variant": name})
+                (tmp / variant_file(name)).write_bytes(blob)
+                described.setdefault(name, {}).update(
+                    file=variant_file(name), sha256=hashlib.sha256(blob).hexdigest(),
+                    bytes=len(blob))
+            if described:
+                described.setdefault("full", {})["bytes"] = len(weights)
+            card = card.model_copy(update={"variants": described})
             version = card.version
             for attempt in range(100):
                 if card.version == 0:
@@ -320,6 +347,42 @@ class Registry:
             raise ArtifactError(f"{model} v{version}: weights sha256 does not match the card")
         _check_header(weights, f"{model} v{version}")
         return card, weights
+
+    def verify_variant(self, model: str, version: int, variant: str,
+                       public_key: Ed25519PublicKey | None = None) -> tuple[ModelCard, bytes]:
+        """The verified card and a compressed variant's bytes: the card's signature covers the
+        variant's sha256, which must match the file; ArtifactError when anything is off or
+        the variant was refused (no file)."""
+        card = self.card(model, version)
+        if card.model != model or card.version != version:
+            raise ArtifactError(f"{model} v{version}: card names {card.model} v{card.version}")
+        self.verify_card(card, public_key)
+        entry = card.variants.get(variant)
+        what = f"{model} v{version} {variant}"
+        if not isinstance(entry, dict) or entry.get("status") != "accepted" \
+                or not entry.get("sha256") or entry.get("file") != variant_file(variant):
+            raise ArtifactError(f"{what}: no accepted variant in the card")
+        try:
+            data = (self.version_dir(model, version) / variant_file(variant)).read_bytes()
+        except OSError as error:
+            raise ArtifactError(f"{what}: unreadable: {error}") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ArtifactError(f"{what}: sha256 does not match the card")
+        _check_header(data, what)
+        return card, data
+
+    def load_variant(self, model: str, version: int, variant: str,
+                     public_key: Ed25519PublicKey | None = None
+                     ) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+        """Verified card and the tensors of an accepted compressed variant."""
+        from safetensors.torch import load as load_safetensors
+
+        card, data = self.verify_variant(model, version, variant, public_key)
+        try:
+            return card, load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            raise ArtifactError(f"{model} v{version} {variant}: bad safetensors: {error}"
+                                ) from None
 
     def load(self, model: str, version: int, public_key: Ed25519PublicKey | None = None
              ) -> tuple[ModelCard, dict[str, torch.Tensor]]:

@@ -4,7 +4,8 @@ isort:skip_file
 The Open Inference Protocol v2 gRPC service (KServe "predict API v2", also spoken by
 Triton, Seldon MLServer and TorchServe). Package, message names and field numbers follow the
 published protocol exactly, so any v2 client (tritonclient, the kserve SDK) talks to it.
-`InferParameter` also carries Triton's double/uint64 choices (fields 4 and 5).
+`InferParameter` also carries Triton's double/uint64 choices (fields 4 and 5);
+`ModelMetadataResponse.parameters` (field 6) is Lepton's addition.
 """
 
 from collections import abc as _abc

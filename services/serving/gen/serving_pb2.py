@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flepton/serving/v1/serving.proto\x12\x11lepton.serving.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xe1\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x41\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32/.lepton.serving.v1.PredictRequest.FeaturesEntry\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x1aG\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xc1\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x01\x12\r\n\x05label\x18\x05 \x01(\x08\x12\'\n\x05route\x18\x06 \x01(\x0e\x32\x18.lepton.serving.v1.Route\x12\x33\n\x0b\x65xplanation\x18\x07 \x01(\x0b\x32\x1e.lepton.serving.v1.Explanation\"\xe4\x01\n\x0b\x45xplanation\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\r\n\x05logit\x18\x03 \x01(\x01\x12\x16\n\x0e\x62\x61seline_logit\x18\x04 \x01(\x01\x12\x46\n\x0c\x61ttributions\x18\x05 \x03(\x0b\x32\x30.lepton.serving.v1.Explanation.AttributionsEntry\x12\x0f\n\x07version\x18\x06 \x01(\r\x1a\x33\n\x11\x41ttributionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"J\n\x13PredictBatchRequest\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.lepton.serving.v1.PredictRequest\"M\n\x14PredictBatchResponse\x12\x35\n\tresponses\x18\x01 \x03(\x0b\x32\".lepton.serving.v1.PredictResponse\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xc7\x02\n\rModelMetadata\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x06 \x01(\r\x12>\n\x07metrics\x18\x07 \x03(\x0b\x32-.lepton.serving.v1.ModelMetadata.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\x01\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x11\n\tcard_json\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"\xd0\x01\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\r\x12\x18\n\x10previous_version\x18\x03 \x01(\r\x12\x19\n\x11\x63\x61ndidate_version\x18\x04 \x01(\r\x12\x38\n\x0e\x63\x61ndidate_mode\x18\x05 \x01(\x0e\x32 .lepton.serving.v1.CandidateMode\x12\x14\n\x0c\x63\x61nary_share\x18\x06 \x01(\x01\x12\x17\n\x0floaded_versions\x18\x07 \x03(\r\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.lepton.serving.v1.ModelStatus\"t\n\x11SetRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32 .lepton.serving.v1.RolloutAction\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05share\x18\x04 \x01(\x01*R\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_LIVE\x10\x01\x12\x10\n\x0cROUTE_CANARY\x10\x02\x12\x10\n\x0cROUTE_PINNED\x10\x03*e\n\rCandidateMode\x12\x1e\n\x1a\x43\x41NDIDATE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NDIDATE_MODE_CANARY\x10\x01\x12\x19\n\x15\x43\x41NDIDATE_MODE_SHADOW\x10\x02*\xb8\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROLLOUT_ACTION_PROMOTE\x10\x01\x12\x19\n\x15ROLLOUT_ACTION_CANARY\x10\x02\x12\x19\n\x15ROLLOUT_ACTION_SHADOW\x10\x03\x12\x1b\n\x17ROLLOUT_ACTION_ROLLBACK\x10\x04\x12\x18\n\x14ROLLOUT_ACTION_CLEAR\x10\x05\x32\xb3\x04\n\x11PredictionService\x12P\n\x07Predict\x12!.lepton.serving.v1.PredictRequest\x1a\".lepton.serving.v1.PredictResponse\x12_\n\x0cPredictBatch\x12&.lepton.serving.v1.PredictBatchRequest\x1a\'.lepton.serving.v1.PredictBatchResponse\x12Z\n\rPredictStream\x12!.lepton.serving.v1.PredictRequest\x1a\".lepton.serving.v1.PredictResponse(\x01\x30\x01\x12`\n\x10GetModelMetadata\x12*.lepton.serving.v1.GetModelMetadataRequest\x1a .lepton.serving.v1.ModelMetadata\x12Y\n\nListModels\x12$.lepton.serving.v1.ListModelsRequest\x1a%.lepton.serving.v1.ListModelsResponse\x12R\n\nSetRollout\x12$.lepton.serving.v1.SetRolloutRequest\x1a\x1e.lepton.serving.v1.ModelStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flepton/serving/v1/serving.proto\x12\x11lepton.serving.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xe1\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x41\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32/.lepton.serving.v1.PredictRequest.FeaturesEntry\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x1aG\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xc1\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x01\x12\r\n\x05label\x18\x05 \x01(\x08\x12\'\n\x05route\x18\x06 \x01(\x0e\x32\x18.lepton.serving.v1.Route\x12\x33\n\x0b\x65xplanation\x18\x07 \x01(\x0b\x32\x1e.lepton.serving.v1.Explanation\"\xe4\x01\n\x0b\x45xplanation\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\r\n\x05logit\x18\x03 \x01(\x01\x12\x16\n\x0e\x62\x61seline_logit\x18\x04 \x01(\x01\x12\x46\n\x0c\x61ttributions\x18\x05 \x03(\x0b\x32\x30.lepton.serving.v1.Explanation.AttributionsEntry\x12\x0f\n\x07version\x18\x06 \x01(\r\x1a\x33\n\x11\x41ttributionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"J\n\x13PredictBatchRequest\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.lepton.serving.v1.PredictRequest\"M\n\x14PredictBatchResponse\x12\x35\n\tresponses\x18\x01 \x03(\x0b\x32\".lepton.serving.v1.PredictResponse\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xd8\x02\n\rModelMetadata\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x11\n\tspec_hash\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x06 \x01(\r\x12>\n\x07metrics\x18\x07 \x03(\x0b\x32-.lepton.serving.v1.ModelMetadata.MetricsEntry\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\x01\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x0e\n\x06key_id\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x11\n\tcard_json\x18\x0c \x01(\t\x12\x0f\n\x07variant\x18\r \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"\xd0\x01\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\r\x12\x18\n\x10previous_version\x18\x03 \x01(\r\x12\x19\n\x11\x63\x61ndidate_version\x18\x04 \x01(\r\x12\x38\n\x0e\x63\x61ndidate_mode\x18\x05 \x01(\x0e\x32 .lepton.serving.v1.CandidateMode\x12\x14\n\x0c\x63\x61nary_share\x18\x06 \x01(\x01\x12\x17\n\x0floaded_versions\x18\x07 \x03(\r\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.lepton.serving.v1.ModelStatus\"t\n\x11SetRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32 .lepton.serving.v1.RolloutAction\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05share\x18\x04 \x01(\x01*R\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_LIVE\x10\x01\x12\x10\n\x0cROUTE_CANARY\x10\x02\x12\x10\n\x0cROUTE_PINNED\x10\x03*e\n\rCandidateMode\x12\x1e\n\x1a\x43\x41NDIDATE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NDIDATE_MODE_CANARY\x10\x01\x12\x19\n\x15\x43\x41NDIDATE_MODE_SHADOW\x10\x02*\xb8\x01\n\rRolloutAction\x12\x1e\n\x1aROLLOUT_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROLLOUT_ACTION_PROMOTE\x10\x01\x12\x19\n\x15ROLLOUT_ACTION_CANARY\x10\x02\x12\x19\n\x15ROLLOUT_ACTION_SHADOW\x10\x03\x12\x1b\n\x17ROLLOUT_ACTION_ROLLBACK\x10\x04\x12\x18\n\x14ROLLOUT_ACTION_CLEAR\x10\x05\x32\xb3\x04\n\x11PredictionService\x12P\n\x07Predict\x12!.lepton.serving.v1.PredictRequest\x1a\".lepton.serving.v1.PredictResponse\x12_\n\x0cPredictBatch\x12&.lepton.serving.v1.PredictBatchRequest\x1a\'.lepton.serving.v1.PredictBatchResponse\x12Z\n\rPredictStream\x12!.lepton.serving.v1.PredictRequest\x1a\".lepton.serving.v1.PredictResponse(\x01\x30\x01\x12`\n\x10GetModelMetadata\x12*.lepton.serving.v1.GetModelMetadataRequest\x1a .lepton.serving.v1.ModelMetadata\x12Y\n\nListModels\x12$.lepton.serving.v1.ListModelsRequest\x1a%.lepton.serving.v1.ListModelsResponse\x12R\n\nSetRollout\x12$.lepton.serving.v1.SetRolloutRequest\x1a\x1e.lepton.serving.v1.ModelStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLANATION_ATTRIBUTIONSENTRY']._serialized_options = b'8\001'
   _globals['_MODELMETADATA_METRICSENTRY']._loaded_options = None
   _globals['_MODELMETADATA_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTE']._serialized_start=1703
-  _globals['_ROUTE']._serialized_end=1785
-  _globals['_CANDIDATEMODE']._serialized_start=1787
-  _globals['_CANDIDATEMODE']._serialized_end=1888
-  _globals['_ROLLOUTACTION']._serialized_start=1891
-  _globals['_ROLLOUTACTION']._serialized_end=2075
+  _globals['_ROUTE']._serialized_start=1720
+  _globals['_ROUTE']._serialized_end=1802
+  _globals['_CANDIDATEMODE']._serialized_start=1804
+  _globals['_CANDIDATEMODE']._serialized_end=1905
+  _globals['_ROLLOUTACTION']._serialized_start=1908
+  _globals['_ROLLOUTACTION']._serialized_end=2092
   _globals['_PREDICTREQUEST']._serialized_start=85
   _globals['_PREDICTREQUEST']._serialized_end=310
   _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=239
@@ -61,17 +61,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELMETADATAREQUEST']._serialized_start=894
   _globals['_GETMODELMETADATAREQUEST']._serialized_end=951
   _globals['_MODELMETADATA']._serialized_start=954
-  _globals['_MODELMETADATA']._serialized_end=1281
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1235
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=1281
-  _globals['_LISTMODELSREQUEST']._serialized_start=1283
-  _globals['_LISTMODELSREQUEST']._serialized_end=1302
-  _globals['_MODELSTATUS']._serialized_start=1305
-  _globals['_MODELSTATUS']._serialized_end=1513
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1515
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1583
-  _globals['_SETROLLOUTREQUEST']._serialized_start=1585
-  _globals['_SETROLLOUTREQUEST']._serialized_end=1701
-  _globals['_PREDICTIONSERVICE']._serialized_start=2078
-  _globals['_PREDICTIONSERVICE']._serialized_end=2641
+  _globals['_MODELMETADATA']._serialized_end=1298
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1252
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=1298
+  _globals['_LISTMODELSREQUEST']._serialized_start=1300
+  _globals['_LISTMODELSREQUEST']._serialized_end=1319
+  _globals['_MODELSTATUS']._serialized_start=1322
+  _globals['_MODELSTATUS']._serialized_end=1530
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1532
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1600
+  _globals['_SETROLLOUTREQUEST']._serialized_start=1602
+  _globals['_SETROLLOUTREQUEST']._serialized_end=1718
+  _globals['_PREDICTIONSERVICE']._serialized_start=2095
+  _globals['_PREDICTIONSERVICE']._serialized_end=2658
 # @@protoc_insertion_point(module_scope)

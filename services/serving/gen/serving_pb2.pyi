@@ -357,6 +357,7 @@ class ModelMetadata(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CARD_JSON_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     dataset: _builtins.str
@@ -369,6 +370,8 @@ class ModelMetadata(_message.Message):
     created_at: _builtins.str
     card_json: _builtins.str
     """The whole signed model card as JSON."""
+    variant: _builtins.str
+    """Which signed variant answers: full, int8 or fp16 (the card's `variants`)."""
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input field names the feature transform reads."""
@@ -390,10 +393,11 @@ class ModelMetadata(_message.Message):
         key_id: _builtins.str = ...,
         created_at: _builtins.str = ...,
         card_json: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_json", b"card_json", "created_at", b"created_at", "dataset", b"dataset", "epsilon", b"epsilon", "feature_dim", b"feature_dim", "feature_names", b"feature_names", "key_id", b"key_id", "metrics", b"metrics", "model", b"model", "sha256", b"sha256", "spec_hash", b"spec_hash", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_json", b"card_json", "created_at", b"created_at", "dataset", b"dataset", "epsilon", b"epsilon", "feature_dim", b"feature_dim", "feature_names", b"feature_names", "key_id", b"key_id", "metrics", b"metrics", "model", b"model", "sha256", b"sha256", "spec_hash", b"spec_hash", "variant", b"variant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

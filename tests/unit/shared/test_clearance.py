@@ -21,6 +21,8 @@ def _card(privacy: dict[str, Any]) -> ModelCard:
     {"mode": "model", "ledger": {"status": "charged"}},
     {"mode": "local"},
     {"mode": "non-private", "non_private": True},
+    {"mode": "federated", "sites": {"a": {"ledger": {"status": "charged"}},
+                                    "b": {"ledger": {"status": "charged"}}}},
 ])
 def test_cleared(privacy: dict[str, Any]) -> None:
     assert privacy_refusal(_card(privacy)) is None
@@ -33,6 +35,9 @@ def test_cleared(privacy: dict[str, Any]) -> None:
     ({"mode": "non-private"}, "does not state"),
     ({}, "does not state"),
     ({"mode": "bogus"}, "does not state"),
+    ({"mode": "federated", "sites": {}}, "no contributing site"),
+    ({"mode": "federated", "sites": {"a": {"ledger": {"status": "charged"}},
+                                     "b": {"ledger": {"status": "refused"}}}}, "sites b never"),
 ])
 def test_refused(privacy: dict[str, Any], reason: str) -> None:
     refusal = privacy_refusal(_card(privacy))

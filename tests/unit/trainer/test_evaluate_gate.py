@@ -12,7 +12,7 @@ from services.trainer.evaluate import (
     quality,
     tune_threshold,
 )
-from services.trainer.gate import decide
+from shared.models.gate import decide
 
 GATE = {"metrics": ("f1", "roc_auc"), "tolerance": 0.02, "max_dp_diff": 0.2,
         "max_eo_diff": 0.2}

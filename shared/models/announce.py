@@ -1,6 +1,7 @@
 """Publish a model version's announcement on `models.updates` (key = model), signed by the
 announcing principal with the model's next sequence number, with the trace context of a publish
-span in the headers (kept free of torch so the CLI starts fast)."""
+span in the headers (kept free of torch so the CLI starts fast). The trainer, `lepton models`
+and the federation coordinator announce through it."""
 
 from __future__ import annotations
 

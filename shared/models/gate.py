@@ -3,7 +3,8 @@ held-out rows (ROC-AUC at least the spec's `min_auc` and F1 above always predict
 positive class: refused `below_baseline` otherwise, with or without a live model), no gated
 metric is worse than the live model's (on the same rows) by more than the tolerance, and its
 fairness differences stay within bounds; otherwise it is refused with one reason per failed
-check."""
+check. The trainer and the federation coordinator (on the sites' pooled held-out metrics)
+apply the same gate."""
 
 from __future__ import annotations
 

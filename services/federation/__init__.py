@@ -1,0 +1,2 @@
+"""The federation coordinator: FedAvg rounds over federated sites, released like a trained
+model."""

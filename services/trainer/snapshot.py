@@ -1,0 +1,105 @@
+"""A fixed read of `events.governed` for the jobs that train repeatedly on one data set (`lepton
+tune`'s trials, a federated site's rounds): every record from the beginning up to end offsets
+(the high watermarks when first read, or offsets pinned by an earlier read, so a restart reads
+the same records), decoded exactly as the trainer's rounds decode them (governance's MAC checked
+first, the held-out split by event id), with at most `max_events_per_subject` training rows per
+subject (optionally only the subjects an earlier charge covered).
+
+Consumes `events.governed` with manual assignment and no offset commits; produces a Snapshot:
+training rows, held-out rows, lineage (offset and audit-leaf ranges, counts) and the end offsets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
+from services.trainer.lineage import CycleLineage, merge
+from shared.config import LeptonSettings
+from shared.datasets.spec import DatasetSpec
+from shared.governed_mac import GovernedMac
+from shared.kafka import make_consumer
+from shared.topics import Topics
+
+CHUNK = 2000
+
+
+class SnapshotTimeout(RuntimeError):
+    """The end offsets were not reached in time (broker down, or records gone)."""
+
+
+@dataclass
+class Snapshot:
+    """A fixed set of governed records, decoded and bounded per subject."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    ends: dict[int, int] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    over_bound: int = 0
+    uncharged: int = 0
+
+    @property
+    def subjects(self) -> list[str]:
+        """The distinct subjects of the training rows."""
+        return sorted({str(row[SUBJECT_KEY]) for row in self.train})
+
+
+def read_snapshot(settings: LeptonSettings, spec: DatasetSpec, group: str, val_percent: int, *,
+                  ends: Mapping[int, int] | None = None, subjects: set[str] | None = None,
+                  stop: threading.Event | None = None, timeout_s: float = 120.0) -> Snapshot:
+    """Read `events.governed` up to `ends` (default: the high watermarks now)."""
+    assert spec.label is not None
+    topic = Topics(settings.topic_prefix).governed
+    consumer = make_consumer(settings, group, **{"log_level": 3, "fetch.wait.max.ms": 50})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
+        if ends is None:
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+                                                      cached=False)[1] for p in partitions}
+        target = {int(p): int(o) for p, o in ends.items() if int(o) > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in target])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        pending = set(target)
+        while pending:
+            if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                raise SnapshotTimeout(f"{topic}: partitions {sorted(pending)} not read up to "
+                                      f"{ {p: target[p] for p in pending} }")
+            for msg in consumer.consume(CHUNK, timeout=0.2):
+                if msg.error() is None and (msg.offset() or 0) < target[msg.partition() or 0]:
+                    messages.append(msg)
+            positions = consumer.position([TopicPartition(topic, p) for p in pending])
+            pending -= {tp.partition for tp in positions if tp.offset >= target[tp.partition]}
+    finally:
+        consumer.close()
+    messages.sort(key=lambda m: (m.partition(), m.offset()))
+    decode = partial(decode_batch, dataset=spec.name, label=spec.label.name,
+                     val_percent=val_percent, mac=GovernedMac.load(settings))
+    batch: Batch = decode(messages)
+    lineage = CycleLineage()
+    lineage.add(batch)
+    snapshot = Snapshot(validation=batch.validation, ends=target,
+                        lineage={**merge([lineage.to_json()]), "topic": topic,
+                                 "end_offsets": {str(p): o for p, o in sorted(target.items())}})
+    seen: Counter[str] = Counter()
+    limit = spec.privacy.max_events_per_subject
+    for row in batch.train:
+        subject = str(row[SUBJECT_KEY])
+        if subjects is not None and subject not in subjects:
+            snapshot.uncharged += 1
+            continue
+        if seen[subject] >= limit:
+            snapshot.over_bound += 1
+            continue
+        seen[subject] += 1
+        snapshot.train.append(row)
+    return snapshot

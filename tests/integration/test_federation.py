@@ -1,0 +1,245 @@
+"""Federated training across three data owners (tests/integration/federation_world.py: each
+site its own topics, Redis prefix, keys, ingest and governance over its own non-IID share of
+18,000 `transactions`; the coordinator on its own broker).
+
+- 10 FedAvg rounds: the released model's ROC-AUC on 30,000 fresh transactions is within 0.02
+  of the same DP-SGD recipe trained centrally on the union of the sites' training rows; no
+  event id, transaction id, customer id, e-mail or card number of one site is anywhere in
+  another site's topics or the coordinator's (byte scan); each site's own ledger charged every
+  one of its training customers exactly the ε its card entry states; the card lists each
+  site's rounds, samples and ε.
+- A site frozen after round 1 and killed while round 2 runs: rounds 2 and 3 complete with the
+  other two (quorum), the dead site's absence is recorded, the model is released.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lepton.generators import transactions
+from services.federation.aggregate import site_level_epsilon
+from services.federation.coordinator import Coordinator
+from services.governance.releases import ReleaseLedger
+from services.trainer.dp import Plan, fit_private
+from services.trainer.site import FederatedSite
+from services.trainer.split import is_validation
+from shared.allowlist import AllowList
+from shared.datasets import load_spec
+from shared.federation import TASK_KINDS, RoundTask, decode
+from shared.lifecycle import parent_death
+from shared.models.features import FeatureTransform
+from shared.models.nets import build_model, predict_proba
+from shared.models.registry import Registry
+from shared.principals import principals_dir
+from shared.readiness import ready_path
+from shared.releases import verdicts_key
+from shared.state import make_redis
+from shared.topics import Topics
+from tests.helpers import read_topic
+from tests.integration.federation_world import SITES, World, make_world
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    torch.set_num_threads(1)
+    yield from make_world(broker, tmp_path_factory.mktemp("federation"))
+
+
+def _run_sites(world: World, names: tuple[str, ...]) -> tuple[threading.Event, list[Any]]:
+    stop = threading.Event()
+    threads = []
+    for name in names:
+        site = FederatedSite(world.sites[name].trainer(world), stop)
+        thread = threading.Thread(target=site.run, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return stop, threads
+
+
+def _auc(net: torch.nn.Module, transform: FeatureTransform, rows: list[dict[str, Any]]) -> float:
+    scores = predict_proba(net.eval(), torch.from_numpy(transform.transform(rows))).numpy()
+    return float(roc_auc_score(transform.labels(rows), scores))
+
+
+def _centralised(world: World, transform: FeatureTransform, runs: int = 2) -> list[Any]:
+    """The sites' DP-SGD recipe (same ε, minibatch, total epochs, local SGD) on the union."""
+    settings = world.coordinator
+    spec = load_spec("transactions")
+    rows = [dict(e.payload) for site in world.sites.values() for e in site.events
+            if not is_validation(e.event_id, 20)]
+    x, y = torch.from_numpy(transform.transform(rows)), torch.from_numpy(transform.labels(rows))
+    nets = []
+    for _ in range(runs):
+        net = build_model({"kind": "mlp", "input_dim": transform.dim,
+                           "hidden": list(spec.model.hidden)})
+        plan = Plan.make(len(x), settings.federation_minibatch,
+                         round(settings.federation_rounds * settings.federation_local_epochs),
+                         spec.privacy.epsilon_per_release, spec.privacy.delta, 1.0, 1)
+        fit_private(net, torch.optim.SGD(net.parameters(), lr=settings.federation_learning_rate),
+                    x, y, plan, world=1)
+        nets.append(net)
+    return nets
+
+
+TOKENS = (rb"transactions-11-\d{8}", rb"tx-11-\d{8}", rb"cust-\d{6}",
+          rb"[a-z]+\.[a-z]+\d+@example\.com", rb"(?<!\d)4\d{15}(?!\d)")
+
+
+def _tokens(blob: bytes) -> set[bytes]:
+    return {m for pattern in TOKENS for m in re.findall(pattern, blob)}
+
+
+def _site_tokens(world: World, name: str) -> set[bytes]:
+    out: set[bytes] = set()
+    for env in world.sites[name].events:
+        p = env.payload
+        out |= {env.event_id.encode(), str(p["transaction_id"]).encode(),
+                str(p["customer_id"]).encode(), str(p["email"]).encode(),
+                str(p["card_number"]).encode()}
+    return out
+
+
+def test_ten_rounds_match_centralised_and_nothing_crosses(world: World) -> None:
+    stop, threads = _run_sites(world, SITES)
+    try:
+        outcome = Coordinator(world.coordinator, threading.Event()).federate("fed-main")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert outcome.status == "promoted", outcome.reason
+    card = outcome.card
+    assert card is not None and outcome.rounds == 10
+    registry = Registry(world.coordinator)
+    _, state = registry.load(card.model, card.version)
+    assert registry.live(card.model) == card.version
+    # utility: fresh transactions none of the sites had
+    transform = FeatureTransform.from_dict(card.feature_transform)
+    fresh = [dict(e.payload) for e in transactions(30_000, seed=99, customers=120_000)]
+    net = build_model(card.architecture)
+    net.load_state_dict(state)
+    federated = _auc(net, transform, fresh)
+    central = [_auc(n, transform, fresh) for n in _centralised(world, transform)]
+    print(f"\nfederated ROC-AUC {federated:.4f} (pooled held-out {card.metrics['roc_auc']:.4f})"
+          f", centralised {np.round(central, 4).tolist()}; bytes per round "
+          f"{card.training['bytes_per_round'][:2]}…")
+    assert abs(federated - float(np.mean(central))) <= 0.02
+    # lineage: each site's rounds, samples and ε; never a row
+    spec = load_spec("transactions")
+    sites = card.lineage["federation"]["sites"]
+    for name in SITES:
+        train = [e for e in world.sites[name].events if not is_validation(e.event_id, 20)]
+        assert sites[name]["rounds"] == list(range(1, 11))
+        assert sites[name]["samples"] == len(train)
+        assert 0 < card.privacy["sites"][name]["epsilon"] <= spec.privacy.epsilon_per_release
+    assert card.epsilon == max(p["epsilon"] for p in card.privacy["sites"].values())
+    assert card.lineage["federation"]["dropped"] == []
+    # each site's own ledger: every training customer charged the site's ε, once
+    for name in SITES:
+        site = world.sites[name]
+        stated = card.privacy["sites"][name]
+        spent = ReleaseLedger(make_redis(site.settings), site.settings).subject_epsilons(
+            "transactions", spec.privacy.delta)
+        assert len(spent) == sites[name]["samples"]
+        assert min(spent.values()) == pytest.approx(stated["epsilon"], rel=1e-9)
+        assert max(spent.values()) == pytest.approx(stated["epsilon"], rel=1e-9)
+        verdicts = make_redis(site.settings).hkeys(verdicts_key(site.settings, "transactions"))
+        assert verdicts == [stated["release_id"].encode()]
+    # the byte scan: no site's identifiers outside its own topics
+    tokens = {name: _site_tokens(world, name) for name in SITES}
+    found = {name: _tokens(world.topics_bytes(site.settings))
+             for name, site in world.sites.items()}
+    for name in SITES:
+        assert found[name] & tokens[name], f"the scan finds nothing on {name}'s own topics"
+        for other in SITES:
+            if other != name:
+                assert not found[name] & tokens[other], f"{other}'s data on {name}'s topics"
+    coordinator = world.topics_bytes(world.coordinator)
+    assert len(coordinator) > 100_000
+    assert not _tokens(coordinator), "site data on the coordinator's topics"
+
+
+def test_a_site_killed_mid_round_leaves_the_round_to_the_quorum(world: World,
+                                                                tmp_path: Path) -> None:
+    settings = world.coordinator.model_copy(update={
+        "federation_rounds": 3, "federation_round_timeout_s": 8.0,
+        "federation_first_round_timeout_s": 90.0,
+        "federation_noise_multiplier": 0.01})
+    stop, threads = _run_sites(world, ("site-a", "site-b"))
+    log = tmp_path / "site-c.log"
+    with log.open("wb") as out:
+        dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
+                                 env={**os.environ, **world.sites["site-c"].env(world)},
+                                 stdout=out, stderr=out, preexec_fn=parent_death())
+    ready = ready_path(world.sites["site-c"].settings, "trainer")
+    deadline = time.monotonic() + 120
+    while not ready.exists() or int(ready.read_text()) != dying.pid:
+        assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.05)
+    outcome_box: list[Any] = []
+    coordinator = threading.Thread(target=lambda: outcome_box.append(
+        Coordinator(settings, threading.Event()).federate("fed-quorum")), daemon=True)
+    try:
+        coordinator.start()
+        # freeze site-c once it answered round 1 (its log says so); kill it while round 2 runs
+        deadline = time.monotonic() + 120
+        while b"answered round 1 (fit" not in log.read_bytes():
+            assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.005)
+        dying.send_signal(signal.SIGSTOP)
+        _wait_for(world, lambda t: (t.federation, t.round) == ("fed-quorum", 2), 60)
+        dying.kill()
+        coordinator.join(180)
+        assert not coordinator.is_alive()
+    finally:
+        stop.set()
+        dying.kill()
+        dying.wait(10)
+        for thread in threads:
+            thread.join(30)
+    outcome = outcome_box[0]
+    assert outcome.status in ("promoted", "refused"), outcome.reason
+    assert outcome.rounds == 3
+    federation = outcome.card.lineage["federation"]
+    assert federation["sites"]["site-c"]["rounds"] == [1]
+    assert federation["sites"]["site-a"]["rounds"] == [1, 2, 3]
+    assert [r["missing"] for r in federation["rounds"]] == [[], ["site-c"], ["site-c"]]
+    assert [r["sites"] for r in federation["rounds"]][1:] == [["site-a", "site-b"]] * 2
+    # the server's noise: Flower's calibration over the last round's weights, and its site-level
+    # ε from the RDP accountant
+    client = outcome.card.privacy["client_level"]
+    counts = [federation["sites"][s]["samples"] for s in ("site-a", "site-b")]
+    assert client["noise_std"] == pytest.approx(0.01 * settings.federation_clip_norm
+                                                * max(counts) / sum(counts))
+    assert client["site_epsilon"] == pytest.approx(site_level_epsilon(0.01, 3, 1e-5))
+
+
+def _wait_for(world: World, check: Any, timeout: float) -> None:
+    """Wait until a round task on the federation's topic satisfies `check`."""
+    settings = world.coordinator
+    topic = Topics(settings.topic_prefix).federation_rounds
+    allow = AllowList(principals_dir(settings), {"federation": TASK_KINDS})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in read_topic(settings, topic, idle=0.3, timeout=5):
+            message, _, _ = decode(record.value, list(record.headers.items()), allow, RoundTask)
+            if check(message):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing on {topic} matched in {timeout} s")
