@@ -178,6 +178,7 @@ class TrainerLoop:
         limit = self.settings.trainer_exit_when_idle_s
         assert self.prefetch is not None
         while True:
+            self.metrics.heartbeat.beat()
             got = None
             if not self.stop.is_set() and batch.consumed < want:
                 got = self.prefetch.take(want - batch.consumed,

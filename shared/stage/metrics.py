@@ -1,5 +1,6 @@
 """The runtime's own instruments, the same for every stage: consumer lag per input partition
-(commit markers excluded), batch size and duration, aborted transactions."""
+(commit markers excluded), batch size and duration, aborted transactions, and the loop's
+heartbeat (shared/liveness.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from confluent_kafka import Consumer, KafkaException
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from shared.liveness import Heartbeat
+
 LAG_EVERY_S = 2.0
 # sub-second batches: the SDK's default buckets (0, 5, 10 … 10000) would put them all in le=5
 DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -18,7 +21,7 @@ DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 class StageMetrics:
     """`lepton.<stage>.consumer.lag`, `.batch.size`, `.batch.duration`,
-    `.transactions.aborted`."""
+    `.transactions.aborted`, `.loop.heartbeat`."""
 
     def __init__(self, stage: str, meter: Meter | None = None) -> None:
         meter = meter or metrics.get_meter(f"lepton.{stage}")
@@ -32,6 +35,7 @@ class StageMetrics:
         self.aborted = meter.create_counter(
             f"lepton.{stage}.transactions.aborted", unit="{transaction}",
             description="Transactions aborted (their batch is processed again)")
+        self.heartbeat = Heartbeat(stage, meter)
         self.lag: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
         meter.create_observable_gauge(

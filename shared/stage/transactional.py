@@ -110,6 +110,7 @@ class TransactionalRuntime:
 
     def _loop(self) -> None:
         while not self.stop.is_set() and not self.unfinished:
+            self.metrics.heartbeat.beat()
             batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s)
             self.metrics.update_lag(self.consumer)
             if not batch:
@@ -118,7 +119,7 @@ class TransactionalRuntime:
                     self._commit([], due)
                 continue
             started = time.perf_counter()
-            outputs = process_waiting(self.stage, batch, self.stop)
+            outputs = process_waiting(self.stage, batch, self.stop, self.metrics.heartbeat)
             if outputs is None:
                 rewind(self.consumer, batch)
                 return
@@ -180,6 +181,7 @@ class TransactionalRuntime:
                 if self.stop.is_set():
                     raise Stopped(what) from None
                 log.warning("%s waits for the broker: %s", what, error)
+                self.metrics.heartbeat.beat()
                 self.stop.wait(wait)
                 wait = min(wait * 2, MAX_BACKOFF_S)
 
