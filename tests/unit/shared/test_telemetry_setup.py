@@ -104,7 +104,11 @@ def test_span_names_attributes_and_buckets() -> None:
 
 
 def test_sampler_variables_are_honoured() -> None:
+    assert _probe({})["sampled"] is True  # the SDK default, parentbased_always_on
     assert _probe({"OTEL_TRACES_SAMPLER": "always_off"})["sampled"] is False
+    # the ratio itself is read: 0.0 drops a root span that the default ratio (1.0) would keep
+    assert _probe({"OTEL_TRACES_SAMPLER": "traceidratio",
+                   "OTEL_TRACES_SAMPLER_ARG": "0.0"})["sampled"] is False
     assert _probe({"OTEL_TRACES_SAMPLER": "traceidratio",
                    "OTEL_TRACES_SAMPLER_ARG": "1.0"})["sampled"] is True
 
