@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
+from shared.lifecycle import parent_death
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def lepton(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     result = subprocess.run(
         [sys.executable, "-m", "lepton", *args],
         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=parent_death(),
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -177,7 +179,7 @@ class PrivateRedisServer:
         import redis
 
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, preexec_fn=parent_death())
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 20
         while True:

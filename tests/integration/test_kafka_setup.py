@@ -29,7 +29,8 @@ def _service(name: str, env: dict[str, str], timeout: float = 60
              ) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", f"services.{name}"], capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **env})
+                            text=True, timeout=timeout, env={**os.environ, **env},
+                            preexec_fn=parent_death())
     return result, time.monotonic() - started
 
 

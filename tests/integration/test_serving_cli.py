@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.config import LeptonSettings
+from shared.lifecycle import parent_death
 from shared.models.registry import Registry
 from tests.helpers import lepton
 from tests.unit.serving.support import (
@@ -67,7 +68,7 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
                             env={**os.environ, **env, "LEPTON_METRICS_PORT": str(metrics_port)},
                             stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=parent_death())
     try:
         _wait_serving(addr, proc)
         rec = record(3)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings
 
 from lepton.cli import app
 from shared.config import LeptonSettings
+from shared.lifecycle import parent_death
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "governance", "trainer", "serving")
@@ -168,7 +169,7 @@ def test_alert_rules_are_valid_and_cover_the_operational_signals() -> None:
     promtool = shutil.which("promtool")
     if promtool:
         result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                                text=True, check=False)
+                                text=True, check=False, preexec_fn=parent_death())
         assert result.returncode == 0, result.stdout + result.stderr
     rules = yaml.safe_load(path.read_text())
     seen = set()
@@ -251,7 +252,7 @@ print(json.dumps(sorted(names)))
 def _exported_metrics() -> set[str]:
     """Every Prometheus sample name the services' instruments produce (from the real SDK)."""
     result = subprocess.run([sys.executable, "-c", EXPORT_PROBE], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=False)
+                            text=True, timeout=120, check=False, preexec_fn=parent_death())
     assert result.returncode == 0, result.stderr[-3000:]
     names: set[str] = set(json.loads(result.stdout.splitlines()[-1]))
     return names

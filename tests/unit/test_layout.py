@@ -1,5 +1,6 @@
 """Layout rules: services share only `shared/` and the wire. No service imports another service
-or the `lepton` CLI package, and `shared/` imports no service and not `lepton`."""
+or the `lepton` CLI package, and `shared/` imports no service and not `lepton`. Every process
+tests and benches spawn dies with them."""
 
 from __future__ import annotations
 
@@ -39,3 +40,23 @@ def test_packages_import_only_shared_and_themselves(package: str) -> None:
             if top == ("lepton",) or (top[0] == "services" and top != allowed_service):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+SPAWNS = {"Popen", "run", "call", "check_call", "check_output"}
+
+
+def test_every_process_tests_and_benches_spawn_dies_with_them() -> None:
+    """A killed pytest or bench run (CI cancelling a job) orphans nothing: every subprocess
+    call in tests/ and bench/ passes `preexec_fn=parent_death()` (shared/lifecycle.py)."""
+    missing = []
+    for folder in ("tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name)
+                        and node.func.value.id == "subprocess" and node.func.attr in SPAWNS):
+                    hook = next((k.value for k in node.keywords if k.arg == "preexec_fn"), None)
+                    if not (isinstance(hook, ast.Call) and isinstance(hook.func, ast.Name)
+                            and hook.func.id == "parent_death"):
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not missing, "spawned without preexec_fn=parent_death(): " + ", ".join(missing)
