@@ -66,7 +66,11 @@ def test_every_service_runs_a_real_lepton_command_with_known_settings() -> None:
             port = env["LEPTON_SERVING_ADDR"].rsplit(":", 1)[1]
             assert probe[3:] == ["grpc", f"127.0.0.1:{port}"]
         else:
-            assert probe[3:] == ["http", f"http://127.0.0.1:{env['LEPTON_METRICS_PORT']}/metrics"]
+            # the metrics endpoint and the main loop's heartbeat (a hung loop reads unhealthy),
+            # which may pause while the input positions are read on an assignment (70 s)
+            assert probe[3:6] == ["http", f"http://127.0.0.1:{env['LEPTON_METRICS_PORT']}/metrics",
+                                  "--stale-after"]
+            assert 70 < float(probe[6]) <= 900, probe
         assert f"{name}-data:/data" in service["volumes"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["lepton"]' in dockerfile
@@ -123,6 +127,11 @@ def test_compose_v1_compatible_pinned_images_and_one_shot_topics() -> None:
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert topics["command"][:2] == ["topics", "create"] and "topics" in commands
     assert topics["restart"] == "no"
+    # the one-shot reaches Kafka exactly as the services do (SASL/SSL settings included)
+    for name in SERVICES:
+        kafka = {k: v for k, v in compose["services"][name]["environment"].items()
+                 if k.startswith("LEPTON_KAFKA_") or k == "LEPTON_TOPIC_PREFIX"}
+        assert kafka.items() <= topics["environment"].items(), name
 
 
 def test_image_build_is_layered_and_owns_its_volumes() -> None:
