@@ -216,3 +216,6 @@ class TransactionalRuntime:
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing %s: %s", name, exc)
         self.producer.flush(0 if self.unfinished else 5)
+        # the consumer holds this runtime's rebalance callbacks: a reference cycle that would
+        # keep both clients, and librdkafka's threads, alive until some later gc pass
+        del self.consumer, self.producer
