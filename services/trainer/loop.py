@@ -127,7 +127,8 @@ class TrainerLoop:
         self._assign()
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
-            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)))
+            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)),
+            lag=self.metrics.lag)
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:
