@@ -55,9 +55,11 @@ if is_root && command -v apt-get >/dev/null 2>&1; then
   fi
 fi
 if ! docker info >/dev/null 2>&1; then
+  why=$(docker info 2>&1 | tail -1 || true)
   command -v dockerd >/dev/null 2>&1 || skip "no Docker engine here and none can be installed" \
-    "(docker info fails; $(is_root && echo "no apt-get" || echo "not root"))"
-  is_root || skip "dockerd is installed but not running, and starting it needs root"
+    "($(is_root && echo "no apt-get" || echo "not root"); docker info: ${why:-no docker CLI})"
+  is_root || skip "no Docker engine answers this user, and starting one needs root" \
+    "(docker info: $why)"
   say "starting dockerd"
   (dockerd >"$work/dockerd.log" 2>&1 &)
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
