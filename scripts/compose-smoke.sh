@@ -99,7 +99,13 @@ wheel=$(ls "${wheels:-/nonexistent}"/torch-2.13.0*-cp311-*.whl 2>/dev/null | hea
 if [ -n "$wheel" ]; then
   mkdir -p "$work/index/torch"
   ln -sf "$wheel" "$work/index/torch/$(basename "$wheel")"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # a fixed port: the index URL is a build arg, and a new value each run would make every RUN
+  # step after it (the dependency layers) miss the build cache
+  port=${LEPTON_SMOKE_INDEX_PORT:-38471}
+  if ! python3 -c "import socket,sys; socket.socket().bind(('127.0.0.1', $port))" 2>/dev/null; then
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    say "port ${LEPTON_SMOKE_INDEX_PORT:-38471} is taken: torch index on $port (no build cache)"
+  fi
   (cd "$work/index" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
   index_pid=$!
   torch_index="http://127.0.0.1:$port/"
