@@ -172,9 +172,10 @@ def signed_announcement(settings: Any, card: ModelCard, action: str = "promote",
 
 
 def publish_announcement(settings: Any, value: bytes, key: str = MODEL, *,
-                         traceparent: str | None = None) -> None:
-    """Put `value` on models.updates as is (with a producer of its own, gone on return: a
-    cached one outlived the session broker and kept reconnecting to it)."""
+                         traceparent: str | None = None, producer: Any = None) -> None:
+    """Put `value` on models.updates as is, delivered before returning. Pass the test's own
+    `producer` when publishing many; without one, a producer of this call alone is used (a
+    module-level cache outlived the session broker and kept reconnecting to it)."""
     from shared.events import CONTENT_TYPE_JSON, Header
     from shared.kafka import make_producer
     from shared.topics import Topics
@@ -182,7 +183,7 @@ def publish_announcement(settings: Any, value: bytes, key: str = MODEL, *,
     headers: list[tuple[str, str | bytes | None]] = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    producer = make_producer(settings, **{"linger.ms": 0})
+    producer = producer or make_producer(settings, **{"linger.ms": 0})
     producer.produce(Topics(settings.topic_prefix).models, key=key.encode(), value=value,
                      headers=headers)
     assert producer.flush(10) == 0
