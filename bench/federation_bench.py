@@ -31,13 +31,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.lifecycle import parent_death  # noqa: E402
+
 ROWS_PER_SITE = 3000
 
 
 def _broker(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     path = folder / "bootstrap"
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--bootstrap-file",
-                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=parent_death())
     deadline = time.monotonic() + 30
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

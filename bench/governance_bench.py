@@ -43,6 +43,7 @@ from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import CONTENT_TYPE_JSON, Header, encode
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.lifecycle import parent_death
 from shared.signing import load_or_create_private_key
 from shared.state import make_redis
 from shared.topics import Topics
@@ -54,7 +55,8 @@ def start_broker() -> tuple[subprocess.Popen[bytes], str]:
     """A `lepton broker` child process and its bootstrap address."""
     path = Path(tempfile.mkdtemp()) / "bootstrap"
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--bootstrap-file",
-                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=parent_death())
     deadline = time.monotonic() + 30
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -152,7 +154,8 @@ def faust_passthrough(settings: LeptonSettings, count: int) -> float:
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--faust-child",
          settings.bootstrap_servers(), source, out, f"{settings.topic_prefix}faust"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.mkdtemp())
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.mkdtemp(),
+        preexec_fn=parent_death())
     seen, started = 0, 0.0
     deadline = time.monotonic() + 300
     try:

@@ -43,6 +43,7 @@ from lepton.generators import transactions  # noqa: E402
 from shared.config import LeptonSettings  # noqa: E402
 from shared.events import encode  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
+from shared.lifecycle import parent_death  # noqa: E402
 from shared.topics import Topics  # noqa: E402
 
 BATCH = 1000
@@ -121,7 +122,7 @@ def start_broker() -> tuple[subprocess.Popen[bytes], str]:
     path = Path(tempfile.mkdtemp()) / "bootstrap"
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--bootstrap-file",
                              str(path)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=parent_death())
     deadline = time.monotonic() + 30
     while not path.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -262,7 +263,7 @@ def child(mode: str, bootstrap: str, topics: Topics, env: dict[str, str] | None 
                 "LEPTON_DATA_DIR": tempfile.mkdtemp(), "LEPTON_INGEST_INSTANCE": "bench",
                 "LEPTON_LOG_LEVEL": "WARNING", **(env or {})}
     return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=parent_death())
 
 
 def main() -> None:

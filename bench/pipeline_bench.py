@@ -51,6 +51,7 @@ from lepton.generators import transactions  # noqa: E402
 from shared.config import LeptonSettings  # noqa: E402
 from shared.events import encode  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
+from shared.lifecycle import parent_death  # noqa: E402
 from shared.topics import Topics  # noqa: E402
 
 BATCH = 1000
@@ -107,7 +108,7 @@ def start(stages: list[str], bootstrap: str, topics: Topics, env: dict[str, str]
                     f"{topics.prefix}out", f"{topics.prefix}bare"] if stage == "bare"
                    else [sys.executable, "-m", f"services.{stage}"])
         procs.append(subprocess.Popen(command, cwd=ROOT, env=full, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+                                      stderr=subprocess.DEVNULL, preexec_fn=parent_death()))
     return procs
 
 

@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import serving_v2  # noqa: E402
 
+from shared.lifecycle import parent_death  # noqa: E402
+
 TOKEN = "bench-token"
 MODEL = "fraud"
 
@@ -174,7 +176,8 @@ class Platform:
     def _spawn(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[
             bytes]:
         proc = subprocess.Popen(args, env={**self.env, **(env or {})}, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=parent_death())
         self.procs.append(proc)
         return proc
 

@@ -42,6 +42,7 @@ from shared.datasets import load_spec
 from shared.energy import EnergyMeter
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Header, encode
 from shared.kafka import ensure_topics, make_producer
+from shared.lifecycle import parent_death
 from shared.models.features import FeatureTransform
 from shared.models.nets import architecture, build_model
 from shared.models.registry import Registry
@@ -54,7 +55,8 @@ def _broker(workdir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
         return os.environ["LEPTON_KAFKA_BOOTSTRAP"], None
     path = workdir / "bootstrap"
     proc = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--bootstrap-file",
-                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=parent_death())
     deadline = time.monotonic() + 30
     while not path.exists():
         if time.monotonic() > deadline or proc.poll() is not None:

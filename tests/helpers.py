@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.dlq import DeadLetterOpener
+from shared.lifecycle import parent_death
 
 
 def open_dead_letter(settings: LeptonSettings, value: bytes) -> bytes:
@@ -91,6 +92,7 @@ def lepton(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     result = subprocess.run(
         [sys.executable, "-m", "lepton", *args],
         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=parent_death(),
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -189,7 +191,7 @@ class PrivateRedisServer:
         import redis
 
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, preexec_fn=parent_death())
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 20
         while True:

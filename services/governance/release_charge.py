@@ -57,6 +57,8 @@ def charge_release(name: str, detail: ReleaseChargeDetail, releases: ReleaseLedg
     budget = privacy.budget
     verdict = releases.charge(name, budget.subject, budget.dataset, budget.delta,
                               ReleaseCharge(rid, curve, tuple(subjects)))
+    if verdict.charged:
+        metrics.set_subject_max(name, releases.max_subject_epsilon(name))
     if verdict.charged and not verdict.replay:
         metrics.epsilon.add(float(verdict.data.get("epsilon", 0.0)), {"dataset": name})
     elif not verdict.charged and not verdict.replay:

@@ -286,6 +286,15 @@ class ReleaseLedger:
         return {k.decode(): orjson.loads(v) for k, v in
                 self._redis.hgetall(verdicts_key(self._settings, dataset)).items()}
 
+    def max_subject_epsilon(self, dataset: str) -> float | None:
+        """The largest ε any one subject of `dataset` has spent through charged releases (None
+        before the first): each charged verdict holds the largest composed ε among its subjects,
+        and a subject's ε only grows, so the maximum over verdicts is the maximum over
+        subjects."""
+        spent = [float(v["max_subject_epsilon"]) for v in self.verdicts(dataset).values()
+                 if v.get("status") == "charged" and v.get("max_subject_epsilon") is not None]
+        return max(spent, default=None)
+
     def close(self) -> None:
         """Sync and close the log."""
         if self._log is not None:

@@ -146,6 +146,8 @@ class GovernanceService:
             if replayed := releases.ensure_ready():
                 log.warning("release ledger was missing from Redis: rebuilt from %d releases",
                             replayed)
+            for dataset in releases.datasets():
+                self.metrics.set_subject_max(dataset, releases.max_subject_epsilon(dataset))
             store = AuditStore(s.audit_dir(), self.topics.audit_log,
                                segment_bytes=s.governance_segment_bytes, fsync=s.governance_fsync)
             store.open(counts[self.topics.audit_log])

@@ -1,5 +1,6 @@
 """Governance metrics: decisions by kind and reason, budget exhaustion, ε charged, audit
-appends and checkpoints, and per-dataset budget gauges (batch metrics: shared/stage)."""
+appends and checkpoints, per-dataset budget gauges, and the largest ε one subject has spent
+through model releases (batch metrics: shared/stage)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ class GovernanceMetrics:
         meter.create_observable_gauge(
             "lepton.governance.budget.remaining", callbacks=[self._observe_remaining],
             unit="{epsilon}", description="Dataset budget left (ε).")
+
+        self._subject_max: dict[str, float] = {}
+        meter.create_observable_gauge(
+            "lepton.governance.subject_epsilon_max", callbacks=[self._observe_subject_max],
+            unit="{epsilon}",
+            description="Largest ε one subject has spent through model releases (RDP "
+                        "composition at the dataset's δ), per dataset.")
+
+    def set_subject_max(self, dataset: str, epsilon: float | None) -> None:
+        """Record a dataset's largest per-subject ε (from the release ledger)."""
+        if epsilon is not None:
+            self._subject_max[dataset] = epsilon
+
+    def _observe_subject_max(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(e, {"dataset": d}) for d, e in self._subject_max.items()]
 
     def set_budget(self, dataset: str, spent: float, budget: float) -> None:
         """Record a dataset's current spend for the gauges."""

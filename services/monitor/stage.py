@@ -64,7 +64,8 @@ class MonitorStage:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
         topics = Topics(settings.topic_prefix)
-        self.log_topic, self.governed_topic = topics.prediction_log, topics.governed
+        self.log_topic = topics.prediction_log
+        self.governed_topic = topics.governed
         self.inputs = [self.log_topic, self.governed_topic]
         self.outputs = [topics.audit_requests]
         self.redis = make_redis(settings)

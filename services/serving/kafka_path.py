@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry import metrics
 from pydantic import ValidationError
 
 from services.serving.errors import ServingError
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _tracer = get_tracer(__name__)
+_dead_letters = metrics.get_meter("lepton.serving").create_counter(
+    "lepton.serving.requests.rejected", unit="{request}",
+    description="Kafka prediction requests sent to events.rejected (unreadable), by reason")
 
 
 @dataclass
@@ -73,6 +77,7 @@ class KafkaPredictions:
         self.inputs = [self.requests_topic]
         self.outputs = [self.results_topic, self.rejected_topic]
         self._answered: list[str] = []
+        self._dead: list[str] = []  # reasons of this batch's dead letters
         self._fresh = 0
         self.redis = make_redis(settings)
         self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
@@ -116,6 +121,7 @@ class KafkaPredictions:
         """Results (and dead letters) of one consumed batch; requests already answered are
         skipped."""
         items = self._parse(messages)
+        self._dead = []
         ids = [item.request_id for item in items if item.request_id]
         done = self.redis.mget([self._done_key(i) for i in ids]) if ids else []
         seen = {i for i, flag in zip(ids, done, strict=True) if flag is not None}
@@ -161,6 +167,8 @@ class KafkaPredictions:
                 pipe.set(self._done_key(request_id), b"1", ex=self.settings.serving_dedup_ttl_s)
             pipe.execute()
         self.served += self._fresh
+        for reason in self._dead:
+            _dead_letters.add(1, {"reason": reason})
 
     def aborted(self, batch: list[Message]) -> None:
         """Nothing: an undelivered batch is consumed again."""
@@ -186,7 +194,9 @@ class KafkaPredictions:
             result = None
         if result is not None:
             return self._emit(item, result)
-        headers = dlq_headers(message_headers(message), reason=getattr(error, "kind", "invalid"),
+        reason = getattr(error, "kind", "invalid")
+        self._dead.append(reason)
+        headers = dlq_headers(message_headers(message), reason=reason,
                               detail=str(error), stage="serving",
                               exception=type(error).__name__, topic=self.requests_topic,
                               partition=message.partition() or 0,

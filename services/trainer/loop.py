@@ -136,7 +136,8 @@ class TrainerLoop:
         self._assign()
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
-            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)))
+            val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)),
+            lag=self.metrics.lag)
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:
@@ -200,6 +201,7 @@ class TrainerLoop:
         limit = self.settings.trainer_exit_when_idle_s
         assert self.prefetch is not None
         while True:
+            self.metrics.heartbeat.beat()
             got = None
             if not self.stop.is_set() and batch.consumed < want:
                 got = self.prefetch.take(want - batch.consumed,

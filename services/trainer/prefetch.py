@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import Batch
 from shared.models.features import FeatureTransform
+from shared.stage.metrics import ConsumerLag
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ class Prefetcher:
     their features already computed when the loop has published its current transform."""
 
     def __init__(self, consumer: Consumer, chunk: int,
-                 decode: Callable[[Sequence[Any]], Batch], depth: int = 4) -> None:
+                 decode: Callable[[Sequence[Any]], Batch], depth: int = 4,
+                 lag: ConsumerLag | None = None) -> None:
         self.transform: FeatureTransform | None = None
+        self._lag = lag
         self._consumer = consumer
         self._chunk = chunk
         self._decode = decode
@@ -50,6 +53,8 @@ class Prefetcher:
             while not self._closed.is_set():
                 self._serve_commits()
                 messages = self._consumer.consume(self._chunk, timeout=0.1)
+                if self._lag is not None:  # lag behind the fetch position (prefetched: taken)
+                    self._lag.update(self._consumer)
                 if not messages:
                     continue
                 batch = self._decode(messages)

@@ -62,7 +62,7 @@ class FederatedSite:
         self.signer = signer
         self.producer = make_producer(settings)
         self.outbox = make_producer(self.federation)
-        self.consumer = make_consumer(self.federation, f"lepton-site-{self.site}",
+        self.consumer = make_consumer(self.federation, f"lepton-trainer-site-{self.site}",
                                       **{"log_level": 3, "fetch.wait.max.ms": 100})
         self.rounds = SiteRounds(settings, self.spec, signer, self.producer, stop)
         self.states: OrderedDict[str, Federation] = OrderedDict()

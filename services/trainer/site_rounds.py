@@ -79,7 +79,7 @@ class SiteRounds:
         self.producer, self.stop = producer, stop
         self.site = str(settings.trainer_federation_site)
         self.redis = make_redis(settings)
-        self.group = f"lepton-site-{self.site}"
+        self.group = f"lepton-trainer-site-{self.site}"
 
     # -- first task of a federation: snapshot, plan, charge --------------------------------
 

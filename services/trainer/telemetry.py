@@ -1,9 +1,13 @@
 """Trainer metrics: records consumed/trained/rejected, round duration, released versions by
-gate outcome, and the DP-SGD ε charged."""
+gate outcome, the DP-SGD ε charged, consumer lag on events.governed (measured by the prefetch
+thread, which alone touches the consumer) and the loop's heartbeat (shared/liveness.py)."""
 
 from __future__ import annotations
 
 from opentelemetry import metrics
+
+from shared.liveness import Heartbeat
+from shared.stage.metrics import ConsumerLag
 
 
 class TrainerMetrics:
@@ -24,3 +28,6 @@ class TrainerMetrics:
         self.epsilon = meter.create_counter(
             "lepton.trainer.epsilon_charged", unit="{epsilon}",
             description="DP-SGD ε charged to the governance ledger, by dataset.")
+        # beats every poll slice; a cycle's end (DP-SGD release, evaluation) does not beat
+        self.heartbeat = Heartbeat("trainer", meter)
+        self.lag = ConsumerLag("trainer", meter)

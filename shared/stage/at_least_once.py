@@ -53,6 +53,7 @@ class AtLeastOnceRuntime:
         finished = True
         try:
             while finished and not self.stop.is_set():
+                self.metrics.heartbeat.beat()
                 batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s,
                                    eager=True)
                 self.metrics.update_lag(self.consumer)
@@ -66,7 +67,7 @@ class AtLeastOnceRuntime:
     def _handle(self, batch: list[Message]) -> bool:
         """One batch through to its offset commit; False when stopped before it finished."""
         started = time.perf_counter()
-        outputs = process_waiting(self.stage, batch, self.stop)
+        outputs = process_waiting(self.stage, batch, self.stop, self.metrics.heartbeat)
         if outputs is None:
             rewind(self.consumer, batch)
             return False
@@ -77,6 +78,7 @@ class AtLeastOnceRuntime:
                 return False  # not acknowledged: redelivered after a restart
             log.warning("%d %s outputs wait for the broker", len(self.producer),
                         self.stage.name)
+            self.metrics.heartbeat.beat()
         seconds = time.perf_counter() - started
         self.stage.committed(batch, seconds)
         offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets(batch).items()]
@@ -87,6 +89,7 @@ class AtLeastOnceRuntime:
                 break
             except KafkaException as exc:
                 log.warning("offset commit waits: %s", exc.args[0])
+                self.metrics.heartbeat.beat()
                 if self.stop.wait(wait):
                     return False  # redelivered after a restart, and skipped as done
                 wait = min(wait * 2, MAX_BACKOFF_S)

@@ -13,6 +13,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shared.events import HeaderList
+from shared.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,10 @@ def poll_batch(consumer: Consumer, size: int, timeout_s: float, *, eager: bool =
     return batch
 
 
-def process_waiting(stage: Stage, batch: list[Message], stop: threading.Event
-                    ) -> list[Output] | None:
-    """The stage's outputs for `batch`, waiting out its infrastructure errors with back-off;
-    None when stopped first."""
+def process_waiting(stage: Stage, batch: list[Message], stop: threading.Event,
+                    heartbeat: Heartbeat) -> list[Output] | None:
+    """The stage's outputs for `batch`, waiting out its infrastructure errors with back-off
+    (each retry beats: waiting out an outage is alive); None when stopped first."""
     wait = 0.1
     while True:
         try:
@@ -127,6 +128,7 @@ def process_waiting(stage: Stage, batch: list[Message], stop: threading.Event
         except stage.waits_out as error:
             log.warning("batch of %d waits (%s: %s); retrying in %.1f s", len(batch),
                         type(error).__name__, error, wait)
+            heartbeat.beat()
             if stop.wait(wait):
                 return None
             wait = min(wait * 2, MAX_BACKOFF_S)

@@ -112,6 +112,7 @@ class TransactionalRuntime:
 
     def _loop(self) -> None:
         while not self.stop.is_set() and not self.unfinished:
+            self.metrics.heartbeat.beat()
             batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s)
             self.metrics.update_lag(self.consumer)
             if not batch:
@@ -120,7 +121,7 @@ class TransactionalRuntime:
                     self._commit([], due)
                 continue
             started = time.perf_counter()
-            outputs = process_waiting(self.stage, batch, self.stop)
+            outputs = process_waiting(self.stage, batch, self.stop, self.metrics.heartbeat)
             if outputs is None:
                 rewind(self.consumer, batch)
                 return
@@ -183,6 +184,7 @@ class TransactionalRuntime:
                 if self.stop.is_set():
                     raise Stopped(what) from None
                 log.warning("%s waits for the broker: %s", what, error)
+                self.metrics.heartbeat.beat()
                 self.stop.wait(wait)
                 wait = min(wait * 2, MAX_BACKOFF_S)
 
@@ -217,3 +219,6 @@ class TransactionalRuntime:
             except (KafkaException, RuntimeError) as exc:
                 log.warning("closing %s: %s", name, exc)
         self.producer.flush(0 if self.unfinished else 5)
+        # the consumer holds this runtime's rebalance callbacks: a reference cycle that would
+        # keep both clients, and librdkafka's threads, alive until some later gc pass
+        del self.consumer, self.producer

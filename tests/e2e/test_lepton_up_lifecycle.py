@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shared.lifecycle import parent_death
 from tests.conftest import REDIS_URL
 
 SETTLE_S = 15.0
@@ -44,7 +45,7 @@ def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
         # its own session, like a shell job: the signal goes to `lepton up` alone
         proc = subprocess.Popen([sys.executable, "-m", "lepton", "up", "--demo", "--rate", "50"],
                                 env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=parent_death())
     descendants: set[int] = set()
     try:
         deadline = time.monotonic() + 240
@@ -92,7 +93,7 @@ def test_a_killed_test_session_leaves_no_broker(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
                              "-p", "no:randomly", "--rootdir", str(tmp_path), str(test)],
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+                            env={**os.environ, "PYTHONPATH": str(root)}, preexec_fn=parent_death())
     try:
         deadline = time.monotonic() + 60
         while not marker.exists() or not marker.read_text():

@@ -91,7 +91,7 @@ def test_breast_cancer_through_every_service(
     env = {**services, "LEPTON_TRAINER_DATASET": "breast_cancer",
            "LEPTON_TRAINER_EXIT_WHEN_IDLE_S": "2", "LEPTON_TRAINER_MAX_WAIT_S": "0.5"}
     trainer = subprocess.run([sys.executable, "-m", "services.trainer"], env=env,
-                             capture_output=True, text=True, timeout=90)
+                             capture_output=True, text=True, timeout=90, preexec_fn=parent_death())
     assert trainer.returncode == 0, trainer.stderr[-3000:]
 
     card, _ = Registry(lepton_env).load("breast_cancer", 1)

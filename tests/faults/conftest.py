@@ -460,7 +460,8 @@ def assert_exactly_once(pipeline: Pipeline, events: list[Envelope], scenario: st
     assert math.isclose(spend.epsilon, sum(c["eps"] for c in charges), rel_tol=1e-9)
 
     result = subprocess.run([sys.executable, "-m", "lepton", "audit", "verify"],
-                            env=pipeline.env, capture_output=True, text=True, timeout=120)
+                            env=pipeline.env, capture_output=True, text=True, timeout=120,
+                            preexec_fn=parent_death())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "verified" in result.stdout
     return acc

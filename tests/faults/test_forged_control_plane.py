@@ -122,7 +122,7 @@ def test_forged_control_plane_under_load(serving: Serving,  # noqa: F811
                 producer.poll(0)
         assert producer.flush(30) == 0
         for key, value in hostile_ann:
-            publish_announcement(settings, value, key)
+            publish_announcement(settings, value, key, producer=producer)
         produced = pipeline.feed_done()
         assert produced.delivered == EVENTS, produced.errors
         pipeline.wait_trained(EVENTS, timeout=300)

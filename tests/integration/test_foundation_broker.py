@@ -16,6 +16,7 @@ import pytest
 
 from shared.config import LeptonSettings
 from shared.events import Header, decode_envelope
+from shared.lifecycle import parent_death
 from shared.topics import Topics
 from tests.helpers import lepton, read_topic
 
@@ -44,6 +45,7 @@ def test_produce_reaches_a_plain_consumer_in_another_process(lepton_env: LeptonS
     reader = subprocess.run(
         [sys.executable, "-c", READER, lepton_env.bootstrap_servers(), topic, "1000"],
         capture_output=True, text=True, timeout=120, check=True,
+        preexec_fn=parent_death(),
     )
     records = orjson.loads(reader.stdout)
     assert len(records) == 1000
@@ -63,6 +65,7 @@ def test_kcat_reads_what_lepton_produce_wrote(lepton_env: LeptonSettings) -> Non
         [kcat, "-C", "-b", lepton_env.bootstrap_servers(), "-t",
          Topics(lepton_env.topic_prefix).raw, "-e", "-q", "-f", "%s\n"],
         capture_output=True, text=True, timeout=60, check=True,
+        preexec_fn=parent_death(),
     ).stdout.splitlines()
     assert len(out) == 50
     assert {decode_envelope(line).dataset for line in out} == {"breast_cancer"}
@@ -76,10 +79,12 @@ def test_trace_context_survives_produce_and_consume(
     produced = subprocess.run(
         [sys.executable, PEER, "produce", client, topic],
         capture_output=True, text=True, timeout=60, check=True,
+        preexec_fn=parent_death(),
     )
     consumed = subprocess.run(
         [sys.executable, PEER, "consume", client, topic],
         capture_output=True, text=True, timeout=90, check=True,
+        preexec_fn=parent_death(),
     )
     sent = orjson.loads(produced.stdout.splitlines()[-1])
     got = orjson.loads(consumed.stdout.splitlines()[-1])
@@ -92,6 +97,7 @@ def _start_broker(path: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "lepton", "broker", "--bootstrap-file", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        preexec_fn=parent_death(),
     )
     deadline = time.monotonic() + 30
     while not path.exists():

@@ -157,6 +157,10 @@ def test_release_charges_bound_replay_exhaustion_and_refusal(
     # the report counts as exhausted exactly the subjects the next release withholds (ann)
     entry = report(redis_client, settings, "central")["datasets"][0]
     assert (entry["exhausted"], entry["subjects"]) == (1, 2)
+    # what the dashboard plots per dataset (lepton.governance.subject_epsilon_max): the largest
+    # subject's ε, from the charged verdicts (the refused rel-3 charged nobody)
+    assert ledger.max_subject_epsilon("central") == pytest.approx(max(spent.values()), rel=1e-9)
+    assert ledger.max_subject_epsilon("absent") is None
     assert ledger.epoch("central") == 2
     lines = [orjson.loads(line) for seg in sorted(
         (settings.ledger_dir() / "releases" / "segments").glob("*.seg"))

@@ -28,6 +28,7 @@ from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.events import Envelope, encode
+from shared.lifecycle import parent_death
 from shared.models.nets import architecture, build_model
 from shared.models.predictions import PredictionLogRecord
 from shared.models.reference import ReferenceCounter, spec_bins
@@ -71,7 +72,8 @@ def monitor(lepton_env: LeptonSettings) -> Iterator[subprocess.Popen[bytes]]:
     lepton_env.data_dir.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "services.monitor"], env=env,
-                                stdout=handle, stderr=subprocess.STDOUT)
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                preexec_fn=parent_death())
     deadline = time.monotonic() + 60
     while not ready_path(lepton_env, "monitor").exists():
         assert proc.poll() is None, log.read_text()[-3000:]

@@ -20,6 +20,7 @@ from services.serving.client import auth_metadata, predict_request
 from shared.announcements import current_sequence, durable_sequence, sequence_key
 from shared.config import LeptonSettings
 from shared.events import encode
+from shared.kafka import make_producer
 from shared.models.registry import Registry
 from shared.principals import Principal, PrincipalName
 from tests.helpers import PrivateRedisServer, lepton
@@ -98,11 +99,13 @@ def test_hostile_announcements_are_refused_while_live_keeps_answering(
                 signed_announcement(settings, v3, "canary", 0.5),
                 signed_announcement(settings, v3, override=True),          # trainer can't override
             ]
+            producer = make_producer(settings, **{"linger.ms": 0})
             for value in hostile:
-                publish_announcement(settings, value)
+                publish_announcement(settings, value, producer=producer)
             for i in range(300):
                 junk = v1.announcement().model_copy(update={"model": f"junk-{i}"})
-                publish_announcement(settings, encode(junk), key=f"junk-{i}")
+                publish_announcement(settings, encode(junk), key=f"junk-{i}",
+                                     producer=producer)
             wait_for(lambda: watcher.refused >= len(hostile) + 300, timeout=60,
                      what="every hostile announcement refused")
             assert _live(server) == 2

@@ -18,6 +18,7 @@ from services.serving.auth import AuthResult, Credentials
 from services.serving.gen import serving_pb2 as pb
 from services.serving.server import ServingApp
 from shared.config import ConfigError, LeptonSettings
+from shared.lifecycle import parent_death
 from shared.models.registry import Registry
 from tests.unit.serving.support import (
     ADMIN_TOKEN,
@@ -95,6 +96,6 @@ def test_lepton_serving_with_an_empty_token_exits_78(lepton_env: LeptonSettings)
            "LEPTON_SERVING_ADDR": "127.0.0.1:0", "LEPTON_SERVING_KAFKA": "false"}
     env.pop("LEPTON_SERVING_AUTH", None)
     done = subprocess.run([sys.executable, "-m", "lepton", "serving"], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, preexec_fn=parent_death())
     assert done.returncode == 78, done.stderr[-2000:]
     assert "LEPTON_SERVING_AUTH_TOKEN" in done.stderr

@@ -1,6 +1,7 @@
 """`lepton serving` as a real process and `lepton predict` as its client: readiness through
 grpc.health.v1, a prediction printed as JSON with the model version, exit codes for bad input
-and a wrong token, and a clean exit on SIGTERM."""
+and a wrong token, JSON logs at DEBUG whose lines inside a span carry the trace of the record
+that caused them, and a clean exit on SIGTERM."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.config import LeptonSettings
+from shared.kafka import make_producer
+from shared.lifecycle import parent_death
 from shared.models.registry import Registry
+from shared.topics import Topics
 from tests.helpers import lepton
 from tests.unit.serving.support import (
     ADMIN_TOKEN,
@@ -36,13 +40,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_serving(addr: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+def _wait_serving(addr: str, proc: subprocess.Popen[bytes], log: Path,
+                  timeout: float = 60) -> None:
     channel = grpc.insecure_channel(addr)
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()[-3000:]
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
@@ -62,14 +67,26 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     metrics_port = _free_port()
     env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
            "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
-           "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG"}
+           "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG",
+           "LEPTON_LOG_FORMAT": "json"}
     pii = [str(record(3)[f]) for f in ("card_number", "email", "name")]
-    proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
-                            env={**os.environ, **env, "LEPTON_METRICS_PORT": str(metrics_port)},
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "serving.log"
+    with log_path.open("wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "lepton", "serving"],
+                                env={**os.environ, **env,
+                                     "LEPTON_METRICS_PORT": str(metrics_port)},
+                                stdout=subprocess.DEVNULL, stderr=handle,
+                                preexec_fn=parent_death())
     try:
-        _wait_serving(addr, proc)
+        _wait_serving(addr, proc, log_path)
+        # a junk announcement carrying a known trace: serving logs its refusal inside the
+        # `process` span that continues that trace
+        trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        producer = make_producer(lepton_env)
+        producer.produce(Topics(lepton_env.topic_prefix).models, key=MODEL.encode(),
+                         value=b"not an announcement",
+                         headers=[("traceparent", f"00-{trace_id}-{parent_id}-01".encode())])
+        assert producer.flush(10) == 0
         rec = record(3)
         out = lepton("predict", json.dumps(rec), "--request-id", "cli-1", env=env)
         result = json.loads(out.stdout)
@@ -129,6 +146,13 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
             proc.wait()
             raise
     assert code == 0
-    log = proc.stderr.read() if proc.stderr else ""
-    assert "serving gRPC on" in log
+    log = log_path.read_text()
     assert not [value for value in pii if value in log]
+    lines = [json.loads(line) for line in log.splitlines()]  # every line is JSON
+    assert any(line["message"].startswith("serving gRPC on") for line in lines)
+    assert any(line["level"] == "DEBUG" for line in lines)  # LEPTON_LOG_LEVEL=DEBUG holds
+    [refused] = [line for line in lines
+                 if line["message"].startswith("ignoring a bad announcement")]
+    assert refused["level"] == "WARNING" and refused["service"] == "serving"
+    assert refused["trace_id"] == trace_id
+    assert len(refused["span_id"]) == 16 and refused["span_id"] != parent_id

@@ -6,9 +6,11 @@ acknowledges a batch only after its outputs are delivered."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 
@@ -177,3 +179,28 @@ def test_at_least_once_acknowledges_only_delivered_batches(
     thread.join(20)
     assert codes == [0]
     assert stage.committed_records == N
+
+
+def test_a_finished_runtime_is_freed_with_its_clients_without_a_gc_pass(
+        lepton_env: LeptonSettings, prefix: str) -> None:
+    """The consumer holds the runtime's rebalance callbacks; were the runtime to keep its
+    clients after `run()`, that cycle would keep its producer reconnecting to a stopped broker
+    until some later gc pass (the suite's tail once showed one). Reference counting alone frees
+    a finished runtime."""
+    stage = EchoStage(prefix)
+    _feed(lepton_env, stage.inputs[0], 5)
+    stop = threading.Event()
+    runtime = _transactional(lepton_env, stage, stop, f"free-{uuid.uuid4().hex[:6]}")
+    gc.disable()
+    try:
+        thread = threading.Thread(target=runtime.run, daemon=True)
+        thread.start()
+        _committed(stage, 5)
+        stop.set()
+        thread.join(20)
+        assert not thread.is_alive()
+        freed = weakref.ref(runtime)
+        del runtime
+        assert freed() is None
+    finally:
+        gc.enable()

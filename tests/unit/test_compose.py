@@ -1,15 +1,10 @@
 """docker-compose.yml and the deploy/ configs match the code: parsed and cross-checked without
-a Docker engine (scripts/compose-smoke.sh runs the stack where one exists)."""
+a Docker engine (scripts/compose-smoke.sh runs the stack where one exists); the alert rules and
+the dashboard: test_compose_metrics.py; the Kafka ACL example: test_compose_acls.py."""
 
 from __future__ import annotations
 
-import functools
 import importlib
-import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +60,11 @@ def test_every_service_runs_a_real_lepton_command_with_known_settings() -> None:
             port = env["LEPTON_SERVING_ADDR"].rsplit(":", 1)[1]
             assert probe[3:] == ["grpc", f"127.0.0.1:{port}"]
         else:
-            assert probe[3:] == ["http", f"http://127.0.0.1:{env['LEPTON_METRICS_PORT']}/metrics"]
+            # the metrics endpoint and the main loop's heartbeat (a hung loop reads unhealthy),
+            # which may pause while the input positions are read on an assignment (70 s)
+            assert probe[3:6] == ["http", f"http://127.0.0.1:{env['LEPTON_METRICS_PORT']}/metrics",
+                                  "--stale-after"]
+            assert 70 < float(probe[6]) <= 900, probe
         assert f"{name}-data:/data" in service["volumes"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["lepton"]' in dockerfile
@@ -156,7 +155,8 @@ def test_the_key_set_command_makes_every_secret_file_and_public_key(tmp_path: Pa
         if "principals" in secret["file"]:
             assert path.is_file() and path.stat().st_mode & 0o077 == 0, path
     public = {p.name for p in (tmp_path / "principals/public").iterdir()}
-    assert public == {*(f"{n}.pub" for n in HOLDERS), "model-signing.pub",
+    # every principal's, the federation coordinator's too (it runs outside this compose file)
+    assert public == {*(f"{n}.pub" for n in (*HOLDERS, "federation")), "model-signing.pub",
                       "audit-signing.pub", "dlq.pub"}
     assert not [p for p in public if not p.endswith(".pub")]
 
@@ -171,6 +171,11 @@ def test_compose_v1_compatible_pinned_images_and_one_shot_topics() -> None:
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert topics["command"][:2] == ["topics", "create"] and "topics" in commands
     assert topics["restart"] == "no"
+    # the one-shot reaches Kafka exactly as the services do (SASL/SSL settings included)
+    for name in SERVICES:
+        kafka = {k: v for k, v in compose["services"][name]["environment"].items()
+                 if k.startswith("LEPTON_KAFKA_") or k == "LEPTON_TOPIC_PREFIX"}
+        assert kafka.items() <= topics["environment"].items(), name
 
 
 def test_image_build_is_layered_and_owns_its_volumes() -> None:
@@ -210,104 +215,6 @@ def test_collector_sends_traces_to_jaeger_and_metrics_to_prometheus() -> None:
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in \
         compose["prometheus"]["volumes"]
-
-
-def test_alert_rules_are_valid_and_cover_the_operational_signals() -> None:
-    path = ROOT / "deploy/prometheus/alerts.yml"
-    promtool = shutil.which("promtool")
-    if promtool:
-        result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                                text=True, check=False)
-        assert result.returncode == 0, result.stdout + result.stderr
-    rules = yaml.safe_load(path.read_text())
-    seen = set()
-    for group in rules["groups"]:
-        assert set(group) <= {"name", "rules", "interval"} and group["rules"]
-        for rule in group["rules"]:
-            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
-            assert rule["alert"] and rule["expr"].strip()
-            assert rule["labels"]["severity"] in ("warning", "critical")
-            assert rule["annotations"]["summary"]
-            assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
-            seen |= _metric_names(rule["expr"])
-    assert _exported_metrics() >= seen, seen - _exported_metrics()
-    for needed in ("lepton_ingest_consumer_lag", "lepton_ingest_events_rejected_total",
-                   "lepton_governance_budget_remaining", "lepton_serving_models_refused_total",
-                   "lepton_serving_request_duration_seconds_bucket",
-                   "lepton_serving_request_duration_seconds_count"):
-        assert needed in seen, needed
-
-
-def test_grafana_dashboard_queries_metrics_that_exist() -> None:
-    provisioning = ROOT / "deploy/grafana/provisioning"
-    datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
-    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    provider = yaml.safe_load((provisioning / "dashboards/lepton.yml").read_text())
-    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
-    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/lepton.json").read_text())
-    names: set[str] = set()
-    titles = []
-    for panel in dashboard["panels"]:
-        titles.append(panel["title"])
-        assert panel["datasource"]["uid"] == uid
-        for target in panel["targets"]:
-            found = _metric_names(target["expr"])
-            assert found, target["expr"]
-            names |= found
-    assert _exported_metrics() >= names, names - _exported_metrics()
-    for topic in ("Stages", "lag", "Dead letters", "Privacy budget", "Models", "Serving latency"):
-        assert any(topic in title for title in titles), topic
-
-
-def _metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\blepton_[a-z0-9_]+", expr))
-
-
-EXPORT_PROBE = """
-import json, socket
-from prometheus_client import REGISTRY
-from shared.tracing import setup_telemetry
-sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
-setup_telemetry("probe", metrics_port=port)
-from opentelemetry.metrics import Counter, Histogram
-from services.ingest.telemetry import IngestMetrics
-from services.governance.telemetry import GovernanceMetrics
-from services.trainer.telemetry import TrainerMetrics
-import services.serving.predictor, services.serving.control, services.serving.prediction_log
-import services.serving.request_metrics
-from services.monitor.telemetry import MonitorMetrics
-from shared.stage.metrics import StageMetrics
-stages = [StageMetrics(name) for name in ("ingest", "governance", "serving")]
-for stage in stages:
-    stage.lag[("topic", 0)] = 1
-monitor = MonitorMetrics()
-for name in monitor.values:
-    monitor.set(name, 1.0, model="m", version=1, feature="f", service="s")
-objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics(), monitor, *stages]
-objects[1].set_budget("d", 1.0, 2.0)
-for module in (services.serving.predictor, services.serving.control,
-               services.serving.prediction_log, services.serving.request_metrics):
-    objects.append(module)
-for obj in objects:
-    for value in vars(obj).values():
-        if isinstance(value, Counter):
-            value.add(1)
-        elif isinstance(value, Histogram):
-            value.record(0.01)
-names = {s.name for m in REGISTRY.collect() for s in m.samples if s.name.startswith("lepton_")}
-print(json.dumps(sorted(names)))
-"""
-
-
-@functools.cache
-def _exported_metrics() -> set[str]:
-    """Every Prometheus sample name the services' instruments produce (from the real SDK)."""
-    result = subprocess.run([sys.executable, "-c", EXPORT_PROBE], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    names: set[str] = set(json.loads(result.stdout.splitlines()[-1]))
-    return names
 
 
 def test_serving_gets_distinct_predict_and_admin_tokens_from_secrets() -> None:

@@ -1,5 +1,6 @@
 """Layout rules: services share only `shared/` and the wire. No service imports another service
-or the `lepton` CLI package, and `shared/` imports no service and not `lepton`."""
+or the `lepton` CLI package, and `shared/` imports no service and not `lepton`. Every process
+tests and benches spawn dies with them."""
 
 from __future__ import annotations
 
@@ -60,8 +61,10 @@ def test_serving_and_the_trainer_never_load_the_keyring_or_the_platform_key() ->
     import subprocess
     import sys
 
+    from shared.lifecycle import parent_death
+
     result = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=False)
+                            text=True, timeout=120, check=False, preexec_fn=parent_death())
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert not [m for m in loaded if m.startswith(KEY_HOLDING)]
@@ -69,3 +72,23 @@ def test_serving_and_the_trainer_never_load_the_keyring_or_the_platform_key() ->
                 for path in (ROOT / "services" / service).rglob("*.py")
                 for name in _imports(path)}
     assert not [m for m in imported if m.startswith(KEY_HOLDING)]
+
+
+SPAWNS = {"Popen", "run", "call", "check_call", "check_output"}
+
+
+def test_every_process_tests_and_benches_spawn_dies_with_them() -> None:
+    """A killed pytest or bench run (CI cancelling a job) orphans nothing: every subprocess
+    call in tests/ and bench/ passes `preexec_fn=parent_death()` (shared/lifecycle.py)."""
+    missing = []
+    for folder in ("tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name)
+                        and node.func.value.id == "subprocess" and node.func.attr in SPAWNS):
+                    hook = next((k.value for k in node.keywords if k.arg == "preexec_fn"), None)
+                    if not (isinstance(hook, ast.Call) and isinstance(hook.func, ast.Name)
+                            and hook.func.id == "parent_death"):
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not missing, "spawned without preexec_fn=parent_death(): " + ", ".join(missing)

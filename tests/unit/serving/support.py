@@ -133,9 +133,6 @@ def running(settings: ServingSettings, *, kafka: bool | None = None) -> Iterator
         yield server
     finally:
         server.stop()
-        producer = _PRODUCERS.pop((settings.kafka_bootstrap, settings.topic_prefix), None)
-        if producer is not None:
-            producer.flush(5)
 
 
 def stub(addr: str) -> tuple[grpc.Channel, Any]:
@@ -166,9 +163,6 @@ def span_exporter() -> InMemorySpanExporter:
     return _EXPORTER
 
 
-_PRODUCERS: dict[tuple[str | None, str], Any] = {}
-
-
 def signed_announcement(settings: Any, card: ModelCard, action: str = "promote",
                         share: float | None = None, *, signer: PrincipalName = "trainer",
                         sequence: int | None = None, override: bool = False) -> bytes:
@@ -186,8 +180,10 @@ def signed_announcement(settings: Any, card: ModelCard, action: str = "promote",
 
 
 def publish_announcement(settings: Any, value: bytes, key: str = MODEL, *,
-                         traceparent: str | None = None) -> None:
-    """Put `value` on models.updates as is."""
+                         traceparent: str | None = None, producer: Any = None) -> None:
+    """Put `value` on models.updates as is, delivered before returning. Pass the test's own
+    `producer` when publishing many; without one, a producer of this call alone is used (a
+    module-level cache outlived the session broker and kept reconnecting to it)."""
     from shared.events import CONTENT_TYPE_JSON, Header
     from shared.kafka import make_producer
     from shared.topics import Topics
@@ -195,10 +191,7 @@ def publish_announcement(settings: Any, value: bytes, key: str = MODEL, *,
     headers: list[tuple[str, str | bytes | None]] = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    producer_key = (settings.kafka_bootstrap, settings.topic_prefix)
-    producer = _PRODUCERS.get(producer_key)
-    if producer is None:
-        producer = _PRODUCERS[producer_key] = make_producer(settings, **{"linger.ms": 0})
+    producer = producer or make_producer(settings, **{"linger.ms": 0})
     producer.produce(Topics(settings.topic_prefix).models, key=key.encode(), value=value,
                      headers=headers)
     assert producer.flush(10) == 0

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from services.serving.config import ServingSettings
+from shared.lifecycle import parent_death
 
 
 def test_defaults() -> None:
@@ -28,6 +29,6 @@ def test_bad_settings_exit_with_a_readable_line(env: dict[str, str], message: st
             "from services.serving.config import ServingSettings\n"
             "load_settings(ServingSettings)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env | {"PATH": ""},
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, preexec_fn=parent_death())
     assert result.returncode == 78
     assert message in result.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, LeptonSettings, load_settings
+from shared.lifecycle import parent_death
 from shared.topics import Topic, Topics
 
 
@@ -31,6 +32,7 @@ def test_cli_reports_bad_setting_in_one_line() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lepton", "produce", "--count", "1"],
         env=env, capture_output=True, text=True, timeout=60,
+        preexec_fn=parent_death(),
     )
     assert result.returncode == 78
     lines = [line for line in result.stderr.splitlines() if line.strip()]

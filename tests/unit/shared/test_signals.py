@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from shared.lifecycle import parent_death
+
 BLOCKED = textwrap.dedent("""
     import sys, time
     from confluent_kafka import Producer
@@ -38,7 +40,7 @@ COOPERATIVE = textwrap.dedent("""
 
 def _start(code: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=parent_death())
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc

@@ -1,7 +1,9 @@
 """The stage runtime's instruments through the real SDK: lag per topic/partition, batch size
-and duration (sub-second buckets), aborted transactions."""
+and duration (sub-second buckets), aborted transactions, the loop heartbeat."""
 
 from __future__ import annotations
+
+import time
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -38,3 +40,21 @@ def test_committed_batches_lag_and_aborts_are_observed() -> None:
     assert isinstance(size, HistogramDataPoint)
     assert size.sum == 520
     assert getattr(points[("lepton.ingest.transactions.aborted", ())], "value", None) == 1
+
+
+def test_heartbeat_is_absent_until_the_loop_turns_then_the_time_of_the_last_turn() -> None:
+    reader = InMemoryMetricReader()
+    metrics = StageMetrics("ingest", MeterProvider(metric_readers=[reader]).get_meter("test"))
+
+    def heartbeat() -> list[float]:
+        data = reader.get_metrics_data()
+        return [getattr(point, "value", 0.0) for resource in (data.resource_metrics if data else [])
+                for scope in resource.scope_metrics for metric in scope.metrics
+                if metric.name == "lepton.ingest.loop.heartbeat"
+                for point in metric.data.data_points]
+
+    assert heartbeat() == []
+    before = time.time()
+    metrics.heartbeat.beat()
+    [last] = heartbeat()
+    assert before <= last <= time.time()

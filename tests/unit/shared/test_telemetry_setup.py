@@ -17,6 +17,8 @@ from typing import ClassVar
 import orjson
 import pytest
 
+from shared.lifecycle import parent_death
+
 ROOT = Path(__file__).resolve().parents[3]
 
 SCRIPT = """
@@ -79,7 +81,8 @@ def _probe(env: dict[str, str]) -> dict[str, object]:
         port = sock.getsockname()[1]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(port)], cwd=ROOT,
-                            env={**clean, **env}, capture_output=True, text=True, timeout=60)
+                            env={**clean, **env}, capture_output=True, text=True, timeout=60,
+                            preexec_fn=parent_death())
     assert result.returncode == 0, result.stderr[-3000:]
     data: dict[str, object] = orjson.loads(result.stdout.splitlines()[-1])
     return data
@@ -104,7 +107,11 @@ def test_span_names_attributes_and_buckets() -> None:
 
 
 def test_sampler_variables_are_honoured() -> None:
+    assert _probe({})["sampled"] is True  # the SDK default, parentbased_always_on
     assert _probe({"OTEL_TRACES_SAMPLER": "always_off"})["sampled"] is False
+    # the ratio itself is read: 0.0 drops a root span that the default ratio (1.0) would keep
+    assert _probe({"OTEL_TRACES_SAMPLER": "traceidratio",
+                   "OTEL_TRACES_SAMPLER_ARG": "0.0"})["sampled"] is False
     assert _probe({"OTEL_TRACES_SAMPLER": "traceidratio",
                    "OTEL_TRACES_SAMPLER_ARG": "1.0"})["sampled"] is True
 
