@@ -30,7 +30,14 @@ from shared.models.nets import build_model
 from shared.models.registry import ModelCard, Registry, variant_file
 from shared.models.variants import int8_forward
 from tests.integration.test_serving_oip_grpc import full_records, v2_inputs
-from tests.unit.serving.support import MODEL, TOKEN, running, serving_settings, stub
+from tests.unit.serving.support import (
+    MODEL,
+    NON_PRIVATE,
+    TOKEN,
+    running,
+    serving_settings,
+    stub,
+)
 from tests.unit.trainer.trained import trained_mlp
 
 ROWS = 200
@@ -59,7 +66,7 @@ def released(lepton_env: LeptonSettings) -> tuple[ModelCard, list[dict[str, Any]
     card = registry.save(ModelCard(
         model=MODEL, dataset="transactions", spec_hash=spec.spec_hash(), architecture=arch,
         feature_transform=transform.to_dict(), metrics=metrics, status="promoted",
-        variants=entries), state, accepted)
+        privacy=NON_PRIVATE, variants=entries), state, accepted)
     registry.set_live(MODEL, card.version)
     records = [{k: v for k, v in p.items() if k != "is_fraud"} for p in held[:ROWS]]
     return card, records, probs[:ROWS]
