@@ -46,6 +46,10 @@ class IngestSettings(LeptonSettings):
                                            description="Consumer group session timeout.")
     ingest_transaction_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000,
                                                description="Kafka transaction timeout.")
+    ingest_quality_window_s: float = Field(
+        default=60.0, ge=1, le=86_400,
+        description="Length of a data-quality window (aligned to the epoch, so the windows "
+                    "of all replicas line up).")
 
     def group_id(self) -> str:
         """The consumer group."""
@@ -54,6 +58,10 @@ class IngestSettings(LeptonSettings):
     def transactional_id(self) -> str:
         """The producer's transactional id: stable per replica so a restart fences its past."""
         return f"{self.group_id()}.tx.{self.ingest_instance}"
+
+    def quality_dir(self) -> Path:
+        """Where each replica appends its per-window quality counts (<replica>.jsonl)."""
+        return self.data_dir / "ingest" / "quality"
 
     def offsets_topic(self) -> str:
         """Where each transaction also checkpoints the input offsets it consumed."""

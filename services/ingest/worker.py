@@ -5,7 +5,8 @@ process them (processor.py), and commit each batch's outputs (`events.clean`,
 
 Redis and KMS failures are waited out (the batch is processed again); an aborted transaction
 counts one more attempt for each of its records; a fenced producer (another live process
-with this transactional id) stops the worker with exit status 1.
+with this transactional id) stops the worker with exit status 1. Committed batches' quality
+counts go to the replica's per-window quality log (quality_log.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.ingest.decoding import Datasets
 from services.ingest.dedup import Deduper
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
+from services.ingest.quality_log import QualityLog
 from services.ingest.telemetry import IngestMetrics
 from shared.crypto import KeyStore
 from shared.keyring import KmsError
@@ -43,7 +45,7 @@ def build_processor(settings: IngestSettings, tracer: Tracer) -> Processor:
         Topics(settings.topic_prefix),
         Datasets(settings.ingest_specs_dir, settings.ingest_unknown_fields),
         Deduper(settings, client, settings.ingest_dedup_window_s), keystore,
-        Protector(keystore), tracer, settings.group_id(),
+        Protector(), tracer, settings.group_id(),
     )
 
 
@@ -60,6 +62,9 @@ class IngestStage:
         self.outputs = [topics.clean, topics.rejected]
         self.processor = processor
         self.metrics = metrics
+        self.quality = QualityLog(settings.quality_dir(), settings.ingest_instance,
+                                  settings.ingest_quality_window_s, processor.min_index)
+        metrics.latest = self.quality.last
         self._attempts: dict[SourceKey, int] = {}
         self._result: BatchResult | None = None
 
@@ -69,7 +74,8 @@ class IngestStage:
         return self._result.outputs
 
     def due(self, final: bool) -> list[Output]:
-        """Nothing is due without input."""
+        """No records; closes the quality window when it is over (or at stop)."""
+        self.quality.roll(final)
         return []
 
     def committed(self, batch: list[Message], seconds: float) -> None:
@@ -78,6 +84,7 @@ class IngestStage:
             self._attempts.pop(_source(msg), None)
         if self._result is not None:
             self.metrics.record(self._result)
+            self.quality.add(self._result.quality)
 
     def aborted(self, batch: list[Message]) -> None:
         """One more attempt for each record of the batch."""
