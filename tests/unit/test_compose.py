@@ -183,6 +183,7 @@ def test_alert_rules_are_valid_and_cover_the_operational_signals() -> None:
             seen |= _metric_names(rule["expr"])
     assert _exported_metrics() >= seen, seen - _exported_metrics()
     for needed in ("lepton_ingest_consumer_lag", "lepton_ingest_events_rejected_total",
+                   "lepton_ingest_quality_index", "lepton_ingest_quality_min_index",
                    "lepton_governance_budget_remaining", "lepton_serving_models_refused_total",
                    "lepton_serving_request_duration_seconds_bucket",
                    "lepton_serving_request_duration_seconds_count"):
@@ -233,6 +234,7 @@ for stage in stages:
     stage.lag[("topic", 0)] = 1
 objects = [IngestMetrics(), GovernanceMetrics(), TrainerMetrics(), *stages]
 objects[1].set_budget("d", 1.0, 2.0)
+objects[0].latest = {"d": {"quality_index": 0.99, "sum_error_rate": 0.16, "min_index": 0.95}}
 for module in (services.serving.predictor, services.serving.control,
                services.serving.prediction_log, services.serving.request_metrics):
     objects.append(module)
