@@ -40,11 +40,11 @@ class LeanEnvelope:
     payload: dict[str, Scalar]
     privacy: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
-    occurred_json: str = ""
+    occurred_json: str = ""  # set when pydantic decoded it (its own JSON form of the time)
 
-    def __post_init__(self) -> None:
-        if not self.occurred_json:
-            self.occurred_json = json_time(self.occurred_at)
+    def time_json(self) -> str:
+        """`occurred_at` as pydantic writes it in JSON."""
+        return self.occurred_json or json_time(self.occurred_at)
 
 
 def json_time(moment: datetime) -> str:

@@ -175,9 +175,8 @@ class AuditStore:
                 continue
             part = self.parts[partition]
             index = part.size
-            line = record_bytes({
-                **fields, "log": self.log_id, "partition": partition, "leaf_index": index,
-                "prev": part.last_hash.hex(), "recorded_at": recorded_at})
+            line = record_bytes(fields, log=self.log_id, partition=partition, leaf_index=index,
+                                prev=part.last_hash.hex(), recorded_at=recorded_at)
             part.last_hash = leaf_hash(line)
             part.compact.append(part.last_hash)
             part.remember(index, line)

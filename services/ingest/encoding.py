@@ -31,7 +31,7 @@ def clean_json(envelope: LeanEnvelope, payload: dict[str, Scalar],
     return orjson.dumps({
         "event_id": envelope.event_id, "dataset": envelope.dataset,
         "schema_version": envelope.schema_version, "subject_id": envelope.subject_id,
-        "occurred_at": envelope.occurred_json, "source": envelope.source, "payload": payload,
+        "occurred_at": envelope.time_json(), "source": envelope.source, "payload": payload,
         "changes": [change_json(c) for c in changes], "privacy": envelope.privacy,
         "audit": envelope.audit,
     })
