@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=15_000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--only", default="", help="Run only the rows whose name holds this "
+                        "text (and the bare pipeline, the baseline).")
     args = parser.parse_args()
     broker, bootstrap = None, os.environ.get("LEPTON_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -246,7 +248,8 @@ def main() -> None:
     try:
         results = [measure(name, stages, output, env, bootstrap, args, seed, latency=lat,
                            pre=pre, warm=warm)
-                   for seed, (name, stages, output, env, lat, pre, warm) in enumerate(rows, 300)]
+                   for seed, (name, stages, output, env, lat, pre, warm) in enumerate(rows, 300)
+                   if seed == 300 or args.only in name]
     finally:
         if broker is not None:
             broker.send_signal(signal.SIGTERM)

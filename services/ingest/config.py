@@ -25,7 +25,7 @@ class IngestSettings(LeptonSettings):
     )
     ingest_batch_size: int = Field(default=1000, ge=1, le=100_000,
                                    description="Most records per transaction.")
-    ingest_batch_wait_ms: int = Field(default=50, ge=1, le=10_000,
+    ingest_batch_wait_ms: int = Field(default=10, ge=1, le=10_000,
                                       description="Longest wait to fill a batch.")
     ingest_dedup_window_s: int = Field(default=3600, ge=1,
                                        description="How long an event id is remembered.")
@@ -39,7 +39,7 @@ class IngestSettings(LeptonSettings):
     ingest_key_cache_ttl_s: float = Field(default=30.0, gt=0, le=3600,
                                           description="Longest a cached data key is used.")
     ingest_fetch_wait_ms: int = Field(
-        default=50, ge=1, le=5000,
+        default=10, ge=1, le=5000,
         description="fetch.wait.max.ms: longest a fetch waits for data (the embedded broker "
                     "always waits this long, so it bounds added latency there).")
     ingest_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000,

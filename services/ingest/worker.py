@@ -80,8 +80,9 @@ class IngestStage:
 
     def committed(self, batch: list[Message], seconds: float) -> None:
         """Count the batch; its records start again from attempt 1."""
-        for msg in batch:
-            self._attempts.pop(_source(msg), None)
+        if self._attempts:  # only after an aborted transaction
+            for msg in batch:
+                self._attempts.pop(_source(msg), None)
         if self._result is not None:
             self.metrics.record(self._result)
             self.quality.add(self._result.quality)
