@@ -15,6 +15,7 @@ The span is started, not made current (nothing runs inside it); the caller ends 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +29,15 @@ from shared.tracing import (
     extract_context,
     inject_headers,
     messaging_attributes,
+    parent_decides,
     span_name,
     unsampled_parent,
 )
 
 Headers = Sequence[tuple[str, bytes | str | None]]
+_W3C_HEADERS = ("traceparent", "tracestate")
+# what `context_headers` writes for an unsampled parent: version 00, non-zero ids, flags even
+_UNSAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
 _BY_TRACE_ID = ("TraceIdRatioBased", "AlwaysOnSampler", "AlwaysOffSampler")
 _W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
     "tracecontext,baggage", "tracecontext", "baggage,tracecontext")
@@ -45,8 +50,14 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
                  start_time: int | None = None) -> tuple[Span | None, HeaderList]:
     """(the record's recording process span or None, the trace headers for its outputs)."""
     name = span_name("process", topic)
-    has_parent = any(key == "traceparent" for key, _ in headers)
+    context = [(key, value) for key, value in headers if key in _W3C_HEADERS]
+    has_parent = any(key == "traceparent" for key, _ in context)
     if has_parent:
+        # the common case, a lone canonical unsampled traceparent, is passed on as it is
+        value = context[0][1]
+        if len(context) == 1 and isinstance(value, bytes) and _W3C_ONLY \
+                and _UNSAMPLED.fullmatch(value) and parent_decides(tracer):
+            return None, [("traceparent", value)]
         parent = unsampled_parent(tracer, headers)
         if parent is not None:
             return None, context_headers(parent)

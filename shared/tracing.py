@@ -260,7 +260,7 @@ def publish_span(
         yield span
 
 
-def _parent_decides(tracer: trace.Tracer) -> bool:
+def parent_decides(tracer: trace.Tracer) -> bool:
     """Whether `tracer`'s sampler (or the global provider's, for a proxy tracer) drops every
     child of an unsampled remote parent, as the SDK's default `parentbased_*` samplers do; a
     process without the SDK records nothing anyway."""
@@ -282,7 +282,7 @@ def unsampled_parent(
 ) -> SpanContext | None:
     """The remote parent in `headers` when it is valid, not sampled, and the sampler follows
     it; None when the SDK must decide."""
-    if headers is None or not _parent_decides(tracer):
+    if headers is None or not parent_decides(tracer):
         return None
     items = headers.items() if isinstance(headers, dict) else headers
     traceparent: bytes | str | None = None

@@ -31,12 +31,24 @@ def _end(span: object) -> None:
 
 def test_an_unsampled_parent_is_passed_on_without_a_span() -> None:
     provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.5)))
-    headers = [("traceparent", f"00-{TRACE}-{PARENT}-00".encode()), ("tracestate", b"v=1")]
-    span, out = record_trace(provider.get_tracer("t"), "raw", headers, offset=3)
-    assert span is None
+    tracer = provider.get_tracer("t")
+    canonical = f"00-{TRACE}-{PARENT}-02".encode()
+    for headers, expected in (
+            ([("traceparent", f"00-{TRACE}-{PARENT}-00".encode()), ("tracestate", b"v=1")],
+             {"traceparent": f"00-{TRACE}-{PARENT}-00".encode(), "tracestate": b"v=1"}),
+            ([("x", b"y"), ("traceparent", canonical)], {"traceparent": canonical}),
+            ([("traceparent", canonical.decode())], {"traceparent": canonical})):
+        span, out = record_trace(tracer, "raw", headers, offset=3)
+        assert span is None
+        assert dict(out) == expected
     assert exporter.get_finished_spans() == ()
-    assert dict(out) == {"traceparent": f"00-{TRACE}-{PARENT}-00".encode(),
-                         "tracestate": b"v=1"}
+
+
+def test_a_lone_tracestate_is_no_parent() -> None:
+    provider, _ = _tracer(ParentBased(TraceIdRatioBased(0.5)))
+    fake = f"00-{TRACE}-{PARENT}-00".encode()
+    _, out = record_trace(provider.get_tracer("t"), "raw", [("tracestate", fake)], offset=1)
+    assert dict(out)["traceparent"].split(b"-")[1] != TRACE.encode()
 
 
 def test_a_sampled_parent_gets_a_child_span_the_headers_carry() -> None:
