@@ -3,8 +3,9 @@
 unusual (a coercion pydantic would make, a stamp, a bad value) returns None and the caller
 falls back to `shared.events.decode_envelope`, which stays the one authority on errors.
 
-Consumes: objects as `orjson.loads` returns them. Produces: LeanEnvelope (and the pydantic
-JSON text of its time). tests/fuzz/test_fast_envelope.py checks the equivalence.
+Consumes: objects as `orjson.loads` returns them (JSON has no NaN, so none is looked for; a
+fallback time may be a datetime). Produces: LeanEnvelope (and the pydantic JSON text of its
+time). tests/fuzz/test_fast_envelope.py checks the equivalence.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def from_envelope(envelope: Envelope) -> LeanEnvelope:
 
 
 def lean_envelope(obj: Any) -> LeanEnvelope | None:
-    """`obj` as a LeanEnvelope when it surely is a valid Envelope, else None (undecided)."""
+    """`obj` (parsed JSON) as a LeanEnvelope when it surely is a valid Envelope, else None
+    (undecided)."""
     if type(obj) is not dict or not obj.keys() <= _FIELDS:
         return None
     event_id, dataset, subject = obj.get("event_id"), obj.get("dataset"), obj.get("subject_id")
@@ -99,14 +101,10 @@ def _time(value: Any) -> datetime | None:
 
 
 def _payload_ok(payload: dict[str, Any]) -> bool:
-    if len(payload) > MAX_PAYLOAD_FIELDS:
+    """Pydantic's payload rules; no NaN check: JSON (so orjson's output) cannot hold one."""
+    if len(payload) > MAX_PAYLOAD_FIELDS or not set(map(type, payload.values())) <= _SCALARS:
         return False
-    if payload and (max(map(len, payload)) > MAX_FIELD_NAME or "" in payload):
-        return False
-    kinds = set(map(type, payload.values()))
-    if not kinds <= _SCALARS:
-        return False
-    return float not in kinds or all(v == v for v in payload.values() if type(v) is float)
+    return not payload or (max(map(len, payload)) <= MAX_FIELD_NAME and "" not in payload)
 
 
 def _changes_ok(changes: Any) -> bool:
