@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -64,7 +66,9 @@ def setup_telemetry(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
          "service.namespace": "lepton"}
     )
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER[_ARG]
+    # sampler from OTEL_TRACES_SAMPLER[_ARG]; PrimedIds lets shared.record_trace decide a
+    # root span's sampling before asking the SDK for it
+    provider = TracerProvider(resource=resource, id_generator=PrimedIds())
     if span_exporter is None and _otlp_wanted("TRACES"):
         span_exporter = _otlp_exporter("TRACES")
     if span_exporter is not None:
@@ -72,6 +76,26 @@ def setup_telemetry(
     trace.set_tracer_provider(provider)
     _setup_metrics(resource, _otlp_wanted("METRICS"), metrics_port)
     return provider
+
+
+class PrimedIds(RandomIdGenerator):
+    """The SDK's random ids, except that the calling thread may set the next trace id first
+    (`prime`), so that a sampling decision made ahead of `start_span` is the span's own."""
+
+    def __init__(self) -> None:
+        self._next = threading.local()
+
+    def prime(self, trace_id: int) -> None:
+        """Make `trace_id` this thread's next generated trace id."""
+        self._next.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        """The primed trace id, once; otherwise a random one."""
+        primed: int | None = getattr(self._next, "trace_id", None)
+        if primed is None:
+            return super().generate_trace_id()
+        self._next.trace_id = None
+        return primed
 
 
 def _otlp_wanted(signal: str) -> bool:
@@ -236,7 +260,7 @@ def publish_span(
         yield span
 
 
-def _parent_decides(tracer: trace.Tracer) -> bool:
+def parent_decides(tracer: trace.Tracer) -> bool:
     """Whether `tracer`'s sampler (or the global provider's, for a proxy tracer) drops every
     child of an unsampled remote parent, as the SDK's default `parentbased_*` samplers do; a
     process without the SDK records nothing anyway."""
@@ -252,13 +276,13 @@ def _parent_decides(tracer: trace.Tracer) -> bool:
     return cached
 
 
-def _unsampled_parent(
+def unsampled_parent(
     tracer: trace.Tracer,
     headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
 ) -> SpanContext | None:
     """The remote parent in `headers` when it is valid, not sampled, and the sampler follows
     it; None when the SDK must decide."""
-    if headers is None or not _parent_decides(tracer):
+    if headers is None or not parent_decides(tracer):
         return None
     items = headers.items() if isinstance(headers, dict) else headers
     traceparent: bytes | str | None = None
@@ -310,7 +334,7 @@ def process_span(
 
     `start_time` (ns since the epoch) backdates the span to when work on the record began.
     """
-    parent = _unsampled_parent(tracer, headers)
+    parent = unsampled_parent(tracer, headers)
     if parent is not None:
         # nothing would be recorded: continue the parent's context (so outputs carry its
         # traceparent) without building SDK span objects (about 15 µs an event)

@@ -22,7 +22,12 @@ class GovernanceSettings(LeptonSettings):
     governance_batch_size: int = Field(
         default=500, ge=1, le=20_000, description="Records per consume/transaction batch.")
     governance_poll_timeout_s: float = Field(
-        default=0.5, gt=0, description="Longest wait for a batch.")
+        default=0.01, gt=0, description="Longest wait to fill a batch (it bounds the latency "
+        "governance adds at low rates; at high rates batches fill before it).")
+    governance_fetch_wait_ms: int = Field(
+        default=10, ge=1, le=5000,
+        description="fetch.wait.max.ms: longest a fetch waits for data (the embedded broker "
+                    "always waits this long, so it bounds added latency there).")
     governance_group: str | None = Field(
         default=None, description="Consumer group (default: <topic prefix>governance).")
     governance_transactional_id: str | None = Field(

@@ -178,18 +178,18 @@ class ChargeLog:
     def append(self, dataset: str, charges: Sequence[tuple[Charge, ChargeResult]]) -> int:
         """Append accepted charges not yet on disk, then sync; returns how many were new."""
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        added = 0
+        lines = []
         for charge, result in charges:
             if not result.charged or charge.charge_id in self._ids:
                 continue
-            self.segments.append(orjson.dumps({
+            lines.append(orjson.dumps({
                 "id": charge.charge_id, "dataset": dataset, "subject": charge.subject,
                 "eps": result.epsilon, "rho": result.rho, "over": result.reason, "at": stamp}))
             self._ids.add(charge.charge_id)
-            added += 1
-        if added:
+        if lines:
+            self.segments.append_many(lines)  # one write for the batch, then one sync
             self.segments.sync()
-        return added
+        return len(lines)
 
     def close(self) -> None:
         """Sync and close."""

@@ -40,12 +40,13 @@ from shared.dlq import DeadLetterSealer
 from shared.events import (
     Change,
     Decision,
-    Envelope,
     EnvelopeError,
     PrivacyStamp,
     Scalar,
     decode_envelope,
+    loads_json,
 )
+from shared.fast_envelope import LeanEnvelope, from_envelope, lean_envelope
 from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
@@ -62,7 +63,8 @@ class Item:
 
     msg: Message
     source: str
-    envelope: Envelope | None = None
+    envelope: LeanEnvelope | None = None
+    obj: dict[str, Any] | None = None  # the parsed input JSON (becomes the governed event's)
     decision: Decision | None = None
     detail: BaseModel | None = None
     principal: Allowed | None = None
@@ -101,6 +103,7 @@ class Processor:
         self.releases = releases or ReleaseLedger(policy.redis, settings)
         self.bound = ContributionBound(policy.redis, settings)
         self.topics = Topics(settings.topic_prefix)
+        self.clean_topic = self.topics.clean
         self.store = store
         self.ledger = ledger
         self.policy = policy
@@ -130,14 +133,14 @@ class Processor:
     def process(self, messages: list[Message]) -> BatchResult:
         """Decide, charge, release and seal a batch; durable on disk when this returns."""
         items = [self._decode(m) for m in messages]
-        events = [i for i in items if i.msg.topic() == self.topics.clean]
+        events = [i for i in items if i.msg.topic() == self.clean_topic]
         self._identify(events)
         self._apply_policy(events)
         self._bound(events)
         self._charge(events)
         self._release(events)
         for item in items:
-            if item.msg.topic() != self.topics.clean:
+            if item.msg.topic() != self.clean_topic:
                 decision_item(item, self.store, self.ledger, self.dataset, self.metrics,
                               self.releases)
         self._seal(items)
@@ -158,7 +161,7 @@ class Processor:
     def _decode(self, msg: Message) -> Item:
         item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")
         value = msg.value() or b""
-        if msg.topic() != self.topics.clean:
+        if msg.topic() != self.clean_topic:
             admitted = admit(value, self._governed, self.settings.governance_max_charge_epsilon,
                              self.allow)
             if isinstance(admitted, Refused):
@@ -177,11 +180,11 @@ class Processor:
         try:
             # subjects are pseudonyms after ingest; a raw id (a producer writing events.clean
             # directly) is pseudonymised here
-            envelope = decode_envelope(value)
+            obj = loads_json(value)
+            envelope = lean_envelope(obj) or from_envelope(decode_envelope(value))
             if not is_pseudonym(envelope.subject_id):
-                envelope = envelope.model_copy(
-                    update={"subject_id": self.pseudonyms.of(envelope.subject_id)})
-            item.envelope = envelope
+                envelope.subject_id = self.pseudonyms.of(envelope.subject_id)
+            item.envelope, item.obj = envelope, obj
         except EnvelopeError as error:
             item.error = f"{error.kind}: {error.field}"[:200]
             item.identity = f"input:{item.source}"
@@ -295,29 +298,39 @@ class Processor:
                 item.stamp = privacy.stamp
 
     def _seal(self, items: list[Item]) -> None:
+        """Append the batch's decisions to the audit store (one write per partition) and
+        count them."""
+        todo: list[tuple[Item, int, dict[str, Any]]] = []
         for item in items:
             if item.kind is None:
                 continue
-            if item.envelope is not None or item.msg.topic() == self.topics.clean:
+            if item.envelope is not None or item.msg.topic() == self.clean_topic:
                 fields = event_fields(item, self.dataset, self.settings.governance_dp_enabled,
                                       ACTOR)
             else:
                 fields = item.extra
-            if not fields:
-                continue
-            partition = (item.msg.partition() or 0) % self.audit_partitions
-            item.sealed, item.line, new = self.store.append(partition, fields)
+            if fields:
+                todo.append((item, (item.msg.partition() or 0) % self.audit_partitions, fields))
+        sealed = self.store.append_many([(partition, fields) for _, partition, fields in todo])
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for (item, _, _), (where, line, new) in zip(todo, sealed, strict=True):
+            item.sealed, item.line = where, line
             if new:
-                self.metrics.audit_appends.add(1)
-            elif item.sealed.source != item.source:
+                counts["append", "", ""] += 1
+            elif where.source != item.source:
                 # the same decision sent twice within one batch: sealed (and published) once
                 item.publish = False
                 continue
-            self.metrics.decisions.add(1, {"kind": item.kind, "reason": item.reason or ""})
-            if item.kind == Kind.WITHHELD:
-                self.metrics.withheld.add(1, {"reason": item.reason or ""})
-            elif item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
-                self.metrics.rejected.add(1, {"reason": item.reason or ""})
+            counts["decision", item.kind or "", item.reason or ""] += 1
+        for (what, kind, reason), count in counts.items():
+            if what == "append":
+                self.metrics.audit_appends.add(count)
+                continue
+            self.metrics.decisions.add(count, {"kind": kind, "reason": reason})
+            if kind == Kind.WITHHELD:
+                self.metrics.withheld.add(count, {"reason": reason})
+            elif kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
+                self.metrics.rejected.add(count, {"reason": reason})
 
 
 def _undecided_by_dataset(events: list[Item]) -> dict[str, list[Item]]:

@@ -84,15 +84,14 @@ _OPTIONAL = {name: info.get_default(call_default_factory=True)
 _REQUIRED = FIELDS - _OPTIONAL.keys()
 
 
-def record_bytes(fields: dict[str, Any]) -> bytes:
-    """The canonical JSON of an AuditRecord built from `fields` (defaults filled in) without
-    model validation, for the hot path; `parse_record` reads it back."""
-    unknown = fields.keys() - FIELDS
-    missing = _REQUIRED - fields.keys()
-    if unknown or missing:
-        raise ValueError(f"AuditRecord fields unknown: {sorted(unknown)}, missing: "
-                         f"{sorted(missing)}")
-    return canonical_json({**_OPTIONAL, **fields})
+def record_bytes(fields: dict[str, Any], **more: Any) -> bytes:
+    """The canonical JSON of an AuditRecord built from `fields` and `more` (defaults filled
+    in) without model validation, for the hot path; `parse_record` reads it back."""
+    record = {**_OPTIONAL, **fields, **more}
+    if not record.keys() <= FIELDS or not record.keys() >= _REQUIRED:
+        raise ValueError(f"AuditRecord fields unknown: {sorted(record.keys() - FIELDS)}, "
+                         f"missing: {sorted(_REQUIRED - record.keys())}")
+    return canonical_json(record)
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:

@@ -29,9 +29,9 @@ from shared.events import (
     dlq_headers,
 )
 from shared.governed_mac import MAC_HEADER, GovernedMac
+from shared.record_trace import record_trace
 from shared.stage import Output
 from shared.topics import Topics
-from shared.tracing import inject_headers, process_span
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -125,22 +125,24 @@ def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
 
 def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
                 sealer: DeadLetterSealer, mac: GovernedMac) -> list[Output]:
-    """The records to produce for one consumed record, under its process span (governed
-    records stamped with their MAC, dead letters sealed to the DLQ public key)."""
+    """The records to produce for one consumed record, carrying its process span's context
+    (governed records stamped with their MAC, dead letters sealed to the DLQ public key); the
+    span is built only when it is recorded (shared.record_trace)."""
     msg = item.msg
-    attrs: dict[str, Any] = {"lepton.governance.decision": item.kind or ""}
-    if item.reason:
-        attrs["lepton.governance.reason"] = item.reason
-    if item.envelope is not None:
-        attrs["lepton.event_id"] = item.envelope.event_id
-    if item.sealed is not None:
-        attrs["lepton.audit.leaf_index"] = item.sealed.leaf_index
-    out: list[Output] = []
     raw = msg.headers()
-    consumed = list(raw.items()) if isinstance(raw, dict) else raw
-    with process_span(tracer, msg.topic() or "", consumed, partition=msg.partition(),
-                      offset=msg.offset(), group=group, attributes=attrs):
-        trace = inject_headers([])
+    consumed = list(raw.items()) if isinstance(raw, dict) else (raw or [])
+    span, trace = record_trace(tracer, msg.topic() or "", consumed, partition=msg.partition(),
+                               offset=msg.offset(), group=group)
+    if span is not None:
+        span.set_attribute("lepton.governance.decision", item.kind or "")
+        if item.reason:
+            span.set_attribute("lepton.governance.reason", item.reason)
+        if item.envelope is not None:
+            span.set_attribute("lepton.event_id", item.envelope.event_id)
+        if item.sealed is not None:
+            span.set_attribute("lepton.audit.leaf_index", item.sealed.leaf_index)
+    out: list[Output] = []
+    try:
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
             value = governed_json(item)
             out.append(Output(topics.governed, item.envelope.subject_id.encode(), value,
@@ -159,6 +161,9 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
             headers.append((SEALED_HEADER, how.value.encode()))
             subject = item.envelope.subject_id.encode() if item.envelope else None
             out.append(Output(topics.rejected, subject, value, [*headers, *trace]))
+    finally:
+        if span is not None:
+            span.end()
     return out
 
 
@@ -172,10 +177,10 @@ def _as_dict(model: Change | PrivacyStamp) -> dict[str, Any]:
 
 
 def governed_json(item: Item) -> bytes:
-    """The governed envelope: the validated input JSON with the released payload, the
-    changes made, the privacy stamp and the audit reference."""
+    """The governed envelope: the validated input JSON (as parsed when decoded; used once)
+    with the released payload, the changes made, the privacy stamp and the audit reference."""
     assert item.sealed is not None
-    obj = orjson.loads(item.msg.value() or b"{}")
+    obj = item.obj if item.obj is not None else orjson.loads(item.msg.value() or b"{}")
     if item.envelope is not None:
         obj["subject_id"] = item.envelope.subject_id
     obj["payload"] = item.payload

@@ -105,19 +105,34 @@ class SegmentLog:
 
     def append(self, line: bytes) -> int:
         """Append one line (no newline inside) and return its line number."""
-        if b"\n" in line:
+        return self.append_many([line])
+
+    def append_many(self, lines: list[bytes]) -> int:
+        """Append lines (no newline inside any) in as few writes as the segment size allows
+        (one, unless a segment fills up); the line number of the first."""
+        if any(b"\n" in line for line in lines):
             raise ValueError("a segment line cannot contain a newline")
         if self._handle is None:
             raise RuntimeError("call open_for_append() first")
-        if self._handle_size >= self.segment_bytes and self._handle_size > 0:
-            self.sync()
-            self._handle.close()
-            self._open(self._path_for(self.count))
-        self._handle.write(line + b"\n")
-        self._handle_size += len(line) + 1
-        self._dirty = True
-        self.count += 1
-        return self.count - 1
+        first = self.count
+        chunk: list[bytes] = []
+        for line in lines:  # roll before a line when the segment is full, as one by one would
+            if self._handle_size >= self.segment_bytes and self._handle_size > 0:
+                self._write(chunk)
+                chunk = []
+                self.sync()
+                self._handle.close()
+                self._open(self._path_for(self.count))
+            chunk.append(line)
+            self._handle_size += len(line) + 1
+            self.count += 1
+        self._write(chunk)
+        return first
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines and self._handle is not None:
+            self._handle.write(b"\n".join(lines) + b"\n")
+            self._dirty = True
 
     def sync(self) -> None:
         """Flush appended lines to the OS, and to disk when fsync is on."""

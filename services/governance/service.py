@@ -161,7 +161,8 @@ class GovernanceService:
                 positions_topic=self.topics.name(Topic.GOVERNANCE_OFFSETS),
                 batch_size=s.governance_batch_size, poll_timeout_s=s.governance_poll_timeout_s,
                 positions_read_timeout_s=60.0,
-                consumer_config={"session.timeout.ms": s.governance_session_timeout_ms})
+                consumer_config={"session.timeout.ms": s.governance_session_timeout_ms,
+                                 "fetch.wait.max.ms": s.governance_fetch_wait_ms})
             log.info("governance DP %s", "on" if s.governance_dp_enabled else "OFF")
             try:
                 return self.runtime.run()

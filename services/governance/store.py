@@ -157,22 +157,37 @@ class AuditStore:
     def append(self, partition: int, fields: dict[str, Any]) -> tuple[Sealed, bytes, bool]:
         """Seal a decision (fields of AuditRecord without log/partition/leaf_index/prev/
         recorded_at) unless its identity is sealed; returns (where, leaf bytes, new?)."""
-        existing = self._index.get(fields["identity"])
-        if existing is not None:
-            return existing, self.parts[existing.partition].line(existing.leaf_index), False
-        part = self.parts[partition]
-        index = part.size
-        line = record_bytes({
-            **fields, "log": self.log_id, "partition": partition, "leaf_index": index,
-            "prev": part.last_hash.hex(),
-            "recorded_at": datetime.now(UTC).isoformat(timespec="microseconds")})
-        part.segments.append(line)
-        part.last_hash = leaf_hash(line)
-        part.compact.append(part.last_hash)
-        part.remember(index, line)
-        sealed = Sealed(partition, index, fields["kind"], fields.get("reason"), fields["source"])
-        self._index[fields["identity"]] = sealed
-        return sealed, line, True
+        return self.append_many([(partition, fields)])[0]
+
+    def append_many(self, decisions: list[tuple[int, dict[str, Any]]]
+                    ) -> list[tuple[Sealed, bytes, bool]]:
+        """Seal many decisions in order, as `append` would one by one (an identity sealed
+        earlier, or earlier in `decisions`, returns its existing leaf), with one segment write
+        per partition."""
+        out: list[tuple[Sealed, bytes, bool]] = []
+        lines: dict[int, list[bytes]] = {}
+        recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
+        for partition, fields in decisions:
+            existing = self._index.get(fields["identity"])
+            if existing is not None:
+                out.append((existing, self.parts[existing.partition].line(
+                    existing.leaf_index), False))
+                continue
+            part = self.parts[partition]
+            index = part.size
+            line = record_bytes(fields, log=self.log_id, partition=partition, leaf_index=index,
+                                prev=part.last_hash.hex(), recorded_at=recorded_at)
+            part.last_hash = leaf_hash(line)
+            part.compact.append(part.last_hash)
+            part.remember(index, line)
+            lines.setdefault(partition, []).append(line)
+            sealed = Sealed(partition, index, fields["kind"], fields.get("reason"),
+                            fields["source"])
+            self._index[fields["identity"]] = sealed
+            out.append((sealed, line, True))
+        for partition, written in lines.items():
+            self.parts[partition].segments.append_many(written)
+        return out
 
     def sync(self) -> None:
         """Make every appended record durable (before the Kafka commit that relies on it)."""

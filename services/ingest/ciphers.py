@@ -51,9 +51,11 @@ class DataKey:
         """`enc1:<master key id>:<data key id>`."""
         return f"{CIPHER_VERSION}:{self.master_id}:{self.key_id}"
 
-    def encrypt(self, event_id: str, field: str, plaintext: str) -> str:
-        """Encrypt one field value of one event."""
-        nonce = os.urandom(NONCE_BYTES)
+    def encrypt(self, event_id: str, field: str, plaintext: str,
+                nonce: bytes | None = None) -> str:
+        """Encrypt one field value of one event (under a fresh random nonce unless `nonce`, a
+        never-reused random one, is given: a batch draws its nonces at once)."""
+        nonce = nonce or os.urandom(NONCE_BYTES)
         sealed = self.aead.encrypt(nonce, plaintext.encode(), _aad(self.header, event_id, field))
         return f"{self.header}:{b64e(nonce + sealed)}"
 

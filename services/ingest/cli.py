@@ -1,5 +1,6 @@
-"""`lepton ingest` and `lepton keys rotate|rewrap|retire|status` (`lepton keys principals` is in
-`lepton/keyset.py`, `lepton forget` in `lepton/subjects.py`: they reach every service's keys).
+"""`lepton ingest`, `lepton keys rotate|rewrap|retire|status` and `lepton quality report`
+(`lepton keys principals` is in `lepton/keyset.py`, `lepton forget` in `lepton/subjects.py`:
+they reach every service's keys and stores).
 
 Rotation and retirement are recorded as decisions (`key_rotated`, `key_retired`) on
 `audit.requests`, signed as the operator principal, for governance to seal into the audit log.
@@ -17,6 +18,8 @@ import typer
 keys_app = typer.Typer(help="Master keys: rotate, re-wrap data keys, retire, show usage; "
                        "the deployment's key set.",
                        no_args_is_help=True)
+quality_app = typer.Typer(help="Data quality of ingested events: the per-window index.",
+                          no_args_is_help=True)
 
 
 def _actor(command: str) -> str:
@@ -149,10 +152,40 @@ def retire(
                     "the key is gone (retiring it again is refused)")
 
 
+@quality_app.command("report")
+def quality_report(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    last: Annotated[int, typer.Option(min=1, help="How many of the latest windows.")] = 20,
+) -> None:
+    """Per dataset: the quality index of the latest windows (all replicas) and the worst
+    fields (missing, wrong type, out of range, invalid, clipped, imputed, rejected rates)."""
+    import orjson
+    from rich.console import Console
+
+    from services.ingest.config import IngestSettings
+    from services.ingest.quality_report import report, report_tables
+    from shared.config import load_settings
+
+    settings = load_settings(IngestSettings)
+    data = report(settings.quality_dir(), dataset, last)
+    if as_json:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not data["datasets"]:
+        typer.echo(f"no quality windows recorded under {data['directory']}"
+                   + (f" for {dataset}" if dataset else ""))
+        return
+    console = Console()
+    for table in report_tables(data):
+        console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ingest commands to the `lepton` CLI."""
     app.command("ingest")(ingest)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(quality_app, name="quality")
 
 
 if __name__ == "__main__":

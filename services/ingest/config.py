@@ -25,7 +25,7 @@ class IngestSettings(LeptonSettings):
     )
     ingest_batch_size: int = Field(default=1000, ge=1, le=100_000,
                                    description="Most records per transaction.")
-    ingest_batch_wait_ms: int = Field(default=50, ge=1, le=10_000,
+    ingest_batch_wait_ms: int = Field(default=10, ge=1, le=10_000,
                                       description="Longest wait to fill a batch.")
     ingest_dedup_window_s: int = Field(default=3600, ge=1,
                                        description="How long an event id is remembered.")
@@ -39,13 +39,17 @@ class IngestSettings(LeptonSettings):
     ingest_key_cache_ttl_s: float = Field(default=30.0, gt=0, le=3600,
                                           description="Longest a cached data key is used.")
     ingest_fetch_wait_ms: int = Field(
-        default=50, ge=1, le=5000,
+        default=10, ge=1, le=5000,
         description="fetch.wait.max.ms: longest a fetch waits for data (the embedded broker "
                     "always waits this long, so it bounds added latency there).")
     ingest_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000,
                                            description="Consumer group session timeout.")
     ingest_transaction_timeout_ms: int = Field(default=60_000, ge=1000, le=900_000,
                                                description="Kafka transaction timeout.")
+    ingest_quality_window_s: float = Field(
+        default=60.0, ge=1, le=86_400,
+        description="Length of a data-quality window (aligned to the epoch, so the windows "
+                    "of all replicas line up).")
 
     def group_id(self) -> str:
         """The consumer group."""
@@ -54,6 +58,10 @@ class IngestSettings(LeptonSettings):
     def transactional_id(self) -> str:
         """The producer's transactional id: stable per replica so a restart fences its past."""
         return f"{self.group_id()}.tx.{self.ingest_instance}"
+
+    def quality_dir(self) -> Path:
+        """Where each replica appends its per-window quality counts (<replica>.jsonl)."""
+        return self.data_dir / "ingest" / "quality"
 
     def offsets_topic(self) -> str:
         """Where each transaction also checkpoints the input offsets it consumed."""

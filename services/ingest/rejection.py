@@ -47,3 +47,10 @@ class Rejection(Exception):
         self.detail = detail
         self.stage = stage
         self.field = field
+
+
+def internal(error: Exception, stage: Stage) -> Rejection:
+    """The rejection of a record that raised `error` unexpectedly (the class name, no value)."""
+    name = type(error).__name__
+    return Rejection(Reason.INTERNAL_ERROR, f"{name} while processing", stage=stage,
+                     exception=name)

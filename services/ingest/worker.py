@@ -5,7 +5,8 @@ process them (processor.py), and commit each batch's outputs (`events.clean`,
 
 Redis and KMS failures are waited out (the batch is processed again); an aborted transaction
 counts one more attempt for each of its records; a fenced producer (another live process
-with this transactional id) stops the worker with exit status 1.
+with this transactional id) stops the worker with exit status 1. Committed batches' quality
+counts go to the replica's per-window quality log (quality_log.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.ingest.dedup import Deduper
 from services.ingest.keystore import KeyStore
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
+from services.ingest.quality_log import QualityLog
 from services.ingest.telemetry import IngestMetrics
 from shared.crypto import KmsError
 from shared.dlq import DeadLetterSealer
@@ -62,6 +64,9 @@ class IngestStage:
         self.outputs = [topics.clean, topics.rejected]
         self.processor = processor
         self.metrics = metrics
+        self.quality = QualityLog(settings.quality_dir(), settings.ingest_instance,
+                                  settings.ingest_quality_window_s, processor.min_index)
+        metrics.latest = self.quality.last
         self._attempts: dict[SourceKey, int] = {}
         self._result: BatchResult | None = None
 
@@ -71,15 +76,18 @@ class IngestStage:
         return self._result.outputs
 
     def due(self, final: bool) -> list[Output]:
-        """Nothing is due without input."""
+        """No records; closes the quality window when it is over (or at stop)."""
+        self.quality.roll(final)
         return []
 
     def committed(self, batch: list[Message], seconds: float) -> None:
         """Count the batch; its records start again from attempt 1."""
-        for msg in batch:
-            self._attempts.pop(_source(msg), None)
+        if self._attempts:  # only after an aborted transaction
+            for msg in batch:
+                self._attempts.pop(_source(msg), None)
         if self._result is not None:
             self.metrics.record(self._result)
+            self.quality.add(self._result.quality)
 
     def aborted(self, batch: list[Message]) -> None:
         """One more attempt for each record of the batch."""

@@ -17,6 +17,7 @@ from shared.datasets.spec import (
     ModelSpec,
     PiiAction,
     PrivacySpec,
+    QualitySpec,
     Role,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "PiiAction",
     "PrivacySpec",
+    "QualitySpec",
     "Role",
     "UnknownDataset",
     "builtin_names",

@@ -194,6 +194,15 @@ class TuningSpec(_Spec):
         return self
 
 
+class QualitySpec(_Spec):
+    """Data-quality expectations of a dataset (services/ingest/README.md, "Data quality")."""
+
+    min_index: float | None = Field(
+        default=None, ge=0, le=1, description="Lowest acceptable quality index (1 − mean "
+        "per-field error rate) of an ingest window; below it the IngestDataQualityLow alert "
+        "fires and a trainer may refuse to train on that window.")
+
+
 class DatasetSpec(_Spec):
     """A dataset declared once; it drives every stage."""
 
@@ -205,6 +214,7 @@ class DatasetSpec(_Spec):
     model: ModelSpec = ModelSpec()
     compression: CompressionSpec = CompressionSpec()
     tuning: TuningSpec = TuningSpec()
+    quality: QualitySpec = QualitySpec()
 
     @model_validator(mode="after")
     def _roles(self) -> DatasetSpec:
@@ -252,6 +262,8 @@ class DatasetSpec(_Spec):
         return self.by_role(Role.PII)
 
     def spec_hash(self) -> str:
-        """sha256 of the canonical JSON of this spec (recorded in model cards)."""
-        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """sha256 of the canonical JSON of this spec (recorded in model cards); the quality
+        expectations are operational, not part of what a model was trained on."""
+        canonical = orjson.dumps(self.model_dump(mode="json", exclude={"quality"}),
+                                 option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()

@@ -61,7 +61,9 @@ governance.set_subject_max("d", 0.5)
 monitor = MonitorMetrics()
 for name in monitor.values:
     monitor.set(name, 1.0, model="m", version=1, feature="f", service="s")
-objects = [IngestMetrics(), governance, trainer, monitor, *stages]
+ingest = IngestMetrics()
+ingest.latest = {"d": {"quality_index": 0.99, "sum_error_rate": 0.16, "min_index": 0.95}}
+objects = [ingest, governance, trainer, monitor, *stages]
 for module in (services.serving.predictor, services.serving.control,
                services.serving.prediction_log, services.serving.request_metrics,
                services.serving.kafka_path):
@@ -122,6 +124,7 @@ def _emitted_labels() -> dict[str, set[str]]:
     # per package: the variable or attribute an instrument is kept in, and each gauge callback
     # method, to the instrument names
     holders: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    callbacks_of: dict[tuple[Path, str], list[str]] = {}  # gauge callbacks, in their own file
     labels: dict[str, set[str]] = {}
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -131,11 +134,14 @@ def _emitted_labels() -> dict[str, set[str]]:
             names = _instrument_names(node)
             for name in names:
                 labels.setdefault(name, set())
-            for keyword in node.keywords:
-                if keyword.arg == "callbacks" and isinstance(keyword.value, ast.List):
-                    for callback in keyword.value.elts:
-                        if isinstance(callback, ast.Attribute):
-                            holders[package(path)][callback.attr] = names
+            callbacks = [k.value for k in node.keywords if k.arg == "callbacks"]
+            callbacks += node.args[1:2]  # create_observable_gauge(name, callbacks, ...)
+            for listed in callbacks:
+                for callback in listed.elts if isinstance(listed, ast.List) else []:
+                    if isinstance(callback, ast.Call):  # self._gauge("key"): a callback factory
+                        callback = callback.func
+                    if isinstance(callback, ast.Attribute):  # one factory may feed several
+                        callbacks_of.setdefault((path, callback.attr), []).extend(names)
         for node in ast.walk(tree):
             if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
                     and isinstance(node.value.func, ast.Attribute)
@@ -159,12 +165,12 @@ def _emitted_labels() -> dict[str, set[str]]:
                 if key in known and keys is not None:
                     for name in known[key]:
                         labels[name] |= keys
-            elif isinstance(node, ast.FunctionDef) and node.name in known:
+            elif isinstance(node, ast.FunctionDef) and (path, node.name) in callbacks_of:
                 for call in ast.walk(node):
                     if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
                             and call.func.id == "Observation" and len(call.args) > 1
                             and (keys := _dict_keys(call.args[1])) is not None):
-                        for name in known[node.name]:
+                        for name in callbacks_of[(path, node.name)]:
                             labels[name] |= keys
     return {name.replace(".", "_"): keys for name, keys in labels.items()}
 
@@ -217,7 +223,8 @@ def test_alert_rules_are_valid_and_cover_the_operational_signals() -> None:
             _check_labels(rule["expr"], rule["annotations"]["summary"])
             seen |= _metric_names(rule["expr"])
     assert _exported_metrics() >= seen, seen - _exported_metrics()
-    for needed in ("lepton_ingest_events_rejected_total", "lepton_governance_rejected_total",
+    for needed in ("lepton_ingest_events_rejected_total", "lepton_ingest_quality_index",
+                   "lepton_ingest_quality_min_index", "lepton_governance_rejected_total",
                    "lepton_trainer_records_total", "lepton_serving_requests_rejected_total",
                    "lepton_governance_budget_remaining", "lepton_serving_models_refused_total",
                    "lepton_serving_request_duration_seconds_bucket",

@@ -1,0 +1,117 @@
+"""record_trace through the real SDK: unsampled records (an unsampled parent, or a root the
+ratio sampler drops) get valid W3C headers and no SDK span; sampled ones get a real span whose
+context the headers carry, at the configured rate, with the trace id the decision was made on."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+
+from shared.record_trace import record_trace
+from shared.tracing import PrimedIds
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def _tracer(sampler: Sampler, primed: bool = True) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, id_generator=PrimedIds() if primed else None)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _end(span: object) -> None:
+    end = getattr(span, "end", None)
+    if end is not None:
+        end()
+
+
+def test_an_unsampled_parent_is_passed_on_without_a_span() -> None:
+    provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.5)))
+    tracer = provider.get_tracer("t")
+    canonical = f"00-{TRACE}-{PARENT}-02".encode()
+    for headers, expected in (
+            ([("traceparent", f"00-{TRACE}-{PARENT}-00".encode()), ("tracestate", b"v=1")],
+             {"traceparent": f"00-{TRACE}-{PARENT}-00".encode(), "tracestate": b"v=1"}),
+            ([("x", b"y"), ("traceparent", canonical)], {"traceparent": canonical}),
+            ([("traceparent", canonical.decode())], {"traceparent": canonical})):
+        span, out = record_trace(tracer, "raw", headers, offset=3)
+        assert span is None
+        assert dict(out) == expected
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_lone_tracestate_is_no_parent() -> None:
+    provider, _ = _tracer(ParentBased(TraceIdRatioBased(0.5)))
+    fake = f"00-{TRACE}-{PARENT}-00".encode()
+    _, out = record_trace(provider.get_tracer("t"), "raw", [("tracestate", fake)], offset=1)
+    assert dict(out)["traceparent"].split(b"-")[1] != TRACE.encode()
+
+
+def test_a_sampled_parent_gets_a_child_span_the_headers_carry() -> None:
+    provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.01)))
+    headers = [("traceparent", f"00-{TRACE}-{PARENT}-01".encode())]
+    span, out = record_trace(provider.get_tracer("t"), "raw", headers, offset=3,
+                             attributes={"lepton.dataset": "d"})
+    assert span is not None
+    span.end()
+    [done] = exporter.get_finished_spans()
+    assert done.parent is not None and f"{done.parent.span_id:016x}" == PARENT
+    assert done.attributes is not None and done.attributes["lepton.dataset"] == "d"
+    assert dict(out)["traceparent"] == f"00-{TRACE}-{done.context.span_id:016x}-01".encode()
+
+
+def test_roots_are_sampled_at_the_configured_rate_and_only_sampled_ones_build_spans() -> None:
+    """As the SDK would: same flags (the random-trace-id bit included), fresh ids."""
+    provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.05)))
+    tracer = provider.get_tracer("t")
+    sampled, traces = 0, set()
+    for offset in range(4000):
+        span, out = record_trace(tracer, "raw", [], offset=offset)
+        version, trace_id, span_id, flags = dict(out)["traceparent"].decode().split("-")
+        assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
+        traces.add(trace_id)
+        if span is None:
+            assert int(flags, 16) & 1 == 0
+            continue
+        sampled += 1
+        assert int(flags, 16) & 1 == 1
+        assert f"{span.get_span_context().trace_id:032x}" == trace_id  # the decided trace id
+        span.end()
+    assert len(traces) == 4000
+    assert 140 <= sampled <= 260  # 5 % of 4000 = 200, ± 4.3 standard deviations
+    assert len(exporter.get_finished_spans()) == sampled
+
+
+def test_without_primed_ids_or_with_another_sampler_the_sdk_decides() -> None:
+    for provider, exporter in (_tracer(ParentBased(ALWAYS_ON), primed=False),
+                               _tracer(ParentBased(ALWAYS_ON))):
+        span, out = record_trace(provider.get_tracer("t"), "raw", [], offset=1)
+        assert span is not None
+        span.end()
+        [done] = exporter.get_finished_spans()
+        assert dict(out)["traceparent"].decode().split("-")[1] == f"{done.context.trace_id:032x}"
+
+
+def test_a_no_op_tracer_gives_no_headers() -> None:
+    from opentelemetry.trace import NoOpTracer
+
+    span, out = record_trace(NoOpTracer(), "raw", [], offset=1)
+    assert span is None and out == []
+    _end(span)
+
+
+def test_an_unsampled_root_has_the_flags_the_sdk_would_give_it() -> None:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider, exporter = _tracer(ParentBased(ALWAYS_OFF))
+    sdk = provider.get_tracer("t").start_span("process raw", context=Context())
+    span, out = record_trace(provider.get_tracer("t"), "raw", [], offset=1)
+    assert span is None and not sdk.is_recording()
+    assert dict(out)["traceparent"].decode().split("-")[3] == \
+        f"{sdk.get_span_context().trace_flags:02x}"
+    assert exporter.get_finished_spans() == ()
