@@ -60,7 +60,7 @@ class HttpServer:
                            ssl_cert_reqs=ssl.CERT_REQUIRED)
         self.tls = bool(tls)
         self.config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                     server_header=False, timeout_graceful_shutdown=5, **tls)
+                                     server_header=False, timeout_graceful_shutdown=3, **tls)
         self.server = _Server(self.config)
         self._task: asyncio.Task[None] | None = None
         self.port = 0

@@ -46,6 +46,7 @@ class PredictionLog:
             capacity or settings.serving_log_queue)
         self._producer = producer
         self._stop = threading.Event()
+        self._flush_s = 5.0
         self._thread = threading.Thread(target=self._run, name="serving-prediction-log",
                                         daemon=True)
         self.published = 0
@@ -69,8 +70,9 @@ class PredictionLog:
         """Start publishing."""
         self._thread.start()
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         """Publish what is queued (up to `timeout` s) and stop."""
+        self._flush_s = max(0.1, timeout - 0.2)
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -92,7 +94,7 @@ class PredictionLog:
                     continue
                 self._publish(producer, item, headers)
         finally:
-            producer.flush(10)
+            producer.flush(self._flush_s)
 
     def _publish(self, producer: Producer, item: _Item,
                  headers: HeaderList) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -36,6 +37,8 @@ from services.serving.request_metrics import RequestMetrics
 from shared.readiness import clear_ready, mark_ready
 
 log = logging.getLogger(__name__)
+STOP_BUDGET_S = 6.5  # the whole shutdown, within the stop watchdog's 8 s
+CALL_GRACE_S = 3.0  # in-flight gRPC/HTTP calls
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -156,21 +159,27 @@ class ServingApp:
                  "TLS" if credentials else "plaintext")
         return self.port
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """NOT_SERVING, finish in-flight calls (up to `grace` s), stop the watchers."""
+    async def stop(self, budget: float = STOP_BUDGET_S) -> None:
+        """NOT_SERVING, finish in-flight calls, stop the watchers and publish what is queued,
+        all within `budget` seconds (inside the 8 s the stop watchdog allows)."""
+        deadline = time.monotonic() + budget
+
+        def left(most: float = budget) -> float:
+            return max(0.1, min(most, deadline - time.monotonic()))
+
         clear_ready(self.settings, "serving")
         await self.health.enter_graceful_shutdown()
         self.stop_event.set()
+        calls = [] if self.server is None else [self.server.stop(left(CALL_GRACE_S))]
         if self.http is not None:
-            await self.http.stop()
-        if self.server is not None:
-            await self.server.stop(grace)
-        await asyncio.to_thread(self.watcher.join, 10)
+            calls.append(self.http.stop())
+        await asyncio.gather(*calls)  # gRPC and HTTP drain their in-flight calls together
+        await asyncio.to_thread(self.watcher.join, left())
         if self.kafka is not None:
-            await asyncio.to_thread(self.kafka.join, 30)
+            await asyncio.to_thread(self.kafka.join, left())
         await asyncio.to_thread(self.control.close)
         if self.prediction_log is not None:
-            await asyncio.to_thread(self.prediction_log.close)
+            await asyncio.to_thread(self.prediction_log.close, left())
 
     async def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set (SIGINT/SIGTERM), then shut down gracefully."""

@@ -119,8 +119,9 @@ def defaults(settings: TrainerSettings, spec: DatasetSpec) -> dict[str, Any]:
     params: dict[str, Any] = {
         "learning_rate": settings.trainer_learning_rate or spec.model.dp_learning_rate
         or spec.model.learning_rate,
-        "epochs": settings.trainer_epochs or spec.model.epochs_per_batch,
-        "max_grad_norm": settings.trainer_dp_max_grad_norm, "noise_scale": 1.0}
+        "epochs": settings.trainer_epochs or spec.model.dp_epochs or spec.model.epochs_per_batch,
+        "max_grad_norm": spec.model.dp_max_grad_norm or settings.trainer_dp_max_grad_norm,
+        "noise_scale": 1.0}
     if spec.model.kind == "mlp":
         params["hidden"] = ",".join(str(h) for h in spec.model.hidden)
     return params
@@ -131,7 +132,7 @@ def trial_plan(settings: TrainerSettings, spec: DatasetSpec, rows: int, params: 
     """A trial's DP-SGD plan: Poisson rate minibatch/rows, `epochs` passes, σ = the
     equal-share σ times the trial's noise scale."""
     privacy = spec.privacy
-    rate = min(1.0, settings.trainer_minibatch / rows)
+    rate = min(1.0, (spec.model.dp_minibatch or settings.trainer_minibatch) / rows)
     steps = max(1, round(int(params["epochs"]) / rate))
     share = calibrate(spec.tuning.epsilon, privacy.delta, rate, steps * planned,
                       privacy.max_events_per_subject)
