@@ -1,9 +1,12 @@
 PY ?= .venv/bin/python
 
-.PHONY: test faults fuzz bench
+.PHONY: test slow faults fuzz bench
 
 test:  ## the default suite (fault injection excluded; fuzz replay included)
 	$(PY) -m pytest
+
+slow:  ## long scenario tests (federation rounds, repeated SIGKILLs, a tuning study)
+	$(PY) -m pytest -m slow
 
 faults:  ## fault-injection and load suite (tests/faults)
 	$(PY) -m pytest -m faults tests/faults

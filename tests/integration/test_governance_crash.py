@@ -56,6 +56,7 @@ def _leaves(audit: Path) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_sigkill_three_times_mid_stream(lepton_env: LeptonSettings, redis_client: redis.Redis,
                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                         ) -> None:

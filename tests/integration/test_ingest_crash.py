@@ -58,6 +58,7 @@ def progress(watcher: Consumer, topics: list[str]) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_three_sigkills_lose_and_duplicate_nothing(
     lepton_env: LeptonSettings, spawn: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 
 import orjson
+import pytest
 
 from shared.config import LeptonSettings
 from shared.lifecycle import parent_death
@@ -35,6 +36,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_trains_every_batch_once(lepton_env: LeptonSettings) -> None:
     publish_governed(lepton_env, governed_breast_cancer(TOTAL))
     env = {**os.environ, **non_private_env(), "LEPTON_TRAINER_DATASET": "breast_cancer",

@@ -30,6 +30,7 @@ from tests.unit.trainer.governed import governed_breast_cancer, publish_governed
 STUDY = "bc-study-1"
 
 
+@pytest.mark.slow
 def test_ten_trial_study_is_charged_once_and_releases_the_best(
         lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch,
         record_property: pytest.RecordProperty) -> None:
