@@ -129,7 +129,7 @@ token=$(cat "$secrets/serving-predict.token")
 dc() { "${compose[@]}" -p "$project" -f "$work/compose.yml" "$@"; }
 dc down -v --remove-orphans >/dev/null 2>&1 || true
 say "starting the stack"
-dc up -d ingest governance trainer serving >"$work/up.log" 2>&1 \
+dc up -d ingest governance trainer serving monitor >"$work/up.log" 2>&1 \
   || { tail -20 "$work/up.log" >&2; fail "docker compose up (see $work/up.log)"; }
 healthy() {  # wait until every named service reports healthy
   local service id status deadline
@@ -147,7 +147,7 @@ healthy() {  # wait until every named service reports healthy
     say "$service healthy"
   done
 }
-healthy kafka redis ingest governance trainer
+healthy kafka redis ingest governance trainer monitor
 topics_exit=$(docker inspect -f '{{.State.ExitCode}}' "$(dc ps -q topics)")
 [ "$topics_exit" = 0 ] || { dc logs topics >&2; fail "topics step exited $topics_exit"; }
 
@@ -177,7 +177,8 @@ done
 echo "$answer" | grep -q '"version"' || { echo "$answer" >&2; fail "Predict from the host"; }
 say "Predict from the host: $answer"
 # every service's spans (batch processor: 5 s) and metrics (every 2 s here) reach the receiver
-everyone="import json,sys; c=json.load(sys.stdin); sys.exit(0 if all(c[k].get(s, 0) > 0 for k in ('spans', 'metrics') for s in ('ingest', 'governance', 'trainer', 'serving')) else 1)"
+# spans from every hop of an event; metrics from every service (the monitor only observes)
+everyone="import json,sys; c=json.load(sys.stdin); sys.exit(0 if all(c['spans'].get(s, 0) > 0 for s in ('ingest', 'governance', 'trainer', 'serving')) and all(c['metrics'].get(s, 0) > 0 for s in ('ingest', 'governance', 'trainer', 'serving', 'monitor')) else 1)"
 for _ in $(seq 15); do
   counts=$(docker exec "$(dc ps -q otel-collector)" cat /tmp/otlp-counts.json)
   echo "$counts" | python3 -c "$everyone" && break

@@ -49,11 +49,11 @@ def derive(repo: Path, secrets: Path) -> dict[str, Any]:
         service.pop("build", None)
         if "volumes" in service:
             service["volumes"] = [_absolute(v, repo) for v in service["volumes"]]
-        if name in ("ingest", "governance", "trainer", "serving", "operator"):
+        if name in ("ingest", "governance", "trainer", "serving", "monitor", "operator"):
             service["volumes"] = [v.replace(str(repo / "secrets"), str(secrets))
                                   for v in service["volumes"]]
     # metrics every 2 s (the SDK default is 60 s): the check reads them a minute after start
-    for name in ("ingest", "governance", "trainer", "serving"):
+    for name in ("ingest", "governance", "trainer", "serving", "monitor"):
         services[name]["environment"]["OTEL_METRIC_EXPORT_INTERVAL"] = "2000"
     # a quick demo cycle: 2k events leave too few held-out frauds per age band for a
     # meaningful fairness bound (the trainer's own tests exercise the gate)
