@@ -36,7 +36,7 @@ from shared.topics import Topics
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-    from services.governance.processor import Item
+    from services.governance.batch import Item
 
 AUDIT_TYPE_HEADER = "lepton.audit.type"
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"
