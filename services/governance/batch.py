@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Message
 from pydantic import BaseModel
 
-from services.governance.ledger import ChargeResult
+from services.governance.charges import ChargeResult
 from services.governance.store import Sealed
 from shared.allowlist import Allowed
 from shared.events import Change, Decision, PrivacyStamp, Scalar

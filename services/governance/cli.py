@@ -117,7 +117,8 @@ def privacy_report(
 @privacy_app.command("rebuild")
 def privacy_rebuild() -> None:
     """Rebuild the Redis ledger from the on-disk charge log (governance must be stopped)."""
-    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.charge_log import ChargeLog
+    from services.governance.ledger import Ledger
     from services.governance.releases import ReleaseLedger
     from services.governance.service import AlreadyRunning, exclusive
     from shared.state import make_redis

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from services.governance.admission import ChargeDetail, ReleaseChargeDetail
-from services.governance.ledger import Charge, Ledger
+from services.governance.charges import Charge
+from services.governance.ledger import Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.release_charge import charge_release

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from services.governance.batch import Item, undecided_by_dataset
 from services.governance.bound import ContributionBound
-from services.governance.ledger import Budget, Charge, Ledger, effective_epsilon
+from services.governance.charges import Budget, Charge, effective_epsilon
+from services.governance.ledger import Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.releases import ReleaseLedger
