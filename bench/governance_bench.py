@@ -26,8 +26,10 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from lepton.generators import transactions
+from services.governance.charge_log import ChargeLog
+from services.governance.charges import Budget, Charge
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
+from services.governance.ledger import Ledger
 from services.governance.merkle import (
     inclusion_proof,
     leaf_hash,

@@ -46,7 +46,7 @@ CATEGORIES = [
     ("protect (AES-GCM, tokens)", ("ingest/protect.py",)),
     ("data keys (mint, unwrap, key files)", ("shared/crypto.py", "shared/keyfiles.py")),
     ("dedup, policy, bound (Redis)", ("dedup.py", "policy.py", "bound.py", "releases.py",
-                                      "ledger.py", "/redis/")),
+                                      "ledger.py", "charges.py", "charge_log.py", "/redis/")),
     ("audit leaves (JSON, SHA-256, segments)", ("governance/store.py", "records.py",
                                                 "merkle.py", "segments.py", "event_fields")),
     ("metrics", ("telemetry.py", "opentelemetry/sdk/metrics", "opentelemetry/metrics")),

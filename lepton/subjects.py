@@ -103,8 +103,9 @@ state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.
 def rebuild() -> None:
     """Restore data keys, forgotten/consent sets, live pointers, announcement sequences and the
     ledger into Redis."""
+    from services.governance.charge_log import ChargeLog
     from services.governance.config import GovernanceSettings
-    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.ledger import Ledger
     from services.governance.policy import Policy
     from services.governance.service import AlreadyRunning, exclusive
     from services.ingest.keystore import KeyStore

@@ -14,18 +14,24 @@ A subject's spend is ε_total = Σε + ρ_total + 2·sqrt(ρ_total·ln(1/δ)): p
 from __future__ import annotations
 
 import heapq
-import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 
-from services.governance.segments import SegmentLog
+from services.governance.charge_log import ChargeLog
+from services.governance.charges import (
+    Budget,
+    Charge,
+    ChargeResult,
+    LedgerMissing,
+    Spend,
+    effective_epsilon,
+    parse_result,
+)
 from shared.config import LeptonSettings
 from shared.state import rkey
 
@@ -90,112 +96,6 @@ return out
 """
 
 
-class LedgerMissing(RuntimeError):
-    """Redis has no ledger state (flushed or new): rebuild it from the charge log first."""
-
-
-def effective_epsilon(epsilon: float, rho: float, delta: float) -> float:
-    """ε of (ε, δ)-DP for a pure-ε spend plus a zCDP spend ρ (inf when ρ > 0 and δ = 0)."""
-    if rho <= 0:
-        return epsilon
-    if delta <= 0:
-        return math.inf
-    return epsilon + rho + 2 * math.sqrt(rho * math.log(1 / delta))
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """Budgets of one dataset (ε) and the δ used to convert ρ to ε."""
-
-    subject: float
-    dataset: float
-    delta: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """A requested charge; `subject` None charges the dataset only."""
-
-    charge_id: str
-    subject: str | None
-    epsilon: float
-    rho: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeResult:
-    """What the ledger did with a charge."""
-
-    charge_id: str
-    status: str  # charged | refused | invalid
-    replay: bool
-    epsilon: float = 0.0
-    rho: float = 0.0
-    reason: str = ""  # refused/over: subject | dataset; invalid: epsilon
-
-    @property
-    def charged(self) -> bool:
-        """True when the amount is (or already was) on the ledger."""
-        return self.status == "charged"
-
-
-def _parse(charge_id: str, raw: bytes | str) -> ChargeResult:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    origin, status, *rest = text.split("|")
-    replay = origin == "replay"
-    if status == "charged":
-        return ChargeResult(charge_id, status, replay, float(rest[0]), float(rest[1]), rest[2])
-    return ChargeResult(charge_id, status, replay, reason=rest[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Spend:
-    """A dataset's totals."""
-
-    epsilon: float
-    rho: float
-    charges: int
-
-
-class ChargeLog:
-    """The append-only on-disk log of accepted charges, idempotent per charge id."""
-
-    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20,
-                 fsync: bool = True) -> None:
-        self.segments = SegmentLog(directory / "segments", segment_bytes=segment_bytes,
-                                   fsync=fsync)
-        self._ids: set[str] = set()
-
-    def open(self) -> None:
-        """Load the ids on disk and open for appending."""
-        self._ids = {orjson.loads(line)["id"] for line in self.segments.scan()}
-        self.segments.open_for_append()
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every charge on disk, in order."""
-        return [orjson.loads(line) for line in SegmentLog(self.segments.directory).scan()]
-
-    def append(self, dataset: str, charges: Sequence[tuple[Charge, ChargeResult]]) -> int:
-        """Append accepted charges not yet on disk, then sync; returns how many were new."""
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        lines = []
-        for charge, result in charges:
-            if not result.charged or charge.charge_id in self._ids:
-                continue
-            lines.append(orjson.dumps({
-                "id": charge.charge_id, "dataset": dataset, "subject": charge.subject,
-                "eps": result.epsilon, "rho": result.rho, "over": result.reason, "at": stamp}))
-            self._ids.add(charge.charge_id)
-        if lines:
-            self.segments.append_many(lines)  # one write for the batch, then one sync
-            self.segments.sync()
-        return len(lines)
-
-    def close(self) -> None:
-        """Sync and close."""
-        self.segments.close()
-
-
 class Ledger:
     """Budget accounting in Redis, backed by the on-disk charge log."""
 
@@ -231,7 +131,7 @@ class Ledger:
                 raise LedgerMissing("the privacy ledger is missing from Redis")
             self.rebuild()
             raw = self._script(keys=self._keys(dataset), args=args)
-        results = [_parse(c.charge_id, r) for c, r in zip(charges, raw, strict=True)]
+        results = [parse_result(c.charge_id, r) for c, r in zip(charges, raw, strict=True)]
         if self._log is not None:
             self._log.append(dataset, list(zip(charges, results, strict=True)))
         return results

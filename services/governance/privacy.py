@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.governance.ledger import Budget
+from services.governance.charges import Budget
 from services.governance.randomized import randomized_field
 from shared.datasets import DatasetSpec, FieldSpec, FieldType, Role
 from shared.events import Change, PrivacyStamp, Scalar

@@ -15,38 +15,30 @@ duplicate and is withheld, so each event affects the ledger and the audit log ex
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any
 
 from confluent_kafka import Message
 from opentelemetry.trace import Tracer
-from pydantic import BaseModel
 
 from services.governance.admission import ALLOWED, Refused, admit
+from services.governance.batch import BatchResult, Item, undecided_by_dataset
 from services.governance.bound import ContributionBound
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import Budget, Charge, ChargeResult, Ledger, effective_epsilon
+from services.governance.ledger import Ledger
 from services.governance.policy import Policy
 from services.governance.privacy import DatasetPrivacy, PrivacyConfigError
 from services.governance.records import Kind, Reason
 from services.governance.releases import ReleaseLedger
 from services.governance.sealing import decision_item, event_fields, outputs_for
-from services.governance.store import AuditStore, Sealed
+from services.governance.spending import bound_releases, charge_events
+from services.governance.store import AuditStore
 from services.governance.telemetry import GovernanceMetrics
-from shared.allowlist import Allowed, AllowList
+from shared.allowlist import AllowList
 from shared.datasets import UnknownDataset, load_spec
 from shared.dlq import DeadLetterSealer
-from shared.events import (
-    Change,
-    Decision,
-    EnvelopeError,
-    PrivacyStamp,
-    Scalar,
-    decode_envelope,
-    loads_json,
-)
-from shared.fast_envelope import LeanEnvelope, from_envelope, lean_envelope
+from shared.events import EnvelopeError, decode_envelope, loads_json
+from shared.fast_envelope import from_envelope, lean_envelope
 from shared.governed_mac import GovernedMac
 from shared.principals import public_keys_dir
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
@@ -55,41 +47,6 @@ from shared.topics import Topics
 from shared.tracing import get_tracer
 
 ACTOR = "governance"
-
-
-@dataclass(slots=True)
-class Item:
-    """One consumed record on its way through the batch."""
-
-    msg: Message
-    source: str
-    envelope: LeanEnvelope | None = None
-    obj: dict[str, Any] | None = None  # the parsed input JSON (becomes the governed event's)
-    decision: Decision | None = None
-    detail: BaseModel | None = None
-    principal: Allowed | None = None
-    error: str | None = None
-    identity: str = ""
-    kind: str | None = None
-    reason: str | None = None
-    replay: bool = False
-    charge: ChargeResult | None = None
-    payload: dict[str, Scalar] | None = None
-    changes: list[Change] = field(default_factory=list)
-    stamp: PrivacyStamp | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    sealed: Sealed | None = None
-    line: bytes = b""
-    publish: bool = True
-
-
-@dataclass
-class BatchResult:
-    """What to produce and commit for a batch."""
-
-    outputs: list[Output]
-    offsets: dict[tuple[str, int], int]
-    counts: Counter[str]
 
 
 class Processor:
@@ -136,8 +93,9 @@ class Processor:
         events = [i for i in items if i.msg.topic() == self.clean_topic]
         self._identify(events)
         self._apply_policy(events)
-        self._bound(events)
-        self._charge(events)
+        bound_releases(events, self.dataset, self.releases, self.bound, self.metrics)
+        if self.settings.governance_dp_enabled:  # with DP off nothing is charged
+            charge_events(events, self.dataset, self.ledger, self.metrics)
         self._release(events)
         for item in items:
             if item.msg.topic() != self.clean_topic:
@@ -223,73 +181,8 @@ class Processor:
             if reason is not None:
                 item.kind, item.reason = Kind.WITHHELD, reason
 
-    def _bound(self, events: list[Item]) -> None:
-        """Model mode: withhold subjects (or a dataset) one more release would overspend,
-        then events beyond the subject's per-release contribution bound."""
-        for name, group in _undecided_by_dataset(events).items():
-            privacy = self.dataset(name)
-            assert isinstance(privacy, DatasetPrivacy)
-            if privacy.local:
-                continue
-            spec = privacy.privacy_spec
-            budget = privacy.budget
-            subjects = [i.envelope.subject_id for i in group if i.envelope]
-            dataset_over, over = self.releases.exhausted(
-                name, subjects, budget.subject, budget.dataset, budget.delta)
-            admitted: list[Item] = []
-            for item in group:
-                subject = item.envelope.subject_id if item.envelope else ""
-                if dataset_over or subject in over:
-                    item.kind = Kind.WITHHELD
-                    item.reason = Reason.DATASET_BUDGET if dataset_over else \
-                        Reason.SUBJECT_BUDGET
-                    self.metrics.budget_exhausted.add(1, {
-                        "dataset": name, "scope": "dataset" if dataset_over else "subject"})
-                else:
-                    admitted.append(item)
-            verdicts = self.bound.admit(
-                name, self.releases.epoch_key(name), spec.max_events_per_subject,
-                [(i.envelope.event_id, i.envelope.subject_id) for i in admitted if i.envelope])
-            for item, fits in zip(admitted, verdicts, strict=True):
-                if not fits:
-                    item.kind, item.reason = Kind.WITHHELD, Reason.CONTRIBUTION_BOUND
-
-    def _charge(self, events: list[Item]) -> None:
-        """Local mode: charge each event's ε to the per-event ledger before it is released."""
-        if not self.settings.governance_dp_enabled:
-            return
-        for name, group in _undecided_by_dataset(events).items():
-            privacy = self.dataset(name)
-            assert isinstance(privacy, DatasetPrivacy)
-            if not privacy.local:
-                continue
-            charges = [Charge(i.identity, i.envelope.subject_id if i.envelope else None,
-                              privacy.epsilon, privacy.rho) for i in group]
-            results = self.ledger.charge(name, privacy.budget, charges)
-            fresh = 0.0
-            for item, result in zip(group, results, strict=True):
-                item.charge = result
-                if result.status == "refused":
-                    item.kind = Kind.WITHHELD
-                    item.reason = (Reason.SUBJECT_BUDGET if result.reason == "subject"
-                                   else Reason.DATASET_BUDGET)
-                    self.metrics.budget_exhausted.add(1, {"dataset": name,
-                                                          "scope": result.reason})
-                elif result.status == "invalid":
-                    item.kind, item.reason = Kind.WITHHELD, Reason.BAD_EPSILON
-                elif not result.replay:
-                    fresh += result.epsilon
-            if fresh:
-                self.metrics.epsilon.add(fresh, {"dataset": name})
-            self._observe_budget(name, privacy.budget)
-
-    def _observe_budget(self, name: str, budget: Budget) -> None:
-        spend = self.ledger.spend(name)
-        self.metrics.set_budget(
-            name, effective_epsilon(spend.epsilon, spend.rho, budget.delta), budget.dataset)
-
     def _release(self, events: list[Item]) -> None:
-        for name, group in _undecided_by_dataset(events).items():
+        for name, group in undecided_by_dataset(events).items():
             privacy = self.dataset(name)
             assert isinstance(privacy, DatasetPrivacy)
             released = privacy.release([i.envelope.payload for i in group if i.envelope])
@@ -331,12 +224,3 @@ class Processor:
                 self.metrics.withheld.add(count, {"reason": reason})
             elif kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
                 self.metrics.rejected.add(count, {"reason": reason})
-
-
-def _undecided_by_dataset(events: list[Item]) -> dict[str, list[Item]]:
-    """Events not yet withheld or released, grouped by dataset (in arrival order)."""
-    groups: dict[str, list[Item]] = defaultdict(list)
-    for item in events:
-        if item.kind is None and item.envelope is not None:
-            groups[item.envelope.dataset].append(item)
-    return groups

@@ -13,8 +13,9 @@ import numpy as np
 import redis
 from rich.table import Table
 
+from services.governance.charges import effective_epsilon
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import Ledger, effective_epsilon
+from services.governance.ledger import Ledger
 from services.governance.releases import ReleaseLedger
 from shared.datasets import PrivacySpec, UnknownDataset, load_spec
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from services.governance.admission import ChargeDetail, ReleaseChargeDetail
-from services.governance.ledger import Charge, Ledger
+from services.governance.charges import Charge
+from services.governance.ledger import Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind, Reason
 from services.governance.release_charge import charge_release
@@ -36,7 +37,7 @@ from shared.topics import Topics
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-    from services.governance.processor import Item
+    from services.governance.batch import Item
 
 AUDIT_TYPE_HEADER = "lepton.audit.type"
 DP_OFF_NOTE = "differential privacy disabled: features released un-noised, ε=0 charged"

@@ -25,8 +25,9 @@ from confluent_kafka import Message
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opentelemetry.trace import Tracer
 
+from services.governance.charge_log import ChargeLog
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import ChargeLog, Ledger
+from services.governance.ledger import Ledger
 from services.governance.policy import Policy
 from services.governance.processor import Processor
 from services.governance.releases import ReleaseLedger

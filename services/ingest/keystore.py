@@ -4,10 +4,11 @@ with a durable copy on disk (`keyfiles.py`), and destroyed by `lepton forget` (c
 
 Only ingest and the operator's `lepton` CLI (`forget`, `state rebuild`, `keys`, `dlq`) hold the
 master keyring; governance, the trainer and serving never construct a `KeyStore`.
-Unwrapped keys are cached in-process in a bounded LRU whose entries live at most `cache_ttl`
-seconds, which bounds how long a running process can still use a key after `forget`. Data key
-ids and the forgotten set are keyed by the subject's pseudonym (`shared.pseudonym`), so raw ids
-and pseudonyms name the same key. The ciphers themselves are in `ciphers.py`.
+Unwrapped keys are cached in-process in a bounded LRU (`key_cache.py`) whose entries live at
+most `cache_ttl` seconds, which bounds how long a running process can still use a key after
+`forget`. Data key ids and the forgotten set are keyed by the subject's pseudonym
+(`shared.pseudonym`), so raw ids and pseudonyms name the same key. The ciphers themselves are
+in `ciphers.py`.
 
 Consumes: the keyring, the platform key (`shared.tokens`), Redis, `<keys dir>/datakeys`.
 Produces: `DataKey`s, plaintexts of ciphertexts and sealed values, wrapped keys in Redis.
@@ -16,14 +17,13 @@ Produces: `DataKey`s, plaintexts of ciphertexts and sealed values, wrapped keys 
 from __future__ import annotations
 
 import hmac
-import time
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.ingest.ciphers import DataKey, parse_ciphertext, parse_sealed
+from services.ingest.key_cache import KeyCache
 from services.ingest.keyfiles import WrappedKeyFiles
 from services.ingest.keyring import Kms, LocalKms
 from shared.config import LeptonSettings
@@ -50,34 +50,6 @@ return 0
 """
 
 
-class _Cache:
-    """A bounded LRU of data keys whose entries expire `ttl` seconds after they were fetched."""
-
-    def __init__(self, size: int, ttl: float) -> None:
-        self._items: OrderedDict[str, tuple[float, DataKey]] = OrderedDict()
-        self._size = size
-        self._ttl = ttl
-
-    def get(self, key_id: str) -> DataKey | None:
-        item = self._items.get(key_id)
-        if item is None:
-            return None
-        if item[0] < time.monotonic():
-            del self._items[key_id]
-            return None
-        self._items.move_to_end(key_id)
-        return item[1]
-
-    def put(self, key: DataKey) -> None:
-        self._items[key.key_id] = (time.monotonic() + self._ttl, key)
-        self._items.move_to_end(key.key_id)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def pop(self, key_id: str) -> None:
-        self._items.pop(key_id, None)
-
-
 class KeyStore:
     """Per-subject data keys in Redis, wrapped by the master keyring; open, restore, shred."""
 
@@ -99,7 +71,7 @@ class KeyStore:
         self.key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
         self.files = WrappedKeyFiles(settings.keys_path() / "datakeys")
-        self._cache = _Cache(cache_size, cache_ttl)
+        self._cache = KeyCache(cache_size, cache_ttl)
         self._mint = self.redis.register_script(_MINT)
         self.swap = self.redis.register_script(_SWAP)
         self._unset = self.redis.register_script(_UNSET)

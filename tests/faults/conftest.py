@@ -422,8 +422,9 @@ def assert_exactly_once(pipeline: Pipeline, events: list[Envelope], scenario: st
                         report: FaultReport, notes: str = "") -> Accounting:
     """Every input once in governed, model lineage and audit log; ledger = Σ charges; the
     audit log verifies. Adds the scenario's report line (also when an assertion fails)."""
+    from services.governance.charge_log import ChargeLog
     from services.governance.config import GovernanceSettings
-    from services.governance.ledger import ChargeLog, Ledger
+    from services.governance.ledger import Ledger
     from services.governance.privacy import DatasetPrivacy
     from shared.datasets import load_spec
 

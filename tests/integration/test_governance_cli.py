@@ -13,8 +13,10 @@ import redis
 from opacus.accountants.analysis.rdp import compute_rdp
 
 from services.governance.admission import ALLOWED, Admitted, admit
+from services.governance.charge_log import ChargeLog
+from services.governance.charges import Budget, Charge
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import Budget, Charge, ChargeLog, Ledger
+from services.governance.ledger import Ledger
 from services.governance.releases import ReleaseCharge, ReleaseLedger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
 from shared.accounting import ORDERS, epsilon_from_rdp

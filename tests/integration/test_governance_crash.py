@@ -18,8 +18,9 @@ import pytest
 import redis
 
 from lepton.generators import transactions
+from services.governance.charge_log import ChargeLog
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import ChargeLog, Ledger
+from services.governance.ledger import Ledger
 from services.governance.privacy import DatasetPrivacy
 from shared.config import LeptonSettings
 from shared.datasets import load_spec

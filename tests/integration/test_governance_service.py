@@ -18,8 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lepton.generators import transactions
+from services.governance.charge_log import ChargeLog
 from services.governance.config import GovernanceSettings
-from services.governance.ledger import ChargeLog, Ledger
+from services.governance.ledger import Ledger
 from services.governance.service import GovernanceService
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings

@@ -17,14 +17,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from services.governance.ledger import (
-    Budget,
-    Charge,
-    ChargeLog,
-    Ledger,
-    LedgerMissing,
-    effective_epsilon,
-)
+from services.governance.charge_log import ChargeLog
+from services.governance.charges import Budget, Charge, LedgerMissing, effective_epsilon
+from services.governance.ledger import Ledger
 from shared.config import LeptonSettings
 from tests.conftest import REDIS_URL
 

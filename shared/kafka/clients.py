@@ -1,0 +1,139 @@
+"""librdkafka (confluent-kafka) clients: consumes the `LEPTON_KAFKA_*` connection settings,
+produces client properties, idempotent (optionally transactional) producers, manual-commit
+read-committed consumers, and a flush that raises DeliveryTimeout when messages stay queued.
+A property librdkafka rejects becomes a ConfigError naming its variable."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
+from shared.tracing import note_kafka_server
+
+log = logging.getLogger(__name__)
+
+# librdkafka property -> the LEPTON_ variable that sets it (named in error messages)
+SETTING_OF = {
+    "bootstrap.servers": "KAFKA_BOOTSTRAP",
+    "security.protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl.mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl.username": "KAFKA_SASL_USERNAME",
+    "sasl.password": "KAFKA_SASL_PASSWORD",
+    "ssl.ca.location": "KAFKA_SSL_CA_LOCATION",
+    "ssl.certificate.location": "KAFKA_SSL_CERT_LOCATION",
+    "ssl.key.location": "KAFKA_SSL_KEY_LOCATION",
+}
+
+
+def connection_config(settings: LeptonSettings) -> dict[str, Any]:
+    """Bootstrap, security and `LEPTON_KAFKA_EXTRA` properties shared by every librdkafka client."""
+    bootstrap = settings.bootstrap_servers()
+    note_kafka_server(bootstrap)
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": settings.kafka_security_protocol.lower(),
+    }
+    optional = {
+        "sasl.mechanism": settings.kafka_sasl_mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": settings.kafka_sasl_password.get_secret_value()
+        if settings.kafka_sasl_password else None,
+        "ssl.ca.location": settings.kafka_ssl_ca_location,
+        "ssl.certificate.location": settings.kafka_ssl_cert_location,
+        "ssl.key.location": settings.kafka_ssl_key_location,
+    }
+    config.update({k: str(v) for k, v in optional.items() if v is not None})
+    config.update(settings.kafka_extra)
+    return config
+
+
+def client_config(settings: LeptonSettings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings for any other client (metadata readers, AdminClient, dashboards)."""
+    return {**connection_config(settings), "error_cb": _log_error, **overrides}
+
+
+def producer_config(
+    settings: LeptonSettings, *, transactional_id: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """librdkafka settings for an idempotent (optionally transactional) producer."""
+    config: dict[str, Any] = {
+        **connection_config(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 2_000_000,
+        "error_cb": _log_error,
+    }
+    if transactional_id:
+        config["transactional.id"] = transactional_id
+        config["transaction.timeout.ms"] = 60_000
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: LeptonSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings for a consumer that commits only what it finished."""
+    config: dict[str, Any] = {
+        **connection_config(settings),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": False,
+        # the embedded broker always waits this long on an idle fetch (Kafka returns early)
+        "fetch.wait.max.ms": 100,
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "max.poll.interval.ms": 300_000,
+        "error_cb": _log_error,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_producer(
+    settings: LeptonSettings, *, transactional_id: str | None = None, **overrides: Any
+) -> Producer:
+    """An idempotent producer; transactional (and initialised) when an id is given."""
+    producer: Producer = create_client(
+        Producer, producer_config(settings, transactional_id=transactional_id, **overrides))
+    if transactional_id:
+        producer.init_transactions(30)
+    return producer
+
+
+def make_consumer(settings: LeptonSettings, group_id: str, **overrides: Any) -> Consumer:
+    """A manual-commit, read-committed consumer."""
+    consumer: Consumer = create_client(Consumer, consumer_config(settings, group_id, **overrides))
+    return consumer
+
+
+def create_client(cls: type[Any], config: dict[str, Any]) -> Any:
+    """Build a librdkafka client; a rejected property becomes a ConfigError naming its variable."""
+    try:
+        return cls(config)
+    except KafkaException as error:
+        text = str(error.args[0].str() if error.args and hasattr(error.args[0], "str") else error)
+        names = [f"{ENV_PREFIX}{v}" for k, v in SETTING_OF.items() if k in text]
+        where = ", ".join(names) or f"{ENV_PREFIX}KAFKA_EXTRA"
+        raise ConfigError(f"Kafka client rejected its configuration ({where}): {text}") from None
+
+
+class DeliveryTimeout(TimeoutError):
+    """Messages were still undelivered when a flush gave up: the broker is unreachable."""
+
+
+def deliver(producer: Producer, what: str, timeout: float = 15.0) -> None:
+    """Flush `producer`; raise DeliveryTimeout naming `what` when messages remain queued (they
+    stay queued, so a later flush may still deliver them)."""
+    if producer.flush(timeout) > 0:
+        raise DeliveryTimeout(f"{what} was not delivered within {timeout:g} s")
+
+
+def _log_error(error: Any) -> None:
+    log.warning("kafka client error: %s", error)

@@ -1,0 +1,125 @@
+"""W3C trace context in Kafka headers: consumes header lists (or dicts) and span contexts,
+produces injected headers, extracted contexts, `traceparent` strings, and the unsampled remote
+parent a consumer may continue without building a span. Propagation errors are logged and
+ignored."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+from shared.events import HeaderList
+
+log = logging.getLogger(__name__)
+
+
+class _HeaderGetter:
+    def get(self, carrier: dict[str, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value.decode("ascii", "replace")]
+
+    def keys(self, carrier: dict[str, bytes]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+def inject_headers(headers: HeaderList, ctx: otel_context.Context | None = None) -> HeaderList:
+    """Append W3C trace headers for `ctx` (default: current) to `headers`; returns `headers`."""
+    try:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=ctx)
+        headers.extend((k, v.encode("ascii")) for k, v in carrier.items())
+    except Exception:
+        log.debug("trace context injection failed", exc_info=True)
+    return headers
+
+
+def extract_context(
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+) -> otel_context.Context:
+    """The trace context carried in Kafka headers (an empty context when absent or bad)."""
+    try:
+        if isinstance(headers, dict):
+            carrier = headers
+        else:
+            carrier = {
+                k: (v.encode() if isinstance(v, str) else v)
+                for k, v in (headers or ())
+                if v is not None
+            }
+        return propagate.extract(carrier, getter=_GETTER)  # type: ignore[arg-type]
+    except Exception:
+        log.debug("trace context extraction failed", exc_info=True)
+        return otel_context.Context()
+
+
+def parent_decides(tracer: trace.Tracer) -> bool:
+    """Whether `tracer`'s sampler (or the global provider's, for a proxy tracer) drops every
+    child of an unsampled remote parent, as the SDK's default `parentbased_*` samplers do; a
+    process without the SDK records nothing anyway."""
+    sampler = getattr(tracer, "sampler", None) or getattr(
+        trace.get_tracer_provider(), "sampler", None)
+    if sampler is None:
+        return True
+    cached = _SAMPLER_CACHE.get(id(sampler))
+    if cached is None:
+        cached = "remoteParentNotSampled:AlwaysOffSampler" in sampler.get_description()
+        _SAMPLER_CACHE.clear()
+        _SAMPLER_CACHE[id(sampler)] = cached
+    return cached
+
+
+def unsampled_parent(
+    tracer: trace.Tracer,
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+) -> SpanContext | None:
+    """The remote parent in `headers` when it is valid, not sampled, and the sampler follows
+    it; None when the SDK must decide."""
+    if headers is None or not parent_decides(tracer):
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    traceparent: bytes | str | None = None
+    tracestate: bytes | str | None = None
+    for key, value in items:
+        if key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+    if traceparent is None:
+        return None
+    text = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) \
+        else traceparent
+    match = _TRACEPARENT.fullmatch(text.strip())
+    if match is None or match["version"] == "ff" or int(match["flags"], 16) & 0x01:
+        return None
+    trace_id, span_id = int(match["trace"], 16), int(match["span"], 16)
+    if not trace_id or not span_id:
+        return None
+    state = None
+    if tracestate is not None:
+        value = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
+            else tracestate
+        state = TraceState.from_header([value])
+    return SpanContext(trace_id, span_id, is_remote=True,
+                       trace_flags=TraceFlags(int(match["flags"], 16)), trace_state=state)
+
+
+_SAMPLER_CACHE: dict[int, bool] = {}
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})"
+    r"(-.*)?")
+
+
+def traceparent(span_context: SpanContext | None) -> str | None:
+    """The W3C `traceparent` of a span context (None when it is not valid)."""
+    if span_context is None or not span_context.is_valid:
+        return None
+    return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{int(span_context.trace_flags):02x}")
