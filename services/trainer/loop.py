@@ -5,11 +5,18 @@ Consumes `events.governed` (this rank's partitions, at the resume position) in r
 cycle and the run end. A cycle warm-starts from the live model and trains on each round's rows
 (training.py); at its end rank 0 evaluates, gates, writes the registry and announces
 (`models.updates`, decisions on `audit.requests`); only then does each rank commit its offsets.
+
+Quality hold: when the spec has `quality.min_index`, rank 0 reads ingest's signed quality
+windows (quality_feed.py) and, before each round trains and again before the cycle's release,
+judges the index of the windows the cycle's data came from (quality_hold.py). A held cycle
+trains nothing more, releases nothing and spends no budget: its offsets are committed (its rows
+are skipped for good) and a `training_held` decision goes to `audit.requests`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from functools import partial
@@ -33,12 +40,15 @@ from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import decode_batch
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
+from services.trainer.quality_feed import QualityFeed
+from services.trainer.quality_hold import Hold, hold_decision, judge
 from services.trainer.release import Releaser
-from services.trainer.retry import until_redis
+from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from services.trainer.rounds import RoundReader
 from services.trainer.telemetry import TrainerMetrics
 from services.trainer.training import CycleTrainer
 from shared.datasets import load_spec
+from shared.decisions import publish_decision
 from shared.dlq import DeadLetterSealer
 from shared.energy import EnergyMeter
 from shared.governed_mac import GovernedMac
@@ -83,6 +93,9 @@ class TrainerLoop:
         self.metrics = TrainerMetrics()
         self.trainer = CycleTrainer(settings, self.spec, comm, self.releaser, self.meter,
                                     self.metrics, self.tracer, stop, self.topic)
+        self.min_index = self.spec.quality.min_index
+        self.quality = QualityFeed(settings, self.spec.name, self.metrics) \
+            if comm.leader and self.min_index is not None else None
         self.positions: dict[int, int] = {}
         self.prefetch: Prefetcher | None = None
         self.window: list[dict[str, Any]] = []
@@ -123,6 +136,8 @@ class TrainerLoop:
         self.trainer.prefetch = self.prefetch
         self.rounds = RoundReader(self.settings, self.comm, self.prefetch, self.metrics,
                                   self.producer, self._sealer, self.stop, self.positions)
+        if self.quality is not None:
+            self.quality.start()
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:
@@ -130,6 +145,8 @@ class TrainerLoop:
         finally:
             if self.comm.leader:
                 clear_ready(self.settings, "trainer")
+            if self.quality is not None:
+                self.quality.close()
             self.prefetch.close()
             self.consumer.close()
             self.producer.flush(10)
@@ -144,7 +161,13 @@ class TrainerLoop:
                 idle_since = time.monotonic()
                 if cycle is None:
                     cycle = self.trainer.start()
-                self.trainer.train(cycle, batch, int(flags.train_rows))
+                cycle.saw(batch.times)
+                if not cycle.held:
+                    self._check_quality(cycle)
+                if cycle.held:
+                    self.trainer.skip(batch)
+                else:
+                    self.trainer.train(cycle, batch, int(flags.train_rows))
                 cycle.rows += int(flags.total)
                 cycle.rounds += 1
                 cycle.active_s = time.monotonic() - cycle.started
@@ -177,8 +200,46 @@ class TrainerLoop:
 
     # -- cycle end -------------------------------------------------------------------------
 
+    def _check_quality(self, cycle: Cycle) -> None:
+        """Hold the cycle when its data's quality index is below the spec's floor (collective:
+        rank 0 judges the data window of every rank)."""
+        if self.min_index is None:
+            return
+        first, last = cycle.times or (math.inf, -math.inf)
+        low, negative_high = self.comm.minimum([first, -last])
+        hold: Hold | None = None
+        if self.quality is not None and low <= -negative_high:
+            hold = judge(self.quality.index_for(low, -negative_high), self.min_index)
+        if self._leader_flag(hold is not None):
+            cycle.held, cycle.hold = True, hold
+
+    def _hold(self, cycle: Cycle) -> None:
+        """A held cycle's end: no training, release or charge; its rows are skipped for good
+        (resume position and offsets), and rank 0 records the `training_held` decision."""
+        parts = self.comm.gather_json({"positions": {str(p): o for p, o in
+                                                     self.positions.items()}})
+        if self.comm.leader and cycle.hold is not None:
+            resume = furthest(*(part["positions"] for part in parts))
+            until_redis(lambda: self.releaser.store_offsets(resume), "resume offsets", self.stop)
+            decision = hold_decision(cycle.hold, actor="trainer", dataset=self.spec.name,
+                                     model=self.releaser.model, rows=cycle.rows)
+            until_redis(lambda: publish_decision(self.producer, self.settings, decision,
+                                                 signer=self.releaser.signer),
+                        "training_held decision", self.stop, errors=REDIS_OR_BROKER_DOWN)
+            self.metrics.held.add(1, {"dataset": self.spec.name})
+            log.warning("cycle held: %s quality index %.4f below min_index %.4f over %s .. %s "
+                        "(%d rows skipped)", self.spec.name, cycle.hold.index.index,
+                        cycle.hold.min_index, decision.detail["window_start"],
+                        decision.detail["window_end"], cycle.rows)
+        self._commit()
+
     def _finish_cycle(self, cycle: Cycle) -> None:
         self.producer.flush(15)
+        if not cycle.held:
+            self._check_quality(cycle)
+        if cycle.held:
+            self._hold(cycle)
+            return
         if self.trainer.private:
             self.trainer.train_private(cycle)
         engine = cycle.engine

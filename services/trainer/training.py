@@ -155,6 +155,14 @@ class CycleTrainer:
                 span.set_attribute("lepton.train.steps", stats.steps)
                 span.set_attribute("lepton.train.loss", stats.loss)
 
+    def skip(self, batch: Batch) -> None:
+        """Count a round of a held cycle: its rows are neither trained nor kept."""
+        for outcome, count in (("held", len(batch.train) + len(batch.validation)),
+                               ("skipped", batch.skipped), ("unlabelled", batch.unlabelled),
+                               ("rejected", len(batch.rejected))):
+            if count:
+                self.metrics.records.add(count, {"outcome": outcome})
+
     def train_private(self, cycle: Cycle) -> None:
         """The cycle's DP-SGD release over every rank's buffered rows (collective)."""
         engine, transform = cycle.engine, cycle.transform
