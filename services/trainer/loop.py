@@ -46,7 +46,7 @@ from services.trainer.release import Releaser
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from services.trainer.rounds import RoundReader
 from services.trainer.telemetry import TrainerMetrics
-from services.trainer.training import CycleTrainer
+from services.trainer.training import CycleTrainer, is_private
 from shared.datasets import load_spec
 from shared.decisions import publish_decision
 from shared.dlq import DeadLetterSealer
@@ -76,6 +76,7 @@ class TrainerLoop:
         if self.spec.label is None:
             raise ValueError(f"dataset {self.spec.name} has no label field")
         self.label = self.spec.label.name
+        is_private(settings, self.spec)  # refuse a forbidden non-private run before connecting
         self.topic = Topics(settings.topic_prefix).governed
         self.device = comm.device
         if self.device.type == "cpu" and settings.trainer_cpu_threads:
@@ -129,6 +130,8 @@ class TrainerLoop:
     def run(self) -> list[int]:
         """Consume and train until stopped (or idle long enough); returns versions released."""
         self._assign()
+        if self.quality is not None:
+            self.quality.start()
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
             val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)),
@@ -136,8 +139,6 @@ class TrainerLoop:
         self.trainer.prefetch = self.prefetch
         self.rounds = RoundReader(self.settings, self.comm, self.prefetch, self.metrics,
                                   self.producer, self._sealer, self.stop, self.positions)
-        if self.quality is not None:
-            self.quality.start()
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:

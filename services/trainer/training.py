@@ -38,6 +38,16 @@ from shared.tracing import links_from_headers, messaging_attributes, span_name
 log = logging.getLogger(__name__)
 
 
+def is_private(settings: TrainerSettings, spec: DatasetSpec) -> bool:
+    """Whether the cycles train with DP-SGD; raises when the spec forbids training without."""
+    privacy = spec.privacy
+    private = privacy.mode == "model" and settings.trainer_dp_enabled
+    if privacy.mode == "model" and not private and not privacy.allow_non_private:
+        raise ValueError(f"dataset {spec.name} is in privacy mode `model` without "
+                         "`allow_non_private: true`: the trainer must use DP-SGD")
+    return private
+
+
 class CycleTrainer:
     """The training half of a rank: the spec's training settings and the cycle's engine."""
 
@@ -57,10 +67,7 @@ class CycleTrainer:
         self.prefetch: Prefetcher | None = None
         self.releases = 0  # versions released so far (each cycle's seed differs by it)
         privacy = spec.privacy
-        self.private = privacy.mode == "model" and settings.trainer_dp_enabled
-        if privacy.mode == "model" and not self.private and not privacy.allow_non_private:
-            raise ValueError(f"dataset {spec.name} is in privacy mode `model` without "
-                             "`allow_non_private: true`: the trainer must use DP-SGD")
+        self.private = is_private(settings, spec)
         self.seed = settings.trainer_seed
         model = spec.model
         self.epochs = settings.trainer_epochs or (
