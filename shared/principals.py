@@ -1,5 +1,6 @@
 """Principals: each service and the operator CLI has its own Ed25519 identity, and signs what it
-says on the bus (decisions) over a canonical encoding that the receiver verifies.
+says on the bus (decisions, data-quality windows) over a canonical encoding that the receiver
+verifies.
 
 Consumes the keys directory: `<keys>/principals/<name>.key` (0600, in a 0700 directory, created on
 first use) with `<name>.pub` beside it; receivers read only the `.pub` files. Produces signed
@@ -68,11 +69,16 @@ class Principal:
         return sign(self.key, data)
 
 
-def canonical_decision(obj: dict[str, Any]) -> bytes:
-    """The bytes a decision's signature covers: a domain tag and the decision's JSON object
-    (sorted keys, compact) without its `signature`."""
+def canonical(domain: bytes, obj: dict[str, Any]) -> bytes:
+    """The bytes a signed record's signature covers: its domain tag and the record's JSON
+    object (sorted keys, compact) without its `signature`."""
     body = {k: v for k, v in obj.items() if k != "signature"}
-    return DECISION_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return domain + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def canonical_decision(obj: dict[str, Any]) -> bytes:
+    """The bytes a decision's signature covers (`canonical` under the decision domain)."""
+    return canonical(DECISION_DOMAIN, obj)
 
 
 def sign_decision(principal: Principal, decision: Decision) -> Decision:

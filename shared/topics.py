@@ -25,6 +25,7 @@ class Topic(StrEnum):
     GOVERNANCE_OFFSETS = "governance.offsets"
     FEDERATION_ROUNDS = "federation.rounds"
     FEDERATION_UPDATES = "federation.updates"
+    QUALITY_WINDOWS = "quality.windows"
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,13 @@ class TopicSpec:
 
 
 # Positions checkpoints keep only the latest per key; the audit log is never expired by Kafka
-# (it is also sealed to disk, but a reader replaying the topic must see every record).
+# (it is also sealed to disk, but a reader replaying the topic must see every record); quality
+# windows are read from the beginning by a starting trainer, so they are kept a week only.
 TOPIC_SPECS: dict[Topic, TopicSpec] = {
     Topic.INGEST_OFFSETS: TopicSpec(compacted=True),
     Topic.GOVERNANCE_OFFSETS: TopicSpec(compacted=True),
     Topic.AUDIT_LOG: TopicSpec(retention_ms=-1),
+    Topic.QUALITY_WINDOWS: TopicSpec(retention_ms=7 * 24 * 3600 * 1000),
 }
 
 
@@ -129,3 +132,8 @@ class Topics:
     def federation_updates(self) -> str:
         """Sites' signed answers to round tasks (clipped model updates, held-out summaries)."""
         return self.name(Topic.FEDERATION_UPDATES)
+
+    @property
+    def quality_windows(self) -> str:
+        """Ingest's signed data-quality summary per dataset, closed window and replica."""
+        return self.name(Topic.QUALITY_WINDOWS)

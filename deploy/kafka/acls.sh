@@ -34,13 +34,15 @@ grant() {
   fi
 }
 
-# exactly-once stages: input positions are read back from, and written to, their own topic
+# exactly-once stages: input positions are read back from, and written to, their own topic;
+# ingest also publishes its signed data-quality windows
 grant lepton-ingest "events.raw ingest.offsets" \
-  "events.clean events.rejected ingest.offsets" "${p}ingest" "${p}ingest"
+  "events.clean events.rejected ingest.offsets quality.windows" "${p}ingest" "${p}ingest"
 grant lepton-governance "events.clean audit.requests governance.offsets" \
   "events.governed audit.log events.rejected governance.offsets" "${p}governance" "${p}governance"
-# the trainer announces models and records its releases (decisions) for governance to seal
-grant lepton-trainer "events.governed federation.rounds" \
+# the trainer announces models and records its releases and quality holds (decisions) for
+# governance to seal; it reads ingest's quality windows (assigned, no group) to hold cycles
+grant lepton-trainer "events.governed federation.rounds quality.windows" \
   "models.updates audit.requests events.rejected federation.updates" "lepton-trainer-" ""
 # serving: model announcements in; Kafka predictions; rollouts made through its admin API are
 # announced (models.updates) and recorded (audit.requests); bad requests go to the DLQ

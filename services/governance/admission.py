@@ -143,10 +143,32 @@ class QualityDetail(_Strict):
     retrain: bool
 
 
+Instant = Annotated[str, StringConstraints(
+    min_length=20, max_length=40, pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z$")]
+
+
+class HeldDetail(_Strict):
+    """`training_held`: a trainer skipped a cycle because the quality index of the ingest
+    windows its data came from was below the spec's `quality.min_index`."""
+
+    reason: Literal["quality_below_min_index"]
+    model: SafeName
+    index: float = Field(ge=0, le=1, allow_inf_nan=False)
+    sum_error_rate: float = Field(ge=0, le=10_000, allow_inf_nan=False)
+    min_index: float = Field(ge=0, le=1, allow_inf_nan=False)
+    events: int = Field(ge=1, le=10**12)
+    window_start: Instant
+    window_end: Instant
+    windows: int = Field(ge=1, le=10**6)
+    replicas: int = Field(ge=1, le=10**4)
+    basis: Literal["overlap", "latest"]
+    rows: int = Field(ge=0, le=10**12)
+
+
 _MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
-    "trainer": _MODEL | {"dp_sgd_charge", "release_charge"},
+    "trainer": _MODEL | {"dp_sgd_charge", "release_charge", "training_held"},
     "serving": _MODEL,
     "monitor": frozenset({"drift_detected", "quality_degraded"}),
     "federation": _MODEL,
@@ -175,6 +197,7 @@ KINDS: dict[str, KindRule] = {
     "model_refused": KindRule((), ModelDetail),
     "drift_detected": KindRule(("dataset",), DriftDetail),
     "quality_degraded": KindRule(("dataset",), QualityDetail),
+    "training_held": KindRule(("dataset",), HeldDetail),
 }
 
 

@@ -6,7 +6,9 @@ process them (processor.py), and commit each batch's outputs (`events.clean`,
 Redis and KMS failures are waited out (the batch is processed again); an aborted transaction
 counts one more attempt for each of its records; a fenced producer (another live process
 with this transactional id) stops the worker with exit status 1. Committed batches' quality
-counts go to the replica's per-window quality log (quality_log.py).
+counts go to the replica's per-window quality log (quality_log.py); each window it closes is
+also published on `quality.windows`, signed by the ingest principal, in the transaction of the
+batch that closed it (quality_bus.py). A window whose transaction aborts is only in the file.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from services.ingest.dedup import Deduper
 from services.ingest.keystore import KeyStore
 from services.ingest.processor import BatchResult, Processor, SourceKey
 from services.ingest.protect import Protector
+from services.ingest.quality_bus import window_outputs
 from services.ingest.quality_log import QualityLog
 from services.ingest.telemetry import IngestMetrics
 from shared.crypto import KmsError
 from shared.dlq import DeadLetterSealer
+from shared.principals import Principal
 from shared.stage import Output, TransactionalRuntime
 from shared.state import make_redis
 from shared.topics import Topics
@@ -61,7 +65,9 @@ class IngestStage:
                  metrics: IngestMetrics) -> None:
         topics = Topics(settings.topic_prefix)
         self.inputs = [topics.raw]
-        self.outputs = [topics.clean, topics.rejected]
+        self.outputs = [topics.clean, topics.rejected, topics.quality_windows]
+        self.quality_topic = topics.quality_windows
+        self.signer = Principal.load(settings, "ingest")  # signs the quality windows
         self.processor = processor
         self.metrics = metrics
         self.quality = QualityLog(settings.quality_dir(), settings.ingest_instance,
@@ -76,9 +82,8 @@ class IngestStage:
         return self._result.outputs
 
     def due(self, final: bool) -> list[Output]:
-        """No records; closes the quality window when it is over (or at stop)."""
-        self.quality.roll(final)
-        return []
+        """The signed summaries of the quality windows closed now (when over, or at stop)."""
+        return window_outputs(self.quality.roll(final), self.quality_topic, self.signer)
 
     def committed(self, batch: list[Message], seconds: float) -> None:
         """Count the batch; its records start again from attempt 1."""

@@ -51,6 +51,13 @@ class Comm:
             dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
 
+    def minimum(self, values: list[float]) -> list[float]:
+        """Element-wise minimum over ranks."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return [float(v) for v in tensor.tolist()]
+
     def sum_(self, tensors: list[torch.Tensor]) -> None:
         """In-place element-wise sum over ranks of each tensor (flattened into one call)."""
         if self.world == 1 or not tensors:

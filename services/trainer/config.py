@@ -55,6 +55,10 @@ class TrainerSettings(LeptonSettings):
     trainer_reference_epsilon: float = Field(
         default=0.2, ge=0, description="Part of each model-mode release's ε spent on the "
         "card's DP reference histograms for drift monitoring (0: no reference).")
+    trainer_quality_slack_s: float = Field(
+        default=5.0, ge=0, le=3600, description="Quality hold: how much earlier than governance "
+        "released an event ingest may have committed it; quality windows ending up to this "
+        "long before a cycle's first record still count for it.")
     trainer_master_addr: str = "127.0.0.1"
     trainer_master_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     trainer_dist_timeout_s: float = Field(default=120.0, gt=0)

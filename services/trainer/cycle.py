@@ -18,6 +18,7 @@ from services.trainer.decode import SUBJECT_KEY
 from services.trainer.devices import describe_device
 from services.trainer.dp import Plan
 from services.trainer.lineage import CycleLineage, merge
+from services.trainer.quality_hold import Hold
 from services.trainer.release import Candidate, LiveModel
 from services.trainer.train import Engine
 from shared.models.features import FeatureTransform
@@ -46,6 +47,15 @@ class Cycle:
     over_bound: int = 0
     plan: Plan | None = None
     reference: ReferenceCounter | None = None
+    times: tuple[float, float] | None = None  # this rank's data window (Kafka timestamps, s)
+    held: bool = False  # skipped for data quality (every rank agrees)
+    hold: Hold | None = None  # why (rank 0)
+
+    def saw(self, times: tuple[float, float] | None) -> None:
+        """Widen this rank's data window by a round's."""
+        if times is not None:
+            low, high = self.times or times
+            self.times = (min(low, times[0]), max(high, times[1]))
 
     def keep_private(self, rows: list[dict[str, Any]], x: npt.NDArray[np.float32],
                      y: npt.NDArray[np.float32], limit: int) -> None:

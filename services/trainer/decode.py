@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from services.trainer.split import is_validation
 from shared.governed_mac import MAC_HEADER, GovernedMac
@@ -57,6 +58,12 @@ class Batch:
     rejected: list[Rejected] = field(default_factory=list)
     features: tuple[FeatureTransform, npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = (
         None)
+    times: tuple[float, float] | None = None  # first and last Kafka timestamp (s) of the data
+
+    def saw(self, seconds: float) -> None:
+        """Widen the data window to a record's timestamp."""
+        low, high = self.times or (seconds, seconds)
+        self.times = (min(low, seconds), max(high, seconds))
 
     def featurize(self, transform: FeatureTransform) -> tuple[
             npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -86,6 +93,9 @@ class Batch:
             _span(self.audit, partition, high)
         for partition, offset in other.next_offsets.items():
             self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset)
+        if other.times is not None:
+            self.saw(other.times[0])
+            self.saw(other.times[1])
         self.consumed += other.consumed
         self.skipped += other.skipped
         self.unlabelled += other.unlabelled
@@ -138,6 +148,9 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
                 msg.topic(), partition, offset, msg.key(), value, headers, UNAUTHENTICATED,
                 "no valid governance MAC" if tag else "no governance MAC header"))
             continue
+        kind, stamp = msg.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            batch.saw(stamp / 1000)
         try:
             obj = orjson.loads(value)
             checked = _check(obj, dataset)

@@ -200,7 +200,7 @@ class QualitySpec(_Spec):
     min_index: float | None = Field(
         default=None, ge=0, le=1, description="Lowest acceptable quality index (1 − mean "
         "per-field error rate) of an ingest window; below it the IngestDataQualityLow alert "
-        "fires and a trainer may refuse to train on that window.")
+        "fires and the trainer holds (skips and audits) the cycles whose data came from it.")
 
 
 class DatasetSpec(_Spec):

@@ -60,6 +60,9 @@ class FakeMessage:
     def topic(self) -> str:
         return "t.events.governed"
 
+    def timestamp(self) -> tuple[int, int]:
+        return 1, 1_700_000_000_000 + self.offset_  # CreateTime, ms
+
     def headers(self) -> list[tuple[str, bytes]]:
         trace = [("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]
         return trace + ([(MAC_HEADER, self.mac)] if self.mac is not None else [])
