@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,13 +89,16 @@ def _tensors(request: Any) -> list[oip.Tensor]:
     return tensors
 
 
-def _response(request: Any, answer: oip.Answer) -> Any:
+def _outputs(request: Any, answer: oip.Answer) -> list[tuple[str, str, list[int], bytes]]:
     rows = answer.rows
     n = len(rows.predictions)
+    scores = [p.score for p in rows.predictions]
+    labels = [p.label for p in rows.predictions]
     outputs: list[tuple[str, str, list[int], bytes]] = [
-        ("score", "FP64", [n],
-         np.asarray([p.score for p in rows.predictions], dtype="<f8").tobytes()),
-        ("label", "BOOL", [n], np.asarray([p.label for p in rows.predictions], "?").tobytes()),
+        ("score", "FP64", [n], struct.pack(f"<{n}d", *scores) if n <= 64
+         else np.asarray(scores, dtype="<f8").tobytes()),
+        ("label", "BOOL", [n], struct.pack(f"<{n}?", *labels) if n <= 64
+         else np.asarray(labels, "?").tobytes()),
     ]
     if answer.explanations:
         matrix = np.asarray([list(e.attributions.values()) for e in answer.explanations],
@@ -106,18 +110,40 @@ def _response(request: Any, answer: oip.Answer) -> Any:
         if name not in known:
             raise InvalidInput(f"unknown output {name[:100]!r} (score, label, attributions "
                                "with the explain parameter)")
-    chosen = [o for o in outputs if not wanted or o[0] in wanted]
-    response = pb.ModelInferResponse(
-        model_name=rows.model.name, model_version=str(answer.version), id=request.id,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype,
-                                                         shape=shape)
-                 for name, datatype, shape, _ in chosen],
-        raw_output_contents=[data for *_, data in chosen])
-    for key, value in answer.parameters().items():
-        response.parameters[key].CopyFrom(_to_param(value))
-    if answer.explanations:
+    return [o for o in outputs if not wanted or o[0] in wanted]
+
+
+def _template(answer: oip.Answer, chosen: list[tuple[str, str, list[int], bytes]]) -> Any:
+    """The response without id and tensor bytes: the same for every call answered by one
+    version on one route with the same output shapes, so it is built once."""
+    rows = answer.rows
+    key = ("v2-grpc", rows.route, tuple((o[0], *o[2]) for o in chosen))
+    template = rows.model.memo.get(key)
+    if template is None:
+        template = pb.ModelInferResponse(
+            model_name=rows.model.name, model_version=str(answer.version),
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype,
+                                                             shape=shape)
+                     for name, datatype, shape, _ in chosen])
+        for name, value in oip.Answer(rows, None).parameters().items():
+            template.parameters[name].CopyFrom(_to_param(value))
+        rows.model.remember(key, template)
+    return template
+
+
+def _response(request: Any, answer: oip.Answer) -> Any:
+    chosen = _outputs(request, answer)
+    response = pb.ModelInferResponse()
+    if answer.explanations:  # parameters name the explanation: not cached
+        response.CopyFrom(_template(answer, chosen))
+        for key, value in answer.parameters().items():
+            response.parameters[key].CopyFrom(_to_param(value))
         response.parameters["baseline_logit"].CopyFrom(
             _to_param(answer.explanations[0].baseline_logit))
+    else:
+        response.CopyFrom(_template(answer, chosen))
+    response.id = request.id
+    response.raw_output_contents.extend([data for *_, data in chosen])
     return response
 
 
