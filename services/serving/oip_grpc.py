@@ -71,6 +71,11 @@ def _to_param(value: Any) -> Any:
     return pb.InferParameter(string_param=str(value))
 
 
+def _raw_tensor(item: Any, data: bytes) -> oip.Tensor:
+    name, datatype = item.name, item.datatype  # each read of a field makes a new str
+    return oip.Tensor(name, datatype, tuple(item.shape), oip.decode_raw(name, datatype, data))
+
+
 def _tensors(request: Any) -> list[oip.Tensor]:
     raw = request.raw_input_contents
     inputs = request.inputs
@@ -78,10 +83,7 @@ def _tensors(request: Any) -> list[oip.Tensor]:
         if len(raw) != len(inputs):
             raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
                                f"{len(inputs)} inputs")
-        decode, tensor = oip.decode_raw, oip.Tensor
-        return [tensor(item.name, item.datatype, tuple(item.shape),
-                       decode(item.name, item.datatype, data))
-                for item, data in zip(inputs, raw, strict=True)]
+        return [_raw_tensor(item, data) for item, data in zip(inputs, raw, strict=True)]
     tensors = []
     for item in inputs:
         name, datatype = item.name, item.datatype
