@@ -37,6 +37,8 @@ _RAW = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "INT16": "h", "INT
 _WIDTH = {code: struct.calcsize(code) for code in _RAW.values()}
 _NUMPY = {code: np.dtype(f"<{code}") if code != "?" else np.dtype("?") for code in _RAW.values()}
 NUMERIC = frozenset(_RAW) - {"BOOL"}
+_INTEGERS = frozenset(d for d in NUMERIC if d.startswith(("INT", "UINT")))
+_TEXT = (bytes, str)
 MAX_ROWS = 65536
 
 
@@ -152,22 +154,27 @@ def _text(name: str, value: bytes | str) -> str:
 def typed_values(name: str, datatype: str, values: list[Any]) -> list[Scalar]:
     """Flat values given as a JSON list or typed protobuf contents, checked against datatype."""
     if datatype == "BYTES":
-        return [_text(name, v) if isinstance(v, bytes | str) else _bad(name, datatype)
+        return [_text(name, v) if isinstance(v, _TEXT) else _bad(name, datatype)
                 for v in values]
     if datatype == "BOOL":
         return [v if isinstance(v, bool) else _bad(name, datatype) for v in values]
     if datatype not in NUMERIC:
         raise InvalidInput(f"input {name!r}: unsupported datatype {datatype[:20]!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
-        _bad(name, datatype)
-    if datatype.startswith(("INT", "UINT")):
-        if any(isinstance(v, float) and not v.is_integer() for v in values):
+    integer = datatype in _INTEGERS
+    out: list[Scalar] = []
+    for v in values:  # JSON and protobuf give exact ints and floats (bool is not a number)
+        kind = v.__class__
+        if kind is float:
+            if integer and not v.is_integer():
+                _bad(name, datatype)
+            out.append(int(v) if integer else v)
+        elif kind is int:
+            out.append(v if integer else float(v))
+        else:
             _bad(name, datatype)
-        return [int(v) for v in values]
-    floats = [float(v) for v in values]
-    if not all(map(math.isfinite, floats)):
+    if not integer and not all(map(math.isfinite, out)):  # type: ignore[arg-type]
         raise InvalidInput("FP tensors must hold finite numbers")
-    return floats  # type: ignore[return-value]
+    return out
 
 
 def _bad(name: str, datatype: str) -> Any:
