@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import serving_bench as bench  # noqa: E402
 
+from shared.lifecycle import parent_death  # noqa: E402
+
 ECHO = {"v2": "--v2-echo-server", "http": "--http-echo-server", "lepton": "--echo-server"}
 
 
@@ -28,8 +30,9 @@ def _extract(ref: str) -> Path:
     """The tree of `ref` in a temporary directory (generated stubs are committed)."""
     where = Path(tempfile.mkdtemp(prefix="serving-ab-"))
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+                             capture_output=True, preexec_fn=parent_death()).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True,
+                   preexec_fn=parent_death())
     return where
 
 
