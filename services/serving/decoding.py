@@ -73,6 +73,9 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Undecodable requests → INVALID_ARGUMENT, for every method with a request deserialiser."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -83,4 +86,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if (handler is None or handler.request_deserializer is None
                 or not details.method.startswith(GUARDED_PREFIX)):
             return handler
-        return _guarded(handler)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:  # the same handler on every call
+            return cached[1]
+        wrapped = _guarded(handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped

@@ -19,15 +19,15 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import propagate
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from services.serving import oip
 from services.serving.auth import AuthResult, Credentials
-from services.serving.errors import InvalidInput, ModelNotFound, ServingError
+from services.serving.errors import ModelNotFound, ServingError
 from services.serving.explain import explain_predictions
 from services.serving.fleet import Fleet
+from services.serving.http_infer import decode_infer, infer_response
 from services.serving.http_models import InferRequest, PredictBody, records_of
 from services.serving.predictor import Call, Predictor
 from services.serving.predictor import Request as Scoring
@@ -37,6 +37,7 @@ _tracer = get_tracer(__name__)
 _STATUS = {"invalid_argument": 400, "not_found": 404, "unavailable": 503,
            "failed_precondition": 400}
 OPEN_PATHS = ("/v2/health/", "/openapi.json", "/docs")
+_TRACE_KEYS = (b"traceparent", b"tracestate", b"baggage")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -49,10 +50,15 @@ def _status(error: ServingError) -> int:
 
 @contextlib.contextmanager
 def _span(request: Request, route: str) -> Iterator[Span]:
-    span = _tracer.start_span(f"{request.method} {route}", context=propagate.extract(
-        dict(request.headers)), kind=SpanKind.SERVER, attributes={
-            "http.request.method": request.method, "http.route": route},
-        record_exception=False, set_status_on_exception=False)
+    carrier: dict[str, str] = {}
+    for key, value in request.scope["headers"]:  # only the W3C headers (first of each)
+        if key in _TRACE_KEYS:
+            carrier.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+    method = request.method
+    span = _tracer.start_span(f"{method} {route}", context=propagate.extract(carrier)
+                              if carrier else None, kind=SpanKind.SERVER,
+                              attributes={"http.request.method": method, "http.route": route},
+                              record_exception=False, set_status_on_exception=False)
     try:
         yield span
     finally:
@@ -107,8 +113,11 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
               max_body_bytes: int) -> FastAPI:
     """The FastAPI application of one serving process (every route is a predict-level call:
     the predict or the admin token)."""
+    # FastAPI's own tracing would add a second SERVER span (and one per operation) to every
+    # request beside ours; its request metrics and logs stay on
     app = FastAPI(title="Lepton serving", version=oip.SERVER_VERSION,
-                  description="Open Inference Protocol v2 and lepton predictions over HTTP.")
+                  description="Open Inference Protocol v2 and lepton predictions over HTTP.",
+                  telemetry={"tracing": False})
 
     app.add_middleware(_Guard, credentials=credentials, max_body_bytes=max_body_bytes)
 
@@ -161,11 +170,11 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
         with _span(request, "/v2/models/{name}/infer") as span:
             call = Call.now("http", traceparent(span.get_span_context()))
             try:
-                body, tensors = _decode_infer(request.headers, await request.body())
+                body, tensors = decode_infer(request.headers, await request.body())
                 explain_rows = oip.flag((body.parameters or {}).get("explain"))
                 answer = await oip.infer(predictor, name, version, body.id or "", tensors,
                                          explain_rows=explain_rows, call=call)
-                doc = _infer_response(body, answer)
+                doc = infer_response(body, answer)
             except ServingError as error:
                 return _fail(span, error)
             span.set_attributes({"lepton.model": answer.rows.model.name,
@@ -245,68 +254,6 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _decode_infer(headers: Any, raw: bytes) -> tuple[InferRequest, list[oip.Tensor]]:
-    """The JSON header and tensors of a v2 infer body (binary extension included)."""
-    size = headers.get("inference-header-content-length")
-    if size is not None and (not size.isdigit() or int(size) > len(raw)):
-        raise InvalidInput("Inference-Header-Content-Length does not fit the body")
-    head, binary = (raw[:int(size)], raw[int(size):]) if size is not None else (raw, b"")
-    try:
-        body = InferRequest.model_validate_json(head)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise InvalidInput(f"invalid infer request: {where}: {first.get('msg')}") from None
-    tensors, at = [], 0
-    for item in body.inputs:
-        params = item.parameters or {}
-        if "binary_data_size" in params:
-            length = params["binary_data_size"]
-            if not isinstance(length, int) or length < 0 or at + length > len(binary):
-                raise InvalidInput(f"input {item.name!r}: binary_data_size does not fit the body")
-            values = oip.decode_raw(item.name, item.datatype, binary[at:at + length])
-            at += length
-        elif item.data is None:
-            raise InvalidInput(f"input {item.name!r} has no data")
-        else:
-            values = oip.typed_values(item.name, item.datatype, _flatten(item.data))
-        tensors.append(oip.Tensor(item.name, item.datatype, tuple(item.shape), values))
-    return body, tensors
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for value in data:
-        if isinstance(value, list):
-            out.extend(_flatten(value))
-        else:
-            out.append(value)
-    return out
-
-
-def _infer_response(body: InferRequest, answer: oip.Answer) -> dict[str, Any]:
-    rows = answer.rows
-    n = len(rows.predictions)
-    outputs = [{"name": "score", "datatype": "FP64", "shape": [n],
-                "data": [p.score for p in rows.predictions]},
-               {"name": "label", "datatype": "BOOL", "shape": [n],
-                "data": [p.label for p in rows.predictions]}]
-    parameters = answer.parameters()
-    if answer.explanations:
-        fields = len(answer.explanations[0].attributions)
-        outputs.append({"name": "attributions", "datatype": "FP64", "shape": [n, fields],
-                        "data": [v for e in answer.explanations
-                                 for v in e.attributions.values()]})
-        parameters["baseline_logit"] = answer.explanations[0].baseline_logit
-    wanted = [o.name for o in body.outputs or []]
-    unknown = [w for w in wanted if w not in {o["name"] for o in outputs}]
-    if unknown:
-        raise InvalidInput(f"unknown output {unknown[0][:100]!r}")
-    return {"model_name": rows.model.name, "model_version": str(answer.version),
-            "id": body.id or "", "parameters": parameters,
-            "outputs": [o for o in outputs if not wanted or o["name"] in wanted]}
 
 
 def _prediction(prediction: Any) -> dict[str, Any]:

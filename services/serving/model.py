@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 from scipy.special import expit
 
+from services.serving.encoding import Encoder, compile_rows, matches
 from services.serving.errors import Refused
 from services.serving.fastpath import Forward, compile_numpy, verified
 from services.serving.inputs import RecordSchema
@@ -44,15 +45,19 @@ class LoadedModel:
     net: torch.nn.Module
     schema: RecordSchema
     fast: Forward | None = field(default=None, repr=False)
+    encode: Encoder | None = field(default=None, repr=False)
     origin: SpanContext | None = field(default=None, repr=False)
     variant: str = "full"
     runner: torch.nn.Module | None = field(default=None, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-version answers parts
     _inflight: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def score(self, records: list[dict[str, Scalar]]) -> np.ndarray[Any, np.dtype[np.float64]]:
         """Probabilities of the positive class for cleaned records."""
-        matrix = self.transform.transform(records)
+        matrix = self.encode(records) if self.encode is not None else None
+        if matrix is None:
+            matrix = self.transform.transform(records)
         if self.fast is not None:
             return expit(self.fast(matrix)).astype(np.float64)  # type: ignore[no-any-return]
         import torch
@@ -62,6 +67,12 @@ class LoadedModel:
         rows = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
         probs = torch.sigmoid(logits(self.runner or self.net, rows)).reshape(-1)
         return probs.numpy().astype(np.float64)
+
+    def remember(self, key: Any, value: Any) -> None:
+        """Keep `value` in `memo` (a few hundred entries at most: keys may vary per call)."""
+        if len(self.memo) >= 256:
+            self.memo.clear()
+        self.memo[key] = value
 
     def acquire(self, n: int = 1) -> None:
         """Count `n` requests in flight on this version."""
@@ -147,6 +158,7 @@ class ModelLoader:
         model = LoadedModel(name, version, card, transform, net,
                             RecordSchema(spec),
                             origin=origin if origin.is_valid else None)
+        self._encoder(model, spec)
         self._warm_up(model, spec)
         if self.numpy_forward:
             self._compile(model, spec)
@@ -156,6 +168,19 @@ class ModelLoader:
             use_variant(self.registry, model, self.variant, samples)
             self._warm_up(model, spec)
         return model
+
+    def _encoder(self, model: LoadedModel, spec: DatasetSpec) -> None:
+        encode = compile_rows(model.transform)
+        if encode is None:
+            return
+        records = [model.schema.clean(r) for r in warmup_records(spec, self.warmup_rows)]
+        sparse = [{k: v for j, (k, v) in enumerate(r.items()) if (i + j) % 3} for i, r in
+                  enumerate(records)]  # missing values take the imputation path
+        if matches(model.transform, encode, records + sparse):
+            model.encode = encode
+        else:
+            log.warning("%s v%d: the row encoder does not match the transform; not used",
+                        model.name, model.version)
 
     def _compile(self, model: LoadedModel, spec: DatasetSpec) -> None:
         forward = compile_numpy(model.net)

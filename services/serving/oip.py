@@ -10,7 +10,8 @@ import asyncio
 import math
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -33,12 +34,15 @@ DATATYPES = {FieldType.INT: "INT64", FieldType.FLOAT: "FP64", FieldType.BOOL: "B
              FieldType.TIMESTAMP: "BYTES"}
 _RAW = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b",
         "UINT64": "Q", "UINT32": "I", "UINT16": "H", "UINT8": "B", "BOOL": "?"}
+_WIDTH = {code: struct.calcsize(code) for code in _RAW.values()}
+_NUMPY = {code: np.dtype(f"<{code}") if code != "?" else np.dtype("?") for code in _RAW.values()}
 NUMERIC = frozenset(_RAW) - {"BOOL"}
+_INTEGERS = frozenset(d for d in NUMERIC if d.startswith(("INT", "UINT")))
+_TEXT = (bytes, str)
 MAX_ROWS = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class Tensor:
+class Tensor(NamedTuple):
     """One decoded input tensor: its name, datatype, shape and flat Python values."""
 
     name: str
@@ -104,15 +108,6 @@ def metadata(fleet: Fleet, model: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _python(datatype: str, array: np.ndarray[Any, Any]) -> list[Scalar]:
-    if datatype in ("FP64", "FP32"):
-        values = array.astype(np.float64).tolist()
-        if not all(math.isfinite(v) for v in values):
-            raise InvalidInput("FP tensors must hold finite numbers")
-        return values  # type: ignore[no-any-return]
-    return array.tolist()  # type: ignore[no-any-return]
-
-
 def decode_raw(name: str, datatype: str, raw: bytes) -> list[Scalar]:
     """Flat values of a raw (binary) tensor: little-endian elements, BYTES length-prefixed."""
     if datatype == "BYTES":
@@ -131,14 +126,20 @@ def decode_raw(name: str, datatype: str, raw: bytes) -> list[Scalar]:
     code = _RAW.get(datatype)
     if code is None:
         raise InvalidInput(f"input {name!r}: unsupported datatype {datatype[:20]!r}")
-    width = struct.calcsize(code)
-    if len(raw) % width:
+    count, rest = divmod(len(raw), _WIDTH[code])
+    if rest:
         raise InvalidInput(f"input {name!r}: {len(raw)} bytes is not a whole number of "
                            f"{datatype} elements")
-    values: list[Scalar] = list(struct.unpack(f"<{len(raw) // width}{code}", raw))
+    values: list[Scalar] = list(_unpacker(code, count)(raw)) if count <= 256 else \
+        np.frombuffer(raw, _NUMPY[code]).tolist()
     if code in "df" and not all(map(math.isfinite, values)):  # type: ignore[arg-type]
         raise InvalidInput(f"input {name!r}: FP tensors must hold finite numbers")
     return values
+
+
+@lru_cache(maxsize=512)
+def _unpacker(code: str, count: int) -> Any:
+    return struct.Struct(f"<{count}{code}").unpack
 
 
 def _text(name: str, value: bytes | str) -> str:
@@ -153,19 +154,27 @@ def _text(name: str, value: bytes | str) -> str:
 def typed_values(name: str, datatype: str, values: list[Any]) -> list[Scalar]:
     """Flat values given as a JSON list or typed protobuf contents, checked against datatype."""
     if datatype == "BYTES":
-        return [_text(name, v) if isinstance(v, bytes | str) else _bad(name, datatype)
+        return [_text(name, v) if isinstance(v, _TEXT) else _bad(name, datatype)
                 for v in values]
     if datatype == "BOOL":
         return [v if isinstance(v, bool) else _bad(name, datatype) for v in values]
     if datatype not in NUMERIC:
         raise InvalidInput(f"input {name!r}: unsupported datatype {datatype[:20]!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
-        _bad(name, datatype)
-    if datatype.startswith(("INT", "UINT")):
-        if any(isinstance(v, float) and not v.is_integer() for v in values):
+    integer = datatype in _INTEGERS
+    out: list[Scalar] = []
+    for v in values:  # JSON and protobuf give exact ints and floats (bool is not a number)
+        kind = v.__class__
+        if kind is float:
+            if integer and not v.is_integer():
+                _bad(name, datatype)
+            out.append(int(v) if integer else v)
+        elif kind is int:
+            out.append(v if integer else float(v))
+        else:
             _bad(name, datatype)
-        return [int(v) for v in values]
-    return _python(datatype, np.asarray(values, dtype=np.float64))
+    if not integer and not all(map(math.isfinite, out)):  # type: ignore[arg-type]
+        raise InvalidInput("FP tensors must hold finite numbers")
+    return out
 
 
 def _bad(name: str, datatype: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ from shared.tracing import get_tracer, traceparent
 
 SERVICE = "inference.GRPCInferenceService"
 _tracer = get_tracer(__name__)
+_INFER_SPAN = f"{SERVICE}/ModelInfer"
+_INFER_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "ModelInfer"}
 _CONTENTS = {"FP64": "fp64_contents", "FP32": "fp32_contents", "INT64": "int64_contents",
              "INT32": "int_contents", "INT16": "int_contents", "INT8": "int_contents",
              "UINT64": "uint64_contents", "UINT32": "uint_contents", "UINT16": "uint_contents",
@@ -68,33 +71,40 @@ def _to_param(value: Any) -> Any:
     return pb.InferParameter(string_param=str(value))
 
 
+def _raw_tensor(item: Any, data: bytes) -> oip.Tensor:
+    name, datatype = item.name, item.datatype  # each read of a field makes a new str
+    return oip.Tensor(name, datatype, tuple(item.shape), oip.decode_raw(name, datatype, data))
+
+
 def _tensors(request: Any) -> list[oip.Tensor]:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
-                           f"{len(request.inputs)} inputs")
+    inputs = request.inputs
+    if raw:
+        if len(raw) != len(inputs):
+            raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
+                               f"{len(inputs)} inputs")
+        return [_raw_tensor(item, data) for item, data in zip(inputs, raw, strict=True)]
     tensors = []
-    for i, item in enumerate(request.inputs):
+    for item in inputs:
         name, datatype = item.name, item.datatype
-        if raw:
-            values = oip.decode_raw(name, datatype, raw[i])
-        else:
-            field = _CONTENTS.get(datatype)
-            if field is None:
-                raise InvalidInput(f"input {name[:100]!r}: unsupported datatype "
-                                   f"{datatype[:20]!r}")
-            values = oip.typed_values(name, datatype, list(getattr(item.contents, field)))
+        field = _CONTENTS.get(datatype)
+        if field is None:
+            raise InvalidInput(f"input {name[:100]!r}: unsupported datatype {datatype[:20]!r}")
+        values = oip.typed_values(name, datatype, list(getattr(item.contents, field)))
         tensors.append(oip.Tensor(name, datatype, tuple(item.shape), values))
     return tensors
 
 
-def _response(request: Any, answer: oip.Answer) -> Any:
+def _outputs(request: Any, answer: oip.Answer) -> list[tuple[str, str, list[int], bytes]]:
     rows = answer.rows
     n = len(rows.predictions)
+    scores = [p.score for p in rows.predictions]
+    labels = [p.label for p in rows.predictions]
     outputs: list[tuple[str, str, list[int], bytes]] = [
-        ("score", "FP64", [n],
-         np.asarray([p.score for p in rows.predictions], dtype="<f8").tobytes()),
-        ("label", "BOOL", [n], np.asarray([p.label for p in rows.predictions], "?").tobytes()),
+        ("score", "FP64", [n], struct.pack(f"<{n}d", *scores) if n <= 64
+         else np.asarray(scores, dtype="<f8").tobytes()),
+        ("label", "BOOL", [n], struct.pack(f"<{n}?", *labels) if n <= 64
+         else np.asarray(labels, "?").tobytes()),
     ]
     if answer.explanations:
         matrix = np.asarray([list(e.attributions.values()) for e in answer.explanations],
@@ -106,18 +116,40 @@ def _response(request: Any, answer: oip.Answer) -> Any:
         if name not in known:
             raise InvalidInput(f"unknown output {name[:100]!r} (score, label, attributions "
                                "with the explain parameter)")
-    chosen = [o for o in outputs if not wanted or o[0] in wanted]
-    response = pb.ModelInferResponse(
-        model_name=rows.model.name, model_version=str(answer.version), id=request.id,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype,
-                                                         shape=shape)
-                 for name, datatype, shape, _ in chosen],
-        raw_output_contents=[data for *_, data in chosen])
-    for key, value in answer.parameters().items():
-        response.parameters[key].CopyFrom(_to_param(value))
-    if answer.explanations:
+    return [o for o in outputs if not wanted or o[0] in wanted]
+
+
+def _template(answer: oip.Answer, chosen: list[tuple[str, str, list[int], bytes]]) -> Any:
+    """The response without id and tensor bytes: the same for every call answered by one
+    version on one route with the same output shapes, so it is built once."""
+    rows = answer.rows
+    key = ("v2-grpc", rows.route, tuple((o[0], *o[2]) for o in chosen))
+    template = rows.model.memo.get(key)
+    if template is None:
+        template = pb.ModelInferResponse(
+            model_name=rows.model.name, model_version=str(answer.version),
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype,
+                                                             shape=shape)
+                     for name, datatype, shape, _ in chosen])
+        for name, value in oip.Answer(rows, None).parameters().items():
+            template.parameters[name].CopyFrom(_to_param(value))
+        rows.model.remember(key, template)
+    return template
+
+
+def _response(request: Any, answer: oip.Answer) -> Any:
+    chosen = _outputs(request, answer)
+    response = pb.ModelInferResponse()
+    if answer.explanations:  # parameters name the explanation: not cached
+        response.CopyFrom(_template(answer, chosen))
+        for key, value in answer.parameters().items():
+            response.parameters[key].CopyFrom(_to_param(value))
         response.parameters["baseline_logit"].CopyFrom(
             _to_param(answer.explanations[0].baseline_logit))
+    else:
+        response.CopyFrom(_template(answer, chosen))
+    response.id = request.id
+    response.raw_output_contents.extend([data for *_, data in chosen])
     return response
 
 
@@ -176,7 +208,11 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Score N rows given as columnar tensors, with one version."""
-        with _span("ModelInfer", context) as span:
+        # the hot path: a span started and ended here, not through _span's generator
+        span = _tracer.start_span(_INFER_SPAN, context=_parent(context), kind=SpanKind.SERVER,
+                                  attributes=_INFER_ATTRIBUTES, record_exception=False,
+                                  set_status_on_exception=False)
+        try:
             call = Call.now("v2-grpc", traceparent(span.get_span_context()))
             try:
                 remaining = context.time_remaining()
@@ -197,6 +233,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             if origin is not None:
                 span.add_link(origin, {"lepton.link": "model.swap"})
             return response
+        finally:
+            span.end()
 
 
 class _Deadline(ServingError):

@@ -201,12 +201,11 @@ class Predictor:
         """Score rows as one request: one routing decision, one version for every row; a bad
         row fails the whole request naming its index. Row i's request id is `<id>.<i>`."""
         request_id = request_id or uuid.uuid4().hex
-        request = Request(request_id, model_name, version, {}, call)
         try:
-            _, model, route, shadow = self._choose(request)
+            model, route, shadow = self.fleet.host(model_name).choose(request_id, version or None)
         except PinMiss as miss:
             await asyncio.to_thread(self.fleet.load_pinned, miss.model, miss.version)
-            _, model, route, shadow = self._choose(request)
+            model, route, shadow = self.fleet.host(model_name).choose(request_id, version or None)
         cleaned: list[dict[str, Scalar]] = []
         for i, record in enumerate(records):
             try:

@@ -49,6 +49,9 @@ def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
 class RequestMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Times every unary call; put it first, so auth and decode refusals are counted too."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -58,5 +61,9 @@ class RequestMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        method = str(details.method).rsplit("/", 1)[-1]
-        return _timed(handler, method)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:  # the same handler on every call
+            return cached[1]
+        wrapped = _timed(handler, str(details.method).rsplit("/", 1)[-1])
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped

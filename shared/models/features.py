@@ -49,6 +49,12 @@ class Column:
             return self.buckets
         return 1
 
+    @property
+    def fill(self) -> float:
+        """What a missing or unparsable numeric, timestamp or bool value becomes."""
+        fill = _number(self.impute) if self.impute is not None else self.mean
+        return self.mean if fill is None else fill
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
@@ -227,8 +233,7 @@ class FeatureTransform:
             if column.kind in ("numeric", "timestamp", "bool"):
                 parse = {"numeric": _number, "timestamp": _timestamp, "bool": _boolean}[
                     column.kind]
-                fill = _number(column.impute) if column.impute is not None else column.mean
-                fill = column.mean if fill is None else fill
+                fill = column.fill
                 values = _fast_numbers(raw) if column.kind == "numeric" else None
                 if values is None:
                     values = np.fromiter(
