@@ -132,7 +132,7 @@ class GovernanceService:
         status."""
         s = self.settings
         with exclusive(s.governance_dir()):
-            counts = ensure_topics(s, [self.topics.audit_log])
+            counts = ensure_topics(s, [self.topics.audit_log], stop=self.stop)
             client = make_redis(s)
             charge_log = ChargeLog(s.ledger_dir(), segment_bytes=s.governance_segment_bytes,
                                    fsync=s.governance_fsync)

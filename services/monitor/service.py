@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def run_monitor(settings: MonitorSettings, stop: threading.Event) -> int:
     """Monitor until stopped; the exit status."""
     stage = MonitorStage(settings)
-    ensure_topics(settings, [*stage.inputs, *stage.outputs])
+    ensure_topics(settings, [*stage.inputs, *stage.outputs], stop=stop)
     watch = ScaleWatch(settings, stage.metrics, stop)
     watch.start()
     runtime = AtLeastOnceRuntime(settings, stage, stop, group_id=settings.monitor_group,

@@ -20,7 +20,7 @@ def run(settings: ServingSettings, stop: threading.Event) -> int:
 
     from services.serving.server import ServingApp
 
-    ensure_topics(settings, [Topics(settings.topic_prefix).models])
+    ensure_topics(settings, [Topics(settings.topic_prefix).models], stop=stop)
     torch.set_num_threads(settings.serving_torch_threads)
     asyncio.run(ServingApp(settings).run(stop))
     return 0

@@ -34,13 +34,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
         from services.trainer.worker import launch, run_rank
 
         topics = Topics(settings.topic_prefix)
-        ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests])
+        ensure_topics(settings, [topics.governed, topics.models, topics.audit_requests],
+                      stop=stop)
         if settings.trainer_federation_site:
             from services.trainer.site import FederatedSite
 
             federation = settings.federation_settings()
             shared = Topics(federation.topic_prefix)
-            ensure_topics(federation, [shared.federation_rounds, shared.federation_updates])
+            ensure_topics(federation, [shared.federation_rounds, shared.federation_updates],
+                          stop=stop)
             return FederatedSite(settings, stop).run()
         if launcher(settings):
             return launch(settings, stop)

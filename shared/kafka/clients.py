@@ -61,16 +61,20 @@ def producer_config(
     """librdkafka settings for an idempotent (optionally transactional) producer."""
     config: dict[str, Any] = {
         **connection_config(settings),
-        "enable.idempotence": True,
-        "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.max.bytes": 2_000_000,
+        "transaction.timeout.ms": 60_000,
+        **settings.kafka_extra,
+        # what exactly-once rests on: LEPTON_KAFKA_EXTRA may tune the rest, never these
+        "enable.idempotence": True,
+        "acks": "all",
         "error_cb": _log_error,
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
-        config["transaction.timeout.ms"] = 60_000
+    else:
+        config.pop("transaction.timeout.ms")
     config.update(overrides)
     return config
 
@@ -79,17 +83,21 @@ def consumer_config(settings: LeptonSettings, group_id: str, **overrides: Any) -
     """librdkafka settings for a consumer that commits only what it finished."""
     config: dict[str, Any] = {
         **connection_config(settings),
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
         "enable.partition.eof": False,
         # the embedded broker always waits this long on an idle fetch (Kafka returns early)
         "fetch.wait.max.ms": 100,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
-        "max.poll.interval.ms": 300_000,
+        # also bounds how long a JoinGroup may go unanswered (plus 3 s): a join in flight when
+        # the broker froze got no answer, and at librdkafka's 300 s the stage sat idle 5 min
+        "max.poll.interval.ms": 60_000,
+        **settings.kafka_extra,
+        # what exactly-once rests on: LEPTON_KAFKA_EXTRA may tune the rest, never these
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
         "error_cb": _log_error,
     }
     config.update(overrides)

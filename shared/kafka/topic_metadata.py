@@ -1,10 +1,13 @@
 """Topic checks at start: consumes the topic names a process needs and the connection
 settings, produces their partition counts (auto-creating missing topics via metadata unless
 LEPTON_KAFKA_AUTO_CREATE is false) or fails fast: TopicMissing, or a ConfigError naming the
-security settings when a secured broker refuses the connection."""
+security settings when a secured broker refuses the connection. Given a stop event, an
+unreachable (plaintext) broker is waited for until stop instead of failing."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
@@ -14,15 +17,39 @@ from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
 from shared.kafka.clients import connection_config, create_client
 
 
+log = logging.getLogger(__name__)
+
+RETRY_MAX_S = 5.0
+
+
 class TopicMissing(ConfigError):
     """A topic the process needs does not exist and auto-create is off."""
 
 
 def ensure_topics(
-    settings: LeptonSettings, topics: list[str], timeout: float = 15.0
+    settings: LeptonSettings, topics: list[str], timeout: float = 15.0,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Partition counts of `topics`; missing ones are auto-created via metadata unless
-    LEPTON_KAFKA_AUTO_CREATE is false, where a missing topic raises TopicMissing."""
+    LEPTON_KAFKA_AUTO_CREATE is false, where a missing topic raises TopicMissing. With `stop`,
+    an unreachable broker is retried with back-off until it answers or `stop` is set."""
+    wait = 0.5
+    while True:
+        try:
+            return _ensure_topics(settings, topics, timeout if stop is None else min(timeout, 5.0))
+        except KafkaException as error:
+            # a plaintext broker that does not answer (down, restarting, frozen): a service
+            # started meanwhile waits for it rather than exiting, so it catches up once it is back
+            if stop is None or stop.is_set():
+                raise
+            log.warning("waiting for Kafka (%s); retrying in %.1f s", error, wait)
+            if stop.wait(wait):
+                raise
+            wait = min(wait * 2, RETRY_MAX_S)
+
+
+def _ensure_topics(settings: LeptonSettings, topics: list[str], timeout: float
+                   ) -> dict[str, int]:
     errors: list[KafkaError] = []
     producer = create_client(Producer, {**connection_config(settings), "log_level": 3,
                                         "allow.auto.create.topics": settings.kafka_auto_create,

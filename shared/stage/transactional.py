@@ -86,7 +86,7 @@ class TransactionalRuntime:
     def run(self) -> int:
         """Consume, process, produce and commit until stopped; the exit status."""
         s, stage = self.settings, self.stage
-        ensure_topics(s, [*stage.inputs, *stage.outputs])
+        ensure_topics(s, [*stage.inputs, *stage.outputs], stop=self.stop)
         # the transactional producer first: initialising it aborts a predecessor's open
         # transaction, which would otherwise block reading the committed positions
         self.producer: Producer = make_producer(s, transactional_id=self.transactional_id,

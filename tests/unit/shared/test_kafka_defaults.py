@@ -1,0 +1,93 @@
+"""LEPTON_KAFKA_EXTRA tunes librdkafka's defaults but never what exactly-once rests on, and a
+service start waits for an unreachable broker until it is stopped (real sockets, a real
+embedded broker started late on a fixed port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException
+
+from shared.config import LeptonSettings
+from shared.kafka import consumer_config, ensure_topics, producer_config
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_extra_overrides_tunables_but_not_exactly_once_properties() -> None:
+    settings = LeptonSettings(kafka_bootstrap="k:9092", kafka_extra={
+        "max.poll.interval.ms": 123_000, "linger.ms": 50, "enable.auto.commit": True,
+        "isolation.level": "read_uncommitted", "acks": "1", "enable.idempotence": False})
+    consumer = consumer_config(settings, "g")
+    assert consumer["max.poll.interval.ms"] == 123_000
+    assert (consumer["enable.auto.commit"], consumer["isolation.level"]) == (
+        False, "read_committed")
+    producer = producer_config(settings, transactional_id="t")
+    assert producer["linger.ms"] == 50
+    assert (producer["acks"], producer["enable.idempotence"]) == ("all", True)
+    assert producer["transactional.id"] == "t"
+
+
+def test_default_join_wait_is_bounded_below_librdkafkas_five_minutes() -> None:
+    config = consumer_config(LeptonSettings(kafka_bootstrap="k:9092"), "g")
+    assert config["max.poll.interval.ms"] <= 60_000
+
+
+def test_without_stop_an_unreachable_broker_fails_fast() -> None:
+    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    began = time.monotonic()
+    with pytest.raises(KafkaException, match="no metadata for topic"):
+        ensure_topics(settings, ["t.events.raw"], timeout=2.0)
+    assert time.monotonic() - began < 10
+
+
+def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> None:
+    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            ensure_topics(settings, ["t.events.raw"], stop=stop)
+        except BaseException as error:  # noqa: BLE001 - reported to the test thread
+            outcome.append(error)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(8.0)  # longer than one metadata attempt: it is still waiting, not failed
+    assert waiter.is_alive() and not outcome
+    stop.set()
+    waiter.join(10.0)
+    assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
+
+
+def test_with_stop_a_start_proceeds_once_the_broker_comes_up(tmp_path: Path) -> None:
+    port = free_port()
+    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{port}")
+    found: list[dict[str, int]] = []
+    waiter = threading.Thread(target=lambda: found.append(
+        ensure_topics(settings, ["t.events.raw"], stop=threading.Event())))
+    waiter.start()
+    time.sleep(3.0)
+    broker = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--host", "127.0.0.1",
+                               "--port", str(port), "--bootstrap-file",
+                               str(tmp_path / "bootstrap")],
+                              env={**os.environ, "LEPTON_DATA_DIR": str(tmp_path)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        waiter.join(60.0)
+        assert found == [{"t.events.raw": 4}]
+    finally:
+        broker.terminate()
+        broker.wait(15)
