@@ -16,7 +16,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
 from shared.kafka.clients import connection_config, create_client
 
-
 log = logging.getLogger(__name__)
 
 RETRY_MAX_S = 5.0

@@ -61,7 +61,7 @@ def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> No
     def wait() -> None:
         try:
             ensure_topics(settings, ["t.events.raw"], stop=stop)
-        except BaseException as error:  # noqa: BLE001 - reported to the test thread
+        except BaseException as error:
             outcome.append(error)
     waiter = threading.Thread(target=wait)
     waiter.start()
