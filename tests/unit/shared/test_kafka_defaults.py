@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException
 
 from shared.config import LeptonSettings
 from shared.kafka import consumer_config, ensure_topics, producer_config
+from shared.lifecycle import parent_death
 
 
 def free_port() -> int:
@@ -84,7 +85,8 @@ def test_with_stop_a_start_proceeds_once_the_broker_comes_up(tmp_path: Path) -> 
                                "--port", str(port), "--bootstrap-file",
                                str(tmp_path / "bootstrap")],
                               env={**os.environ, "LEPTON_DATA_DIR": str(tmp_path)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=parent_death())
     try:
         waiter.join(60.0)
         assert found == [{"t.events.raw": 4}]
