@@ -6,6 +6,7 @@ A property librdkafka rejects becomes a ConfigError naming its variable."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -105,14 +106,28 @@ def consumer_config(settings: LeptonSettings, group_id: str, **overrides: Any) -
 
 
 def make_producer(
-    settings: LeptonSettings, *, transactional_id: str | None = None, **overrides: Any
+    settings: LeptonSettings, *, transactional_id: str | None = None,
+    stop: threading.Event | None = None, **overrides: Any
 ) -> Producer:
-    """An idempotent producer; transactional (and initialised) when an id is given."""
+    """An idempotent producer; transactional (and initialised) when an id is given. With
+    `stop`, a retriable initialisation failure (broker unreachable) is retried until stop."""
     producer: Producer = create_client(
         Producer, producer_config(settings, transactional_id=transactional_id, **overrides))
     if transactional_id:
-        producer.init_transactions(30)
+        _init_transactions(producer, stop)
     return producer
+
+
+def _init_transactions(producer: Producer, stop: threading.Event | None) -> None:
+    while True:
+        try:
+            producer.init_transactions(30 if stop is None else 5)
+            return
+        except KafkaException as error:
+            # librdkafka: a timed-out init is resumed by calling it again
+            if stop is None or stop.is_set() or not error.args[0].retriable():
+                raise
+            log.warning("transactional producer waits for Kafka (%s)", error.args[0].str())
 
 
 def make_consumer(settings: LeptonSettings, group_id: str, **overrides: Any) -> Consumer:

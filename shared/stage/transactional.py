@@ -90,7 +90,7 @@ class TransactionalRuntime:
         # the transactional producer first: initialising it aborts a predecessor's open
         # transaction, which would otherwise block reading the committed positions
         self.producer: Producer = make_producer(s, transactional_id=self.transactional_id,
-                                                **self.producer_config)
+                                                stop=self.stop, **self.producer_config)
         self.positions = InputPositions(s, self.positions_topic, self.group_id,
                                         read_timeout=self.positions_read_timeout_s)
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)

@@ -1,6 +1,7 @@
 """LEPTON_KAFKA_EXTRA tunes librdkafka's defaults but never what exactly-once rests on, and a
-service start waits for an unreachable broker until it is stopped (real sockets, a real
-embedded broker started late on a fixed port)."""
+service start (topic checks, the transactional producer's initialisation) waits for an
+unreachable broker until it is stopped (real sockets, a real embedded broker started late on a
+fixed port)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from confluent_kafka import KafkaException
 
 from shared.config import LeptonSettings
-from shared.kafka import consumer_config, ensure_topics, producer_config
+from shared.kafka import consumer_config, ensure_topics, make_producer, producer_config
 from shared.lifecycle import parent_death
 
 
@@ -73,12 +74,36 @@ def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> No
     assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
 
 
+def test_with_stop_a_transactional_producer_waits_until_stopped() -> None:
+    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            make_producer(settings, transactional_id="t-wait", stop=stop)
+        except BaseException as error:
+            outcome.append(error)
+    waiter = threading.Thread(target=init)
+    waiter.start()
+    time.sleep(8.0)  # longer than one init_transactions attempt
+    assert waiter.is_alive() and not outcome
+    stop.set()
+    waiter.join(10.0)
+    assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
+
+
 def test_with_stop_a_start_proceeds_once_the_broker_comes_up(tmp_path: Path) -> None:
     port = free_port()
     settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{port}")
     found: list[dict[str, int]] = []
-    waiter = threading.Thread(target=lambda: found.append(
-        ensure_topics(settings, ["t.events.raw"], stop=threading.Event())))
+    initialised: list[bool] = []
+
+    def start() -> None:
+        found.append(ensure_topics(settings, ["t.events.raw"], stop=threading.Event()))
+        make_producer(settings, transactional_id="t-late", stop=threading.Event())
+        initialised.append(True)
+    waiter = threading.Thread(target=start)
     waiter.start()
     time.sleep(3.0)
     broker = subprocess.Popen([sys.executable, "-m", "lepton", "broker", "--host", "127.0.0.1",
@@ -89,7 +114,7 @@ def test_with_stop_a_start_proceeds_once_the_broker_comes_up(tmp_path: Path) -> 
                               preexec_fn=parent_death())
     try:
         waiter.join(60.0)
-        assert found == [{"t.events.raw": 4}]
+        assert found == [{"t.events.raw": 4}] and initialised == [True]
     finally:
         broker.terminate()
         broker.wait(15)
