@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.durable import fsync_dir
+
 SUFFIX = ".seg"
 
 
@@ -101,7 +103,7 @@ class SegmentLog:
         self._handle = path.open("ab")
         self._handle_size = self._handle.tell()
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def append(self, line: bytes) -> int:
         """Append one line (no newline inside) and return its line number."""
@@ -150,10 +152,3 @@ class SegmentLog:
             self._handle.close()
             self._handle = None
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -23,6 +23,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared.durable import fsync_dir
+
 TOMBSTONE = ".forgotten"
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,7 @@ class WrappedKeyFiles:
             existed = True
         except FileNotFoundError:
             existed = False
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
         return existed
 
     def scan(self) -> Iterator[tuple[str, bytes]]:

@@ -19,6 +19,7 @@ import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from safetensors import SafetensorError
 
+from shared.durable import fsync_dir
 from shared.models.registry.card import (
     CARD_FILE,
     PUBLIC_KEY,
@@ -28,7 +29,7 @@ from shared.models.registry.card import (
     ModelCard,
     variant_file,
 )
-from shared.models.registry.files import check_header, fsync_dir, fsync_files
+from shared.models.registry.files import check_header, fsync_files
 from shared.models.registry.index import RegistryIndex
 from shared.signing import key_id, load_public_key, load_signing_key, public_path, sign, verify
 

@@ -20,15 +20,6 @@ def fsync_files(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def fsync_dir(folder: Path) -> None:
-    """Fsync `folder` itself, so renames and new entries in it are durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_header(weights: bytes, what: str) -> None:
     """Parse the safetensors header (length-prefixed JSON) and check the offsets fit."""
     try:

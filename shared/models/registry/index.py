@@ -15,8 +15,8 @@ import redis
 from pydantic import ValidationError
 
 from shared.config import LeptonSettings
+from shared.durable import fsync_dir
 from shared.models.registry.card import CARD_FILE, FLAGS_FILE, LIVE_FILE, ArtifactError, ModelCard
-from shared.models.registry.files import fsync_dir
 from shared.state import make_redis, rkey
 
 
