@@ -20,8 +20,8 @@ from services.governance.admission import (
     EPSILON_OVER_MAX,
     INVALID,
     Admitted,
-    ChargeDetail,
     Refused,
+    ReleaseChargeDetail,
     admit,
 )
 from shared.allowlist import AllowList
@@ -70,7 +70,7 @@ def _check(data: bytes, keys: Keys) -> Admitted | Refused:
         assert value is None or (".." not in value.split("/") and value not in (".", ".."))
     assert result.principal.name == "trainer"
     assert result.decision.kind in result.principal.kinds
-    if isinstance(result.detail, ChargeDetail):
+    if isinstance(result.detail, ReleaseChargeDetail):
         assert math.isfinite(result.detail.epsilon) and 0 <= result.detail.epsilon <= MAX_EPSILON
     return result
 
@@ -104,7 +104,7 @@ detail_like = st.fixed_dictionaries(
     {}, optional={k: st.one_of(st.just(v), json_values) for k, v in seed["detail"].items()})
 decision_like = st.fixed_dictionaries({}, optional={
     **{k: st.one_of(st.just(v), json_values) for k, v in seed.items() if k != "detail"},
-    "kind": st.sampled_from(["dp_sgd_charge", "consent_changed", "subject_forgotten",
+    "kind": st.sampled_from(["release_charge", "consent_changed", "subject_forgotten",
                              "model_promoted", "key_rotated", "nope"]) | json_values,
     "detail": detail_like | json_values,
 })
