@@ -19,6 +19,7 @@ from services.governance.admission import (
     CODES,
     EPSILON_OVER_MAX,
     INVALID,
+    UNKNOWN_KIND,
     Admitted,
     Refused,
     ReleaseChargeDetail,
@@ -87,8 +88,10 @@ def test_corpus_verdicts(keys: Keys) -> None:
     assert isinstance(_check(_signed(keys, valid), keys), Admitted)
     unsigned = _check(json.dumps(valid).encode(), keys)
     assert isinstance(unsigned, Refused) and unsigned.code == "unsigned"
+    # the removed dp_sgd_charge kind, validly signed by the trainer: refused as unknown
     for name, code in (("poison.json", INVALID), ("huge_epsilon.json", EPSILON_OVER_MAX),
-                       ("dotdot_dataset.json", INVALID)):
+                       ("dotdot_dataset.json", INVALID),
+                       ("legacy_dp_sgd_charge.json", UNKNOWN_KIND)):
         result = _check(_signed(keys, json.loads((base / name).read_bytes())), keys)
         assert isinstance(result, Refused) and result.code == code, (name, result)
 

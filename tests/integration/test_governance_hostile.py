@@ -1,8 +1,8 @@
 """Governance against hostile `audit.requests` records on the embedded broker and real Redis:
 the poison decision and 1,000 fuzzed ones are refused to the DLQ and committed past, events keep
 flowing, the ledgers are untouched and the audit log verifies; forged release charges
-(unsigned, wrong key, kind not allowed, ε = 1e300, tampered) are never sealed nor charged
-(service run in a thread)."""
+(unsigned, wrong key, kind not allowed, ε = 1e300, tampered) and the removed `dp_sgd_charge`
+kind are never sealed nor charged (service run in a thread)."""
 
 from __future__ import annotations
 
@@ -121,6 +121,10 @@ def _forged(settings: LeptonSettings, client: redis.Redis, subjects: list[str]
         (orjson.dumps(tampered), "bad_signature"),
         (encode(sign_decision(ingest, charge(5.0, "ingest-charges"))), "kind_not_allowed"),
         (encode(sign_decision(trainer, charge(1e300, "huge"))), "epsilon_over_max"),
+        # the removed legacy charge kind, validly signed by the trainer
+        (encode(sign_decision(trainer, Decision(
+            decision_id="legacy", kind="dp_sgd_charge", actor="trainer", dataset="tiny",
+            detail={"epsilon": 2.0, "delta": 1e-5}))), "unknown_kind"),
         (encode(Decision(kind="subject_forgotten", actor="cli:root", subject_id="ann")),
          "unsigned"),
         (encode(sign_decision(ingest, Decision(kind="model_promoted", actor="trainer",
@@ -166,4 +170,5 @@ def test_forged_decisions_are_not_sealed_and_leave_the_ledger_unchanged(
     assert releases.epoch("central") == 1
     assert releases.subject_epsilons("central", RELEASE_DELTA) == pytest.approx(
         dict.fromkeys(subjects, RELEASE_EPSILON), rel=1e-9)
-    assert Ledger(redis_client, settings, None).spend("central").charges == 0
+    ledger = Ledger(redis_client, settings, None)
+    assert ledger.spend("central").charges == ledger.spend("tiny").charges == 0
