@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from services.governance.admission import ReleaseChargeDetail
-from services.governance.ledger import Ledger
 from services.governance.privacy import DatasetPrivacy
 from services.governance.records import Kind
 from services.governance.release_charge import charge_release
@@ -73,7 +72,7 @@ def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,
     return fields
 
 
-def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: DatasetLookup,
+def decision_item(item: Item, store: AuditStore, dataset: DatasetLookup,
                   metrics: GovernanceMetrics, releases: ReleaseLedger) -> None:
     """Prepare a consumed `audit.requests` record for sealing (charging a release_charge)."""
     base = {"actor": "governance", "source": item.source}
