@@ -10,11 +10,15 @@ import orjson
 
 from shared.principals import Principal, canonical_decision
 
-POISON = b'{"kind":"dp_sgd_charge","actor":"x","detail":{"dataset":["x"],"epsilon":1}}'
+# the issue's poison record (it named the charge kind of the time, since removed)
+POISON = b'{"kind":"release_charge","actor":"x","detail":{"dataset":["x"],"epsilon":1}}'
 
 _BASE: dict[str, Any] = {
-    "decision_id": "d-1", "kind": "dp_sgd_charge", "actor": "trainer", "dataset": "tiny",
-    "detail": {"epsilon": 1.0, "delta": 1e-5, "model": "m", "version": 1},
+    "decision_id": "d-1", "kind": "release_charge", "actor": "trainer", "dataset": "tiny",
+    "detail": {"release_id": "d-1", "model": "m", "epsilon": 1.0, "delta": 1e-5,
+               "accountant": "rdp", "orders": [2.0, 4.0, 8.0], "rdp": [0.1, 0.2, 0.4],
+               "noise_multiplier": 1.2, "sample_rate": 0.1, "steps": 100,
+               "max_events_per_subject": 1, "subjects_count": 2, "subjects_sha256": "0" * 64},
     "occurred_at": "2026-01-01T00:00:00Z"}
 _VALUES: list[Any] = [
     None, True, 0, -1, 1e300, -1e300, 2**63 - 1, "", "..", ".", "../etc", "a/../b", "x" * 5000,
@@ -22,7 +26,8 @@ _VALUES: list[Any] = [
     "NaN", {"epsilon": 1}, list(range(100)), "\u0000", "🙂"]
 _FIELDS = ["decision_id", "kind", "actor", "subject_id", "event_id", "dataset", "detail",
            "occurred_at", "detail.epsilon", "detail.delta", "detail.version", "detail.model",
-           "detail.dataset", "key_id", "signature", "extra"]
+           "detail.dataset", "detail.rdp", "detail.subjects_count", "key_id", "signature",
+           "extra"]
 _JUNK = [b"", b"null", b"[]", b"{", b"\xff\xfe", b'"text"', b"1e400", b'{"kind":"x"}' * 3]
 
 
@@ -65,5 +70,5 @@ def _still_valid(obj: dict[str, Any]) -> bool:
     """Whether a mutation left a decision that could pass parsing (then made hostile anyway)."""
     detail = obj.get("detail")
     eps = detail.get("epsilon") if isinstance(detail, dict) else None
-    return (obj.get("kind") == "dp_sgd_charge" and isinstance(eps, int | float)
+    return (obj.get("kind") == "release_charge" and isinstance(eps, int | float)
             and not isinstance(eps, bool) and eps < 1e300)

@@ -62,16 +62,6 @@ class _Ids(_Strict):
     dataset: SafeName | None = None
 
 
-class ChargeDetail(_Strict):
-    """`dp_sgd_charge`: the ε (and δ) a trainer spent on a dataset."""
-
-    epsilon: float = Field(ge=0, allow_inf_nan=False)
-    delta: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
-    model: SafeName | None = None
-    version: int | None = Field(default=None, ge=1, le=10**9)
-    model_epsilon: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-
 class ReleaseChargeDetail(_Strict):
     """`release_charge`: a model release's per-subject RDP curve; the contributing subjects'
     ids travel out of band (shared/releases.py) and are bound by count and sha256 here."""
@@ -168,7 +158,7 @@ class HeldDetail(_Strict):
 _MODEL = frozenset({"model_promoted", "model_refused", "model_rolled_back"})
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"subject_forgotten", "key_rotated"}),
-    "trainer": _MODEL | {"dp_sgd_charge", "release_charge", "training_held"},
+    "trainer": _MODEL | {"release_charge", "training_held"},
     "serving": _MODEL,
     "monitor": frozenset({"drift_detected", "quality_degraded"}),
     "federation": _MODEL,
@@ -186,7 +176,6 @@ class KindRule:
 
 
 KINDS: dict[str, KindRule] = {
-    "dp_sgd_charge": KindRule(("dataset",), ChargeDetail),
     "release_charge": KindRule(("dataset",), ReleaseChargeDetail),
     "consent_changed": KindRule(("subject_id", "dataset"), ConsentDetail),
     "subject_forgotten": KindRule(("subject_id",)),
@@ -267,7 +256,7 @@ def admit(value: bytes, known_dataset: KnownDataset, max_epsilon: float,
             detail = rule.detail.model_validate(decision.detail)
         except ValidationError as error:
             return Refused(INVALID, f"detail.{_why(error)}")
-    if isinstance(detail, ChargeDetail | ReleaseChargeDetail) and detail.epsilon > max_epsilon:
+    if isinstance(detail, ReleaseChargeDetail) and detail.epsilon > max_epsilon:
         return Refused(EPSILON_OVER_MAX, f"detail.epsilon: over the maximum {max_epsilon:g}")
     if decision.dataset is not None and not known_dataset(decision.dataset):
         return Refused(UNKNOWN_DATASET, "dataset: not a governed dataset")

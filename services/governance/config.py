@@ -44,7 +44,7 @@ class GovernanceSettings(LeptonSettings):
         default=None, description="Extra dataset specs directory (<name>.yaml).")
     governance_max_charge_epsilon: float = Field(
         default=100.0, gt=0, allow_inf_nan=False,
-        description="Largest ε one dp_sgd_charge decision may charge (larger: refused).")
+        description="Largest ε one release_charge decision may charge (larger: refused).")
     governance_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Consumer group session timeout.")
     governance_audit_key_file: Path | None = Field(

@@ -99,8 +99,7 @@ class Processor:
         self._release(events)
         for item in items:
             if item.msg.topic() != self.clean_topic:
-                decision_item(item, self.store, self.ledger, self.dataset, self.metrics,
-                              self.releases)
+                decision_item(item, self.store, self.dataset, self.metrics, self.releases)
         self._seal(items)
         self.policy.apply(item.extra for item in items
                           if item.decision is not None and item.sealed is not None)

@@ -23,7 +23,6 @@ class Kind:
     WITHHELD = "event_withheld"
     REJECTED = "event_rejected"
     DECISION_REJECTED = "decision_rejected"
-    DP_SGD_CHARGE = "dp_sgd_charge"
     RELEASE_CHARGE = "release_charge"
 
 

@@ -1,8 +1,8 @@
 """What governance writes for each consumed record: the audit fields of an event decision,
 the sealing of `audit.requests` decisions (a `release_charge` is charged to the release ledger
-and its verdict recorded for the trainer; a legacy `dp_sgd_charge` to the dataset ledger), and
-the Kafka records to produce (governed envelope, audit record, dead letter), each under a
-process span that continues the record's trace."""
+and its verdict recorded for the trainer), and the Kafka records to produce (governed
+envelope, audit record, dead letter), each under a process span that continues the record's
+trace."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.governance.admission import ChargeDetail, ReleaseChargeDetail
-from services.governance.charges import Charge
-from services.governance.ledger import Ledger
+from services.governance.admission import ReleaseChargeDetail
 from services.governance.privacy import DatasetPrivacy
-from services.governance.records import Kind, Reason
+from services.governance.records import Kind
 from services.governance.release_charge import charge_release
 from services.governance.releases import ReleaseLedger
 from services.governance.store import AuditStore
@@ -74,9 +72,9 @@ def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,
     return fields
 
 
-def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: DatasetLookup,
+def decision_item(item: Item, store: AuditStore, dataset: DatasetLookup,
                   metrics: GovernanceMetrics, releases: ReleaseLedger) -> None:
-    """Prepare a consumed `audit.requests` record for sealing (charging dp_sgd_charge)."""
+    """Prepare a consumed `audit.requests` record for sealing (charging a release_charge)."""
     base = {"actor": "governance", "source": item.source}
     decision = item.decision
     if decision is None:
@@ -96,32 +94,11 @@ def decision_item(item: Item, store: AuditStore, ledger: Ledger, dataset: Datase
         "occurred_at": decision.occurred_at.isoformat(),
         "principal": item.principal.name if item.principal else None,
         "key_id": decision.key_id}
-    if isinstance(item.detail, ChargeDetail) and decision.dataset is not None:
-        fields.update(_charge_dp_sgd(item, decision.dataset, item.detail, ledger, dataset,
-                                     metrics))
-    elif isinstance(item.detail, ReleaseChargeDetail) and decision.dataset is not None:
+    if isinstance(item.detail, ReleaseChargeDetail) and decision.dataset is not None:
         fields.update(charge_release(decision.dataset, item.detail, releases, dataset,
                                      metrics))
     item.reason = fields.get("reason")
     item.extra = fields
-
-
-def _charge_dp_sgd(item: Item, name: str, detail: ChargeDetail, ledger: Ledger,
-                   dataset: DatasetLookup, metrics: GovernanceMetrics) -> dict[str, Any]:
-    """Charge a trainer's DP-SGD ε (admitted: finite, bounded, known dataset) to the dataset
-    ledger (recorded even over budget: the privacy was already spent), idempotently by
-    decision id."""
-    privacy = dataset(name)
-    assert isinstance(privacy, DatasetPrivacy)
-    [result] = ledger.charge(name, privacy.budget, [Charge(item.identity, None, detail.epsilon)],
-                             force=True)
-    if not result.charged:
-        return {"reason": Reason.BAD_EPSILON}
-    if not result.replay:
-        metrics.epsilon.add(result.epsilon, {"dataset": name})
-    return {"dataset": name, "epsilon": result.epsilon, "delta": detail.delta,
-            "mechanism": "dp-sgd",
-            "reason": "dataset_budget_exceeded" if result.reason else None}
 
 
 def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,

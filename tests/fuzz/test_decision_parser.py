@@ -19,9 +19,10 @@ from services.governance.admission import (
     CODES,
     EPSILON_OVER_MAX,
     INVALID,
+    UNKNOWN_KIND,
     Admitted,
-    ChargeDetail,
     Refused,
+    ReleaseChargeDetail,
     admit,
 )
 from shared.allowlist import AllowList
@@ -70,7 +71,7 @@ def _check(data: bytes, keys: Keys) -> Admitted | Refused:
         assert value is None or (".." not in value.split("/") and value not in (".", ".."))
     assert result.principal.name == "trainer"
     assert result.decision.kind in result.principal.kinds
-    if isinstance(result.detail, ChargeDetail):
+    if isinstance(result.detail, ReleaseChargeDetail):
         assert math.isfinite(result.detail.epsilon) and 0 <= result.detail.epsilon <= MAX_EPSILON
     return result
 
@@ -87,8 +88,10 @@ def test_corpus_verdicts(keys: Keys) -> None:
     assert isinstance(_check(_signed(keys, valid), keys), Admitted)
     unsigned = _check(json.dumps(valid).encode(), keys)
     assert isinstance(unsigned, Refused) and unsigned.code == "unsigned"
+    # the removed dp_sgd_charge kind, validly signed by the trainer: refused as unknown
     for name, code in (("poison.json", INVALID), ("huge_epsilon.json", EPSILON_OVER_MAX),
-                       ("dotdot_dataset.json", INVALID)):
+                       ("dotdot_dataset.json", INVALID),
+                       ("legacy_dp_sgd_charge.json", UNKNOWN_KIND)):
         result = _check(_signed(keys, json.loads((base / name).read_bytes())), keys)
         assert isinstance(result, Refused) and result.code == code, (name, result)
 
@@ -104,7 +107,7 @@ detail_like = st.fixed_dictionaries(
     {}, optional={k: st.one_of(st.just(v), json_values) for k, v in seed["detail"].items()})
 decision_like = st.fixed_dictionaries({}, optional={
     **{k: st.one_of(st.just(v), json_values) for k, v in seed.items() if k != "detail"},
-    "kind": st.sampled_from(["dp_sgd_charge", "consent_changed", "subject_forgotten",
+    "kind": st.sampled_from(["release_charge", "consent_changed", "subject_forgotten",
                              "model_promoted", "key_rotated", "nope"]) | json_values,
     "detail": detail_like | json_values,
 })

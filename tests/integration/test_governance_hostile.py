@@ -1,7 +1,8 @@
 """Governance against hostile `audit.requests` records on the embedded broker and real Redis:
 the poison decision and 1,000 fuzzed ones are refused to the DLQ and committed past, events keep
-flowing, the ledger is untouched and the audit log verifies; forged decisions (unsigned, wrong
-key, kind not allowed, ε = 1e300, tampered) are never sealed (service run in a thread)."""
+flowing, the ledgers are untouched and the audit log verifies; forged release charges
+(unsigned, wrong key, kind not allowed, ε = 1e300, tampered) and the removed `dp_sgd_charge`
+kind are never sealed nor charged (service run in a thread)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -16,20 +18,26 @@ from lepton.generators import transactions
 from services.governance.admission import CODES, EPSILON_OVER_MAX, INVALID, UNSIGNED
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
+from services.governance.releases import ReleaseLedger
 from services.governance.verify import verify_store
 from shared.config import LeptonSettings
 from shared.events import Decision, Header, encode
 from shared.kafka import make_producer
 from shared.principals import Principal, sign_decision
+from shared.pseudonym import load_pseudonymizer
+from shared.releases import RELEASE_CHARGE, verdicts_key
 from shared.signing import key_id, load_public_key, public_path
 from shared.topics import Topics
 from tests.helpers import local_mode_specs, open_dead_letter, read_topic
 from tests.hostile import POISON, hostile_decisions
 from tests.integration.test_governance_service import (  # noqa: F401 (fixture)
+    RELEASE_DELTA,
+    RELEASE_EPSILON,
     Running,
     _records,
     feed,
     ingest_like,
+    release_charge,
     specs,
 )
 
@@ -70,10 +78,11 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     kinds = Counter(r["kind"] for r in records)
     assert kinds["decision_rejected"] == 1000
     assert kinds["event_released"] == 200
-    assert "dp_sgd_charge" not in kinds
+    assert RELEASE_CHARGE not in kinds
     ledger = Ledger(redis_client, settings, None)
     assert ledger.spend("tiny").charges == 0
     assert ledger.spend("transactions").charges == 200
+    assert not redis_client.exists(verdicts_key(lepton_env, "tiny"))
     public = load_public_key(public_path(settings.audit_key_path()))
     assert all(r.ok for r in verify_store(settings.audit_dir(), public, topics.audit_log))
 
@@ -89,16 +98,17 @@ def test_poison_and_fuzzed_decisions_are_refused_and_committed_past(
     assert len(read_topic(lepton_env, topics.rejected, idle=1.5)) == 1000
 
 
-def _forged(settings: LeptonSettings) -> tuple[list[tuple[bytes, str]], bytes]:
-    """Forged decisions with the code each must be refused with, and one genuine charge."""
+def _forged(settings: LeptonSettings, client: redis.Redis, subjects: list[str]
+            ) -> tuple[list[tuple[bytes, str]], bytes]:
+    """Forged decisions with the code each must be refused with, and one genuine release
+    charge (each charge's subjects stored, so that only the refusal keeps it off the ledger)."""
     trainer = Principal.load(settings, "trainer")
     ingest = Principal.load(settings, "ingest")
     key = Ed25519PrivateKey.generate()
     stranger = Principal("trainer", key, key_id(key.public_key()))
 
     def charge(eps: float, ident: str) -> Decision:
-        return Decision(decision_id=ident, kind="dp_sgd_charge", actor="trainer",
-                        dataset="tiny", detail={"epsilon": eps, "delta": 1e-5})
+        return release_charge(client, settings, ident, subjects, epsilon=eps)
 
     impostor = sign_decision(stranger, charge(5.0, "wrong-key")).model_copy(
         update={"key_id": trainer.key_id})
@@ -111,6 +121,10 @@ def _forged(settings: LeptonSettings) -> tuple[list[tuple[bytes, str]], bytes]:
         (orjson.dumps(tampered), "bad_signature"),
         (encode(sign_decision(ingest, charge(5.0, "ingest-charges"))), "kind_not_allowed"),
         (encode(sign_decision(trainer, charge(1e300, "huge"))), "epsilon_over_max"),
+        # the removed legacy charge kind, validly signed by the trainer
+        (encode(sign_decision(trainer, Decision(
+            decision_id="legacy", kind="dp_sgd_charge", actor="trainer", dataset="tiny",
+            detail={"epsilon": 2.0, "delta": 1e-5}))), "unknown_kind"),
         (encode(Decision(kind="subject_forgotten", actor="cli:root", subject_id="ann")),
          "unsigned"),
         (encode(sign_decision(ingest, Decision(kind="model_promoted", actor="trainer",
@@ -120,13 +134,14 @@ def _forged(settings: LeptonSettings) -> tuple[list[tuple[bytes, str]], bytes]:
             kind="consent_changed", actor="cli:x", subject_id="ann", dataset="tiny",
             detail={"consent": "withdrawn", "purpose": "p"}))), "kind_not_allowed"),
     ]
-    return forged, encode(sign_decision(trainer, charge(2.0, "genuine")))
+    return forged, encode(sign_decision(trainer, charge(RELEASE_EPSILON, "genuine")))
 
 
 def test_forged_decisions_are_not_sealed_and_leave_the_ledger_unchanged(
         lepton_env: LeptonSettings, specs: Path, redis_client: redis.Redis) -> None:  # noqa: F811
     topics = Topics(lepton_env.topic_prefix)
-    forged, genuine = _forged(lepton_env)
+    subjects = [load_pseudonymizer(lepton_env).of(who) for who in ("ann", "bob")]
+    forged, genuine = _forged(lepton_env, redis_client, subjects)
     producer = make_producer(lepton_env)
     for value, _ in forged:
         producer.produce(topics.audit_requests, key=b"forged", value=value)
@@ -144,9 +159,16 @@ def test_forged_decisions_are_not_sealed_and_leave_the_ledger_unchanged(
     assert sorted(codes) == sorted(code for _, code in forged)
     assert {r.headers[Header.DLQ_REASON] for r in rejected} == {b"decision_rejected"}
     sealed = [r for r in _records(lepton_env) if r["kind"] != "decision_rejected"]
-    assert [(r["kind"], r["decision_id"], r["epsilon"], r["principal"]) for r in sealed] == [
-        ("dp_sgd_charge", "genuine", 2.0, "trainer")]
+    assert [(r["kind"], r["decision_id"], r["reason"], r["principal"]) for r in sealed] == [
+        (RELEASE_CHARGE, "genuine", None, "trainer")]
+    assert sealed[0]["epsilon"] == pytest.approx(RELEASE_EPSILON, rel=1e-9)
     assert len([r for r in records if r.headers["lepton.audit.type"] == b"record"]) == len(
         forged) + 1
-    spend = Ledger(redis_client, settings, None).spend("tiny")
-    assert (spend.epsilon, spend.charges) == (2.0, 1)
+    # the genuine release alone was charged, once, to each subject; no forged one got a verdict
+    releases = ReleaseLedger(redis_client, lepton_env)
+    assert list(releases.verdicts("central")) == ["genuine"]
+    assert releases.epoch("central") == 1
+    assert releases.subject_epsilons("central", RELEASE_DELTA) == pytest.approx(
+        dict.fromkeys(subjects, RELEASE_EPSILON), rel=1e-9)
+    ledger = Ledger(redis_client, settings, None)
+    assert ledger.spend("central").charges == ledger.spend("tiny").charges == 0

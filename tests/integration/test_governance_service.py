@@ -1,6 +1,7 @@
 """The governance service against the embedded broker and real Redis: policy, local-mode DP
 and per-event budget ledger, model-mode release un-noised with the per-release contribution
-bound, audit log, lineage and traces end to end (service run in a thread)."""
+bound, a trainer's release charge, audit log, lineage and traces end to end (service run in a
+thread)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from lepton.generators import transactions
 from services.governance.charge_log import ChargeLog
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
+from services.governance.releases import ReleaseLedger
 from services.governance.service import GovernanceService
 from services.governance.verify import verify_store
+from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.config import LeptonSettings
 from shared.decisions import publish_decision
 from shared.dlq import SEALED_HEADER
@@ -30,6 +33,7 @@ from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header,
 from shared.kafka import make_producer
 from shared.principals import Principal
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
+from shared.releases import RELEASE_CHARGE, read_verdict, store_subjects, subjects_digest
 from shared.signing import load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
@@ -46,6 +50,36 @@ fields:
 privacy: {mode: local, mechanism: laplace, epsilon_per_event: 1.0, subject_budget: 2.5,
           dataset_budget: 1000.0}
 """
+# a model-mode dataset with no events, for release charges (charging a release of
+# `transactions` would reset its contribution bound in the middle of a test's events)
+CENTRAL_SPEC = """
+name: central
+fields:
+  - {name: id, type: string, role: id}
+  - {name: who, type: string, role: subject}
+  - {name: amount, type: float, role: feature, clip_min: 0, clip_max: 10}
+  - {name: label, type: bool, role: label}
+privacy: {mode: model, max_events_per_subject: 1, epsilon_per_release: 1.0, delta: 1e-5,
+          subject_budget: 10.0, dataset_budget: 1000.0}
+"""
+RELEASE_DELTA = 1e-5
+# the RDP curve of one Gaussian mechanism with σ = 1.2 (α / 2σ²): a valid release's curve
+RELEASE_CURVE = [a / (2 * 1.2**2) for a in ORDERS]
+RELEASE_EPSILON = epsilon_from_rdp(RELEASE_CURVE, RELEASE_DELTA)
+
+
+def release_charge(client: redis.Redis, settings: LeptonSettings, release: str,
+                   subjects: list[str], epsilon: float = RELEASE_EPSILON) -> Decision:
+    """A release charge on `central` as the trainer sends it (services/trainer/charge.py):
+    the subject ids stored in Redis, their count and digest in the (to be signed) decision."""
+    store_subjects(client, settings, "central", release, subjects)
+    return Decision(decision_id=release, kind=RELEASE_CHARGE, actor="trainer", dataset="central",
+                    detail={"release_id": release, "model": "central", "epsilon": epsilon,
+                            "delta": RELEASE_DELTA, "accountant": "rdp", "orders": list(ORDERS),
+                            "rdp": RELEASE_CURVE, "noise_multiplier": 1.2, "sample_rate": 1.0,
+                            "steps": 1, "max_events_per_subject": 1,
+                            "subjects_count": len(set(subjects)),
+                            "subjects_sha256": subjects_digest(subjects)})
 
 
 def ingest_like(event: Envelope) -> Envelope:
@@ -85,6 +119,7 @@ def specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "specs"
     path.mkdir()
     (path / "tiny.yaml").write_text(TINY_SPEC)
+    (path / "central.yaml").write_text(CENTRAL_SPEC)
     monkeypatch.setenv("LEPTON_GOVERNANCE_SPECS_DIR", str(path))
     monkeypatch.setenv("LEPTON_GOVERNANCE_CHECKPOINT_EVERY", "50")
     monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
@@ -159,8 +194,8 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     unknown = _tiny(99, "ann").model_copy(update={"dataset": "nosuch", "event_id": "nosuch-1"})
     feed(lepton_env, [*tiny, *tx, unknown, tiny[1]], tracer, raw=[b"{not json"])
     producer = make_producer(lepton_env)
-    charge = Decision(kind="dp_sgd_charge", actor="trainer", dataset="tiny",
-                      detail={"epsilon": 3.5, "delta": 1e-5, "model": "m", "version": 1})
+    contributors = [pseudonyms.of("ann"), pseudonyms.of("bob")]
+    charge = release_charge(redis_client, lepton_env, "rel-1", contributors)
     trainer, operator = (Principal.load(lepton_env, "trainer"),
                          Principal.load(lepton_env, "operator"))
     for decision, signer in ((charge, trainer), (charge, trainer), (Decision(
@@ -232,18 +267,32 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     assert tiny0.payload["amount"] != 50.0
     assert any(c.field == "amount" and c.action == "clipped" for c in tiny0.changes)
 
-    # ledger: event charges plus the DP-SGD charge (once), equal to the audited ε
+    # per-event ledger: the released events' charges only, equal to the audited ε
     ledger = Ledger(redis_client, settings, None)
     released = [r for r in records if r["kind"] == "event_released" and r["dataset"] == "tiny"]
-    sgd = [r for r in records if r["kind"] == "dp_sgd_charge"]
-    assert len(sgd) == 1 and sgd[0]["epsilon"] == 3.5
-    expected = sum(r["epsilon"] for r in released) + 3.5
+    expected = sum(r["epsilon"] for r in released)
     assert ledger.spend("tiny").epsilon == pytest.approx(expected)
-    assert ledger.spend("tiny").charges == 4
+    assert ledger.spend("tiny").charges == 3
     on_disk = ChargeLog(settings.ledger_dir()).read()
     assert sum(c["eps"] for c in on_disk if c["dataset"] == "tiny") == pytest.approx(expected)
-    assert {r["kind"] for r in records} >= {"subject_forgotten", "dp_sgd_charge"}
-    assert (sgd[0]["principal"], sgd[0]["key_id"]) == ("trainer", trainer.key_id)
+    assert ledger.spend("central").charges == 0
+    # release ledger: the trainer's release charge (published twice) charged once to each
+    # contributor, equal to the audited ε
+    rc = [r for r in records if r["kind"] == RELEASE_CHARGE]
+    assert len(rc) == 1 and rc[0]["decision_id"] == "rel-1" and rc[0]["reason"] is None
+    assert rc[0]["epsilon"] == pytest.approx(RELEASE_EPSILON, rel=1e-9)
+    verdict = read_verdict(redis_client, lepton_env, "central", "rel-1")
+    assert verdict is not None and verdict["status"] == "charged"
+    releases = ReleaseLedger(redis_client, lepton_env)
+    assert releases.epoch("central") == 1
+    assert releases.subject_epsilons("central", RELEASE_DELTA) == pytest.approx(
+        dict.fromkeys(contributors, rc[0]["epsilon"]), rel=1e-9)
+    release_log = [orjson.loads(line) for seg in sorted(
+        (settings.ledger_dir() / "releases" / "segments").glob("*.seg"))
+        for line in seg.read_bytes().splitlines()]
+    assert [line["id"] for line in release_log] == ["rel-1"]
+    assert {r["kind"] for r in records} >= {"subject_forgotten", RELEASE_CHARGE}
+    assert (rc[0]["principal"], rc[0]["key_id"]) == ("trainer", trainer.key_id)
     [forgot] = [r for r in records if r["kind"] == "subject_forgotten"]
     assert (forgot["principal"], forgot["key_id"]) == ("operator", operator.key_id)
 

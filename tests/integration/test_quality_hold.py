@@ -127,7 +127,7 @@ def test_a_low_quality_window_holds_the_cycle_and_clean_data_trains(
         assert detail["events"] == len(bad) and detail["rows"] == len(bad)
         assert detail["windows"] == len(windows) and detail["replicas"] == 1
         assert Registry(settings).versions("breast_cancer") == []
-        assert _sealed(lepton_env, "dp_sgd_charge") == _sealed(lepton_env, "release_charge") == []
+        assert _sealed(lepton_env, "release_charge") == []
 
         # the clean events come after the bad windows and the slack, so only theirs overlap
         last_bad = max(w.end_s for w in windows)

@@ -38,7 +38,7 @@ def test_signature_verifies_on_the_wire_bytes_and_breaks_on_any_change(
         settings: LeptonSettings) -> None:
     trainer = Principal.load(settings, "trainer")
     public = load_public_key(principals_dir(settings) / "trainer.pub")
-    signed = sign_decision(trainer, Decision(kind="dp_sgd_charge", actor="trainer",
+    signed = sign_decision(trainer, Decision(kind="release_charge", actor="trainer",
                                              dataset="tiny", detail={"epsilon": 0.1}))
     assert signed.key_id == trainer.key_id
     wire = orjson.loads(encode(signed))
