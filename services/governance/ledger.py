@@ -38,7 +38,6 @@ from shared.state import rkey
 _CHARGE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local sb, db, delta = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local force = ARGV[5] == '1'
 local function fmt(x) return string.format('%.17g', x) end
 local function finite(x) return x ~= nil and x == x and x >= 0 and x < math.huge end
 local function effective(eps, rho)
@@ -52,7 +51,7 @@ local d_rho = tonumber(totals[2] or '0')
 local d_n = tonumber(totals[3] or '0')
 local out = {}
 local changed = false
-for i = 6, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local id, subject = ARGV[i], ARGV[i + 1]
   local eps, rho = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local prior = redis.call('HGET', KEYS[2], id)
@@ -73,7 +72,7 @@ for i = 6, #ARGV, 4 do
       over = 'dataset'
     end
     local result
-    if over ~= '' and not force then
+    if over ~= '' then
       result = 'refused|' .. over
     else
       d_eps, d_rho, d_n = d_eps + eps, d_rho + rho, d_n + 1
@@ -81,7 +80,7 @@ for i = 6, #ARGV, 4 do
         redis.call('HSET', KEYS[3], subject, fmt(s_eps + eps))
         if rho > 0 then redis.call('HSET', KEYS[4], subject, fmt(s_rho + rho)) end
       end
-      result = 'charged|' .. fmt(eps) .. '|' .. fmt(rho) .. '|' .. over
+      result = 'charged|' .. fmt(eps) .. '|' .. fmt(rho) .. '|'
       changed = true
     end
     redis.call('HSET', KEYS[2], id, result)
@@ -114,14 +113,14 @@ class Ledger:
                 self._key(dataset, "subject_eps"), self._key(dataset, "subject_rho"),
                 self._key(dataset, "totals"), self._key("datasets")]
 
-    def charge(self, dataset: str, budget: Budget, charges: Sequence[Charge], *,
-               force: bool = False) -> list[ChargeResult]:
-        """Charge atomically (refusing over-budget ones unless `force`), log accepted charges
+    def charge(self, dataset: str, budget: Budget, charges: Sequence[Charge]
+               ) -> list[ChargeResult]:
+        """Charge atomically (refusing over-budget ones), log accepted charges
         to disk, and return one result per charge in order. Rebuilds once if Redis lost it."""
         if not charges:
             return []
         args: list[Any] = [dataset, repr(budget.subject), repr(budget.dataset),
-                           repr(budget.delta), "1" if force else "0"]
+                           repr(budget.delta)]
         for item in charges:
             args += [item.charge_id, item.subject or "", repr(float(item.epsilon)),
                      repr(float(item.rho))]

@@ -192,7 +192,7 @@ def test_missing_redis_state_is_rebuilt_from_the_charge_log(
         ledger: Ledger, redis_client: redis.Redis, redis_prefix: str) -> None:
     budget = Budget(subject=10.0, dataset=100.0)
     ledger.charge("ds", budget, [Charge(f"e{i}", f"s{i % 3}", 0.5) for i in range(9)])
-    ledger.charge("ds", budget, [Charge("train-1", None, 2.0)], force=True)
+    ledger.charge("ds", budget, [Charge("train-1", None, 2.0)])
     before = (ledger.spend("ds"), ledger.subjects("ds"))
     _cleanup(redis_client, redis_prefix)
     [again] = ledger.charge("ds", budget, [Charge("e0", "s0", 0.5)])
@@ -202,13 +202,3 @@ def test_missing_redis_state_is_rebuilt_from_the_charge_log(
     _cleanup(redis_client, redis_prefix)
     with pytest.raises(LedgerMissing):
         plain.charge("ds", budget, [Charge("e1", "s1", 0.5)])
-
-
-def test_forced_charges_record_overspend_instead_of_refusing(ledger: Ledger) -> None:
-    budget = Budget(subject=1.0, dataset=1.0)
-    [first] = ledger.charge("ds", budget, [Charge("d1", None, 0.8)], force=True)
-    [second] = ledger.charge("ds", budget, [Charge("d2", None, 0.8)], force=True)
-    [third] = ledger.charge("ds", budget, [Charge("e1", "s", 0.1)])
-    assert (first.reason, second.reason) == ("", "dataset")
-    assert second.charged and third.status == "refused"
-    assert ledger.spend("ds").epsilon == pytest.approx(1.6)
