@@ -65,11 +65,13 @@ def _plain(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, seed: int,
            minibatch: int = 32) -> tuple[torch.nn.Module, float]:
     torch.manual_seed(seed)
     engine = Engine(_net(spec, x.shape[1]), Comm(), learning_rate=spec.model.learning_rate,
-                    minibatch=minibatch, epochs=spec.model.epochs_per_batch, seed=seed)
+                    minibatch=minibatch, epochs=spec.model.epochs_per_batch, seed=seed,
+                    average_decay=spec.model.average_decay)
     started = time.perf_counter()
     for start in range(0, len(x), 512):
         engine.train_round(x[start:start + 512], y[start:start + 512],
                            len(x[start:start + 512]))
+    engine.finish()
     return engine.model, engine.rows / (time.perf_counter() - started)
 
 

@@ -97,6 +97,7 @@ def build_candidate(cycle: Cycle, state: dict[str, torch.Tensor], parts: list[di
         lineage=merge(part["lineage"] for part in parts),
         training={"optimizer": "adam", "learning_rate": learning_rate,
                   "epochs_per_batch": epochs, "minibatch": engine.minibatch,
+                  "average_decay": engine.average_decay,
                   "rows": engine.rows, "steps": engine.steps, "rounds": cycle.rounds,
                   "active_s": round(cycle.active_s, 3), "workers": world,
                   "backend": "single" if world == 1 else (

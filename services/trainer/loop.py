@@ -244,6 +244,8 @@ class TrainerLoop:
         if self.trainer.private:
             self.trainer.train_private(cycle)
         engine = cycle.engine
+        if engine is not None:
+            engine.finish()
         parts = self.comm.gather_json({
             "lineage": cycle.lineage.to_json(), "validation": cycle.validation,
             "positions": {str(p): o for p, o in self.positions.items()},

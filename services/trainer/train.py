@@ -4,7 +4,11 @@ release over the cycle's rows (dp.py).
 Every rank runs the same number of optimiser steps (derived from the global row count, so
 uneven or empty local batches never hang a collective). A non-private step sums the local loss
 gradient, all-reduces the sums together with the row count, and divides by the global count:
-the update equals one worker training on the union of the chunks.
+the update equals one worker training on the union of the chunks. Non-private rounds also keep
+an average of the weights (torch.optim.swa_utils, one update per round: round t is weighted
+max(1 − decay, 2/(t+1)), so weights grow linearly with t early in a cycle and decay
+exponentially later), and the cycle releases that average: the last round alone over-weights
+the latest batch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from services.trainer.comm import Comm
 from services.trainer.dp import Plan, fit_private
@@ -34,7 +39,7 @@ class Engine:
     """Optimiser state and the training step for one cycle's model."""
 
     def __init__(self, model: nn.Module, comm: Comm, *, learning_rate: float, minibatch: int,
-                 epochs: int, seed: int) -> None:
+                 epochs: int, seed: int, average_decay: float = 0.0) -> None:
         self.model = model
         self.comm = comm
         self.minibatch = minibatch
@@ -46,6 +51,14 @@ class Engine:
         self.loss = nn.BCEWithLogitsLoss(reduction="sum")
         self.rows = 0
         self.steps = 0
+        self.average_decay = average_decay
+        self.average = AveragedModel(model, avg_fn=self._average_step,
+                                     use_buffers=True) if average_decay > 0 else None
+
+    def _average_step(self, averaged: torch.Tensor, current: torch.Tensor,
+                      averaged_rounds: torch.Tensor | int) -> torch.Tensor:
+        weight = max(1.0 - self.average_decay, 2.0 / (int(averaged_rounds) + 2))
+        return averaged + (current - averaged) * weight
 
     def train_round(self, x: npt.NDArray[np.float32], y: npt.NDArray[np.float32],
                     global_rows: int) -> RoundStats:
@@ -64,6 +77,8 @@ class Engine:
                 total_loss += self._step(xs, ys, chunk)
         self.rows += global_rows
         self.steps += steps_per_epoch * self.epochs
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         return RoundStats(global_rows, steps_per_epoch * self.epochs,
                           total_loss / max(1, global_rows * self.epochs))
 
@@ -76,6 +91,15 @@ class Engine:
         self.rows += plan.rows
         self.steps += plan.steps
         return RoundStats(plan.rows, plan.steps, loss)
+
+    def finish(self) -> None:
+        """End the cycle: the model takes the rounds' moving average (if any rounds ran)."""
+        if self.average is None or not int(self.average.n_averaged):
+            return
+        with torch.no_grad():
+            for mine, averaged in zip(self.model.state_dict().values(),
+                                      self.average.module.state_dict().values(), strict=True):
+                mine.copy_(averaged)
 
     def _step(self, xs: torch.Tensor, ys: torch.Tensor, chunk: npt.NDArray[np.int64]
               ) -> float:

@@ -108,7 +108,8 @@ class CycleTrainer:
         self.comm.broadcast_([p.data for p in net.parameters()])
         cycle.engine = Engine(net, self.comm, learning_rate=self.learning_rate,
                               minibatch=self.settings.trainer_minibatch, epochs=self.epochs,
-                              seed=self.seed + self.releases)
+                              seed=self.seed + self.releases,
+                              average_decay=0.0 if self.private else self.spec.model.average_decay)
 
     def _fit_transform(self, cycle: Cycle) -> None:
         """No live model: the transform comes from the spec's public bounds (no data)."""

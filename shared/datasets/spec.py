@@ -138,6 +138,10 @@ class ModelSpec(_Spec):
     dp_max_grad_norm: float | None = Field(
         default=None, gt=0, description="DP-SGD clip norm (default: the trainer's setting).")
     epochs_per_batch: int = Field(default=1, ge=1)
+    average_decay: float = Field(
+        default=0.9, ge=0, lt=1, description="Non-private training releases an average of "
+        "each round's weights: round t weighs max(1 - average_decay, 2/(t+1)) (0: the last "
+        "round's weights).")
     token_buckets: int = Field(default=64, ge=2)
     min_auc: float = Field(
         default=0.6, ge=0.5, le=1.0,
