@@ -16,6 +16,7 @@ Consumes/produces: the directory above.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -34,24 +35,26 @@ class WrappedKeyFiles:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._root = os.fspath(directory)
 
-    def _path(self, key_id: str) -> Path:
+    def _path(self, key_id: str) -> str:
+        # plain strings and os calls: minting a key is on ingest's hot path, pathlib is slower
         if not key_id.isalnum():
             raise ValueError("data key ids are alphanumeric")
-        return self.directory / key_id[:2] / key_id
+        return f"{self._root}/{key_id[:2]}/{key_id}"
 
     def get(self, key_id: str) -> bytes | None:
         """The stored record, or None (also when a tombstone says the key was destroyed)."""
         try:
-            record = self._path(key_id).read_bytes()
+            with open(self._path(key_id), "rb") as handle:
+                record = handle.read()
         except FileNotFoundError:
             return None
         return None if self.forgotten(key_id) else record
 
     def forgotten(self, key_id: str) -> bool:
         """True when the key was destroyed by `forget`."""
-        path = self._path(key_id)
-        return path.with_name(path.name + TOMBSTONE).exists()
+        return os.path.exists(self._path(key_id) + TOMBSTONE)
 
     def put(self, key_id: str, record: bytes) -> bool:
         """Store (or replace) a record atomically, never beside a tombstone (checked again
@@ -60,26 +63,32 @@ class WrappedKeyFiles:
         path = self._path(key_id)
         if self.forgotten(key_id):
             return True
+        tmp = f"{path[:-len(key_id)]}.{key_id}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as error:
             if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             log.warning("data key %s has no disk copy: %s is not writable here", key_id,
                         self.directory)
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(record)
-        tmp.replace(path)
+        try:
+            os.write(fd, record)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
         if self.forgotten(key_id):  # `destroy` ran since the check above: it wins
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         return True
 
     def destroy(self, key_id: str) -> bool:
         """Unlink the record and leave a tombstone; True if a record existed."""
-        path = self._path(key_id)
+        path = Path(self._path(key_id))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path.with_name(path.name + TOMBSTONE), os.O_WRONLY | os.O_CREAT, 0o600)
         os.fsync(fd)
