@@ -91,15 +91,16 @@ def _same_loop_rate(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, plan: dp.Pl
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.model.dp_learning_rate or 0.05)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    batches = list(UniformWithReplacementSampler(num_samples=len(x), sample_rate=plan.sample_rate,
-                                                 steps=plan.steps))
+    sampled = 0
     started = time.perf_counter()
-    for indices in batches:
+    for indices in UniformWithReplacementSampler(num_samples=len(x), sample_rate=plan.sample_rate,
+                                                 steps=plan.steps):
         index = torch.tensor(indices, dtype=torch.long)
         optimizer.zero_grad(set_to_none=True)
         loss_fn(net(xs[index]), ys[index]).backward()
         optimizer.step()
-    return sum(map(len, batches)) / (time.perf_counter() - started)
+        sampled += len(indices)
+    return sampled / (time.perf_counter() - started)
 
 
 def _private(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, eps: float, seed: int
