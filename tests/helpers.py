@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import redis
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from shared.accounting import ORDERS
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.dlq import DeadLetterOpener
+from shared.events import Decision
 from shared.lifecycle import parent_death
+from shared.releases import RELEASE_CHARGE, store_subjects, subjects_digest
 
 
 def open_dead_letter(settings: LeptonSettings, value: bytes) -> bytes:
@@ -228,3 +232,19 @@ class PrivateRedisServer:
             except FileNotFoundError:
                 time.sleep(0.1)
         raise AssertionError(f"files in {self.directory} kept changing while read")
+
+
+def release_charge(client: redis.Redis, settings: LeptonSettings, release: str,
+                   subjects: list[str], *, epsilon: float, delta: float, curve: list[float],
+                   sample_rate: float = 1.0, steps: int = 1) -> Decision:
+    """An (unsigned) release charge on the `central` test dataset as the trainer sends it
+    (services/trainer/charge.py): the subject ids stored in Redis, their count and digest in
+    the decision; σ = 1.2."""
+    store_subjects(client, settings, "central", release, subjects)
+    return Decision(decision_id=release, kind=RELEASE_CHARGE, actor="trainer", dataset="central",
+                    detail={"release_id": release, "model": "central", "epsilon": epsilon,
+                            "delta": delta, "accountant": "rdp", "orders": list(ORDERS),
+                            "rdp": curve, "noise_multiplier": 1.2, "sample_rate": sample_rate,
+                            "steps": steps, "max_events_per_subject": 1,
+                            "subjects_count": len(set(subjects)),
+                            "subjects_sha256": subjects_digest(subjects)})

@@ -25,9 +25,9 @@ from shared.events import Decision, Envelope
 from shared.kafka import make_producer
 from shared.principals import Principal
 from shared.pseudonym import load_pseudonymizer
-from shared.releases import RELEASE_CHARGE, read_verdict, store_subjects, subjects_digest
+from shared.releases import RELEASE_CHARGE, read_verdict, store_subjects
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import read_topic, release_charge
 from tests.integration.test_governance_service import Running, _records, feed
 
 DELTA = 1e-5
@@ -69,15 +69,9 @@ def _event(i: int, who: str) -> Envelope:
 
 def _charge(client: redis.Redis, settings: LeptonSettings, release: str,
             subjects: list[str]) -> Decision:
-    """A release charge as the trainer sends it: subject ids in Redis, count and digest signed."""
-    store_subjects(client, settings, "central", release, subjects)
-    return Decision(decision_id=release, kind=RELEASE_CHARGE, actor="trainer", dataset="central",
-                    detail={"release_id": release, "model": "central", "epsilon": ONE,
-                            "delta": DELTA, "accountant": "rdp", "orders": list(ORDERS),
-                            "rdp": CURVE, "noise_multiplier": 1.2, "sample_rate": 0.1,
-                            "steps": 100, "max_events_per_subject": 1,
-                            "subjects_count": len(set(subjects)),
-                            "subjects_sha256": subjects_digest(subjects)})
+    """A release charge of ε = ONE (q = 0.1, 100 steps) as the trainer sends it."""
+    return release_charge(client, settings, release, subjects, epsilon=ONE, delta=DELTA,
+                          curve=CURVE, sample_rate=0.1, steps=100)
 
 
 def _wait(client: redis.Redis, settings: LeptonSettings, release: str) -> dict[str, Any]:

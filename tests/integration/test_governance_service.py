@@ -33,12 +33,13 @@ from shared.events import CONTENT_TYPE_JSON, Change, Decision, Envelope, Header,
 from shared.kafka import make_producer
 from shared.principals import Principal
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
-from shared.releases import RELEASE_CHARGE, read_verdict, store_subjects, subjects_digest
+from shared.releases import RELEASE_CHARGE, read_verdict
 from shared.signing import load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
 from shared.tracing import publish_span
 from tests.helpers import open_dead_letter, read_topic
+from tests.helpers import release_charge as charge_for
 
 TINY_SPEC = """
 name: tiny
@@ -70,16 +71,9 @@ RELEASE_EPSILON = epsilon_from_rdp(RELEASE_CURVE, RELEASE_DELTA)
 
 def release_charge(client: redis.Redis, settings: LeptonSettings, release: str,
                    subjects: list[str], epsilon: float = RELEASE_EPSILON) -> Decision:
-    """A release charge on `central` as the trainer sends it (services/trainer/charge.py):
-    the subject ids stored in Redis, their count and digest in the (to be signed) decision."""
-    store_subjects(client, settings, "central", release, subjects)
-    return Decision(decision_id=release, kind=RELEASE_CHARGE, actor="trainer", dataset="central",
-                    detail={"release_id": release, "model": "central", "epsilon": epsilon,
-                            "delta": RELEASE_DELTA, "accountant": "rdp", "orders": list(ORDERS),
-                            "rdp": RELEASE_CURVE, "noise_multiplier": 1.2, "sample_rate": 1.0,
-                            "steps": 1, "max_events_per_subject": 1,
-                            "subjects_count": len(set(subjects)),
-                            "subjects_sha256": subjects_digest(subjects)})
+    """A release charge on `central` with this module's curve (σ = 1.2, one step)."""
+    return charge_for(client, settings, release, subjects, epsilon=epsilon,
+                      delta=RELEASE_DELTA, curve=RELEASE_CURVE)
 
 
 def ingest_like(event: Envelope) -> Envelope:
