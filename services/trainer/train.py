@@ -93,7 +93,7 @@ class Engine:
         return RoundStats(plan.rows, plan.steps, loss)
 
     def finish(self) -> None:
-        """End the cycle: the model takes the rounds' moving average (if any rounds ran)."""
+        """End the cycle: the model takes the rounds' weighted average (if any rounds ran)."""
         if self.average is None or not int(self.average.n_averaged):
             return
         with torch.no_grad():
