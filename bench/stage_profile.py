@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).is_file():
+        parser.error("needs py-spy, which the project does not install: pip install py-spy")
     broker, bootstrap = start_broker()
     topics = Topics(f"prof{uuid.uuid4().hex[:8]}.")
     PREFIXES.append(f"{topics.prefix}:")
