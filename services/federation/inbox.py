@@ -63,9 +63,10 @@ class Inbox:
         log.warning("dropped a site answer: %s", entry)
 
     def collect(self, federation: str, round_: int, expected: set[str], deadline: float,
-                stop: threading.Event) -> dict[str, Answer]:
-        """Answers to round `round_` of `federation` from `expected` sites, until all came or
-        `deadline` (Unix time) passed."""
+                stop: threading.Event, kinds: frozenset[str] | None = None
+                ) -> dict[str, Answer]:
+        """Answers to round `round_` of `federation` from `expected` sites (of `kinds`, when
+        given: others are late), until all came or `deadline` (Unix time) passed."""
         answers: dict[str, Answer] = {}
         while set(answers) < expected and time.time() < deadline and not stop.is_set():
             for msg in self.consumer.consume(100, timeout=0.1):
@@ -83,7 +84,8 @@ class Inbox:
                     self._drop("signer is not the site named", update, signer=signer)
                 elif update.federation != federation:
                     self._drop("another federation", update)
-                elif update.round != round_ or time.time() > deadline:
+                elif update.round != round_ or time.time() > deadline or (
+                        kinds is not None and update.kind not in kinds):
                     self._drop("late", update, current_round=round_)
                 elif update.site not in expected or update.site in answers:
                     self._drop("not selected or repeated", update)
