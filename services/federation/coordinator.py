@@ -203,11 +203,11 @@ class Coordinator:
                 elif answer.update.kind == "fit":
                     fits[site] = answer
             span.set_attribute("lepton.federation.updates", len(fits))
-            record = {"round": number, "sites": sorted(fits),
-                      "missing": sorted(set(active) - set(answers)),
-                      "declined": sorted(s for s, a in answers.items()
-                                         if a.update.kind == "declined"),
-                      "bytes_out": sent, "bytes_in": sum(a.size for a in answers.values())}
+            record: dict[str, Any] = {
+                "round": number, "sites": sorted(fits),
+                "missing": sorted(set(active) - set(answers)),
+                "declined": sorted(s for s, a in answers.items() if a.update.kind == "declined"),
+                "bytes_out": sent, "bytes_in": sum(a.size for a in answers.values())}
             if len(fits) < settings.federation_min_sites:
                 progress.rounds.append(record)
                 return f"round {number}: {len(fits)} updates in time, below the quorum of " \
