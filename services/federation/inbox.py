@@ -5,7 +5,8 @@ Consumes `federation.updates` from the position it had when the coordinator star
 older is read); every record is verified (signature by an allowed site's key, the signer is the
 site the answer names) before it is parsed. Produces, per round, the answers of the selected
 sites, and a record of every answer it drops: late (an earlier round's, or this round's after
-its deadline), from a site not selected, for another federation, or failing verification.
+its deadline, or of a kind the round does not expect), from a site not selected, for another
+federation, or failing verification.
 """
 
 from __future__ import annotations
