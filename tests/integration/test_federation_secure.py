@@ -118,6 +118,9 @@ def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
     allow_tasks = AllowList(principals_dir(settings), {"federation": TASK_KINDS})
     tasks = _records(world, topics.federation_rounds, allow_tasks, RoundTask)
     weights = {t.round: w for _, t, w, _ in tasks if t.kind == "fit"}
+    # control: the same scan finds plain float tensors where they are sent (the global model)
+    sent = b"\n".join(value for value, *_ in tasks)
+    assert all(v.astype(np.float32).tobytes() in sent for v in weights[2].values())
     final = {k[len("candidate."):]: v for _, t, w, _ in tasks if t.kind == "evaluate"
              for k, v in w.items() if k.startswith("candidate.")}
     for number in range(1, 5):
