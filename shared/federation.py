@@ -4,6 +4,10 @@ trainer in site mode): round tasks on `federation.rounds`, site answers on `fede
 Only models and aggregates cross: a task carries the global model (and, to evaluate, the
 candidate and the live model); a site's answer carries its clipped model update and sample
 count, or histograms of its held-out scores per label (and per sensitive group), never a row.
+With secure aggregation (shared/secagg.py) a `keys` task (round 0) asks for each site's X25519
+public key, `fit` tasks carry the round's `agreement_keys`, a site's fit answer carries its
+masked fixed-point update (uint64) instead of the clipped one, and an `unmask` task asks the
+survivors of a round for their pairwise seeds with the `dropped` sites only.
 
 Each message is one safetensors file (tensors as NumPy arrays, never pickle) whose metadata
 holds the message's fields as sorted-key JSON; the Kafka headers carry an Ed25519 signature over
@@ -35,8 +39,8 @@ METADATA_KEY = "lepton.federation"
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # held-out scores are summarised as counts per logit bin (0.1 wide, open-ended at both ends)
 LOGIT_EDGES: npt.NDArray[np.float64] = np.linspace(-12.0, 12.0, 241)
-TASK_KINDS = frozenset({"fit", "evaluate"})
-UPDATE_KINDS = frozenset({"fit", "evaluate", "declined"})
+TASK_KINDS = frozenset({"fit", "evaluate", "keys", "unmask"})
+UPDATE_KINDS = frozenset({"fit", "evaluate", "declined", "keys", "unmask"})
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100,
                                         pattern=r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")]
@@ -56,9 +60,9 @@ class RoundTask(_Message):
     model: Name
     dataset: Name
     spec_hash: str = Field(max_length=64)
-    round: int = Field(ge=1, le=100_000)
+    round: int = Field(ge=0, le=100_000, description="0: key agreement.")
     rounds: int = Field(ge=1, le=100_000)
-    kind: Literal["fit", "evaluate"]
+    kind: Literal["fit", "evaluate", "keys", "unmask"]
     sites: tuple[Name, ...] = Field(min_length=1, max_length=10_000)
     deadline: float = Field(description="Unix time after which answers are dropped as late.")
     architecture: dict[str, Any]
@@ -71,20 +75,29 @@ class RoundTask(_Message):
                            "site to spend over the whole federation (a site spends at most "
                            "its own spec's `epsilon_per_release`).")
     live: bool = Field(default=False, description="evaluate: the task also carries `live.*`.")
+    agreement_keys: dict[Name, str] = Field(
+        default_factory=dict, max_length=10_000, description="Secure aggregation (fit, "
+        "unmask): each selected site's X25519 public key, base64; empty: plain updates.")
+    dropped: tuple[Name, ...] = Field(default=(), max_length=10_000, description="unmask: "
+                                      "the round's selected sites whose masks survivors reveal.")
 
 
 class SiteUpdate(_Message):
     """A site's answer to one task."""
 
     federation: Ident
-    round: int = Field(ge=1, le=100_000)
+    round: int = Field(ge=0, le=100_000)
     site: Name
-    kind: Literal["fit", "evaluate", "declined"]
+    kind: Literal["fit", "evaluate", "declined", "keys", "unmask"]
     num_examples: int = Field(ge=0)
     update_norm: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] = Field(default_factory=dict)
     reason: str = Field(default="", max_length=500)
+    agreement_key: str = Field(default="", max_length=100,
+                               description="keys: this site's X25519 public key, base64.")
+    seeds: dict[Name, str] = Field(default_factory=dict, max_length=10_000, description=(
+        "unmask: this site's pairwise seed (base64) with each dropped site named."))
 
 
 class FederationMessageError(ValueError):

@@ -13,7 +13,8 @@ Site-level ε (protecting everything one site contributes, against anyone who se
 released model): replacing one site's data moves the weighted sum of clipped updates by at most
 2·C·max_i(w_i), so each round is a Gaussian mechanism with noise multiplier z/2; T rounds
 compose with the RDP accountant (Opacus's compute_rdp at q = 1: no amplification is claimed
-for site selection). It does not protect against the coordinator, which sees each update; the
+for site selection). It does not protect against the coordinator, which sees each update
+(unless secure aggregation is on: secure.py sums masked updates and adds the same noise); the
 per-subject guarantee against it is each site's DP-SGD, charged at the site.
 """
 
@@ -58,6 +59,14 @@ def fedavg(updates: Sequence[tuple[Arrays, int]], clip_norm: float, noise_multip
         raise ValueError("updates name different tensors")
     average = {name: np.sum([w * u[name].astype(np.float64) for w, u in
                              zip(weights, clipped, strict=True)], axis=0) for name in names}
+    return server_noise(average, weights, clip_norm, noise_multiplier, rng)
+
+
+def server_noise(average: dict[str, npt.NDArray[np.float64]], weights: Sequence[float],
+                 clip_norm: float, noise_multiplier: float,
+                 rng: np.random.Generator | None = None) -> tuple[Arrays, float]:
+    """The weighted average plus Gaussian noise of std z·C·max weight, as float32; (noised
+    average, noise standard deviation)."""
     std = noise_multiplier * clip_norm * max(weights)
     if std > 0:
         generator = rng or np.random.default_rng(secrets.randbits(128))

@@ -2,7 +2,7 @@
 lineage (each site's rounds, samples and held-out metrics, the rounds with their sites, missing
 sites and bytes, declined sites and dropped answers: never a row), the training facts, and the
 privacy object (each site's charged DP-SGD, the largest site ε, the client-level noise and its
-site-level ε)."""
+site-level ε, whether aggregation was secure), and how a federation ended (Outcome)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from typing import Any
 from services.federation.aggregate import site_level_epsilon
 from services.federation.config import FederationSettings
 from shared.datasets.spec import DatasetSpec
+from shared.models.registry import ModelCard
+
+SECURE = ("pairwise masking (Bonawitz et al. 2017, without double masking; dropped sites' "
+          "masks removed from survivors' seeds): the coordinator sees only sums of at least "
+          "two sites' updates, and relies on each site's clipping")
 
 
 @dataclass
@@ -77,7 +82,30 @@ def card_privacy(settings: FederationSettings, spec: DatasetSpec, progress: Prog
             "calibration": "Flower DifferentialPrivacyServerSideFixedClipping: std = "
                            "z·C·max site weight (z·C/m for equal weights)",
             "aggregation": "FedAvg, weighted by sample counts"},
-        "secure_aggregation": "not implemented: the coordinator sees each site's clipped "
-                              "update (the per-subject guarantee does not rely on it)",
+        "secure_aggregation": SECURE if settings.federation_secure_aggregation else
+        "off: the coordinator sees (and re-clips) each site's clipped update (the "
+        "per-subject guarantee does not rely on hiding it)",
         "secure_rng": False, "releases": [],
     }
+
+
+@dataclass
+class Outcome:
+    """How one federation ended."""
+
+    federation: str
+    status: str  # promoted | refused | aborted
+    rounds: int
+    reason: str = ""
+    card: ModelCard | None = None
+    bytes_per_round: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what `lepton federate` prints)."""
+        card = self.card
+        return {"federation": self.federation, "status": self.status, "rounds": self.rounds,
+                "reason": self.reason, "bytes_per_round": self.bytes_per_round,
+                "model": card.model if card else None,
+                "version": card.version if card else None,
+                "metrics": card.metrics if card else None,
+                "epsilon": card.epsilon if card else None}

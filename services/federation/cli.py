@@ -21,6 +21,8 @@ def federate(
     noise_multiplier: Annotated[float | None, typer.Option(
         min=0.0, help="Server-side noise multiplier z (std z·C·max weight).")] = None,
     federation_id: Annotated[str | None, typer.Option(help="Federation id.")] = None,
+    secure_aggregation: Annotated[bool, typer.Option(
+        help="Pairwise-masked secure aggregation (the coordinator sees only sums).")] = False,
 ) -> None:
     """Run one federation over SITES and release its model like a trained one; exit 1 when
     it ended without a release (no quorum), 0 otherwise (promoted or refused by the gate)."""
@@ -35,7 +37,8 @@ def federate(
     names = [s.strip() for s in sites.split(",") if s.strip()]
     overrides = {"SITES": orjson.dumps(names).decode(), "DATASET": dataset, "ROUNDS": rounds,
                  "MIN_SITES": min_sites, "ROUND_TIMEOUT_S": round_timeout,
-                 "NOISE_MULTIPLIER": noise_multiplier, "ID": federation_id}
+                 "NOISE_MULTIPLIER": noise_multiplier, "ID": federation_id,
+                 "SECURE_AGGREGATION": "true" if secure_aggregation else None}
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"LEPTON_FEDERATION_{name}"] = str(value)

@@ -51,6 +51,10 @@ class FederationSettings(LeptonSettings):
     federation_epsilon: float | None = Field(
         default=None, gt=0, description="Per-subject ε each site spends on the federation "
         "(default: the spec's epsilon_per_release; a site never spends more than its own).")
+    federation_secure_aggregation: bool = Field(
+        default=False, description="Pairwise-masked secure aggregation (services/federation/"
+        "secure.py): the coordinator sees only sums of at least two sites' updates and cannot "
+        "re-clip them (it relies on the sites' clipping).")
     federation_seed: int = Field(default=0, description="Initial weights' seed.")
     federation_interval_s: float | None = Field(
         default=None, gt=0, description="Run a new federation this long after each one ends "
@@ -84,6 +88,8 @@ class FederationSettings(LeptonSettings):
     def _quorum(self) -> FederationSettings:
         if self.federation_min_sites > len(self.federation_sites):
             raise ValueError("LEPTON_FEDERATION_MIN_SITES is above the number of sites")
+        if self.federation_secure_aggregation and len(self.federation_sites) < 2:
+            raise ValueError("secure aggregation needs at least two sites")
         return self
 
     def model_name(self) -> str:

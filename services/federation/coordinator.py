@@ -8,7 +8,8 @@ sites still in, and goes on with the answers that came in time once every site a
 deadline passed, if at least `min_sites` did (a site that is slow or dead is left behind; its
 late answer is dropped and recorded, inbox.py). A site that declined (its governance refused
 the charge) is left out of later rounds; a round without quorum ends the federation without a
-release. Updates are averaged with FedAvg and the server's noise (aggregate.py). An `evaluate`
+release. Updates are averaged with FedAvg and the server's noise (aggregate.py), or, with
+secure aggregation on, summed masked (secure.py: a key exchange first). An `evaluate`
 task then carries the candidate (and the live version) to the sites, whose held-out histograms
 are pooled (pooled.py) for the gate; release.py saves and announces.
 
@@ -22,7 +23,6 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,11 +30,18 @@ import torch
 from opentelemetry import trace
 
 from services.federation.aggregate import fedavg
-from services.federation.card import Progress, card_lineage, card_privacy, card_training
+from services.federation.card import (
+    Outcome,
+    Progress,
+    card_lineage,
+    card_privacy,
+    card_training,
+)
 from services.federation.config import FederationSettings
 from services.federation.inbox import Answer, Inbox
 from services.federation.pooled import pool
 from services.federation.release import release
+from services.federation.secure import SecureRounds
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
 from shared.federation import UPDATE_KINDS, Arrays, RoundTask, encode
@@ -50,28 +57,6 @@ from shared.tracing import get_tracer
 from shared.version import code_version
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Outcome:
-    """How one federation ended."""
-
-    federation: str
-    status: str  # promoted | refused | aborted
-    rounds: int
-    reason: str = ""
-    card: ModelCard | None = None
-    bytes_per_round: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (what `lepton federate` prints)."""
-        card = self.card
-        return {"federation": self.federation, "status": self.status, "rounds": self.rounds,
-                "reason": self.reason, "bytes_per_round": self.bytes_per_round,
-                "model": card.model if card else None,
-                "version": card.version if card else None,
-                "metrics": card.metrics if card else None,
-                "epsilon": card.epsilon if card else None}
 
 
 class Coordinator:
@@ -92,6 +77,7 @@ class Coordinator:
         self.producer = make_producer(settings)
         self.allow = AllowList(settings.sites_path(),
                                dict.fromkeys(settings.federation_sites, UPDATE_KINDS))
+        self.secure: SecureRounds | None = None
 
     def run(self) -> int:
         """Federate until stopped; 0 unless a single federation was aborted."""
@@ -163,6 +149,11 @@ class Coordinator:
             "epsilon": settings.federation_epsilon or spec.privacy.epsilon_per_release}
         progress = Progress({s: {"rounds": [], "samples": 0}
                              for s in settings.federation_sites})
+        self.secure = None
+        if settings.federation_secure_aggregation:
+            self.secure = SecureRounds(self._send, inbox, self.stop,
+                                       settings.federation_round_timeout_s)
+            progress.declined.update(self.secure.exchange(common, list(settings.federation_sites)))
         for number in range(1, settings.federation_rounds + 1):
             active = [s for s in settings.federation_sites if s not in progress.declined]
             reason = self._round(number, active, common, weights, inbox, progress)
@@ -199,10 +190,12 @@ class Coordinator:
                                   settings.federation_round_timeout_s)
         with self.tracer.start_as_current_span("federation round", attributes={
                 "lepton.federation.round": number}) as span:
+            keys = self.secure.task_keys(active) if self.secure else {}
             sent = self._send(RoundTask(kind="fit", round=number, sites=tuple(active),
-                                        deadline=deadline, **common), weights)
+                                        deadline=deadline, agreement_keys=keys, **common),
+                              weights)
             answers = inbox.collect(str(common["federation"]), number, set(active), deadline,
-                                    self.stop)
+                                    self.stop, frozenset({"fit", "declined"}))
             fits: dict[str, Answer] = {}
             for site, answer in answers.items():
                 if answer.update.kind == "declined":
@@ -210,31 +203,52 @@ class Coordinator:
                 elif answer.update.kind == "fit":
                     fits[site] = answer
             span.set_attribute("lepton.federation.updates", len(fits))
-            record = {"round": number, "sites": sorted(fits),
-                      "missing": sorted(set(active) - set(answers)),
-                      "declined": sorted(s for s, a in answers.items()
-                                         if a.update.kind == "declined"),
-                      "bytes_out": sent, "bytes_in": sum(a.size for a in answers.values())}
+            record: dict[str, Any] = {
+                "round": number, "sites": sorted(fits),
+                "missing": sorted(set(active) - set(answers)),
+                "declined": sorted(s for s, a in answers.items() if a.update.kind == "declined"),
+                "bytes_out": sent, "bytes_in": sum(a.size for a in answers.values())}
             if len(fits) < settings.federation_min_sites:
                 progress.rounds.append(record)
                 return f"round {number}: {len(fits)} updates in time, below the quorum of " \
                        f"{settings.federation_min_sites}"
-            average, progress.noise_std = fedavg(
-                [(a.tensors, a.update.num_examples) for a in fits.values()],
-                settings.federation_clip_norm, settings.federation_noise_multiplier)
+            average, std, extra = self._aggregate(common, number, active, fits, weights)
+            record.update(extra)
+            if average is None:
+                log.warning("federation %s round %d refused: %s", common["federation"],
+                            number, extra.get("refused"))
+                progress.rounds.append(record)
+                return ""
+            progress.noise_std = std
             for name, value in average.items():
                 weights[name] = weights[name] + value
             for site, answer in fits.items():
+                if site not in record["sites"]:  # a malformed masked update (secure.py)
+                    continue
                 entry = progress.sites[site]
                 entry["rounds"].append(number)
                 entry["samples"] = answer.update.num_examples
                 entry["privacy"] = answer.update.privacy
-                entry.setdefault("update_norms", []).append(
-                    round(float(answer.update.update_norm or 0.0), 4))
+                if answer.update.update_norm is not None:
+                    entry.setdefault("update_norms", []).append(
+                        round(answer.update.update_norm, 4))
             progress.rounds.append({**record, "seconds": round(time.monotonic() - began, 3)})
         log.info("federation %s round %d: updates from %s, missing %s", common["federation"],
                  number, record["sites"], record["missing"])
         return ""
+
+    def _aggregate(self, common: dict[str, Any], number: int, active: list[str],
+                   fits: dict[str, Answer], weights: Arrays
+                   ) -> tuple[Arrays | None, float, dict[str, Any]]:
+        """FedAvg of the clipped updates, or the unmasked sum under secure aggregation (None:
+        the round is refused); (average, noise std, what to record)."""
+        clip, noise = self.settings.federation_clip_norm, self.settings.federation_noise_multiplier
+        if self.secure is None:
+            average, std = fedavg([(a.tensors, a.update.num_examples) for a in fits.values()],
+                                  clip, noise)
+            return dict(average), std, {}
+        shapes = {k: tuple(int(d) for d in v.shape) for k, v in weights.items()}
+        return self.secure.aggregate(common, number, active, fits, shapes, clip, noise)
 
     def _abort(self, federation: str, reason: str, progress: Progress, inbox: Inbox
                ) -> Outcome:

@@ -5,7 +5,8 @@ it (site_rounds.py does the work), on its own data, keys and governance.
 Consumes `federation.rounds` (federation cluster and prefix; tasks not signed by the
 coordinator's `federation.pub`, not addressed to this site, past their deadline or for another
 spec are skipped or declined) and, per federation, a snapshot of its own `events.governed`;
-produces signed answers on `federation.updates` (clipped updates, held-out histograms, or a
+produces signed answers on `federation.updates` (clipped updates, or masked ones under secure
+aggregation (site_secure.py), held-out histograms, key-agreement keys and unmask seeds, or a
 declined reason) and its own `release_charge` on `audit.requests`. Nothing else leaves: no
 event, no row, no subject id.
 """
@@ -22,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services.trainer.config import TrainerSettings
 from services.trainer.site_rounds import Federation, SiteRounds
+from services.trainer.site_secure import SiteMasking
 from services.trainer.snapshot import SnapshotTimeout
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
@@ -65,6 +67,7 @@ class FederatedSite:
         self.consumer = make_consumer(self.federation, f"lepton-trainer-site-{self.site}",
                                       **{"log_level": 3, "fetch.wait.max.ms": 100})
         self.rounds = SiteRounds(settings, self.spec, signer, self.producer, stop)
+        self.masking = SiteMasking(self.site)
         self.states: OrderedDict[str, Federation] = OrderedDict()
         self.answered: set[tuple[str, int, str]] = set()
 
@@ -101,13 +104,26 @@ class FederatedSite:
             self._send(self.rounds.declined(task, "another dataset spec"), {})
             return
         try:
+            if task.kind in ("keys", "unmask"):
+                self._send(self.masking.announce(task) if task.kind == "keys"
+                           else self.masking.unmask(task), {})
+                return
+            if task.kind == "fit" and task.agreement_keys:
+                self.masking.require(task)
             state = self.states.get(task.federation)
             if state is None:
                 state = self.states[task.federation] = self.rounds.prepare(task)
                 while len(self.states) > KEPT_FEDERATIONS:
                     self.states.popitem(last=False)
             if task.kind == "fit":
-                self._send(*self.rounds.fit(task, state, tensors))
+                update, plain = self.rounds.fit(task, state, tensors)
+                if task.agreement_keys and update.kind == "fit" and time.time() > task.deadline:
+                    # the coordinator treats this site as dropped and asks the others for
+                    # their seeds with it: a masked update sent now could then be unmasked
+                    self._send(self.rounds.declined(task, "deadline passed while training"), {})
+                    return
+                self._send(*self.masking.mask(task, update, plain)
+                           if task.agreement_keys and update.kind == "fit" else (update, plain))
             else:
                 self._send(self.rounds.evaluate(task, state, tensors), {})
         except SnapshotTimeout as error:

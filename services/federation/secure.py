@@ -1,0 +1,143 @@
+"""The coordinator's side of secure aggregation (LEPTON_FEDERATION_SECURE_AGGREGATION; the
+masking math is shared/secagg.py): the key exchange before round 1, and each round's sum of
+masked updates, with the masks of dropped sites removed from seeds the survivors reveal.
+
+Consumes the sites' `keys` answers (round 0: each site's X25519 public key, inside its signed
+SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus pairwise
+masks) and their `unmask` answers (seeds with the dropped sites only); produces `keys` and
+`unmask` tasks on `federation.rounds` and the round's sample-weighted average plus the server's
+Gaussian noise exactly as aggregate.fedavg adds it. It never holds one site's update: only the
+sum of at least two. A round is refused (no aggregate; the caller records it and keeps the
+weights) when fewer than two sites' masked updates came, or a survivor does not reveal its
+seeds in time. It cannot clip a single update (it never sees one): it relies on the sites'.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.federation.aggregate import server_noise
+from services.federation.inbox import Answer, Inbox
+from shared.federation import Arrays, RoundTask
+from shared.secagg import (
+    MaskingError,
+    Words,
+    add,
+    dequantize,
+    from_text,
+    remove_masks,
+)
+
+log = logging.getLogger(__name__)
+Send = Callable[[RoundTask, Arrays], int]
+
+
+def unmasked_average(total: Words, counts: Mapping[str, int],
+                     recovered: list[tuple[str, str, bytes]], clip_norm: float,
+                     noise_multiplier: float, rng: np.random.Generator | None = None
+                     ) -> tuple[dict[str, npt.NDArray[np.float32]], float]:
+    """The masked sum of the `counts` sites with dropped peers' masks removed, divided by the
+    total count, plus the server's noise (std z·C·max weight); (average, noise std)."""
+    if len(counts) < 2:
+        raise MaskingError("fewer than two masked updates: their sum would be one site's")
+    samples = sum(counts.values())
+    if samples <= 0:
+        raise MaskingError("no samples to average")
+    summed = dequantize(remove_masks(total, recovered))
+    average = {k: v / samples for k, v in summed.items()}
+    return server_noise(average, [n / samples for n in counts.values()], clip_norm,
+                        noise_multiplier, rng)
+
+
+@dataclass
+class SecureRounds:
+    """Key agreement and masked aggregation for one federation."""
+
+    send: Send
+    inbox: Inbox
+    stop: threading.Event
+    timeout_s: float
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def exchange(self, common: dict[str, Any], sites: list[str]) -> dict[str, str]:
+        """Ask `sites` for their agreement keys (round 0); the sites left out, with why."""
+        deadline = time.time() + self.timeout_s
+        self.send(RoundTask(kind="keys", round=0, sites=tuple(sites), deadline=deadline,
+                            **common), {})
+        answers = self.inbox.collect(str(common["federation"]), 0, set(sites), deadline,
+                                     self.stop, frozenset({"keys", "declined"}))
+        left: dict[str, str] = {}
+        for site in sites:
+            answer = answers.get(site)
+            try:
+                if answer is None or answer.update.kind != "keys":
+                    raise MaskingError(answer.update.reason if answer else "no answer in time")
+                from_text(answer.update.agreement_key)
+                self.keys[site] = answer.update.agreement_key
+            except MaskingError as error:
+                left[site] = f"no secure-aggregation key: {error}"
+        return left
+
+    def task_keys(self, sites: list[str]) -> dict[str, str]:
+        """The agreement keys a round task over `sites` carries."""
+        return {site: self.keys[site] for site in sites}
+
+    def aggregate(self, common: dict[str, Any], number: int, selected: list[str],
+                  fits: dict[str, Answer], shapes: dict[str, tuple[int, ...]],
+                  clip_norm: float, noise_multiplier: float
+                  ) -> tuple[Arrays | None, float, dict[str, Any]]:
+        """The round's noised average from the masked fits (None when refused), the noise
+        std, and what to record (dropped sites whose masks were removed, a refusal)."""
+        total: Words | None = None
+        survivors: dict[str, int] = {}
+        for site in sorted(fits):
+            tensors = fits[site].tensors
+            if {k: tuple(v.shape) for k, v in tensors.items()} != shapes or any(
+                    v.dtype != np.uint64 for v in tensors.values()):
+                log.warning("round %d: %s sent no well-formed masked update", number, site)
+                continue
+            total = add(total, {k: np.asarray(v, dtype=np.uint64) for k, v in tensors.items()})
+            survivors[site] = fits[site].update.num_examples
+        dropped = sorted(set(selected) - set(survivors))
+        record: dict[str, Any] = {"secure_aggregation": True, "sites": sorted(survivors),
+                                  "unmasked": dropped}
+        if total is None or len(survivors) < 2:
+            return None, 0.0, {**record, "refused": "fewer than two masked updates"}
+        recovered: list[tuple[str, str, bytes]] = []
+        if dropped:
+            refused = self._recover(common, number, sorted(survivors), dropped, recovered)
+            if refused:
+                return None, 0.0, {**record, "refused": refused}
+        average, std = unmasked_average(total, survivors, recovered, clip_norm,
+                                        noise_multiplier)
+        return dict(average), std, record
+
+    def _recover(self, common: dict[str, Any], number: int, survivors: list[str],
+                 dropped: list[str], recovered: list[tuple[str, str, bytes]]) -> str:
+        """Ask the survivors for their seeds with the dropped sites; a refusal reason or ''."""
+        deadline = time.time() + self.timeout_s
+        self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
+                            dropped=tuple(dropped), deadline=deadline,
+                            agreement_keys=self.task_keys(survivors + dropped), **common), {})
+        answers = self.inbox.collect(str(common["federation"]), number, set(survivors),
+                                     deadline, self.stop, frozenset({"unmask", "declined"}))
+        for site in survivors:
+            answer = answers.get(site)
+            if answer is None or answer.update.kind != "unmask" or \
+                    sorted(answer.update.seeds) != dropped:
+                why = answer.update.reason if answer else "no answer in time"
+                return f"{site} did not reveal its seeds with {dropped}: {why}"
+            try:
+                recovered += [(site, peer, from_text(answer.update.seeds[peer]))
+                              for peer in dropped]
+            except MaskingError as error:
+                return f"{site} sent a bad seed: {error}"
+        return ""

@@ -1,0 +1,149 @@
+"""Pairwise masking for a federation's secure aggregation (Bonawitz et al. 2017, without the
+double mask): the math both the sites (services/trainer/site_secure.py) and the coordinator
+(services/federation/secure.py) run.
+
+Consumes a site's X25519 key pair and its peers' raw public keys, the federation id and round,
+and a clipped float update with its sample count. Produces: the pairwise seed of two sites
+(HKDF-SHA256 over their X25519 shared secret, bound to the federation, the round and both
+names; the same at either end), the fixed-point update (value x count x 2^FRACTION_BITS as
+int64, read as uint64), the masked update (plus, for every peer j, +PRG(seed) if the site sorts
+before j, else -PRG(seed), all mod 2^64; PRG = the ChaCha20 keystream read as uint64), and back
+on the coordinator's side the masks of dropped peers removed from a sum and the sum in floats.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+FRACTION_BITS = 20
+SCALE = float(2 ** FRACTION_BITS)
+SEED_BYTES = 32
+INFO = b"lepton.secagg.v1\n"
+Words = dict[str, npt.NDArray[np.uint64]]
+
+
+class MaskingError(ValueError):
+    """An update that cannot be masked or unmasked (overflow, bad key, shapes that differ)."""
+
+
+def new_key() -> X25519PrivateKey:
+    """A fresh X25519 key pair (one per site and federation; never leaves the site)."""
+    return X25519PrivateKey.generate()
+
+
+def public_text(key: X25519PrivateKey) -> str:
+    """The raw public key as base64 (what travels in a signed SiteUpdate)."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def seed_text(seed: bytes) -> str:
+    """A seed as base64 (an unmask answer)."""
+    return base64.b64encode(seed).decode()
+
+
+def from_text(text: str, size: int = SEED_BYTES) -> bytes:
+    """Decode a base64 key or seed of `size` bytes."""
+    try:
+        raw = base64.b64decode(text.encode(), validate=True)
+    except ValueError as error:
+        raise MaskingError(f"not base64: {error}") from None
+    if len(raw) != size:
+        raise MaskingError(f"expected {size} bytes, got {len(raw)}")
+    return raw
+
+
+def pair_seed(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
+              round_: int) -> bytes:
+    """The seed shared by `own` and `peer` for one round (symmetric: seed_ij == seed_ji)."""
+    if own == peer:
+        raise MaskingError("a site has no pairwise seed with itself")
+    try:
+        shared = key.exchange(X25519PublicKey.from_public_bytes(from_text(peer_public)))
+    except ValueError as error:
+        raise MaskingError(f"bad agreement key of {peer}: {error}") from None
+    info = INFO + orjson.dumps({"federation": federation, "round": round_,
+                                "sites": sorted((own, peer))}, option=orjson.OPT_SORT_KEYS)
+    return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info
+                ).derive(shared)
+
+
+def keystream(seed: bytes, shapes: Mapping[str, tuple[int, ...]]) -> Words:
+    """ChaCha20's keystream under `seed` as uint64 words, cut into `shapes` in name order."""
+    sizes = {name: int(np.prod(shape, dtype=np.int64)) for name, shape in shapes.items()}
+    total = sum(sizes.values())
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    words = np.frombuffer(encryptor.update(b"\0" * (8 * total)), dtype="<u8")
+    out: Words = {}
+    offset = 0
+    for name in sorted(shapes):
+        out[name] = words[offset:offset + sizes[name]].astype(np.uint64).reshape(shapes[name])
+        offset += sizes[name]
+    return out
+
+
+def quantize(update: Mapping[str, npt.NDArray[np.floating]], count: int, sites: int) -> Words:
+    """round(value x count x 2^FRACTION_BITS) as uint64 words; refuses values whose sum over
+    `sites` sites could overflow int64."""
+    limit = float(2 ** 63) / max(1, sites)
+    out: Words = {}
+    for name, value in update.items():
+        scaled = np.rint(np.asarray(value, dtype=np.float64) * float(count) * SCALE)
+        if not np.all(np.isfinite(scaled)) or np.any(np.abs(scaled) >= limit):
+            raise MaskingError(f"{name}: the fixed-point update overflows")
+        out[name] = scaled.astype(np.int64).view(np.uint64)
+    return out
+
+
+def dequantize(words: Mapping[str, npt.NDArray[np.uint64]]) -> dict[str, npt.NDArray[np.float64]]:
+    """Signed fixed-point words back to floats (value x count)."""
+    return {k: np.asarray(v, dtype=np.uint64).view(np.int64).astype(np.float64) / SCALE
+            for k, v in words.items()}
+
+
+def _shapes(words: Mapping[str, npt.NDArray[np.uint64]]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(int(d) for d in v.shape) for k, v in words.items()}
+
+
+def mask(words: Mapping[str, npt.NDArray[np.uint64]], own: str,
+         seeds: Mapping[str, bytes]) -> Words:
+    """The masked update: plus PRG(seed) for each peer sorting after `own`, minus otherwise."""
+    shapes = _shapes(words)
+    out = {k: np.array(v, dtype=np.uint64) for k, v in words.items()}
+    for peer, seed in sorted(seeds.items()):
+        stream = keystream(seed, shapes)
+        for name in out:
+            out[name] = out[name] + stream[name] if own < peer else out[name] - stream[name]
+    return out
+
+
+def add(total: Words | None, words: Mapping[str, npt.NDArray[np.uint64]]) -> Words:
+    """`total` + `words` mod 2^64 (same names and shapes)."""
+    if total is None:
+        return {k: np.array(v, dtype=np.uint64) for k, v in words.items()}
+    if _shapes(total) != _shapes(words):
+        raise MaskingError("masked updates with different tensors or shapes")
+    return {k: total[k] + np.asarray(words[k], dtype=np.uint64) for k in total}
+
+
+def remove_masks(total: Words, recovered: Iterable[tuple[str, str, bytes]]) -> Words:
+    """The sum without the masks that survivors added for dropped peers:
+    (survivor, dropped peer, their seed) each."""
+    shapes = _shapes(total)
+    out = dict(total)
+    for survivor, dropped, seed in recovered:
+        stream = keystream(seed, shapes)
+        for name in out:
+            out[name] = out[name] - stream[name] if survivor < dropped \
+                else out[name] + stream[name]
+    return out

@@ -1,0 +1,181 @@
+"""Federated training with secure aggregation on (LEPTON_FEDERATION_SECURE_AGGREGATION) across
+the three data owners of tests/integration/federation_world.py.
+
+- 4 rounds: the model is released through the same gate; every fit answer the coordinator
+  received is masked uint64 words, and no site's plain clipped update (as float32 bytes, nor as
+  its fixed-point words) is anywhere in the bytes of `federation.updates`; each round's change
+  of the global model (the weights of the next fit task) equals plain FedAvg over the sites'
+  unmasked clipped updates (recorded at the sites) within quantization error.
+- A site frozen after round 1 and killed while round 2 runs: rounds 2 and 3 complete with the
+  other two, the dead site's masks removed from the survivors' revealed seeds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from services.federation.aggregate import fedavg
+from services.federation.coordinator import Coordinator
+from services.trainer.site import FederatedSite
+from services.trainer.site_rounds import Federation, SiteRounds
+from shared.allowlist import AllowList
+from shared.federation import TASK_KINDS, UPDATE_KINDS, Arrays, RoundTask, SiteUpdate, decode
+from shared.lifecycle import parent_death
+from shared.principals import principals_dir
+from shared.readiness import ready_path
+from shared.secagg import quantize
+from shared.topics import Topics
+from tests.helpers import read_topic
+from tests.integration.federation_world import SITES, World, make_world
+
+pytestmark = pytest.mark.slow
+SEEN: dict[tuple[str, int], tuple[int, Arrays]] = {}
+
+
+@pytest.fixture(scope="module")
+def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    torch.set_num_threads(1)
+    yield from make_world(broker, tmp_path_factory.mktemp("federation-secure"))
+
+
+class RecordingRounds(SiteRounds):
+    """The site's real rounds; each plain clipped update is also kept for the test."""
+
+    def fit(self, task: RoundTask, state: Federation, tensors: Arrays
+            ) -> tuple[SiteUpdate, Arrays]:
+        update, plain = super().fit(task, state, tensors)
+        SEEN[(self.site, task.round)] = (update.num_examples,
+                                         {k: np.array(v) for k, v in plain.items()})
+        return update, plain
+
+
+def _run_sites(world: World, names: tuple[str, ...]) -> tuple[threading.Event, list[Any]]:
+    stop = threading.Event()
+    threads = []
+    for name in names:
+        site = FederatedSite(world.sites[name].trainer(world), stop)
+        site.rounds = RecordingRounds(site.settings, site.spec, site.signer, site.producer, stop)
+        thread = threading.Thread(target=site.run, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return stop, threads
+
+
+def _records(world: World, topic: str, allow: AllowList, cls: Any) -> list[Any]:
+    out = []
+    for record in read_topic(world.coordinator, topic, idle=1.0, committed_only=False):
+        out.append((record.value, *decode(record.value, list(record.headers.items()), allow,
+                                          cls)))
+    return out
+
+
+def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
+    settings = world.coordinator.model_copy(update={"federation_rounds": 4,
+                                                    "federation_secure_aggregation": True})
+    stop, threads = _run_sites(world, SITES)
+    try:
+        outcome = Coordinator(settings, threading.Event()).federate("fed-secure")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert outcome.status == "promoted", outcome.reason
+    card = outcome.card
+    assert card is not None and outcome.rounds == 4
+    assert card.privacy["secure_aggregation"].startswith("pairwise masking")
+    federation = card.lineage["federation"]
+    assert [r["sites"] for r in federation["rounds"]] == [list(SITES)] * 4
+    assert all(r["secure_aggregation"] and r["unmasked"] == [] for r in federation["rounds"])
+    assert federation["dropped"] == []
+    # what the coordinator received: masked words only, no site's plain update
+    topics = Topics(settings.topic_prefix)
+    allow = AllowList(settings.sites_path(), dict.fromkeys(SITES, UPDATE_KINDS))
+    updates = _records(world, topics.federation_updates, allow, SiteUpdate)
+    fits = [(u, t) for _, u, t, _ in updates if u.kind == "fit"]
+    assert len(fits) == 12 and sorted(SEEN) == sorted((u.site, u.round) for u, _ in fits)
+    assert all(v.dtype == np.uint64 for _, t in fits for v in t.values())
+    assert all(u.update_norm is None for u, _ in fits)
+    blob = b"\n".join(value for value, *_ in updates)
+    for (site, _), (count, plain) in SEEN.items():
+        words = quantize(plain, count, len(SITES))
+        for name, value in plain.items():
+            assert np.any(value != 0), (site, name)
+            assert value.astype(np.float32).tobytes() not in blob, (site, name)
+            assert words[name].tobytes() not in blob, (site, name)
+    # each round's aggregate is FedAvg of the unmasked clipped updates
+    allow_tasks = AllowList(principals_dir(settings), {"federation": TASK_KINDS})
+    tasks = _records(world, topics.federation_rounds, allow_tasks, RoundTask)
+    weights = {t.round: w for _, t, w, _ in tasks if t.kind == "fit"}
+    # control: the same scan finds plain float tensors where they are sent (the global model)
+    sent = b"\n".join(value for value, *_ in tasks)
+    assert all(v.astype(np.float32).tobytes() in sent for v in weights[2].values())
+    final = {k[len("candidate."):]: v for _, t, w, _ in tasks if t.kind == "evaluate"
+             for k, v in w.items() if k.startswith("candidate.")}
+    for number in range(1, 5):
+        after = weights.get(number + 1, final)
+        expected, _ = fedavg([(SEEN[(s, number)][1], SEEN[(s, number)][0]) for s in SITES],
+                             settings.federation_clip_norm, 0.0)
+        for name, value in expected.items():
+            step = after[name].astype(np.float64) - weights[number][name]
+            assert np.max(np.abs(step - value)) < 1e-5, (number, name)
+
+
+def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World,
+                                                              tmp_path: Path) -> None:
+    settings = world.coordinator.model_copy(update={
+        "federation_rounds": 3, "federation_round_timeout_s": 8.0,
+        "federation_first_round_timeout_s": 90.0, "federation_secure_aggregation": True})
+    stop, threads = _run_sites(world, ("site-a", "site-b"))
+    log = tmp_path / "site-c.log"
+    with log.open("wb") as out:
+        dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
+                                 env={**os.environ, **world.sites["site-c"].env(world)},
+                                 stdout=out, stderr=out, preexec_fn=parent_death())
+    ready = ready_path(world.sites["site-c"].settings, "trainer")
+    deadline = time.monotonic() + 120
+    while not ready.exists() or int(ready.read_text()) != dying.pid:
+        assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.05)
+    outcome_box: list[Any] = []
+    coordinator = threading.Thread(target=lambda: outcome_box.append(
+        Coordinator(settings, threading.Event()).federate("fed-secure-quorum")), daemon=True)
+    try:
+        coordinator.start()
+        deadline = time.monotonic() + 180
+        while b"answered round 1 (fit" not in log.read_bytes():
+            assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.005)
+        dying.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        dying.kill()
+        coordinator.join(240)
+        assert not coordinator.is_alive()
+    finally:
+        stop.set()
+        dying.kill()
+        dying.wait(10)
+        for thread in threads:
+            thread.join(30)
+    outcome = outcome_box[0]
+    assert outcome.status in ("promoted", "refused"), outcome.reason
+    assert outcome.rounds == 3
+    federation = outcome.card.lineage["federation"]
+    assert federation["sites"]["site-c"]["rounds"] == [1]
+    assert federation["sites"]["site-a"]["rounds"] == [1, 2, 3]
+    rounds = federation["rounds"]
+    assert [r["missing"] for r in rounds] == [[], ["site-c"], ["site-c"]]
+    assert [r["unmasked"] for r in rounds] == [[], ["site-c"], ["site-c"]]
+    assert [r["sites"] for r in rounds][1:] == [["site-a", "site-b"]] * 2
+    assert not any("refused" in r for r in rounds)

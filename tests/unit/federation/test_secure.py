@@ -1,0 +1,186 @@
+"""Secure aggregation's math (shared/secagg.py, services/federation/secure.py) and a site's
+masking (services/trainer/site_secure.py): pairwise masks of 3-5 sites cancel exactly in the
+sum; with a site dropped and the survivors' seeds recovered the result is the plain weighted
+average of the survivors (FedAvg) within quantization error; one masked update looks uniform
+and uncorrelated with the plain one; seeds are symmetric and differ per round and federation;
+fewer than two survivors are refused; a site reveals seeds only for a round it masked, with
+exactly that round's sites."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from services.federation.aggregate import fedavg
+from services.federation.secure import unmasked_average
+from services.trainer.site_secure import SiteMasking
+from shared.federation import RoundTask, SiteUpdate
+from shared.secagg import (
+    SCALE,
+    MaskingError,
+    Words,
+    add,
+    from_text,
+    mask,
+    new_key,
+    pair_seed,
+    public_text,
+    quantize,
+    remove_masks,
+)
+
+SHAPES = {"layers.0.weight": (8, 5), "layers.0.bias": (8,), "layers.1.weight": (1, 8)}
+
+
+def _update(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    update = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in SHAPES.items()}
+    size = float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in update.values())))
+    return {k: (v * min(1.0, 1.0 / size)).astype(np.float32) for k, v in update.items()}
+
+
+def _sites(count: int) -> tuple[list[str], dict[str, object], dict[str, str]]:
+    names = [f"site-{chr(ord('a') + i)}" for i in range(count)]
+    keys = {n: new_key() for n in names}
+    return names, keys, {n: public_text(k) for n, k in keys.items()}  # type: ignore[arg-type]
+
+
+def _masked(names: list[str], keys: dict[str, object], public: dict[str, str],
+            updates: dict[str, dict[str, np.ndarray]], counts: dict[str, int],
+            round_: int = 1) -> dict[str, Words]:
+    out = {}
+    for own in names:
+        seeds = {peer: pair_seed(keys[own], own, peer, public[peer], "fed-1",  # type: ignore
+                                 round_) for peer in names if peer != own}
+        out[own] = mask(quantize(updates[own], counts[own], len(names)), own, seeds)
+    return out
+
+
+@pytest.mark.parametrize("count", [3, 4, 5])
+def test_masks_cancel_in_the_sum(count: int) -> None:
+    names, keys, public = _sites(count)
+    updates = {n: _update(i) for i, n in enumerate(names)}
+    counts = {n: 100 * (i + 1) for i, n in enumerate(names)}
+    masked = _masked(names, keys, public, updates, counts)
+    total = plain = None
+    for name in names:
+        total = add(total, masked[name])
+        plain = add(plain, quantize(updates[name], counts[name], count))
+    assert total is not None and plain is not None
+    for name in SHAPES:
+        assert np.array_equal(total[name], plain[name])
+    average, std = unmasked_average(total, counts, [], clip_norm=1.0, noise_multiplier=0.0)
+    expected, _ = fedavg([(updates[n], counts[n]) for n in names], 1.0, 0.0)
+    assert std == 0.0
+    for name in SHAPES:
+        assert np.allclose(average[name], expected[name], atol=1e-6)
+
+
+def test_a_dropped_site_is_unmasked_from_the_survivors_seeds() -> None:
+    names, keys, public = _sites(4)
+    updates = {n: _update(10 + i) for i, n in enumerate(names)}
+    counts = {n: 50 + 70 * i for i, n in enumerate(names)}
+    masked = _masked(names, keys, public, updates, counts, round_=3)
+    survivors, dropped = names[:1] + names[2:], names[1]
+    total = None
+    for name in survivors:
+        total = add(total, masked[name])
+    assert total is not None
+    recovered = [(s, dropped, pair_seed(keys[s], s, dropped, public[dropped],  # type: ignore
+                                        "fed-1", 3)) for s in survivors]
+    alive = {s: counts[s] for s in survivors}
+    expected, _ = fedavg([(updates[s], counts[s]) for s in survivors], 1.0, 0.0)
+    garbage, _ = unmasked_average(total, alive, [], 1.0, 0.0)  # the dropped site's masks left
+    assert not any(np.allclose(garbage[k], expected[k], atol=1e-3) for k in SHAPES)
+    average, _ = unmasked_average(total, alive, recovered, 1.0, 0.0)
+    for name in SHAPES:  # quantization: at most 0.5 / 2^F per site, divided by the count
+        assert np.max(np.abs(average[name] - expected[name])) < 1e-6
+    # the server's noise is fedavg's: std z·C·max weight
+    _, std = unmasked_average(total, alive, recovered, 2.0, 0.5, np.random.default_rng(0))
+    assert std == pytest.approx(0.5 * 2.0 * max(alive.values()) / sum(alive.values()))
+
+
+def test_one_masked_update_tells_nothing_of_the_plain_one() -> None:
+    names, keys, public = _sites(3)
+    updates = {n: _update(i) for i, n in enumerate(names)}
+    counts = dict.fromkeys(names, 1000)
+    masked = _masked(names, keys, public, updates, counts)["site-a"]
+    flat_masked = np.concatenate([masked[k].ravel() for k in sorted(SHAPES)])
+    flat_plain = np.concatenate([updates["site-a"][k].ravel() for k in sorted(SHAPES)])
+    signed = flat_masked.view(np.int64).astype(np.float64) / SCALE / 1000
+    assert np.median(np.abs(signed)) > 1e9  # the plain values are below 1
+    assert abs(np.corrcoef(signed, flat_plain)[0, 1]) < 0.35
+    # roughly uniform words: the top bit is set about half the time
+    assert 0.25 < float(np.mean(flat_masked >> np.uint64(63))) < 0.75
+
+
+def test_seeds_are_symmetric_and_differ_per_round_and_federation() -> None:
+    a, b = new_key(), new_key()
+    pa, pb = public_text(a), public_text(b)
+    seed = pair_seed(a, "site-a", "site-b", pb, "fed-1", 1)
+    assert seed == pair_seed(b, "site-b", "site-a", pa, "fed-1", 1)
+    assert len(seed) == 32
+    assert seed != pair_seed(a, "site-a", "site-b", pb, "fed-1", 2)
+    assert seed != pair_seed(a, "site-a", "site-b", pb, "fed-2", 1)
+    with pytest.raises(MaskingError):
+        pair_seed(a, "site-a", "site-a", pa, "fed-1", 1)
+    with pytest.raises(MaskingError):
+        from_text("not base64!")
+
+
+def test_fewer_than_two_survivors_and_overflow_are_refused() -> None:
+    names, keys, public = _sites(2)
+    counts = dict.fromkeys(names, 10)
+    masked = _masked(names, keys, public, {n: _update(1) for n in names}, counts)
+    with pytest.raises(MaskingError, match="fewer than two"):
+        unmasked_average(masked["site-a"], {"site-a": 10}, [], 1.0, 0.0)
+    with pytest.raises(MaskingError, match="overflows"):
+        quantize({"w": np.array([1e9])}, 10**6, 3)
+    with pytest.raises(MaskingError, match="shapes"):
+        add(masked["site-a"], {"w": np.zeros(3, dtype=np.uint64)})
+    assert remove_masks(masked["site-a"], []).keys() == masked["site-a"].keys()
+
+
+def _task(kind: str, round_: int, sites: tuple[str, ...], keys: dict[str, str],
+          dropped: tuple[str, ...] = ()) -> RoundTask:
+    return RoundTask(federation="fed-1", model="m", dataset="transactions", spec_hash="ab",
+                     round=round_, rounds=3, kind=kind, sites=sites,  # type: ignore[arg-type]
+                     deadline=time.time() + 60, architecture={}, feature_transform={},
+                     local_epochs=0.5, minibatch=32, learning_rate=1.0, clip_norm=1.0,
+                     epsilon=1.0, agreement_keys=keys, dropped=dropped)
+
+
+def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
+    sites = {n: SiteMasking(n) for n in ("site-a", "site-b", "site-c")}
+    names = tuple(sites)
+    keys = {n: m.announce(_task("keys", 0, names, {})).agreement_key for n, m in sites.items()}
+    fit = _task("fit", 1, names, keys)
+    updates = {n: _update(i) for i, n in enumerate(names)}
+    total = None
+    for name, masking in sites.items():
+        answer = SiteUpdate(federation="fed-1", round=1, site=name, kind="fit",
+                            num_examples=100, update_norm=0.5)
+        sent, tensors = masking.mask(fit, answer, updates[name])
+        assert sent.update_norm is None and all(v.dtype == np.uint64 for v in tensors.values())
+        if name != "site-c":
+            total = add(total, tensors)
+    unmask = _task("unmask", 1, ("site-a", "site-b"), keys, ("site-c",))
+    answers = {n: sites[n].unmask(unmask) for n in ("site-a", "site-b")}
+    assert all(sorted(a.seeds) == ["site-c"] for a in answers.values())
+    assert total is not None
+    recovered = [(n, "site-c", from_text(a.seeds["site-c"])) for n, a in answers.items()]
+    average, _ = unmasked_average(total, {"site-a": 100, "site-b": 100}, recovered, 1.0, 0.0)
+    expected, _ = fedavg([(updates["site-a"], 100), (updates["site-b"], 100)], 1.0, 0.0)
+    assert all(np.allclose(average[k], expected[k], atol=1e-6) for k in SHAPES)
+    # a survivor list that is not the round's sites, another round, a lost key: refused
+    two = {n: keys[n] for n in ("site-a", "site-b")}
+    with pytest.raises(ValueError, match="not that round's sites"):
+        sites["site-a"].unmask(_task("unmask", 1, ("site-a", "site-b"), two))
+    with pytest.raises(ValueError, match="at least two"):
+        sites["site-a"].unmask(_task("unmask", 1, ("site-a",), keys, ("site-b", "site-c")))
+    with pytest.raises(ValueError, match="no masked update"):
+        sites["site-a"].unmask(_task("unmask", 2, ("site-a", "site-b"), keys, ("site-c",)))
+    with pytest.raises(ValueError, match="lost"):
+        SiteMasking("site-a").require(fit)
