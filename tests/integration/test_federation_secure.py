@@ -75,7 +75,8 @@ def _run_sites(world: World, names: tuple[str, ...]) -> tuple[threading.Event, l
 
 def _records(world: World, topic: str, allow: AllowList, cls: Any) -> list[Any]:
     out = []
-    for record in read_topic(world.coordinator, topic, idle=1.0, committed_only=False):
+    # idle 3 s: the test counts what it reads, and a first fetch can take over a second
+    for record in read_topic(world.coordinator, topic, idle=3.0, committed_only=False):
         out.append((record.value, *decode(record.value, list(record.headers.items()), allow,
                                           cls)))
     return out
