@@ -5,7 +5,10 @@ Federation: K sites (K = 1..4), each with its own topic prefix, Redis prefix, ke
 governance service (it answers the site's release charge), and 3,000 governed `transactions`
 (published with governance's MAC, so ingest is not part of the measurement); the sites' trainers
 run in site mode in this process (threads), the coordinator too. Round 1 includes each site's
-snapshot read and its release charge; the steady rate is over rounds 2..R.
+snapshot read and its release charge; the steady rate is over rounds 2..R. For K ≥ 2 each
+federation runs twice in the same run: plain FedAvg, then with secure aggregation (pairwise
+masking: a key-exchange step before round 1, masked fixed-point updates; the `keys` step's bytes
+are not in bytes per round).
 
 Tuning: `lepton tune`'s study (run_tune) on governed breast_cancer with a governance service,
 N trials: wall time, trials charged, the study's ε and the best value against the defaults.
@@ -64,7 +67,7 @@ def _publish_governed(settings: Any, events: list[Any]) -> None:
 
 
 def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url: str,
-                prefixes: list[str]) -> dict[str, Any]:
+                prefixes: list[str], secure: bool = False) -> dict[str, Any]:
     from lepton.generators import transactions
     from services.federation.config import FederationSettings
     from services.federation.coordinator import Coordinator
@@ -82,7 +85,7 @@ def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url
         kafka_bootstrap=bootstrap, topic_prefix=f"b{uid}-fed.", redis_url=redis_url,
         redis_prefix=f"bench:{uid}:fed:", data_dir=folder / uid / "fed",
         federation_sites=tuple(names), federation_min_sites=1, federation_rounds=rounds,
-        federation_round_timeout_s=120.0)
+        federation_round_timeout_s=120.0, federation_secure_aggregation=secure)
     prefixes.append(coordinator.redis_prefix)
     Principal.load(coordinator, "federation")
     coordinator.sites_path().mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url
     card = outcome.card
     assert card is not None, outcome.reason
     seconds = [r["seconds"] for r in card.lineage["federation"]["rounds"]]
-    return {"sites": sites, "status": card.status, "first": seconds[0],
+    return {"sites": sites, "secure": secure, "status": card.status, "first": seconds[0],
             "steady": 60 * (len(seconds) - 1) / sum(seconds[1:]), "total": total,
             "bytes": card.training["bytes_per_round"][-1], "auc": card.metrics.get("roc_auc"),
             "epsilon": card.epsilon}
@@ -180,8 +183,9 @@ def main() -> None:
     proc, bootstrap = _broker(folder)
     prefixes: list[str] = []
     try:
-        rows = [_federation(bootstrap, folder, int(k), args.rounds, redis_url, prefixes)
-                for k in args.sites.split(",")]
+        rows = [_federation(bootstrap, folder, int(k), args.rounds, redis_url, prefixes, secure)
+                for k in args.sites.split(",") for secure in (False, True)
+                if int(k) >= 2 or not secure]
         tune = _tuning(bootstrap, folder, args.trials, redis_url, prefixes)
     finally:
         proc.terminate()
@@ -197,11 +201,12 @@ def main() -> None:
           "sites and coordinator in one process on the embedded broker, each site with its "
           "own governance answering its release charge; defaults (local SGD, 0.5 epochs per "
           "round, minibatch 128, ε = 1 per site).\n")
-    print("| sites | round 1 s (snapshot + charge + train) | steady rounds/min | bytes per "
-          "round | pooled ROC-AUC | card ε | whole federation s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| sites | aggregation | round 1 s (snapshot + charge + train) | steady rounds/min | "
+          "bytes per round | pooled ROC-AUC | card ε | whole federation s |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['sites']} | {row['first']:.2f} | {row['steady']:.1f} | "
+        kind = "secure (masked)" if row["secure"] else "plain"
+        print(f"| {row['sites']} | {kind} | {row['first']:.2f} | {row['steady']:.1f} | "
               f"{row['bytes']:,} | {row['auc']:.4f} | {row['epsilon']:.3f} | "
               f"{row['total']:.1f} |")
     print(f"\nTuning: `run_tune` on breast_cancer, {args.trials} trials: wall "
