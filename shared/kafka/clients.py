@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
 from shared.tracing import note_kafka_server
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_MAX_S = 5.0
 
 # librdkafka property -> the LEPTON_ variable that sets it (named in error messages)
 SETTING_OF = {
@@ -114,20 +117,29 @@ def make_producer(
     producer: Producer = create_client(
         Producer, producer_config(settings, transactional_id=transactional_id, **overrides))
     if transactional_id:
-        _init_transactions(producer, stop)
+        # librdkafka: a timed-out init_transactions is resumed by calling it again
+        wait_for_kafka(lambda: producer.init_transactions(30 if stop is None else 5), stop,
+                       "the transactional producer")
     return producer
 
 
-def _init_transactions(producer: Producer, stop: threading.Event | None) -> None:
+def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what: str) -> T:
+    """`attempt()`; with `stop`, a retriable KafkaException (an unreachable broker: down,
+    restarting, frozen) is retried with back-off until it succeeds or `stop` is set, so a
+    service started meanwhile waits rather than exits and catches up once Kafka is back."""
+    wait = 0.5
     while True:
         try:
-            producer.init_transactions(30 if stop is None else 5)
-            return
+            return attempt()
         except KafkaException as error:
-            # librdkafka: a timed-out init is resumed by calling it again
-            if stop is None or stop.is_set() or not error.args[0].retriable():
+            cause = error.args[0] if error.args else None
+            retriable = not isinstance(cause, KafkaError) or cause.retriable()
+            if stop is None or stop.is_set() or not retriable:
                 raise
-            log.warning("transactional producer waits for Kafka (%s)", error.args[0].str())
+            log.warning("%s waits for Kafka (%s); retrying in %.1f s", what, error, wait)
+            if stop.wait(wait):
+                raise
+            wait = min(wait * 2, RETRY_MAX_S)
 
 
 def make_consumer(settings: LeptonSettings, group_id: str, **overrides: Any) -> Consumer:

@@ -6,7 +6,6 @@ unreachable (plaintext) broker is waited for until stop instead of failing."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
@@ -14,11 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
-from shared.kafka.clients import connection_config, create_client
-
-log = logging.getLogger(__name__)
-
-RETRY_MAX_S = 5.0
+from shared.kafka.clients import connection_config, create_client, wait_for_kafka
 
 
 class TopicMissing(ConfigError):
@@ -32,19 +27,9 @@ def ensure_topics(
     """Partition counts of `topics`; missing ones are auto-created via metadata unless
     LEPTON_KAFKA_AUTO_CREATE is false, where a missing topic raises TopicMissing. With `stop`,
     an unreachable broker is retried with back-off until it answers or `stop` is set."""
-    wait = 0.5
-    while True:
-        try:
-            return _ensure_topics(settings, topics, timeout if stop is None else min(timeout, 5.0))
-        except KafkaException as error:
-            # a plaintext broker that does not answer (down, restarting, frozen): a service
-            # started meanwhile waits for it rather than exiting, so it catches up once it is back
-            if stop is None or stop.is_set():
-                raise
-            log.warning("waiting for Kafka (%s); retrying in %.1f s", error, wait)
-            if stop.wait(wait):
-                raise
-            wait = min(wait * 2, RETRY_MAX_S)
+    return wait_for_kafka(
+        lambda: _ensure_topics(settings, topics, timeout if stop is None else min(timeout, 5.0)),
+        stop, "the topic check")
 
 
 def _ensure_topics(settings: LeptonSettings, topics: list[str], timeout: float
