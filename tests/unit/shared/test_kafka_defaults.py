@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,42 +56,35 @@ def test_without_stop_an_unreachable_broker_fails_fast() -> None:
     assert time.monotonic() - began < 10
 
 
-def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> None:
+def _waits_until_stopped(start: Callable[[LeptonSettings, threading.Event], object]) -> None:
+    """`start` against an unreachable broker is still waiting after 8 s (longer than one
+    attempt: not failed), and raises KafkaException within 10 s of stop."""
     settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     stop = threading.Event()
     outcome: list[BaseException] = []
 
     def wait() -> None:
         try:
-            ensure_topics(settings, ["t.events.raw"], stop=stop)
+            start(settings, stop)
         except BaseException as error:
             outcome.append(error)
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(8.0)  # longer than one metadata attempt: it is still waiting, not failed
+    time.sleep(8.0)
     assert waiter.is_alive() and not outcome
     stop.set()
     waiter.join(10.0)
     assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
+
+
+def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> None:
+    _waits_until_stopped(lambda settings, stop: ensure_topics(settings, ["t.events.raw"],
+                                                              stop=stop))
 
 
 def test_with_stop_a_transactional_producer_waits_until_stopped() -> None:
-    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
-    stop = threading.Event()
-    outcome: list[BaseException] = []
-
-    def init() -> None:
-        try:
-            make_producer(settings, transactional_id="t-wait", stop=stop)
-        except BaseException as error:
-            outcome.append(error)
-    waiter = threading.Thread(target=init)
-    waiter.start()
-    time.sleep(8.0)  # longer than one init_transactions attempt
-    assert waiter.is_alive() and not outcome
-    stop.set()
-    waiter.join(10.0)
-    assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
+    _waits_until_stopped(lambda settings, stop: make_producer(
+        settings, transactional_id="t-wait", stop=stop))
 
 
 def test_with_stop_a_start_proceeds_once_the_broker_comes_up(tmp_path: Path) -> None:
