@@ -5,6 +5,7 @@ embedded broker (the federation's own cluster)."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -22,17 +23,24 @@ import redis
 
 from lepton.generators import transactions
 from lepton.produce import publish
+from services.federation.card import Outcome
 from services.federation.config import FederationSettings
+from services.federation.coordinator import Coordinator
 from services.governance.config import GovernanceSettings
 from services.governance.service import GovernanceService
 from services.ingest.config import IngestSettings
 from services.ingest.worker import IngestWorker
 from services.trainer.config import TrainerSettings
+from services.trainer.site import FederatedSite
+from services.trainer.site_rounds import SiteRounds
+from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.events import Envelope
+from shared.federation import TASK_KINDS, RoundTask, decode
 from shared.kafka import ensure_topics
 from shared.lifecycle import parent_death
 from shared.principals import Principal, principals_dir
+from shared.readiness import ready_path
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
 from tests.helpers import read_topic
@@ -196,3 +204,72 @@ def make_world(broker: str, folder: Path) -> Iterator[World]:
             if keys:
                 client.delete(*keys)
         client.close()
+
+
+def run_sites(world: World, names: tuple[str, ...],
+              rounds: type[SiteRounds] | None = None) -> tuple[threading.Event, list[Any]]:
+    """Run these sites' trainers in site mode on threads (with `rounds` in place of their
+    SiteRounds, e.g. a recording subclass); (their stop event, their threads)."""
+    stop = threading.Event()
+    threads = []
+    for name in names:
+        site = FederatedSite(world.sites[name].trainer(world), stop)
+        if rounds is not None:
+            site.rounds = rounds(site.settings, site.spec, site.signer, site.producer, stop)
+        thread = threading.Thread(target=site.run, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return stop, threads
+
+
+def wait_for_task(world: World, check: Callable[[RoundTask], bool], timeout: float) -> None:
+    """Wait until a round task on the federation's topic satisfies `check`."""
+    settings = world.coordinator
+    topic = Topics(settings.topic_prefix).federation_rounds
+    allow = AllowList(principals_dir(settings), {"federation": TASK_KINDS})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in read_topic(settings, topic, idle=0.3, timeout=5):
+            message, _, _ = decode(record.value, list(record.headers.items()), allow, RoundTask)
+            if check(message):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing on {topic} matched in {timeout} s")
+
+
+def federate_killing_site_c(world: World, settings: FederationSettings, federation: str,
+                            log: Path, rounds: type[SiteRounds] | None = None) -> Outcome:
+    """Federate with site-a and site-b on threads and site-c as a real trainer process, which
+    is frozen once it answered round 1 and killed while round 2 runs; the outcome."""
+    stop, threads = run_sites(world, ("site-a", "site-b"), rounds)
+    with log.open("wb") as out:
+        dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
+                                 env={**os.environ, **world.sites["site-c"].env(world)},
+                                 stdout=out, stderr=out, preexec_fn=parent_death())
+    ready = ready_path(world.sites["site-c"].settings, "trainer")
+    deadline = time.monotonic() + 120
+    while not ready.exists() or int(ready.read_text()) != dying.pid:
+        assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.05)
+    outcome_box: list[Outcome] = []
+    coordinator = threading.Thread(target=lambda: outcome_box.append(
+        Coordinator(settings, threading.Event()).federate(federation)), daemon=True)
+    try:
+        coordinator.start()
+        # freeze site-c once it answered round 1 (its log says so); kill it while round 2 runs
+        deadline = time.monotonic() + 180
+        while b"answered round 1 (fit" not in log.read_bytes():
+            assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.005)
+        dying.send_signal(signal.SIGSTOP)
+        wait_for_task(world, lambda t: (t.federation, t.round) == (federation, 2), 60)
+        dying.kill()
+        coordinator.join(240)
+        assert not coordinator.is_alive()
+    finally:
+        stop.set()
+        dying.kill()
+        dying.wait(10)
+        for thread in threads:
+            thread.join(30)
+    return outcome_box[0]

@@ -14,13 +14,8 @@ site its own topics, Redis prefix, keys, ingest and governance over its own non-
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,22 +30,20 @@ from services.federation.aggregate import site_level_epsilon
 from services.federation.coordinator import Coordinator
 from services.governance.releases import ReleaseLedger
 from services.trainer.dp import Plan, fit_private
-from services.trainer.site import FederatedSite
 from services.trainer.split import is_validation
-from shared.allowlist import AllowList
 from shared.datasets import load_spec
-from shared.federation import TASK_KINDS, RoundTask, decode
-from shared.lifecycle import parent_death
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model, predict_proba
 from shared.models.registry import Registry
-from shared.principals import principals_dir
-from shared.readiness import ready_path
 from shared.releases import verdicts_key
 from shared.state import make_redis
-from shared.topics import Topics
-from tests.helpers import read_topic
-from tests.integration.federation_world import SITES, World, make_world
+from tests.integration.federation_world import (
+    SITES,
+    World,
+    federate_killing_site_c,
+    make_world,
+    run_sites,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,16 +53,6 @@ def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
     torch.set_num_threads(1)
     yield from make_world(broker, tmp_path_factory.mktemp("federation"))
 
-
-def _run_sites(world: World, names: tuple[str, ...]) -> tuple[threading.Event, list[Any]]:
-    stop = threading.Event()
-    threads = []
-    for name in names:
-        site = FederatedSite(world.sites[name].trainer(world), stop)
-        thread = threading.Thread(target=site.run, daemon=True)
-        thread.start()
-        threads.append(thread)
-    return stop, threads
 
 
 def _auc(net: torch.nn.Module, transform: FeatureTransform, rows: list[dict[str, Any]]) -> float:
@@ -116,7 +99,7 @@ def _site_tokens(world: World, name: str) -> set[bytes]:
 
 
 def test_ten_rounds_match_centralised_and_nothing_crosses(world: World) -> None:
-    stop, threads = _run_sites(world, SITES)
+    stop, threads = run_sites(world, SITES)
     try:
         outcome = Coordinator(world.coordinator, threading.Event()).federate("fed-main")
     finally:
@@ -181,39 +164,7 @@ def test_a_site_killed_mid_round_leaves_the_round_to_the_quorum(world: World,
         "federation_rounds": 3, "federation_round_timeout_s": 8.0,
         "federation_first_round_timeout_s": 90.0,
         "federation_noise_multiplier": 0.01})
-    stop, threads = _run_sites(world, ("site-a", "site-b"))
-    log = tmp_path / "site-c.log"
-    with log.open("wb") as out:
-        dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
-                                 env={**os.environ, **world.sites["site-c"].env(world)},
-                                 stdout=out, stderr=out, preexec_fn=parent_death())
-    ready = ready_path(world.sites["site-c"].settings, "trainer")
-    deadline = time.monotonic() + 120
-    while not ready.exists() or int(ready.read_text()) != dying.pid:
-        assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.05)
-    outcome_box: list[Any] = []
-    coordinator = threading.Thread(target=lambda: outcome_box.append(
-        Coordinator(settings, threading.Event()).federate("fed-quorum")), daemon=True)
-    try:
-        coordinator.start()
-        # freeze site-c once it answered round 1 (its log says so); kill it while round 2 runs
-        deadline = time.monotonic() + 120
-        while b"answered round 1 (fit" not in log.read_bytes():
-            assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.005)
-        dying.send_signal(signal.SIGSTOP)
-        _wait_for(world, lambda t: (t.federation, t.round) == ("fed-quorum", 2), 60)
-        dying.kill()
-        coordinator.join(180)
-        assert not coordinator.is_alive()
-    finally:
-        stop.set()
-        dying.kill()
-        dying.wait(10)
-        for thread in threads:
-            thread.join(30)
-    outcome = outcome_box[0]
+    outcome = federate_killing_site_c(world, settings, "fed-quorum", tmp_path / "site-c.log")
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.rounds == 3
     federation = outcome.card.lineage["federation"]
@@ -228,18 +179,3 @@ def test_a_site_killed_mid_round_leaves_the_round_to_the_quorum(world: World,
     assert client["noise_std"] == pytest.approx(0.01 * settings.federation_clip_norm
                                                 * max(counts) / sum(counts))
     assert client["site_epsilon"] == pytest.approx(site_level_epsilon(0.01, 3, 1e-5))
-
-
-def _wait_for(world: World, check: Any, timeout: float) -> None:
-    """Wait until a round task on the federation's topic satisfies `check`."""
-    settings = world.coordinator
-    topic = Topics(settings.topic_prefix).federation_rounds
-    allow = AllowList(principals_dir(settings), {"federation": TASK_KINDS})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in read_topic(settings, topic, idle=0.3, timeout=5):
-            message, _, _ = decode(record.value, list(record.headers.items()), allow, RoundTask)
-            if check(message):
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing on {topic} matched in {timeout} s")

@@ -12,12 +12,7 @@ the three data owners of tests/integration/federation_world.py.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,17 +23,20 @@ import torch
 
 from services.federation.aggregate import fedavg
 from services.federation.coordinator import Coordinator
-from services.trainer.site import FederatedSite
 from services.trainer.site_rounds import Federation, SiteRounds
 from shared.allowlist import AllowList
 from shared.federation import TASK_KINDS, UPDATE_KINDS, Arrays, RoundTask, SiteUpdate, decode
-from shared.lifecycle import parent_death
 from shared.principals import principals_dir
-from shared.readiness import ready_path
 from shared.secagg import quantize
 from shared.topics import Topics
 from tests.helpers import read_topic
-from tests.integration.federation_world import SITES, World, make_world
+from tests.integration.federation_world import (
+    SITES,
+    World,
+    federate_killing_site_c,
+    make_world,
+    run_sites,
+)
 
 pytestmark = pytest.mark.slow
 SEEN: dict[tuple[str, int], tuple[int, Arrays]] = {}
@@ -61,18 +59,6 @@ class RecordingRounds(SiteRounds):
         return update, plain
 
 
-def _run_sites(world: World, names: tuple[str, ...]) -> tuple[threading.Event, list[Any]]:
-    stop = threading.Event()
-    threads = []
-    for name in names:
-        site = FederatedSite(world.sites[name].trainer(world), stop)
-        site.rounds = RecordingRounds(site.settings, site.spec, site.signer, site.producer, stop)
-        thread = threading.Thread(target=site.run, daemon=True)
-        thread.start()
-        threads.append(thread)
-    return stop, threads
-
-
 def _records(world: World, topic: str, allow: AllowList, cls: Any) -> list[Any]:
     out = []
     # idle 3 s: the test counts what it reads, and a first fetch can take over a second
@@ -85,7 +71,7 @@ def _records(world: World, topic: str, allow: AllowList, cls: Any) -> list[Any]:
 def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
     settings = world.coordinator.model_copy(update={"federation_rounds": 4,
                                                     "federation_secure_aggregation": True})
-    stop, threads = _run_sites(world, SITES)
+    stop, threads = run_sites(world, SITES, RecordingRounds)
     try:
         outcome = Coordinator(settings, threading.Event()).federate("fed-secure")
     finally:
@@ -138,38 +124,8 @@ def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World,
     settings = world.coordinator.model_copy(update={
         "federation_rounds": 3, "federation_round_timeout_s": 8.0,
         "federation_first_round_timeout_s": 90.0, "federation_secure_aggregation": True})
-    stop, threads = _run_sites(world, ("site-a", "site-b"))
-    log = tmp_path / "site-c.log"
-    with log.open("wb") as out:
-        dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
-                                 env={**os.environ, **world.sites["site-c"].env(world)},
-                                 stdout=out, stderr=out, preexec_fn=parent_death())
-    ready = ready_path(world.sites["site-c"].settings, "trainer")
-    deadline = time.monotonic() + 120
-    while not ready.exists() or int(ready.read_text()) != dying.pid:
-        assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.05)
-    outcome_box: list[Any] = []
-    coordinator = threading.Thread(target=lambda: outcome_box.append(
-        Coordinator(settings, threading.Event()).federate("fed-secure-quorum")), daemon=True)
-    try:
-        coordinator.start()
-        deadline = time.monotonic() + 180
-        while b"answered round 1 (fit" not in log.read_bytes():
-            assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.005)
-        dying.send_signal(signal.SIGSTOP)
-        time.sleep(1.0)
-        dying.kill()
-        coordinator.join(240)
-        assert not coordinator.is_alive()
-    finally:
-        stop.set()
-        dying.kill()
-        dying.wait(10)
-        for thread in threads:
-            thread.join(30)
-    outcome = outcome_box[0]
+    outcome = federate_killing_site_c(world, settings, "fed-secure-quorum",
+                                      tmp_path / "site-c.log")
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.rounds == 3
     federation = outcome.card.lineage["federation"]
