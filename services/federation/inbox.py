@@ -5,7 +5,7 @@ Consumes `federation.updates` from the position it had when the coordinator star
 older is read); every record is verified (signature by an allowed site's key, the signer is the
 site the answer names) before it is parsed. Produces, per round, the answers of the selected
 sites, and a record of every answer it drops: late (an earlier round's, or this round's after
-its deadline, or of a kind the round does not expect), from a site not selected, for another
+its deadline), of a kind the round does not expect, from a site not selected, for another
 federation, or failing verification.
 """
 
@@ -67,7 +67,7 @@ class Inbox:
                 stop: threading.Event, kinds: frozenset[str] | None = None
                 ) -> dict[str, Answer]:
         """Answers to round `round_` of `federation` from `expected` sites (of `kinds`, when
-        given: others are late), until all came or `deadline` (Unix time) passed."""
+        given: others are dropped), until all came or `deadline` (Unix time) passed."""
         answers: dict[str, Answer] = {}
         while set(answers) < expected and time.time() < deadline and not stop.is_set():
             for msg in self.consumer.consume(100, timeout=0.1):
@@ -85,9 +85,10 @@ class Inbox:
                     self._drop("signer is not the site named", update, signer=signer)
                 elif update.federation != federation:
                     self._drop("another federation", update)
-                elif update.round != round_ or time.time() > deadline or (
-                        kinds is not None and update.kind not in kinds):
+                elif update.round != round_ or time.time() > deadline:
                     self._drop("late", update, current_round=round_)
+                elif kinds is not None and update.kind not in kinds:
+                    self._drop("unexpected kind", update, current_round=round_)
                 elif update.site not in expected or update.site in answers:
                     self._drop("not selected or repeated", update)
                 else:

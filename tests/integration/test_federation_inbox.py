@@ -1,6 +1,7 @@
 """The coordinator's inbox on the embedded broker: a round's answers from the selected site
 are collected; an answer to an earlier round (late), one signed by another site than it names,
-an unsigned one, a forged one and one for another federation are dropped, each with a record;
+an unsigned one, a forged one, one for another federation and one of a kind the round does not
+expect (a `keys` answer while fits are collected) are dropped, each with a record;
 the round ends at its deadline when a site never answers."""
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def test_collects_the_round_and_records_what_it_drops(lepton_env: LeptonSettings
     send(fit("site-a", 2), b)             # signed by site-b, naming site-a
     send(fit("site-a", 2), a, headers=False)
     send(fit("site-a", 2, "fed-0"), a)    # another federation
+    send(fit("site-a", 2).model_copy(update={"kind": "keys"}), a)  # not a fit or declined
     value, headers = encode(fit("site-a", 2), {}, a)
     producer.produce(topic, value=value[:-1] + b"x", headers=headers)  # forged
     send(fit("site-a", 2), a)
@@ -56,7 +58,7 @@ def test_collects_the_round_and_records_what_it_drops(lepton_env: LeptonSettings
     began = time.time()
     try:
         answers = inbox.collect("fed-1", 2, {"site-a", "site-c"}, began + 4.0,
-                                threading.Event())
+                                threading.Event(), frozenset({"fit", "declined"}))
     finally:
         inbox.close()
     assert time.time() - began >= 3.9  # site-c never answered: the deadline ends the round
@@ -64,7 +66,7 @@ def test_collects_the_round_and_records_what_it_drops(lepton_env: LeptonSettings
     assert np.array_equal(answers["site-a"].tensors["w"], np.ones(3, np.float32))
     reasons = sorted(d["reason"] for d in inbox.dropped)
     assert reasons == ["another federation", "late", "signer is not the site named",
-                       "unverified", "unverified"]
+                       "unexpected kind", "unverified", "unverified"]
     late = next(d for d in inbox.dropped if d["reason"] == "late")
     assert (late["site"], late["round"], late["current_round"]) == ("site-b", 1, 2)
     assert inbox.bytes_in > 0
