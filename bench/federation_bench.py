@@ -7,8 +7,8 @@ governance service (it answers the site's release charge), and 3,000 governed `t
 run in site mode in this process (threads), the coordinator too. Round 1 includes each site's
 snapshot read and its release charge; the steady rate is over rounds 2..R. For K ≥ 2 each
 federation runs twice in the same run: plain FedAvg, then with secure aggregation (pairwise
-masking: a key-exchange step before round 1, masked fixed-point updates; the `keys` step's bytes
-are not in bytes per round).
+masking: a key-exchange step before round 1, whose bytes are a column of their own, and masked
+fixed-point updates).
 
 Tuning: `lepton tune`'s study (run_tune) on governed breast_cancer with a governance service,
 N trials: wall time, trials charged, the study's ε and the best value against the defaults.
@@ -131,7 +131,8 @@ def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url
     seconds = [r["seconds"] for r in card.lineage["federation"]["rounds"]]
     return {"sites": sites, "secure": secure, "status": card.status, "first": seconds[0],
             "steady": 60 * (len(seconds) - 1) / sum(seconds[1:]), "total": total,
-            "bytes": card.training["bytes_per_round"][-1], "auc": card.metrics.get("roc_auc"),
+            "bytes": card.training["bytes_per_round"][-1],
+            "key_bytes": card.training["key_exchange_bytes"], "auc": card.metrics.get("roc_auc"),
             "epsilon": card.epsilon}
 
 
@@ -202,13 +203,13 @@ def main() -> None:
           "own governance answering its release charge; defaults (local SGD, 0.5 epochs per "
           "round, minibatch 128, ε = 1 per site).\n")
     print("| sites | aggregation | round 1 s (snapshot + charge + train) | steady rounds/min | "
-          "bytes per round | pooled ROC-AUC | card ε | whole federation s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "bytes per round | key exchange bytes | pooled ROC-AUC | card ε | whole federation s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         kind = "secure (masked)" if row["secure"] else "plain"
         print(f"| {row['sites']} | {kind} | {row['first']:.2f} | {row['steady']:.1f} | "
-              f"{row['bytes']:,} | {row['auc']:.4f} | {row['epsilon']:.3f} | "
-              f"{row['total']:.1f} |")
+              f"{row['bytes']:,} | {row['key_bytes']:,} | {row['auc']:.4f} | "
+              f"{row['epsilon']:.3f} | {row['total']:.1f} |")
     print(f"\nTuning: `run_tune` on breast_cancer, {args.trials} trials: wall "
           f"{tune['wall']:.1f} s, {tune['trials']} trials charged ({tune['pruned']} pruned), "
           f"study ε {tune['epsilon']:.3f} (δ = 1e-5, RDP per-trial composition, budget 3.0), "

@@ -27,10 +27,13 @@ class Progress:
     declined: dict[str, str] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     noise_std: float = 0.0
+    key_exchange_bytes: int = 0
 
     def bytes_per_round(self) -> list[int]:
-        """Task bytes out plus answer bytes in, per round."""
-        return [int(r["bytes_out"]) + int(r["bytes_in"]) for r in self.rounds]
+        """Task bytes out plus answer bytes in, per round (with a secure round's unmask step;
+        the key exchange before round 1 is `key_exchange_bytes`)."""
+        return [int(r["bytes_out"]) + int(r["bytes_in"]) + int(r.get("bytes_unmask", 0))
+                for r in self.rounds]
 
 
 def card_lineage(federation: str, topic: str, progress: Progress,
@@ -53,7 +56,8 @@ def card_training(settings: FederationSettings, progress: Progress,
             "minibatch": settings.federation_minibatch,
             "min_sites": settings.federation_min_sites,
             "round_timeout_s": settings.federation_round_timeout_s,
-            "bytes_per_round": progress.bytes_per_round(), "warm_start_version": warm_start}
+            "bytes_per_round": progress.bytes_per_round(),
+            "key_exchange_bytes": progress.key_exchange_bytes, "warm_start_version": warm_start}
 
 
 def card_privacy(settings: FederationSettings, spec: DatasetSpec, progress: Progress

@@ -154,6 +154,7 @@ class Coordinator:
             self.secure = SecureRounds(self._send, inbox, self.stop,
                                        settings.federation_round_timeout_s)
             progress.declined.update(self.secure.exchange(common, list(settings.federation_sites)))
+            progress.key_exchange_bytes = self.secure.key_exchange_bytes
         for number in range(1, settings.federation_rounds + 1):
             active = [s for s in settings.federation_sites if s not in progress.declined]
             reason = self._round(number, active, common, weights, inbox, progress)

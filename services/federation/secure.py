@@ -66,14 +66,16 @@ class SecureRounds:
     stop: threading.Event
     timeout_s: float
     keys: dict[str, str] = field(default_factory=dict)
+    key_exchange_bytes: int = 0
 
     def exchange(self, common: dict[str, Any], sites: list[str]) -> dict[str, str]:
         """Ask `sites` for their agreement keys (round 0); the sites left out, with why."""
         deadline = time.time() + self.timeout_s
-        self.send(RoundTask(kind="keys", round=0, sites=tuple(sites), deadline=deadline,
-                            **common), {})
+        sent = self.send(RoundTask(kind="keys", round=0, sites=tuple(sites), deadline=deadline,
+                                   **common), {})
         answers = self.inbox.collect(str(common["federation"]), 0, set(sites), deadline,
                                      self.stop, frozenset({"keys", "declined"}))
+        self.key_exchange_bytes = sent + sum(a.size for a in answers.values())
         left: dict[str, str] = {}
         for site in sites:
             answer = answers.get(site)
@@ -95,7 +97,8 @@ class SecureRounds:
                   clip_norm: float, noise_multiplier: float
                   ) -> tuple[Arrays | None, float, dict[str, Any]]:
         """The round's noised average from the masked fits (None when refused), the noise
-        std, and what to record (dropped sites whose masks were removed, a refusal)."""
+        std, and what to record (dropped sites whose masks were removed, the unmask step's
+        bytes, a refusal)."""
         total: Words | None = None
         survivors: dict[str, int] = {}
         for site in sorted(fits):
@@ -113,7 +116,8 @@ class SecureRounds:
             return None, 0.0, {**record, "refused": "fewer than two masked updates"}
         recovered: list[tuple[str, str, bytes]] = []
         if dropped:
-            refused = self._recover(common, number, sorted(survivors), dropped, recovered)
+            refused = self._recover(common, number, sorted(survivors), dropped, recovered,
+                                    record)
             if refused:
                 return None, 0.0, {**record, "refused": refused}
         average, std = unmasked_average(total, survivors, recovered, clip_norm,
@@ -121,14 +125,18 @@ class SecureRounds:
         return dict(average), std, record
 
     def _recover(self, common: dict[str, Any], number: int, survivors: list[str],
-                 dropped: list[str], recovered: list[tuple[str, str, bytes]]) -> str:
-        """Ask the survivors for their seeds with the dropped sites; a refusal reason or ''."""
+                 dropped: list[str], recovered: list[tuple[str, str, bytes]],
+                 record: dict[str, Any]) -> str:
+        """Ask the survivors for their seeds with the dropped sites (the task's and answers'
+        bytes into `record`); a refusal reason or ''."""
         deadline = time.time() + self.timeout_s
-        self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
-                            dropped=tuple(dropped), deadline=deadline,
-                            agreement_keys=self.task_keys(survivors + dropped), **common), {})
+        sent = self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
+                                   dropped=tuple(dropped), deadline=deadline,
+                                   agreement_keys=self.task_keys(survivors + dropped),
+                                   **common), {})
         answers = self.inbox.collect(str(common["federation"]), number, set(survivors),
                                      deadline, self.stop, frozenset({"unmask", "declined"}))
+        record["bytes_unmask"] = sent + sum(a.size for a in answers.values())
         for site in survivors:
             answer = answers.get(site)
             if answer is None or answer.update.kind != "unmask" or \

@@ -108,6 +108,12 @@ def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
     # control: the same scan finds plain float tensors where they are sent (the global model)
     sent = b"\n".join(value for value, *_ in tasks)
     assert all(v.astype(np.float32).tobytes() in sent for v in weights[2].values())
+    # the bytes the card reports are the messages' bytes, the key exchange counted apart
+    def moved(kind: str, number: int) -> int:
+        return sum(len(v) for v, t, *_ in tasks + updates if t.kind == kind and t.round == number)
+
+    assert card.training["key_exchange_bytes"] == moved("keys", 0) > 0
+    assert card.training["bytes_per_round"] == [moved("fit", n) for n in range(1, 5)]
     final = {k[len("candidate."):]: v for _, t, w, _ in tasks if t.kind == "evaluate"
              for k, v in w.items() if k.startswith("candidate.")}
     for number in range(1, 5):
@@ -136,3 +142,7 @@ def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World,
     assert [r["unmasked"] for r in rounds] == [[], ["site-c"], ["site-c"]]
     assert [r["sites"] for r in rounds][1:] == [["site-a", "site-b"]] * 2
     assert not any("refused" in r for r in rounds)
+    # the unmask step (a task and the survivors' seeds) is in those rounds' bytes
+    assert [r.get("bytes_unmask", 0) > 0 for r in rounds] == [False, True, True]
+    assert outcome.card.training["bytes_per_round"] == [
+        r["bytes_out"] + r["bytes_in"] + r.get("bytes_unmask", 0) for r in rounds]
