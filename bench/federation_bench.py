@@ -207,8 +207,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         kind = "secure (masked)" if row["secure"] else "plain"
+        keys = f"{row['key_bytes']:,}" if row["secure"] else "—"
         print(f"| {row['sites']} | {kind} | {row['first']:.2f} | {row['steady']:.1f} | "
-              f"{row['bytes']:,} | {row['key_bytes']:,} | {row['auc']:.4f} | "
+              f"{row['bytes']:,} | {keys} | {row['auc']:.4f} | "
               f"{row['epsilon']:.3f} | {row['total']:.1f} |")
     print(f"\nTuning: `run_tune` on breast_cancer, {args.trials} trials: wall "
           f"{tune['wall']:.1f} s, {tune['trials']} trials charged ({tune['pruned']} pruned), "
