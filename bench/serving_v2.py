@@ -101,8 +101,8 @@ def http_echo_server(port: int) -> None:
                         b'"datatype":"FP64","shape":[1],"data":[0.5]}]}',
                         media_type="application/json")
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                lifespan="off")
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+                access_log=False, lifespan="off")
 
 
 async def load_v2_grpc(addr: str, concurrency: int, seconds: float, rows: int,

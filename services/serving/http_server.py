@@ -59,8 +59,9 @@ class HttpServer:
                 tls.update(ssl_ca_certs=str(settings.serving_tls_client_ca),
                            ssl_cert_reqs=ssl.CERT_REQUIRED)
         self.tls = bool(tls)
-        self.config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                     server_header=False, timeout_graceful_shutdown=3, **tls)
+        self.config = uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning",
+                                     access_log=False, server_header=False,
+                                     timeout_graceful_shutdown=3, **tls)
         self.server = _Server(self.config)
         self._task: asyncio.Task[None] | None = None
         self.port = 0
