@@ -63,6 +63,15 @@ def from_text(text: str, size: int = SEED_BYTES) -> bytes:
     return raw
 
 
+def check_public(text: str) -> None:
+    """Refuse (MaskingError) a public key no agreement can use: not 32 bytes of base64, or a
+    low-order point (X25519 with it gives the all-zero secret, which `cryptography` refuses)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(from_text(text)))
+    except ValueError as error:
+        raise MaskingError(f"unusable agreement key: {error}") from None
+
+
 def pair_seed(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
               round_: int) -> bytes:
     """The seed shared by `own` and `peer` for one round (symmetric: seed_ij == seed_ji)."""

@@ -7,9 +7,12 @@ SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, 
 masks) and their `unmask` answers (seeds with the dropped sites only); produces `keys` and
 `unmask` tasks on `federation.rounds` and the round's sample-weighted average plus the server's
 Gaussian noise exactly as aggregate.fedavg adds it. It never holds one site's update: only the
-sum of at least two. A round is refused (no aggregate; the caller records it and keeps the
-weights) when fewer than two sites' masked updates came, or a survivor does not reveal its
-seeds in time. It cannot clip a single update (it never sees one): it relies on the sites'.
+sum of at least two (but see the README on a masked update read after the survivors revealed
+their seeds with its site). A round is refused (no aggregate; the caller records it and keeps
+the weights) when fewer than two sites' masked updates came, one was malformed (its seeds are
+never asked for: its words are here), a survivor does not reveal its seeds in time, or the
+unmasked sum is longer than the sites' clip bound allows (a wrong seed or an unclipped update).
+It cannot clip a single update (it never sees one): it relies on the sites'.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from services.federation.aggregate import server_noise
 from services.federation.inbox import Answer, Inbox
 from shared.federation import Arrays, RoundTask
 from shared.secagg import (
+    FRACTION_BITS,
     MaskingError,
     Words,
     add,
+    check_public,
     dequantize,
     from_text,
     remove_masks,
@@ -52,6 +57,14 @@ def unmasked_average(total: Words, counts: Mapping[str, int],
     if samples <= 0:
         raise MaskingError("no samples to average")
     summed = dequantize(remove_masks(total, recovered))
+    # each site's update is clipped to C, so ‖Σ nᵢ·xᵢ‖ ≤ C·Σnᵢ up to rounding (half a unit
+    # per coordinate and site): beyond it a seed was wrong or a site did not clip
+    norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in summed.values())))
+    size = sum(int(v.size) for v in summed.values())
+    slack = len(counts) * 0.5 * np.sqrt(size) / 2 ** FRACTION_BITS
+    if norm > clip_norm * samples * (1 + 1e-9) + slack:
+        raise MaskingError(f"the unmasked sum's norm {norm:.4g} exceeds the clip bound "
+                           f"{clip_norm * samples:.4g} (a wrong seed or an unclipped update)")
     average = {k: v / samples for k, v in summed.items()}
     return server_noise(average, [n / samples for n in counts.values()], clip_norm,
                         noise_multiplier, rng)
@@ -82,7 +95,9 @@ class SecureRounds:
             try:
                 if answer is None or answer.update.kind != "keys":
                     raise MaskingError(answer.update.reason if answer else "no answer in time")
-                from_text(answer.update.agreement_key)
+                check_public(answer.update.agreement_key)
+                if answer.update.agreement_key in self.keys.values():
+                    raise MaskingError("the same key as another site's")
                 self.keys[site] = answer.update.agreement_key
             except MaskingError as error:
                 left[site] = f"no secure-aggregation key: {error}"
@@ -105,8 +120,11 @@ class SecureRounds:
             tensors = fits[site].tensors
             if {k: tuple(v.shape) for k, v in tensors.items()} != shapes or any(
                     v.dtype != np.uint64 for v in tensors.values()):
+                # its words are here: asking the others for their seeds with it would unmask it
                 log.warning("round %d: %s sent no well-formed masked update", number, site)
-                continue
+                return None, 0.0, {"secure_aggregation": True, "sites": sorted(fits),
+                                   "unmasked": [],
+                                   "refused": f"{site} sent a malformed masked update"}
             total = add(total, {k: np.asarray(v, dtype=np.uint64) for k, v in tensors.items()})
             survivors[site] = fits[site].update.num_examples
         dropped = sorted(set(selected) - set(survivors))
@@ -120,8 +138,11 @@ class SecureRounds:
                                     record)
             if refused:
                 return None, 0.0, {**record, "refused": refused}
-        average, std = unmasked_average(total, survivors, recovered, clip_norm,
-                                        noise_multiplier)
+        try:
+            average, std = unmasked_average(total, survivors, recovered, clip_norm,
+                                            noise_multiplier)
+        except MaskingError as error:
+            return None, 0.0, {**record, "refused": str(error)}
         return dict(average), std, record
 
     def _recover(self, common: dict[str, Any], number: int, survivors: list[str],

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services.trainer.config import TrainerSettings
 from services.trainer.site_rounds import Federation, SiteRounds
-from services.trainer.site_secure import SiteMasking
+from services.trainer.site_secure import SEND_MARGIN_S, SiteMasking
 from services.trainer.snapshot import SnapshotTimeout
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
@@ -117,13 +117,15 @@ class FederatedSite:
                     self.states.popitem(last=False)
             if task.kind == "fit":
                 update, plain = self.rounds.fit(task, state, tensors)
-                if task.agreement_keys and update.kind == "fit" and time.time() > task.deadline:
-                    # the coordinator treats this site as dropped and asks the others for
-                    # their seeds with it: a masked update sent now could then be unmasked
-                    self._send(self.rounds.declined(task, "deadline passed while training"), {})
-                    return
-                self._send(*self.masking.mask(task, update, plain)
-                           if task.agreement_keys and update.kind == "fit" else (update, plain))
+                if task.agreement_keys and update.kind == "fit":
+                    if time.time() > task.deadline - SEND_MARGIN_S:
+                        # the coordinator treats this site as dropped and asks the others for
+                        # their seeds with it: a masked update read after that is unmasked
+                        self._send(self.rounds.declined(
+                            task, "deadline (less the send margin) passed while training"), {})
+                        return
+                    update, plain = self.masking.mask(task, update, plain)
+                self._send(update, plain)
             else:
                 self._send(self.rounds.evaluate(task, state, tensors), {})
         except SnapshotTimeout as error:

@@ -21,6 +21,10 @@ from shared.federation import Arrays, RoundTask, SiteUpdate
 from shared.secagg import mask, new_key, pair_seed, public_text, quantize, seed_text
 
 KEPT_FEDERATIONS = 4
+# a masked update is sent only while at least this long is left before the task's deadline, so
+# that it is read before the coordinator gives up on the site and asks the others for their
+# seeds with it (a broker fetch wait and a poll take well under a second)
+SEND_MARGIN_S = 1.0
 
 
 class SiteMasking:

@@ -3,8 +3,9 @@ masking (services/trainer/site_secure.py): pairwise masks of 3-5 sites cancel ex
 sum; with a site dropped and the survivors' seeds recovered the result is the plain weighted
 average of the survivors (FedAvg) within quantization error; one masked update looks uniform
 and uncorrelated with the plain one; seeds are symmetric and differ per round and federation;
-fewer than two survivors are refused; a site reveals seeds only for a round it masked, with
-exactly that round's sites."""
+fewer than two survivors, a sum longer than the clip bound allows (a seed left out or wrong, an
+unclipped update), a malformed masked update and an unusable key are refused; a site reveals
+seeds only for a round it masked, with exactly that round's sites."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from services.federation.aggregate import fedavg
-from services.federation.secure import unmasked_average
+from services.federation.inbox import Answer
+from services.federation.secure import SecureRounds, unmasked_average
 from services.trainer.site_secure import SiteMasking
 from shared.federation import RoundTask, SiteUpdate
 from shared.secagg import (
@@ -22,6 +24,7 @@ from shared.secagg import (
     MaskingError,
     Words,
     add,
+    check_public,
     from_text,
     mask,
     new_key,
@@ -29,6 +32,7 @@ from shared.secagg import (
     public_text,
     quantize,
     remove_masks,
+    seed_text,
 )
 
 SHAPES = {"layers.0.weight": (8, 5), "layers.0.bias": (8,), "layers.1.weight": (1, 8)}
@@ -92,8 +96,12 @@ def test_a_dropped_site_is_unmasked_from_the_survivors_seeds() -> None:
                                         "fed-1", 3)) for s in survivors]
     alive = {s: counts[s] for s in survivors}
     expected, _ = fedavg([(updates[s], counts[s]) for s in survivors], 1.0, 0.0)
-    garbage, _ = unmasked_average(total, alive, [], 1.0, 0.0)  # the dropped site's masks left
-    assert not any(np.allclose(garbage[k], expected[k], atol=1e-3) for k in SHAPES)
+    # the dropped site's masks left in, or one survivor's seed wrong: far beyond C·Σn, refused
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, alive, [], 1.0, 0.0)
+    wrong = [*recovered[:-1], (recovered[-1][0], dropped, bytes(32))]
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, alive, wrong, 1.0, 0.0)
     average, _ = unmasked_average(total, alive, recovered, 1.0, 0.0)
     for name in SHAPES:  # quantization: at most 0.5 / 2^F per site, divided by the count
         assert np.max(np.abs(average[name] - expected[name])) < 1e-6
@@ -187,3 +195,37 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
         sites["site-a"].unmask(_task("unmask", 2, ("site-a", "site-b"), keys, ("site-c",)))
     with pytest.raises(ValueError, match="lost"):
         SiteMasking("site-a").require(fit)
+
+
+def test_an_unclipped_update_a_malformed_one_and_an_unusable_key_are_refused() -> None:
+    names, keys, public = _sites(3)
+    counts = dict.fromkeys(names, 10)
+    updates = {n: _update(20 + i) for i, n in enumerate(names)}
+    updates["site-b"] = {k: v * 4 for k, v in updates["site-b"].items()}  # norm ≈ 4 > C = 1
+    masked = _masked(names, keys, public, updates, counts)
+    total = None
+    for name in names:
+        total = add(total, masked[name])
+    assert total is not None
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, counts, [], 1.0, 0.0)
+    within, _ = unmasked_average(total, counts, [], 4.0, 0.0)  # a bound of 4 admits it
+    expected, _ = fedavg([(updates[n], counts[n]) for n in names], 4.0, 0.0)
+    assert all(np.allclose(within[k], expected[k], atol=1e-6) for k in SHAPES)
+    # a malformed masked update: the round is refused without asking anyone for seeds (its
+    # words are in hand, so the others' seeds with it would unmask it)
+    def never(*_: object) -> int:
+        raise AssertionError("asked for seeds")
+
+    rounds = SecureRounds(never, None, None, 5.0)  # type: ignore[arg-type]
+    update = SiteUpdate(federation="fed-1", round=1, site="site-a", kind="fit", num_examples=10)
+    fits = {"site-a": Answer(update, {"w": np.zeros(3, dtype=np.float32)}, 10, time.time()),
+            "site-b": Answer(update.model_copy(update={"site": "site-b"}),
+                             masked["site-b"], 10, time.time())}
+    shapes = {k: tuple(v.shape) for k, v in masked["site-b"].items()}
+    average, _, record = rounds.aggregate({}, 1, names, fits, shapes, 1.0, 0.0)
+    assert average is None and record["refused"] == "site-a sent a malformed masked update"
+    # a low-order point as a public key would make every peer's agreement fail
+    check_public(public["site-a"])
+    with pytest.raises(MaskingError, match="unusable"):
+        check_public(seed_text(bytes(32)))
