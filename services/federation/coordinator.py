@@ -224,6 +224,8 @@ class Coordinator:
             for name, value in average.items():
                 weights[name] = weights[name] + value
             for site, answer in fits.items():
+                if site not in record["sites"]:  # a malformed masked update (secure.py)
+                    continue
                 entry = progress.sites[site]
                 entry["rounds"].append(number)
                 entry["samples"] = answer.update.num_examples

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services.trainer.config import TrainerSettings
 from services.trainer.site_rounds import Federation, SiteRounds
-from services.trainer.site_secure import SEND_MARGIN_S, SiteMasking
+from services.trainer.site_secure import SiteMasking
 from services.trainer.snapshot import SnapshotTimeout
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
@@ -118,12 +118,6 @@ class FederatedSite:
             if task.kind == "fit":
                 update, plain = self.rounds.fit(task, state, tensors)
                 if task.agreement_keys and update.kind == "fit":
-                    if time.time() > task.deadline - SEND_MARGIN_S:
-                        # the coordinator treats this site as dropped and asks the others for
-                        # their seeds with it: a masked update read after that is unmasked
-                        self._send(self.rounds.declined(
-                            task, "deadline (less the send margin) passed while training"), {})
-                        return
                     update, plain = self.masking.mask(task, update, plain)
                 self._send(update, plain)
             else:
