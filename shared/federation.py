@@ -98,6 +98,8 @@ class SiteUpdate(_Message):
                                description="keys: this site's X25519 public key, base64.")
     seeds: dict[Name, str] = Field(default_factory=dict, max_length=10_000, description=(
         "unmask: this site's pairwise seed (base64) with each dropped site named."))
+    self_seed: str = Field(default="", max_length=100, description=(
+        "unmask: this site's self-mask seed of the round (base64); it survived the round."))
 
 
 class FederationMessageError(ValueError):

@@ -1,19 +1,25 @@
-"""Pairwise masking for a federation's secure aggregation (Bonawitz et al. 2017, without the
-double mask): the math both the sites (services/trainer/site_secure.py) and the coordinator
-(services/federation/secure.py) run.
+"""Double masking for a federation's secure aggregation (Bonawitz et al. 2017): the math both
+the sites (services/trainer/site_secure.py) and the coordinator (services/federation/secure.py)
+run. The self seed is revealed by its own site in the round's unmask step when that site
+survived, never for a dropped site (Bonawitz's Shamir shares of it, which let the others
+reveal it for a site lost between its update and the unmask, are not implemented: such a
+round is refused).
 
 Consumes a site's X25519 key pair and its peers' raw public keys, the federation id and round,
 and a clipped float update with its sample count. Produces: the pairwise seed of two sites
 (HKDF-SHA256 over their X25519 shared secret, bound to the federation, the round and both
 names; the same at either end), the fixed-point update (value x count x 2^FRACTION_BITS as
-int64, read as uint64), the masked update (plus, for every peer j, +PRG(seed) if the site sorts
-before j, else -PRG(seed), all mod 2^64; PRG = the ChaCha20 keystream read as uint64), and back
-on the coordinator's side the masks of dropped peers removed from a sum and the sum in floats.
+int64, read as uint64), the masked update (plus PRG(self seed), a fresh random seed per round,
+and for every peer j, +PRG(seed) if the site sorts before j, else -PRG(seed), all mod 2^64;
+PRG = the ChaCha20 keystream read as uint64), and back on the coordinator's side the
+survivors' self masks and the dropped peers' pairwise masks removed from a sum, and the sum in
+floats.
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -63,6 +69,15 @@ def from_text(text: str, size: int = SEED_BYTES) -> bytes:
     return raw
 
 
+def check_public(text: str) -> None:
+    """Refuse (MaskingError) a public key no agreement can use: not 32 bytes of base64, or a
+    low-order point (X25519 with it gives the all-zero secret, which `cryptography` refuses)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(from_text(text)))
+    except ValueError as error:
+        raise MaskingError(f"unusable agreement key: {error}") from None
+
+
 def pair_seed(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
               round_: int) -> bytes:
     """The seed shared by `own` and `peer` for one round (symmetric: seed_ij == seed_ji)."""
@@ -76,6 +91,11 @@ def pair_seed(key: X25519PrivateKey, own: str, peer: str, peer_public: str, fede
                                 "sites": sorted((own, peer))}, option=orjson.OPT_SORT_KEYS)
     return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info
                 ).derive(shared)
+
+
+def new_seed() -> bytes:
+    """A fresh self-mask seed (one per site and round; revealed only if the site survives)."""
+    return secrets.token_bytes(SEED_BYTES)
 
 
 def keystream(seed: bytes, shapes: Mapping[str, tuple[int, ...]]) -> Words:
@@ -116,10 +136,12 @@ def _shapes(words: Mapping[str, npt.NDArray[np.uint64]]) -> dict[str, tuple[int,
 
 
 def mask(words: Mapping[str, npt.NDArray[np.uint64]], own: str,
-         seeds: Mapping[str, bytes]) -> Words:
-    """The masked update: plus PRG(seed) for each peer sorting after `own`, minus otherwise."""
+         seeds: Mapping[str, bytes], self_seed: bytes) -> Words:
+    """The masked update: plus PRG(self seed), and plus PRG(seed) for each peer sorting after
+    `own`, minus otherwise."""
     shapes = _shapes(words)
-    out = {k: np.array(v, dtype=np.uint64) for k, v in words.items()}
+    own_stream = keystream(self_seed, shapes)
+    out = {k: np.array(v, dtype=np.uint64) + own_stream[k] for k, v in words.items()}
     for peer, seed in sorted(seeds.items()):
         stream = keystream(seed, shapes)
         for name in out:
@@ -136,11 +158,16 @@ def add(total: Words | None, words: Mapping[str, npt.NDArray[np.uint64]]) -> Wor
     return {k: total[k] + np.asarray(words[k], dtype=np.uint64) for k in total}
 
 
-def remove_masks(total: Words, recovered: Iterable[tuple[str, str, bytes]]) -> Words:
-    """The sum without the masks that survivors added for dropped peers:
-    (survivor, dropped peer, their seed) each."""
+def remove_masks(total: Words, self_seeds: Iterable[bytes],
+                 recovered: Iterable[tuple[str, str, bytes]]) -> Words:
+    """The sum without the survivors' self masks and the masks that survivors added for
+    dropped peers: (survivor, dropped peer, their seed) each."""
     shapes = _shapes(total)
     out = dict(total)
+    for seed in self_seeds:
+        stream = keystream(seed, shapes)
+        for name in out:
+            out[name] = out[name] - stream[name]
     for survivor, dropped, seed in recovered:
         stream = keystream(seed, shapes)
         for name in out:

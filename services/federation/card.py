@@ -14,9 +14,9 @@ from services.federation.config import FederationSettings
 from shared.datasets.spec import DatasetSpec
 from shared.models.registry import ModelCard
 
-SECURE = ("pairwise masking (Bonawitz et al. 2017, without double masking; dropped sites' "
-          "masks removed from survivors' seeds): the coordinator sees only sums of at least "
-          "two sites' updates, and relies on each site's clipping")
+SECURE = ("double masking (Bonawitz et al. 2017, without Shamir shares: survivors reveal their "
+          "own self seeds and their seeds with dropped sites): the coordinator sees only sums "
+          "of at least two sites' updates, and relies on each site's clipping")
 
 
 @dataclass

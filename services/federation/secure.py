@@ -1,15 +1,19 @@
 """The coordinator's side of secure aggregation (LEPTON_FEDERATION_SECURE_AGGREGATION; the
 masking math is shared/secagg.py): the key exchange before round 1, and each round's sum of
-masked updates, with the masks of dropped sites removed from seeds the survivors reveal.
+double-masked updates, with the survivors' self masks and the dropped sites' pairwise masks
+removed from seeds the survivors reveal.
 
 Consumes the sites' `keys` answers (round 0: each site's X25519 public key, inside its signed
-SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus pairwise
-masks) and their `unmask` answers (seeds with the dropped sites only); produces `keys` and
-`unmask` tasks on `federation.rounds` and the round's sample-weighted average plus the server's
-Gaussian noise exactly as aggregate.fedavg adds it. It never holds one site's update: only the
-sum of at least two. A round is refused (no aggregate; the caller records it and keeps the
-weights) when fewer than two sites' masked updates came, or a survivor does not reveal its
-seeds in time. It cannot clip a single update (it never sees one): it relies on the sites'.
+SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus a self
+mask and pairwise masks) and their `unmask` answers (the survivor's own self-mask seed and its
+seeds with the dropped sites only); produces `keys` and `unmask` tasks on `federation.rounds`
+and the round's sample-weighted average plus the server's Gaussian noise exactly as
+aggregate.fedavg adds it. It never holds one site's update, only the sum of at least two: a
+dropped site's self seed is never asked for, so its masked update stays masked even if it is
+read after the unmask. A round is refused (no aggregate; the caller records it and keeps the
+weights) when fewer than two sites' masked updates came, a survivor does not reveal its seeds
+in time, or the unmasked sum is longer than the sites' clip bound allows (a wrong seed or an
+unclipped update). It cannot clip a single update (it never sees one): it relies on the sites'.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from services.federation.aggregate import server_noise
 from services.federation.inbox import Answer, Inbox
 from shared.federation import Arrays, RoundTask
 from shared.secagg import (
+    FRACTION_BITS,
     MaskingError,
     Words,
     add,
+    check_public,
     dequantize,
     from_text,
     remove_masks,
@@ -40,18 +46,27 @@ log = logging.getLogger(__name__)
 Send = Callable[[RoundTask, Arrays], int]
 
 
-def unmasked_average(total: Words, counts: Mapping[str, int],
+def unmasked_average(total: Words, counts: Mapping[str, int], self_seeds: list[bytes],
                      recovered: list[tuple[str, str, bytes]], clip_norm: float,
                      noise_multiplier: float, rng: np.random.Generator | None = None
                      ) -> tuple[dict[str, npt.NDArray[np.float32]], float]:
-    """The masked sum of the `counts` sites with dropped peers' masks removed, divided by the
-    total count, plus the server's noise (std z·C·max weight); (average, noise std)."""
+    """The masked sum of the `counts` sites with their self masks and dropped peers' masks
+    removed, divided by the total count, plus the server's noise (std z·C·max weight);
+    (average, noise std)."""
     if len(counts) < 2:
         raise MaskingError("fewer than two masked updates: their sum would be one site's")
     samples = sum(counts.values())
     if samples <= 0:
         raise MaskingError("no samples to average")
-    summed = dequantize(remove_masks(total, recovered))
+    summed = dequantize(remove_masks(total, self_seeds, recovered))
+    # each site's update is clipped to C, so ‖Σ nᵢ·xᵢ‖ ≤ C·Σnᵢ up to rounding (half a unit
+    # per coordinate and site): beyond it a seed was wrong or a site did not clip
+    norm = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in summed.values())))
+    size = sum(int(v.size) for v in summed.values())
+    slack = len(counts) * 0.5 * np.sqrt(size) / 2 ** FRACTION_BITS
+    if norm > clip_norm * samples * (1 + 1e-9) + slack:
+        raise MaskingError(f"the unmasked sum's norm {norm:.4g} exceeds the clip bound "
+                           f"{clip_norm * samples:.4g} (a wrong seed or an unclipped update)")
     average = {k: v / samples for k, v in summed.items()}
     return server_noise(average, [n / samples for n in counts.values()], clip_norm,
                         noise_multiplier, rng)
@@ -82,7 +97,9 @@ class SecureRounds:
             try:
                 if answer is None or answer.update.kind != "keys":
                     raise MaskingError(answer.update.reason if answer else "no answer in time")
-                from_text(answer.update.agreement_key)
+                check_public(answer.update.agreement_key)
+                if answer.update.agreement_key in self.keys.values():
+                    raise MaskingError("the same key as another site's")
                 self.keys[site] = answer.update.agreement_key
             except MaskingError as error:
                 left[site] = f"no secure-aggregation key: {error}"
@@ -105,6 +122,7 @@ class SecureRounds:
             tensors = fits[site].tensors
             if {k: tuple(v.shape) for k, v in tensors.items()} != shapes or any(
                     v.dtype != np.uint64 for v in tensors.values()):
+                # dropped: its self mask, never revealed, keeps its words masked
                 log.warning("round %d: %s sent no well-formed masked update", number, site)
                 continue
             total = add(total, {k: np.asarray(v, dtype=np.uint64) for k, v in tensors.items()})
@@ -114,21 +132,24 @@ class SecureRounds:
                                   "unmasked": dropped}
         if total is None or len(survivors) < 2:
             return None, 0.0, {**record, "refused": "fewer than two masked updates"}
+        self_seeds: list[bytes] = []
         recovered: list[tuple[str, str, bytes]] = []
-        if dropped:
-            refused = self._recover(common, number, sorted(survivors), dropped, recovered,
-                                    record)
-            if refused:
-                return None, 0.0, {**record, "refused": refused}
-        average, std = unmasked_average(total, survivors, recovered, clip_norm,
-                                        noise_multiplier)
+        refused = self._recover(common, number, sorted(survivors), dropped, self_seeds,
+                                recovered, record)
+        if refused:
+            return None, 0.0, {**record, "refused": refused}
+        try:
+            average, std = unmasked_average(total, survivors, self_seeds, recovered, clip_norm,
+                                            noise_multiplier)
+        except MaskingError as error:
+            return None, 0.0, {**record, "refused": str(error)}
         return dict(average), std, record
 
     def _recover(self, common: dict[str, Any], number: int, survivors: list[str],
-                 dropped: list[str], recovered: list[tuple[str, str, bytes]],
-                 record: dict[str, Any]) -> str:
-        """Ask the survivors for their seeds with the dropped sites (the task's and answers'
-        bytes into `record`); a refusal reason or ''."""
+                 dropped: list[str], self_seeds: list[bytes],
+                 recovered: list[tuple[str, str, bytes]], record: dict[str, Any]) -> str:
+        """Ask the survivors for their self-mask seeds and their seeds with the dropped sites
+        (the task's and answers' bytes into `record`); a refusal reason or ''."""
         deadline = time.time() + self.timeout_s
         sent = self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
                                    dropped=tuple(dropped), deadline=deadline,
@@ -142,8 +163,9 @@ class SecureRounds:
             if answer is None or answer.update.kind != "unmask" or \
                     sorted(answer.update.seeds) != dropped:
                 why = answer.update.reason if answer else "no answer in time"
-                return f"{site} did not reveal its seeds with {dropped}: {why}"
+                return f"{site} did not reveal its seeds (self, and with {dropped}): {why}"
             try:
+                self_seeds.append(from_text(answer.update.self_seed))
                 recovered += [(site, peer, from_text(answer.update.seeds[peer]))
                               for peer in dropped]
             except MaskingError as error:

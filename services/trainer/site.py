@@ -117,13 +117,9 @@ class FederatedSite:
                     self.states.popitem(last=False)
             if task.kind == "fit":
                 update, plain = self.rounds.fit(task, state, tensors)
-                if task.agreement_keys and update.kind == "fit" and time.time() > task.deadline:
-                    # the coordinator treats this site as dropped and asks the others for
-                    # their seeds with it: a masked update sent now could then be unmasked
-                    self._send(self.rounds.declined(task, "deadline passed while training"), {})
-                    return
-                self._send(*self.masking.mask(task, update, plain)
-                           if task.agreement_keys and update.kind == "fit" else (update, plain))
+                if task.agreement_keys and update.kind == "fit":
+                    update, plain = self.masking.mask(task, update, plain)
+                self._send(update, plain)
             else:
                 self._send(self.rounds.evaluate(task, state, tensors), {})
         except SnapshotTimeout as error:

@@ -1,14 +1,14 @@
 """A federated site's side of secure aggregation (shared/secagg.py): its X25519 key pair per
-federation (in memory only: it never leaves the process), its masked updates, and its pairwise
-seeds with dropped peers.
+federation and its self-mask seed per round (in memory only: neither leaves the process unless
+it is revealed as below), its masked updates, and its pairwise seeds with dropped peers.
 
 Consumes `keys`, `fit` (with `agreement_keys`) and `unmask` round tasks; produces a `keys`
 answer (the raw public key), the masked fixed-point update of a fit answer in place of the
 clipped floats (the sample count stays in clear, the update's norm is not sent), and an
-`unmask` answer with the seeds it shares with each dropped site of a round it masked, only when
-the survivors and dropped sites the task names are exactly that round's selected sites (with the
-same keys), at least two survive and it is one of them (once per round: site.py answers each
-task once).
+`unmask` answer with its self-mask seed of the round and the seeds it shares with each dropped
+site of a round it masked, only when the survivors and dropped sites the task names are exactly
+that round's selected sites (with the same keys), at least two survive and it is one of them
+(once per round: site.py answers each task once).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import OrderedDict
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from shared.federation import Arrays, RoundTask, SiteUpdate
-from shared.secagg import mask, new_key, pair_seed, public_text, quantize, seed_text
+from shared.secagg import mask, new_key, new_seed, pair_seed, public_text, quantize, seed_text
 
 KEPT_FEDERATIONS = 4
 
@@ -29,7 +29,8 @@ class SiteMasking:
     def __init__(self, site: str) -> None:
         self.site = site
         self.keys: OrderedDict[str, X25519PrivateKey] = OrderedDict()
-        self.masked: dict[tuple[str, int], dict[str, str]] = {}
+        # (federation, round) → the round's agreement keys and this site's self-mask seed
+        self.masked: dict[tuple[str, int], tuple[dict[str, str], bytes]] = {}
 
     def _key(self, federation: str) -> X25519PrivateKey:
         key = self.keys.get(federation)
@@ -69,22 +70,24 @@ class SiteMasking:
         self.require(task)
         peers = tuple(s for s in task.sites if s != self.site)
         words = quantize(tensors, update.num_examples, len(task.sites))
-        masked = mask(words, self.site, self.seeds(task, peers))
-        self.masked[(task.federation, task.round)] = dict(task.agreement_keys)
+        self_seed = new_seed()
+        masked = mask(words, self.site, self.seeds(task, peers), self_seed)
+        self.masked[(task.federation, task.round)] = (dict(task.agreement_keys), self_seed)
         return update.model_copy(update={"update_norm": None}), dict(masked)
 
     def unmask(self, task: RoundTask) -> SiteUpdate:
-        """The seeds shared with the round's dropped sites (ValueError if the task is not
-        consistent with the round this site masked)."""
+        """This site's self-mask seed and the seeds shared with the round's dropped sites
+        (ValueError if the task is not consistent with the round this site masked)."""
         self.require(task)
-        selected = self.masked.get((task.federation, task.round))
-        if selected is None:
+        masked = self.masked.get((task.federation, task.round))
+        if masked is None:
             raise ValueError("unmask: this site sent no masked update in that round")
+        selected, self_seed = masked
         survivors, dropped = set(task.sites), set(task.dropped)
         if self.site not in survivors or survivors & dropped or \
                 task.agreement_keys != selected:
             raise ValueError("unmask: survivors and dropped sites are not that round's sites")
         seeds = self.seeds(task, tuple(sorted(dropped)))
         return SiteUpdate(federation=task.federation, round=task.round, site=self.site,
-                          kind="unmask", num_examples=0,
+                          kind="unmask", num_examples=0, self_seed=seed_text(self_seed),
                           seeds={peer: seed_text(seed) for peer, seed in seeds.items()})

@@ -238,9 +238,11 @@ def wait_for_task(world: World, check: Callable[[RoundTask], bool], timeout: flo
 
 
 def federate_killing_site_c(world: World, settings: FederationSettings, federation: str,
-                            log: Path, rounds: type[SiteRounds] | None = None) -> Outcome:
+                            log: Path, rounds: type[SiteRounds] | None = None,
+                            last_answer: str = "fit") -> Outcome:
     """Federate with site-a and site-b on threads and site-c as a real trainer process, which
-    is frozen once it answered round 1 and killed while round 2 runs; the outcome."""
+    is frozen once it gave its `last_answer` of round 1 and killed while round 2 runs; the
+    outcome."""
     stop, threads = run_sites(world, ("site-a", "site-b"), rounds)
     with log.open("wb") as out:
         dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
@@ -258,7 +260,7 @@ def federate_killing_site_c(world: World, settings: FederationSettings, federati
         coordinator.start()
         # freeze site-c once it answered round 1 (its log says so); kill it while round 2 runs
         deadline = time.monotonic() + 180
-        while b"answered round 1 (fit" not in log.read_bytes():
+        while f"answered round 1 ({last_answer}".encode() not in log.read_bytes():
             assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
             time.sleep(0.005)
         dying.send_signal(signal.SIGSTOP)

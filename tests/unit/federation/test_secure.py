@@ -1,10 +1,12 @@
 """Secure aggregation's math (shared/secagg.py, services/federation/secure.py) and a site's
 masking (services/trainer/site_secure.py): pairwise masks of 3-5 sites cancel exactly in the
-sum; with a site dropped and the survivors' seeds recovered the result is the plain weighted
-average of the survivors (FedAvg) within quantization error; one masked update looks uniform
-and uncorrelated with the plain one; seeds are symmetric and differ per round and federation;
-fewer than two survivors are refused; a site reveals seeds only for a round it masked, with
-exactly that round's sites."""
+sum and the self masks go with the self seeds; with a site dropped and the survivors' seeds
+recovered the result is the plain weighted average of the survivors (FedAvg) within
+quantization error, and the dropped site's masked update, read late, stays masked by its self
+mask; one masked update looks uniform and uncorrelated with the plain one; seeds are symmetric
+and differ per round and federation; fewer than two survivors, a sum longer than the clip bound
+allows (a seed left out or wrong, an unclipped update) and an unusable key are refused; a site
+reveals seeds only for a round it masked, with exactly that round's sites."""
 
 from __future__ import annotations
 
@@ -22,13 +24,17 @@ from shared.secagg import (
     MaskingError,
     Words,
     add,
+    check_public,
+    dequantize,
     from_text,
     mask,
     new_key,
+    new_seed,
     pair_seed,
     public_text,
     quantize,
     remove_masks,
+    seed_text,
 )
 
 SHAPES = {"layers.0.weight": (8, 5), "layers.0.bias": (8,), "layers.1.weight": (1, 8)}
@@ -49,13 +55,15 @@ def _sites(count: int) -> tuple[list[str], dict[str, object], dict[str, str]]:
 
 def _masked(names: list[str], keys: dict[str, object], public: dict[str, str],
             updates: dict[str, dict[str, np.ndarray]], counts: dict[str, int],
-            round_: int = 1) -> dict[str, Words]:
-    out = {}
+            round_: int = 1) -> tuple[dict[str, Words], dict[str, bytes]]:
+    out, self_seeds = {}, {}
     for own in names:
         seeds = {peer: pair_seed(keys[own], own, peer, public[peer], "fed-1",  # type: ignore
                                  round_) for peer in names if peer != own}
-        out[own] = mask(quantize(updates[own], counts[own], len(names)), own, seeds)
-    return out
+        self_seeds[own] = new_seed()
+        out[own] = mask(quantize(updates[own], counts[own], len(names)), own, seeds,
+                        self_seeds[own])
+    return out, self_seeds
 
 
 @pytest.mark.parametrize("count", [3, 4, 5])
@@ -63,15 +71,18 @@ def test_masks_cancel_in_the_sum(count: int) -> None:
     names, keys, public = _sites(count)
     updates = {n: _update(i) for i, n in enumerate(names)}
     counts = {n: 100 * (i + 1) for i, n in enumerate(names)}
-    masked = _masked(names, keys, public, updates, counts)
+    masked, self_seeds = _masked(names, keys, public, updates, counts)
     total = plain = None
     for name in names:
         total = add(total, masked[name])
         plain = add(plain, quantize(updates[name], counts[name], count))
     assert total is not None and plain is not None
-    for name in SHAPES:
-        assert np.array_equal(total[name], plain[name])
-    average, std = unmasked_average(total, counts, [], clip_norm=1.0, noise_multiplier=0.0)
+    unmasked = remove_masks(total, self_seeds.values(), [])
+    for name in SHAPES:  # the pairwise masks cancel; the self masks leave with their seeds
+        assert not np.array_equal(total[name], plain[name])
+        assert np.array_equal(unmasked[name], plain[name])
+    average, std = unmasked_average(total, counts, list(self_seeds.values()), [],
+                                    clip_norm=1.0, noise_multiplier=0.0)
     expected, _ = fedavg([(updates[n], counts[n]) for n in names], 1.0, 0.0)
     assert std == 0.0
     for name in SHAPES:
@@ -82,7 +93,7 @@ def test_a_dropped_site_is_unmasked_from_the_survivors_seeds() -> None:
     names, keys, public = _sites(4)
     updates = {n: _update(10 + i) for i, n in enumerate(names)}
     counts = {n: 50 + 70 * i for i, n in enumerate(names)}
-    masked = _masked(names, keys, public, updates, counts, round_=3)
+    masked, self_seeds = _masked(names, keys, public, updates, counts, round_=3)
     survivors, dropped = names[:1] + names[2:], names[1]
     total = None
     for name in survivors:
@@ -91,14 +102,28 @@ def test_a_dropped_site_is_unmasked_from_the_survivors_seeds() -> None:
     recovered = [(s, dropped, pair_seed(keys[s], s, dropped, public[dropped],  # type: ignore
                                         "fed-1", 3)) for s in survivors]
     alive = {s: counts[s] for s in survivors}
+    own = [self_seeds[s] for s in survivors]
     expected, _ = fedavg([(updates[s], counts[s]) for s in survivors], 1.0, 0.0)
-    garbage, _ = unmasked_average(total, alive, [], 1.0, 0.0)  # the dropped site's masks left
-    assert not any(np.allclose(garbage[k], expected[k], atol=1e-3) for k in SHAPES)
-    average, _ = unmasked_average(total, alive, recovered, 1.0, 0.0)
+    # the dropped site's masks left in, or one survivor's seed wrong: far beyond C·Σn, refused
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, alive, own, [], 1.0, 0.0)
+    wrong = [*recovered[:-1], (recovered[-1][0], dropped, bytes(32))]
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, alive, own, wrong, 1.0, 0.0)
+    average, _ = unmasked_average(total, alive, own, recovered, 1.0, 0.0)
     for name in SHAPES:  # quantization: at most 0.5 / 2^F per site, divided by the count
         assert np.max(np.abs(average[name] - expected[name])) < 1e-6
+    # the dropped site's update read late: with the survivors' seeds the coordinator can take
+    # its pairwise masks off, and what is left is still masked by its self mask
+    late = remove_masks(masked[dropped], [], [(dropped, s, seed) for s, _, seed in recovered])
+    plain = quantize(updates[dropped], counts[dropped], len(names))
+    signed = np.concatenate([dequantize(late)[k].ravel() for k in sorted(SHAPES)])
+    assert np.median(np.abs(signed)) > 1e9 * counts[dropped]  # the plain values are below 1
+    opened = remove_masks(late, [self_seeds[dropped]], [])  # only its self seed would open it
+    assert all(np.array_equal(opened[k], plain[k]) for k in SHAPES)
     # the server's noise is fedavg's: std z·C·max weight
-    _, std = unmasked_average(total, alive, recovered, 2.0, 0.5, np.random.default_rng(0))
+    _, std = unmasked_average(total, alive, own, recovered, 2.0, 0.5,
+                              np.random.default_rng(0))
     assert std == pytest.approx(0.5 * 2.0 * max(alive.values()) / sum(alive.values()))
 
 
@@ -106,7 +131,7 @@ def test_one_masked_update_tells_nothing_of_the_plain_one() -> None:
     names, keys, public = _sites(3)
     updates = {n: _update(i) for i, n in enumerate(names)}
     counts = dict.fromkeys(names, 1000)
-    masked = _masked(names, keys, public, updates, counts)["site-a"]
+    masked = _masked(names, keys, public, updates, counts)[0]["site-a"]
     flat_masked = np.concatenate([masked[k].ravel() for k in sorted(SHAPES)])
     flat_plain = np.concatenate([updates["site-a"][k].ravel() for k in sorted(SHAPES)])
     signed = flat_masked.view(np.int64).astype(np.float64) / SCALE / 1000
@@ -133,15 +158,15 @@ def test_seeds_are_symmetric_and_differ_per_round_and_federation() -> None:
 def test_fewer_than_two_survivors_and_overflow_are_refused() -> None:
     names, keys, public = _sites(2)
     counts = dict.fromkeys(names, 10)
-    masked = _masked(names, keys, public, {n: _update(1) for n in names}, counts)
+    masked, _ = _masked(names, keys, public, {n: _update(1) for n in names}, counts)
     with pytest.raises(MaskingError, match="fewer than two"):
-        unmasked_average(masked["site-a"], {"site-a": 10}, [], 1.0, 0.0)
+        unmasked_average(masked["site-a"], {"site-a": 10}, [], [], 1.0, 0.0)
     with pytest.raises(MaskingError, match="overflows"):
         quantize({"w": np.array([1e9])}, 10**6, 3)
     with pytest.raises(MaskingError, match="shapes"):
         add(masked["site-a"], {"w": np.zeros(3, dtype=np.uint64)})
     # no recovered seeds: the sum is returned word for word
-    unchanged = remove_masks(masked["site-a"], [])
+    unchanged = remove_masks(masked["site-a"], [], [])
     assert unchanged.keys() == masked["site-a"].keys()
     assert all(np.array_equal(unchanged[k], masked["site-a"][k]) for k in unchanged)
 
@@ -174,7 +199,9 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
     assert all(sorted(a.seeds) == ["site-c"] for a in answers.values())
     assert total is not None
     recovered = [(n, "site-c", from_text(a.seeds["site-c"])) for n, a in answers.items()]
-    average, _ = unmasked_average(total, {"site-a": 100, "site-b": 100}, recovered, 1.0, 0.0)
+    own = [from_text(a.self_seed) for a in answers.values()]
+    average, _ = unmasked_average(total, {"site-a": 100, "site-b": 100}, own, recovered,
+                                  1.0, 0.0)
     expected, _ = fedavg([(updates["site-a"], 100), (updates["site-b"], 100)], 1.0, 0.0)
     assert all(np.allclose(average[k], expected[k], atol=1e-6) for k in SHAPES)
     # a survivor list that is not the round's sites, another round, a lost key: refused
@@ -187,3 +214,25 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
         sites["site-a"].unmask(_task("unmask", 2, ("site-a", "site-b"), keys, ("site-c",)))
     with pytest.raises(ValueError, match="lost"):
         SiteMasking("site-a").require(fit)
+
+
+def test_an_unclipped_update_and_an_unusable_key_are_refused() -> None:
+    names, keys, public = _sites(3)
+    counts = dict.fromkeys(names, 10)
+    updates = {n: _update(20 + i) for i, n in enumerate(names)}
+    updates["site-b"] = {k: v * 4 for k, v in updates["site-b"].items()}  # norm ≈ 4 > C = 1
+    masked, self_seeds = _masked(names, keys, public, updates, counts)
+    total = None
+    for name in names:
+        total = add(total, masked[name])
+    assert total is not None
+    own = list(self_seeds.values())
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, counts, own, [], 1.0, 0.0)
+    within, _ = unmasked_average(total, counts, own, [], 4.0, 0.0)  # a bound of 4 admits it
+    expected, _ = fedavg([(updates[n], counts[n]) for n in names], 4.0, 0.0)
+    assert all(np.allclose(within[k], expected[k], atol=1e-6) for k in SHAPES)
+    # a low-order point as a public key would make every peer's agreement fail
+    check_public(public["site-a"])
+    with pytest.raises(MaskingError, match="unusable"):
+        check_public(seed_text(bytes(32)))
