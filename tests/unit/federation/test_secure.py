@@ -208,6 +208,8 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
     two = {n: keys[n] for n in ("site-a", "site-b")}
     with pytest.raises(ValueError, match="not that round's sites"):
         sites["site-a"].unmask(_task("unmask", 1, ("site-a", "site-b"), two))
+    with pytest.raises(ValueError, match="not that round's sites"):  # a site both ways
+        sites["site-a"].unmask(_task("unmask", 1, names, keys, ("site-c",)))
     with pytest.raises(ValueError, match="at least two"):
         sites["site-a"].unmask(_task("unmask", 1, ("site-a",), keys, ("site-b", "site-c")))
     with pytest.raises(ValueError, match="no masked update"):
