@@ -1,7 +1,9 @@
 """`lepton.serving.request.duration`: a histogram (seconds, sub-second buckets) of every unary
-gRPC call, by method and status code, recorded by a server interceptor, so the p99 and the
-error rate of Predict, PredictBatch and the OIP v2 ModelInfer come from one instrument.
-Streaming calls are not timed (a stream's length is the client's choice)."""
+gRPC call, by method and status code, recorded by a server interceptor, and of every HTTP
+request (recorded by the HTTP API's middleware: method "<VERB> <route template>", the status as
+the gRPC code it stands for), so the p99 and the error rate of Predict, PredictBatch, the OIP
+v2 ModelInfer and their HTTP routes come from one instrument. Streaming calls are not timed (a
+stream's length is the client's choice)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,19 @@ from opentelemetry import metrics
 
 _duration = metrics.get_meter("lepton.serving").create_histogram(
     "lepton.serving.request.duration", unit="s",
-    description="gRPC unary call duration, by rpc.method and rpc.grpc.status_code")
+    description="gRPC unary call and HTTP request duration, by rpc.method and "
+    "rpc.grpc.status_code")
+# the HTTP API's answers as the gRPC codes of the same outcome (http_api._STATUS: the other way)
+_HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
+               405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 422: "INVALID_ARGUMENT",
+               503: "UNAVAILABLE"}
+
+
+def record_http(method: str, route: str, status: int, seconds: float) -> None:
+    """Time one HTTP request: `route` is the matched route's template, never the raw path."""
+    code = "OK" if status < 400 else _HTTP_CODES.get(status, "INTERNAL" if status >= 500
+                                                     else "FAILED_PRECONDITION")
+    _duration.record(seconds, {"rpc.method": f"{method} {route}", "rpc.grpc.status_code": code})
 
 
 def _status(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:

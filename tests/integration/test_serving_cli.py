@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.config import LeptonSettings
@@ -64,8 +65,9 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
     card = save_model(serving_settings())
     Registry(lepton_env).set_live(MODEL, card.version)
     addr = f"127.0.0.1:{_free_port()}"
-    metrics_port = _free_port()
+    metrics_port, http_port = _free_port(), _free_port()
     env = {"LEPTON_SERVING_ADDR": addr, "LEPTON_SERVING_AUTH_TOKEN": TOKEN,
+           "LEPTON_SERVING_HTTP_ADDR": f"127.0.0.1:{http_port}",
            "LEPTON_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
            "LEPTON_SERVING_KAFKA": "false", "LEPTON_LOG_LEVEL": "DEBUG",
            "LEPTON_LOG_FORMAT": "json"}
@@ -114,6 +116,14 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
                         check=False)
         assert denied.returncode == 3
         assert "UNAUTHENTICATED" in denied.stderr
+        # HTTP requests are timed in the same histogram, by route template and gRPC code
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as http:
+            route = f"/v1/models/{MODEL}:predict"
+            answered = http.post(route, json=rec, headers={"authorization": f"Bearer {TOKEN}"})
+            assert answered.status_code == 200, answered.text
+            assert http.post(route, json=rec).status_code == 401
+            assert http.post(route, json={**rec, "amount": "x"},
+                             headers={"authorization": f"Bearer {TOKEN}"}).status_code == 400
         # one request-duration histogram, by method and status, with sub-second buckets
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                     timeout=10) as reply:
@@ -129,6 +139,11 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
         assert counts[ok] >= 2
         assert counts['rpc_grpc_status_code="INVALID_ARGUMENT",rpc_method="Predict"'] >= 1
         assert counts['rpc_grpc_status_code="UNAUTHENTICATED",rpc_method="Predict"'] >= 1
+        http_route = 'rpc_method="POST /v1/models/{name}:predict"'
+        assert counts[f'rpc_grpc_status_code="OK",{http_route}'] == 1
+        assert counts[f'rpc_grpc_status_code="UNAUTHENTICATED",{http_route}'] == 1
+        assert counts[f'rpc_grpc_status_code="INVALID_ARGUMENT",{http_route}'] == 1
+        assert not any(MODEL in key for key in counts)  # templates, never the raw path
         assert any(line.startswith("lepton_serving_request_duration_seconds_bucket{")
                    and 'le="0.005"' in line for line in scraped.splitlines())
         assert "lepton_serving_predictions_total{" in scraped
