@@ -135,17 +135,19 @@ def _shapes(words: Mapping[str, npt.NDArray[np.uint64]]) -> dict[str, tuple[int,
     return {k: tuple(int(d) for d in v.shape) for k, v in words.items()}
 
 
+def _shift(words: Words, seed: bytes, plus: bool) -> Words:
+    """`words` plus (or minus) PRG(seed), mod 2^64."""
+    stream = keystream(seed, _shapes(words))
+    return {k: v + stream[k] if plus else v - stream[k] for k, v in words.items()}
+
+
 def mask(words: Mapping[str, npt.NDArray[np.uint64]], own: str,
          seeds: Mapping[str, bytes], self_seed: bytes) -> Words:
     """The masked update: plus PRG(self seed), and plus PRG(seed) for each peer sorting after
     `own`, minus otherwise."""
-    shapes = _shapes(words)
-    own_stream = keystream(self_seed, shapes)
-    out = {k: np.array(v, dtype=np.uint64) + own_stream[k] for k, v in words.items()}
+    out = _shift({k: np.array(v, dtype=np.uint64) for k, v in words.items()}, self_seed, True)
     for peer, seed in sorted(seeds.items()):
-        stream = keystream(seed, shapes)
-        for name in out:
-            out[name] = out[name] + stream[name] if own < peer else out[name] - stream[name]
+        out = _shift(out, seed, own < peer)
     return out
 
 
@@ -162,15 +164,9 @@ def remove_masks(total: Words, self_seeds: Iterable[bytes],
                  recovered: Iterable[tuple[str, str, bytes]]) -> Words:
     """The sum without the survivors' self masks and the masks that survivors added for
     dropped peers: (survivor, dropped peer, their seed) each."""
-    shapes = _shapes(total)
     out = dict(total)
     for seed in self_seeds:
-        stream = keystream(seed, shapes)
-        for name in out:
-            out[name] = out[name] - stream[name]
+        out = _shift(out, seed, False)
     for survivor, dropped, seed in recovered:
-        stream = keystream(seed, shapes)
-        for name in out:
-            out[name] = out[name] - stream[name] if survivor < dropped \
-                else out[name] + stream[name]
+        out = _shift(out, seed, survivor > dropped)
     return out
