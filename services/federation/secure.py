@@ -132,24 +132,21 @@ class SecureRounds:
                                   "unmasked": dropped}
         if total is None or len(survivors) < 2:
             return None, 0.0, {**record, "refused": "fewer than two masked updates"}
-        self_seeds: list[bytes] = []
-        recovered: list[tuple[str, str, bytes]] = []
-        refused = self._recover(common, number, sorted(survivors), dropped, self_seeds,
-                                recovered, record)
-        if refused:
-            return None, 0.0, {**record, "refused": refused}
         try:
+            self_seeds, recovered = self._unmask(common, number, sorted(survivors), dropped,
+                                                 record)
             average, std = unmasked_average(total, survivors, self_seeds, recovered, clip_norm,
                                             noise_multiplier)
         except MaskingError as error:
             return None, 0.0, {**record, "refused": str(error)}
         return dict(average), std, record
 
-    def _recover(self, common: dict[str, Any], number: int, survivors: list[str],
-                 dropped: list[str], self_seeds: list[bytes],
-                 recovered: list[tuple[str, str, bytes]], record: dict[str, Any]) -> str:
-        """Ask the survivors for their self-mask seeds and their seeds with the dropped sites
-        (the task's and answers' bytes into `record`); a refusal reason or ''."""
+    def _unmask(self, common: dict[str, Any], number: int, survivors: list[str],
+                dropped: list[str], record: dict[str, Any]
+                ) -> tuple[list[bytes], list[tuple[str, str, bytes]]]:
+        """The survivors' self-mask seeds and their (survivor, dropped site, seed) triples,
+        asked for in an `unmask` task (its bytes and the answers' into `record`); MaskingError
+        with the reason when a survivor does not reveal them."""
         deadline = time.time() + self.timeout_s
         sent = self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
                                    dropped=tuple(dropped), deadline=deadline,
@@ -158,16 +155,19 @@ class SecureRounds:
         answers = self.inbox.collect(str(common["federation"]), number, set(survivors),
                                      deadline, self.stop, frozenset({"unmask", "declined"}))
         record["bytes_unmask"] = sent + sum(a.size for a in answers.values())
+        self_seeds: list[bytes] = []
+        recovered: list[tuple[str, str, bytes]] = []
         for site in survivors:
             answer = answers.get(site)
             if answer is None or answer.update.kind != "unmask" or \
                     sorted(answer.update.seeds) != dropped:
                 why = answer.update.reason if answer else "no answer in time"
-                return f"{site} did not reveal its seeds (self, and with {dropped}): {why}"
+                raise MaskingError(f"{site} did not reveal its seeds (self, and with "
+                                   f"{dropped}): {why}")
             try:
                 self_seeds.append(from_text(answer.update.self_seed))
                 recovered += [(site, peer, from_text(answer.update.seeds[peer]))
                               for peer in dropped]
             except MaskingError as error:
-                return f"{site} sent a bad seed: {error}"
-        return ""
+                raise MaskingError(f"{site} sent a bad seed: {error}") from None
+        return self_seeds, recovered
