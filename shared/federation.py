@@ -6,8 +6,9 @@ candidate and the live model); a site's answer carries its clipped model update 
 count, or histograms of its held-out scores per label (and per sensitive group), never a row.
 With secure aggregation (shared/secagg.py) a `keys` task (round 0) asks for each site's X25519
 public key, `fit` tasks carry the round's `agreement_keys`, a site's fit answer carries its
-masked fixed-point update (uint64) instead of the clipped one, and an `unmask` task asks the
-survivors of a round for their pairwise seeds with the `dropped` sites only.
+masked fixed-point update (uint64) instead of the clipped one, and each round's `unmask` task
+asks its survivors for their own self-mask seed and their pairwise seeds with the `dropped`
+sites only.
 
 Each message is one safetensors file (tensors as NumPy arrays, never pickle) whose metadata
 holds the message's fields as sorted-key JSON; the Kafka headers carry an Ed25519 signature over

@@ -22,7 +22,7 @@ def federate(
         min=0.0, help="Server-side noise multiplier z (std z·C·max weight).")] = None,
     federation_id: Annotated[str | None, typer.Option(help="Federation id.")] = None,
     secure_aggregation: Annotated[bool, typer.Option(
-        help="Pairwise-masked secure aggregation (the coordinator sees only sums).")] = False,
+        help="Double-masked secure aggregation (the coordinator sees only sums).")] = False,
 ) -> None:
     """Run one federation over SITES and release its model like a trained one; exit 1 when
     it ended without a release (no quorum), 0 otherwise (promoted or refused by the gate)."""

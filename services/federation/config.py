@@ -52,7 +52,7 @@ class FederationSettings(LeptonSettings):
         default=None, gt=0, description="Per-subject ε each site spends on the federation "
         "(default: the spec's epsilon_per_release; a site never spends more than its own).")
     federation_secure_aggregation: bool = Field(
-        default=False, description="Pairwise-masked secure aggregation (services/federation/"
+        default=False, description="Double-masked secure aggregation (services/federation/"
         "secure.py): the coordinator sees only sums of at least two sites' updates and cannot "
         "re-clip them (it relies on the sites' clipping).")
     federation_seed: int = Field(default=0, description="Initial weights' seed.")

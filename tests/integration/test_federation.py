@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,10 @@ from tests.integration.federation_world import (
     SITES,
     World,
     federate_killing_site_c,
-    make_world,
     run_sites,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    torch.set_num_threads(1)
-    yield from make_world(broker, tmp_path_factory.mktemp("federation"))
-
 
 
 def _auc(net: torch.nn.Module, transform: FeatureTransform, rows: list[dict[str, Any]]) -> float:

@@ -16,13 +16,11 @@ the three data owners of tests/integration/federation_world.py.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from services.federation.aggregate import fedavg
 from services.federation.coordinator import Coordinator
@@ -37,19 +35,12 @@ from tests.integration.federation_world import (
     SITES,
     World,
     federate_killing_site_c,
-    make_world,
     run_sites,
 )
 
 pytestmark = pytest.mark.slow
 ROUNDS = 10
 SEEN: dict[tuple[str, int], tuple[int, Arrays]] = {}
-
-
-@pytest.fixture(scope="module")
-def world(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    torch.set_num_threads(1)
-    yield from make_world(broker, tmp_path_factory.mktemp("federation-secure"))
 
 
 class RecordingRounds(SiteRounds):
