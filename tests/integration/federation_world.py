@@ -237,6 +237,18 @@ def wait_for_task(world: World, check: Callable[[RoundTask], bool], timeout: flo
     raise AssertionError(f"nothing on {topic} matched in {timeout} s")
 
 
+def federate(world: World, settings: FederationSettings, federation: str,
+             rounds: type[SiteRounds] | None = None) -> Outcome:
+    """One federation over all three sites (their trainers on threads); the outcome."""
+    stop, threads = run_sites(world, SITES, rounds)
+    try:
+        return Coordinator(settings, threading.Event()).federate(federation)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
 def federate_killing_site_c(world: World, settings: FederationSettings, federation: str,
                             log: Path, rounds: type[SiteRounds] | None = None,
                             last_answer: str = "fit") -> Outcome:

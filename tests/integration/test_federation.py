@@ -15,7 +15,6 @@ site its own topics, Redis prefix, keys, ingest and governance over its own non-
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from sklearn.metrics import roc_auc_score
 
 from lepton.generators import transactions
 from services.federation.aggregate import site_level_epsilon
-from services.federation.coordinator import Coordinator
 from services.governance.releases import ReleaseLedger
 from services.trainer.dp import Plan, fit_private
 from services.trainer.split import is_validation
@@ -39,8 +37,8 @@ from shared.state import make_redis
 from tests.integration.federation_world import (
     SITES,
     World,
+    federate,
     federate_killing_site_c,
-    run_sites,
 )
 
 pytestmark = pytest.mark.slow
@@ -90,13 +88,7 @@ def _site_tokens(world: World, name: str) -> set[bytes]:
 
 
 def test_ten_rounds_match_centralised_and_nothing_crosses(world: World) -> None:
-    stop, threads = run_sites(world, SITES)
-    try:
-        outcome = Coordinator(world.coordinator, threading.Event()).federate("fed-main")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    outcome = federate(world, world.coordinator, "fed-main")
     assert outcome.status == "promoted", outcome.reason
     card = outcome.card
     assert card is not None and outcome.rounds == 10

@@ -15,7 +15,6 @@ the three data owners of tests/integration/federation_world.py.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import numpy as np
 import pytest
 
 from services.federation.aggregate import fedavg
-from services.federation.coordinator import Coordinator
 from services.trainer.site_rounds import Federation, SiteRounds
 from shared.allowlist import AllowList
 from shared.federation import TASK_KINDS, UPDATE_KINDS, Arrays, RoundTask, SiteUpdate, decode
@@ -34,8 +32,8 @@ from tests.helpers import read_topic
 from tests.integration.federation_world import (
     SITES,
     World,
+    federate,
     federate_killing_site_c,
-    run_sites,
 )
 
 pytestmark = pytest.mark.slow
@@ -66,13 +64,7 @@ def _records(world: World, topic: str, allow: AllowList, cls: Any) -> list[Any]:
 def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
     settings = world.coordinator.model_copy(update={"federation_rounds": ROUNDS,
                                                     "federation_secure_aggregation": True})
-    stop, threads = run_sites(world, SITES, RecordingRounds)
-    try:
-        outcome = Coordinator(settings, threading.Event()).federate("fed-secure")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    outcome = federate(world, settings, "fed-secure", RecordingRounds)
     assert outcome.status == "promoted", outcome.reason
     card = outcome.card
     assert card is not None and outcome.rounds == ROUNDS
