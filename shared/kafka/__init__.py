@@ -30,6 +30,7 @@ from shared.kafka.clients import (
     make_consumer,
     make_producer,
     producer_config,
+    wait_for_kafka,
 )
 from shared.kafka.topic_metadata import TopicMissing, ensure_topics
 
@@ -52,4 +53,5 @@ __all__ = [
     "make_producer",
     "producer_config",
     "ssl_context",
+    "wait_for_kafka",
 ]

@@ -18,6 +18,8 @@ from shared.tracing import note_kafka_server
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_MAX_S = 5.0
+UNREACHABLE = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                         KafkaError._ALL_BROKERS_DOWN})
 
 # librdkafka property -> the LEPTON_ variable that sets it (named in error messages)
 SETTING_OF = {
@@ -133,7 +135,10 @@ def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what:
             return attempt()
         except KafkaException as error:
             cause = error.args[0] if error.args else None
-            retriable = not isinstance(cause, KafkaError) or cause.retriable()
+            # the client's own timeouts of a synchronous call (watermarks, committed offsets)
+            # do not carry librdkafka's retriable flag; a broker that does not answer is one
+            retriable = not isinstance(cause, KafkaError) or cause.retriable() or \
+                cause.code() in UNREACHABLE
             if stop is None or stop.is_set() or not retriable:
                 raise
             log.warning("%s waits for Kafka (%s); retrying in %.1f s", what, error, wait)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from shared.config import LeptonSettings
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from shared.positions import InputPositions
 from shared.readiness import clear_ready, mark_ready
 from shared.service_record import count_work, note_consumer
@@ -207,8 +207,11 @@ class TransactionalRuntime:
             raise
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Resume each partition at the later of its Kafka-committed and stored position."""
-        self.positions.resume(consumer, partitions)
+        """Resume each partition at the later of its Kafka-committed and stored position; a
+        broker that does not answer meanwhile (frozen during a rejoin) is waited for until
+        stop, as a raise here would leave consume() and end the service."""
+        wait_for_kafka(lambda: self.positions.resume(consumer, partitions), self.stop,
+                       f"{self.label} (reading its input positions)")
         consumer.assign(partitions)
         log.info("%s assigned %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
