@@ -8,7 +8,8 @@ run in site mode in this process (threads), the coordinator too. Round 1 include
 snapshot read and its release charge; the steady rate is over rounds 2..R. For K ≥ 2 each
 federation runs twice in the same run: plain FedAvg, then with secure aggregation (double
 masking: a key-exchange step before round 1, whose bytes are a column of their own, masked
-fixed-point updates, and an unmask step in every round).
+fixed-point updates with the self seed's sealed Shamir shares, and an unmask step in every
+round).
 
 Tuning: `lepton tune`'s study (run_tune) on governed breast_cancer with a governance service,
 N trials: wall time, trials charged, the study's ε and the best value against the defaults.

@@ -1,9 +1,9 @@
 """Double masking for a federation's secure aggregation (Bonawitz et al. 2017): the math both
 the sites (services/trainer/site_secure.py) and the coordinator (services/federation/secure.py)
-run. The self seed is revealed by its own site in the round's unmask step when that site
-survived, never for a dropped site (Bonawitz's Shamir shares of it, which let the others
-reveal it for a site lost between its update and the unmask, are not implemented: such a
-round is refused).
+run. A survivor reveals its own self seed in the round's unmask step; a site lost between its
+masked update and the unmask has its self seed rebuilt from the Shamir shares it sealed to its
+peers (a majority of the round's sites); a site dropped before its update never has its self
+seed revealed.
 
 Consumes a site's X25519 key pair and its peers' raw public keys, the federation id and round,
 and a clipped float update with its sample count. Produces: the pairwise seed of two sites
@@ -11,23 +11,28 @@ and a clipped float update with its sample count. Produces: the pairwise seed of
 names; the same at either end), the fixed-point update (value x count x 2^FRACTION_BITS as
 int64, read as uint64), the masked update (plus PRG(self seed), a fresh random seed per round,
 and for every peer j, +PRG(seed) if the site sorts before j, else -PRG(seed), all mod 2^64;
-PRG = the ChaCha20 keystream read as uint64), and back on the coordinator's side the
-survivors' self masks and the dropped peers' pairwise masks removed from a sum, and the sum in
-floats.
+PRG = the ChaCha20 keystream read as uint64), the self seed's Shamir shares (pycryptodome,
+GF(2^128), one polynomial per 16-byte half) each sealed to one peer (AES-GCM under another
+HKDF key of the pair, bound to sender and recipient), and back on the coordinator's side the
+self seeds rebuilt from opened shares, the survivors' self masks and the dropped peers'
+pairwise masks removed from a sum, and the sum in floats.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import orjson
+from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -35,6 +40,9 @@ FRACTION_BITS = 20
 SCALE = float(2 ** FRACTION_BITS)
 SEED_BYTES = 32
 INFO = b"lepton.secagg.v1\n"
+SHARE_INFO = b"lepton.secagg.share.v1\n"
+SHARE_BYTES = 4 + SEED_BYTES  # the share's index (big-endian), then one 16-byte share per half
+NONCE_BYTES = 12
 Words = dict[str, npt.NDArray[np.uint64]]
 
 
@@ -78,19 +86,87 @@ def check_public(text: str) -> None:
         raise MaskingError(f"unusable agreement key: {error}") from None
 
 
+def _agree(key: X25519PrivateKey, peer: str, peer_public: str) -> bytes:
+    try:
+        return key.exchange(X25519PublicKey.from_public_bytes(from_text(peer_public)))
+    except ValueError as error:
+        raise MaskingError(f"bad agreement key of {peer}: {error}") from None
+
+
+def _derive(secret: bytes, info: bytes, facts: dict[str, object]) -> bytes:
+    label = info + orjson.dumps(facts, option=orjson.OPT_SORT_KEYS)
+    return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=label
+                ).derive(secret)
+
+
 def pair_seed(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
               round_: int) -> bytes:
     """The seed shared by `own` and `peer` for one round (symmetric: seed_ij == seed_ji)."""
     if own == peer:
         raise MaskingError("a site has no pairwise seed with itself")
+    return _derive(_agree(key, peer, peer_public), INFO, {
+        "federation": federation, "round": round_, "sites": sorted((own, peer))})
+
+
+def threshold(sites: int) -> int:
+    """Shares that rebuild a self seed: a majority of the round's sites, at least two."""
+    return max(2, sites // 2 + 1)
+
+
+def split_seed(seed: bytes, sites: Sequence[str], own: str) -> dict[str, bytes]:
+    """Shamir shares of `own`'s self seed for each other site of the round (share i for the
+    i-th site in name order); any `threshold(len(sites))` of them rebuild it."""
+    order = sorted(set(sites))
+    if own not in order or len(seed) != SEED_BYTES:
+        raise MaskingError("a self seed is shared among the round's sites, its own included")
+    halves = [Shamir.split(threshold(len(order)), len(order), seed[i:i + 16])
+              for i in (0, 16)]
+    return {site: index.to_bytes(4, "big") + first + second
+            for site, (index, first), (_, second) in zip(order, *halves, strict=True)
+            if site != own}
+
+
+def combine_seed(shares: Iterable[bytes], sites: int) -> bytes:
+    """The self seed rebuilt from at least `threshold(sites)` of its shares (MaskingError with
+    fewer, or with malformed or repeated ones; a wrong share gives a wrong seed, which the
+    coordinator's norm bound refuses)."""
+    parts = [(int.from_bytes(s[:4], "big"), s[4:20], s[20:]) for s in shares
+             if len(s) == SHARE_BYTES]
+    indices = {index for index, _, _ in parts}
+    if len(indices) < threshold(sites) or len(indices) != len(parts) or not indices <= set(
+            range(1, sites + 1)):
+        raise MaskingError(f"{len(indices)} distinct well-formed shares of {len(parts)} "
+                           f"given for a round of {sites} sites; {threshold(sites)} are needed")
+    return b"".join(Shamir.combine([(i, half[h]) for i, *half in parts]) for h in (0, 1))
+
+
+def _share_key(secret: bytes, federation: str, round_: int, sender: str, recipient: str
+               ) -> tuple[AESGCM, bytes]:
+    facts: dict[str, object] = {"federation": federation, "round": round_, "from": sender,
+                                "to": recipient}
+    return AESGCM(_derive(secret, SHARE_INFO, facts)), orjson.dumps(
+        facts, option=orjson.OPT_SORT_KEYS)
+
+
+def seal_share(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
+               round_: int, share: bytes) -> str:
+    """`share` sealed from `own` to `peer` (AES-GCM, random nonce), base64: only `peer` opens
+    it; the coordinator forwards it."""
+    aead, bound = _share_key(_agree(key, peer, peer_public), federation, round_, own, peer)
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return base64.b64encode(nonce + aead.encrypt(nonce, share, bound)).decode()
+
+
+def open_share(key: X25519PrivateKey, own: str, sender: str, sender_public: str,
+               federation: str, round_: int, sealed: str) -> bytes:
+    """The share `sender` sealed to `own` (MaskingError when it does not open)."""
+    aead, bound = _share_key(_agree(key, sender, sender_public), federation, round_, sender,
+                             own)
+    raw = from_text(sealed, NONCE_BYTES + SHARE_BYTES + 16)
     try:
-        shared = key.exchange(X25519PublicKey.from_public_bytes(from_text(peer_public)))
-    except ValueError as error:
-        raise MaskingError(f"bad agreement key of {peer}: {error}") from None
-    info = INFO + orjson.dumps({"federation": federation, "round": round_,
-                                "sites": sorted((own, peer))}, option=orjson.OPT_SORT_KEYS)
-    return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=info
-                ).derive(shared)
+        return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound)
+    except InvalidTag:
+        raise MaskingError(f"the share {sender} sealed to {own} does not open") from None
 
 
 def new_seed() -> bytes:

@@ -14,9 +14,10 @@ from services.federation.config import FederationSettings
 from shared.datasets.spec import DatasetSpec
 from shared.models.registry import ModelCard
 
-SECURE = ("double masking (Bonawitz et al. 2017, without Shamir shares: survivors reveal their "
-          "own self seeds and their seeds with dropped sites): the coordinator sees only sums "
-          "of at least two sites' updates, and relies on each site's clipping")
+SECURE = ("double masking (Bonawitz et al. 2017: survivors reveal their own self seeds and "
+          "their seeds with dropped sites; a site lost before the unmask has its self seed "
+          "rebuilt from the Shamir shares it sealed to its peers): the coordinator sees only "
+          "sums of at least two sites' updates, and relies on each site's clipping")
 
 
 @dataclass

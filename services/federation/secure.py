@@ -5,14 +5,20 @@ removed from seeds the survivors reveal.
 
 Consumes the sites' `keys` answers (round 0: each site's X25519 public key, inside its signed
 SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus a self
-mask and pairwise masks) and their `unmask` answers (the survivor's own self-mask seed and its
-seeds with the dropped sites only); produces `keys` and `unmask` tasks on `federation.rounds`
-and the round's sample-weighted average plus the server's Gaussian noise exactly as
-aggregate.fedavg adds it. It never holds one site's update, only the sum of at least two: a
-dropped site's self seed is never asked for, so its masked update stays masked even if it is
-read after the unmask. A round is refused (no aggregate; the caller records it and keeps the
-weights) when fewer than two sites' masked updates came, a survivor does not reveal its seeds
-in time, or the unmasked sum is longer than the sites' clip bound allows (a wrong seed or an
+mask and pairwise masks, and the self seed's Shamir shares sealed to each peer) and their
+`unmask` answers (the survivor's own self-mask seed, its seeds with the dropped sites only, and
+the shares it opened of the other survivors' self seeds); produces `keys` and `unmask` tasks on
+`federation.rounds` (an unmask task forwards each sealed share to its recipient) and the
+round's sample-weighted average plus the server's Gaussian noise exactly as aggregate.fedavg
+adds it. It never holds one site's update, only the sum of at least two: a dropped site's self
+seed is never asked for, nor are shares of it, so its masked update stays masked even if it is
+read after the unmask. A survivor lost before it answers the unmask has its self seed rebuilt
+from a majority's shares (secagg.threshold), when no site dropped before its update (its
+pairwise seeds with that site would be needed too; Bonawitz rebuilds them from shares of the
+agreement key, which is not implemented). A round is refused (no aggregate; the caller records
+it and keeps the weights) when fewer than two sites' masked updates came, a self seed can be
+neither revealed nor rebuilt, a survivor's seeds with a dropped site are missing, or the
+unmasked sum is longer than the sites' clip bound allows (a wrong seed or share, or an
 unclipped update). It cannot clip a single update (it never sees one): it relies on the sites'.
 """
 
@@ -30,13 +36,15 @@ import numpy.typing as npt
 
 from services.federation.aggregate import server_noise
 from services.federation.inbox import Answer, Inbox
-from shared.federation import Arrays, RoundTask
+from shared.federation import Arrays, RoundTask, SiteUpdate
 from shared.secagg import (
     FRACTION_BITS,
+    SHARE_BYTES,
     MaskingError,
     Words,
     add,
     check_public,
+    combine_seed,
     dequantize,
     from_text,
     remove_masks,
@@ -70,6 +78,14 @@ def unmasked_average(total: Words, counts: Mapping[str, int], self_seeds: list[b
     average = {k: v / samples for k, v in summed.items()}
     return server_noise(average, [n / samples for n in counts.values()], clip_norm,
                         noise_multiplier, rng)
+
+
+def _share(text: str) -> list[bytes]:
+    """An opened share as bytes; none when malformed (combine_seed counts what is left)."""
+    try:
+        return [from_text(text, SHARE_BYTES)]
+    except MaskingError:
+        return []
 
 
 @dataclass
@@ -121,7 +137,8 @@ class SecureRounds:
         for site in sorted(fits):
             tensors = fits[site].tensors
             if {k: tuple(v.shape) for k, v in tensors.items()} != shapes or any(
-                    v.dtype != np.uint64 for v in tensors.values()):
+                    v.dtype != np.uint64 for v in tensors.values()) or set(
+                    fits[site].update.sealed_shares) != set(selected) - {site}:
                 # dropped: its self mask, never revealed, keeps its words masked
                 log.warning("round %d: %s sent no well-formed masked update", number, site)
                 continue
@@ -133,7 +150,8 @@ class SecureRounds:
         if total is None or len(survivors) < 2:
             return None, 0.0, {**record, "refused": "fewer than two masked updates"}
         try:
-            self_seeds, recovered = self._unmask(common, number, sorted(survivors), dropped,
+            sealed = {site: fits[site].update.sealed_shares for site in survivors}
+            self_seeds, recovered = self._unmask(common, number, selected, sealed, dropped,
                                                  record)
             average, std = unmasked_average(total, survivors, self_seeds, recovered, clip_norm,
                                             noise_multiplier)
@@ -141,33 +159,53 @@ class SecureRounds:
             return None, 0.0, {**record, "refused": str(error)}
         return dict(average), std, record
 
-    def _unmask(self, common: dict[str, Any], number: int, survivors: list[str],
-                dropped: list[str], record: dict[str, Any]
+    def _unmask(self, common: dict[str, Any], number: int, selected: list[str],
+                sealed: dict[str, dict[str, str]], dropped: list[str], record: dict[str, Any]
                 ) -> tuple[list[bytes], list[tuple[str, str, bytes]]]:
-        """The survivors' self-mask seeds and their (survivor, dropped site, seed) triples,
-        asked for in an `unmask` task (its bytes and the answers' into `record`); MaskingError
-        with the reason when a survivor does not reveal them."""
+        """Every survivor's self-mask seed (revealed, or rebuilt from the others' shares) and
+        the (survivor, dropped site, seed) triples, asked for in an `unmask` task that forwards
+        the survivors' `sealed` shares (its bytes, the answers' and the rebuilt sites into
+        `record`); MaskingError with the reason when they cannot all be had."""
+        survivors = sorted(sealed)
         deadline = time.time() + self.timeout_s
+        forwarded = {to: {sender: shares[to] for sender, shares in sealed.items() if sender != to}
+                     for to in survivors}
         sent = self.send(RoundTask(kind="unmask", round=number, sites=tuple(survivors),
                                    dropped=tuple(dropped), deadline=deadline,
                                    agreement_keys=self.task_keys(survivors + dropped),
-                                   **common), {})
+                                   sealed_shares=forwarded, **common), {})
         answers = self.inbox.collect(str(common["federation"]), number, set(survivors),
                                      deadline, self.stop, frozenset({"unmask", "declined"}))
         record["bytes_unmask"] = sent + sum(a.size for a in answers.values())
         self_seeds: list[bytes] = []
         recovered: list[tuple[str, str, bytes]] = []
+        revealed: list[SiteUpdate] = []
+        lost: dict[str, str] = {}
         for site in survivors:
             answer = answers.get(site)
-            if answer is None or answer.update.kind != "unmask" or \
-                    sorted(answer.update.seeds) != dropped:
-                why = answer.update.reason if answer else "no answer in time"
-                raise MaskingError(f"{site} did not reveal its seeds (self, and with "
-                                   f"{dropped}): {why}")
             try:
-                self_seeds.append(from_text(answer.update.self_seed))
-                recovered += [(site, peer, from_text(answer.update.seeds[peer]))
-                              for peer in dropped]
+                if answer is None or answer.update.kind != "unmask" or \
+                        sorted(answer.update.seeds) != dropped:
+                    raise MaskingError(answer.update.reason if answer else "no answer in time")
+                own = from_text(answer.update.self_seed)
+                pairs = [(site, peer, from_text(answer.update.seeds[peer])) for peer in dropped]
             except MaskingError as error:
-                raise MaskingError(f"{site} sent a bad seed: {error}") from None
+                lost[site] = str(error)
+                continue
+            self_seeds.append(own)
+            recovered += pairs
+            revealed.append(answer.update)
+        if lost and dropped:
+            raise MaskingError(f"{sorted(lost)} did not reveal their seeds with {dropped}: "
+                               f"{lost}")
+        for site, why in sorted(lost.items()):  # its update is in the sum: rebuild its seed
+            shares = [raw for update in revealed if site in update.shares
+                      for raw in _share(update.shares[site])]
+            try:
+                self_seeds.append(combine_seed(shares, len(selected)))
+            except MaskingError as error:
+                raise MaskingError(f"{site} did not reveal its self seed ({why}) and it "
+                                   f"cannot be rebuilt: {error}") from None
+        if lost:
+            record["rebuilt"] = sorted(lost)
         return self_seeds, recovered

@@ -11,6 +11,9 @@ the three data owners of tests/integration/federation_world.py.
 - A site frozen after round 1 and killed while round 2 runs: rounds 2 and 3 complete with the
   other two, the dead site's pairwise masks removed from the survivors' revealed seeds and the
   survivors' self masks from their own; every round has its unmask step.
+- The same site frozen after its round-1 masked update, before the unmask: round 1 completes
+  with all three updates, the lost site's self seed rebuilt from the shares it sealed to the
+  other two.
 """
 
 from __future__ import annotations
@@ -116,15 +119,17 @@ def test_secure_rounds_release_and_hide_each_sites_update(world: World) -> None:
             assert np.max(np.abs(step - value)) < 1e-5, (number, name)
 
 
-def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("last_answer", ["unmask", "fit"])
+def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World, tmp_path: Path,
+                                                              last_answer: str) -> None:
     settings = world.coordinator.model_copy(update={
         "federation_rounds": 3, "federation_round_timeout_s": 8.0,
         "federation_first_round_timeout_s": 90.0, "federation_secure_aggregation": True})
-    # frozen after its round-1 unmask answer: a site lost between its masked update and the
-    # unmask refuses that round (its self seed is revealed only by itself; no Shamir shares)
-    outcome = federate_killing_site_c(world, settings, "fed-secure-quorum",
-                                      tmp_path / "site-c.log", last_answer="unmask")
+    # frozen after its round-1 unmask answer, or after its round-1 masked update (then round
+    # 1 sums all three, and site-c's self seed is rebuilt from the shares it sealed to the
+    # others: a wrong one would leave the sum masked, far beyond the clip bound, and refused)
+    outcome = federate_killing_site_c(world, settings, f"fed-secure-lost-{last_answer}",
+                                      tmp_path / "site-c.log", last_answer=last_answer)
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.rounds == 3
     federation = outcome.card.lineage["federation"]
@@ -133,7 +138,9 @@ def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World,
     rounds = federation["rounds"]
     assert [r["missing"] for r in rounds] == [[], ["site-c"], ["site-c"]]
     assert [r["unmasked"] for r in rounds] == [[], ["site-c"], ["site-c"]]
-    assert [r["sites"] for r in rounds][1:] == [["site-a", "site-b"]] * 2
+    assert [r["sites"] for r in rounds] == [list(SITES)] + [["site-a", "site-b"]] * 2
+    assert [r.get("rebuilt", []) for r in rounds] == [
+        ["site-c"] if last_answer == "fit" else [], [], []]
     assert not any("refused" in r for r in rounds)
     # the unmask step (a task and the survivors' seeds) is in every round's bytes
     assert all(r["bytes_unmask"] > 0 for r in rounds)

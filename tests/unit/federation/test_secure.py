@@ -25,16 +25,21 @@ from shared.secagg import (
     Words,
     add,
     check_public,
+    combine_seed,
     dequantize,
     from_text,
     mask,
     new_key,
     new_seed,
+    open_share,
     pair_seed,
     public_text,
     quantize,
     remove_masks,
+    seal_share,
     seed_text,
+    split_seed,
+    threshold,
 )
 
 SHAPES = {"layers.0.weight": (8, 5), "layers.0.bias": (8,), "layers.1.weight": (1, 8)}
@@ -172,12 +177,18 @@ def test_fewer_than_two_survivors_and_overflow_are_refused() -> None:
 
 
 def _task(kind: str, round_: int, sites: tuple[str, ...], keys: dict[str, str],
-          dropped: tuple[str, ...] = ()) -> RoundTask:
+          dropped: tuple[str, ...] = (), sealed: dict[str, dict[str, str]] | None = None
+          ) -> RoundTask:
+    """A round task; for an unmask, `sealed` (sender → recipient → share, the fit answers'
+    shares) is forwarded to the survivors as the coordinator does."""
+    forwarded = {to: {sender: shares[to] for sender, shares in (sealed or {}).items()
+                      if sender in sites and sender != to} for to in sites}
     return RoundTask(federation="fed-1", model="m", dataset="transactions", spec_hash="ab",
                      round=round_, rounds=3, kind=kind, sites=sites,  # type: ignore[arg-type]
                      deadline=time.time() + 60, architecture={}, feature_transform={},
                      local_epochs=0.5, minibatch=32, learning_rate=1.0, clip_norm=1.0,
-                     epsilon=1.0, agreement_keys=keys, dropped=dropped)
+                     epsilon=1.0, agreement_keys=keys, dropped=dropped,
+                     sealed_shares=forwarded if kind == "unmask" else {})
 
 
 def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
@@ -187,16 +198,22 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
     fit = _task("fit", 1, names, keys)
     updates = {n: _update(i) for i, n in enumerate(names)}
     total = None
+    sealed = {}
     for name, masking in sites.items():
         answer = SiteUpdate(federation="fed-1", round=1, site=name, kind="fit",
                             num_examples=100, update_norm=0.5)
         sent, tensors = masking.mask(fit, answer, updates[name])
         assert sent.update_norm is None and all(v.dtype == np.uint64 for v in tensors.values())
+        assert set(sent.sealed_shares) == set(names) - {name}
+        sealed[name] = sent.sealed_shares
         if name != "site-c":
             total = add(total, tensors)
-    unmask = _task("unmask", 1, ("site-a", "site-b"), keys, ("site-c",))
+    unmask = _task("unmask", 1, ("site-a", "site-b"), keys, ("site-c",), sealed)
     answers = {n: sites[n].unmask(unmask) for n in ("site-a", "site-b")}
     assert all(sorted(a.seeds) == ["site-c"] for a in answers.values())
+    # shares only of the other survivor's self seed, never of the dropped site's
+    assert {n: sorted(a.shares) for n, a in answers.items()} == {"site-a": ["site-b"],
+                                                                 "site-b": ["site-a"]}
     assert total is not None
     recovered = [(n, "site-c", from_text(a.seeds["site-c"])) for n, a in answers.items()]
     own = [from_text(a.self_seed) for a in answers.values()]
@@ -214,6 +231,12 @@ def test_a_site_masks_and_reveals_only_seeds_with_dropped_sites() -> None:
         sites["site-a"].unmask(_task("unmask", 1, ("site-a",), keys, ("site-b", "site-c")))
     with pytest.raises(ValueError, match="no masked update"):
         sites["site-a"].unmask(_task("unmask", 2, ("site-a", "site-b"), keys, ("site-c",)))
+    with pytest.raises(ValueError, match="a share from every other survivor"):
+        sites["site-a"].unmask(_task("unmask", 1, ("site-a", "site-b"), keys, ("site-c",)))
+    swapped = {**sealed, "site-b": {"site-a": sealed["site-c"]["site-a"]}}  # not site-b's
+    with pytest.raises(ValueError, match="does not open"):
+        sites["site-a"].unmask(_task("unmask", 1, ("site-a", "site-b"), keys, ("site-c",),
+                                     swapped))
     with pytest.raises(ValueError, match="lost"):
         SiteMasking("site-a").require(fit)
 
@@ -238,3 +261,60 @@ def test_an_unclipped_update_and_an_unusable_key_are_refused() -> None:
     check_public(public["site-a"])
     with pytest.raises(MaskingError, match="unusable"):
         check_public(seed_text(bytes(32)))
+
+
+def test_a_self_seed_is_rebuilt_from_a_majority_of_its_sealed_shares() -> None:
+    names, keys, public = _sites(5)
+    seed = new_seed()
+    shares = split_seed(seed, names, "site-c")
+    assert set(shares) == set(names) - {"site-c"} and threshold(5) == 3
+    sealed = {peer: seal_share(keys["site-c"], "site-c", peer, public[peer],  # type: ignore
+                               "fed-1", 4, share) for peer, share in shares.items()}
+    opened = {peer: open_share(keys[peer], peer, "site-c", public["site-c"],  # type: ignore
+                               "fed-1", 4, text) for peer, text in sealed.items()}
+    assert opened == shares
+    for three in (["site-a", "site-b", "site-d"], ["site-b", "site-d", "site-e"]):
+        assert combine_seed([opened[p] for p in three], 5) == seed
+    with pytest.raises(MaskingError, match="3 are needed"):
+        combine_seed([opened["site-a"], opened["site-b"]], 5)
+    with pytest.raises(MaskingError, match="3 are needed"):  # one share given twice
+        combine_seed([opened["site-a"], opened["site-a"], opened["site-b"]], 5)
+    # a share of another split in place of one of them gives another seed
+    other = split_seed(new_seed(), names, "site-c")
+    assert combine_seed([opened["site-a"], opened["site-b"], other["site-d"]], 5) != seed
+    # only its recipient opens a share, and only for that federation and round
+    for who, sender, federation, round_ in (("site-b", "site-c", "fed-1", 4),
+                                            ("site-a", "site-b", "fed-1", 4),
+                                            ("site-a", "site-c", "fed-2", 4),
+                                            ("site-a", "site-c", "fed-1", 5)):
+        with pytest.raises(MaskingError, match="does not open"):
+            open_share(keys[who], who, sender, public[sender], federation,  # type: ignore
+                       round_, sealed["site-a"])
+
+
+def test_a_survivor_lost_before_the_unmask_is_unmasked_from_its_shares() -> None:
+    sites = {n: SiteMasking(n) for n in ("site-a", "site-b", "site-c")}
+    names = tuple(sites)
+    keys = {n: m.announce(_task("keys", 0, names, {})).agreement_key for n, m in sites.items()}
+    fit = _task("fit", 1, names, keys)
+    updates = {n: _update(30 + i) for i, n in enumerate(names)}
+    counts = {"site-a": 50, "site-b": 80, "site-c": 120}
+    total, sealed = None, {}
+    for name, masking in sites.items():
+        answer = SiteUpdate(federation="fed-1", round=1, site=name, kind="fit",
+                            num_examples=counts[name], update_norm=0.5)
+        sent, tensors = masking.mask(fit, answer, updates[name])
+        sealed[name] = sent.sealed_shares
+        total = add(total, tensors)
+    assert total is not None
+    # all three updates are in the sum; site-c never answers the unmask
+    unmask = _task("unmask", 1, names, keys, (), sealed)
+    answers = {n: sites[n].unmask(unmask) for n in ("site-a", "site-b")}
+    rebuilt = combine_seed([from_text(a.shares["site-c"], 36) for a in answers.values()], 3)
+    own = [from_text(a.self_seed) for a in answers.values()] + [rebuilt]
+    average, _ = unmasked_average(total, counts, own, [], 1.0, 0.0)
+    expected, _ = fedavg([(updates[n], counts[n]) for n in names], 1.0, 0.0)
+    assert all(np.allclose(average[k], expected[k], atol=1e-6) for k in SHAPES)
+    # one share alone rebuilds nothing
+    with pytest.raises(MaskingError, match="2 are needed"):
+        combine_seed([from_text(answers["site-a"].shares["site-c"], 36)], 3)
