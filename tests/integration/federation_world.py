@@ -251,10 +251,11 @@ def federate(world: World, settings: FederationSettings, federation: str,
 
 def federate_killing_site_c(world: World, settings: FederationSettings, federation: str,
                             log: Path, rounds: type[SiteRounds] | None = None,
-                            last_answer: str = "fit") -> Outcome:
+                            last_answer: str = "fit",
+                            frozen: threading.Event | None = None) -> Outcome:
     """Federate with site-a and site-b on threads and site-c as a real trainer process, which
-    is frozen once it gave its `last_answer` of round 1 and killed while round 2 runs; the
-    outcome."""
+    is frozen once it gave its `last_answer` of round 1 (then `frozen` is set) and killed
+    while round 2 runs; the outcome."""
     stop, threads = run_sites(world, ("site-a", "site-b"), rounds)
     with log.open("wb") as out:
         dying = subprocess.Popen([sys.executable, "-m", "services.trainer"],
@@ -276,6 +277,8 @@ def federate_killing_site_c(world: World, settings: FederationSettings, federati
             assert time.monotonic() < deadline and dying.poll() is None, log.read_text()[-2000:]
             time.sleep(0.005)
         dying.send_signal(signal.SIGSTOP)
+        if frozen is not None:
+            frozen.set()
         wait_for_task(world, lambda t: (t.federation, t.round) == (federation, 2), 60)
         dying.kill()
         coordinator.join(240)

@@ -18,6 +18,7 @@ the three data owners of tests/integration/federation_world.py.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,21 @@ def test_a_site_killed_mid_round_is_unmasked_by_the_survivors(world: World, tmp_
     # frozen after its round-1 unmask answer, or after its round-1 masked update (then round
     # 1 sums all three, and site-c's self seed is rebuilt from the shares it sealed to the
     # others: a wrong one would leave the sum masked, far beyond the clip bound, and refused)
+    frozen = threading.Event()
+
+    class AfterSiteCFreezes(SiteRounds):
+        """Round 1's fit answered only once site-c is frozen: the unmask task (sent when all
+        three fits are in) cannot reach site-c before it stops."""
+
+        def fit(self, task: RoundTask, state: Federation, tensors: Arrays
+                ) -> tuple[SiteUpdate, Arrays]:
+            if task.round == 1 and last_answer == "fit" and not frozen.wait(120):
+                raise RuntimeError("site-c was not frozen in time")
+            return super().fit(task, state, tensors)
+
     outcome = federate_killing_site_c(world, settings, f"fed-secure-lost-{last_answer}",
-                                      tmp_path / "site-c.log", last_answer=last_answer)
+                                      tmp_path / "site-c.log", rounds=AfterSiteCFreezes,
+                                      last_answer=last_answer, frozen=frozen)
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.rounds == 3
     federation = outcome.card.lineage["federation"]
