@@ -134,16 +134,18 @@ def test_a_dropped_site_is_unmasked_from_the_survivors_seeds() -> None:
 
 def test_one_masked_update_tells_nothing_of_the_plain_one() -> None:
     names, keys, public = _sites(3)
-    updates = {n: _update(i) for i, n in enumerate(names)}
+    # 10,000 values: were the masked words independent of the plain ones, their correlation's
+    # std would be 0.01 and the top bit's mean's 0.005, so the bounds below are 5σ and 10σ
+    rng = np.random.default_rng(7)
+    updates = {n: {"w": rng.normal(0, 0.01, (100, 100)).astype(np.float32)} for n in names}
     counts = dict.fromkeys(names, 1000)
-    masked = _masked(names, keys, public, updates, counts)[0]["site-a"]
-    flat_masked = np.concatenate([masked[k].ravel() for k in sorted(SHAPES)])
-    flat_plain = np.concatenate([updates["site-a"][k].ravel() for k in sorted(SHAPES)])
-    signed = flat_masked.view(np.int64).astype(np.float64) / SCALE / 1000
+    masked = _masked(names, keys, public, updates, counts)[0]["site-a"]["w"].ravel()
+    plain = updates["site-a"]["w"].ravel()
+    signed = masked.view(np.int64).astype(np.float64) / SCALE / 1000
     assert np.median(np.abs(signed)) > 1e9  # the plain values are below 1
-    assert abs(np.corrcoef(signed, flat_plain)[0, 1]) < 0.35
-    # roughly uniform words: the top bit is set about half the time
-    assert 0.25 < float(np.mean(flat_masked >> np.uint64(63))) < 0.75
+    assert abs(np.corrcoef(signed, plain)[0, 1]) < 0.05
+    # uniform words: the top bit is set half the time
+    assert 0.45 < float(np.mean(masked >> np.uint64(63))) < 0.55
 
 
 def test_seeds_are_symmetric_and_differ_per_round_and_federation() -> None:
