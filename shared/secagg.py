@@ -141,30 +141,28 @@ def combine_seed(shares: Iterable[bytes], sites: int) -> bytes:
 
 
 def _share_key(secret: bytes, federation: str, round_: int, sender: str, recipient: str
-               ) -> tuple[AESGCM, bytes]:
-    facts: dict[str, object] = {"federation": federation, "round": round_, "from": sender,
-                                "to": recipient}
-    return AESGCM(_derive(secret, SHARE_INFO, facts)), orjson.dumps(
-        facts, option=orjson.OPT_SORT_KEYS)
+               ) -> AESGCM:
+    """A key per federation, round and direction: a share opens under no other."""
+    return AESGCM(_derive(secret, SHARE_INFO, {"federation": federation, "round": round_,
+                                                "from": sender, "to": recipient}))
 
 
 def seal_share(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
                round_: int, share: bytes) -> str:
     """`share` sealed from `own` to `peer` (AES-GCM, random nonce), base64: only `peer` opens
     it; the coordinator forwards it."""
-    aead, bound = _share_key(_agree(key, peer, peer_public), federation, round_, own, peer)
+    aead = _share_key(_agree(key, peer, peer_public), federation, round_, own, peer)
     nonce = secrets.token_bytes(NONCE_BYTES)
-    return base64.b64encode(nonce + aead.encrypt(nonce, share, bound)).decode()
+    return base64.b64encode(nonce + aead.encrypt(nonce, share, None)).decode()
 
 
 def open_share(key: X25519PrivateKey, own: str, sender: str, sender_public: str,
                federation: str, round_: int, sealed: str) -> bytes:
     """The share `sender` sealed to `own` (MaskingError when it does not open)."""
-    aead, bound = _share_key(_agree(key, sender, sender_public), federation, round_, sender,
-                             own)
+    aead = _share_key(_agree(key, sender, sender_public), federation, round_, sender, own)
     raw = from_text(sealed, NONCE_BYTES + SHARE_BYTES + 16)
     try:
-        return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound)
+        return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], None)
     except InvalidTag:
         raise MaskingError(f"the share {sender} sealed to {own} does not open") from None
 
