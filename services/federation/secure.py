@@ -80,6 +80,32 @@ def unmasked_average(total: Words, counts: Mapping[str, int], self_seeds: list[b
                         noise_multiplier, rng)
 
 
+def _revealed(answers: Mapping[str, Answer], survivors: list[str], dropped: list[str]
+              ) -> tuple[list[bytes], list[tuple[str, str, bytes]], list[SiteUpdate],
+                         dict[str, str]]:
+    """From the unmask answers: the self seeds and (survivor, dropped site, seed) triples the
+    survivors revealed, their answers, and the survivors that revealed nothing usable (why)."""
+    self_seeds: list[bytes] = []
+    recovered: list[tuple[str, str, bytes]] = []
+    revealed: list[SiteUpdate] = []
+    lost: dict[str, str] = {}
+    for site in survivors:
+        answer = answers.get(site)
+        try:
+            if answer is None or answer.update.kind != "unmask" or \
+                    sorted(answer.update.seeds) != dropped:
+                raise MaskingError(answer.update.reason if answer else "no answer in time")
+            own = from_text(answer.update.self_seed)
+            pairs = [(site, peer, from_text(answer.update.seeds[peer])) for peer in dropped]
+        except MaskingError as error:
+            lost[site] = str(error)
+            continue
+        self_seeds.append(own)
+        recovered += pairs
+        revealed.append(answer.update)
+    return self_seeds, recovered, revealed, lost
+
+
 def _share(text: str) -> list[bytes]:
     """An opened share as bytes; none when malformed (combine_seed counts what is left)."""
     try:
@@ -177,24 +203,7 @@ class SecureRounds:
         answers = self.inbox.collect(str(common["federation"]), number, set(survivors),
                                      deadline, self.stop, frozenset({"unmask", "declined"}))
         record["bytes_unmask"] = sent + sum(a.size for a in answers.values())
-        self_seeds: list[bytes] = []
-        recovered: list[tuple[str, str, bytes]] = []
-        revealed: list[SiteUpdate] = []
-        lost: dict[str, str] = {}
-        for site in survivors:
-            answer = answers.get(site)
-            try:
-                if answer is None or answer.update.kind != "unmask" or \
-                        sorted(answer.update.seeds) != dropped:
-                    raise MaskingError(answer.update.reason if answer else "no answer in time")
-                own = from_text(answer.update.self_seed)
-                pairs = [(site, peer, from_text(answer.update.seeds[peer])) for peer in dropped]
-            except MaskingError as error:
-                lost[site] = str(error)
-                continue
-            self_seeds.append(own)
-            recovered += pairs
-            revealed.append(answer.update)
+        self_seeds, recovered, revealed, lost = _revealed(answers, survivors, dropped)
         if lost and dropped:
             raise MaskingError(f"{sorted(lost)} did not reveal their seeds with {dropped}: "
                                f"{lost}")
