@@ -1,8 +1,8 @@
 """Data-parallel training over two gloo ranks (real torch.distributed, two processes): with one
 full-batch step per epoch it equals one worker on the union of the data, also when the
-ranks' batches are uneven or one is empty; under DP-SGD (Opacus's DistributedDPOptimizer,
-noise on rank 0 only) both ranks run the same Poisson-sampled plan and stay in lockstep, also
-when one rank holds no rows."""
+ranks' batches are uneven or one is empty; under DP-SGD (Opacus's
+DistributedDPOptimizerFastGradientClipping, noise on rank 0 only) both ranks run the same
+Poisson-sampled plan and stay in lockstep, also when one rank holds no rows."""
 
 from __future__ import annotations
 
