@@ -191,21 +191,28 @@ class _DistributedOptimizer(DistributedDPOptimizerFastGradientClipping):  # type
     accumulate = _take_grads
 
 
+def private_optimizer(optimizer: torch.optim.Optimizer, plan: Plan, world: int,
+                      device: torch.device) -> Any:
+    """Opacus's optimizer that adds the plan's noise to `.grad` (the clipped sum) and scales;
+    across ranks the noise is drawn on rank 0 only."""
+    wrapper = _DistributedOptimizer if world > 1 else _Optimizer
+    # per rank: the Distributed optimizer divides by it and then again by the world size, so
+    # the update is (clipped sum + one noise draw) / the release's expected batch, as on one
+    # worker
+    return wrapper(optimizer, noise_multiplier=plan.noise_multiplier,
+                   max_grad_norm=plan.max_grad_norm,
+                   expected_batch_size=plan.sample_rate * plan.rows / world,
+                   loss_reduction="mean", generator=_generator(device),
+                   secure_mode=secure_rng_available())
+
+
 def fit_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, plan: Plan, world: int) -> float:
     """Run the plan's DP-SGD steps on this rank's rows (`x`, `y`); every rank calls it with
     the same plan. Returns the mean training loss of the sampled rows."""
     device = x.device
     clipper = LinearClipper(model, plan.max_grad_norm)
-    wrapper = _DistributedOptimizer if world > 1 else _Optimizer
-    # per rank: the Distributed optimizer divides by it and then again by the world size, so
-    # the update is (clipped sum + one noise draw) / the release's expected batch, as on one
-    # worker
-    dp_optimizer = wrapper(optimizer, noise_multiplier=plan.noise_multiplier,
-                           max_grad_norm=plan.max_grad_norm,
-                           expected_batch_size=plan.sample_rate * plan.rows / world,
-                           loss_reduction="mean", generator=_generator(device),
-                           secure_mode=secure_rng_available())
+    dp_optimizer = private_optimizer(optimizer, plan, world, device)
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     sampling = _generator(torch.device("cpu"))
     batches: Any = UniformWithReplacementSampler(
