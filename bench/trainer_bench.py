@@ -4,9 +4,11 @@ ratio to a plain in-memory torch loop doing the same optimiser steps on the same
 same run (goal ≥ 0.8: the stream costs little). Prints a markdown section.
 
     python bench/trainer_bench.py [--events 40000] [--datasets breast_cancer transactions]
-                                  [--device cpu|cuda|auto] [--dp]
+                                  [--device cpu|cuda|auto]
 
-A third number bounds the first: the embedded broker's raw delivery rate (a bare consumer,
+Both loops train without DP, on a copy of the dataset's spec that allows it (the stream's
+mechanics are the subject here; `privacy_utility.py` and `dp_step_bench.py` measure DP-SGD's
+cost). A third number bounds the first: the embedded broker's raw delivery rate (a bare consumer,
 no decoding, no training) on the same topic.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +44,7 @@ from services.trainer.split import is_validation
 from shared.datasets import load_spec
 from shared.energy import EnergyMeter
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Header, encode
+from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.kafka import ensure_topics, make_producer
 from shared.lifecycle import parent_death
 from shared.models.features import FeatureTransform
@@ -68,11 +72,14 @@ def _broker(workdir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
 def _publish(settings: TrainerSettings, dataset: str, count: int) -> list[dict[str, object]]:
     producer = make_producer(settings)
     topic = Topics(settings.topic_prefix).governed
+    mac = GovernedMac.load(settings)  # the trainer takes only what governance authenticated
     train_rows = []
     for index, env in enumerate(generate(dataset, count, seed=11)):
         env = env.model_copy(update={"audit": AuditRef(partition=0, leaf_index=index)})
-        producer.produce(topic, key=env.subject_id.encode(), value=encode(env),
-                         headers=[(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)])
+        value = encode(env)
+        producer.produce(topic, key=env.subject_id.encode(), value=value,
+                         headers=[(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
+                                  (MAC_HEADER, mac.tag(value))])
         producer.poll(0)
         if not is_validation(env.event_id, settings.trainer_val_percent):
             train_rows.append(env.payload)
@@ -137,7 +144,6 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--datasets", nargs="+", default=["breast_cancer", "transactions"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--dp", action="store_true", help="DP-SGD on in the stream and note it")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
     bootstrap, broker = _broker(workdir)
@@ -151,13 +157,22 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _non_private_specs(dataset: str, folder: Path) -> Path:
+    data = load_spec(dataset).model_dump(mode="json")
+    data["privacy"]["allow_non_private"] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{dataset}.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
 def _run(args: argparse.Namespace, dataset: str, bootstrap: str, workdir: Path) -> None:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     settings = TrainerSettings(
         kafka_bootstrap=bootstrap, topic_prefix=prefix, redis_prefix=f"bench:{prefix}",
         data_dir=workdir / prefix, trainer_dataset=dataset, trainer_device=args.device,
         trainer_cycle_rows=args.events, trainer_batch_size=1024, trainer_max_wait_s=0.2,
-        trainer_exit_when_idle_s=0.5, trainer_dp_enabled=args.dp,
+        trainer_exit_when_idle_s=0.5, trainer_dp_enabled=False,
+        trainer_specs_dir=_non_private_specs(dataset, workdir / f"{prefix}specs"),
         trainer_cycle_s=3600)
     try:
         ensure_topics(settings, Topics(prefix).all())
@@ -173,10 +188,8 @@ def _run(args: argparse.Namespace, dataset: str, bootstrap: str, workdir: Path) 
         transform = FeatureTransform.from_dict(card.feature_transform)
         plain_s, plain_j = _plain_loop(settings, dataset, rows, transform, device)
         stream_rate, plain_rate = trained / stream_s, len(rows) / plain_s
-        dp_note = ", DP-SGD (the plain loop is not private: the ratio includes DP's cost)"
         print(f"### Trainer — {dataset}, {args.events:,} governed events, "
-              f"{card.architecture['kind']}, device {card.device}"
-              f"{dp_note if args.dp else ''}\n")
+              f"{card.architecture['kind']}, device {card.device}\n")
         print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch "
               f"{torch.__version__}; batch 1024/round, minibatch {settings.trainer_minibatch}, "
               f"epochs/batch {card.training['epochs_per_batch']}; energy "
