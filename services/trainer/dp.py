@@ -157,7 +157,9 @@ class Plan:
         """The card's `privacy` facts about this release's DP-SGD."""
         c = group_exponent(self.events_per_subject)
         return {
-            "mode": "model", "mechanism": "dp-sgd", "library": "opacus",
+            "mode": "model", "mechanism": "dp-sgd",
+            "library": "opacus (noise, Poisson sampling, accountant)",
+            "clipping": "per sample, in one backward pass (book-keeping ghost clipping)",
             "epsilon": self.epsilon(), "delta": self.delta, "target_epsilon":
                 self.target_epsilon, "accountant": f"{ACCOUNTANT} (Opacus compute_rdp, "
                 "Balle et al. 2020 conversion)", "orders": list(ORDERS),
