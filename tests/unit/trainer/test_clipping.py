@@ -9,22 +9,7 @@ import torch
 
 from services.trainer.clipping import LinearClipper
 from shared.models.nets import architecture, build_model
-
-
-def _reference(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float
-               ) -> tuple[list[torch.Tensor], list[float]]:
-    """The clipped sum, and each sample's unclipped norm."""
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
-    params = [p for p in net.parameters() if p.requires_grad]
-    total = [torch.zeros_like(p) for p in params]
-    norms = []
-    for i in range(len(x)):
-        grads = torch.autograd.grad(loss_fn(net(x[i:i + 1]), y[i:i + 1]), params)
-        norm = float(torch.cat([g.reshape(-1) for g in grads]).norm())
-        norms.append(norm)
-        for t, g in zip(total, grads, strict=True):
-            t += min(1.0, clip / (norm + 1e-6)) * g
-    return total, norms
+from tests.unit.trainer.per_sample import clipped_sum
 
 
 def _clipped(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float
@@ -43,9 +28,9 @@ def test_the_clipped_sum_equals_clipping_each_sample(kind: str, hidden: list[int
     net = build_model(architecture(kind, 7, hidden))
     x = torch.randn(40, 7) * torch.linspace(0.05, 6, 40).unsqueeze(1)  # small to large norms
     y = (torch.rand(40) > 0.5).float()
-    _, norms = _reference(net, x, y, 1e9)
+    _, norms = clipped_sum(net, x, y, 1e9)
     clip = float(torch.tensor(norms).median())  # a bound that splits the batch
-    want, _ = _reference(net, x, y, clip)
+    want, _ = clipped_sum(net, x, y, clip)
     assert min(norms) < clip < max(norms)  # some samples are clipped, some pass unchanged
     for got, expected in zip(_clipped(net, x, y, clip), want, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -57,7 +42,7 @@ def test_frozen_layers_and_layers_without_bias() -> None:
                               torch.nn.Linear(5, 1))
     net[2].bias.requires_grad_(False)  # type: ignore[union-attr]
     x, y = torch.randn(16, 4) * 3, (torch.rand(16, 1) > 0.5).float()
-    want, _ = _reference(net, x, y, 0.4)
+    want, _ = clipped_sum(net, x, y, 0.4)
     got = _clipped(net, x, y, 0.4)
     assert len(got) == 2  # the first weight and the last weight
     for g, w in zip(got, want, strict=True):

@@ -8,6 +8,7 @@ import torch
 
 from services.trainer import dp
 from shared.models.nets import architecture, build_model
+from tests.unit.trainer.per_sample import clipped_sum
 
 
 def _plan(rows: int, sigma: float, clip: float) -> dp.Plan:
@@ -15,26 +16,13 @@ def _plan(rows: int, sigma: float, clip: float) -> dp.Plan:
                    max_grad_norm=clip, delta=1e-5, events_per_subject=1, target_epsilon=1.0)
 
 
-def _clipped_mean_gradient(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                           clip: float) -> list[torch.Tensor]:
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
-    total = [torch.zeros_like(p) for p in net.parameters()]
-    for i in range(len(x)):
-        grads = torch.autograd.grad(loss_fn(net(x[i:i + 1]), y[i:i + 1]),
-                                    list(net.parameters()))
-        norm = torch.cat([g.reshape(-1) for g in grads]).norm()
-        factor = min(1.0, clip / (float(norm) + 1e-6))
-        for t, g in zip(total, grads, strict=True):
-            t += factor * g
-    return [t / len(x) for t in total]
-
-
 def test_one_step_is_the_mean_of_per_sample_clipped_gradients() -> None:
     torch.manual_seed(3)
     net = build_model(architecture("mlp", 5, [4]))
     x, y = torch.randn(12, 5) * 4, (torch.rand(12) > 0.5).float()
     clip = 0.3
-    expected = _clipped_mean_gradient(net, x, y, clip)
+    summed, _ = clipped_sum(net, x, y, clip)
+    expected = [t / len(x) for t in summed]
     before = [p.detach().clone() for p in net.parameters()]
     # q = 1: every row in the one step's batch; σ = 0: the update is the clipped mean alone
     dp.fit_private(net, torch.optim.SGD(net.parameters(), lr=1.0), x, y,
