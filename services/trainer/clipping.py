@@ -32,6 +32,7 @@ class LinearClipper:
             raise ValueError("DP-SGD clips networks whose trainable parameters all belong to "
                              "nn.Linear layers (shared/models/nets.py builds only those)")
         self.max_grad_norm = max_grad_norm
+        self._expected = sorted(id(m) for m in self.layers)
         self._seen: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         self._handles: list[RemovableHandle] = [
             layer.register_forward_hook(self._record) for layer in self.layers]
@@ -45,7 +46,7 @@ class LinearClipper:
         """Set each trainable parameter's `.grad` to the clipped sum over the batch whose
         summed loss is `loss` (one sample = one row of the forward pass's input)."""
         seen, self._seen = self._seen, []
-        if sorted(id(m) for m, _, _ in seen) != sorted(id(m) for m in self.layers):
+        if sorted(id(m) for m, _, _ in seen) != self._expected:
             raise RuntimeError("every linear layer must run exactly once per forward pass")
         if any(a.dim() != 2 for _, a, _ in seen):
             raise ValueError("per-sample clipping here needs 2-D inputs (rows × features)")
