@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from governed_events import publish_governed  # noqa: E402
+
 from shared.lifecycle import parent_death  # noqa: E402
 
 ROWS_PER_SITE = 3000
@@ -49,22 +51,6 @@ def _broker(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     return proc, path.read_text().strip()
-
-
-def _publish_governed(settings: Any, events: list[Any]) -> None:
-    from shared.events import encode
-    from shared.governed_mac import MAC_HEADER, GovernedMac
-    from shared.kafka import make_producer
-    from shared.topics import Topics
-
-    topic = Topics(settings.topic_prefix).governed
-    producer = make_producer(settings)
-    mac = GovernedMac.load(settings)
-    for env in events:
-        value = encode(env)
-        producer.produce(topic, key=env.subject_id.encode(), value=value,
-                         headers=[(MAC_HEADER, mac.tag(value))])
-    producer.flush(30)
 
 
 def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url: str,
@@ -106,7 +92,7 @@ def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url
         shutil.copy(principals_dir(governance) / "trainer.pub",
                     coordinator.sites_path() / f"{name}.pub")
         share = events[index::sites]
-        _publish_governed(governance, [e.model_copy(update={"subject_id": f"{name}-{i}"})
+        publish_governed(governance, [e.model_copy(update={"subject_id": f"{name}-{i}"})
                                        for i, e in enumerate(share)])
         thread = threading.Thread(target=GovernanceService(governance, stop, None).run,
                                   daemon=True)
@@ -154,7 +140,7 @@ def _tuning(bootstrap: str, folder: Path, trials: int, redis_url: str,
     prefixes.append(str(common["redis_prefix"]))
     governance = GovernanceSettings(**common, governance_fsync=False)
     ensure_topics(governance, Topics(governance.topic_prefix).all())
-    _publish_governed(governance, list(breast_cancer()))
+    publish_governed(governance, list(breast_cancer()))
     stop = threading.Event()
     thread = threading.Thread(target=GovernanceService(governance, stop, None).run, daemon=True)
     thread.start()

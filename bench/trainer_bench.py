@@ -35,6 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from governed_events import publish_governed
+
 from lepton.generators import generate
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
@@ -43,9 +45,8 @@ from services.trainer.loop import TrainerLoop
 from services.trainer.split import is_validation
 from shared.datasets import load_spec
 from shared.energy import EnergyMeter
-from shared.events import CONTENT_TYPE_JSON, AuditRef, Header, encode
-from shared.governed_mac import MAC_HEADER, GovernedMac
-from shared.kafka import ensure_topics, make_producer
+from shared.events import AuditRef
+from shared.kafka import ensure_topics
 from shared.lifecycle import parent_death
 from shared.models.features import FeatureTransform
 from shared.models.nets import architecture, build_model
@@ -70,21 +71,12 @@ def _broker(workdir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
 
 
 def _publish(settings: TrainerSettings, dataset: str, count: int) -> list[dict[str, object]]:
-    producer = make_producer(settings)
-    topic = Topics(settings.topic_prefix).governed
-    mac = GovernedMac.load(settings)  # the trainer takes only what governance authenticated
-    train_rows = []
-    for index, env in enumerate(generate(dataset, count, seed=11)):
-        env = env.model_copy(update={"audit": AuditRef(partition=0, leaf_index=index)})
-        value = encode(env)
-        producer.produce(topic, key=env.subject_id.encode(), value=value,
-                         headers=[(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
-                                  (MAC_HEADER, mac.tag(value))])
-        producer.poll(0)
-        if not is_validation(env.event_id, settings.trainer_val_percent):
-            train_rows.append(env.payload)
-    producer.flush(60)
-    return train_rows
+    """Publish `count` governed events; the payloads of those the trainer will train on."""
+    events = [env.model_copy(update={"audit": AuditRef(partition=0, leaf_index=index)})
+              for index, env in enumerate(generate(dataset, count, seed=11))]
+    publish_governed(settings, events)
+    return [env.payload for env in events
+            if not is_validation(env.event_id, settings.trainer_val_percent)]
 
 
 def _plain_loop(settings: TrainerSettings, dataset: str, rows: list[dict[str, object]],
