@@ -1,20 +1,23 @@
 """Test helpers: read whole topics without a group join, run the `lepton` command, open dead
-letters as the operator."""
+letters as the operator, check that a start waits for an unreachable broker until stopped."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import redis
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from shared.accounting import ORDERS
 from shared.config import LeptonSettings
@@ -248,3 +251,31 @@ def release_charge(client: redis.Redis, settings: LeptonSettings, release: str,
                             "steps": steps, "max_events_per_subject": 1,
                             "subjects_count": len(set(subjects)),
                             "subjects_sha256": subjects_digest(subjects)})
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def waits_until_stopped(start: Callable[[LeptonSettings, threading.Event], object]) -> None:
+    """`start` against an unreachable broker is still waiting after 8 s (longer than one
+    attempt: not failed), and raises KafkaException within 10 s of stop."""
+    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            start(settings, stop)
+        except BaseException as error:
+            outcome.append(error)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(8.0)
+    assert waiter.is_alive() and not outcome
+    stop.set()
+    waiter.join(10.0)
+    assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)

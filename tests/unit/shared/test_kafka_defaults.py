@@ -6,12 +6,10 @@ fixed port)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,13 +18,7 @@ from confluent_kafka import KafkaException
 from shared.config import LeptonSettings
 from shared.kafka import consumer_config, ensure_topics, make_producer, producer_config
 from shared.lifecycle import parent_death
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import free_port, waits_until_stopped
 
 
 def test_extra_overrides_tunables_but_not_exactly_once_properties() -> None:
@@ -56,34 +48,13 @@ def test_without_stop_an_unreachable_broker_fails_fast() -> None:
     assert time.monotonic() - began < 10
 
 
-def _waits_until_stopped(start: Callable[[LeptonSettings, threading.Event], object]) -> None:
-    """`start` against an unreachable broker is still waiting after 8 s (longer than one
-    attempt: not failed), and raises KafkaException within 10 s of stop."""
-    settings = LeptonSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
-    stop = threading.Event()
-    outcome: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            start(settings, stop)
-        except BaseException as error:
-            outcome.append(error)
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(8.0)
-    assert waiter.is_alive() and not outcome
-    stop.set()
-    waiter.join(10.0)
-    assert not waiter.is_alive() and isinstance(outcome[0], KafkaException)
-
-
 def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> None:
-    _waits_until_stopped(lambda settings, stop: ensure_topics(settings, ["t.events.raw"],
+    waits_until_stopped(lambda settings, stop: ensure_topics(settings, ["t.events.raw"],
                                                               stop=stop))
 
 
-def test_with_stop_a_transactional_producer_waits_until_stopped() -> None:
-    _waits_until_stopped(lambda settings, stop: make_producer(
+def test_with_stop_a_transactional_producerwaits_until_stopped() -> None:
+    waits_until_stopped(lambda settings, stop: make_producer(
         settings, transactional_id="t-wait", stop=stop))
 
 
