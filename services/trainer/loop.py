@@ -131,7 +131,7 @@ class TrainerLoop:
         """Consume and train until stopped (or idle long enough); returns versions released."""
         self._assign()
         if self.quality is not None:
-            self.quality.start()
+            self.quality.start(self.stop)
         self.prefetch = Prefetcher(self.consumer, self.settings.trainer_batch_size, partial(
             decode_batch, dataset=self.spec.name, label=self.label,
             val_percent=self.settings.trainer_val_percent, mac=GovernedMac.load(self.settings)),

@@ -7,7 +7,8 @@ signature or content does not check is ignored and counted by reason
 (`lepton.trainer.quality.ignored`), never trusted.
 
 `start` waits (at most `catch_up_s`) until the windows already on the topic are read, so a
-restarted trainer judges its first cycle with them.
+restarted trainer judges its first cycle with them; a broker that does not answer meanwhile is
+waited for until the trainer is stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.quality_hold import QualityBook, QualityIndex
 from services.trainer.telemetry import TrainerMetrics
 from shared.allowlist import AllowList
-from shared.kafka import ensure_topics, make_consumer
+from shared.kafka import ensure_topics, make_consumer, wait_for_kafka
 from shared.principals import public_keys_dir
 from shared.quality_windows import SIGNERS, verify_window
 from shared.topics import Topics
@@ -46,21 +47,17 @@ class QualityFeed:
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
 
-    def start(self, catch_up_s: float = 10.0) -> None:
+    def start(self, stop: threading.Event, catch_up_s: float = 10.0) -> None:
         """Assign every partition from the beginning, start reading, and wait until what was
-        on the topic at start is read (or `catch_up_s` passed)."""
-        ensure_topics(self.settings, [self.topic])
+        on the topic at start is read (or `catch_up_s` passed). An unreachable broker is
+        waited for until `stop` is set, as at every other start-up call."""
+        ensure_topics(self.settings, [self.topic], stop=stop)
         consumer = make_consumer(self.settings, f"{self.settings.group_id()}-quality",
                                  **{"client.id": "trainer-quality", "log_level": 3})
-        partitions = sorted(consumer.list_topics(self.topic, timeout=15)
-                            .topics[self.topic].partitions)
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                       timeout=15)
-            if high > low:
-                self._high[partition] = high
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         self._consumer = consumer
+        partitions, self._high = wait_for_kafka(lambda: self._ends(consumer), stop,
+                                                "the quality windows' offsets")
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
         if not self._high:
             self._caught_up.set()
         self._thread = threading.Thread(target=self._run, name="trainer-quality", daemon=True)
@@ -68,6 +65,18 @@ class QualityFeed:
         if not self._caught_up.wait(catch_up_s):
             log.warning("quality windows not read up to the end in %.0f s: the first cycles "
                         "are judged by those read so far", catch_up_s)
+
+    def _ends(self, consumer: Consumer) -> tuple[list[int], dict[int, int]]:
+        """The topic's partitions, and the end offset of each one that holds records."""
+        partitions = sorted(consumer.list_topics(self.topic, timeout=5)
+                            .topics[self.topic].partitions)
+        ends: dict[int, int] = {}
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                       timeout=5)
+            if high > low:
+                ends[partition] = high
+        return partitions, ends
 
     def _run(self) -> None:
         assert self._consumer is not None
