@@ -119,7 +119,7 @@ class Coordinator:
     def federate(self, federation: str) -> Outcome:
         """One federation: rounds, evaluation, gate and release."""
         started = time.monotonic()
-        inbox = Inbox(self.settings, self.allow)
+        inbox = Inbox(self.settings, self.allow, self.stop)
         try:
             with self.tracer.start_as_current_span("federation", attributes={
                     "lepton.federation": federation}):

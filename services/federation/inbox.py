@@ -22,7 +22,7 @@ from confluent_kafka import TopicPartition
 from shared.allowlist import AllowList
 from shared.config import LeptonSettings
 from shared.federation import Arrays, FederationMessageError, SiteUpdate, decode
-from shared.kafka import make_consumer
+from shared.kafka import make_consumer, wait_for_kafka
 from shared.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Inbox:
 
     settings: LeptonSettings
     allow: AllowList
+    stop: threading.Event | None = None  # with it, an unreachable broker is waited for
     dropped: list[dict[str, Any]] = field(default_factory=list)
     bytes_in: int = 0
 
@@ -51,9 +52,14 @@ class Inbox:
         topic = Topics(self.settings.topic_prefix).federation_updates
         self.consumer = make_consumer(self.settings, f"lepton-federation-{topic}",
                                       **{"log_level": 3, "fetch.wait.max.ms": 50})
+        self.consumer.assign(wait_for_kafka(lambda: self._ends(topic), self.stop,
+                                            "the federation's answers"))
+
+    def _ends(self, topic: str) -> list[TopicPartition]:
+        """Each of `topic`'s partitions at its high watermark."""
         partitions = self.consumer.list_topics(topic, timeout=15).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, self.consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=15, cached=False)[1]) for p in partitions])
+        return [TopicPartition(topic, p, self.consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=15, cached=False)[1]) for p in partitions]
 
     def _drop(self, reason: str, update: SiteUpdate | None = None, **extra: Any) -> None:
         entry = {"reason": reason, "at": round(time.time(), 3), **extra}

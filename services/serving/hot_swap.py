@@ -29,7 +29,7 @@ from shared.topics import Topics
 from shared.tracing import get_tracer, process_span
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Message
+    from confluent_kafka import Consumer, Message, TopicPartition
 
     from services.serving.config import ServingSettings
     from services.serving.control import RolloutControl
@@ -64,28 +64,31 @@ class AnnouncementWatcher:
         self._thread.join(timeout)
 
     def _consumer(self) -> Consumer:
-        from confluent_kafka import TopicPartition
-
-        from shared.kafka import make_consumer
+        from shared.kafka import make_consumer, wait_for_kafka
 
         consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
                                  f"{uuid.uuid4().hex[:8]}", log_level=3,
                                  **{"fetch.wait.max.ms": 50})
         while not self.stop.is_set():
-            info = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if info is not None and info.error is None and info.partitions:
+            positions = wait_for_kafka(lambda: self._ends(consumer), self.stop,
+                                       "the hot-swap watcher")
+            if positions:
+                consumer.assign(positions)
                 break
             log.info("waiting for topic %s", self.topic)
             self.stop.wait(1.0)
-        else:
-            return consumer
-        positions = []
-        for partition in sorted(info.partitions):
-            _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                     timeout=10)
-            positions.append(TopicPartition(self.topic, partition, high))
-        consumer.assign(positions)
         return consumer
+
+    def _ends(self, consumer: Consumer) -> list[TopicPartition]:
+        """Each partition of the announcements topic at its high watermark (none while the
+        topic does not exist yet)."""
+        from confluent_kafka import TopicPartition
+
+        info = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if info is None or info.error is not None or not info.partitions:
+            return []
+        return [TopicPartition(self.topic, p, consumer.get_watermark_offsets(
+            TopicPartition(self.topic, p), timeout=10)[1]) for p in sorted(info.partitions)]
 
     def _run(self) -> None:
         consumer = None
@@ -100,7 +103,8 @@ class AnnouncementWatcher:
                 if message is not None and message.error() is None:
                     self.handle(message)
         except Exception:
-            log.exception("hot-swap watcher stopped on an error")
+            if not self.stop.is_set():  # stopped while waiting for Kafka: nothing went wrong
+                log.exception("hot-swap watcher stopped on an error")
         finally:
             self.positioned.set()
             self.initial_loaded.set()

@@ -36,7 +36,7 @@ from shared.federation import (
     decode,
     encode,
 )
-from shared.kafka import DeliveryTimeout, deliver, make_consumer, make_producer
+from shared.kafka import DeliveryTimeout, deliver, make_consumer, make_producer, wait_for_kafka
 from shared.principals import Principal, public_keys_dir
 from shared.readiness import clear_ready, mark_ready
 from shared.topics import Topics
@@ -74,7 +74,9 @@ class FederatedSite:
     def run(self) -> int:
         """Answer round tasks until stopped; 0 on a clean stop."""
         topic = self.topics.federation_rounds
-        partitions = self.consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        partitions = wait_for_kafka(
+            lambda: self.consumer.list_topics(topic, timeout=15).topics[topic].partitions,
+            self.stop, "the federation's round tasks")
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         mark_ready(self.settings, "trainer")
         log.info("site %s follows %s", self.site, topic)

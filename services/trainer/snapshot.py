@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
 from services.trainer.lineage import CycleLineage, merge
 from shared.config import LeptonSettings
 from shared.datasets.spec import DatasetSpec
 from shared.governed_mac import GovernedMac
-from shared.kafka import make_consumer
+from shared.kafka import make_consumer, wait_for_kafka
 from shared.topics import Topics
 
 CHUNK = 2000
@@ -53,6 +53,13 @@ class Snapshot:
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
 
 
+def _high_watermarks(consumer: Consumer, topic: str) -> dict[int, int]:
+    """The high watermark of each of `topic`'s partitions."""
+    partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+                                              cached=False)[1] for p in partitions}
+
+
 def read_snapshot(settings: LeptonSettings, spec: DatasetSpec, group: str, val_percent: int, *,
                   ends: Mapping[int, int] | None = None, subjects: set[str] | None = None,
                   stop: threading.Event | None = None, timeout_s: float = 120.0) -> Snapshot:
@@ -61,10 +68,9 @@ def read_snapshot(settings: LeptonSettings, spec: DatasetSpec, group: str, val_p
     topic = Topics(settings.topic_prefix).governed
     consumer = make_consumer(settings, group, **{"log_level": 3, "fetch.wait.max.ms": 50})
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
         if ends is None:
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
-                                                      cached=False)[1] for p in partitions}
+            ends = wait_for_kafka(lambda: _high_watermarks(consumer, topic), stop,
+                                  "the snapshot's end offsets")
         target = {int(p): int(o) for p, o in ends.items() if int(o) > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in target])
         messages: list[Any] = []
