@@ -6,11 +6,11 @@ candidate and the live model); a site's answer carries its clipped model update 
 count, or histograms of its held-out scores per label (and per sensitive group), never a row.
 With secure aggregation (shared/secagg.py) a `keys` task (round 0) asks for each site's X25519
 public key, `fit` tasks carry the round's `agreement_keys`, a site's fit answer carries its
-masked fixed-point update (uint64) instead of the clipped one and its self seed's shares sealed
-to each peer, and each round's `unmask` task forwards those shares to their recipients and asks
-its survivors for their own self-mask seed, their pairwise seeds with the `dropped` sites only,
-and the opened shares of the other survivors' self seeds (which rebuild the seed of a survivor
-lost before it answers).
+masked fixed-point update (uint64) instead of the clipped one and shares of its self seed and
+pairwise seeds sealed to each peer, and each round's `unmask` task forwards those shares to
+their recipients and asks its survivors for their own self-mask seed, their pairwise seeds with
+the `dropped` sites only, and the opened shares of the other survivors' self seeds and of their
+seeds with the dropped sites (which rebuild the seeds of a survivor lost before it answers).
 
 Each message is one safetensors file (tensors as NumPy arrays, never pickle) whose metadata
 holds the message's fields as sorted-key JSON; the Kafka headers carry an Ed25519 signature over
@@ -85,7 +85,7 @@ class RoundTask(_Message):
                                       "the round's selected sites whose masks survivors reveal.")
     sealed_shares: dict[Name, dict[Name, str]] = Field(
         default_factory=dict, max_length=10_000, description="unmask: for each survivor, the "
-        "self-seed shares the other survivors' fit answers sealed to it (sender → share).")
+        "bundles of shares the other survivors' fit answers sealed to it (sender → bundle).")
 
 
 class SiteUpdate(_Message):
@@ -107,10 +107,13 @@ class SiteUpdate(_Message):
     self_seed: str = Field(default="", max_length=100, description=(
         "unmask: this site's self-mask seed of the round (base64); it survived the round."))
     sealed_shares: dict[Name, str] = Field(default_factory=dict, max_length=10_000, description=(
-        "fit (secure aggregation): a Shamir share of this round's self seed for each peer, "
-        "sealed to that peer (base64)."))
+        "fit (secure aggregation): for each peer, a Shamir share of this round's self seed "
+        "and of each pairwise seed, sealed to that peer (base64)."))
     shares: dict[Name, str] = Field(default_factory=dict, max_length=10_000, description=(
         "unmask: the opened share (base64) of each other survivor's self seed."))
+    pair_shares: dict[Name, dict[Name, str]] = Field(
+        default_factory=dict, max_length=10_000, description="unmask: for each other "
+        "survivor, the opened shares (base64) of its pairwise seed with each dropped site.")
 
 
 class FederationMessageError(ValueError):

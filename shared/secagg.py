@@ -1,9 +1,9 @@
 """Double masking for a federation's secure aggregation (Bonawitz et al. 2017): the math both
 the sites (services/trainer/site_secure.py) and the coordinator (services/federation/secure.py)
 run. A survivor reveals its own self seed in the round's unmask step; a site lost between its
-masked update and the unmask has its self seed rebuilt from the Shamir shares it sealed to its
-peers (a majority of the round's sites); a site dropped before its update never has its self
-seed revealed.
+masked update and the unmask has its self seed, and its pairwise seeds with the sites that
+dropped before their updates, rebuilt from the Shamir shares it sealed to its peers (a majority
+of the round's sites); a site dropped before its update never has its self seed revealed.
 
 Consumes a site's X25519 key pair and its peers' raw public keys, the federation id and round,
 and a clipped float update with its sample count. Produces: the pairwise seed of two sites
@@ -11,11 +11,12 @@ and a clipped float update with its sample count. Produces: the pairwise seed of
 names; the same at either end), the fixed-point update (value x count x 2^FRACTION_BITS as
 int64, read as uint64), the masked update (plus PRG(self seed), a fresh random seed per round,
 and for every peer j, +PRG(seed) if the site sorts before j, else -PRG(seed), all mod 2^64;
-PRG = the ChaCha20 keystream read as uint64), the self seed's Shamir shares (pycryptodome,
-GF(2^128), one polynomial per 16-byte half) each sealed to one peer (AES-GCM under another
-HKDF key of the pair, bound to sender and recipient), and back on the coordinator's side the
-self seeds rebuilt from opened shares, the survivors' self masks and the dropped peers'
-pairwise masks removed from a sum, and the sum in floats.
+PRG = the ChaCha20 keystream read as uint64), Shamir shares (pycryptodome, GF(2^128), one
+polynomial per 16-byte half) of the self seed and of each pairwise seed, bundled per peer and
+each bundle sealed to its peer (AES-GCM under another HKDF key of the pair, bound to sender and
+recipient), and back on the coordinator's side the seeds rebuilt from opened shares, the
+survivors' self masks and the dropped peers' pairwise masks removed from a sum, and the sum in
+floats.
 """
 
 from __future__ import annotations
@@ -126,6 +127,35 @@ def split_seed(seed: bytes, sites: Sequence[str], own: str) -> dict[str, bytes]:
             if site != own}
 
 
+def bundle_shares(self_seed: bytes, pair_seeds: Mapping[str, bytes], sites: Sequence[str],
+                  own: str) -> dict[str, bytes]:
+    """For each other site of the round, its share of `own`'s self seed followed by its share
+    of each of `own`'s pairwise seeds (peers in name order): a lost survivor's pairwise seeds
+    with a site that dropped before its update are rebuilt from these, as its self seed is."""
+    peers = sorted(set(sites) - {own})
+    if sorted(pair_seeds) != peers:
+        raise MaskingError("a pairwise seed is shared for each of the round's other sites")
+    splits = [split_seed(self_seed, sites, own)] + [
+        split_seed(pair_seeds[peer], sites, own) for peer in peers]
+    return {to: b"".join(split[to] for split in splits) for to in peers}
+
+
+def bundle_bytes(sites: int) -> int:
+    """The length of one recipient's bundle of shares in a round of `sites` sites."""
+    return SHARE_BYTES * sites
+
+
+def unbundle(bundle: bytes, sites: Sequence[str], sender: str) -> tuple[bytes, dict[str, bytes]]:
+    """A bundle `sender` made: its share of the self seed, and of the pairwise seed with each
+    other site (MaskingError when its length does not fit the round)."""
+    peers = sorted(set(sites) - {sender})
+    if len(bundle) != bundle_bytes(len(peers) + 1):
+        raise MaskingError(f"a bundle of {len(bundle)} bytes from {sender} does not fit a "
+                           f"round of {len(peers) + 1} sites")
+    parts = [bundle[i:i + SHARE_BYTES] for i in range(0, len(bundle), SHARE_BYTES)]
+    return parts[0], dict(zip(peers, parts[1:], strict=True))
+
+
 def combine_seed(shares: Iterable[bytes], sites: int) -> bytes:
     """The self seed rebuilt from at least `threshold(sites)` of its shares (MaskingError with
     fewer, or with malformed or repeated ones; a wrong share gives a wrong seed, which the
@@ -149,18 +179,19 @@ def _share_key(secret: bytes, federation: str, round_: int, sender: str, recipie
 
 def seal_share(key: X25519PrivateKey, own: str, peer: str, peer_public: str, federation: str,
                round_: int, share: bytes) -> str:
-    """`share` sealed from `own` to `peer` (AES-GCM, random nonce), base64: only `peer` opens
-    it; the coordinator forwards it."""
+    """`share` (or a bundle of shares) sealed from `own` to `peer` (AES-GCM, random nonce),
+    base64: only `peer` opens it; the coordinator forwards it."""
     aead = _share_key(_agree(key, peer, peer_public), federation, round_, own, peer)
     nonce = secrets.token_bytes(NONCE_BYTES)
     return base64.b64encode(nonce + aead.encrypt(nonce, share, None)).decode()
 
 
 def open_share(key: X25519PrivateKey, own: str, sender: str, sender_public: str,
-               federation: str, round_: int, sealed: str) -> bytes:
-    """The share `sender` sealed to `own` (MaskingError when it does not open)."""
+               federation: str, round_: int, sealed: str, size: int = SHARE_BYTES) -> bytes:
+    """The `size` bytes (a share, or a bundle of them) `sender` sealed to `own` (MaskingError
+    when they do not open)."""
     aead = _share_key(_agree(key, sender, sender_public), federation, round_, sender, own)
-    raw = from_text(sealed, NONCE_BYTES + SHARE_BYTES + 16)
+    raw = from_text(sealed, NONCE_BYTES + size + 16)
     try:
         return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], None)
     except InvalidTag:

@@ -1,25 +1,24 @@
-"""The coordinator's side of secure aggregation (LEPTON_FEDERATION_SECURE_AGGREGATION; the
-masking math is shared/secagg.py): the key exchange before round 1, and each round's sum of
-double-masked updates, with the survivors' self masks and the dropped sites' pairwise masks
-removed from seeds the survivors reveal.
+"""The coordinator's side of secure aggregation (LEPTON_FEDERATION_SECURE_AGGREGATION; the masking
+math is shared/secagg.py): the key exchange before round 1, and each round's sum of double-masked
+updates, with the survivors' self masks and the dropped sites' pairwise masks removed from seeds
+the survivors reveal or rebuild.
 
 Consumes the sites' `keys` answers (round 0: each site's X25519 public key, inside its signed
-SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus a self
-mask and pairwise masks, and the self seed's Shamir shares sealed to each peer) and their
-`unmask` answers (the survivor's own self-mask seed, its seeds with the dropped sites only, and
-the shares it opened of the other survivors' self seeds); produces `keys` and `unmask` tasks on
-`federation.rounds` (an unmask task forwards each sealed share to its recipient) and the
-round's sample-weighted average plus the server's Gaussian noise exactly as aggregate.fedavg
-adds it. It never holds one site's update, only the sum of at least two: a dropped site's self
-seed is never asked for, nor are shares of it, so its masked update stays masked even if it is
-read after the unmask. A survivor lost before it answers the unmask has its self seed rebuilt
-from a majority's shares (secagg.threshold), when no site dropped before its update (its
-pairwise seeds with that site would be needed too; Bonawitz rebuilds them from shares of the
-agreement key, which is not implemented). A round is refused (no aggregate; the caller records
-it and keeps the weights) when fewer than two sites' masked updates came, a self seed can be
-neither revealed nor rebuilt, a survivor's seeds with a dropped site are missing, or the
-unmasked sum is longer than the sites' clip bound allows (a wrong seed or share, or an
-unclipped update). It cannot clip a single update (it never sees one): it relies on the sites'.
+SiteUpdate), their masked fit answers (uint64 fixed-point value x sample count, plus a self mask
+and pairwise masks, and Shamir shares of the self seed and pairwise seeds sealed to each peer) and
+their `unmask` answers (the survivor's own self-mask seed, its seeds with the dropped sites only,
+and the shares it opened of the other survivors' self seeds and of their seeds with the dropped
+sites); produces `keys` and `unmask` tasks on `federation.rounds` (an unmask task forwards each
+sealed share to its recipient) and the round's sample-weighted average plus the server's Gaussian
+noise exactly as aggregate.fedavg adds it. It never holds one site's update, only the sum of at
+least two: a dropped site's self seed is never asked for, nor are shares of it, so its masked
+update stays masked even if it is read after the unmask. A survivor lost before it answers the
+unmask has its self seed, and its pairwise seeds with the sites that dropped before their updates,
+rebuilt from a majority's shares (secagg.threshold). A round is refused (no aggregate; the caller
+records it and keeps the weights) when fewer than two sites' masked updates came, a lost survivor's
+seeds cannot be rebuilt (fewer than a majority's shares), or the unmasked sum is longer than the
+sites' clip bound allows (a wrong seed or share, or an unclipped update). It cannot clip a single
+update (it never sees one): it relies on the sites'.
 """
 
 from __future__ import annotations
@@ -114,6 +113,29 @@ def _share(text: str) -> list[bytes]:
         return []
 
 
+def rebuilt_seeds(lost: Mapping[str, str], revealed: list[SiteUpdate], dropped: list[str],
+                  sites: int) -> tuple[list[bytes], list[tuple[str, str, bytes]]]:
+    """The self seeds of the survivors that revealed nothing (`lost`, with why: their updates
+    are in the sum) and their (survivor, dropped site, seed) triples, rebuilt from the shares
+    the `revealed` answers opened; MaskingError naming the site when fewer than a majority of
+    the round's `sites` opened them."""
+    self_seeds: list[bytes] = []
+    recovered: list[tuple[str, str, bytes]] = []
+    for site, why in sorted(lost.items()):
+        try:
+            self_seeds.append(combine_seed(
+                [raw for update in revealed for raw in _share(update.shares.get(site, ""))],
+                sites))
+            recovered += [(site, gone, combine_seed(
+                [raw for update in revealed
+                 for raw in _share(update.pair_shares.get(site, {}).get(gone, ""))], sites))
+                for gone in dropped]
+        except MaskingError as error:
+            raise MaskingError(f"{site} did not reveal its seeds ({why}) and they cannot be "
+                               f"rebuilt: {error}") from None
+    return self_seeds, recovered
+
+
 @dataclass
 class SecureRounds:
     """Key agreement and masked aggregation for one federation."""
@@ -204,17 +226,7 @@ class SecureRounds:
                                      deadline, self.stop, frozenset({"unmask", "declined"}))
         record["bytes_unmask"] = sent + sum(a.size for a in answers.values())
         self_seeds, recovered, revealed, lost = _revealed(answers, survivors, dropped)
-        if lost and dropped:
-            raise MaskingError(f"{sorted(lost)} did not reveal their seeds with {dropped}: "
-                               f"{lost}")
-        for site, why in sorted(lost.items()):  # its update is in the sum: rebuild its seed
-            shares = [raw for update in revealed if site in update.shares
-                      for raw in _share(update.shares[site])]
-            try:
-                self_seeds.append(combine_seed(shares, len(selected)))
-            except MaskingError as error:
-                raise MaskingError(f"{site} did not reveal its self seed ({why}) and it "
-                                   f"cannot be rebuilt: {error}") from None
+        own, pairs = rebuilt_seeds(lost, revealed, dropped, len(selected))
         if lost:
             record["rebuilt"] = sorted(lost)
-        return self_seeds, recovered
+        return self_seeds + own, recovered + pairs

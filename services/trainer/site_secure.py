@@ -4,10 +4,11 @@ it is revealed as below), its masked updates, and its pairwise seeds with droppe
 
 Consumes `keys`, `fit` (with `agreement_keys`) and `unmask` round tasks; produces a `keys`
 answer (the raw public key), the masked fixed-point update of a fit answer in place of the
-clipped floats (the sample count stays in clear, the update's norm is not sent) with its self
-seed's Shamir shares sealed to each peer, and an `unmask` answer with its self-mask seed of the
-round, the seeds it shares with each dropped site, and the shares it opened of the other
-survivors' self seeds, only when the survivors and dropped sites the task names are exactly
+clipped floats (the sample count stays in clear, the update's norm is not sent) with Shamir
+shares of its self seed and of its pairwise seeds sealed to each peer, and an `unmask` answer
+with its self-mask seed of the round, the seeds it shares with each dropped site, and the shares
+it opened of the other survivors' self seeds and of their pairwise seeds with the dropped sites
+(never with each other), only when the survivors and dropped sites the task names are exactly
 that round's selected sites (with the same keys), at least two survive and it is one of them
 (once per round: site.py answers each task once).
 """
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from shared.federation import Arrays, RoundTask, SiteUpdate
 from shared.secagg import (
     MaskingError,
+    bundle_bytes,
+    bundle_shares,
     mask,
     new_key,
     new_seed,
@@ -30,7 +33,7 @@ from shared.secagg import (
     quantize,
     seal_share,
     seed_text,
-    split_seed,
+    unbundle,
 )
 
 KEPT_FEDERATIONS = 4
@@ -80,23 +83,25 @@ class SiteMasking:
     def mask(self, task: RoundTask, update: SiteUpdate, tensors: Arrays
              ) -> tuple[SiteUpdate, Arrays]:
         """The fit answer with its clipped update replaced by the masked fixed-point one, and
-        its self seed's shares sealed to each peer."""
+        shares of its self seed and pairwise seeds sealed to each peer."""
         self.require(task)
         peers = tuple(s for s in task.sites if s != self.site)
         words = quantize(tensors, update.num_examples, len(task.sites))
         self_seed = new_seed()
-        masked = mask(words, self.site, self.seeds(task, peers), self_seed)
+        seeds = self.seeds(task, peers)
+        masked = mask(words, self.site, seeds, self_seed)
         key = self.keys[task.federation]
         sealed = {peer: seal_share(key, self.site, peer, task.agreement_keys[peer],
-                                   task.federation, task.round, share)
-                  for peer, share in split_seed(self_seed, task.sites, self.site).items()}
+                                   task.federation, task.round, bundle) for peer, bundle in
+                  bundle_shares(self_seed, seeds, task.sites, self.site).items()}
         self.masked[(task.federation, task.round)] = (dict(task.agreement_keys), self_seed)
         return update.model_copy(update={"update_norm": None, "sealed_shares": sealed}), dict(
             masked)
 
     def unmask(self, task: RoundTask) -> SiteUpdate:
         """This site's self-mask seed, the seeds shared with the round's dropped sites and the
-        opened shares of the other survivors' self seeds (ValueError if the task is not
+        opened shares of the other survivors' self seeds and of their seeds with the dropped
+        sites (ValueError if the task is not
         consistent with the round this site masked, or a share does not open)."""
         self.require(task)
         masked = self.masked.get((task.federation, task.round))
@@ -113,11 +118,17 @@ class SiteMasking:
             raise ValueError("unmask: the task does not carry a share from every other survivor")
         key = self.keys[task.federation]
         try:
-            shares = {peer: open_share(key, self.site, peer, selected[peer], task.federation,
-                                       task.round, text) for peer, text in sealed.items()}
+            bundles = {peer: unbundle(open_share(
+                key, self.site, peer, selected[peer], task.federation, task.round, text,
+                bundle_bytes(len(selected))), tuple(selected), peer)
+                for peer, text in sealed.items()}
         except MaskingError as error:
             raise ValueError(f"unmask: {error}") from None
-        return SiteUpdate(federation=task.federation, round=task.round, site=self.site,
-                          kind="unmask", num_examples=0, self_seed=seed_text(self_seed),
-                          seeds={peer: seed_text(seed) for peer, seed in seeds.items()},
-                          shares={peer: seed_text(share) for peer, share in shares.items()})
+        # shares of a peer's pairwise seeds only with the dropped sites, never between survivors
+        return SiteUpdate(
+            federation=task.federation, round=task.round, site=self.site, kind="unmask",
+            num_examples=0, self_seed=seed_text(self_seed),
+            seeds={peer: seed_text(seed) for peer, seed in seeds.items()},
+            shares={peer: seed_text(own) for peer, (own, _) in bundles.items()},
+            pair_shares={peer: {gone: seed_text(pairs[gone]) for gone in sorted(dropped)}
+                         for peer, (_, pairs) in bundles.items() if dropped})

@@ -6,7 +6,10 @@ quantization error, and the dropped site's masked update, read late, stays maske
 mask; one masked update looks uniform and uncorrelated with the plain one; seeds are symmetric
 and differ per round and federation; fewer than two survivors, a sum longer than the clip bound
 allows (a seed left out or wrong, an unclipped update) and an unusable key are refused; a site
-reveals seeds only for a round it masked, with exactly that round's sites."""
+reveals seeds only for a round it masked, with exactly that round's sites; a survivor lost
+before the unmask in a round where another site dropped before its update has its self seed and
+its pairwise seed with the dropped site rebuilt from a majority's shares (five sites), and the
+others open shares of pairwise seeds with dropped sites only."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 
 from services.federation.aggregate import fedavg
-from services.federation.secure import unmasked_average
+from services.federation.secure import rebuilt_seeds, unmasked_average
 from services.trainer.site_secure import SiteMasking
 from shared.federation import RoundTask, SiteUpdate
 from shared.secagg import (
@@ -320,3 +323,41 @@ def test_a_survivor_lost_before_the_unmask_is_unmasked_from_its_shares() -> None
     # one share alone rebuilds nothing
     with pytest.raises(MaskingError, match="2 are needed"):
         combine_seed([from_text(answers["site-a"].shares["site-c"], 36)], 3)
+
+
+def test_a_survivor_lost_in_a_round_with_a_dropped_site_is_unmasked_from_its_shares() -> None:
+    names = ("site-a", "site-b", "site-c", "site-d", "site-e")
+    sites = {n: SiteMasking(n) for n in names}
+    keys = {n: m.announce(_task("keys", 0, names, {})).agreement_key for n, m in sites.items()}
+    fit = _task("fit", 1, names, keys)
+    updates = {n: _update(40 + i) for i, n in enumerate(names)}
+    counts = {"site-a": 50, "site-b": 80, "site-c": 120, "site-d": 70}
+    total, sealed = None, {}
+    for name in counts:  # site-e drops before its update
+        answer = SiteUpdate(federation="fed-1", round=1, site=name, kind="fit",
+                            num_examples=counts[name], update_norm=0.5)
+        sent, tensors = sites[name].mask(fit, answer, updates[name])
+        sealed[name] = sent.sealed_shares
+        total = add(total, tensors)
+    assert total is not None
+    # site-d's update is in the sum, but it never answers the unmask
+    unmask = _task("unmask", 1, tuple(counts), keys, ("site-e",), sealed)
+    answers = {n: sites[n].unmask(unmask) for n in ("site-a", "site-b", "site-c")}
+    # shares of pairwise seeds only with the dropped site, never between two survivors
+    assert {n: {p: sorted(s) for p, s in a.pair_shares.items()} for n, a in answers.items()} == {
+        n: {p: ["site-e"] for p in counts if p != n} for n in answers}
+    own, pairs = rebuilt_seeds({"site-d": "no answer in time"}, list(answers.values()),
+                               ["site-e"], len(names))
+    assert [(survivor, gone) for survivor, gone, _ in pairs] == [("site-d", "site-e")]
+    revealed = [from_text(a.self_seed) for a in answers.values()]
+    recovered = [(n, "site-e", from_text(a.seeds["site-e"])) for n, a in answers.items()]
+    average, _ = unmasked_average(total, counts, revealed + own, recovered + pairs, 1.0, 0.0)
+    expected, _ = fedavg([(updates[n], counts[n]) for n in counts], 1.0, 0.0)
+    assert all(np.allclose(average[k], expected[k], atol=1e-6) for k in SHAPES)
+    # without site-d's pairwise seed with site-e the sum stays masked: refused, not wrong
+    with pytest.raises(MaskingError, match="clip bound"):
+        unmasked_average(total, counts, revealed + own, recovered, 1.0, 0.0)
+    # two answers hold two shares where a majority of five sites (three) is needed
+    with pytest.raises(MaskingError, match="site-d did not reveal its seeds"):
+        rebuilt_seeds({"site-d": "lost"}, [answers["site-a"], answers["site-b"]], ["site-e"],
+                      len(names))
