@@ -117,7 +117,8 @@ def _federation(bootstrap: str, folder: Path, sites: int, rounds: int, redis_url
     assert card is not None, outcome.reason
     seconds = [r["seconds"] for r in card.lineage["federation"]["rounds"]]
     return {"sites": sites, "secure": secure, "status": card.status, "first": seconds[0],
-            "steady": 60 * (len(seconds) - 1) / sum(seconds[1:]), "total": total,
+            "steady": 60 * (len(seconds) - 1) / sum(seconds[1:]) if seconds[1:] else None,
+            "total": total,
             "bytes": card.training["bytes_per_round"][-1],
             "key_bytes": card.training["key_exchange_bytes"], "auc": card.metrics.get("roc_auc"),
             "epsilon": card.epsilon}
@@ -195,7 +196,8 @@ def main() -> None:
     for row in rows:
         kind = "secure (masked)" if row["secure"] else "plain"
         keys = f"{row['key_bytes']:,}" if row["secure"] else "—"
-        print(f"| {row['sites']} | {kind} | {row['first']:.2f} | {row['steady']:.1f} | "
+        steady = "—" if row["steady"] is None else f"{row['steady']:.1f}"  # one round only
+        print(f"| {row['sites']} | {kind} | {row['first']:.2f} | {steady} | "
               f"{row['bytes']:,} | {keys} | {row['auc']:.4f} | "
               f"{row['epsilon']:.3f} | {row['total']:.1f} |")
     print(f"\nTuning: `run_tune` on breast_cancer, {args.trials} trials: wall "
