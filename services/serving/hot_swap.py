@@ -8,7 +8,10 @@ when the announcement itself was genuine, recorded; the live one keeps serving.
 
 Startup order matters: the consumer is positioned at the current end BEFORE the registry's
 live versions are loaded, so an announcement racing the startup is seen (and applying it
-twice is harmless: announcements are idempotent desired states)."""
+twice is harmless: announcements are idempotent desired states). When Kafka does not answer
+at startup (down, frozen, partitioned) or the topic does not exist yet, the registry's live
+versions are loaded at once, so predictions do not wait for Kafka, and loaded again once the
+consumer is positioned."""
 
 from __future__ import annotations
 
@@ -63,21 +66,32 @@ class AnnouncementWatcher:
         """Wait for the thread to finish after `stop` is set."""
         self._thread.join(timeout)
 
-    def _consumer(self) -> Consumer:
-        from shared.kafka import make_consumer, wait_for_kafka
+    def _position(self, consumer: Consumer, wait: bool) -> bool:
+        """Assign `consumer` at the announcements' current end. Without `wait`, one attempt:
+        False when Kafka does not answer or the topic does not exist yet; with it, until done
+        or stopped."""
+        from confluent_kafka import KafkaException
 
-        consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
-                                 f"{uuid.uuid4().hex[:8]}", log_level=3,
-                                 **{"fetch.wait.max.ms": 50})
+        from shared.kafka import wait_for_kafka
+
         while not self.stop.is_set():
-            positions = wait_for_kafka(lambda: self._ends(consumer), self.stop,
-                                       "the hot-swap watcher")
+            try:
+                positions = wait_for_kafka(lambda: self._ends(consumer),
+                                           self.stop if wait else None, "the hot-swap watcher")
+            except KafkaException as error:
+                if wait:
+                    raise
+                log.warning("Kafka does not answer (%s): serving the registry's live versions "
+                            "until it does", error)
+                return False
             if positions:
                 consumer.assign(positions)
-                break
+                return True
+            if not wait:
+                return False
             log.info("waiting for topic %s", self.topic)
             self.stop.wait(1.0)
-        return consumer
+        return False
 
     def _ends(self, consumer: Consumer) -> list[TopicPartition]:
         """Each partition of the announcements topic at its high watermark (none while the
@@ -91,10 +105,20 @@ class AnnouncementWatcher:
             TopicPartition(self.topic, p), timeout=10)[1]) for p in sorted(info.partitions)]
 
     def _run(self) -> None:
+        from shared.kafka import make_consumer
+
         consumer = None
         try:
             self.gate.start_floor(self.fleet.fixed_names or self.fleet.loader.registry_models())
-            consumer = self._consumer()
+            consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
+                                     f"{uuid.uuid4().hex[:8]}", log_level=3,
+                                     **{"fetch.wait.max.ms": 50})
+            if not self._position(consumer, wait=False):
+                # answer from the registry now; once positioned, load its live versions again
+                # to catch up with releases announced meanwhile
+                self.fleet.load_initial()
+                self.initial_loaded.set()
+                self._position(consumer, wait=True)
             self.positioned.set()
             self.fleet.load_initial()
             self.initial_loaded.set()
