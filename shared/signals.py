@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 
+from shared.abandon import reset_on_exit
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -65,4 +67,5 @@ def _watch(read_fd: int, event: threading.Event, grace_s: float) -> None:
 
 def _exit(message: str, code: int) -> None:
     print(message, file=sys.stderr, flush=True)
+    reset_on_exit()  # what a frozen broker still buffers from this process is discarded
     os._exit(code)

@@ -18,6 +18,7 @@ from shared.tracing import note_kafka_server
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_MAX_S = 5.0
+TRANSACTION_LINGER_MS = 10_000  # longer than any batch: commit_transaction sends the records
 UNREACHABLE = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
                          KafkaError._ALL_BROKERS_DOWN})
 
@@ -67,7 +68,10 @@ def producer_config(
     """librdkafka settings for an idempotent (optionally transactional) producer."""
     config: dict[str, Any] = {
         **connection_config(settings),
-        "linger.ms": 5,
+        # transactional: a batch's records wait for commit_transaction, which sends them
+        # together; a broker that keeps no transaction state (the embedded one shows aborted
+        # records to read_committed readers) would otherwise apply those sent before a freeze
+        "linger.ms": TRANSACTION_LINGER_MS if transactional_id else 5,
         "compression.type": "lz4",
         "message.max.bytes": 2_000_000,
         "transaction.timeout.ms": 60_000,
@@ -82,6 +86,8 @@ def producer_config(
     else:
         config.pop("transaction.timeout.ms")
     config.update(overrides)
+    if transactional_id:  # librdkafka: linger.ms < message.timeout.ms = transaction.timeout.ms
+        config["linger.ms"] = min(config["linger.ms"], config["transaction.timeout.ms"] // 2)
     return config
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from shared.abandon import reset_on_exit
 from shared.config import LeptonSettings
 from shared.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from shared.positions import InputPositions
@@ -116,6 +117,8 @@ class TransactionalRuntime:
             return EXIT_UNFINISHED
         finally:
             clear_ready(s, stage.name)
+            if self.unfinished:  # the broker must not apply what it still buffers from us
+                reset_on_exit()
             self._close()
 
     def _loop(self) -> None:

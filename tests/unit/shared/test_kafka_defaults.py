@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException
 
 from shared.config import LeptonSettings
 from shared.kafka import consumer_config, ensure_topics, make_producer, producer_config
+from shared.kafka.clients import TRANSACTION_LINGER_MS
 from shared.lifecycle import parent_death
 from tests.helpers import free_port, waits_until_stopped
 
@@ -33,6 +34,15 @@ def test_extra_overrides_tunables_but_not_exactly_once_properties() -> None:
     assert producer["linger.ms"] == 50
     assert (producer["acks"], producer["enable.idempotence"]) == ("all", True)
     assert producer["transactional.id"] == "t"
+
+
+def test_a_transactional_producer_holds_records_until_its_commit() -> None:
+    settings = LeptonSettings(kafka_bootstrap="k:9092")
+    assert producer_config(settings)["linger.ms"] == 5
+    assert producer_config(settings, transactional_id="t")["linger.ms"] == TRANSACTION_LINGER_MS
+    # librdkafka refuses a linger not below the transaction timeout (its message timeout)
+    short = producer_config(settings, transactional_id="t", **{"transaction.timeout.ms": 4000})
+    assert short["linger.ms"] == 2000
 
 
 def test_default_join_wait_is_bounded_below_librdkafkas_five_minutes() -> None:
