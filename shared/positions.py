@@ -7,7 +7,8 @@ the outputs on any broker. This matters because
 the embedded broker (librdkafka's mock cluster) accepts `send_offsets_to_transaction` but does
 not store the offsets; on Apache Kafka both agree and the resume point is the larger of the two.
 On assignment the latest committed checkpoint of each partition is found by reading its
-checkpoint partition backwards in chunks (read_committed, so aborted checkpoints never count).
+checkpoint partition backwards in chunks (read_committed: on Apache Kafka aborted checkpoints
+never count; the embedded broker shows every record it received, see shared/abandon.py).
 `lepton topics create` gives the topic `cleanup.policy=compact` on a real cluster.
 """
 
