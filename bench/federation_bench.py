@@ -35,9 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from governed_events import publish_governed  # noqa: E402
-
 from shared.lifecycle import parent_death  # noqa: E402
+from tests.unit.trainer.governed import publish_governed  # noqa: E402
 
 ROWS_PER_SITE = 3000
 

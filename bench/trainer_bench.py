@@ -35,8 +35,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from governed_events import publish_governed
-
 from lepton.generators import generate
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
@@ -53,6 +51,7 @@ from shared.models.nets import architecture, build_model
 from shared.models.registry import Registry
 from shared.state import make_redis
 from shared.topics import Topics
+from tests.unit.trainer.governed import publish_governed
 
 
 def _broker(workdir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
