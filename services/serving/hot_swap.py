@@ -66,32 +66,21 @@ class AnnouncementWatcher:
         """Wait for the thread to finish after `stop` is set."""
         self._thread.join(timeout)
 
-    def _position(self, consumer: Consumer, wait: bool) -> bool:
-        """Assign `consumer` at the announcements' current end. Without `wait`, one attempt:
-        False when Kafka does not answer or the topic does not exist yet; with it, until done
-        or stopped."""
+    def _position(self, consumer: Consumer) -> bool:
+        """One attempt to assign `consumer` at the announcements' current end; False when
+        Kafka does not answer or the topic does not exist yet."""
         from confluent_kafka import KafkaException
 
-        from shared.kafka import wait_for_kafka
-
-        while not self.stop.is_set():
-            try:
-                positions = wait_for_kafka(lambda: self._ends(consumer),
-                                           self.stop if wait else None, "the hot-swap watcher")
-            except KafkaException as error:
-                if wait:
-                    raise
-                log.warning("Kafka does not answer (%s): serving the registry's live versions "
-                            "until it does", error)
-                return False
-            if positions:
-                consumer.assign(positions)
-                return True
-            if not wait:
-                return False
+        try:
+            positions = self._ends(consumer)
+        except KafkaException as error:
+            log.warning("%s: Kafka does not answer (%s)", self.topic, error)
+            return False
+        if not positions:
             log.info("waiting for topic %s", self.topic)
-            self.stop.wait(1.0)
-        return False
+            return False
+        consumer.assign(positions)
+        return True
 
     def _ends(self, consumer: Consumer) -> list[TopicPartition]:
         """Each partition of the announcements topic at its high watermark (none while the
@@ -113,12 +102,14 @@ class AnnouncementWatcher:
             consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
                                      f"{uuid.uuid4().hex[:8]}", log_level=3,
                                      **{"fetch.wait.max.ms": 50})
-            if not self._position(consumer, wait=False):
+            if not self._position(consumer):
                 # answer from the registry now; once positioned, load its live versions again
                 # to catch up with releases announced meanwhile
                 self.fleet.load_initial()
                 self.initial_loaded.set()
-                self._position(consumer, wait=True)
+                while not self._position(consumer):
+                    if self.stop.wait(1.0):
+                        return
             self.positioned.set()
             self.fleet.load_initial()
             self.initial_loaded.set()
@@ -127,8 +118,7 @@ class AnnouncementWatcher:
                 if message is not None and message.error() is None:
                     self.handle(message)
         except Exception:
-            if not self.stop.is_set():  # stopped while waiting for Kafka: nothing went wrong
-                log.exception("hot-swap watcher stopped on an error")
+            log.exception("hot-swap watcher stopped on an error")
         finally:
             self.positioned.set()
             self.initial_loaded.set()
