@@ -1,44 +1,49 @@
-"""reset_on_exit arms every connected TCP socket of the process to send a reset when it closes
-(real loopback sockets): the peer then reads ECONNRESET, not an orderly end of stream, and a
-listening socket is left alone."""
+"""reset_on_exit: a process that calls it before exiting resets its connections, so its peer
+reads ECONNRESET instead of an orderly end of stream; without the call the same exit closes the
+connection normally (real loopback sockets, a real child process)."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from shared.abandon import reset_on_exit
+from shared.lifecycle import parent_death
+
+CHILD = r"""
+import os, socket, sys
+connection = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+listener = socket.create_server(("127.0.0.1", 0))  # not connected: left alone
+if sys.argv[2] == "reset":
+    from shared.abandon import reset_on_exit
+    print(reset_on_exit(), flush=True)
+else:
+    print(0, flush=True)
+os._exit(1)
+"""
 
 
-def test_connected_sockets_reset_on_close_and_listeners_are_left_alone() -> None:
+def _exit_seen_by_peer(mode: str) -> tuple[int, bytes | None]:
+    """(sockets the child armed, what its peer reads after the child exits: None = reset)."""
     server = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(server.getsockname())
-    accepted, _ = server.accept()
     try:
-        assert reset_on_exit() >= 2  # both ends of the connection (and any other of ours)
-        client.close()
-        with pytest.raises(ConnectionResetError):
-            accepted.recv(10)
-        # the listener still accepts
-        again = socket.create_connection(server.getsockname())
-        second, _ = server.accept()
-        again.sendall(b"ok")
-        assert second.recv(10) == b"ok"
-        again.close()
-        second.close()
+        child = subprocess.run([sys.executable, "-c", CHILD, str(server.getsockname()[1]), mode],
+                               capture_output=True, text=True, timeout=60, check=False,
+                               preexec_fn=parent_death())
+        accepted, _ = server.accept()
+        with accepted:
+            try:
+                seen: bytes | None = accepted.recv(10)
+            except ConnectionResetError:
+                seen = None
+        return int(child.stdout.strip()), seen
     finally:
-        accepted.close()
         server.close()
 
 
-def test_an_orderly_close_without_it_ends_the_stream() -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(server.getsockname())
-    accepted, _ = server.accept()
-    try:
-        client.close()
-        assert accepted.recv(10) == b""
-    finally:
-        accepted.close()
-        server.close()
+@pytest.mark.parametrize(("mode", "armed", "seen"), [("reset", 1, None), ("plain", 0, b"")])
+def test_an_exit_after_reset_on_exit_resets_the_connections(mode: str, armed: int,
+                                                             seen: bytes | None) -> None:
+    assert _exit_seen_by_peer(mode) == (armed, seen)

@@ -63,7 +63,7 @@ def test_with_stop_a_start_waits_for_the_broker_and_a_stop_ends_the_wait() -> No
                                                               stop=stop))
 
 
-def test_with_stop_a_transactional_producerwaits_until_stopped() -> None:
+def test_with_stop_a_transactional_producer_waits_until_stopped() -> None:
     waits_until_stopped(lambda settings, stop: make_producer(
         settings, transactional_id="t-wait", stop=stop))
 
