@@ -1,6 +1,7 @@
-"""The trace of one consumed record in a batch stage: its `"process {topic}"` span when that
-span would be recorded, and the W3C headers its outputs carry, without SDK span objects when it
-would not (the issue's "tracing that costs nothing when not sampled"):
+"""The trace of one consumed record in a batch stage (its `"process {topic}"` span when that
+span would be recorded, and the W3C headers its outputs carry) and of one served request (its
+SERVER span), without SDK span objects when it would not be recorded (the issue's "tracing
+that costs nothing when not sampled"):
 
 - an unsampled parent under a sampler that follows its parent: its context is passed on;
 - no parent, under a sampler whose root decision depends on the trace id alone (the SDK's
@@ -19,9 +20,16 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 
 from shared.events import HeaderList
 from shared.tracing import (
@@ -78,7 +86,24 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
 def _unsampled_root(tracer: trace.Tracer, name: str) -> HeaderList | None:
     """The headers of a root span the sampler drops, decided without the SDK; None when the
     SDK must start the span (it then gets the trace id the decision was made with)."""
-    ids, sampler = getattr(tracer, "id_generator", None), getattr(tracer, "sampler", None)
+    dropped = _dropped_root(tracer, name, SpanKind.CONSUMER)
+    if dropped is None:
+        return None
+    trace_id, span_id, flags, state = dropped
+    if not _W3C_ONLY or state:
+        return context_headers(SpanContext(trace_id, span_id, is_remote=False,
+                                           trace_flags=TraceFlags(flags), trace_state=state))
+    return [("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}".encode())]
+
+
+def _dropped_root(tracer: trace.Tracer, name: str,
+                  kind: SpanKind) -> tuple[int, int, int, TraceState | None] | None:
+    """(trace id, span id, flags, trace state) of a root span the sampler drops, decided
+    without the SDK; None when the SDK must decide or start the span (a sampled root: the id
+    generator is primed with the trace id the decision was made with)."""
+    # an SDK tracer, or a module's proxy tracer: then the global provider's ids and sampler
+    source: object = tracer if hasattr(tracer, "id_generator") else trace.get_tracer_provider()
+    ids, sampler = getattr(source, "id_generator", None), getattr(source, "sampler", None)
     enabled = getattr(tracer, "_is_enabled", None)  # the SDK's per-tracer switch
     if not isinstance(ids, PrimedIds) or sampler is None or (enabled and not enabled()):
         return None
@@ -86,23 +111,41 @@ def _unsampled_root(tracer: trace.Tracer, name: str) -> HeaderList | None:
     if decides is None:
         description = sampler.get_description()
         decides = description.startswith(_BY_TRACE_ID) or description.startswith(
-            tuple(f"ParentBased{{root:{kind}" for kind in _BY_TRACE_ID))
+            tuple(f"ParentBased{{root:{root}" for root in _BY_TRACE_ID))
         _ROOT_DECIDES.clear()
         _ROOT_DECIDES[id(sampler)] = decides
     if not decides:
         return None
     trace_id = ids.generate_trace_id()
-    result = sampler.should_sample(Context(), trace_id, name, SpanKind.CONSUMER)
+    result = sampler.should_sample(Context(), trace_id, name, kind)
     if result.decision.is_recording():
         ids.prime(trace_id)
         return None
     flags = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
-    if not _W3C_ONLY or result.trace_state:
-        return context_headers(SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
-                                           trace_flags=TraceFlags(flags),
-                                           trace_state=result.trace_state))
-    return [("traceparent",
-             f"00-{trace_id:032x}-{ids.generate_span_id():016x}-{flags:02x}".encode())]
+    return trace_id, ids.generate_span_id(), flags, result.trace_state or None
+
+
+def server_span(tracer: trace.Tracer, name: str, carrier: dict[str, str],
+                attributes: dict[str, Any]) -> Span:
+    """A started SERVER span for a request whose W3C headers are `carrier`, not made current.
+    When the sampler would drop it (an unsampled parent it follows, or a root it rejects) it
+    is a NonRecordingSpan built without the SDK, carrying the parent's context or a fresh
+    one; the caller ends it either way."""
+    if "traceparent" in carrier:
+        parent = unsampled_parent(tracer, list(carrier.items()))
+        if parent is not None:
+            return NonRecordingSpan(parent)
+        context = propagate.extract(carrier)
+    else:
+        dropped = _dropped_root(tracer, name, SpanKind.SERVER)
+        if dropped is not None:
+            trace_id, span_id, flags, state = dropped
+            return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False,
+                                                trace_flags=TraceFlags(flags),
+                                                trace_state=state))
+        context = Context()
+    return tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes,
+                             record_exception=False, set_status_on_exception=False)
 
 
 def context_headers(context: SpanContext, span: Span | None = None) -> HeaderList:

@@ -23,6 +23,7 @@ from services.serving.gen import serving_pb2_grpc
 from services.serving.predictor import Call, Prediction, Predictor, Request
 from services.serving.router import Mode, ModelHost, Route
 from shared.events import Scalar
+from shared.record_trace import server_span
 from shared.tracing import get_tracer, traceparent
 
 SERVICE = "lepton.serving.v1.PredictionService"
@@ -76,9 +77,14 @@ def to_response(prediction: Prediction, explanation: Explanation | None = None) 
     return response
 
 
+def trace_carrier(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    """The call's W3C trace headers (traceparent, tracestate, baggage) from its metadata."""
+    return {k: v for k, v in context.invocation_metadata() or ()
+            if k in _TRACE_KEYS and isinstance(v, str)}
+
+
 def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
-    carrier = {k: v for k, v in context.invocation_metadata() or ()
-               if k in _TRACE_KEYS and isinstance(v, str)}
+    carrier = trace_carrier(context)
     return propagate.extract(carrier) if carrier else None
 
 
@@ -94,10 +100,10 @@ def _span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[
 
 @contextlib.contextmanager
 def _lean_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Span]:
-    """A server span that is not made current (cheaper; for the hot predict methods)."""
-    span = _tracer.start_span(f"{SERVICE}/{method}", context=_parent(context),
-                              kind=SpanKind.SERVER, attributes=_LEAN_ATTRIBUTES[method],
-                              record_exception=False, set_status_on_exception=False)
+    """A server span that is not made current and costs no SDK objects when the sampler drops
+    it (for the hot predict methods)."""
+    span = server_span(_tracer, f"{SERVICE}/{method}", trace_carrier(context),
+                       _LEAN_ATTRIBUTES[method])
     try:
         yield span
     finally:

@@ -18,8 +18,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from opentelemetry import propagate
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
@@ -34,6 +33,7 @@ from services.serving.http_models import InferRequest, PredictBody, records_of
 from services.serving.predictor import Call, Predictor
 from services.serving.predictor import Request as Scoring
 from services.serving.request_metrics import record_http
+from shared.record_trace import server_span
 from shared.tracing import get_tracer, traceparent
 
 _tracer = get_tracer(__name__)
@@ -58,10 +58,8 @@ def _span(request: Request, route: str) -> Iterator[Span]:
         if key in _TRACE_KEYS:
             carrier.setdefault(key.decode("latin-1"), value.decode("latin-1"))
     method = request.method
-    span = _tracer.start_span(f"{method} {route}", context=propagate.extract(carrier)
-                              if carrier else None, kind=SpanKind.SERVER,
-                              attributes={"http.request.method": method, "http.route": route},
-                              record_exception=False, set_status_on_exception=False)
+    span = server_span(_tracer, f"{method} {route}", carrier,
+                       {"http.request.method": method, "http.route": route})
     try:
         yield span
     finally:

@@ -22,8 +22,9 @@ from services.serving.errors import InvalidInput, ModelNotFound, ServingError
 from services.serving.fleet import Fleet
 from services.serving.gen import grpc_service_pb2 as pb
 from services.serving.gen import grpc_service_pb2_grpc
-from services.serving.grpc_api import _parent
+from services.serving.grpc_api import _parent, trace_carrier
 from services.serving.predictor import Call, Predictor
+from shared.record_trace import server_span
 from shared.tracing import get_tracer, traceparent
 
 SERVICE = "inference.GRPCInferenceService"
@@ -209,9 +210,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Score N rows given as columnar tensors, with one version."""
         # the hot path: a span started and ended here, not through _span's generator
-        span = _tracer.start_span(_INFER_SPAN, context=_parent(context), kind=SpanKind.SERVER,
-                                  attributes=_INFER_ATTRIBUTES, record_exception=False,
-                                  set_status_on_exception=False)
+        span = server_span(_tracer, _INFER_SPAN, trace_carrier(context), _INFER_ATTRIBUTES)
         try:
             call = Call.now("v2-grpc", traceparent(span.get_span_context()))
             try:

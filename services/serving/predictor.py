@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanContext
 
 from services.serving.batching import Batcher
@@ -29,7 +32,33 @@ from shared.service_record import count_work
 log = logging.getLogger(__name__)
 shadow_log = logging.getLogger("services.serving.shadow")
 _meter = metrics.get_meter("lepton.serving")
-_predictions = _meter.create_counter("lepton.serving.predictions", description="Scored records")
+
+
+class _Tally:
+    """Scored records per (model, version, route), reported as a cumulative observable
+    counter: a request adds to a dict under a lock instead of paying the SDK's per-call
+    `Counter.add` (≈ 7 µs with its attributes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, int, str]] = Counter()
+
+    def add(self, count: int, model: str, version: int, route: Route) -> None:
+        """Count `count` records scored by `model` v`version` on `route`."""
+        with self._lock:
+            self._counts[model, version, route.value] += count
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        """The totals so far (called by the metric readers)."""
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Observation(n, {"model": m, "version": v, "route": r})
+                for (m, v, r), n in counts]
+
+
+_predictions = _Tally()
+_meter.create_observable_counter("lepton.serving.predictions", [_predictions.observe],
+                                 description="Scored records")
 _shadow = _meter.create_counter("lepton.serving.shadow_predictions",
                                 description="Records also scored by a shadow candidate")
 
@@ -132,8 +161,7 @@ class Predictor:
         finally:
             model.release()
         prediction = self._prediction(request_id, model, score, route)
-        _predictions.add(1, {"model": model.name, "version": model.version,
-                             "route": route.value})
+        _predictions.add(1, model.name, model.version, route)
         count_work(1, key=f"{model.name}:{model.version}")
         self._log(request.call, model, prediction, record)
         if shadow is not None:
@@ -187,8 +215,7 @@ class Predictor:
                 cleaned[i] = record
                 self._log(requests[i].call, model, prediction, record)
             for route, count in Counter(route for _, _, route in items).items():
-                _predictions.add(count, {"model": model.name, "version": model.version,
-                                         "route": route.value})
+                _predictions.add(count, model.name, model.version, route)
                 count_work(count, key=f"{model.name}:{model.version}")
         for shadow, indexes in shadows.items():
             done = [i for i in indexes if isinstance(results[i], Prediction)]
@@ -221,8 +248,7 @@ class Predictor:
             [f"{request_id}.{i}" for i in range(len(cleaned))]
         predictions = [self._prediction(i, model, s, route)
                        for i, s in zip(ids, scores, strict=True)]
-        _predictions.add(len(predictions), {"model": model.name, "version": model.version,
-                                            "route": route.value})
+        _predictions.add(len(predictions), model.name, model.version, route)
         count_work(len(predictions), key=f"{model.name}:{model.version}")
         for prediction, record in zip(predictions, cleaned, strict=True):
             self._log(call, model, prediction, record)

@@ -146,7 +146,10 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
         assert not any(MODEL in key for key in counts)  # templates, never the raw path
         assert any(line.startswith("lepton_serving_request_duration_seconds_bucket{")
                    and 'le="0.005"' in line for line in scraped.splitlines())
-        assert "lepton_serving_predictions_total{" in scraped
+        scored = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                     if line.startswith("lepton_serving_predictions_total{")
+                     and f'model="{MODEL}"' in line and 'route="live"' in line)
+        assert scored == 6  # cli-1, the file's three, the explained one, one over HTTP
         unreadable = lepton("predict", "no-such-file.json", env=env, check=False)
         assert unreadable.returncode == 2
 

@@ -1,9 +1,11 @@
-"""record_trace through the real SDK: unsampled records (an unsampled parent, or a root the
-ratio sampler drops) get valid W3C headers and no SDK span; sampled ones get a real span whose
-context the headers carry, at the configured rate, with the trace id the decision was made on."""
+"""record_trace and server_span through the real SDK: unsampled records and requests (an
+unsampled parent, or a root the ratio sampler drops) get a valid W3C context and no SDK span;
+sampled ones get a real span carrying that context, at the configured rate, with the trace id
+the decision was made on."""
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -114,4 +116,52 @@ def test_an_unsampled_root_has_the_flags_the_sdk_would_give_it() -> None:
     assert span is None and not sdk.is_recording()
     assert dict(out)["traceparent"].decode().split("-")[3] == \
         f"{sdk.get_span_context().trace_flags:02x}"
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_server_span_the_sampler_drops_is_built_without_the_sdk() -> None:
+    from opentelemetry.trace import NonRecordingSpan, SpanKind
+
+    from shared.record_trace import server_span
+
+    provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.5)))
+    tracer = provider.get_tracer("t")
+    kept: list[int] = []
+    for _ in range(400):  # roots: about half recorded, each with the id it was decided on
+        span = server_span(tracer, "GET /x", {}, {"http.route": "/x"})
+        context = span.get_span_context()
+        assert context.is_valid
+        if span.is_recording():
+            kept.append(context.trace_id)
+        else:
+            assert isinstance(span, NonRecordingSpan) and not context.trace_flags.sampled
+        span.end()
+    finished = exporter.get_finished_spans()
+    assert 120 < len(kept) < 280 and [s.context.trace_id for s in finished] == kept
+    assert all(s.kind is SpanKind.SERVER and s.attributes == {"http.route": "/x"}
+               for s in finished)
+    exporter.clear()
+    unsampled = server_span(tracer, "GET /x", {"traceparent": f"00-{TRACE}-{PARENT}-00"}, {})
+    assert isinstance(unsampled, NonRecordingSpan)
+    assert (f"{unsampled.get_span_context().trace_id:032x}",
+            f"{unsampled.get_span_context().span_id:016x}") == (TRACE, PARENT)
+    sampled = server_span(tracer, "GET /x", {"traceparent": f"00-{TRACE}-{PARENT}-01"}, {})
+    sampled.end()
+    (child,) = exporter.get_finished_spans()
+    assert child.parent is not None and f"{child.parent.span_id:016x}" == PARENT
+    assert f"{child.context.trace_id:032x}" == TRACE
+
+
+def test_a_server_span_through_a_proxy_tracer_uses_the_global_provider(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module-level tracer (a ProxyTracer) still gets the SDK-free path."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, ProxyTracer
+
+    from shared.record_trace import server_span
+
+    provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.0)))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    span = server_span(ProxyTracer("t"), "GET /x", {}, {})
+    assert isinstance(span, NonRecordingSpan) and span.get_span_context().is_valid
     assert exporter.get_finished_spans() == ()
