@@ -9,9 +9,9 @@ when the announcement itself was genuine, recorded; the live one keeps serving.
 Startup order matters: the consumer is positioned at the current end BEFORE the registry's
 live versions are loaded, so an announcement racing the startup is seen (and applying it
 twice is harmless: announcements are idempotent desired states). When Kafka does not answer
-at startup (down, frozen, partitioned) or the topic does not exist yet, the registry's live
-versions are loaded at once, so predictions do not wait for Kafka, and loaded again once the
-consumer is positioned."""
+within `FIRST_ATTEMPT_S` at startup (down, frozen, partitioned) or the topic does not exist
+yet, the registry's live versions are loaded at once, so predictions do not wait for Kafka, and
+loaded again once the consumer is positioned."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _tracer = get_tracer(__name__)
+FIRST_ATTEMPT_S = 3.0  # how long predictions wait for Kafka at startup before the registry
+ATTEMPT_S = 10.0
 
 
 class AnnouncementWatcher:
@@ -66,13 +68,13 @@ class AnnouncementWatcher:
         """Wait for the thread to finish after `stop` is set."""
         self._thread.join(timeout)
 
-    def _position(self, consumer: Consumer) -> bool:
+    def _position(self, consumer: Consumer, timeout: float = ATTEMPT_S) -> bool:
         """One attempt to assign `consumer` at the announcements' current end; False when
-        Kafka does not answer or the topic does not exist yet."""
+        Kafka does not answer within `timeout` s per call or the topic does not exist yet."""
         from confluent_kafka import KafkaException
 
         try:
-            positions = self._ends(consumer)
+            positions = self._ends(consumer, timeout)
         except KafkaException as error:
             log.warning("%s: Kafka does not answer (%s)", self.topic, error)
             return False
@@ -82,16 +84,16 @@ class AnnouncementWatcher:
         consumer.assign(positions)
         return True
 
-    def _ends(self, consumer: Consumer) -> list[TopicPartition]:
+    def _ends(self, consumer: Consumer, timeout: float) -> list[TopicPartition]:
         """Each partition of the announcements topic at its high watermark (none while the
         topic does not exist yet)."""
         from confluent_kafka import TopicPartition
 
-        info = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        info = consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
         if info is None or info.error is not None or not info.partitions:
             return []
         return [TopicPartition(self.topic, p, consumer.get_watermark_offsets(
-            TopicPartition(self.topic, p), timeout=10)[1]) for p in sorted(info.partitions)]
+            TopicPartition(self.topic, p), timeout=timeout)[1]) for p in sorted(info.partitions)]
 
     def _run(self) -> None:
         from shared.kafka import make_consumer
@@ -102,7 +104,7 @@ class AnnouncementWatcher:
             consumer = make_consumer(self.settings, f"{self.settings.serving_group}-models-"
                                      f"{uuid.uuid4().hex[:8]}", log_level=3,
                                      **{"fetch.wait.max.ms": 50})
-            if not self._position(consumer):
+            if not self._position(consumer, FIRST_ATTEMPT_S):
                 # answer from the registry now; once positioned, load its live versions again
                 # to catch up with releases announced meanwhile
                 self.fleet.load_initial()
