@@ -25,7 +25,8 @@ from shared.service_record import UNITS
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "governance", "trainer", "serving", "monitor")
 CREATE = {"create_counter", "create_histogram", "create_observable_gauge", "create_gauge",
-          "create_up_down_counter"}
+          "create_up_down_counter", "create_observable_counter",
+          "create_observable_up_down_counter"}
 # added by the scrape (and the collector's exporter), not by the code
 SCRAPE_LABELS = {"job", "instance"}
 
@@ -74,6 +75,8 @@ for obj in objects:
             value.add(1)
         elif isinstance(value, Histogram):
             value.record(0.01)
+from services.serving.router import Route
+services.serving.predictor._predictions.add(1, "m", 1, Route.LIVE)  # an observable counter
 names = {s.name for m in REGISTRY.collect() for s in m.samples if s.name.startswith("lepton_")}
 print(json.dumps(sorted(names)))
 """
@@ -135,7 +138,7 @@ def _emitted_labels() -> dict[str, set[str]]:
             for name in names:
                 labels.setdefault(name, set())
             callbacks = [k.value for k in node.keywords if k.arg == "callbacks"]
-            callbacks += node.args[1:2]  # create_observable_gauge(name, callbacks, ...)
+            callbacks += node.args[1:2]  # create_observable_*(name, callbacks, ...)
             for listed in callbacks:
                 for callback in listed.elts if isinstance(listed, ast.List) else []:
                     if isinstance(callback, ast.Call):  # self._gauge("key"): a callback factory
