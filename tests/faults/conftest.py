@@ -256,7 +256,8 @@ def private_redis(processes: Processes, tmp_path: Path) -> PrivateRedis:
 # ---------------------------------------------------------------------------- pipeline
 
 SERVICE_ENV = {
-    "LEPTON_LOG_LEVEL": "WARNING",
+    # INFO: each stage logs where it resumes on every assignment, which a failed scenario needs
+    "LEPTON_LOG_LEVEL": "INFO",
     "LEPTON_INGEST_INSTANCE": "faults",
     "LEPTON_INGEST_BATCH_SIZE": "500",
     "LEPTON_INGEST_SESSION_TIMEOUT_MS": "6000",
