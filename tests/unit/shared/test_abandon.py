@@ -16,17 +16,22 @@ CHILD = r"""
 import os, socket, sys
 connection = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 listener = socket.create_server(("127.0.0.1", 0))  # not connected: left alone
+armed = 0
 if sys.argv[2] == "reset":
     from shared.abandon import reset_on_exit
-    print(reset_on_exit(), flush=True)
-else:
-    print(0, flush=True)
+    armed = reset_on_exit()
+# the listener still accepts and carries data after the call
+again = socket.create_connection(listener.getsockname())
+second, _ = listener.accept()
+again.sendall(b"ok")
+print(armed, second.recv(10).decode(), flush=True)
 os._exit(1)
 """
 
 
-def _exit_seen_by_peer(mode: str) -> tuple[int, bytes | None]:
-    """(sockets the child armed, what its peer reads after the child exits: None = reset)."""
+def _exit_seen_by_peer(mode: str) -> tuple[int, str, bytes | None]:
+    """(sockets the child armed before its own second connection, what its listener then
+    received, what its peer reads after the child exits: None = reset)."""
     server = socket.create_server(("127.0.0.1", 0))
     try:
         child = subprocess.run([sys.executable, "-c", CHILD, str(server.getsockname()[1]), mode],
@@ -38,7 +43,8 @@ def _exit_seen_by_peer(mode: str) -> tuple[int, bytes | None]:
                 seen: bytes | None = accepted.recv(10)
             except ConnectionResetError:
                 seen = None
-        return int(child.stdout.strip()), seen
+        armed, received = child.stdout.split()
+        return int(armed), received, seen
     finally:
         server.close()
 
@@ -46,4 +52,4 @@ def _exit_seen_by_peer(mode: str) -> tuple[int, bytes | None]:
 @pytest.mark.parametrize(("mode", "armed", "seen"), [("reset", 1, None), ("plain", 0, b"")])
 def test_an_exit_after_reset_on_exit_resets_the_connections(mode: str, armed: int,
                                                              seen: bytes | None) -> None:
-    assert _exit_seen_by_peer(mode) == (armed, seen)
+    assert _exit_seen_by_peer(mode) == (armed, "ok", seen)
