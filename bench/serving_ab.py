@@ -4,7 +4,9 @@ by round so that load from other processes on the box hits all three alike. Prin
 bench's markdown rows (server µs/call = the server process's CPU time per call).
 
 Run `python bench/serving_ab.py --ref <commit> [--kind v2|http|lepton] [--seconds 2
---rounds 4 --concurrency 8]`. Broker, registry and Redis as in serving_bench.py."""
+--rounds 4 --concurrency 8] [--env KEY=VALUE ...]` (`--env` sets this tree's server only, so
+`--ref HEAD --env LEPTON_SERVING_LOG_SAMPLE=0` measures what one setting costs). Broker,
+registry and Redis as in serving_bench.py."""
 
 from __future__ import annotations
 
@@ -44,7 +46,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="A setting for this tree's server only (e.g. "
+                        "LEPTON_SERVING_LOG_SAMPLE=0 against --ref HEAD: its cost).")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
     from shared.models.registry import Registry
     from tests.unit.serving.support import save_model
 
@@ -54,7 +60,7 @@ def main() -> None:
         settings = platform.settings()
         Registry(settings).set_live(bench.MODEL, save_model(settings, seed=0).version)
         echo, echo_addr = platform.echo(ECHO[args.kind])
-        new, new_addr = platform.server(LEPTON_SERVING_BATCHING="false")
+        new, new_addr = platform.server(**{"LEPTON_SERVING_BATCHING": "false", **extra})
         bench.ROOT = old_tree  # cwd and PYTHONPATH of the next server
         old, old_addr = platform.server(LEPTON_SERVING_BATCHING="false",
                                         PYTHONPATH=str(old_tree))
