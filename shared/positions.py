@@ -93,7 +93,7 @@ class InputPositions:
         """The latest checkpoint per key within [start, stop) of each partition."""
         self._reader.assign([TopicPartition(self.topic, p, start)
                              for p, (start, _) in ranges.items()])
-        latest: dict[tuple[int, bytes], int] = {}
+        latest: dict[tuple[int, bytes], tuple[int, int]] = {}  # (record offset, position)
         pending = set(ranges)
         try:
             while pending:
@@ -108,14 +108,18 @@ class InputPositions:
                             pending.discard(partition)
                         continue
                     offset = msg.offset() or 0
-                    if offset >= ranges[partition][1] - 1:
+                    start, stop = ranges[partition]
+                    if offset >= stop - 1:
                         pending.discard(partition)
-                    if offset < ranges[partition][1] and msg.key() is not None:
-                        latest[(partition, bytes(msg.key() or b""))] = int(
-                            orjson.loads(msg.value() or b"{}")["offset"])
+                    key = msg.key()
+                    # the record with the highest offset wins, whatever order they came in
+                    if start <= offset < stop and key is not None and \
+                            offset > latest.get((partition, key), (-1, 0))[0]:
+                        latest[(partition, key)] = (
+                            offset, int(orjson.loads(msg.value() or b"{}")["offset"]))
         finally:
             self._reader.unassign()
-        return [(p, k, o) for (p, k), o in latest.items()]
+        return [(p, k, o) for (p, k), (_, o) in latest.items()]
 
     def resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Set each assigned partition's offset to the later of its stored position and the

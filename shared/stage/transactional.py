@@ -9,7 +9,9 @@ Policy, in one place:
 - a transactional step that times out or meets a retriable error is called again (the broker is
   slow or away) until it completes, or until stop, which aborts it;
 - an error that requires abort aborts, rewinds the batch and processes it again;
-- a fenced producer or a fatal client error stops the process (exit status 1).
+- a fenced producer or a fatal client error stops the process (exit status 1);
+- a record below its partition's offset fence (shared/stage/fence.py) is never processed
+  again, unless the runtime rewound to it.
 On stop the current batch finishes (status 0), or is aborted when the broker cannot take it
 (status 1): nothing unfinished is ever committed.
 """
@@ -30,6 +32,7 @@ from shared.kafka import ensure_topics, make_consumer, make_producer, wait_for_k
 from shared.positions import InputPositions
 from shared.readiness import clear_ready, mark_ready
 from shared.service_record import count_work, note_consumer
+from shared.stage.fence import OffsetFence
 from shared.stage.metrics import StageMetrics
 from shared.stage.model import (
     MAX_BACKOFF_S,
@@ -80,6 +83,7 @@ class TransactionalRuntime:
         self.producer_config = producer_config or {}
         self.label = label or stage.name  # names this replica in logs
         self.metrics = StageMetrics(stage.name)
+        self.fence = OffsetFence()
         self.batches = 0
         self.processed = 0
         self.unfinished = False
@@ -124,7 +128,8 @@ class TransactionalRuntime:
     def _loop(self) -> None:
         while not self.stop.is_set() and not self.unfinished:
             self.metrics.heartbeat.beat()
-            batch = poll_batch(self.consumer, self.batch_size, self.poll_timeout_s)
+            batch = self.fence.admit(
+                poll_batch(self.consumer, self.batch_size, self.poll_timeout_s))
             self.metrics.update_lag(self.consumer)
             if not batch:
                 due = self.stage.due(final=False)
@@ -134,9 +139,10 @@ class TransactionalRuntime:
             started = time.perf_counter()
             outputs = process_waiting(self.stage, batch, self.stop, self.metrics.heartbeat)
             if outputs is None:
-                rewind(self.consumer, batch)
+                self._rewind(batch)
                 return
             if self._commit(batch, outputs + self.stage.due(final=False)):
+                self.fence.commit(next_offsets(batch))
                 seconds = time.perf_counter() - started
                 self.batches += 1
                 self.processed += len(batch)
@@ -146,7 +152,11 @@ class TransactionalRuntime:
             else:
                 self.metrics.aborted.add(1)
                 self.stage.aborted(batch)
-                rewind(self.consumer, batch)
+                self._rewind(batch)
+
+    def _rewind(self, batch: list[Message]) -> None:
+        self.fence.rewound(batch)
+        rewind(self.consumer, batch)
 
     def _commit(self, batch: list[Message], outputs: list[Output]) -> bool:
         """Produce `outputs` and commit them with the batch's positions and offsets; False when
@@ -215,11 +225,13 @@ class TransactionalRuntime:
         stop, as a raise here would leave consume() and end the service."""
         wait_for_kafka(lambda: self.positions.resume(consumer, partitions), self.stop,
                        f"{self.label} (reading its input positions)")
+        self.fence.assigned(partitions)
         consumer.assign(partitions)
         log.info("%s assigned %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.fence.revoked(partitions)
         for tp in partitions:
             self.metrics.lag.pop((tp.topic, tp.partition), None)
         log.info("%s revoked %s", self.label,

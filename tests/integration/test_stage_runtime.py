@@ -7,6 +7,7 @@ acknowledges a batch only after its outputs are delivered."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 import uuid
@@ -15,11 +16,13 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 
 from shared.config import LeptonSettings
-from shared.kafka import make_producer
+from shared.kafka import make_consumer, make_producer
+from shared.positions import InputPositions
 from shared.stage import AtLeastOnceRuntime, Output, TransactionalRuntime
+from shared.stage.model import next_offsets
 from tests.helpers import read_topic
 
 N = 300
@@ -204,3 +207,92 @@ def test_a_finished_runtime_is_freed_with_its_clients_without_a_gc_pass(
         assert freed() is None
     finally:
         gc.enable()
+
+
+class RedeliveredStage(EchoStage):
+    """An echo whose consumer is sent back to offset 0 while its second batch is processed:
+    what librdkafka does when it re-delivers records around a rebalance."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.runtime: TransactionalRuntime | None = None
+        self.calls = 0
+
+    def process(self, batch: list[Message]) -> list[Output]:
+        self.calls += 1
+        if self.calls == 2:
+            assert self.runtime is not None
+            for source in next_offsets(batch):
+                self.runtime.consumer.seek(TopicPartition(*source, 0))
+        return super().process(batch)
+
+
+def test_records_delivered_again_are_not_processed_again(
+        lepton_env: LeptonSettings, prefix: str,
+        running: list[tuple[threading.Thread, threading.Event]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = lepton_env
+    stage = RedeliveredStage(prefix)
+    values = _feed(settings, stage.inputs[0], N)
+    stop, codes = threading.Event(), []
+    runtime = _transactional(settings, stage, stop, f"again-{uuid.uuid4().hex[:6]}")
+    stage.runtime = runtime
+    with caplog.at_level(logging.WARNING, logger="shared.stage.fence"):
+        thread = _start(runtime, stop, codes, running)
+        _committed(stage, N)
+        out = _outputs(settings, stage.outputs[0], N)
+        stop.set()
+        thread.join(20)
+    assert codes == [0]
+    assert set(out) == values
+    assert all(n == 1 for n in out.values()), "an output committed twice"
+    assert all(n == 1 for n in stage.processed.values()), "a record processed twice"
+    assert "already processed here" in caplog.text  # the re-delivery did happen
+
+
+def test_a_stale_resume_position_is_raised_to_what_the_replica_committed(
+        lepton_env: LeptonSettings, prefix: str,
+        running: list[tuple[threading.Thread, threading.Event]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Its positions read back lower than it committed (forged here: older checkpoints
+    written last), a replica that is reassigned its partitions resumes where it committed."""
+    settings = lepton_env
+    group = f"stale-{uuid.uuid4().hex[:6]}"
+    stage = EchoStage(prefix)
+    values = _feed(settings, stage.inputs[0], N)
+    stop, codes = threading.Event(), []
+    runtime = _transactional(settings, stage, stop, group)
+    with caplog.at_level(logging.WARNING, logger="shared.stage.fence"):
+        thread = _start(runtime, stop, codes, running)
+        _committed(stage, N)
+        positions = InputPositions(settings, runtime.positions_topic, group)
+        producer = make_producer(settings)
+        for partition, key, value in positions.records(
+                {(stage.inputs[0], p): 0 for p in range(4)}):
+            producer.produce(positions.topic, key=key, value=value, partition=partition)
+        assert producer.flush(15) == 0
+        positions.close()
+        _rebalance(settings, group, stage.inputs[0])
+        more = _feed(settings, stage.inputs[0], N // 2, start=N)
+        _committed(stage, N + N // 2)
+        out = _outputs(settings, stage.outputs[0], N + N // 2)
+        stop.set()
+        thread.join(20)
+    assert codes == [0]
+    assert set(out) == values | more
+    assert all(n == 1 for n in out.values()), "an output committed twice"
+    assert all(n == 1 for n in stage.processed.values()), "a record processed twice"
+    assert "below the position" in caplog.text  # the stale positions were read
+
+
+def _rebalance(settings: LeptonSettings, group: str, topic: str) -> None:
+    """Join `group` with a second member until it is assigned partitions, then leave: the
+    running replica has its partitions revoked and assigned again."""
+    assigned = threading.Event()
+    member = make_consumer(settings, group)
+    member.subscribe([topic], on_assign=lambda _c, parts: assigned.set() if parts else None)
+    deadline = time.monotonic() + 60
+    while not assigned.is_set():
+        assert time.monotonic() < deadline, "the second member was never assigned a partition"
+        member.poll(0.2)
+    member.close()
