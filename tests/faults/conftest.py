@@ -395,7 +395,11 @@ def account(pipeline: Pipeline, events: list[Envelope]) -> Accounting:
     """Map governed offsets, card lineage ranges and audit records back to event ids."""
     settings = pipeline.settings
     records = read_topic(settings, pipeline.topics.governed, expect=len(events), timeout=60)
-    records += read_topic(settings, pipeline.topics.governed, idle=1.0)[len(records):]
+    # a second, complete read adds what came after (by position: two reads of several
+    # partitions need not interleave them in the same order)
+    seen = {(r.partition, r.offset) for r in records}
+    records += [r for r in read_topic(settings, pipeline.topics.governed, idle=1.0)
+                if (r.partition, r.offset) not in seen]
     at: dict[int, list[tuple[int, str]]] = {}
     governed: Counter[str] = Counter()
     for r in records:
