@@ -28,12 +28,13 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from lepton.generators import transactions
 from lepton.produce import ProduceReport, publish
 from shared.config import LeptonSettings
 from shared.events import Envelope
-from shared.kafka import ensure_topics
+from shared.kafka import client_config, ensure_topics
 from shared.lifecycle import parent_death
 from shared.models.registry import Registry
 from shared.topics import Topics
@@ -336,6 +337,18 @@ class Pipeline:
         for card in (self.settings.registry_path() / MODEL).glob("[0-9]*/card.json"):
             total += int(orjson.loads(card.read_bytes())["lineage"]["rows"]["consumed"])
         return total
+
+    def governed_records(self) -> int:
+        """Records on events.governed so far (the high watermarks: committed or not)."""
+        topic = self.topics.governed
+        consumer = Consumer(client_config(self.settings, log_level=3,
+                                          **{"group.id": f"{self.prefix}watermarks"}))
+        try:
+            info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            return sum(max(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
+                           0) for p in (info.partitions if info else {}))
+        finally:
+            consumer.close()
 
     def wait_trained(self, count: int, timeout: float = 180) -> None:
         """Wait until the registry's lineage covers `count` rows, services alive."""

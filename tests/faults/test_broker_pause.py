@@ -1,7 +1,7 @@
-"""SIGSTOP the (private) broker process under a 20k-event load. Frozen for 30 s, mid-stream or
-while the services start, then SIGCONT: every service survives the freeze and resumes. Frozen
-and the services sent SIGTERM: each exits within 10 s, and once restarted nothing is lost or
-duplicated end to end."""
+"""SIGSTOP the (private) broker process under a 20k-event load. Frozen for 30 s, mid-stream
+(once 2,000 events are governed) or while the services start, then SIGCONT: every service
+survives the freeze and resumes. Frozen and the services sent SIGTERM: each exits within 10 s,
+and once restarted nothing is lost or duplicated end to end."""
 
 from __future__ import annotations
 
@@ -23,22 +23,28 @@ from tests.faults.conftest import (
 EVENTS = 20_000
 RATE = 2000.0
 PAUSE_S = 30.0
+MID_STREAM = 2000  # governed events before the freeze (of 20,000, fed at 2,000/s)
 
 
-@pytest.mark.parametrize(("freeze_after_s", "scenario"), [
-    (4.0, "broker SIGSTOP 30s"),
+@pytest.mark.parametrize(("governed_first", "scenario"), [
+    # every stage is at work: batches in flight, consumed, processed and committed
+    (MID_STREAM, "broker SIGSTOP 30s"),
     # the services are still starting: checking topics, joining their groups (a join left
     # unanswered by the frozen broker used to idle a stage for librdkafka's 300 s)
-    (1.0, "broker SIGSTOP 30s during start-up"),
+    (0, "broker SIGSTOP 30s during start-up"),
 ], ids=["mid-stream", "during-start-up"])
 def test_broker_frozen_for_thirty_seconds(
         private_broker: PrivateBroker, make_pipeline: Callable[..., Pipeline],
-        fault_report: FaultReport, freeze_after_s: float, scenario: str) -> None:
+        fault_report: FaultReport, governed_first: int, scenario: str) -> None:
     pipeline = make_pipeline(private_broker.bootstrap)
     events = pipeline.events(EVENTS, seed=21)
     pipeline.start_all()
     pipeline.feed(events, RATE)
-    time.sleep(freeze_after_s)
+    if governed_first:
+        wait_until(lambda: pipeline.governed_records() >= governed_first,
+                   f"{governed_first} governed events", 120, pipeline.check_alive)
+    else:
+        time.sleep(1.0)
     processes = pipeline.processes
     processes.signal(private_broker.name, signal.SIGSTOP)
     try:
