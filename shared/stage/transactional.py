@@ -142,7 +142,6 @@ class TransactionalRuntime:
                 self._rewind(batch)
                 return
             if self._commit(batch, outputs + self.stage.due(final=False)):
-                self.fence.commit(next_offsets(batch))
                 seconds = time.perf_counter() - started
                 self.batches += 1
                 self.processed += len(batch)
@@ -177,6 +176,7 @@ class TransactionalRuntime:
                 self._step("send offsets", lambda t: producer.send_offsets_to_transaction(
                     tps, meta, t))
             self._step("commit", producer.commit_transaction)
+            self.fence.commit(offsets)
             return True
         except Stopped:
             log.warning("stopping with the broker unreachable: the open transaction is aborted")
