@@ -14,7 +14,6 @@ replay of its sealed audit leaf), so the runtime must never hand a processed off
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from confluent_kafka import Message, TopicPartition
 
@@ -69,14 +68,11 @@ class OffsetFence:
                         max(offsets))
         return admitted
 
-    def rewound(self, batch: Sequence[Message]) -> None:
-        """Lower the fence to the batch's first records: they will be processed again."""
-        for msg in batch:
-            source = (msg.topic() or "", msg.partition() or 0)
-            offset = msg.offset() or 0
+    def rewound(self, first: dict[Source, int]) -> None:
+        """Lower the fence to a rewound batch's `first` offsets: they will be processed again."""
+        for source, offset in first.items():
             if source in self.next:
-                current = self.next[source]
-                self.next[source] = offset if current is None else min(current, offset)
+                self.next[source] = offset
 
     def commit(self, next_offsets: dict[Source, int]) -> None:
         """Remember positions committed by this replica."""

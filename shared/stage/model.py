@@ -71,8 +71,9 @@ def next_offsets(batch: Sequence[Message]) -> dict[Source, int]:
     return offsets
 
 
-def rewind(consumer: Consumer, batch: Sequence[Message]) -> None:
-    """Seek each partition back to the batch's first record so it is consumed again."""
+def rewind(consumer: Consumer, batch: Sequence[Message]) -> dict[Source, int]:
+    """Seek each partition back to the batch's first record so it is consumed again; those
+    first offsets."""
     first: dict[Source, int] = {}
     for msg in batch:
         source = (msg.topic() or "", msg.partition() or 0)
@@ -82,6 +83,7 @@ def rewind(consumer: Consumer, batch: Sequence[Message]) -> None:
             consumer.seek(TopicPartition(topic, partition, offset))
         except KafkaException:
             continue  # revoked meanwhile: its new owner resumes from the committed position
+    return first
 
 
 def is_fenced(error: KafkaError) -> bool:

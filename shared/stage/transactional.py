@@ -154,8 +154,7 @@ class TransactionalRuntime:
                 self._rewind(batch)
 
     def _rewind(self, batch: list[Message]) -> None:
-        self.fence.rewound(batch)
-        rewind(self.consumer, batch)
+        self.fence.rewound(rewind(self.consumer, batch))
 
     def _commit(self, batch: list[Message], outputs: list[Output]) -> bool:
         """Produce `outputs` and commit them with the batch's positions and offsets; False when
