@@ -58,8 +58,11 @@ def read_topic(
     timeout: float = 30.0,
     idle: float = 2.0,
     committed_only: bool = True,
+    settle: float | None = None,
 ) -> list[Record]:
-    """Every record of `topic` from the beginning; stops at `expect` records, or when idle."""
+    """Every record of `topic` from the beginning; stops at `expect` records (with `settle`:
+    once `expect` are in, when no more came for `settle` s: what arrived beyond them
+    counts too), or when idle."""
     consumer = Consumer({
         "bootstrap.servers": settings.bootstrap_servers(),
         "group.id": f"test-reader-{os.getpid()}-{time.monotonic_ns()}",
@@ -75,7 +78,8 @@ def read_topic(
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
-            if expect is not None and len(records) >= expect:
+            if expect is not None and len(records) >= expect and (
+                    settle is None or time.monotonic() - last > settle):
                 break
             if expect is None and time.monotonic() - last > idle:
                 break

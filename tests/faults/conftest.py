@@ -338,15 +338,20 @@ class Pipeline:
             total += int(orjson.loads(card.read_bytes())["lineage"]["rows"]["consumed"])
         return total
 
-    def governed_records(self) -> int:
-        """Records on events.governed so far (the high watermarks: committed or not)."""
+    def wait_governed(self, count: int, timeout: float = 120) -> None:
+        """Wait until events.governed holds `count` records (its high watermarks: committed
+        or not), services alive."""
         topic = self.topics.governed
         consumer = Consumer(client_config(self.settings, log_level=3,
                                           **{"group.id": f"{self.prefix}watermarks"}))
-        try:
+
+        def governed() -> int:
             info = consumer.list_topics(topic, timeout=10).topics.get(topic)
             return sum(max(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
                            0) for p in (info.partitions if info else {}))
+        try:
+            wait_until(lambda: governed() >= count, f"{count} governed events", timeout,
+                       self.check_alive)
         finally:
             consumer.close()
 
@@ -407,12 +412,8 @@ class Accounting:
 def account(pipeline: Pipeline, events: list[Envelope]) -> Accounting:
     """Map governed offsets, card lineage ranges and audit records back to event ids."""
     settings = pipeline.settings
-    records = read_topic(settings, pipeline.topics.governed, expect=len(events), timeout=60)
-    # a second, complete read adds what came after (by position: two reads of several
-    # partitions need not interleave them in the same order)
-    seen = {(r.partition, r.offset) for r in records}
-    records += [r for r in read_topic(settings, pipeline.topics.governed, idle=1.0)
-                if (r.partition, r.offset) not in seen]
+    records = read_topic(settings, pipeline.topics.governed, expect=len(events), timeout=60,
+                         settle=1.0)
     at: dict[int, list[tuple[int, str]]] = {}
     governed: Counter[str] = Counter()
     for r in records:

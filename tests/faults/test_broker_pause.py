@@ -41,8 +41,7 @@ def test_broker_frozen_for_thirty_seconds(
     pipeline.start_all()
     pipeline.feed(events, RATE)
     if governed_first:
-        wait_until(lambda: pipeline.governed_records() >= governed_first,
-                   f"{governed_first} governed events", 120, pipeline.check_alive)
+        pipeline.wait_governed(governed_first)
     else:
         time.sleep(1.0)
     processes = pipeline.processes

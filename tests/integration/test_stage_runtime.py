@@ -125,10 +125,8 @@ def _committed(stage: EchoStage, count: int, timeout: float = 60.0) -> None:
 def _outputs(settings: LeptonSettings, topic: str, expect: int) -> Counter[bytes]:
     # read once the runtime has committed: the embedded broker can hold back a read_committed
     # reader that polls across a transaction being aborted
-    first = read_topic(settings, topic, expect=expect, timeout=60)
-    seen = {(r.partition, r.offset) for r in first}  # a second read may interleave differently
-    return Counter(r.value for r in first + [r for r in read_topic(settings, topic, idle=1.5)
-                                             if (r.partition, r.offset) not in seen])
+    return Counter(r.value for r in read_topic(settings, topic, expect=expect, timeout=60,
+                                               settle=1.5))
 
 
 def test_outputs_commit_exactly_once_through_outages_aborts_and_a_restart(
