@@ -123,6 +123,7 @@ def main() -> None:
         before, started = thread_cpu(proc.pid), time.monotonic()
         done = first + _wait(out, args.events - first, keep)
         after, seconds = thread_cpu(proc.pid), time.monotonic() - started
+        rss_mib = psutil.Process(proc.pid).memory_info().rss / 2**20
         recorder.send_signal(signal.SIGINT)
         recorder.wait(30)
         stop_all([proc])
@@ -136,7 +137,8 @@ def main() -> None:
     total = sum(counts.values()) or 1
     print(f"\n{args.stage}{' (data keys minted before)' if args.warm else ''}: {done:,} events "
           f"in {seconds:.1f} s ({done / seconds:,.0f}/s); CPU {main_us + other_us:.0f} µs/event "
-          f"= Python thread {main_us:.0f} + librdkafka threads {other_us:.0f}\n")
+          f"= Python thread {main_us:.0f} + librdkafka threads {other_us:.0f}; resident memory "
+          f"at the end {rss_mib:,.0f} MiB\n")
     print("| where (Python thread, py-spy samples) | share | µs/event |\n|---|---:|---:|")
     for name, count in counts.most_common():
         print(f"| {name} | {count / total:.0%} | {main_us * count / total:.1f} |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,26 @@ def test_append_is_idempotent_per_identity_and_survives_reopen(tmp_path: Path,
     assert reopened.parts[1].size == 2
     assert reopened.parts[1].compact.root() == root
     assert reopened.append(1, _fields(2))[2] is False
+
+
+def test_recent_lines_are_kept_at_their_own_size(tmp_path: Path) -> None:
+    """The replay tail holds its lines, not the serializer's buffers behind them (orjson's
+    bytes keep an 8 KiB buffer for a ~250-byte record)."""
+    store = AuditStore(tmp_path / "audit", LOG, fsync=False)
+    store.open(1)
+    count = 2000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        sealed = store.append_many([(0, _fields(i)) for i in range(count)])
+        lines = sum(len(line) for _, line, _ in sealed)
+        del sealed
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        store.close()
+    # the lines themselves, plus the identity index and Merkle state: under 1 kB each
+    assert held < lines + count * 1000, (held, lines)
 
 
 def test_torn_final_line_is_cut_on_reopen(tmp_path: Path, key: Ed25519PrivateKey) -> None:
