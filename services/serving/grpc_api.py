@@ -83,7 +83,8 @@ def trace_carrier(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]
             if k in _TRACE_KEYS and isinstance(v, str)}
 
 
-def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
+def trace_parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context | None:
+    """The OTel context the call's W3C headers carry, or None when they carry none."""
     carrier = trace_carrier(context)
     return propagate.extract(carrier) if carrier else None
 
@@ -91,7 +92,7 @@ def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context
 @contextlib.contextmanager
 def _span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Span]:
     attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
-    with _tracer.start_as_current_span(f"{SERVICE}/{method}", context=_parent(context),
+    with _tracer.start_as_current_span(f"{SERVICE}/{method}", context=trace_parent(context),
                                        kind=SpanKind.SERVER, attributes=attributes,
                                        record_exception=False,
                                        set_status_on_exception=False) as span:

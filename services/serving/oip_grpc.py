@@ -22,7 +22,7 @@ from services.serving.errors import InvalidInput, ModelNotFound, ServingError
 from services.serving.fleet import Fleet
 from services.serving.gen import grpc_service_pb2 as pb
 from services.serving.gen import grpc_service_pb2_grpc
-from services.serving.grpc_api import _parent, trace_carrier
+from services.serving.grpc_api import trace_carrier, trace_parent
 from services.serving.predictor import Call, Predictor
 from shared.record_trace import server_span
 from shared.tracing import get_tracer, traceparent
@@ -39,7 +39,7 @@ _CONTENTS = {"FP64": "fp64_contents", "FP32": "fp32_contents", "INT64": "int64_c
 
 @contextlib.contextmanager
 def _span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Span]:
-    span = _tracer.start_span(f"{SERVICE}/{method}", context=_parent(context),
+    span = _tracer.start_span(f"{SERVICE}/{method}", context=trace_parent(context),
                               kind=SpanKind.SERVER,
                               attributes={"rpc.system": "grpc", "rpc.service": SERVICE,
                                           "rpc.method": method},
