@@ -38,13 +38,18 @@ from shared.kafka import ensure_topics  # noqa: E402
 from shared.lifecycle import parent_death  # noqa: E402
 from shared.topics import Topics  # noqa: E402
 
-# the first category any frame of a sample's stack matches names it (order matters: a stack
-# through protect.py that reaches keyring.b64e is protection, not key handling)
+# Inside `process()` (a stack through the runtime's `process_waiting`) the first category any
+# frame of a sample's stack matches names it (order matters: a stack through protect.py that
+# reaches keyring.b64e is protection, not key handling), else "rest of process()"; outside it,
+# the runtime's own loop: polling, producing the outputs, committing, checkpoints.
+IN_PROCESS = "process_waiting ("
 CATEGORIES = [
     ("decode (orjson + envelope check)", ("_decode (", "fast_envelope.py", "decoding.py")),
     ("clean (columns)", ("ingest/cleaning.py", "ingest/columns.py", "ingest/normalise.py")),
+    ("data keys (mint, unwrap, key files)", ("ingest/keystore.py", "ingest/keyfiles.py",
+                                             "ingest/key_cache.py", "ingest/rewrap.py",
+                                             "shared/crypto.py")),
     ("protect (AES-GCM, tokens)", ("ingest/protect.py",)),
-    ("data keys (mint, unwrap, key files)", ("shared/crypto.py", "shared/keyfiles.py")),
     ("dedup, policy, bound (Redis)", ("dedup.py", "policy.py", "bound.py", "releases.py",
                                       "ledger.py", "charges.py", "charge_log.py", "/redis/")),
     ("audit leaves (JSON, SHA-256, segments)", ("governance/store.py", "records.py",
@@ -54,10 +59,9 @@ CATEGORIES = [
     ("output JSON, MAC, dead letters", ("encoding.py", "letters.py", "governed_json",
                                         "governed_mac.py", "shared/dlq.py", "outputs_for")),
     ("quality counts", ("quality",)),
-    ("Kafka client calls (poll, produce, commit)", ("shared/stage/", "confluent_kafka",
-                                                    "shared/positions.py")),
-    ("rest of process()", ("services/",)),
 ]
+REST = "rest of process()"
+RUNTIME = "runtime loop: Kafka client calls (poll, produce, commit), checkpoints"
 
 
 def categorise(raw: Path) -> Counter[str]:
@@ -68,8 +72,11 @@ def categorise(raw: Path) -> Counter[str]:
         stack, _, number = line.rpartition(" ")
         if "_bootstrap" in stack.split(";", 1)[0]:
             continue
-        name = next((name for name, keys in CATEGORIES if any(k in stack for k in keys)),
-                    "other (interpreter, start-up)")
+        if IN_PROCESS not in stack:
+            name = RUNTIME if "shared/stage/" in stack else "other (interpreter, start-up)"
+        else:
+            name = next((name for name, keys in CATEGORIES if any(k in stack for k in keys)),
+                        REST)
         counts[name] += int(number)
     return counts
 

@@ -32,11 +32,18 @@ from shared.pseudonym import Pseudonymizer
 from shared.state import make_redis, rkey
 from shared.tokens import PlatformKey, load_platform_key
 
-# Mint a data key unless the subject was forgotten; returns the record that won (or nil).
+# Mint a batch's data keys, each unless its subject was forgotten. KEYS: the forgotten set,
+# then each key's name; ARGV: each key's subject and record. Returns per key the record that
+# won (ours, or one minted first by another process), or nil when the subject was forgotten.
 _MINT = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return false end
-if redis.call('SET', KEYS[1], ARGV[2], 'NX') then return ARGV[2] end
-return redis.call('GET', KEYS[1])
+local out = {}
+for i = 2, #KEYS do
+  local subject, record = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  if redis.call('SISMEMBER', KEYS[1], subject) == 1 then out[i - 1] = false
+  elseif redis.call('SET', KEYS[i], record, 'NX') then out[i - 1] = record
+  else out[i - 1] = redis.call('GET', KEYS[i]) end
+end
+return out
 """
 # Replace a wrapped key only if nobody changed (or deleted) it meanwhile.
 _SWAP = """
@@ -130,19 +137,30 @@ class KeyStore:
         if not create:
             failures.update((subject, "missing") for subject, _ in to_mint)
         elif to_mint:
-            pipe = self.redis.pipeline(transaction=False)
-            for subject, key_id in to_mint:
-                self._mint(keys=[self.key_prefix + key_id, self._forgotten],
-                           args=[self.pseudonyms.normal(subject),
-                                 self.wrap(key_id, AESGCM.generate_key(256))],
-                           client=pipe)
-            for (subject, key_id), record in zip(to_mint, pipe.execute(), strict=True):
-                if record is None:
-                    failures[subject] = "forgotten"
-                else:
-                    self.files.put(key_id, record)
-                    self._open_into(subject, key_id, record, keys, failures)
+            self._mint_into(to_mint, keys, failures)
         return keys, failures
+
+    def _mint_into(self, to_mint: list[tuple[str, str]], keys: dict[str, DataKey],
+                   failures: dict[str, str]) -> None:
+        """Mint keys for (subject, key id) pairs in one Redis call, keep each winning record
+        on disk and open it (ours from the raw key, without unwrapping it again)."""
+        raws = [AESGCM.generate_key(256) for _ in to_mint]
+        ours = [self.wrap(key_id, raw) for (_, key_id), raw in zip(to_mint, raws, strict=True)]
+        args: list[str | bytes] = []
+        for (subject, _), record in zip(to_mint, ours, strict=True):
+            args += [self.pseudonyms.normal(subject), record]
+        won = self._mint(keys=[self._forgotten, *(self.key_prefix + key_id
+                                                  for _, key_id in to_mint)], args=args)
+        for (subject, key_id), raw, mine, record in zip(to_mint, raws, ours, won, strict=True):
+            if record is None:
+                failures[subject] = "forgotten"
+                continue
+            self.files.put(key_id, record)
+            if record == mine:
+                keys[subject] = DataKey.from_raw(key_id, master_of(record), raw)
+                self._cache.put(keys[subject])
+            else:
+                self._open_into(subject, key_id, record, keys, failures)
 
     def encrypt_for(self, subject_id: str, event_id: str, field: str, plaintext: str) -> str:
         """Encrypt for a subject, minting its key if needed (KeyDestroyed when forgotten)."""

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis
 
-from services.ingest.ciphers import is_token
+from services.ingest.ciphers import DataKey, is_token, parse_ciphertext
 from services.ingest.keyring import MASTER_KEYS_ENV, LocalKms
 from services.ingest.keystore import KeyStore
 from services.ingest.rewrap import master_key_usage, rewrap
@@ -105,6 +105,26 @@ def test_forget_shreds_only_that_subject_and_no_key_is_minted_again(
     assert failures == {"alice": "forgotten"}
     assert store.is_forgotten("alice")
     assert store.forget("alice") is False
+
+
+def test_one_mint_call_keeps_ours_refuses_the_forgotten_and_takes_a_record_minted_first(
+    store: KeyStore, settings: LeptonSettings
+) -> None:
+    """The batch mint: a new subject's key is ours (and opens from Redis for anyone); a subject
+    forgotten in Redis only gets none; a key another process minted since our lookup wins."""
+    other = KeyStore(settings)
+    theirs = other.encrypt_for("dave", "ev-1", "email", "dave@example.com")
+    store.redis.sadd(store._forgotten, store.pseudonyms.normal("erin"))
+    keys: dict[str, DataKey] = {}
+    failures: dict[str, str] = {}
+    store._mint_into([(s, store.data_key_id(s)) for s in ("frank", "erin", "dave")], keys,
+                     failures)
+    assert (set(keys), failures) == ({"frank", "dave"}, {"erin": "forgotten"})
+    assert keys["dave"].decrypt(*parse_ciphertext(theirs, "ev-1", "email")[1:]) == \
+        b"dave@example.com"
+    mine = keys["frank"].encrypt("ev-2", "email", "frank@example.com")
+    assert other.decrypt_field("ev-2", "email", mine) == "frank@example.com"
+    assert store.files.get(store.data_key_id("frank")) is not None
 
 
 def test_rewrap_never_resurrects_a_key_forgotten_meanwhile(
