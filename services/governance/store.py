@@ -80,9 +80,7 @@ class PartitionLog:
 
     def remember(self, index: int, line: bytes) -> None:
         """Keep a recent line for re-publishing after a replay."""
-        # orjson's bytes keep their whole output buffer (8 KiB for a ~700-byte record, not
-        # shrunk); a right-sized copy keeps the tail at the lines' own size.
-        self._tail[index] = bytes(memoryview(line))
+        self._tail[index] = line
         if len(self._tail) > self._tail_cap:
             self._tail.popitem(last=False)
 
