@@ -156,11 +156,8 @@ class KeyStore:
                 failures[subject] = "forgotten"
                 continue
             self.files.put(key_id, record)
-            if record == mine:
-                keys[subject] = DataKey.from_raw(key_id, master_of(record), raw)
-                self._cache.put(keys[subject])
-            else:
-                self._open_into(subject, key_id, record, keys, failures)
+            self._open_into(subject, key_id, record, keys, failures,
+                            raw if record == mine else None)
 
     def encrypt_for(self, subject_id: str, event_id: str, field: str, plaintext: str) -> str:
         """Encrypt for a subject, minting its key if needed (KeyDestroyed when forgotten)."""
@@ -270,15 +267,17 @@ class KeyStore:
             raise KmsError("stored data key record is malformed") from None
         return self.kms.unwrap(master_id, blob, _wrap_aad(key_id))
 
-    def _open(self, key_id: str, record: bytes) -> DataKey:
-        key = DataKey.from_raw(key_id, master_of(record), self.unwrap(key_id, record))
+    def _open(self, key_id: str, record: bytes, raw: bytes | None = None) -> DataKey:
+        """The key of a stored record, cached (from `raw` when the caller just wrapped it)."""
+        key = DataKey.from_raw(key_id, master_of(record),
+                               raw if raw is not None else self.unwrap(key_id, record))
         self._cache.put(key)
         return key
 
-    def _open_into(self, subject: str, key_id: str, record: bytes,
-                   keys: dict[str, DataKey], failures: dict[str, str]) -> None:
+    def _open_into(self, subject: str, key_id: str, record: bytes, keys: dict[str, DataKey],
+                   failures: dict[str, str], raw: bytes | None = None) -> None:
         try:
-            keys[subject] = self._open(key_id, record)
+            keys[subject] = self._open(key_id, record, raw)
         except KmsError:
             failures[subject] = "key_unavailable"
 
