@@ -50,6 +50,17 @@ class Record:
     headers: dict[str, bytes]
 
 
+def records_written(consumer: Consumer, *topics: str) -> int:
+    """Records written so far to `topics` (their high watermarks: committed or not)."""
+    total = 0
+    for topic in topics:
+        info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        for partition in info.partitions if info else {}:
+            total += max(consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                        timeout=10)[1], 0)
+    return total
+
+
 def read_topic(
     settings: LeptonSettings,
     topic: str,

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from lepton.generators import transactions
 from lepton.produce import ProduceReport, publish
@@ -39,7 +39,7 @@ from shared.lifecycle import parent_death
 from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
-from tests.helpers import local_mode_specs, read_topic
+from tests.helpers import local_mode_specs, read_topic, records_written
 
 SERVICES = ("ingest", "governance", "trainer")
 MODEL = "transactions"
@@ -341,17 +341,11 @@ class Pipeline:
     def wait_governed(self, count: int, timeout: float = 120) -> None:
         """Wait until events.governed holds `count` records (its high watermarks: committed
         or not), services alive."""
-        topic = self.topics.governed
         consumer = Consumer(client_config(self.settings, log_level=3,
                                           **{"group.id": f"{self.prefix}watermarks"}))
-
-        def governed() -> int:
-            info = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            return sum(max(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
-                           0) for p in (info.partitions if info else {}))
         try:
-            wait_until(lambda: governed() >= count, f"{count} governed events", timeout,
-                       self.check_alive)
+            wait_until(lambda: records_written(consumer, self.topics.governed) >= count,
+                       f"{count} governed events", timeout, self.check_alive)
         finally:
             consumer.close()
 

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from shared.config import LeptonSettings
 from shared.events import Envelope, Header, decode
 from shared.lifecycle import parent_death
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import read_topic, records_written
 from tests.unit.ingest.samples import POISON, poison, valid_docs
 
 VALID = 12_000
@@ -49,15 +49,6 @@ def start(procs: list[subprocess.Popen[bytes]], *command: str) -> subprocess.Pop
     return proc
 
 
-def progress(watcher: Consumer, topics: list[str]) -> int:
-    """Records (committed or not) written so far to `topics`."""
-    total = 0
-    for topic in topics:
-        for partition in range(4):
-            total += watcher.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)[1]
-    return total
-
-
 @pytest.mark.slow
 def test_three_sigkills_lose_and_duplicate_nothing(
     lepton_env: LeptonSettings, spawn: list[subprocess.Popen[bytes]]
@@ -84,7 +75,7 @@ def test_three_sigkills_lose_and_duplicate_nothing(
     for share in KILL_AT:
         proc = start(spawn)
         deadline = time.monotonic() + 90
-        while progress(watcher, [topics.clean, topics.rejected]) < share * expected:
+        while records_written(watcher, topics.clean, topics.rejected) < share * expected:
             assert proc.poll() is None, "ingest exited on its own"
             assert time.monotonic() < deadline, "ingest made no progress"
             time.sleep(0.05)

@@ -9,14 +9,14 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from services.ingest.config import IngestSettings
 from services.ingest.worker import IngestWorker
 from shared.config import LeptonSettings
 from shared.events import Envelope, decode
 from shared.topics import Topics
-from tests.helpers import read_topic
+from tests.helpers import read_topic, records_written
 from tests.unit.ingest.samples import valid_docs
 
 EVENTS = 10_000
@@ -60,8 +60,7 @@ def test_a_replica_joining_mid_stream_loses_and_duplicates_nothing(
         thread.start()
         threads.append(thread)
         deadline = time.monotonic() + 60
-        while sum(watcher.get_watermark_offsets(TopicPartition(topics.clean, p), timeout=5)[1]
-                  for p in range(4)) < PRELOAD // 2:
+        while records_written(watcher, topics.clean) < PRELOAD // 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     watcher.close()
