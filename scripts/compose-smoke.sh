@@ -60,10 +60,34 @@ if ! docker info >/dev/null 2>&1; then
     "($(is_root && echo "no apt-get" || echo "not root"); docker info: ${why:-no docker CLI})"
   is_root || skip "no Docker engine answers this user, and starting one needs root" \
     "(docker info: $why)"
-  say "starting dockerd"
-  (dockerd >"$work/dockerd.log" 2>&1 &)
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log" >&2; fail "dockerd did not start"; }
+  # An engine killed with its machine leaves its pid files behind. Where such a pid now belongs
+  # to another process, a new dockerd takes that process for its containerd and gives up after
+  # 15 s ("timeout waiting for containerd to start", moby#40292), or refuses to start at all.
+  drop_stale_pid() {  # $1 pid file, $2 the command its process must be to count as running
+    local pid
+    [ -f "$1" ] || return 0
+    pid=$(tr -dc 0-9 <"$1")
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && return 0
+    say "removing the stale $1 (pid ${pid:-none} is not a running $2)"
+    rm -f "$1"
+  }
+  for attempt in 1 2; do
+    if pgrep -x dockerd >/dev/null; then
+      say "waiting for the dockerd already running"
+    else
+      drop_stale_pid /var/run/docker.pid dockerd
+      drop_stale_pid /var/run/docker/containerd/containerd.pid containerd
+      say "starting dockerd (attempt $attempt)"
+      (dockerd >"$work/dockerd.log" 2>&1 &)
+    fi
+    for _ in $(seq 60); do
+      docker info >/dev/null 2>&1 && break 2
+      pgrep -x dockerd >/dev/null || break  # it gave up: its log says why
+      sleep 1
+    done
+    tail -20 "$work/dockerd.log" >&2 2>/dev/null || true
+  done
+  docker info >/dev/null 2>&1 || fail "dockerd did not start (see $work/dockerd.log)"
 fi
 if docker compose version >/dev/null 2>&1; then compose=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose)
