@@ -4,12 +4,14 @@
 Appends are idempotent per decision identity: appending an identity that is already sealed
 returns the existing leaf, so a batch replayed after a crash reuses its leaves instead of
 appending twice. The store is the source of truth; `audit.log` on Kafka is a copy.
+
+In memory it keeps, per leaf, only its identity and where it lies (≈ 160 bytes); the leaf
+itself is read back from its segment when a replay or a duplicate needs it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +28,8 @@ from services.governance.segments import SegmentLog
 log = logging.getLogger(__name__)
 
 SEGMENTS = "segments"
+_SHIFT = 40  # a leaf index below 2**40 beside its partition number in one int
+_MASK = (1 << _SHIFT) - 1
 
 
 class StoreError(RuntimeError):
@@ -60,9 +64,9 @@ def partitions_on_disk(root: Path) -> list[int]:
 
 
 class PartitionLog:
-    """One partition: its segments, Merkle compact range, checkpoints and recent lines."""
+    """One partition: its segments, Merkle compact range and checkpoints."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int, fsync: bool, tail: int) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int, fsync: bool) -> None:
         self.directory = directory
         self.segments = SegmentLog(directory / SEGMENTS, segment_bytes=segment_bytes,
                                    fsync=fsync)
@@ -70,44 +74,31 @@ class PartitionLog:
         self.compact = CompactRange()
         self.last_hash = b""
         self.signed_size = 0
-        self._tail: OrderedDict[int, bytes] = OrderedDict()
-        self._tail_cap = tail
 
     @property
     def size(self) -> int:
         """Number of leaves."""
         return self.compact.size
 
-    def remember(self, index: int, line: bytes) -> None:
-        """Keep a recent line for re-publishing after a replay."""
-        self._tail[index] = line
-        if len(self._tail) > self._tail_cap:
-            self._tail.popitem(last=False)
-
     def line(self, index: int) -> bytes:
-        """The stored bytes of leaf `index` (from memory when recent, else from disk)."""
-        found = self._tail.get(index)
-        if found is not None:
-            return found
-        reader = SegmentLog(self.segments.directory)
-        for position, line in enumerate(reader.scan()):
-            if position == index:
-                return line
-        raise StoreError(f"leaf {index} is not in {self.directory}")
+        """The stored bytes of leaf `index`, read from its segment."""
+        try:
+            return self.segments.read(index)
+        except IndexError:
+            raise StoreError(f"leaf {index} is not in {self.directory}") from None
 
 
 class AuditStore:
     """All partitions of the audit log on disk, with an index of sealed identities."""
 
     def __init__(self, root: Path, log_id: str, *, segment_bytes: int = 64 << 20,
-                 fsync: bool = True, tail_lines: int = 50_000) -> None:
+                 fsync: bool = True) -> None:
         self.root = root
         self.log_id = log_id
         self._segment_bytes = segment_bytes
         self._fsync = fsync
-        self._tail_lines = tail_lines
         self.parts: dict[int, PartitionLog] = {}
-        self._index: dict[str, Sealed] = {}
+        self._index: dict[str, int] = {}  # identity → partition << _SHIFT | leaf index
 
     def open(self, partitions: int) -> None:
         """Load every partition (at least `partitions` of them), rebuilding the index and the
@@ -115,8 +106,7 @@ class AuditStore:
         numbers = set(range(partitions)) | set(partitions_on_disk(self.root))
         for number in sorted(numbers):
             part = PartitionLog(partition_dir(self.root, number),
-                                segment_bytes=self._segment_bytes, fsync=self._fsync,
-                                tail=self._tail_lines)
+                                segment_bytes=self._segment_bytes, fsync=self._fsync)
             self._load(number, part)
             part.segments.open_for_append()
             self.parts[number] = part
@@ -134,9 +124,7 @@ class AuditStore:
                                  "predecessor")
             part.last_hash = leaf_hash(line)
             part.compact.append(part.last_hash)
-            self._index[obj["identity"]] = Sealed(number, index, obj["kind"], obj.get("reason"),
-                                                  obj["source"])
-            part.remember(index, line)
+            self._index[obj["identity"]] = number << _SHIFT | index
             signed = checkpoints.get(part.size)
             if signed is not None and signed.root != part.compact.root().hex():
                 raise StoreError(f"partition {number}: the first {part.size} leaves do not "
@@ -152,7 +140,19 @@ class AuditStore:
 
     def lookup(self, identity: str) -> Sealed | None:
         """The sealed decision with this identity, if any."""
-        return self._index.get(identity)
+        where = self._index.get(identity)
+        return None if where is None else self._sealed(identity, where)[0]
+
+    def _sealed(self, identity: str, where: int,
+                unwritten: dict[int, list[bytes]] | None = None) -> tuple[Sealed, bytes]:
+        partition, index = where >> _SHIFT, where & _MASK
+        written = self.parts[partition].segments.count
+        line = (self.parts[partition].line(index) if index < written or unwritten is None
+                else unwritten[partition][index - written])
+        obj = orjson.loads(line)
+        if obj.get("identity") != identity:
+            raise StoreError(f"partition {partition}: leaf {index} is not {identity!r}")
+        return Sealed(partition, index, obj["kind"], obj.get("reason"), obj["source"]), line
 
     def append(self, partition: int, fields: dict[str, Any]) -> tuple[Sealed, bytes, bool]:
         """Seal a decision (fields of AuditRecord without log/partition/leaf_index/prev/
@@ -168,10 +168,10 @@ class AuditStore:
         lines: dict[int, list[bytes]] = {}
         recorded_at = datetime.now(UTC).isoformat(timespec="microseconds")
         for partition, fields in decisions:
-            existing = self._index.get(fields["identity"])
-            if existing is not None:
-                out.append((existing, self.parts[existing.partition].line(
-                    existing.leaf_index), False))
+            identity = fields["identity"]
+            where = self._index.get(identity)
+            if where is not None:
+                out.append((*self._sealed(identity, where, lines), False))
                 continue
             part = self.parts[partition]
             index = part.size
@@ -179,11 +179,10 @@ class AuditStore:
                                 prev=part.last_hash.hex(), recorded_at=recorded_at)
             part.last_hash = leaf_hash(line)
             part.compact.append(part.last_hash)
-            part.remember(index, line)
             lines.setdefault(partition, []).append(line)
             sealed = Sealed(partition, index, fields["kind"], fields.get("reason"),
                             fields["source"])
-            self._index[fields["identity"]] = sealed
+            self._index[identity] = partition << _SHIFT | index
             out.append((sealed, line, True))
         for partition, written in lines.items():
             self.parts[partition].segments.append_many(written)
