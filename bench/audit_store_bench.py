@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from shared.lifecycle import parent_death
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
 PARTITIONS = 4
@@ -96,7 +98,7 @@ def _run(tree: Path, count: int, scratch: Path) -> dict[str, float]:
                 f"{str(ROOT / 'bench')!r}]; import audit_store_bench as b; print(json.dumps("
                 f"b.child({count}, pathlib.Path({str(path)!r}), {trace})))")
         done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                              text=True, cwd=tree)
+                              text=True, cwd=tree, preexec_fn=parent_death())
         out.update(json.loads(done.stdout.strip().splitlines()[-1]))
     return out
 
@@ -112,8 +114,10 @@ def main() -> None:
         base = Path(tmp) / "ref"
         base.mkdir()
         archive = subprocess.run(["git", "archive", args.ref, "services", "shared"], cwd=ROOT,
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+                                 check=True, capture_output=True,
+                                 preexec_fn=parent_death()).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True,
+                       preexec_fn=parent_death())
         results: dict[str, list[dict[str, float]]] = {args.ref: [], "this tree": []}
         for round_ in range(args.rounds):
             for name, tree in ((args.ref, base), ("this tree", ROOT)):
