@@ -1,15 +1,21 @@
-"""The durable copy of wrapped data keys: one file per data key id under
-`<keys_path>/datakeys/<2 hex>/<key id>` (0600 in 0700 directories), holding exactly the record
-Redis holds (the key wrapped by a master key, never a clear copy). Forgetting unlinks the file
-and leaves a tombstone `<key id>.forgotten`, so a Redis that lost its data (wipe, restart
-without persistence) neither re-mints a forgotten subject's key nor loses anyone else's: a key
-missing from Redis is restored from here, a tombstone marks its subject forgotten again. A
-record beside a tombstone (a `put` that raced with `destroy`, a restored backup) is never
-returned, and `put` removes its own file when a tombstone appeared while it wrote.
+"""The durable copy of wrapped data keys: one SQLite database, `<keys_path>/datakeys/keys.sqlite3`
+(0600 in a 0700 directory), holding per data key id exactly the record Redis holds (the key
+wrapped by a master key, never a clear copy), and a tombstone per destroyed key. A key missing
+from Redis (wipe, restart without persistence) is restored from here, a tombstone marks its
+subject forgotten again, and a record beside a tombstone (a restored backup) is never returned.
 
-Files are written atomically (temp file, rename) before the key is first used; there is no
-fsync per key (minting is on ingest's hot path), so a power loss within the OS write-back delay
-may lose the disk copy of a key minted just then (Redis still has it).
+A batch's new keys are written in one transaction (`put_many`), and a write never lands beside
+a tombstone: the check and the insert are one statement under SQLite's write lock, so a
+`destroy` racing with it is either before (nothing written) or after (the record deleted).
+Deletion is real: `secure_delete` overwrites a destroyed record with zeros, and `destroy` then
+checkpoints the write-ahead log into the database and truncates it, so the wrapped key is left
+in none of the store's files. Commits are not synced (minting is on ingest's hot path; the
+write-ahead log keeps the database consistent through a crash), so a power loss may lose the
+disk copy of a key minted just before it (Redis still has it); `destroy` is synced before it
+returns.
+
+A directory from before this store (`<2 hex>/<key id>` files, `<key id>.forgotten` tombstones)
+is imported on first use and its files removed.
 
 Consumes/produces: the directory above.
 """
@@ -18,96 +24,175 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
-import secrets
-from collections.abc import Iterator
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from shared.durable import fsync_dir
-
-TOMBSTONE = ".forgotten"
+DB_NAME = "keys.sqlite3"
+LEGACY_TOMBSTONE = ".forgotten"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS datakeys (key_id TEXT PRIMARY KEY, record BLOB NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS tombstones (key_id TEXT PRIMARY KEY) WITHOUT ROWID",
+)
+_PUT = ("INSERT OR REPLACE INTO datakeys SELECT ?1, ?2 "
+        "WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE key_id = ?1)")
+# key ids arrive as one JSON array parameter (any number, no SQL built from strings)
+_FORGOTTEN = "SELECT key_id FROM tombstones WHERE key_id IN (SELECT value FROM json_each(?))"
+_RECORDS = ("SELECT key_id, record FROM datakeys "
+            "WHERE key_id IN (SELECT value FROM json_each(?))")
 log = logging.getLogger(__name__)
 
 
-class WrappedKeyFiles:
+class WrappedKeys:
     """Wrapped data-key records on disk, with real deletion and tombstones."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._root = os.fspath(directory)
+        self.path = directory / DB_NAME
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
-    def _path(self, key_id: str) -> str:
-        # plain strings and os calls: minting a key is on ingest's hot path, pathlib is slower
-        if not key_id.isalnum():
-            raise ValueError("data key ids are alphanumeric")
-        return f"{self._root}/{key_id[:2]}/{key_id}"
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, opened (and the legacy files imported) on first use; hold the lock."""
+        if self._db is not None:
+            return self._db
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():  # its WAL and shared-memory files take the same mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)
+        db.execute("PRAGMA secure_delete = ON")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA:
+            db.execute(statement)
+        self._import_legacy(db)
+        self._db = db
+        return db
+
+    def lookup(self, key_ids: Sequence[str]) -> tuple[dict[str, bytes], set[str]]:
+        """(records of the ids that have no tombstone, ids that have one), in one snapshot."""
+        records: dict[str, bytes] = {}
+        forgotten: set[str] = set()
+        for key_id in key_ids:
+            _check(key_id)
+        wanted = (json.dumps(list(key_ids)),)
+        with self._lock:
+            db = self._connect()
+            with _transaction(db, "BEGIN"):
+                forgotten.update(row[0] for row in db.execute(_FORGOTTEN, wanted))
+                records.update(db.execute(_RECORDS, wanted).fetchall())
+        for key_id in forgotten:
+            records.pop(key_id, None)
+        return records, forgotten
 
     def get(self, key_id: str) -> bytes | None:
         """The stored record, or None (also when a tombstone says the key was destroyed)."""
-        try:
-            with open(self._path(key_id), "rb") as handle:
-                record = handle.read()
-        except FileNotFoundError:
-            return None
-        return None if self.forgotten(key_id) else record
+        return self.lookup([key_id])[0].get(key_id)
 
     def forgotten(self, key_id: str) -> bool:
         """True when the key was destroyed by `forget`."""
-        return os.path.exists(self._path(key_id) + TOMBSTONE)
+        return key_id in self.lookup([key_id])[1]
 
     def put(self, key_id: str, record: bytes) -> bool:
-        """Store (or replace) a record atomically, never beside a tombstone (checked again
-        after the rename, so a `destroy` racing with it always wins); False when the directory
-        is read-only here (`lepton state rebuild` writes the missing copies from Redis)."""
-        path = self._path(key_id)
-        if self.forgotten(key_id):
+        """Store (or replace) one record unless its key has a tombstone; see `put_many`."""
+        return self.put_many([(key_id, record)])
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> bool:
+        """Store (or replace) records in one transaction, skipping keys that have a tombstone;
+        False when the store is read-only here (`lepton state rebuild` writes the missing
+        copies from Redis)."""
+        rows = [(_check(key_id), record) for key_id, record in items]
+        if not rows:
             return True
-        tmp = f"{path[:-len(key_id)]}.{key_id}.{os.getpid()}.{secrets.token_hex(4)}"
-        try:
+        with self._lock:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as error:
-            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise
-            log.warning("data key %s has no disk copy: %s is not writable here", key_id,
-                        self.directory)
-            return False
-        try:
-            os.write(fd, record)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self.forgotten(key_id):  # `destroy` ran since the check above: it wins
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                db = self._connect()
+                with _transaction(db, "BEGIN IMMEDIATE"):
+                    db.executemany(_PUT, rows)
+            except (sqlite3.OperationalError, OSError) as error:
+                if not _read_only(error):
+                    raise
+                log.warning("%d data keys have no disk copy: %s is not writable here (%s)",
+                            len(rows), self.directory, error)
+                return False
         return True
 
     def destroy(self, key_id: str) -> bool:
-        """Unlink the record and leave a tombstone; True if a record existed."""
-        path = Path(self._path(key_id))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path.with_name(path.name + TOMBSTONE), os.O_WRONLY | os.O_CREAT, 0o600)
-        os.fsync(fd)
-        os.close(fd)
-        try:
-            path.unlink()
-            existed = True
-        except FileNotFoundError:
-            existed = False
-        fsync_dir(path.parent)
-        return existed
+        """Leave a tombstone and erase the record (synced, out of the write-ahead log too);
+        True if a record existed."""
+        _check(key_id)
+        with self._lock:
+            db = self._connect()
+            db.execute("PRAGMA synchronous = FULL")
+            try:
+                with _transaction(db, "BEGIN IMMEDIATE"):
+                    db.execute("INSERT OR IGNORE INTO tombstones VALUES (?)", (key_id,))
+                    existed = db.execute("DELETE FROM datakeys WHERE key_id = ?",
+                                         (key_id,)).rowcount > 0
+            finally:
+                db.execute("PRAGMA synchronous = NORMAL")
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("data key %s: erased, but a reader kept its old page in %s-wal until "
+                        "the next checkpoint", key_id, self.path.name)
+        return bool(existed)
 
     def scan(self) -> Iterator[tuple[str, bytes]]:
-        """(key id, record) of every stored key that has no tombstone."""
-        if not self.directory.is_dir():
+        """(key id, record) of every stored key that has no tombstone, by key id."""
+        with self._lock:
+            rows = self._connect().execute(
+                "SELECT key_id, record FROM datakeys WHERE key_id NOT IN "
+                "(SELECT key_id FROM tombstones) ORDER BY key_id").fetchall()
+        yield from rows
+
+    def _import_legacy(self, db: sqlite3.Connection) -> None:
+        """Move the per-key files of the earlier layout into the database, tombstones first."""
+        folders = [p for p in self.directory.iterdir()
+                   if p.is_dir() and len(p.name) == 2 and p.name.isalnum()]
+        if not folders:
             return
-        for sub in sorted(self.directory.iterdir()):
-            if not sub.is_dir():
-                continue
-            for path in sorted(sub.iterdir()):
-                if path.name.isalnum() and (record := self.get(path.name)) is not None:
-                    yield path.name, record
+        files = [path for folder in folders for path in folder.iterdir()]
+        tombstones = [(p.name[:-len(LEGACY_TOMBSTONE)],) for p in files
+                      if p.name.endswith(LEGACY_TOMBSTONE)]
+        records = [(p.name, p.read_bytes()) for p in files if p.name.isalnum()]
+        with _transaction(db, "BEGIN IMMEDIATE"):
+            db.executemany("INSERT OR IGNORE INTO tombstones VALUES (?)", tombstones)
+            db.executemany(_PUT, records)
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        log.info("imported %d data keys and %d tombstones from key files into %s",
+                 len(records), len(tombstones), self.path)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, begin: str) -> Iterator[None]:
+    db.execute(begin)
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _check(key_id: str) -> str:
+    if not key_id.isalnum():
+        raise ValueError("data key ids are alphanumeric")
+    return key_id
+
+
+def _read_only(error: Exception) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    message = str(error).lower()
+    return "readonly" in message or "read-only" in message or "unable to open" in message
