@@ -1,9 +1,11 @@
 """Where a stage's CPU goes, per event: py-spy samples the stage process's Python thread while
-it works through preloaded `transactions` events (1 % of traces sampled), psutil splits the
+it works through preloaded `transactions` events (1 % of traces sampled, or every one with
+`--all-sampled`), psutil splits the
 process's CPU time between that thread and librdkafka's own threads, and the samples are
 grouped by what the code does (see CATEGORIES).
 
-Run: `.venv/bin/python bench/stage_profile.py ingest|governance [--events 20000] [--warm]`
+Run: `.venv/bin/python bench/stage_profile.py ingest|governance [--events 20000] [--warm]
+[--all-sampled]`
 (`--warm`: ingest first runs over other events of the same customers, so data keys exist; the
 governance run uses a warm ingest to make its input). Needs `py-spy` (pip install py-spy).
 """
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest_bench import PREFIXES, _forget_redis_keys, publish, reader, start_broker  # noqa: E402
-from pipeline_bench import SAMPLED_1, _decision, start, stop_all  # noqa: E402
+from pipeline_bench import SAMPLED_1, SAMPLED_100, _decision, start, stop_all  # noqa: E402
 
 from lepton.generators import transactions  # noqa: E402
 from shared.config import LeptonSettings  # noqa: E402
@@ -95,7 +97,10 @@ def main() -> None:
     parser.add_argument("stage", choices=["ingest", "governance"])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--warm", action="store_true")
+    parser.add_argument("--all-sampled", action="store_true",
+                        help="every trace sampled (the stage and the ingest run before it)")
     args = parser.parse_args()
+    sampled = SAMPLED_100 if args.all_sampled else SAMPLED_1
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).is_file():
         parser.error("needs py-spy, which the project does not install: pip install py-spy")
@@ -115,13 +120,13 @@ def main() -> None:
         for number, batch in enumerate(batches):
             publish(bootstrap, topics.raw, batch)
             if number < len(batches) - 1 or args.stage == "governance":
-                procs = start(["ingest"], bootstrap, topics, SAMPLED_1, data)
+                procs = start(["ingest"], bootstrap, topics, sampled, data)
                 print(f"  ingest made {_wait(clean, len(batch)):,} clean events",
                       file=sys.stderr)
                 stop_all(procs)
         out = clean if args.stage == "ingest" else reader(bootstrap, topics.audit_log)
         keep = (lambda m: True) if args.stage == "ingest" else _decision
-        [proc] = start([args.stage], bootstrap, topics, SAMPLED_1, data)
+        [proc] = start([args.stage], bootstrap, topics, sampled, data)
         first = _wait(out, 1, keep, idle_s=120)
         raw = Path(tempfile.mkdtemp()) / "stacks.txt"
         recorder = subprocess.Popen([spy, "record", "-r", "500", "-f", "raw", "-o", str(raw),
@@ -142,7 +147,8 @@ def main() -> None:
     other_us = (after[1] - before[1]) * 1e6 / done
     counts = categorise(raw)
     total = sum(counts.values()) or 1
-    print(f"\n{args.stage}{' (data keys minted before)' if args.warm else ''}: {done:,} events "
+    print(f"\n{args.stage}{' (data keys minted before)' if args.warm else ''}"
+          f"{', every trace sampled' if args.all_sampled else ''}: {done:,} events "
           f"in {seconds:.1f} s ({done / seconds:,.0f}/s); CPU {main_us + other_us:.0f} µs/event "
           f"= Python thread {main_us:.0f} + librdkafka threads {other_us:.0f}; resident memory "
           f"at the end {rss_mib:,.0f} MiB\n")
