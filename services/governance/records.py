@@ -86,8 +86,8 @@ _REQUIRED = FIELDS - _OPTIONAL.keys()
 def record_bytes(fields: dict[str, Any], **more: Any) -> bytes:
     """The canonical JSON of an AuditRecord built from `fields` and `more` (defaults filled
     in) without model validation, for the hot path; `parse_record` reads it back. The bytes
-    are right-sized: the store keeps recent leaves in memory, and orjson's own bytes keep their
-    whole output buffer (8 KiB behind a ~700-byte leaf)."""
+    are right-sized: orjson's own keep their whole output buffer (8 KiB behind a ~700-byte
+    leaf), and a batch's leaves live until its outputs are produced."""
     record = {**_OPTIONAL, **fields, **more}
     if not record.keys() <= FIELDS or not record.keys() >= _REQUIRED:
         raise ValueError(f"AuditRecord fields unknown: {sorted(record.keys() - FIELDS)}, "

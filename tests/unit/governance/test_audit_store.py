@@ -110,14 +110,14 @@ def test_segment_lines_read_back_across_rolls_reopens_and_unflushed_writes(
     assert [seg.read(i) for i in range(400)] == lines
     seg.close()
     assert len(list((tmp_path / "s").glob("*.seg"))) > 10
-    with next(iter(sorted((tmp_path / "s").glob("*.seg"))[-1:])).open("ab") as handle:
+    with sorted((tmp_path / "s").glob("*.seg"))[-1].open("ab") as handle:
         handle.write(b"torn")
     reader = SegmentLog(tmp_path / "s")
     with pytest.raises(IndexError):
         reader.read(0)  # not scanned yet
     assert list(reader.scan()) == lines
-    assert [reader.read(i) for i in random.Random(7).sample(range(400), 400)] == [
-        lines[i] for i in random.Random(7).sample(range(400), 400)]
+    order = random.Random(7).sample(range(400), 400)
+    assert [reader.read(i) for i in order] == [lines[i] for i in order]
     with pytest.raises(IndexError):
         reader.read(400)
 
