@@ -20,10 +20,11 @@ import zlib
 from collections.abc import Iterable
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.kafka import client_config, ensure_topics
+from shared.kafka.ranges import read_ranges
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,13 @@ class InputPositions:
         for source, offset in next_offsets.items():
             yield self.partition_of(source), self.key(source), orjson.dumps({"offset": offset})
 
-    def load(self, sources: list[Source]) -> dict[Source, int]:
-        """The latest committed checkpoint of each source partition that has one."""
+    def load(self, sources: list[Source]) -> dict[Source, tuple[int, int]]:
+        """(offset, record time in ms) of the latest committed checkpoint of each source
+        partition that has one."""
         wanted: dict[int, dict[bytes, Source]] = {}
         for source in sources:
             wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
-        found: dict[Source, int] = {}
+        found: dict[Source, tuple[int, int]] = {}
         bounds: dict[int, tuple[int, int]] = {}
         for partition in wanted:
             low, high = self._reader.get_watermark_offsets(
@@ -79,59 +81,43 @@ class InputPositions:
                 low, high = bounds[partition]
                 if keys and high > low:
                     start = max(low, high - CHUNK)
-                    ranges[partition] = (start, high)
+                    ranges[(self.topic, partition)] = (start, high)
                     bounds[partition] = (low, start)
             if not ranges:
                 return found
-            for partition, key, offset in self._scan(ranges, deadline):
+            for partition, key, checkpoint in self._scan(ranges, deadline):
                 source = wanted[partition].pop(key, ("", -1))
                 if source[1] >= 0:
-                    found[source] = offset
+                    found[source] = checkpoint
 
-    def _scan(self, ranges: dict[int, tuple[int, int]], deadline: float
-              ) -> list[tuple[int, bytes, int]]:
-        """The latest checkpoint per key within [start, stop) of each partition."""
-        self._reader.assign([TopicPartition(self.topic, p, start)
-                             for p, (start, _) in ranges.items()])
-        latest: dict[tuple[int, bytes], tuple[int, int]] = {}  # (record offset, position)
-        pending = set(ranges)
-        try:
-            while pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read checkpoints from {self.topic} "
-                                       "(an open transaction blocks read_committed)")
-                for msg in self._reader.consume(500, 0.2):
-                    partition = msg.partition() or 0
-                    error = msg.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(partition)
-                        continue
-                    offset = msg.offset() or 0
-                    start, stop = ranges[partition]
-                    if offset >= stop - 1:
-                        pending.discard(partition)
-                    key = msg.key()
-                    # the record with the highest offset wins, whatever order they came in
-                    if start <= offset < stop and key is not None and \
-                            offset > latest.get((partition, key), (-1, 0))[0]:
-                        latest[(partition, key)] = (
-                            offset, int(orjson.loads(msg.value() or b"{}")["offset"]))
-        finally:
-            self._reader.unassign()
-        return [(p, k, o) for (p, k), (_, o) in latest.items()]
+    def _scan(self, ranges: dict[tuple[str, int], tuple[int, int]], deadline: float
+              ) -> list[tuple[int, bytes, tuple[int, int]]]:
+        """The latest checkpoint per key within the given range of each partition."""
+        latest: dict[tuple[int, bytes], tuple[int, tuple[int, int]]] = {}  # by record offset
+        for msg in read_ranges(self._reader, ranges, deadline,
+                               f"checkpoints from {self.topic} "
+                               "(an open transaction blocks read_committed)"):
+            partition, offset, key = msg.partition() or 0, msg.offset() or 0, msg.key()
+            # the record with the highest offset wins, whatever order they came in
+            if key is not None and offset > latest.get((partition, key), (-1, (0, 0)))[0]:
+                position = int(orjson.loads(msg.value() or b"{}")["offset"])
+                latest[(partition, key)] = (offset, (position, msg.timestamp()[1]))
+        return [(p, k, checkpoint) for (p, k), (_, checkpoint) in latest.items()]
 
-    def resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def resume(self, consumer: Consumer, partitions: list[TopicPartition]
+               ) -> dict[Source, int]:
         """Set each assigned partition's offset to the later of its stored position and the
-        group's committed offset (left alone when neither exists)."""
+        group's committed offset (left alone when neither exists); the record time (ms) of
+        each stored position found."""
         stored = self.load([(tp.topic, tp.partition) for tp in partitions])
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in consumer.committed(partitions, timeout=30)}
         for tp in partitions:
             source = (tp.topic, tp.partition)
-            best = max(stored.get(source, -1), committed.get(source, -1))
+            best = max(stored.get(source, (-1, 0))[0], committed.get(source, -1))
             if best >= 0:
                 tp.offset = best
+        return {source: stamp for source, (_, stamp) in stored.items()}
 
     def close(self) -> None:
         """Close the reader."""

@@ -124,10 +124,10 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
         if item.kind == Kind.RELEASED and item.envelope is not None and item.sealed:
             value = governed_json(item)
             out.append(Output(topics.governed, item.envelope.subject_id.encode(), value,
-                              [_JSON, (MAC_HEADER, mac.tag(value)), *trace]))
+                              [_JSON, (MAC_HEADER, mac.tag(value)), *trace], origin=msg))
         if item.sealed is not None and item.publish:
             out.append(Output(topics.audit_log, item.identity.encode(), item.line,
-                              [_JSON, _RECORD, *trace], item.sealed.partition))
+                              [_JSON, _RECORD, *trace], item.sealed.partition, msg))
         if item.kind in (Kind.REJECTED, Kind.DECISION_REJECTED):
             reason = (Kind.DECISION_REJECTED if item.kind == Kind.DECISION_REJECTED
                       else item.reason or "rejected")
@@ -138,7 +138,7 @@ def outputs_for(item: Item, topics: Topics, tracer: Tracer, group: str,
             value, how = sealer.seal(msg.value() or b"")
             headers.append((SEALED_HEADER, how.value.encode()))
             subject = item.envelope.subject_id.encode() if item.envelope else None
-            out.append(Output(topics.rejected, subject, value, [*headers, *trace]))
+            out.append(Output(topics.rejected, subject, value, [*headers, *trace], origin=msg))
     finally:
         if span is not None:
             span.end()

@@ -47,7 +47,7 @@ def dead_letter(record: Message, rejection: Rejection, attempt: int, subject: st
     else:
         sealed, how = sealer.seal(raw, forgotten=forgotten)
     headers.append((SEALED_HEADER, how.value.encode()))
-    return Output(topic, subject.encode() if subject else None, sealed, headers)
+    return Output(topic, subject.encode() if subject else None, sealed, headers, origin=record)
 
 
 def subject_hint(raw: bytes) -> str | None:

@@ -260,7 +260,8 @@ class Processor:
                     return
                 result.outputs.append(Output(
                     self._topics.clean, envelope.subject_id.encode(), value,
-                    [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON), *trace_headers]))
+                    [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON), *trace_headers],
+                    origin=item.record))
                 result.clean += 1
                 result.datasets[envelope.dataset] += 1
                 outcome = "clean"

@@ -59,7 +59,7 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
         if positions_topic:
             stored = InputPositions(settings, positions_topic, group, read_timeout=PROBE_TIMEOUT_S)
             try:
-                for source, offset in stored.load(sources).items():
+                for source, (offset, _) in stored.load(sources).items():
                     committed[source] = max(committed.get(source, -1), offset)
             finally:
                 stored.close()

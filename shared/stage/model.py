@@ -28,13 +28,16 @@ class Fenced(RuntimeError):
 
 @dataclass(frozen=True)
 class Output:
-    """One record to produce in the batch's transaction (partition None: by key)."""
+    """One record to produce in the batch's transaction (partition None: by key); `origin` is
+    the consumed record it answers, if one (a stage gives each record at most one output per
+    topic)."""
 
     topic: str
     key: bytes | None
     value: bytes
     headers: HeaderList = field(default_factory=list)
     partition: int | None = None
+    origin: Message | None = None
 
 
 class Stage(Protocol):
@@ -71,13 +74,19 @@ def next_offsets(batch: Sequence[Message]) -> dict[Source, int]:
     return offsets
 
 
-def rewind(consumer: Consumer, batch: Sequence[Message]) -> dict[Source, int]:
-    """Seek each partition back to the batch's first record so it is consumed again; those
-    first offsets."""
+def first_offsets(batch: Sequence[Message]) -> dict[Source, int]:
+    """The offset of the first record of each source partition in `batch`."""
     first: dict[Source, int] = {}
     for msg in batch:
         source = (msg.topic() or "", msg.partition() or 0)
         first[source] = min(first.get(source, msg.offset() or 0), msg.offset() or 0)
+    return first
+
+
+def rewind(consumer: Consumer, batch: Sequence[Message]) -> dict[Source, int]:
+    """Seek each partition back to the batch's first record so it is consumed again; those
+    first offsets."""
+    first = first_offsets(batch)
     for (topic, partition), offset in first.items():
         try:
             consumer.seek(TopicPartition(topic, partition, offset))
@@ -136,14 +145,17 @@ def process_waiting(stage: Stage, batch: list[Message], stop: threading.Event,
             wait = min(wait * 2, MAX_BACKOFF_S)
 
 
-def produce(producer: Producer, out: Output) -> None:
-    """Queue `out`, serving delivery reports while the local queue is full."""
+def produce(producer: Producer, out: Output, headers: HeaderList | None = None) -> None:
+    """Queue `out` (with `headers` instead of its own, if given), serving delivery reports while
+    the local queue is full."""
+    if headers is None:
+        headers = out.headers
     while True:
         try:
             if out.partition is None:
-                producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers)
+                producer.produce(out.topic, key=out.key, value=out.value, headers=headers)
             else:
-                producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers,
+                producer.produce(out.topic, key=out.key, value=out.value, headers=headers,
                                  partition=out.partition)
             return
         except BufferError:

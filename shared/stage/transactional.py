@@ -11,7 +11,9 @@ Policy, in one place:
 - an error that requires abort aborts, rewinds the batch and processes it again;
 - a fenced producer or a fatal client error stops the process (exit status 1);
 - a record below its partition's offset fence (shared/stage/fence.py) is never processed
-  again, unless the runtime rewound to it.
+  again, unless the runtime rewound to it;
+- on a broker that keeps no transaction state, outputs are read back and never produced twice
+  (shared/stage/written.py).
 On stop the current batch finishes (status 0), or is aborted when the broker cannot take it
 (status 1): nothing unfinished is ever committed.
 """
@@ -39,6 +41,7 @@ from shared.stage.model import (
     Fenced,
     Output,
     Stage,
+    first_offsets,
     is_fenced,
     is_retriable,
     next_offsets,
@@ -47,6 +50,7 @@ from shared.stage.model import (
     produce,
     rewind,
 )
+from shared.stage.written import WrittenOutputs
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,9 @@ class TransactionalRuntime:
     def run(self) -> int:
         """Consume, process, produce and commit until stopped; the exit status."""
         s, stage = self.settings, self.stage
-        ensure_topics(s, [*stage.inputs, *stage.outputs], stop=self.stop)
+        counts = ensure_topics(s, [*stage.inputs, *stage.outputs], stop=self.stop)
+        self.written = WrittenOutputs.needed(
+            s, self.group_id, {t: counts[t] for t in stage.outputs}, self.stop)
         # the transactional producer first: initialising it aborts a predecessor's open
         # transaction, which would otherwise block reading the committed positions
         self.producer: Producer = make_producer(s, transactional_id=self.transactional_id,
@@ -162,11 +168,20 @@ class TransactionalRuntime:
         offsets = next_offsets(batch)
         if not outputs and not offsets:
             return True
-        producer = self.producer
+        producer, written = self.producer, self.written
+        begun = time.time_ns() // 1_000_000
         try:
             producer.begin_transaction()
-            for out in outputs:
-                produce(producer, out)
+            if written is None:
+                for out in outputs:
+                    produce(producer, out)
+            else:
+                for out in outputs:
+                    headers = written.headers(out)
+                    if headers is not None:
+                        produce(producer, out, headers)
+                if outputs:  # the positions must not reach the broker before the outputs
+                    self._step("deliver outputs", self._deliver)
             for partition, key, value in self.positions.records(offsets):
                 produce(producer, Output(self.positions.topic, key, value, [], partition))
             if offsets:
@@ -187,7 +202,19 @@ class TransactionalRuntime:
                              f"live replica with this id? ({error})") from None
             log.warning("transaction aborted, the batch will be processed again: %s", error)
         self._abort()
+        if written is not None and not self.unfinished and offsets:
+            since = {source: (offset, begun) for source, offset in first_offsets(batch).items()}
+            try:
+                wait_for_kafka(lambda: written.scan(since), self.stop, "reading back outputs")
+            except (KafkaException, TimeoutError) as exc:  # a restart reads them back
+                log.error("could not read back the aborted batch's outputs: %s", exc)
+                self.unfinished = True
         return False
+
+    def _deliver(self, timeout: float) -> None:
+        if self.producer.flush(timeout):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "outputs undelivered",
+                                            retriable=True))
 
     def _step(self, what: str, call: Callable[[float], object]) -> None:
         """Call a transactional step until it completes; retriable errors (timeouts, the broker
@@ -222,23 +249,34 @@ class TransactionalRuntime:
         """Resume each partition at the later of its Kafka-committed and stored position; a
         broker that does not answer meanwhile (frozen during a rejoin) is waited for until
         stop, as a raise here would leave consume() and end the service."""
-        wait_for_kafka(lambda: self.positions.resume(consumer, partitions), self.stop,
+        wait_for_kafka(lambda: self._resume(consumer, partitions), self.stop,
                        f"{self.label} (reading its input positions)")
         self.fence.assigned(partitions)
         consumer.assign(partitions)
         log.info("%s assigned %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
 
+    def _resume(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stamps = self.positions.resume(consumer, partitions)
+        if self.written is not None:
+            self.written.scan({(tp.topic, tp.partition): (max(tp.offset, 0),
+                                                          stamps.get((tp.topic, tp.partition), 0))
+                               for tp in partitions})
+
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.fence.revoked(partitions)
+        if self.written is not None:
+            self.written.forget([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
             self.metrics.lag.pop((tp.topic, tp.partition), None)
         log.info("%s revoked %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     def _close(self) -> None:
-        for name, close in (("consumer", self.consumer.close),
-                            ("positions reader", self.positions.close)):
+        closers = [("consumer", self.consumer.close), ("positions reader", self.positions.close)]
+        if self.written is not None:
+            closers.append(("outputs reader", self.written.close))
+        for name, close in closers:
             try:
                 close()
             except (KafkaException, RuntimeError) as exc:

@@ -1,7 +1,8 @@
 """The shared stage runtime's commit policy, once, against the real embedded broker: outputs
 and offsets commit together exactly once; infrastructure errors are waited out; a transaction
 that has to abort is rewound and its batch processed again, with nothing of the aborted try
-visible; a stop commits what finished and resumes exactly there; the at-least-once runtime
+visible; a stop commits what finished and resumes exactly there; outputs that an unfinished
+transaction left on the embedded broker are not produced again; the at-least-once runtime
 acknowledges a batch only after its outputs are delivered."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shared.kafka import make_consumer, make_producer
 from shared.positions import InputPositions
 from shared.stage import AtLeastOnceRuntime, Output, TransactionalRuntime
 from shared.stage.model import next_offsets
+from shared.stage.written import ORIGIN
 from tests.helpers import read_topic
 
 N = 300
@@ -55,7 +57,7 @@ class EchoStage:
         outputs = []
         for msg in batch:
             self.processed[msg.value() or b""] += 1
-            outputs.append(Output(self.outputs[0], msg.key(), msg.value() or b""))
+            outputs.append(Output(self.outputs[0], msg.key(), msg.value() or b"", origin=msg))
         if self.poison_commits > 0:
             self.poison_commits -= 1
             # larger than message.max.bytes: the produce fails inside the open transaction
@@ -248,6 +250,33 @@ def test_records_delivered_again_are_not_processed_again(
     assert all(n == 1 for n in out.values()), "an output committed twice"
     assert all(n == 1 for n in stage.processed.values()), "a record processed twice"
     assert "already processed here" in caplog.text  # the re-delivery did happen
+
+
+def test_outputs_an_unfinished_transaction_left_are_not_produced_again(
+        lepton_env: LeptonSettings, prefix: str,
+        running: list[tuple[threading.Thread, threading.Event]]) -> None:
+    """The embedded broker shows a transaction's records as they arrive: what a replica killed
+    before it sent its positions left behind is read back on assignment, not produced again."""
+    settings = lepton_env
+    stage = EchoStage(prefix)
+    values = _feed(settings, stage.inputs[0], N)
+    left = [r for r in read_topic(settings, stage.inputs[0], expect=N) if r.offset < 20]
+    producer = make_producer(settings)
+    for r in left:
+        producer.produce(stage.outputs[0], key=r.key, value=r.value,
+                         headers=[(ORIGIN, f"{r.topic}/{r.partition}/{r.offset}".encode())])
+    assert producer.flush(15) == 0
+    stop, codes = threading.Event(), []
+    thread = _start(_transactional(settings, stage, stop, f"left-{uuid.uuid4().hex[:6]}"),
+                    stop, codes, running)
+    _committed(stage, N)
+    out = _outputs(settings, stage.outputs[0], N)
+    stop.set()
+    thread.join(20)
+    assert codes == [0]
+    assert len(left) >= 40 and sum(stage.processed.values()) == N  # all processed again
+    assert set(out) == values
+    assert all(n == 1 for n in out.values()), "an output written twice"
 
 
 def test_a_stale_resume_position_is_raised_to_what_the_replica_committed(
