@@ -45,6 +45,7 @@ class Header:
     DLQ_TOPIC = "lepton.dlq.source.topic"
     DLQ_PARTITION = "lepton.dlq.source.partition"
     DLQ_OFFSET = "lepton.dlq.source.offset"
+    ORIGIN = "lepton.origin"  # the consumed record an output answers (shared/stage/written.py)
     CONNECT_ERRORS = "__connect.errors."  # Kafka Connect's dead-letter header namespace
 
 

@@ -24,14 +24,13 @@ import time
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from shared.config import LeptonSettings
-from shared.events import HeaderList
+from shared.events import Header, HeaderList
 from shared.kafka import client_config, wait_for_kafka
 from shared.kafka.ranges import read_ranges
 from shared.stage.model import Output, Source
 
 log = logging.getLogger(__name__)
 
-ORIGIN = "lepton.origin"
 MOCK_CLUSTER = "mockCluster"  # the cluster id prefix of librdkafka's mock cluster
 CHUNK = 2000
 CLOCK_SLACK_MS = 10_000  # the outputs and the checkpoint were stamped by one host's clock
@@ -40,13 +39,13 @@ READ_TIMEOUT_S = 60.0
 
 def origin_header(msg: Message) -> tuple[str, bytes]:
     """The `lepton.origin` header naming the consumed record `msg`."""
-    return ORIGIN, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()
+    return Header.ORIGIN, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()
 
 
 def _origin(msg: Message) -> tuple[Source, int] | None:
     headers = msg.headers()
     for key, value in headers.items() if isinstance(headers, dict) else headers or ():
-        if key == ORIGIN and isinstance(value, bytes):
+        if key == Header.ORIGIN and isinstance(value, bytes):
             topic, partition, offset = value.decode().rsplit("/", 2)
             return (topic, int(partition)), int(offset)
     return None
