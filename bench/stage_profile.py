@@ -48,7 +48,7 @@ IN_PROCESS = "process_waiting ("
 CATEGORIES = [
     ("decode (orjson + envelope check)", ("_decode (", "fast_envelope.py", "decoding.py")),
     ("clean (columns)", ("ingest/cleaning.py", "ingest/columns.py", "ingest/normalise.py")),
-    ("data keys (mint, unwrap, key files)", ("ingest/keystore.py", "ingest/keyfiles.py",
+    ("data keys (mint, unwrap, key files)", ("ingest/keystore.py", "ingest/wrapped_keys.py",
                                              "ingest/key_cache.py", "ingest/rewrap.py",
                                              "shared/crypto.py")),
     ("protect (AES-GCM, tokens)", ("ingest/protect.py",)),

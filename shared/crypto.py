@@ -1,7 +1,7 @@
 """What every holder of key material shares: the error types and base64url.
 
 The data keys, field encryption, tokens and the master keyring belong to ingest
-(`services/ingest/keystore.py`, `ciphers.py`, `keyring.py`, `keyfiles.py`, `rewrap.py`; the
+(`services/ingest/keystore.py`, `ciphers.py`, `keyring.py`, `wrapped_keys.py`, `rewrap.py`; the
 `lepton` CLI uses them for `forget`, `keys` and `dlq`). The other services hold no data key and
 no master key: they seal dead letters to the DLQ public key (`shared/dlq.py`), and governance
 derives subject pseudonyms from the platform key (`shared/tokens.py`, `shared/pseudonym.py`).

@@ -1,6 +1,7 @@
 """Per-subject data keys: minted by ingest, wrapped by a master key from a `Kms`
 (`services/ingest/keyring.py`), stored wrapped in Redis (`<prefix>crypto:datakey:<data key id>`)
-with a durable copy on disk (`keyfiles.py`), and destroyed by `lepton forget` (crypto-shredding).
+with a durable copy on disk (`wrapped_keys.py`), and destroyed by `lepton forget`
+(crypto-shredding).
 
 Only ingest and the operator's `lepton` CLI (`forget`, `state rebuild`, `keys`, `dlq`) hold the
 master keyring; governance, the trainer and serving never construct a `KeyStore`.
@@ -24,8 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.ingest.ciphers import DataKey, parse_ciphertext, parse_sealed
 from services.ingest.key_cache import KeyCache
-from services.ingest.keyfiles import WrappedKeyFiles
 from services.ingest.keyring import Kms, LocalKms
+from services.ingest.wrapped_keys import WrappedKeys
 from shared.config import LeptonSettings
 from shared.crypto import CryptoError, KeyDestroyed, KmsError, b64d, b64e
 from shared.pseudonym import Pseudonymizer
@@ -77,7 +78,7 @@ class KeyStore:
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self.key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
-        self.files = WrappedKeyFiles(settings.keys_path() / "datakeys")
+        self.files = WrappedKeys(settings.keys_path() / "datakeys")
         self._cache = KeyCache(cache_size, cache_ttl)
         self._mint = self.redis.register_script(_MINT)
         self.swap = self.redis.register_script(_SWAP)
@@ -113,12 +114,15 @@ class KeyStore:
         found: list[tuple[str, str, bytes]] = []
         restored: list[tuple[str, bytes]] = []
         reforgotten: list[str] = []
+        absent = [key_id for (_, key_id), record in zip(missing, records, strict=True)
+                  if record is None]
+        on_disk, tombstoned = self.files.lookup(absent) if absent else ({}, set())
         for (subject, key_id), record in zip(missing, records, strict=True):
             if record is None:  # not in Redis: the durable copy decides (restore or forgotten)
-                record = self.files.get(key_id)
+                record = on_disk.get(key_id)
                 if record is not None:
                     restored.append((key_id, record))
-                elif self.files.forgotten(key_id):
+                elif key_id in tombstoned:
                     failures[subject] = "forgotten"
                     reforgotten.append(self.pseudonyms.normal(subject))
                     continue
@@ -142,8 +146,9 @@ class KeyStore:
 
     def _mint_into(self, to_mint: list[tuple[str, str]], keys: dict[str, DataKey],
                    failures: dict[str, str]) -> None:
-        """Mint keys for (subject, key id) pairs in one Redis call, keep each winning record
-        on disk and open it (ours from the raw key, without unwrapping it again)."""
+        """Mint keys for (subject, key id) pairs in one Redis call, keep the winning records on
+        disk (one transaction) and open them (ours from the raw key, without unwrapping it
+        again)."""
         raws = [AESGCM.generate_key(256) for _ in to_mint]
         ours = [self.wrap(key_id, raw) for (_, key_id), raw in zip(to_mint, raws, strict=True)]
         args: list[str | bytes] = []
@@ -151,11 +156,12 @@ class KeyStore:
             args += [self.pseudonyms.normal(subject), record]
         won = self._mint(keys=[self._forgotten, *(self.key_prefix + key_id
                                                   for _, key_id in to_mint)], args=args)
+        self.files.put_many((key_id, record) for (_, key_id), record
+                            in zip(to_mint, won, strict=True) if record is not None)
         for (subject, key_id), raw, mine, record in zip(to_mint, raws, ours, won, strict=True):
             if record is None:
                 failures[subject] = "forgotten"
                 continue
-            self.files.put(key_id, record)
             self._open_into(subject, key_id, record, keys, failures,
                             raw if record == mine else None)
 
@@ -212,11 +218,11 @@ class KeyStore:
         every Redis key that lacks one; (restored into Redis, written to disk)."""
         on_disk = dict(self.files.scan())
         restored, _ = self._restore(list(on_disk.items()))
-        written = 0
-        for key_id, record in self.records():
-            if key_id not in on_disk and not self.files.forgotten(key_id):
-                written += self.files.put(key_id, record)
-        return len(restored), written
+        lacking = dict(r for r in self.records() if r[0] not in on_disk)
+        _, tombstoned = self.files.lookup(list(lacking))
+        copies = [(key_id, record) for key_id, record in lacking.items()
+                  if key_id not in tombstoned]
+        return len(restored), len(copies) if self.files.put_many(copies) else 0
 
     def is_forgotten(self, subject_id: str) -> bool:
         """True once `forget(subject_id)` ran."""
