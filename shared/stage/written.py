@@ -42,12 +42,17 @@ def origin_header(msg: Message) -> tuple[str, bytes]:
     return Header.ORIGIN, f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()
 
 
-def _origin(msg: Message) -> tuple[Source, int] | None:
+def origin_of(msg: Message) -> tuple[Source, int] | None:
+    """The consumed partition and offset `msg`'s origin header names; None without one, or
+    with one that does not parse (a record another producer wrote)."""
     headers = msg.headers()
     for key, value in headers.items() if isinstance(headers, dict) else headers or ():
         if key == Header.ORIGIN and isinstance(value, bytes):
-            topic, partition, offset = value.decode().rsplit("/", 2)
-            return (topic, int(partition)), int(offset)
+            try:
+                topic, partition, offset = value.decode().rsplit("/", 2)
+                return (topic, int(partition)), int(offset)
+            except ValueError:  # UnicodeDecodeError is one
+                return None
     return None
 
 
@@ -111,7 +116,7 @@ class WrittenOutputs:
                 tp = (msg.topic() or "", msg.partition() or 0)
                 stamp = msg.timestamp()[1]
                 oldest[tp] = min(oldest.get(tp, stamp), stamp)
-                origin = _origin(msg)
+                origin = origin_of(msg)
                 if origin is not None and origin[0] in since and \
                         origin[1] >= since[origin[0]][0]:
                     found[origin[0]].add((tp[0], origin[1]))
