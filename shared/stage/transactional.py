@@ -96,12 +96,14 @@ class TransactionalRuntime:
         """Consume, process, produce and commit until stopped; the exit status."""
         s, stage = self.settings, self.stage
         counts = ensure_topics(s, [*stage.inputs, *stage.outputs], stop=self.stop)
-        self.written = WrittenOutputs.needed(
-            s, self.group_id, {t: counts[t] for t in stage.outputs}, self.stop)
         # the transactional producer first: initialising it aborts a predecessor's open
         # transaction, which would otherwise block reading the committed positions
         self.producer: Producer = make_producer(s, transactional_id=self.transactional_id,
                                                 stop=self.stop, **self.producer_config)
+        cluster = wait_for_kafka(lambda: self.producer.list_topics(timeout=5).cluster_id,
+                                 self.stop, "the cluster check")
+        self.written = WrittenOutputs.needed(cluster, s, self.group_id,
+                                             {t: counts[t] for t in stage.outputs})
         self.positions = InputPositions(s, self.positions_topic, self.group_id,
                                         read_timeout=self.positions_read_timeout_s)
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
@@ -172,16 +174,12 @@ class TransactionalRuntime:
         begun = time.time_ns() // 1_000_000
         try:
             producer.begin_transaction()
-            if written is None:
-                for out in outputs:
-                    produce(producer, out)
-            else:
-                for out in outputs:
-                    headers = written.headers(out)
-                    if headers is not None:
-                        produce(producer, out, headers)
-                if outputs:  # the positions must not reach the broker before the outputs
-                    self._step("deliver outputs", self._deliver)
+            for out in outputs:
+                headers = out.headers if written is None else written.headers(out)
+                if headers is not None:
+                    produce(producer, out, headers)
+            if written is not None and outputs:  # positions must not reach it before outputs
+                self._step("deliver outputs", self._deliver)
             for partition, key, value in self.positions.records(offsets):
                 produce(producer, Output(self.positions.topic, key, value, [], partition))
             if offsets:

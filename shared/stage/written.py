@@ -18,14 +18,13 @@ transaction, none of this runs.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.events import Header, HeaderList
-from shared.kafka import client_config, wait_for_kafka
+from shared.kafka import client_config
 from shared.kafka.ranges import read_ranges
 from shared.stage.model import Output, Source
 
@@ -65,25 +64,21 @@ class WrittenOutputs:
         self._written: dict[Source, set[tuple[str, int]]] = {}  # {(output topic, offset)}
 
     @classmethod
-    def needed(cls, settings: LeptonSettings, group: str, topics: dict[str, int],
-               stop: threading.Event) -> WrittenOutputs | None:
-        """A reader of `topics` (name: partition count) when the broker keeps no transaction
-        state; None when its transactions are atomic."""
-        reader = Consumer(client_config(settings, log_level=3, **{
+    def needed(cls, cluster_id: str | None, settings: LeptonSettings, group: str,
+               topics: dict[str, int]) -> WrittenOutputs | None:
+        """A reader of `topics` (name: partition count) when the broker (`cluster_id`) keeps no
+        transaction state; None when its transactions are atomic."""
+        if not (cluster_id or "").startswith(MOCK_CLUSTER):
+            return None
+        log.info("the broker keeps no transaction state: outputs are read back on assignment "
+                 "and never produced twice")
+        return cls(Consumer(client_config(settings, log_level=3, **{
             "group.id": f"{group}.outputs-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_uncommitted",  # all that the broker shows
             "fetch.wait.max.ms": 20,
-        }))
-        cluster = wait_for_kafka(lambda: reader.list_topics(timeout=5).cluster_id, stop,
-                                 "the cluster check")
-        if (cluster or "").startswith(MOCK_CLUSTER):
-            log.info("the broker keeps no transaction state: outputs are read back on "
-                     "assignment and never produced twice")
-            return cls(reader, topics)
-        reader.close()
-        return None
+        })), topics)
 
     def headers(self, out: Output) -> HeaderList | None:
         """`out`'s headers with its origin; None when it is already written."""
