@@ -15,10 +15,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.kafka import client_config
+from shared.kafka.ranges import RangesUnread, read_ranges
 from shared.positions import InputPositions
 
 PROBE_MAX = 64
@@ -78,19 +79,12 @@ def _records_after(reader: Consumer, start: dict[Source, int], end: dict[Source,
     partition; a partition not read to its end in time keeps its apparent lag."""
     if not start:
         return {}
-    reader.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
     counts = dict.fromkeys(start, 0)
-    pending = set(start)
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
-    while pending and time.monotonic() < deadline:
-        for msg in reader.consume(500, 0.2):
-            source = (msg.topic() or "", msg.partition() or 0)
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(source)
-                continue
-            if source in counts and (msg.offset() or 0) < end[source]:
-                counts[source] += 1
-    reader.unassign()
-    return {s: n for s, n in counts.items() if s not in pending}
+    unread: set[Source] = set()
+    try:
+        for msg in read_ranges(reader, {s: (o, end[s]) for s, o in start.items()},
+                               time.monotonic() + PROBE_TIMEOUT_S, "the lag probe"):
+            counts[(msg.topic() or "", msg.partition() or 0)] += 1
+    except RangesUnread as late:
+        unread = late.pending
+    return {s: n for s, n in counts.items() if s not in unread}

@@ -12,16 +12,24 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 Partition = tuple[str, int]
 
 
+class RangesUnread(TimeoutError):
+    """The deadline passed before every range was read; `pending` are the partitions left."""
+
+    def __init__(self, what: str, pending: set[Partition]) -> None:
+        super().__init__(f"could not read {what}")
+        self.pending = pending
+
+
 def read_ranges(reader: Consumer, ranges: dict[Partition, tuple[int, int]], deadline: float,
                 what: str) -> Iterator[Message]:
     """The records in [start, stop) of each partition, in no particular order across
-    partitions; TimeoutError naming `what` past `deadline` (time.monotonic)."""
+    partitions; RangesUnread naming `what` past `deadline` (time.monotonic)."""
     reader.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
     pending = set(ranges)
     try:
         while pending:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {what}")
+                raise RangesUnread(what, pending)
             for msg in reader.consume(500, 0.2):
                 part = (msg.topic() or "", msg.partition() or 0)
                 error = msg.error()
