@@ -5,10 +5,11 @@ Every rank runs the same number of optimiser steps (derived from the global row 
 uneven or empty local batches never hang a collective). A non-private step sums the local loss
 gradient, all-reduces the sums together with the row count, and divides by the global count:
 the update equals one worker training on the union of the chunks. Non-private rounds also keep
-an average of the weights (torch.optim.swa_utils, one update per round: round t is weighted
-max(1 − decay, 2/(t+1)), so weights grow linearly with t early in a cycle and decay
-exponentially later), and the cycle releases that average: the last round alone over-weights
-the latest batch.
+an average of the weights (torch.optim.swa_utils, one update per round), and the cycle releases
+that average: the last round alone over-weights the latest batch. Round t enters the average
+with the share max(1 − decay, w_t / (w_1 + … + w_t)), where w_t = (rows of round t) × (rows
+trained through round t). Equal rounds give 2/(t+1), so weights grow linearly with t early in a
+cycle and decay exponentially later; a short round (the tail of a stream) weighs by its rows.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ class Engine:
         self.rows = 0
         self.steps = 0
         self.average_decay = average_decay
+        self._averaged_weight = 0.0
+        self._round_share = 1.0
         self.average = AveragedModel(model, avg_fn=self._average_step,
                                      use_buffers=True) if average_decay > 0 else None
 
     def _average_step(self, averaged: torch.Tensor, current: torch.Tensor,
-                      averaged_rounds: torch.Tensor | int) -> torch.Tensor:
-        weight = max(1.0 - self.average_decay, 2.0 / (int(averaged_rounds) + 2))
-        return averaged + (current - averaged) * weight
+                      _averaged_rounds: torch.Tensor | int) -> torch.Tensor:
+        return averaged + (current - averaged) * max(1.0 - self.average_decay, self._round_share)
 
     def train_round(self, x: npt.NDArray[np.float32], y: npt.NDArray[np.float32],
                     global_rows: int) -> RoundStats:
@@ -78,6 +80,9 @@ class Engine:
         self.rows += global_rows
         self.steps += steps_per_epoch * self.epochs
         if self.average is not None:
+            weight = float(global_rows) * self.rows
+            self._averaged_weight += weight
+            self._round_share = weight / self._averaged_weight
             self.average.update_parameters(self.model)
         return RoundStats(global_rows, steps_per_epoch * self.epochs,
                           total_loss / max(1, global_rows * self.epochs))

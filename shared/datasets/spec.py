@@ -140,8 +140,9 @@ class ModelSpec(_Spec):
     epochs_per_batch: int = Field(default=1, ge=1)
     average_decay: float = Field(
         default=0.9, ge=0, lt=1, description="Non-private training releases an average of "
-        "each round's weights: round t weighs max(1 - average_decay, 2/(t+1)) (0: the last "
-        "round's weights).")
+        "each round's weights: round t weighs max(1 - average_decay, w_t / (w_1 + ... + w_t)), "
+        "w_t = its rows x the rows trained through it (equal rounds: 2/(t+1)); 0: the last "
+        "round's weights.")
     token_buckets: int = Field(default=64, ge=2)
     min_auc: float = Field(
         default=0.6, ge=0.5, le=1.0,
