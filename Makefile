@@ -2,8 +2,8 @@ PY ?= .venv/bin/python
 
 .PHONY: test slow faults fuzz bench
 
-test:  ## the default suite (fault injection excluded; fuzz replay included)
-	$(PY) -m pytest
+test:  ## the default suite (fault injection excluded; fuzz replay included), in 3 workers
+	$(PY) -m pytest -n $${LEPTON_TEST_WORKERS:-3}
 
 slow:  ## long scenario tests (federation rounds, repeated SIGKILLs, a tuning study)
 	$(PY) -m pytest -m slow
