@@ -1,8 +1,9 @@
 """The durable copies of wrapped data keys (a real SQLite file, real Redis): a destroyed key's
-record is left in none of the store's files, a write never lands beside a tombstone even when
-another process destroys keys while it mints, a forget racing with a restore never leaves the
-key readable (the race forced at exactly that point), the files are private, and a directory of
-the earlier per-key files is imported."""
+record is left in none of the store's files, a write never lands beside a tombstone (a destroy
+paused inside its transaction while a put starts, and the reverse; and another process
+destroying keys while one mints), a forget racing with a restore never leaves the key readable
+(each race forced at exactly that point), the files are private, and a directory of the earlier
+per-key files is imported."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import errno
 import multiprocessing
 import sqlite3
 import stat
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,63 @@ def test_a_record_beside_a_tombstone_is_never_returned(tmp_path: Path) -> None:
     assert list(keys.scan()) == []
     assert keys.put(KEY_ID, b"mk1.other") is True
     assert keys.get(KEY_ID) is None
+
+
+def _paused_at(keys: WrappedKeys, statement: str) -> tuple[threading.Event, threading.Event]:
+    """(paused, release): `keys`' connection stops before running `statement`, inside its
+    transaction (holding SQLite's write lock), until `release` is set."""
+    paused, release = threading.Event(), threading.Event()
+
+    def trace(sql: str) -> None:
+        if sql.startswith(statement):
+            paused.set()
+            assert release.wait(30)
+
+    keys.lookup([])  # open the connection
+    assert keys._db is not None
+    keys._db.set_trace_callback(trace)
+    return paused, release
+
+
+def _in_thread(call: Callable[[], bool]) -> tuple[threading.Thread, list[bool]]:
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("first", ["destroy", "put"])
+def test_a_put_racing_with_destroy_leaves_no_record(first: str, tmp_path: Path) -> None:
+    """The first party stops inside its transaction (destroy: after its tombstone, before its
+    delete; put: after its insert, before its commit) while the other starts; the other must
+    wait for it, and no record is left either way."""
+    putter, destroyer = WrappedKeys(tmp_path), WrappedKeys(tmp_path)  # two processes' stores
+    holder = destroyer if first == "destroy" else putter
+    paused, release = _paused_at(holder, "DELETE FROM datakeys" if first == "destroy"
+                                 else "COMMIT")
+    calls: dict[str, Callable[[], bool]] = {
+        "put": lambda: putter.put(KEY_ID, SECRET), "destroy": lambda: destroyer.destroy(KEY_ID)}
+    second = "put" if first == "destroy" else "destroy"
+    results: dict[str, list[bool]] = {}
+    first_thread, results[first] = _in_thread(calls[first])
+    assert paused.wait(30)
+    second_thread, results[second] = _in_thread(calls[second])
+    second_thread.join(0.5)
+    raced = second_thread.is_alive()  # it is waiting for the first one's write lock
+    release.set()
+    first_thread.join(30)
+    second_thread.join(30)
+    assert raced
+    assert not first_thread.is_alive() and not second_thread.is_alive()
+    assert results["put"] == [True]
+    assert results["destroy"] == [first == "put"]  # a record existed only when put came first
+    files = WrappedKeys(tmp_path)
+    assert files.forgotten(KEY_ID)
+    assert files.get(KEY_ID) is None
+    assert list(files.scan()) == []
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # no row at all, not merely hidden
+        assert db.execute("SELECT count(*) FROM datakeys").fetchone() == (0,)
+    assert SECRET not in _store_bytes(tmp_path)
 
 
 def _destroy_all(directory: Path, key_ids: list[str], started: Any) -> None:
