@@ -21,6 +21,7 @@ import uuid
 from confluent_kafka import Producer
 
 from lepton.broker import EmbeddedBroker
+from shared.events import Header
 
 BATCH = 1000
 VALUE = b"x" * 600
@@ -34,7 +35,7 @@ def one_batch(producer: Producer, topic: str, positions: str, batch: int, read_b
     for i in range(BATCH):
         headers = [("content-type", b"application/json")]
         if read_back:
-            headers = [*headers, ("lepton.origin", f"in/{i % 4}/{batch * BATCH + i}".encode())]
+            headers = [*headers, (Header.ORIGIN, f"in/{i % 4}/{batch * BATCH + i}".encode())]
         producer.produce(topic, key=str(i % 97).encode(), value=VALUE, headers=headers)
     if read_back:
         while producer.flush(5):

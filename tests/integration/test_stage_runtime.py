@@ -20,11 +20,11 @@ import pytest
 from confluent_kafka import Message, TopicPartition
 
 from shared.config import LeptonSettings
-from shared.events import Header
 from shared.kafka import make_consumer, make_producer
 from shared.positions import InputPositions
 from shared.stage import AtLeastOnceRuntime, Output, TransactionalRuntime
 from shared.stage.model import next_offsets
+from shared.stage.written import origin_header
 from tests.helpers import read_topic
 
 N = 300
@@ -264,7 +264,8 @@ def test_outputs_an_unfinished_transaction_left_are_not_produced_again(
     producer = make_producer(settings)
     for r in left:
         producer.produce(stage.outputs[0], key=r.key, value=r.value,
-                         headers=[(Header.ORIGIN, f"{r.topic}/{r.partition}/{r.offset}".encode())])
+                         headers=[origin_header(Message(topic=r.topic, partition=r.partition,
+                                                        offset=r.offset))])
     assert producer.flush(15) == 0
     stop, codes = threading.Event(), []
     thread = _start(_transactional(settings, stage, stop, f"left-{uuid.uuid4().hex[:6]}"),
