@@ -51,7 +51,7 @@ def start(procs: list[subprocess.Popen[bytes]], *command: str) -> subprocess.Pop
 
 
 @pytest.mark.slow
-def test_three_sigkills_lose_and_duplicate_nothing(
+def test_eight_sigkills_mid_commit_lose_and_duplicate_nothing(
     lepton_env: LeptonSettings, spawn: list[subprocess.Popen[bytes]]
 ) -> None:
     rng = random.Random(17)
