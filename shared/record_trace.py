@@ -6,11 +6,15 @@ that costs nothing when not sampled"):
 - an unsampled parent under a sampler that follows its parent: its context is passed on;
 - no parent, under a sampler whose root decision depends on the trace id alone (the SDK's
   TraceIdRatioBased, AlwaysOn/Off, parent-based or not) and the ids of `setup_telemetry`
-  (`PrimedIds`): the decision is made first with a fresh trace id, and only a sampled root asks
-  the SDK for a span, with that very trace id; an unsampled one gets a fresh span id;
-- anything else: the SDK's span.
+  (`PrimedIds`): the decision is made first with a fresh trace id, and only a sampled root
+  gets a span, with that very trace id; an unsampled one gets a fresh span id;
+- anything else: a span that records.
 
-The span is started, not made current (nothing runs inside it); the caller ends it.
+A recorded span is a `shared.tracing.recorded.RecordedSpan` (the SDK's exported span, built
+without its per-span machinery: a third of the cost) for a sampled root decided above or a
+lone canonical sampled traceparent, where that is exactly what the SDK would export;
+otherwise the SDK's own span. The span is started, not made current (nothing runs inside
+it); the caller ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -41,11 +45,17 @@ from shared.tracing import (
     span_name,
     unsampled_parent,
 )
+from shared.tracing.recorded import RecordedSpan
+from shared.tracing.recorded import recorder as recorder_for
 
 Headers = Sequence[tuple[str, bytes | str | None]]
 _W3C_HEADERS = ("traceparent", "tracestate")
 # what `context_headers` writes for an unsampled parent: version 00, non-zero ids, flags even
 _UNSAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
+# a lone canonical sampled traceparent, and a tracestate length every SDK version reads (a
+# longer one is left to the SDK)
+_SAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][13579bdf]")
+_MAX_TRACESTATE = 512
 _BY_TRACE_ID = ("TraceIdRatioBased", "AlwaysOnSampler", "AlwaysOffSampler")
 _W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
     "tracecontext,baggage", "tracecontext", "baggage,tracecontext")
@@ -60,47 +70,47 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
     name = span_name("process", topic)
     context = [(key, value) for key, value in headers if key in _W3C_HEADERS]
     has_parent = any(key == "traceparent" for key, _ in context)
+    root: _Root | None = None
+    sampled: SpanContext | None = None
     if has_parent:
         # the common case, a lone canonical unsampled traceparent, is passed on as it is
         value = context[0][1]
         if len(context) == 1 and isinstance(value, bytes) and _W3C_ONLY \
                 and _UNSAMPLED.fullmatch(value) and parent_decides(tracer):
             return None, [("traceparent", value)]
-        parent = unsampled_parent(tracer, headers)
+        sampled = _sampled_parent(context) if _W3C_ONLY else None
+        parent = None if sampled is not None else unsampled_parent(tracer, headers)
         if parent is not None:
             return None, context_headers(parent)
     else:
-        unsampled = _unsampled_root(tracer, name)
-        if unsampled is not None:
-            return None, unsampled
+        root = _decided_root(tracer, name, SpanKind.CONSUMER)
+        if root is not None and not root.sampled:
+            return None, _unsampled_headers(root)
     attrs = messaging_attributes(topic, "process", **{
         "messaging.destination.partition.id": None if partition is None else str(partition),
         "messaging.kafka.offset": offset, "messaging.consumer.group.name": group})
     attrs.update(attributes or {})
+    recorded = _recorded(tracer, name, SpanKind.CONSUMER, sampled, root, attrs, start_time)
+    if recorded is not None:
+        return recorded, context_headers(recorded.get_span_context())
     span = tracer.start_span(name, context=extract_context(headers) if has_parent else Context(),
                              kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_time)
     out = context_headers(span.get_span_context(), span)
     return (span if span.is_recording() else None), out
 
 
-def _unsampled_root(tracer: trace.Tracer, name: str) -> HeaderList | None:
-    """The headers of a root span the sampler drops, decided without the SDK; None when the
-    SDK must start the span (it then gets the trace id the decision was made with)."""
-    dropped = _dropped_root(tracer, name, SpanKind.CONSUMER)
-    if dropped is None:
-        return None
-    trace_id, span_id, flags, state = dropped
-    if not _W3C_ONLY or state:
-        return context_headers(SpanContext(trace_id, span_id, is_remote=False,
-                                           trace_flags=TraceFlags(flags), trace_state=state))
-    return [("traceparent", f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}".encode())]
+class _Root(NamedTuple):
+    """A root span's sampling, decided without the SDK."""
+
+    ids: PrimedIds
+    trace_id: int
+    sampled: bool
+    trace_state: TraceState | None
 
 
-def _dropped_root(tracer: trace.Tracer, name: str,
-                  kind: SpanKind) -> tuple[int, int, int, TraceState | None] | None:
-    """(trace id, span id, flags, trace state) of a root span the sampler drops, decided
-    without the SDK; None when the SDK must decide or start the span (a sampled root: the id
-    generator is primed with the trace id the decision was made with)."""
+def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | None:
+    """The sampler's decision for a root span of a fresh trace id, made without the SDK; None
+    when only the SDK can make it (then nothing was decided)."""
     # an SDK tracer, or a module's proxy tracer: then the global provider's ids and sampler
     source: object = tracer if hasattr(tracer, "id_generator") else trace.get_tracer_provider()
     ids, sampler = getattr(source, "id_generator", None), getattr(source, "sampler", None)
@@ -118,11 +128,63 @@ def _dropped_root(tracer: trace.Tracer, name: str,
         return None
     trace_id = ids.generate_trace_id()
     result = sampler.should_sample(Context(), trace_id, name, kind)
-    if result.decision.is_recording():
-        ids.prime(trace_id)
+    return _Root(ids, trace_id, result.decision.is_recording(), result.trace_state or None)
+
+
+def _root_context(root: _Root) -> SpanContext:
+    """The context of a root span the sampler dropped, with a fresh span id."""
+    flags = TraceFlags.RANDOM_TRACE_ID if root.ids.is_trace_id_random() else TraceFlags.DEFAULT
+    return SpanContext(root.trace_id, root.ids.generate_span_id(), is_remote=False,
+                       trace_flags=TraceFlags(flags), trace_state=root.trace_state)
+
+
+def _unsampled_headers(root: _Root) -> HeaderList:
+    """The trace headers of a root span the sampler dropped."""
+    context = _root_context(root)
+    if not _W3C_ONLY or root.trace_state:
+        return context_headers(context)
+    return [("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+                            f"{context.trace_flags:02x}".encode())]
+
+
+def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanContext | None,
+              root: _Root | None, attributes: dict[str, Any],
+              start_time: int | None) -> RecordedSpan | None:
+    """The sampled span as a `RecordedSpan` (shared.tracing.recorded) where that is exactly
+    the SDK's span: a sampled root decided above, or a child of a sampled `parent`
+    (`_sampled_parent`) under a sampler that follows it. Otherwise None, and a root's decided
+    trace id becomes the SDK's next one."""
+    recorder = recorder_for(tracer) if _W3C_ONLY else None
+    if root is not None:
+        if recorder is not None:
+            return recorder.root(name, root.trace_id, root.trace_state, kind, attributes,
+                                 start_time)
+        root.ids.prime(root.trace_id)
         return None
-    flags = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
-    return trace_id, ids.generate_span_id(), flags, result.trace_state or None
+    if recorder is None or parent is None or not recorder.follows_sampled_parent:
+        return None
+    return recorder.child(name, parent, kind, attributes, start_time)
+
+
+def _sampled_parent(context: Headers) -> SpanContext | None:
+    """The remote parent of W3C headers holding one canonical sampled traceparent and at most
+    one tracestate (read as the W3C propagator reads them); None for any other shape."""
+    parent: bytes | None = None
+    state: str | None = None
+    for key, value in context:
+        raw = value.encode("ascii", "replace") if isinstance(value, str) else value
+        if key == "traceparent" and parent is None and raw is not None:
+            parent = raw
+        elif key == "tracestate" and state is None and raw is not None:
+            state = raw.decode("ascii", "replace")
+        else:
+            return None
+    if parent is None or _SAMPLED.fullmatch(parent) is None \
+            or (state is not None and len(state) > _MAX_TRACESTATE):
+        return None
+    return SpanContext(int(parent[3:35], 16), int(parent[36:52], 16), is_remote=True,
+                       trace_flags=TraceFlags(int(parent[53:55], 16)),
+                       trace_state=None if state is None else TraceState.from_header([state]))
 
 
 def server_span(tracer: trace.Tracer, name: str, carrier: dict[str, str],
@@ -130,22 +192,28 @@ def server_span(tracer: trace.Tracer, name: str, carrier: dict[str, str],
     """A started SERVER span for a request whose W3C headers are `carrier`, not made current.
     When the sampler would drop it (an unsampled parent it follows, or a root it rejects) it
     is a NonRecordingSpan built without the SDK, carrying the parent's context or a fresh
-    one; the caller ends it either way."""
+    one; when it records, a `RecordedSpan` where that is exactly the SDK's span. The caller
+    ends it either way."""
+    root: _Root | None = None
+    sampled: SpanContext | None = None
     if "traceparent" in carrier:
-        parent = unsampled_parent(tracer, list(carrier.items()))
+        if _W3C_ONLY:
+            sampled = _sampled_parent([(key, value) for key, value in carrier.items()
+                                       if key in _W3C_HEADERS])
+        parent = None if sampled is not None else unsampled_parent(tracer, list(carrier.items()))
         if parent is not None:
             return NonRecordingSpan(parent)
-        context = propagate.extract(carrier)
     else:
-        dropped = _dropped_root(tracer, name, SpanKind.SERVER)
-        if dropped is not None:
-            trace_id, span_id, flags, state = dropped
-            return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False,
-                                                trace_flags=TraceFlags(flags),
-                                                trace_state=state))
-        context = Context()
-    return tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes,
-                             record_exception=False, set_status_on_exception=False)
+        root = _decided_root(tracer, name, SpanKind.SERVER)
+        if root is not None and not root.sampled:
+            return NonRecordingSpan(_root_context(root))
+    recorded = _recorded(tracer, name, SpanKind.SERVER, sampled, root, attributes, None)
+    if recorded is not None:
+        return recorded
+    return tracer.start_span(
+        name, context=propagate.extract(carrier) if "traceparent" in carrier else Context(),
+        kind=SpanKind.SERVER, attributes=attributes, record_exception=False,
+        set_status_on_exception=False)
 
 
 def context_headers(context: SpanContext, span: Span | None = None) -> HeaderList:

@@ -12,8 +12,9 @@ A telemetry failure never breaks processing: propagation errors are logged and i
 exporters run in background processors.
 
 Modules: `setup` (the SDK's providers and exporters), `propagation` (W3C context in Kafka
-headers and the unsampled-parent shortcut) and `spans` (the messaging spans, their attributes
-and links).
+headers and the unsampled-parent shortcut), `spans` (the messaging spans, their attributes
+and links) and `recorded` (sampled hot-path spans handed to the SDK's exporting processors
+without its per-span machinery, where the result is the SDK's own).
 """
 
 from shared.tracing.propagation import (
