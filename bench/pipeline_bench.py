@@ -191,8 +191,9 @@ def measure(name: str, stages: list[str], output: str, env: dict[str, str], boot
         stop_all(before)
     values = values[n_warm:]
     publish(bootstrap, topics.raw, values[: args.events])
-    if pre:  # earlier stages run to completion first (their output is this row's input)
-        before = start(pre, bootstrap, topics, SAMPLED_1, data)
+    if pre:  # earlier stages run to completion first (their output is this row's input), at
+        # this row's sampling: a parent-based sampler follows their decisions
+        before = start(pre, bootstrap, topics, env, data)
         throughput(clean, args.events, before)
         stop_all(before)
     out = clean if output == "clean" else reader(
