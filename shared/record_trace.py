@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -106,6 +107,8 @@ class _Root(NamedTuple):
     trace_id: int
     sampled: bool
     trace_state: TraceState | None
+    # RECORD_AND_SAMPLE with no attributes of the sampler's own: a recorded span is exact
+    exact: bool
 
 
 def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | None:
@@ -128,7 +131,8 @@ def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | No
         return None
     trace_id = ids.generate_trace_id()
     result = sampler.should_sample(Context(), trace_id, name, kind)
-    return _Root(ids, trace_id, result.decision.is_recording(), result.trace_state or None)
+    return _Root(ids, trace_id, result.decision.is_recording(), result.trace_state or None,
+                 result.decision is Decision.RECORD_AND_SAMPLE and not result.attributes)
 
 
 def _root_context(root: _Root) -> SpanContext:
@@ -156,7 +160,7 @@ def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanConte
     trace id becomes the SDK's next one."""
     recorder = recorder_for(tracer) if _W3C_ONLY else None
     if root is not None:
-        if recorder is not None:
+        if recorder is not None and root.exact:
             return recorder.root(name, root.trace_id, root.trace_state, kind, attributes,
                                  start_time)
         root.ids.prime(root.trace_id)

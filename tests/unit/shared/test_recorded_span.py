@@ -16,8 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
+    SamplingResult,
     TraceIdRatioBased,
 )
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
@@ -236,3 +238,24 @@ def test_a_non_canonical_sampled_parent_goes_to_the_sdk() -> None:
         assert dict(out)["traceparent"] == f"00-{TRACE}-{child:016x}-01".encode()
         span.end()
     assert len(exporter.get_finished_spans()) == 4
+
+
+class _RecordOnly(TraceIdRatioBased):
+    """Decides by trace id like its parent class, but records without sampling."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY)
+
+
+def test_a_root_recorded_but_not_sampled_is_left_to_the_sdk() -> None:
+    provider, exporter = _provider(_RecordOnly(1.0), recorded=True)
+    tracer = provider.get_tracer("t")
+    assert recorder(tracer) is not None
+    span, out = record_trace(tracer, "raw", [], offset=1)
+    assert span is not None and not isinstance(span, RecordedSpan) and span.is_recording()
+    assert not span.get_span_context().trace_flags.sampled
+    ids = span.get_span_context()
+    # random trace id, not sampled
+    assert dict(out)["traceparent"] == f"00-{ids.trace_id:032x}-{ids.span_id:016x}-02".encode()
+    span.end()
+    assert exporter.get_finished_spans() == ()  # the exporting processor skips it, as ever
