@@ -3,9 +3,10 @@ hot paths of `shared.record_trace`: consumes an SDK tracer, a sampling decision 
 the span's name, parent and attributes; produces, when the span ends, the `ReadableSpan` the
 SDK would have exported, handed to the tracer's span processors.
 
-The SDK's `start_span` and `Span` cost ≈ 30 µs a span (context extraction, a second sampler
-call, attribute validation under a lock, per-span limits objects); this costs ≈ 5. It is used
-only where its result is the SDK's own: `recorder` answers None, and callers use the SDK,
+Through record_trace, the SDK's `start_span` and `Span` cost ≈ 30–40 µs a span (context
+extraction, a second sampler call, attribute validation under a lock, per-span limits
+objects); this costs ≈ 8–12 (`bench/recorded_span_bench.py`). It is used only where its
+result is the SDK's own: `recorder` answers None, and callers use the SDK,
 unless the tracer is an enabled SDK tracer without internal metrics whose span processors are
 all the SDK's batch or simple exporting processors (their start and ending hooks do nothing).
 Attributes are kept in a plain dict while every key is a non-empty string and every value a
@@ -39,7 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, StaticSampler
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 from opentelemetry.trace import (
     Link,
     SpanContext,
@@ -62,9 +63,11 @@ _UNSET = Status(StatusCode.UNSET)
 class Recorder:
     """What a recorded span takes from its SDK tracer."""
 
+    tracer: Tracer
     processor: SpanProcessor
     resource: Resource
     scope: InstrumentationScope | None
+    info: InstrumentationInfo | None
     limits: SpanLimits
     ids: IdGenerator
     # the sampler records and samples every child of a sampled remote parent, with the
@@ -91,8 +94,9 @@ class Recorder:
                             start_time if start_time is not None else time_ns())
 
 
-# one entry: (the tracer, its processors when checked, the answer)
+# per tracer: (the tracer, its processors when checked, the answer)
 _CHECKED: dict[int, tuple[object, object, Recorder | None]] = {}
+_MAX_CHECKED = 64
 
 
 def recorder(tracer: trace.Tracer) -> Recorder | None:
@@ -104,22 +108,23 @@ def recorder(tracer: trace.Tracer) -> Recorder | None:
     processor = real.span_processor
     members = getattr(processor, "_span_processors", None)
     checked = _CHECKED.get(id(real))
-    if checked is not None and checked[0] is real and checked[1] is members:
-        return checked[2]
-    answer = None
-    limits = getattr(real, "_span_limits", None)
-    enabled = getattr(real, "_is_enabled", None)
-    if (type(processor) is SynchronousMultiSpanProcessor and isinstance(members, tuple)
-            and all(type(member) in _EXPORTING for member in members)
-            and isinstance(limits, SpanLimits) and enabled is not None and enabled()
-            and os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "").strip().lower()
-            != "true"):
-        answer = Recorder(processor, real.resource,
-                          getattr(real, "_instrumentation_scope", None), limits,
-                          real.id_generator, _follows_sampled_parent(real.sampler))
-    _CHECKED.clear()
-    _CHECKED[id(real)] = (real, members, answer)
-    return answer
+    if checked is None or checked[0] is not real or checked[1] is not members:
+        answer = None
+        limits = getattr(real, "_span_limits", None)
+        if (type(processor) is SynchronousMultiSpanProcessor and isinstance(members, tuple)
+                and all(type(member) in _EXPORTING for member in members)
+                and isinstance(limits, SpanLimits) and hasattr(real, "_is_enabled")
+                and os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+                                   "").strip().lower() != "true"):
+            answer = Recorder(real, processor, real.resource,
+                              getattr(real, "_instrumentation_scope", None),
+                              real.instrumentation_info, limits, real.id_generator,
+                              _follows_sampled_parent(real.sampler))
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        checked = _CHECKED[id(real)] = (real, members, answer)
+    # the SDK's per-tracer switch can change at any time
+    return checked[2] if checked[2] is not None and real._is_enabled() else None
 
 
 class RecordedSpan(trace.Span):
@@ -245,7 +250,8 @@ class RecordedSpan(trace.Span):
             events=BoundedList.from_seq(limits.max_events, self._events) if self._events else (),
             links=BoundedList.from_seq(limits.max_links, self._links) if self._links else (),
             kind=self._kind, status=self._status, start_time=self._start,
-            end_time=self._end, instrumentation_scope=recorder.scope))
+            end_time=self._end, instrumentation_info=recorder.info,
+            instrumentation_scope=recorder.scope))
 
     def _ended(self, warning: str) -> bool:
         if self._end is None:

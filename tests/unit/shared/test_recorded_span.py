@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _TracerConfig
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -75,6 +75,7 @@ def _fields(span: ReadableSpan) -> dict[str, Any]:
         "links": [(context(link.context), dict(link.attributes or {})) for link in span.links],
         "status": (span.status.status_code, span.status.description),
         "resource": dict(span.resource.attributes), "scope": span.instrumentation_scope,
+        "info": span.instrumentation_info,
     }
 
 
@@ -210,6 +211,13 @@ def test_the_recorded_path_applies_only_where_it_is_exact(
     assert recorder(tracer) is not None
     provider.add_span_processor(_Hooked(InMemorySpanExporter()))  # a hook appears later
     assert recorder(tracer) is None
+    provider, _ = _provider(ALWAYS_ON, recorded=True)
+    tracer = provider.get_tracer("t")
+    assert recorder(tracer) is not None
+    tracer._set_tracer_config(_TracerConfig(is_enabled=False))  # type: ignore[attr-defined]
+    assert recorder(tracer) is None  # a tracer switched off later
+    span, out = record_trace(tracer, "raw", [], offset=1)
+    assert span is None and not out
     monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
     assert recorder(_provider(ALWAYS_ON, recorded=True)[0].get_tracer("t")) is None
     monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")
