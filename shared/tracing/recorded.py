@@ -63,7 +63,6 @@ _UNSET = Status(StatusCode.UNSET)
 class Recorder:
     """What a recorded span takes from its SDK tracer."""
 
-    tracer: Tracer
     processor: SpanProcessor
     resource: Resource
     scope: InstrumentationScope | None
@@ -116,7 +115,7 @@ def recorder(tracer: trace.Tracer) -> Recorder | None:
                 and isinstance(limits, SpanLimits) and hasattr(real, "_is_enabled")
                 and os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
                                    "").strip().lower() != "true"):
-            answer = Recorder(real, processor, real.resource,
+            answer = Recorder(processor, real.resource,
                               getattr(real, "_instrumentation_scope", None),
                               real.instrumentation_info, limits, real.id_generator,
                               _follows_sampled_parent(real.sampler))
@@ -182,7 +181,7 @@ class RecordedSpan(trace.Span):
     def add_event(self, name: str, attributes: types.Attributes = None,
                   timestamp: int | None = None) -> None:
         """Add an event, its attributes bounded as the SDK bounds them."""
-        if self._ended("Calling add_event on an ended span."):
+        if self._ended("Tried calling _add_event on an ended span."):
             return
         limits = self._recorder.limits
         self._events.append(Event(name, BoundedAttributes(
@@ -192,9 +191,8 @@ class RecordedSpan(trace.Span):
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         """Link another span's context, as the SDK does (an invalid one without attributes
         or trace state is ignored)."""
-        if self._ended("Calling add_link on an ended span."):
-            return
-        if not (context and (context.is_valid or attributes or context.trace_state)):
+        if not (context and (context.is_valid or attributes or context.trace_state)) \
+                or self._ended("Tried calling _add_link on an ended span."):
             return
         limits = self._recorder.limits
         self._links.append(Link(context, BoundedAttributes(
@@ -203,12 +201,13 @@ class RecordedSpan(trace.Span):
 
     def update_name(self, name: str) -> None:
         """Rename the span."""
-        if not self._ended("Calling update_name on an ended span."):
+        if not self._ended("Tried calling update_name on an ended span."):
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         """Set the status by the SDK's rules: OK is final and UNSET is ignored."""
-        if self._status.status_code is StatusCode.OK:
+        if self._ended("Tried calling set_status on an ended span.") \
+                or self._status.status_code is StatusCode.OK:
             return
         if isinstance(status, Status):
             if status.status_code is StatusCode.UNSET:

@@ -174,6 +174,9 @@ def test_a_server_span_with_everything_a_handler_does_is_the_sdks() -> None:
         span.set_status(Status(StatusCode.ERROR, "ignored after OK"))
         span.end()
         span.set_attribute("late", 1)  # ignored: ended
+        span.set_status(Status(StatusCode.ERROR, "late"))
+        span.add_event("late")
+        span.update_name("late")
         span.end()
     spans = _both(scenario, ParentBased(TraceIdRatioBased(0.5)))
     (span,) = spans
