@@ -1,16 +1,18 @@
 """Recorded spans (shared.tracing.recorded) against the SDK's own: the same calls through
 record_trace and server_span, once on a provider where the recorded path applies and once on
 one where it must not (a span processor that is not the SDK's exporting one), with the same
-ids; the exported spans and the trace headers must be identical, field by field."""
+ids; the exported spans (field by field, and as OTLP encodes them) and the trace headers must
+be identical."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, _TracerConfig
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -88,9 +90,22 @@ def _seen(span: object) -> None:
     _KINDS.append(isinstance(span, RecordedSpan))
 
 
+def _otlp(spans: Sequence[ReadableSpan]) -> bytes:
+    """The spans as the OTLP exporters send them, clock fields zeroed."""
+    request = encode_spans(spans)
+    for resource in request.resource_spans:
+        for scope in resource.scope_spans:
+            for span in scope.spans:
+                span.start_time_unix_nano = span.end_time_unix_nano = 0
+                for event in span.events:
+                    event.time_unix_nano = 0
+    return bytes(request.SerializeToString(deterministic=True))
+
+
 def _both(scenario: Scenario, sampler: Sampler, limits: SpanLimits | None = None
           ) -> list[dict[str, Any]]:
-    """Run `scenario` on both providers; assert equal spans and headers; the spans."""
+    """Run `scenario` on both providers; assert equal spans (and OTLP encodings) and headers;
+    the spans."""
     runs = []
     for recorded in (True, False):
         provider, exporter = _provider(sampler, recorded, limits)
@@ -99,7 +114,8 @@ def _both(scenario: Scenario, sampler: Sampler, limits: SpanLimits | None = None
         _KINDS.clear()
         outputs = list(scenario(tracer))
         assert _KINDS and set(_KINDS) == {recorded}
-        runs.append((outputs, [_fields(s) for s in exporter.get_finished_spans()]))
+        spans = exporter.get_finished_spans()
+        runs.append((outputs, [_fields(s) for s in spans], _otlp(spans)))
     assert runs[0] == runs[1]
     assert runs[0][1], "the scenario recorded nothing"
     return runs[0][1]
