@@ -12,7 +12,7 @@ that costs nothing when not sampled"):
 
 A recorded span is a `shared.tracing.recorded.RecordedSpan` (the SDK's exported span, built
 without its per-span machinery: a third of the cost) for a sampled root decided above or a
-lone canonical sampled traceparent, where that is exactly what the SDK would export;
+sampled remote parent, where that is exactly what the SDK would export;
 otherwise the SDK's own span. The span is started, not made current (nothing runs inside
 it); the caller ends it.
 """
@@ -43,8 +43,8 @@ from shared.tracing import (
     inject_headers,
     messaging_attributes,
     parent_decides,
+    remote_parent,
     span_name,
-    unsampled_parent,
 )
 from shared.tracing.recorded import RecordedSpan
 from shared.tracing.recorded import recorder as recorder_for
@@ -53,10 +53,6 @@ Headers = Sequence[tuple[str, bytes | str | None]]
 _W3C_HEADERS = ("traceparent", "tracestate")
 # what `context_headers` writes for an unsampled parent: version 00, non-zero ids, flags even
 _UNSAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
-# a lone canonical sampled traceparent, and a tracestate length every SDK version reads (a
-# longer one is left to the SDK)
-_SAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][13579bdf]")
-_MAX_TRACESTATE = 512
 _BY_TRACE_ID = ("TraceIdRatioBased", "AlwaysOnSampler", "AlwaysOffSampler")
 _W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
     "tracecontext,baggage", "tracecontext", "baggage,tracecontext")
@@ -79,9 +75,10 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
         if len(context) == 1 and isinstance(value, bytes) and _W3C_ONLY \
                 and _UNSAMPLED.fullmatch(value) and parent_decides(tracer):
             return None, [("traceparent", value)]
-        sampled = _sampled_parent(context) if _W3C_ONLY else None
-        parent = None if sampled is not None else unsampled_parent(tracer, headers)
-        if parent is not None:
+        parent = remote_parent(context)
+        if parent is not None and parent.trace_flags.sampled:
+            sampled = parent
+        elif parent is not None and parent_decides(tracer):
             return None, context_headers(parent)
     else:
         root = _decided_root(tracer, name, SpanKind.CONSUMER)
@@ -155,8 +152,8 @@ def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanConte
               root: _Root | None, attributes: dict[str, Any],
               start_time: int | None) -> RecordedSpan | None:
     """The sampled span as a `RecordedSpan` (shared.tracing.recorded) where that is exactly
-    the SDK's span: a sampled root decided above, or a child of a sampled `parent`
-    (`_sampled_parent`) under a sampler that follows it. Otherwise None, and a root's decided
+    the SDK's span: a sampled root decided above, or a child of a sampled remote `parent`
+    (`remote_parent`) under a sampler that follows it. Otherwise None, and a root's decided
     trace id becomes the SDK's next one."""
     recorder = recorder_for(tracer) if _W3C_ONLY else None
     if root is not None:
@@ -170,27 +167,6 @@ def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanConte
     return recorder.child(name, parent, kind, attributes, start_time)
 
 
-def _sampled_parent(context: Headers) -> SpanContext | None:
-    """The remote parent of W3C headers holding one canonical sampled traceparent and at most
-    one tracestate (read as the W3C propagator reads them); None for any other shape."""
-    parent: bytes | None = None
-    state: str | None = None
-    for key, value in context:
-        raw = value.encode("ascii", "replace") if isinstance(value, str) else value
-        if key == "traceparent" and parent is None and raw is not None:
-            parent = raw
-        elif key == "tracestate" and state is None and raw is not None:
-            state = raw.decode("ascii", "replace")
-        else:
-            return None
-    if parent is None or _SAMPLED.fullmatch(parent) is None \
-            or (state is not None and len(state) > _MAX_TRACESTATE):
-        return None
-    return SpanContext(int(parent[3:35], 16), int(parent[36:52], 16), is_remote=True,
-                       trace_flags=TraceFlags(int(parent[53:55], 16)),
-                       trace_state=None if state is None else TraceState.from_header([state]))
-
-
 def server_span(tracer: trace.Tracer, name: str, carrier: dict[str, str],
                 attributes: dict[str, Any]) -> Span:
     """A started SERVER span for a request whose W3C headers are `carrier`, not made current.
@@ -201,11 +177,10 @@ def server_span(tracer: trace.Tracer, name: str, carrier: dict[str, str],
     root: _Root | None = None
     sampled: SpanContext | None = None
     if "traceparent" in carrier:
-        if _W3C_ONLY:
-            sampled = _sampled_parent([(key, value) for key, value in carrier.items()
-                                       if key in _W3C_HEADERS])
-        parent = None if sampled is not None else unsampled_parent(tracer, list(carrier.items()))
-        if parent is not None:
+        parent = remote_parent(carrier)
+        if parent is not None and parent.trace_flags.sampled:
+            sampled = parent
+        elif parent is not None and parent_decides(tracer):
             return NonRecordingSpan(parent)
     else:
         root = _decided_root(tracer, name, SpanKind.SERVER)

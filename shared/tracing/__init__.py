@@ -21,6 +21,7 @@ from shared.tracing.propagation import (
     extract_context,
     inject_headers,
     parent_decides,
+    remote_parent,
     traceparent,
     unsampled_parent,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "parent_decides",
     "process_span",
     "publish_span",
+    "remote_parent",
     "setup_telemetry",
     "shutdown_telemetry",
     "span_name",

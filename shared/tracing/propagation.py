@@ -76,45 +76,54 @@ def parent_decides(tracer: trace.Tracer) -> bool:
     return cached
 
 
+def remote_parent(
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | dict[str, str],
+) -> SpanContext | None:
+    """The remote parent in W3C headers, exactly as the SDK's W3C propagator reads it (the
+    last `traceparent` and `tracestate` win); None when there is none, it is invalid, or it is
+    a shape this reading leaves to the propagator (a tracestate over 512 characters)."""
+    items = headers.items() if isinstance(headers, dict) else headers
+    found: dict[str, str] = {}
+    for key, value in items:
+        if key in _W3C and value is not None:
+            found[key] = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    text = found.get("traceparent")
+    if text is None or len(text) > _MAX_LENGTH:
+        return None
+    match = _TRACEPARENT.fullmatch(text)
+    if match is None or match["version"] == "ff" or (match["version"] == "00" and match["rest"]):
+        return None
+    trace_id, span_id = int(match["trace"], 16), int(match["span"], 16)
+    if not trace_id or not span_id:
+        return None
+    state = found.get("tracestate")
+    if state is not None and len(state) > _MAX_LENGTH:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True,
+                       trace_flags=TraceFlags(int(match["flags"], 16)),
+                       trace_state=None if state is None else TraceState.from_header([state]))
+
+
 def unsampled_parent(
     tracer: trace.Tracer,
-    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | None,
+    headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | dict[str, str] | None,
 ) -> SpanContext | None:
     """The remote parent in `headers` when it is valid, not sampled, and the sampler follows
     it; None when the SDK must decide."""
     if headers is None or not parent_decides(tracer):
         return None
-    items = headers.items() if isinstance(headers, dict) else headers
-    traceparent: bytes | str | None = None
-    tracestate: bytes | str | None = None
-    for key, value in items:
-        if key == "traceparent":
-            traceparent = value
-        elif key == "tracestate":
-            tracestate = value
-    if traceparent is None:
-        return None
-    text = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) \
-        else traceparent
-    match = _TRACEPARENT.fullmatch(text.strip())
-    if match is None or match["version"] == "ff" or int(match["flags"], 16) & 0x01:
-        return None
-    trace_id, span_id = int(match["trace"], 16), int(match["span"], 16)
-    if not trace_id or not span_id:
-        return None
-    state = None
-    if tracestate is not None:
-        value = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
-            else tracestate
-        state = TraceState.from_header([value])
-    return SpanContext(trace_id, span_id, is_remote=True,
-                       trace_flags=TraceFlags(int(match["flags"], 16)), trace_state=state)
+    parent = remote_parent(headers)
+    return parent if parent is not None and not parent.trace_flags.sampled else None
 
 
 _SAMPLER_CACHE: dict[int, bool] = {}
+_W3C = ("traceparent", "tracestate")
+# the W3C propagator's pattern and its traceparent limit (512 is also the tracestate length
+# every SDK version reads; a longer one is left to the propagator)
 _TRACEPARENT = re.compile(
-    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})"
-    r"(-.*)?")
+    r"[ \t]*(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?:(?P<rest>-.*)|[ \t]*)")
+_MAX_LENGTH = 512
 
 
 def traceparent(span_context: SpanContext | None) -> str | None:

@@ -102,10 +102,10 @@ def _otlp(spans: Sequence[ReadableSpan]) -> bytes:
     return bytes(request.SerializeToString(deterministic=True))
 
 
-def _both(scenario: Scenario, sampler: Sampler, limits: SpanLimits | None = None
-          ) -> list[dict[str, Any]]:
+def _both(scenario: Scenario, sampler: Sampler, limits: SpanLimits | None = None,
+          recorded_path: bool = True) -> list[dict[str, Any]]:
     """Run `scenario` on both providers; assert equal spans (and OTLP encodings) and headers;
-    the spans."""
+    the spans. `recorded_path`: whether the first provider's spans take the recorded path."""
     runs = []
     for recorded in (True, False):
         provider, exporter = _provider(sampler, recorded, limits)
@@ -113,7 +113,7 @@ def _both(scenario: Scenario, sampler: Sampler, limits: SpanLimits | None = None
         assert (recorder(tracer) is not None) is recorded
         _KINDS.clear()
         outputs = list(scenario(tracer))
-        assert _KINDS and set(_KINDS) == {recorded}
+        assert _KINDS and set(_KINDS) == {recorded and recorded_path}
         spans = exporter.get_finished_spans()
         runs.append((outputs, [_fields(s) for s in spans], _otlp(spans)))
     assert runs[0] == runs[1]
@@ -251,20 +251,44 @@ def test_the_recorded_path_applies_only_where_it_is_exact(
     assert not isinstance(span, RecordedSpan)
 
 
-def test_a_non_canonical_sampled_parent_goes_to_the_sdk() -> None:
-    provider, exporter = _provider(ParentBased(ALWAYS_ON), recorded=True)
-    tracer = provider.get_tracer("t")
-    for headers in ([("traceparent", f" 00-{TRACE}-{PARENT}-01")],
-                    [("traceparent", f"01-{TRACE}-{PARENT}-01-extra")],
-                    [("traceparent", f"00-{TRACE}-{PARENT}-01"), ("tracestate", "a=" + "x" * 600)],
-                    [("traceparent", f"00-{TRACE}-{PARENT}-01"),
-                     ("traceparent", f"00-{TRACE}-{PARENT}-01")]):
-        span, out = record_trace(tracer, "raw", headers, offset=1)
-        assert span is not None and not isinstance(span, RecordedSpan)
+SAMPLED = f"00-{TRACE}-{PARENT}-01"
+
+
+@pytest.mark.parametrize(("headers", "recorded_path"), [
+    ([("traceparent", f" \t{SAMPLED}\t")], True),
+    ([("traceparent", f"01-{TRACE}-{PARENT}-01-extra")], True),
+    ([("traceparent", f"00-{TRACE}-{'1' * 16}-01"), ("traceparent", SAMPLED)], True),
+    # read by the propagator, left to it here: a long tracestate, a newline its `$` allows
+    ([("traceparent", SAMPLED), ("tracestate", "a=" + "x" * 600)], False),
+    ([("traceparent", f"{SAMPLED}\n")], False),
+], ids=["spaces", "future-version", "repeated", "long-state", "newline"])
+def test_a_sampled_parent_in_any_shape_the_propagator_reads_is_the_sdks(
+        headers: list[tuple[str, str]], recorded_path: bool) -> None:
+    def scenario(tracer: trace.Tracer) -> Iterator[object]:
+        span, out = record_trace(tracer, "raw", headers, offset=1, start_time=1)
+        _seen(span)
+        assert span is not None
         child = span.get_span_context().span_id
         assert dict(out)["traceparent"] == f"00-{TRACE}-{child:016x}-01".encode()
         span.end()
-    assert len(exporter.get_finished_spans()) == 4
+        yield out
+    (span,) = _both(scenario, ParentBased(ALWAYS_ON), recorded_path=recorded_path)
+    assert span["parent"][:2] == (int(TRACE, 16), int(PARENT, 16))
+
+
+@pytest.mark.parametrize("traceparent", [
+    f"ff-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-extra", f"00-{'0' * 32}-{PARENT}-01",
+    f"00-{TRACE}-{PARENT.upper()}-01"])
+def test_a_parent_the_propagator_rejects_starts_the_same_root(traceparent: str) -> None:
+    def scenario(tracer: trace.Tracer) -> Iterator[object]:
+        span, out = record_trace(tracer, "raw", [("traceparent", traceparent)], offset=1,
+                                 start_time=1)
+        _seen(span)
+        assert span is not None
+        span.end()
+        yield out
+    (span,) = _both(scenario, ParentBased(ALWAYS_ON), recorded_path=False)
+    assert span["parent"] is None and span["context"][0] != int(TRACE, 16)
 
 
 class _RecordOnly(TraceIdRatioBased):
