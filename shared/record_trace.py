@@ -46,7 +46,7 @@ from shared.tracing import (
     remote_parent,
     span_name,
 )
-from shared.tracing.recorded import RecordedSpan
+from shared.tracing.recorded import RecordedSpan, sdk_tracer
 from shared.tracing.recorded import recorder as recorder_for
 
 Headers = Sequence[tuple[str, bytes | str | None]]
@@ -111,12 +111,13 @@ class _Root(NamedTuple):
 def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | None:
     """The sampler's decision for a root span of a fresh trace id, made without the SDK; None
     when only the SDK can make it (then nothing was decided)."""
-    # an SDK tracer, or a module's proxy tracer: then the global provider's ids and sampler
-    source: object = tracer if hasattr(tracer, "id_generator") else trace.get_tracer_provider()
-    ids, sampler = getattr(source, "id_generator", None), getattr(source, "sampler", None)
-    enabled = getattr(tracer, "_is_enabled", None)  # the SDK's per-tracer switch
-    if not isinstance(ids, PrimedIds) or sampler is None or (enabled and not enabled()):
+    real = sdk_tracer(tracer)
+    if real is None or not isinstance(real.id_generator, PrimedIds):
         return None
+    enabled = getattr(real, "_is_enabled", None)  # the SDK's per-tracer switch
+    if enabled is not None and not enabled():
+        return None
+    ids, sampler = real.id_generator, real.sampler
     decides = _ROOT_DECIDES.get(id(sampler))
     if decides is None:
         description = sampler.get_description()
@@ -128,7 +129,7 @@ def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | No
         return None
     trace_id = ids.generate_trace_id()
     result = sampler.should_sample(Context(), trace_id, name, kind)
-    return _Root(ids, trace_id, result.decision.is_recording(), result.trace_state or None,
+    return _Root(ids, trace_id, result.decision is not Decision.DROP, result.trace_state or None,
                  result.decision is Decision.RECORD_AND_SAMPLE and not result.attributes)
 
 

@@ -98,10 +98,17 @@ _CHECKED: dict[int, tuple[object, object, Recorder | None]] = {}
 _MAX_CHECKED = 64
 
 
-def recorder(tracer: trace.Tracer) -> Recorder | None:
-    """The recorder for `tracer` (a proxy tracer's SDK tracer once there is one), or None when
-    only the SDK's own span would be exactly right."""
+def sdk_tracer(tracer: trace.Tracer) -> Tracer | None:
+    """The SDK tracer behind `tracer`: itself, or a module's proxy tracer's once the SDK is set
+    up; None without the SDK."""
     real = getattr(tracer, "_tracer", tracer)  # the API's ProxyTracer delegates to it
+    return real if isinstance(real, Tracer) else None
+
+
+def recorder(tracer: trace.Tracer) -> Recorder | None:
+    """The recorder for `tracer` (`sdk_tracer`), or None when only the SDK's own span would be
+    exactly right."""
+    real = sdk_tracer(tracer)
     if type(real) is not Tracer:
         return None
     processor = real.span_processor

@@ -161,7 +161,8 @@ def test_a_server_span_through_a_proxy_tracer_uses_the_global_provider(
     from shared.record_trace import server_span
 
     provider, exporter = _tracer(ParentBased(TraceIdRatioBased(0.0)))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    # what `set_tracer_provider` does, which a process may do only once
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
     span = server_span(ProxyTracer("t"), "GET /x", {}, {})
     assert isinstance(span, NonRecordingSpan) and span.get_span_context().is_valid
     assert exporter.get_finished_spans() == ()
