@@ -26,7 +26,14 @@ from typing import Any, NamedTuple
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -56,7 +63,8 @@ _UNSAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-
 _BY_TRACE_ID = ("TraceIdRatioBased", "AlwaysOnSampler", "AlwaysOffSampler")
 _W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
     "tracecontext,baggage", "tracecontext", "baggage,tracecontext")
-_ROOT_DECIDES: dict[int, bool] = {}
+_ASK = -1  # a root rule: ask the sampler
+_ROOT_RULE: dict[str, tuple[Sampler, int | None]] = {}  # "last": a sampler and its rule
 
 
 def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
@@ -118,19 +126,44 @@ def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | No
     if enabled is not None and not enabled():
         return None
     ids, sampler = real.id_generator, real.sampler
-    decides = _ROOT_DECIDES.get(id(sampler))
-    if decides is None:
-        description = sampler.get_description()
-        decides = description.startswith(_BY_TRACE_ID) or description.startswith(
-            tuple(f"ParentBased{{root:{root}" for root in _BY_TRACE_ID))
-        _ROOT_DECIDES.clear()
-        _ROOT_DECIDES[id(sampler)] = decides
-    if not decides:
+    last = _ROOT_RULE.get("last")  # one read: another thread may replace it
+    if last is None or last[0] is not sampler:
+        last = _ROOT_RULE["last"] = (sampler, _root_rule(sampler))
+    rule = last[1]
+    if rule is None:
         return None
     trace_id = ids.generate_trace_id()
+    if rule != _ASK:
+        sampled = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < rule
+        return _Root(ids, trace_id, sampled, None, sampled)
     result = sampler.should_sample(Context(), trace_id, name, kind)
     return _Root(ids, trace_id, result.decision is not Decision.DROP, result.trace_state or None,
                  result.decision is Decision.RECORD_AND_SAMPLE and not result.attributes)
+
+
+def _root_rule(sampler: Sampler) -> int | None:
+    """How a root's sampling is decided from its trace id alone: the bound that the trace id's
+    low 64 bits must stay under (the SDK's ratio sampler's own test; for its exact types, whose
+    root decision is RECORD_AND_SAMPLE or DROP with no attributes or trace state), `_ASK` the
+    sampler (another sampler described as one of those), or None (only the SDK can decide)."""
+    root = sampler
+    if isinstance(sampler, ParentBased) and type(sampler) in (ParentBased,
+                                                              ParentBasedTraceIdRatio):
+        root = sampler._root  # a parent-based sampler's root decides for a span with no parent
+    if type(root) is TraceIdRatioBased and \
+            root.TRACE_ID_LIMIT == TraceIdRatioBased.TRACE_ID_LIMIT:
+        return root.bound
+    if type(root) is StaticSampler:
+        decision = root.should_sample(None, 0, "").decision
+        if decision is Decision.DROP:
+            return 0
+        if decision is Decision.RECORD_AND_SAMPLE:
+            return TraceIdRatioBased.TRACE_ID_LIMIT + 1
+    description = sampler.get_description()
+    if description.startswith(_BY_TRACE_ID) or description.startswith(
+            tuple(f"ParentBased{{root:{by}" for by in _BY_TRACE_ID)):
+        return _ASK
+    return None
 
 
 def _root_context(root: _Root) -> SpanContext:
@@ -142,11 +175,12 @@ def _root_context(root: _Root) -> SpanContext:
 
 def _unsampled_headers(root: _Root) -> HeaderList:
     """The trace headers of a root span the sampler dropped."""
-    context = _root_context(root)
     if not _W3C_ONLY or root.trace_state:
-        return context_headers(context)
-    return [("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-                            f"{context.trace_flags:02x}".encode())]
+        return context_headers(_root_context(root))
+    ids = root.ids
+    flags = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
+    return [("traceparent", b"00-%032x-%016x-%02x" % (root.trace_id, ids.generate_span_id(),
+                                                      flags))]
 
 
 def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanContext | None,

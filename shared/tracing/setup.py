@@ -63,11 +63,9 @@ class PrimedIds(RandomIdGenerator):
 
     def generate_trace_id(self) -> int:
         """The primed trace id, once; otherwise a random one."""
-        primed: int | None = getattr(self._next, "trace_id", None)
-        if primed is None:
-            return super().generate_trace_id()
-        self._next.trace_id = None
-        return primed
+        # a missing attribute of a thread-local costs a raised AttributeError: pop its dict
+        primed: int | None = self._next.__dict__.pop("trace_id", None)
+        return super().generate_trace_id() if primed is None else primed
 
 
 def _otlp_wanted(signal: str) -> bool:

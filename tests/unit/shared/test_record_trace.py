@@ -9,7 +9,18 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 
 from shared.record_trace import record_trace
 from shared.tracing import PrimedIds
@@ -108,7 +119,6 @@ def test_a_no_op_tracer_gives_no_headers() -> None:
 
 def test_an_unsampled_root_has_the_flags_the_sdk_would_give_it() -> None:
     from opentelemetry.context import Context
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     provider, exporter = _tracer(ParentBased(ALWAYS_OFF))
     sdk = provider.get_tracer("t").start_span("process raw", context=Context())
@@ -166,3 +176,57 @@ def test_a_server_span_through_a_proxy_tracer_uses_the_global_provider(
     span = server_span(ProxyTracer("t"), "GET /x", {}, {})
     assert isinstance(span, NonRecordingSpan) and span.get_span_context().is_valid
     assert exporter.get_finished_spans() == ()
+
+
+class _ScriptedIds(PrimedIds):
+    """PrimedIds whose unprimed trace ids come from a script (the rest as PrimedIds)."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__()
+        self.script = script
+
+    def generate_trace_id(self) -> int:
+        primed = self._next.__dict__.pop("trace_id", None)
+        return self.script.pop(0) if primed is None else primed
+
+
+class _Quarter(TraceIdRatioBased):
+    """A ratio sampler that decides otherwise: it keeps a trace id by its high bits."""
+
+    def should_sample(self, parent_context: object, trace_id: int, name: str,
+                      *args: object, **kwargs: object) -> SamplingResult:
+        keep = trace_id >> 126 == 0
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP)
+
+
+@pytest.mark.parametrize("sampler", [
+    TraceIdRatioBased(0.3), ParentBased(TraceIdRatioBased(0.3)), ParentBasedTraceIdRatio(0.01),
+    TraceIdRatioBased(0.0), TraceIdRatioBased(1.0), ALWAYS_ON, ALWAYS_OFF, DEFAULT_ON,
+    DEFAULT_OFF, ParentBased(_Quarter(0.5)), _Quarter(0.5),
+], ids=lambda s: type(s).__name__ + "/" + s.get_description()[:40])
+def test_a_root_is_sampled_exactly_as_its_sampler_decides(sampler: Sampler) -> None:
+    """Whatever shortcut decides a root (the ratio's own bound test for the SDK's types, the
+    sampler asked otherwise), each trace id is sampled exactly when the sampler says so:
+    random ids, ids at the ratio's bound, and ids whose high bits alone differ."""
+    import random
+
+    from opentelemetry.context import Context
+
+    limit = TraceIdRatioBased.TRACE_ID_LIMIT
+    bound = TraceIdRatioBased.get_bound_for_rate(0.3)
+    ids = [random.getrandbits(128) or 1 for _ in range(300)] + [
+        bound - 1, bound, bound + 1, (1 << 127) | (bound - 1), (1 << 127) | bound,
+        limit, limit + 1, 1, (1 << 128) - 1]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, id_generator=_ScriptedIds(list(ids)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for trace_id in ids:
+        expected = sampler.should_sample(Context(), trace_id, "process raw").decision
+        span, out = record_trace(tracer, "raw", [], offset=1)
+        _, traced, _, flags = dict(out)["traceparent"].decode().split("-")
+        assert int(traced, 16) == trace_id
+        assert (span is not None) == expected.is_sampled() == bool(int(flags, 16) & 1)
+        _end(span)
+    assert len(exporter.get_finished_spans()) == sum(
+        sampler.should_sample(Context(), t, "x").decision.is_sampled() for t in ids)
