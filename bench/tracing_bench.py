@@ -1,7 +1,12 @@
 """What a `process` span costs per event under the real OpenTelemetry SDK (BatchSpanProcessor
 into a discarding exporter), for the three cases a stage meets: an unsampled parent through
 the fast path (context continued, no SDK span), the same through the SDK (the baseline: what
-every event paid before), and a sampled parent. Prints a markdown table."""
+every event paid before), and a sampled parent. Then roots (records with no trace context)
+through `shared.record_trace` at 1 %: decided by the ratio sampler's own bound test, against
+the sampler asked (the baseline: a ParentBased subclass, which record_trace must ask). Prints
+two markdown tables.
+
+Run: `.venv/bin/python bench/tracing_bench.py`."""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
 from shared.events import HeaderList
-from shared.tracing import extract_context, inject_headers, process_span
+from shared.record_trace import record_trace
+from shared.tracing import PrimedIds, extract_context, inject_headers, process_span
 
 N = 50_000
 PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-"
@@ -45,6 +51,16 @@ def _sdk(tracer: trace.Tracer, headers: HeaderList) -> None:
         inject_headers(out)
 
 
+class Asked(ParentBased):
+    """ParentBased under another type: record_trace asks it for each root's decision."""
+
+
+def _roots(tracer: trace.Tracer, _headers: HeaderList) -> None:
+    span, _ = record_trace(tracer, "lepton.events.raw", [], partition=0, offset=1)
+    if span is not None:
+        span.end()
+
+
 def _per_event_us(step: object, tracer: trace.Tracer, headers: HeaderList) -> float:
     began = time.perf_counter()
     for _ in range(N):
@@ -68,6 +84,24 @@ def main() -> None:
     for name, us in best.items():
         print(f"| {name} | {us:.1f} | {us / base:.2f} |")
     provider.shutdown()
+    roots = {}
+    for name, sampler in (("root, 1 %, sampler asked (baseline)", Asked(TraceIdRatioBased(0.01))),
+                          ("root, 1 %, the ratio's bound test", ParentBased(
+                              TraceIdRatioBased(0.01)))):
+        provider = TracerProvider(sampler=sampler, id_generator=PrimedIds())
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+        roots[name] = provider
+    timings: dict[str, list[float]] = {name: [] for name in roots}
+    for _ in range(3):
+        for name, provider in roots.items():
+            timings[name].append(_per_event_us(_roots, provider.get_tracer("bench"), []))
+    base = min(timings[next(iter(roots))])
+    print("\n| case | µs per event | ratio to baseline |")
+    print("|---|---|---|")
+    for name, runs in timings.items():
+        print(f"| {name} | {min(runs):.1f} | {min(runs) / base:.2f} |")
+    for provider in roots.values():
+        provider.shutdown()
 
 
 if __name__ == "__main__":
