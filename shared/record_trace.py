@@ -166,21 +166,24 @@ def _root_rule(sampler: Sampler) -> int | None:
     return None
 
 
+def _dropped_flags(ids: PrimedIds) -> int:
+    """The trace flags the SDK gives a root span its sampler dropped."""
+    return TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
+
+
 def _root_context(root: _Root) -> SpanContext:
     """The context of a root span the sampler dropped, with a fresh span id."""
-    flags = TraceFlags.RANDOM_TRACE_ID if root.ids.is_trace_id_random() else TraceFlags.DEFAULT
     return SpanContext(root.trace_id, root.ids.generate_span_id(), is_remote=False,
-                       trace_flags=TraceFlags(flags), trace_state=root.trace_state)
+                       trace_flags=TraceFlags(_dropped_flags(root.ids)),
+                       trace_state=root.trace_state)
 
 
 def _unsampled_headers(root: _Root) -> HeaderList:
     """The trace headers of a root span the sampler dropped."""
     if not _W3C_ONLY or root.trace_state:
         return context_headers(_root_context(root))
-    ids = root.ids
-    flags = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
-    return [("traceparent", b"00-%032x-%016x-%02x" % (root.trace_id, ids.generate_span_id(),
-                                                      flags))]
+    return [("traceparent", b"00-%032x-%016x-%02x" % (
+        root.trace_id, root.ids.generate_span_id(), _dropped_flags(root.ids)))]
 
 
 def _recorded(tracer: trace.Tracer, name: str, kind: SpanKind, parent: SpanContext | None,
