@@ -41,7 +41,7 @@ class LeanEnvelope:
     payload: dict[str, Scalar]
     privacy: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
-    occurred_json: str = ""  # set when pydantic decoded it (its own JSON form of the time)
+    occurred_json: str = ""  # pydantic's JSON form of the time, when known
 
     def time_json(self) -> str:
         """`occurred_at` as pydantic writes it in JSON."""
@@ -78,13 +78,24 @@ def lean_envelope(obj: Any) -> LeanEnvelope | None:
     if type(version) is not int or version < 1 or type(source) is not str \
             or not 0 < len(source) <= 200:
         return None
-    occurred = _time(obj.get("occurred_at"))
+    written = obj.get("occurred_at")
+    occurred = _time(written)
     payload = obj.get("payload")
     if occurred is None or type(payload) is not dict or not _payload_ok(payload) \
             or not _changes_ok(obj.get("changes", ())) or obj.get("privacy") is not None \
             or obj.get("audit") is not None:
         return None
-    return LeanEnvelope(event_id, dataset, version, subject, occurred, source, payload)
+    return LeanEnvelope(event_id, dataset, version, subject, occurred, source, payload,
+                        occurred_json=_as_pydantic_writes(written))
+
+
+def _as_pydantic_writes(text: Any) -> str:
+    """A time `_time` accepted, when it is already the JSON pydantic writes for it (UTC as `Z`,
+    no fraction or six digits that are not all zero); else "" (written when asked)."""
+    if type(text) is str and text[-1:] == "Z" and (
+            len(text) == 20 or (len(text) == 27 and text[20:26] != "000000")):
+        return text
+    return ""
 
 
 def _time(value: Any) -> datetime | None:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.events import Envelope
-from shared.fast_envelope import from_envelope, lean_envelope
+from shared.fast_envelope import from_envelope, json_time, lean_envelope
 from tests.fuzz.conftest import corpus
 
 
@@ -48,6 +48,17 @@ def test_a_valid_envelope_takes_the_fast_path() -> None:
     assert _agree({**doc, "occurred_at": datetime(2026, 1, 1, tzinfo=UTC)})
 
 
+@pytest.mark.parametrize("written", [
+    "2026-01-01T00:00:01Z", "2026-01-01T00:00:01.045684Z", "2026-01-01T00:00:01.045600Z",
+    "2026-01-01T00:00:01.000000Z", "2026-01-01T00:00:01.0456Z", "2026-01-01T00:00:01.000001Z",
+    "2026-01-01T00:00:01+00:00", "2026-01-01T00:00:01-00:00", "2026-01-01T01:00:01.5+01:00",
+    "0999-12-31T23:59:59.999999Z"])
+def test_a_time_keeps_the_json_pydantic_writes_for_it(written: str) -> None:
+    """Kept as written only where that is pydantic's own JSON for it (`_agree` compares)."""
+    doc = json.loads((Path(__file__).parent / "corpus/envelope/valid.json").read_text())
+    assert _agree({**doc, "occurred_at": written})
+
+
 def test_what_pydantic_would_coerce_or_refuse_is_left_to_it() -> None:
     doc = json.loads((Path(__file__).parent / "corpus/envelope/valid.json").read_text())
     for change in ({"schema_version": "2"}, {"schema_version": True}, {"event_id": "a\n"},
@@ -58,6 +69,8 @@ def test_what_pydantic_would_coerce_or_refuse_is_left_to_it() -> None:
 
 TIMES = st.one_of(
     st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+    st.datetimes(timezones=st.just(UTC)).map(json_time),  # kept as written when it is canonical
+    st.from_regex(r"\A\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-6]\d:[0-6]\d\.(0{6}|\d{6})Z\Z"),
     st.datetimes(timezones=st.builds(lambda m: timezone(timedelta(minutes=m)),
                                      st.integers(-1439, 1439))).map(lambda d: d.isoformat()),
     st.from_regex(r"\A\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-6]\d:[0-6]\d(\.\d{1,9})?"
