@@ -28,11 +28,13 @@ class Pseudonymizer:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("pseudonym key must be at least 32 bytes")
-        self._key = key
+        self._mac = hmac.new(key, digestmod="sha256")  # copied per id: no key set-up each time
 
     def of(self, subject_id: str) -> str:
         """The pseudonym of a raw subject id (always hashes: a raw id is never trusted)."""
-        return _PREFIX + hmac.digest(self._key, subject_id.encode(), "sha256").hex()[:24]
+        mac = self._mac.copy()
+        mac.update(subject_id.encode())
+        return _PREFIX + mac.hexdigest()[:24]
 
     def normal(self, subject: str) -> str:
         """`subject` when it already is a pseudonym, else its pseudonym (for operator input and

@@ -39,12 +39,13 @@ class DataKey:
     key_id: str
     master_id: str
     aead: AESGCM
-    token_key: bytes = field(repr=False)
+    token_mac: hmac.HMAC = field(repr=False)  # keyed with the token key; copied per token
 
     @classmethod
     def from_raw(cls, key_id: str, master_id: str, raw: bytes) -> DataKey:
         """The key from its 32 raw bytes."""
-        return cls(key_id, master_id, AESGCM(raw), hmac.digest(raw, b"lepton-token-key", "sha256"))
+        token_key = hmac.digest(raw, b"lepton-token-key", "sha256")
+        return cls(key_id, master_id, AESGCM(raw), hmac.new(token_key, digestmod="sha256"))
 
     @property
     def header(self) -> str:
@@ -61,8 +62,9 @@ class DataKey:
 
     def tokenize(self, field: str, value: str) -> str:
         """The subject's token of `value` in `field`."""
-        digest = hmac.digest(self.token_key, f"{field}\0{value}".encode(), "sha256")
-        return f"{TOKEN_VERSION}:{self.key_id}:{b64e(digest[:18])}"
+        mac = self.token_mac.copy()  # a copy of the keyed state: no key set-up per token
+        mac.update(f"{field}\0{value}".encode())
+        return f"{TOKEN_VERSION}:{self.key_id}:{b64e(mac.digest()[:18])}"
 
     def seal(self, label: str, data: bytes) -> bytes:
         """Encrypt arbitrary bytes (binary: `enc1:<master>:<data key>:` + nonce|ct|tag)."""

@@ -74,7 +74,7 @@ class KeyStore:
         self.kms: Kms = kms or LocalKms.from_settings(settings)
         self.redis = client or make_redis(settings)
         platform = platform or load_platform_key(settings)
-        self._id_key = platform.derive("data-key-id")
+        self._id_mac = hmac.new(platform.derive("data-key-id"), digestmod="sha256")
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self.key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
@@ -86,8 +86,9 @@ class KeyStore:
 
     def data_key_id(self, subject_id: str) -> str:
         """The (keyed, non-reversible) id of a subject's data key (raw id or pseudonym)."""
-        subject = self.pseudonyms.normal(subject_id).encode()
-        return hmac.digest(self._id_key, subject, "sha256").hex()[:24]
+        mac = self._id_mac.copy()  # a copy of the keyed state: no key set-up per id
+        mac.update(self.pseudonyms.normal(subject_id).encode())
+        return mac.hexdigest()[:24]
 
     def data_keys(
         self, subject_ids: Iterable[str], *, create: bool = True

@@ -207,4 +207,21 @@ def test_tokens_are_per_subject_and_die_with_the_subject(
     assert fresh.data_keys(["alice"], create=False)[0] == {}
     assert fresh.data_keys(["bob"])[0]["bob"].tokenize("card_number", pan) == \
         bob.tokenize("card_number", pan)
-    assert "token_key" not in repr(alice)
+    assert "token_mac" not in repr(alice)
+
+
+def test_tokens_and_data_key_ids_are_the_keyed_hashes_they_always_were(
+        store: KeyStore) -> None:
+    """tok2 tokens and data key ids are HMAC-SHA256 values that later stages and stored keys
+    rely on: each call, the first or a repeat, equals the standard library's one-shot HMAC."""
+    import hmac
+
+    raw = bytes(range(32))
+    key = DataKey.from_raw("dk", "mk", raw)
+    token_key = hmac.digest(raw, b"lepton-token-key", "sha256")
+    for value in ("4111111111111111", "", "é", "4111111111111111"):
+        expected = hmac.digest(token_key, ("card_number\0" + value).encode(), "sha256")
+        assert key.tokenize("card_number", value) == "tok2:dk:" + b64e(expected[:18])
+    id_key = store.pseudonyms.normal  # ids are keyed by pseudonym: raw and pseudonym agree
+    assert store.data_key_id("alice") == store.data_key_id(id_key("alice"))
+    assert store.data_key_id("alice") == store.data_key_id("alice") != store.data_key_id("bob")
