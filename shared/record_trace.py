@@ -26,14 +26,7 @@ from typing import Any, NamedTuple
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import (
-    Decision,
-    ParentBased,
-    ParentBasedTraceIdRatio,
-    Sampler,
-    StaticSampler,
-    TraceIdRatioBased,
-)
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -53,18 +46,16 @@ from shared.tracing import (
     remote_parent,
     span_name,
 )
-from shared.tracing.recorded import RecordedSpan, sdk_tracer
+from shared.tracing.recorded import RecordedSpan
 from shared.tracing.recorded import recorder as recorder_for
+from shared.tracing.sampling import ASK, sampler_facts, sdk_tracer
 
 Headers = Sequence[tuple[str, bytes | str | None]]
 _W3C_HEADERS = ("traceparent", "tracestate")
 # what `context_headers` writes for an unsampled parent: version 00, non-zero ids, flags even
 _UNSAMPLED = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
-_BY_TRACE_ID = ("TraceIdRatioBased", "AlwaysOnSampler", "AlwaysOffSampler")
 _W3C_ONLY = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "") in (
     "tracecontext,baggage", "tracecontext", "baggage,tracecontext")
-_ASK = -1  # a root rule: ask the sampler
-_ROOT_RULE: dict[str, tuple[Sampler, int | None]] = {}  # "last": a sampler and its rule
 
 
 def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
@@ -126,44 +117,16 @@ def _decided_root(tracer: trace.Tracer, name: str, kind: SpanKind) -> _Root | No
     if enabled is not None and not enabled():
         return None
     ids, sampler = real.id_generator, real.sampler
-    last = _ROOT_RULE.get("last")  # one read: another thread may replace it
-    if last is None or last[0] is not sampler:
-        last = _ROOT_RULE["last"] = (sampler, _root_rule(sampler))
-    rule = last[1]
+    rule = sampler_facts(sampler).root_rule
     if rule is None:
         return None
     trace_id = ids.generate_trace_id()
-    if rule != _ASK:
+    if rule != ASK:
         sampled = trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < rule
         return _Root(ids, trace_id, sampled, None, sampled)
     result = sampler.should_sample(Context(), trace_id, name, kind)
     return _Root(ids, trace_id, result.decision is not Decision.DROP, result.trace_state or None,
                  result.decision is Decision.RECORD_AND_SAMPLE and not result.attributes)
-
-
-def _root_rule(sampler: Sampler) -> int | None:
-    """How a root's sampling is decided from its trace id alone: the bound that the trace id's
-    low 64 bits must stay under (the SDK's ratio sampler's own test; for its exact types, whose
-    root decision is RECORD_AND_SAMPLE or DROP with no attributes or trace state), `_ASK` the
-    sampler (another sampler described as one of those), or None (only the SDK can decide)."""
-    root = sampler
-    if isinstance(sampler, ParentBased) and type(sampler) in (ParentBased,
-                                                              ParentBasedTraceIdRatio):
-        root = sampler._root  # a parent-based sampler's root decides for a span with no parent
-    if type(root) is TraceIdRatioBased and \
-            root.TRACE_ID_LIMIT == TraceIdRatioBased.TRACE_ID_LIMIT:
-        return root.bound
-    if type(root) is StaticSampler:
-        decision = root.should_sample(None, 0, "").decision
-        if decision is Decision.DROP:
-            return 0
-        if decision is Decision.RECORD_AND_SAMPLE:
-            return TraceIdRatioBased.TRACE_ID_LIMIT + 1
-    description = sampler.get_description()
-    if description.startswith(_BY_TRACE_ID) or description.startswith(
-            tuple(f"ParentBased{{root:{by}" for by in _BY_TRACE_ID)):
-        return _ASK
-    return None
 
 
 def _dropped_flags(ids: PrimedIds) -> int:

@@ -13,18 +13,19 @@ exporters run in background processors.
 
 Modules: `setup` (the SDK's providers and exporters), `propagation` (W3C context in Kafka
 headers and the unsampled-parent shortcut), `spans` (the messaging spans, their attributes
-and links) and `recorded` (sampled hot-path spans handed to the SDK's exporting processors
-without its per-span machinery, where the result is the SDK's own).
+and links), `sampling` (what a sampler decides that the hot paths need not ask it) and
+`recorded` (sampled hot-path spans handed to the SDK's exporting processors without its
+per-span machinery, where the result is the SDK's own).
 """
 
 from shared.tracing.propagation import (
     extract_context,
     inject_headers,
-    parent_decides,
     remote_parent,
     traceparent,
     unsampled_parent,
 )
+from shared.tracing.sampling import parent_decides
 from shared.tracing.setup import (
     SECONDS_BUCKETS,
     PrimedIds,

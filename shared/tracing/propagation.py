@@ -14,6 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from shared.events import HeaderList
+from shared.tracing.sampling import parent_decides
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +61,6 @@ def extract_context(
         return otel_context.Context()
 
 
-def parent_decides(tracer: trace.Tracer) -> bool:
-    """Whether `tracer`'s sampler (or the global provider's, for a proxy tracer) drops every
-    child of an unsampled remote parent, as the SDK's default `parentbased_*` samplers do; a
-    process without the SDK records nothing anyway."""
-    sampler = getattr(tracer, "sampler", None) or getattr(
-        trace.get_tracer_provider(), "sampler", None)
-    if sampler is None:
-        return True
-    cached = _SAMPLER_CACHE.get(id(sampler))
-    if cached is None:
-        cached = "remoteParentNotSampled:AlwaysOffSampler" in sampler.get_description()
-        _SAMPLER_CACHE.clear()
-        _SAMPLER_CACHE[id(sampler)] = cached
-    return cached
-
-
 def remote_parent(
     headers: Sequence[tuple[str, bytes | str | None]] | dict[str, bytes] | dict[str, str],
 ) -> SpanContext | None:
@@ -116,7 +101,6 @@ def unsampled_parent(
     return parent if parent is not None and not parent.trace_flags.sampled else None
 
 
-_SAMPLER_CACHE: dict[int, bool] = {}
 _W3C = ("traceparent", "tracestate")
 # the W3C propagator's pattern and its traceparent limit (512 is also the tracestate length
 # every SDK version reads; a longer one is left to the propagator)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from opentelemetry.sdk.trace import (
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, StaticSampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 from opentelemetry.trace import (
@@ -51,6 +49,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.util import types
+
+from shared.tracing.sampling import sampler_facts, sdk_tracer
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,6 @@ _CHECKED: dict[int, tuple[object, object, Recorder | None]] = {}
 _MAX_CHECKED = 64
 
 
-def sdk_tracer(tracer: trace.Tracer) -> Tracer | None:
-    """The SDK tracer behind `tracer`: itself, or a module's proxy tracer's once the SDK is set
-    up; None without the SDK."""
-    real = getattr(tracer, "_tracer", tracer)  # the API's ProxyTracer delegates to it
-    return real if isinstance(real, Tracer) else None
-
-
 def recorder(tracer: trace.Tracer) -> Recorder | None:
     """The recorder for `tracer` (`sdk_tracer`), or None when only the SDK's own span would be
     exactly right."""
@@ -125,7 +118,7 @@ def recorder(tracer: trace.Tracer) -> Recorder | None:
             answer = Recorder(processor, real.resource,
                               getattr(real, "_instrumentation_scope", None),
                               real.instrumentation_info, limits, real.id_generator,
-                              _follows_sampled_parent(real.sampler))
+                              sampler_facts(real.sampler).follows_sampled_parent)
         if len(_CHECKED) >= _MAX_CHECKED:
             _CHECKED.clear()
         checked = _CHECKED[id(real)] = (real, members, answer)
@@ -269,16 +262,3 @@ class RecordedSpan(trace.Span):
 def _type_name(exception: BaseException) -> str:
     module, name = type(exception).__module__, type(exception).__qualname__
     return f"{module}.{name}" if module and module != "builtins" else name
-
-
-def _follows_sampled_parent(sampler: Sampler) -> bool:
-    if type(sampler) is StaticSampler:
-        return sampler.get_description() == "AlwaysOnSampler"
-    return (type(sampler).should_sample is ParentBased.should_sample
-            and _PARENT_BASED.fullmatch(sampler.get_description()) is not None)
-
-
-# the delegates of a top-level ParentBased (the root may nest; the others are matched last)
-_PARENT_BASED = re.compile(r"ParentBased\{root:.*,remoteParentSampled:AlwaysOnSampler,"
-                           r"remoteParentNotSampled:[^{},]*,localParentSampled:[^{},]*,"
-                           r"localParentNotSampled:[^{},]*\}")
