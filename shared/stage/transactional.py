@@ -16,6 +16,12 @@ Policy, in one place:
   (shared/stage/written.py).
 On stop the current batch finishes (status 0), or is aborted when the broker cannot take it
 (status 1): nothing unfinished is ever committed.
+
+The stage's due outputs (signed checkpoints, closed quality windows: made once, from state that
+has moved on) go with the next transaction and are carried into each one after it until one
+commits, so an abort never loses them. On the embedded broker an aborted transaction may
+already have shown one of them; it is then written twice (each names itself: the same signed
+checkpoint or window).
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class TransactionalRuntime:
         self.batches = 0
         self.processed = 0
         self.unfinished = False
+        self._due: list[Output] = []  # due outputs no commit has carried yet
 
     def run(self) -> int:
         """Consume, process, produce and commit until stopped; the exit status."""
@@ -122,7 +129,7 @@ class TransactionalRuntime:
         try:
             self._loop()
             if not self.unfinished:
-                self._commit([], stage.due(final=True))
+                self._commit([], self._take_due(final=True))
             return EXIT_UNFINISHED if self.unfinished else EXIT_OK
         except Fenced as error:
             log.error("%s: stopping", error)
@@ -140,7 +147,7 @@ class TransactionalRuntime:
                 poll_batch(self.consumer, self.batch_size, self.poll_timeout_s))
             self.metrics.update_lag(self.consumer)
             if not batch:
-                due = self.stage.due(final=False)
+                due = self._take_due(final=False)
                 if due:
                     self._commit([], due)
                 continue
@@ -149,7 +156,7 @@ class TransactionalRuntime:
             if outputs is None:
                 self._rewind(batch)
                 return
-            if self._commit(batch, outputs + self.stage.due(final=False)):
+            if self._commit(batch, outputs + self._take_due(final=False)):
                 seconds = time.perf_counter() - started
                 self.batches += 1
                 self.processed += len(batch)
@@ -160,6 +167,11 @@ class TransactionalRuntime:
                 self.metrics.aborted.add(1)
                 self.stage.aborted(batch)
                 self._rewind(batch)
+
+    def _take_due(self, final: bool) -> list[Output]:
+        """The due outputs not yet committed, with those the stage makes due now."""
+        self._due.extend(self.stage.due(final))
+        return list(self._due)
 
     def _rewind(self, batch: list[Message]) -> None:
         self.fence.rewound(rewind(self.consumer, batch))
@@ -189,6 +201,7 @@ class TransactionalRuntime:
                     tps, meta, t))
             self._step("commit", producer.commit_transaction)
             self.fence.commit(offsets)
+            self._due.clear()  # every due output taken so far went with this transaction
             return True
         except Stopped:
             log.warning("stopping with the broker unreachable: the open transaction is aborted")

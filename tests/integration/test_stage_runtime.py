@@ -2,8 +2,9 @@
 and offsets commit together exactly once; infrastructure errors are waited out; a transaction
 that has to abort is rewound and its batch processed again, with nothing of the aborted try
 visible; a stop commits what finished and resumes exactly there; outputs that an unfinished
-transaction left on the embedded broker are not produced again; the at-least-once runtime
-acknowledges a batch only after its outputs are delivered."""
+transaction left on the embedded broker are not produced again; a due output an aborted
+transaction carried goes with a later one; the at-least-once runtime acknowledges a batch only
+after its outputs are delivered."""
 
 from __future__ import annotations
 
@@ -165,6 +166,42 @@ def test_outputs_commit_exactly_once_through_outages_aborts_and_a_restart(
     stop2.set()
     thread2.join(20)
     assert codes2 == [0]
+
+
+class DueStage(EchoStage):
+    """An echo that has one output due (as a signed checkpoint is) once it has processed a
+    batch."""
+
+    def __init__(self, prefix: str, **kwargs: int) -> None:
+        super().__init__(prefix, **kwargs)
+        self.made_due = False
+
+    def due(self, final: bool) -> list[Output]:
+        if self.made_due or not self.processed:
+            return []
+        self.made_due = True
+        return [Output(self.outputs[0], b"due", b"due-1")]
+
+
+def test_a_due_output_of_an_aborted_transaction_commits_with_a_later_one(
+        lepton_env: LeptonSettings, prefix: str,
+        running: list[tuple[threading.Thread, threading.Event]]) -> None:
+    """The stage makes its due output once; the transaction that first carries it aborts."""
+    settings = lepton_env
+    stage = DueStage(prefix, poison_commits=1)
+    values = _feed(settings, stage.inputs[0], N)
+    stop, codes = threading.Event(), []
+    thread = _start(_transactional(settings, stage, stop, f"due-{uuid.uuid4().hex[:6]}"),
+                    stop, codes, running)
+    _committed(stage, N)
+    out = _outputs(settings, stage.outputs[0], N + 1)
+    stop.set()
+    thread.join(20)
+    assert codes == [0]
+    assert stage.made_due and len(stage.aborted_batches) == 1
+    assert out[b"due-1"] == 1, "the due output was lost with the aborted transaction"
+    assert set(out) == values | {b"due-1"}
+    assert all(n == 1 for n in out.values())
 
 
 def test_at_least_once_acknowledges_only_delivered_batches(
