@@ -47,6 +47,11 @@ class LeanEnvelope:
         """`occurred_at` as pydantic writes it in JSON."""
         return self.occurred_json or json_time(self.occurred_at)
 
+    def time_iso(self) -> str:
+        """`occurred_at.isoformat()` (from the kept JSON time, `Z` as `+00:00`, when known)."""
+        kept = self.occurred_json
+        return kept[:-1] + "+00:00" if kept else self.occurred_at.isoformat()
+
 
 def json_time(moment: datetime) -> str:
     """An aware datetime as pydantic writes it in JSON (`Z` for UTC)."""

@@ -53,7 +53,7 @@ def event_fields(item: Item, dataset: DatasetLookup, dp_enabled: bool,
     env = item.envelope
     if env is not None:
         fields.update(event_id=env.event_id, subject_id=env.subject_id, dataset=env.dataset,
-                      occurred_at=env.occurred_at.isoformat())
+                      occurred_at=env.time_iso())
     if item.error:
         fields["detail"] = {"error": item.error}
     if item.kind == Kind.RELEASED and env is not None:

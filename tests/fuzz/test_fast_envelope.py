@@ -1,6 +1,6 @@
 """shared.fast_envelope against pydantic's Envelope: whatever the fast check accepts, pydantic
-accepts with the same values and the same JSON time; the corpus and generated near-envelopes
-(odd times, ids, versions, payload values, changes) are compared."""
+accepts with the same values and the same JSON and ISO times; the corpus and generated
+near-envelopes (odd times, ids, versions, payload values, changes) are compared."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def _agree(obj: Any) -> bool:
     assert replace(lean, occurred_json=lean.time_json()) == from_envelope(envelope)
     assert lean.time_json() == orjson.loads(orjson.dumps(
         envelope.model_dump(mode="json")))["occurred_at"]
+    assert lean.time_iso() == envelope.occurred_at.isoformat()
     return True
 
 
