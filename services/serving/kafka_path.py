@@ -1,7 +1,8 @@
 """The Kafka prediction path: consume `predictions.requests` (PredictRequest JSON, key =
 request id) in batches, score them, produce `predictions.results` (PredictResult JSON with the
-model version; trace context continued from the request's headers), then commit: a stage on
-the shared at-least-once runtime (shared/stage).
+model version; trace context continued from the request's headers: each request's `process`
+span, built only when it is recorded (shared.record_trace), parents its result), then commit: a
+stage on the shared at-least-once runtime (shared/stage).
 
 Results are delivered BEFORE the request ids are marked done in Redis and BEFORE offsets are
 committed, so a crash re-delivers rather than loses;
@@ -33,10 +34,11 @@ from shared.events import (
     encode,
 )
 from shared.models.predictions import PredictRequest, PredictResult
+from shared.record_trace import record_trace
 from shared.stage import Output
 from shared.state import make_redis, rkey
 from shared.topics import Topics
-from shared.tracing import get_tracer, process_span, publish_span
+from shared.tracing import get_tracer
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -79,6 +81,7 @@ class KafkaPredictions:
         self._answered: list[str] = []
         self._dead: list[str] = []  # reasons of this batch's dead letters
         self._fresh = 0
+        self._started_ns = 0  # when the batch's scoring began (its process spans start there)
         self.redis = make_redis(settings)
         self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.served = 0
@@ -135,6 +138,7 @@ class KafkaPredictions:
             fresh.append(item)
         outputs: list[Output] = []
         scorable = [i for i in fresh if i.request is not None]
+        self._started_ns = time.time_ns()
         started = time.perf_counter()
         outcomes = self.predictor.predict_many([
             Request(i.request_id, i.request.model or "", i.request.version or 0,
@@ -175,15 +179,19 @@ class KafkaPredictions:
 
     def _emit(self, item: _Item, result: PredictResult) -> Output:
         message = item.message
-        with process_span(_tracer, self.requests_topic, message_headers(message),
-                          partition=message.partition(), offset=message.offset(),
-                          group=f"{self.settings.serving_group}-predictions",
-                          key=item.request_id,
-                          attributes={"lepton.model.version": result.version or 0}):
-            headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
-            with publish_span(_tracer, self.results_topic, headers, key=item.request_id):
-                return Output(self.results_topic, item.request_id.encode(), encode(result),
-                              headers)
+        span, trace = record_trace(
+            _tracer, self.requests_topic, message_headers(message),
+            partition=message.partition(), offset=message.offset(),
+            group=f"{self.settings.serving_group}-predictions",
+            attributes={"messaging.kafka.message.key": item.request_id,
+                        "lepton.model.version": result.version or 0},
+            start_time=self._started_ns)
+        try:
+            headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON), *trace]
+            return Output(self.results_topic, item.request_id.encode(), encode(result), headers)
+        finally:
+            if span is not None:
+                span.end()
 
     def _reject(self, item: _Item) -> Output:
         message = item.message

@@ -1,5 +1,6 @@
 """The Kafka prediction path on the embedded broker and real Redis: request → result with the
-model version and the trace continued, error results for bad requests, dedup by request id."""
+model version and the trace continued (each result is the child of its request's `process`
+span, on the real OTel SDK), error results for bad requests, dedup by request id."""
 
 from __future__ import annotations
 
@@ -15,15 +16,24 @@ from shared.models.predictions import PredictRequest, PredictResult
 from shared.models.registry import Registry
 from shared.state import make_redis, rkey
 from shared.topics import Topics
+from shared.tracing import span_name
 from tests.helpers import open_dead_letter, read_topic
-from tests.unit.serving.support import MODEL, record, running, save_model, serving_settings
+from tests.unit.serving.support import (
+    MODEL,
+    record,
+    running,
+    save_model,
+    serving_settings,
+    span_exporter,
+)
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "b7ad6b7169203331"
 
 
 def _send(producer: object, topic: str, key: str, value: bytes) -> None:
     headers = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
-               ("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())]
+               ("traceparent", f"00-{TRACE_ID}-{PARENT_SPAN}-01".encode())]
     producer.produce(topic, key=key.encode(), value=value, headers=headers)  # type: ignore[attr-defined]
 
 
@@ -32,6 +42,7 @@ def test_kafka_round_trip_with_errors_and_dedup(lepton_env: LeptonSettings) -> N
     card = save_model(settings)
     Registry(settings).set_live(MODEL, card.version)
     topics = Topics(settings.topic_prefix)
+    exporter = span_exporter()
     producer = make_producer(settings)
     good = [PredictRequest(request_id=f"r{i}", features=record(i)) for i in range(5)]
     for request in good:
@@ -63,6 +74,18 @@ def test_kafka_round_trip_with_errors_and_dedup(lepton_env: LeptonSettings) -> N
         assert results["r-pin"].error_code == "not_found"
         headers = [r.headers for r in records]
         assert all(h.get("traceparent", b"").decode().split("-")[1] == TRACE_ID for h in headers)
+        spans = {s.attributes["messaging.kafka.message.key"]: s
+                 for s in exporter.get_finished_spans()
+                 if s.name == span_name("process", topics.predict_requests) and s.attributes}
+        assert len(spans) == 8
+        for r in records:
+            span = spans[r.key.decode()]
+            _, trace_id, parent_id, flags = r.headers["traceparent"].decode().split("-")
+            assert (int(trace_id, 16), int(parent_id, 16), flags) == (
+                span.context.trace_id, span.context.span_id, "01"), "not the process span's child"
+            assert span.parent is not None and span.parent.span_id == int(PARENT_SPAN, 16)
+            assert span.attributes["lepton.model.version"] == (
+                card.version if results[r.key.decode()].ok else 0)
         [dead] = read_topic(settings, topics.rejected, expect=1, timeout=30)
         assert dead.headers[SEALED_HEADER] == b"dlq" and b"dlq-secret" not in dead.value
         assert dead.headers["__connect.errors.connector.name"] == b"serving"
