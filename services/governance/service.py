@@ -6,7 +6,8 @@ runtime (shared/stage) then produces `events.governed`, `audit.log`, dead letter
 input positions with the input offsets in one transaction, so outputs and offsets become
 visible together or not at all. After a crash the uncommitted batch is consumed again and
 reuses its ledger charges and audit leaves. Signed checkpoints of the audit log ride along
-with any transaction, or alone when they are due.
+with any transaction, or alone when they are due; each partition's latest one is sent again at
+start, as a predecessor may have signed it and stopped before its transaction committed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opentelemetry.trace import Tracer
 
 from services.governance.charge_log import ChargeLog
+from services.governance.checkpoints import Checkpoint
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.policy import Policy
@@ -79,6 +81,8 @@ class GovernanceStage:
         self.store = store
         self.key = key
         self._last_signed = time.monotonic()
+        self._resend = [latest for part in store.parts.values()
+                        if (latest := part.checkpoints.latest()) is not None]
 
     def process(self, batch: list[Message]) -> list[Output]:
         """Govern the batch (idempotent: charges by id, audit leaves by identity)."""
@@ -88,20 +92,24 @@ class GovernanceStage:
         """Signed checkpoints of partitions with enough (or old enough) unsigned leaves."""
         s = self.settings
         late = time.monotonic() - self._last_signed >= s.governance_checkpoint_seconds
-        outputs = []
+        outputs = [self._output(checkpoint) for checkpoint in self._resend]
+        self._resend = []
+        signed = False
         for partition in self.store.parts:
             unsigned = self.store.unsigned(partition)
             if unsigned == 0 or not (final or late or unsigned >= s.governance_checkpoint_every):
                 continue
-            checkpoint = self.store.checkpoint(partition, self.key)
+            outputs.append(self._output(self.store.checkpoint(partition, self.key)))
             self.processor.metrics.checkpoints.add(1)
-            outputs.append(Output(self.topics.audit_log, b"checkpoint",
-                                  orjson.dumps(checkpoint.model_dump()),
-                                  [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
-                                   (AUDIT_TYPE_HEADER, b"checkpoint")], partition))
-        if outputs or final:
+            signed = True
+        if signed or final:
             self._last_signed = time.monotonic()
         return outputs
+
+    def _output(self, checkpoint: Checkpoint) -> Output:
+        return Output(self.topics.audit_log, b"checkpoint", orjson.dumps(checkpoint.model_dump()),
+                      [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON),
+                       (AUDIT_TYPE_HEADER, b"checkpoint")], checkpoint.partition)
 
     def committed(self, batch: list[Message], seconds: float) -> None:
         """Nothing beyond the runtime's batch metrics."""

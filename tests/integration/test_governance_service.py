@@ -1,7 +1,7 @@
 """The governance service against the embedded broker and real Redis: policy, local-mode DP
 and per-event budget ledger, model-mode release un-noised with the per-release contribution
 bound, a trainer's release charge, audit log, lineage and traces end to end (service run in a
-thread)."""
+thread); a checkpoint signed before a stop is sent by the next process."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
 from services.governance.releases import ReleaseLedger
 from services.governance.service import GovernanceService
+from services.governance.store import AuditStore
 from services.governance.verify import verify_store
 from shared.accounting import ORDERS, epsilon_from_rdp
 from shared.config import LeptonSettings
@@ -34,7 +35,7 @@ from shared.kafka import make_producer
 from shared.principals import Principal
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
 from shared.releases import RELEASE_CHARGE, read_verdict
-from shared.signing import load_public_key, public_path
+from shared.signing import load_or_create_private_key, load_public_key, public_path
 from shared.state import rkey
 from shared.topics import Topics
 from shared.tracing import publish_span
@@ -337,3 +338,25 @@ def test_dp_disabled_releases_features_unchanged_and_charges_nothing(
     assert all(r["dp_enabled"] is False and r["epsilon"] == 0.0 for r in released)
     assert all("disabled" in r["detail"]["note"] for r in released)
     assert Ledger(redis_client, settings, None).spend("tiny").charges == 0
+
+
+def test_a_checkpoint_signed_before_a_stop_reaches_audit_log_after_a_restart(
+        lepton_env: LeptonSettings, specs: Path, traced: tuple[Any, InMemorySpanExporter]
+) -> None:
+    """A predecessor signed a checkpoint into the store and stopped before the transaction
+    carrying it committed (made here with the store alone): the next process sends it."""
+    settings = GovernanceSettings()
+    topics = Topics(settings.topic_prefix)
+    store = AuditStore(settings.audit_dir(), topics.audit_log, fsync=False)
+    store.open(4)
+    store.append(1, {"identity": "event:e1", "kind": "event_released", "actor": "governance",
+                     "event_id": "e1", "source": f"{topics.clean}/1/0"})
+    signed = store.checkpoint(1, load_or_create_private_key(settings.audit_key_path()))
+    store.close()
+    running = Running(settings, traced[0])
+    try:
+        sent = read_topic(lepton_env, topics.audit_log, expect=1, timeout=30)
+    finally:
+        running.close()
+    assert [(r.partition, r.headers["lepton.audit.type"], orjson.loads(r.value)) for r in sent] \
+        == [(1, b"checkpoint", signed.model_dump())]
