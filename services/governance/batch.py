@@ -1,11 +1,10 @@
 """The shape of one governance batch: consumes Kafka messages, and carries each through the
 processor's steps as an Item (decoded envelope or decision, verdict, charge, release, sealed
-audit position); produces the BatchResult (outputs, offsets to commit, counts) and the
-still-undecided events grouped by dataset."""
+audit position); produces the still-undecided events grouped by dataset."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,6 @@ from services.governance.store import Sealed
 from shared.allowlist import Allowed
 from shared.events import Change, Decision, PrivacyStamp, Scalar
 from shared.fast_envelope import LeanEnvelope
-from shared.stage import Output
 
 
 @dataclass(slots=True)
@@ -44,15 +42,6 @@ class Item:
     sealed: Sealed | None = None
     line: bytes = b""
     publish: bool = True
-
-
-@dataclass
-class BatchResult:
-    """What to produce and commit for a batch."""
-
-    outputs: list[Output]
-    offsets: dict[tuple[str, int], int]
-    counts: Counter[str]
 
 
 def undecided_by_dataset(events: list[Item]) -> dict[str, list[Item]]:

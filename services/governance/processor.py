@@ -22,7 +22,7 @@ from confluent_kafka import Message
 from opentelemetry.trace import Tracer
 
 from services.governance.admission import ALLOWED, Refused, admit
-from services.governance.batch import BatchResult, Item, undecided_by_dataset
+from services.governance.batch import Item, undecided_by_dataset
 from services.governance.bound import ContributionBound
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
@@ -87,7 +87,7 @@ class Processor:
             self._datasets[name] = found
         return found
 
-    def process(self, messages: list[Message]) -> BatchResult:
+    def process(self, messages: list[Message]) -> list[Output]:
         """Decide, charge, release and seal a batch; durable on disk when this returns."""
         items = [self._decode(m) for m in messages]
         events = [i for i in items if i.msg.topic() == self.clean_topic]
@@ -104,16 +104,12 @@ class Processor:
         self.policy.apply(item.extra for item in items
                           if item.decision is not None and item.sealed is not None)
         self.store.sync()
-        offsets: dict[tuple[str, int], int] = {}
-        counts: Counter[str] = Counter()
+        group = self.settings.group_id()
         outputs: list[Output] = []
         for item in items:
-            key = (item.msg.topic() or "", item.msg.partition() or 0)
-            offsets[key] = max(offsets.get(key, 0), (item.msg.offset() or 0) + 1)
-            counts[item.kind or "skipped"] += 1
-            outputs.extend(outputs_for(item, self.topics, self.tracer, self.settings.group_id(),
-                                       self.sealer, self.mac))
-        return BatchResult(outputs, offsets, counts)
+            outputs.extend(outputs_for(item, self.topics, self.tracer, group, self.sealer,
+                                       self.mac))
+        return outputs
 
     def _decode(self, msg: Message) -> Item:
         item = Item(msg, f"{msg.topic()}/{msg.partition()}/{msg.offset()}")

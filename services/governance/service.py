@@ -86,7 +86,7 @@ class GovernanceStage:
 
     def process(self, batch: list[Message]) -> list[Output]:
         """Govern the batch (idempotent: charges by id, audit leaves by identity)."""
-        return self.processor.process(batch).outputs
+        return self.processor.process(batch)
 
     def due(self, final: bool) -> list[Output]:
         """Signed checkpoints of partitions with enough (or old enough) unsigned leaves."""
