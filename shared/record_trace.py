@@ -63,9 +63,8 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
                  group: str | None = None, attributes: dict[str, Any] | None = None,
                  start_time: int | None = None) -> tuple[Span | None, HeaderList]:
     """(the record's recording process span or None, the trace headers for its outputs)."""
-    name = span_name("process", topic)
     context = [(key, value) for key, value in headers if key in _W3C_HEADERS]
-    has_parent = any(key == "traceparent" for key, _ in context)
+    has_parent = _has_traceparent(context)
     root: _Root | None = None
     sampled: SpanContext | None = None
     if has_parent:
@@ -80,9 +79,10 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
         elif parent is not None and parent_decides(tracer):
             return None, context_headers(parent)
     else:
-        root = _decided_root(tracer, name, SpanKind.CONSUMER)
+        root = _decided_root(tracer, span_name("process", topic), SpanKind.CONSUMER)
         if root is not None and not root.sampled:
             return None, _unsampled_headers(root)
+    name = span_name("process", topic)
     attrs = messaging_attributes(topic, "process", **{
         "messaging.destination.partition.id": None if partition is None else str(partition),
         "messaging.kafka.offset": offset, "messaging.consumer.group.name": group})
@@ -94,6 +94,14 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
                              kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_time)
     out = context_headers(span.get_span_context(), span)
     return (span if span.is_recording() else None), out
+
+
+def _has_traceparent(context: list[tuple[str, Any]]) -> bool:
+    # a loop: `any()` over a generator costs ≈ 0.5 µs more per record here
+    for key, _ in context:  # noqa: SIM110
+        if key == "traceparent":
+            return True
+    return False
 
 
 class _Root(NamedTuple):
