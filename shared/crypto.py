@@ -12,6 +12,7 @@ Consumes/produces: values only.
 from __future__ import annotations
 
 import base64
+import binascii
 
 
 class CryptoError(ValueError):
@@ -26,9 +27,14 @@ class KmsError(RuntimeError):
     """A master or platform key is unknown, malformed, or failed to unwrap a data key."""
 
 
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64e(data: bytes) -> str:
     """URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode's own steps, without its two Python calls (half the cost)
+    return binascii.b2a_base64(data, newline=False).translate(_URL_SAFE).rstrip(b"=") \
+        .decode("ascii")
 
 
 def b64d(text: str) -> bytes:
