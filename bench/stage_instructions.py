@@ -101,7 +101,6 @@ def child(stage: str, source: Path, measured: int, prefix: str, data: Path) -> N
 
 def _inputs(stage: str, batches: int, prefix: str, work: Path) -> Path:
     """The events both trees process: raw (ingest) or clean ones this tree's ingest made."""
-    sys.path.insert(0, str(ROOT))
     from lepton.generators import transactions
     from shared.events import encode
 
@@ -122,13 +121,15 @@ def _inputs(stage: str, batches: int, prefix: str, work: Path) -> Path:
 
 def _count(tree: Path, stage: str, source: Path, measured: int, prefix: str) -> int:
     """Instructions of one child run over `tree`'s code (hash seed fixed: same dict orders)."""
+    from shared.lifecycle import parent_death
+
     run = uuid.uuid4().hex[:8]
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
          str(Path(__file__).resolve()), stage, "--child", str(source), "--batches",
          str(measured), "--prefix", f"{prefix}{run}", "--data", str(source.parent / run)],
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
-        capture_output=True, check=True)
+        capture_output=True, check=True, preexec_fn=parent_death())
     found = REFS.search(done.stderr)
     assert found, done.stderr[-2000:].decode(errors="replace")
     return int(found.group(1).replace(b",", b""))
@@ -146,10 +147,13 @@ def _forget(prefix: str) -> None:
 
 
 def _extract(ref: str, where: Path) -> Path:
+    from shared.lifecycle import parent_death
+
     where.mkdir()
     archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+                             capture_output=True, preexec_fn=parent_death()).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True,
+                   preexec_fn=parent_death())
     return where
 
 
@@ -166,6 +170,7 @@ def main() -> None:
     if args.child is not None:
         child(args.stage, args.child, args.batches, args.prefix, args.data)
         return
+    sys.path.insert(0, str(ROOT))  # the parent only: a child imports its own tree's code
     prefix = f"stage-instructions-{uuid.uuid4().hex[:8]}-"
     work = Path(tempfile.mkdtemp(prefix="stage-instructions-"))
     try:
