@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,20 +20,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import serving_bench as bench  # noqa: E402
-
-from shared.lifecycle import parent_death  # noqa: E402
+from ref_tree import extract  # noqa: E402
 
 ECHO = {"v2": "--v2-echo-server", "http": "--http-echo-server", "lepton": "--echo-server"}
-
-
-def _extract(ref: str) -> Path:
-    """The tree of `ref` in a temporary directory (generated stubs are committed)."""
-    where = Path(tempfile.mkdtemp(prefix="serving-ab-"))
-    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
-                             capture_output=True, preexec_fn=parent_death()).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True,
-                   preexec_fn=parent_death())
-    return where
 
 
 def main() -> None:
@@ -54,7 +41,7 @@ def main() -> None:
     from shared.models.registry import Registry
     from tests.unit.serving.support import save_model
 
-    old_tree = _extract(args.ref)
+    old_tree = extract(args.ref)
     platform = bench.Platform()
     try:
         settings = platform.settings()

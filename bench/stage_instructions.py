@@ -146,17 +146,6 @@ def _forget(prefix: str) -> None:
         client.delete(*keys[start:start + 1000])
 
 
-def _extract(ref: str, where: Path) -> Path:
-    from shared.lifecycle import parent_death
-
-    where.mkdir()
-    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
-                             capture_output=True, preexec_fn=parent_death()).stdout
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True,
-                   preexec_fn=parent_death())
-    return where
-
-
 def main() -> None:
     """Count each tree's instructions per event and print a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,12 +160,13 @@ def main() -> None:
         child(args.stage, args.child, args.batches, args.prefix, args.data)
         return
     sys.path.insert(0, str(ROOT))  # the parent only: a child imports its own tree's code
+    from ref_tree import extract
     prefix = f"stage-instructions-{uuid.uuid4().hex[:8]}-"
     work = Path(tempfile.mkdtemp(prefix="stage-instructions-"))
     try:
         source = _inputs(args.stage, args.batches, prefix, work)
         trees = {"this tree": ROOT,
-                 **({f"ref {args.ref}": _extract(args.ref, work / "ref")} if args.ref else {})}
+                 **({f"ref {args.ref}": extract(args.ref, work / "ref")} if args.ref else {})}
         with ThreadPoolExecutor(2) as pool:
             runs = {(name, k): pool.submit(_count, tree, args.stage, source, k, prefix)
                     for name, tree in trees.items() for k in (args.batches, 1)}
