@@ -95,8 +95,3 @@ class CheckpointLog:
             except ValueError as error:
                 raise ValueError(f"{self.path} line {number}: {error}") from None
         return out
-
-    def latest(self) -> Checkpoint | None:
-        """The most recent checkpoint, if any."""
-        found = self.read()
-        return found[-1] if found else None

@@ -81,8 +81,7 @@ class GovernanceStage:
         self.store = store
         self.key = key
         self._last_signed = time.monotonic()
-        self._resend = [latest for part in store.parts.values()
-                        if (latest := part.checkpoints.latest()) is not None]
+        self._resend = [part.latest for part in store.parts.values() if part.latest is not None]
 
     def process(self, batch: list[Message]) -> list[Output]:
         """Govern the batch (idempotent: charges by id, audit leaves by identity)."""

@@ -73,7 +73,12 @@ class PartitionLog:
         self.checkpoints = CheckpointLog(directory, fsync=fsync)
         self.compact = CompactRange()
         self.last_hash = b""
-        self.signed_size = 0
+        self.latest: Checkpoint | None = None  # the latest signed checkpoint
+
+    @property
+    def signed_size(self) -> int:
+        """Leaves covered by the latest checkpoint."""
+        return self.latest.tree_size if self.latest is not None else 0
 
     @property
     def size(self) -> int:
@@ -133,7 +138,7 @@ class AuditStore:
         if beyond:
             raise StoreError(f"partition {number}: a checkpoint covers {max(beyond)} leaves "
                              f"but only {part.size} are stored (the log was truncated)")
-        part.signed_size = max(checkpoints, default=0)
+        part.latest = checkpoints[max(checkpoints)] if checkpoints else None
         if part.segments.torn_bytes:
             log.warning("partition %d: cutting a torn final line of %d bytes", number,
                         part.segments.torn_bytes)
@@ -204,7 +209,7 @@ class AuditStore:
         part.segments.sync()
         checkpoint = make_checkpoint(key, self.log_id, partition, part.size, part.compact.root())
         part.checkpoints.append(checkpoint)
-        part.signed_size = part.size
+        part.latest = checkpoint
         return checkpoint
 
     def close(self) -> None:
