@@ -129,7 +129,7 @@ class TransactionalRuntime:
         try:
             self._loop()
             if not self.unfinished:
-                self._commit([], self._take_due(final=True))
+                self._commit([], [], final=True)
             return EXIT_UNFINISHED if self.unfinished else EXIT_OK
         except Fenced as error:
             log.error("%s: stopping", error)
@@ -147,16 +147,14 @@ class TransactionalRuntime:
                 poll_batch(self.consumer, self.batch_size, self.poll_timeout_s))
             self.metrics.update_lag(self.consumer)
             if not batch:
-                due = self._take_due(final=False)
-                if due:
-                    self._commit([], due)
+                self._commit([], [])
                 continue
             started = time.perf_counter()
             outputs = process_waiting(self.stage, batch, self.stop, self.metrics.heartbeat)
             if outputs is None:
                 self._rewind(batch)
                 return
-            if self._commit(batch, outputs + self._take_due(final=False)):
+            if self._commit(batch, outputs):
                 seconds = time.perf_counter() - started
                 self.batches += 1
                 self.processed += len(batch)
@@ -168,17 +166,15 @@ class TransactionalRuntime:
                 self.stage.aborted(batch)
                 self._rewind(batch)
 
-    def _take_due(self, final: bool) -> list[Output]:
-        """The due outputs not yet committed, with those the stage makes due now."""
-        self._due.extend(self.stage.due(final))
-        return list(self._due)
-
     def _rewind(self, batch: list[Message]) -> None:
         self.fence.rewound(rewind(self.consumer, batch))
 
-    def _commit(self, batch: list[Message], outputs: list[Output]) -> bool:
-        """Produce `outputs` and commit them with the batch's positions and offsets; False when
-        the transaction was aborted (the caller rewinds)."""
+    def _commit(self, batch: list[Message], outputs: list[Output], final: bool = False) -> bool:
+        """Produce `outputs`, then the due outputs no commit has carried yet and those the stage
+        makes due now, and commit them with the batch's positions and offsets; False when the
+        transaction was aborted (the caller rewinds)."""
+        self._due.extend(self.stage.due(final))
+        outputs = outputs + self._due
         offsets = next_offsets(batch)
         if not outputs and not offsets:
             return True
@@ -201,7 +197,7 @@ class TransactionalRuntime:
                     tps, meta, t))
             self._step("commit", producer.commit_transaction)
             self.fence.commit(offsets)
-            self._due.clear()  # every due output taken so far went with this transaction
+            self._due.clear()
             return True
         except Stopped:
             log.warning("stopping with the broker unreachable: the open transaction is aborted")
