@@ -65,24 +65,23 @@ def record_trace(tracer: trace.Tracer, topic: str, headers: Headers, *,
     """(the record's recording process span or None, the trace headers for its outputs)."""
     context = [(key, value) for key, value in headers if key in _W3C_HEADERS]
     has_parent = _has_traceparent(context)
+    # the common case, a lone canonical unsampled traceparent, is passed on as it is
+    if has_parent and len(context) == 1 and isinstance(value := context[0][1], bytes) \
+            and _W3C_ONLY and _UNSAMPLED.fullmatch(value) and parent_decides(tracer):
+        return None, [("traceparent", value)]
+    name = span_name("process", topic)
     root: _Root | None = None
     sampled: SpanContext | None = None
     if has_parent:
-        # the common case, a lone canonical unsampled traceparent, is passed on as it is
-        value = context[0][1]
-        if len(context) == 1 and isinstance(value, bytes) and _W3C_ONLY \
-                and _UNSAMPLED.fullmatch(value) and parent_decides(tracer):
-            return None, [("traceparent", value)]
         parent = remote_parent(context)
         if parent is not None and parent.trace_flags.sampled:
             sampled = parent
         elif parent is not None and parent_decides(tracer):
             return None, context_headers(parent)
     else:
-        root = _decided_root(tracer, span_name("process", topic), SpanKind.CONSUMER)
+        root = _decided_root(tracer, name, SpanKind.CONSUMER)
         if root is not None and not root.sampled:
             return None, _unsampled_headers(root)
-    name = span_name("process", topic)
     attrs = messaging_attributes(topic, "process", **{
         "messaging.destination.partition.id": None if partition is None else str(partition),
         "messaging.kafka.offset": offset, "messaging.consumer.group.name": group})
