@@ -1,4 +1,4 @@
-"""What every holder of key material shares: the error types and base64url.
+"""What every holder of key material shares: the error types, base64url and a keyed hash.
 
 The data keys, field encryption, tokens and the master keyring belong to ingest
 (`services/ingest/keystore.py`, `ciphers.py`, `keyring.py`, `wrapped_keys.py`, `rewrap.py`; the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 
 
 class CryptoError(ValueError):
@@ -25,6 +26,28 @@ class KeyDestroyed(CryptoError):
 
 class KmsError(RuntimeError):
     """A master or platform key is unknown, malformed, or failed to unwrap a data key."""
+
+
+class KeyedHash:
+    """HMAC-SHA256 under one key, keyed once: each digest copies the keyed state (OpenSSL's key
+    set-up dominates a short message)."""
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod="sha256")
+
+    def digest(self, data: bytes) -> bytes:
+        """HMAC-SHA256(key, data)."""
+        mac = self._mac.copy()  # thread-safe: copy() takes the object's lock
+        mac.update(data)
+        return mac.digest()
+
+    def hexdigest(self, data: bytes) -> str:
+        """HMAC-SHA256(key, data) in hex."""
+        mac = self._mac.copy()
+        mac.update(data)
+        return mac.hexdigest()
 
 
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")

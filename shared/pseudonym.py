@@ -13,9 +13,8 @@ Consumes: the platform key (`shared.tokens`). Produces: pseudonym strings.
 
 from __future__ import annotations
 
-import hmac
-
 from shared.config import LeptonSettings
+from shared.crypto import KeyedHash
 from shared.tokens import load_platform_key
 
 PSEUDONYM_VERSION = "ps1"
@@ -28,13 +27,11 @@ class Pseudonymizer:
     def __init__(self, key: bytes) -> None:
         if len(key) < 32:
             raise ValueError("pseudonym key must be at least 32 bytes")
-        self._mac = hmac.new(key, digestmod="sha256")  # copied per id: no key set-up each time
+        self._hash = KeyedHash(key)
 
     def of(self, subject_id: str) -> str:
         """The pseudonym of a raw subject id (always hashes: a raw id is never trusted)."""
-        mac = self._mac.copy()
-        mac.update(subject_id.encode())
-        return _PREFIX + mac.hexdigest()[:24]
+        return _PREFIX + self._hash.hexdigest(subject_id.encode())[:24]
 
     def normal(self, subject: str) -> str:
         """`subject` when it already is a pseudonym, else its pseudonym (for operator input and

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.crypto import CryptoError, b64d, b64e
+from shared.crypto import CryptoError, KeyedHash, b64d, b64e
 
 CIPHER_VERSION = "enc1"
 TOKEN_VERSION = "tok2"  # noqa: S105 (a format tag)
@@ -39,13 +39,13 @@ class DataKey:
     key_id: str
     master_id: str
     aead: AESGCM
-    token_mac: hmac.HMAC = field(repr=False)  # keyed with the token key; copied per token
+    token_hash: KeyedHash = field(repr=False)  # HMAC under the token key
 
     @classmethod
     def from_raw(cls, key_id: str, master_id: str, raw: bytes) -> DataKey:
         """The key from its 32 raw bytes."""
         token_key = hmac.digest(raw, b"lepton-token-key", "sha256")
-        return cls(key_id, master_id, AESGCM(raw), hmac.new(token_key, digestmod="sha256"))
+        return cls(key_id, master_id, AESGCM(raw), KeyedHash(token_key))
 
     @property
     def header(self) -> str:
@@ -62,9 +62,8 @@ class DataKey:
 
     def tokenize(self, field: str, value: str) -> str:
         """The subject's token of `value` in `field`."""
-        mac = self.token_mac.copy()  # a copy of the keyed state: no key set-up per token
-        mac.update(f"{field}\0{value}".encode())
-        return f"{TOKEN_VERSION}:{self.key_id}:{b64e(mac.digest()[:18])}"
+        digest = self.token_hash.digest(f"{field}\0{value}".encode())
+        return f"{TOKEN_VERSION}:{self.key_id}:{b64e(digest[:18])}"
 
     def seal(self, label: str, data: bytes) -> bytes:
         """Encrypt arbitrary bytes (binary: `enc1:<master>:<data key>:` + nonce|ct|tag)."""

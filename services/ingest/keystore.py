@@ -17,7 +17,6 @@ Produces: `DataKey`s, plaintexts of ciphertexts and sealed values, wrapped keys 
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 
 import redis
@@ -28,7 +27,7 @@ from services.ingest.key_cache import KeyCache
 from services.ingest.keyring import Kms, LocalKms
 from services.ingest.wrapped_keys import WrappedKeys
 from shared.config import LeptonSettings
-from shared.crypto import CryptoError, KeyDestroyed, KmsError, b64d, b64e
+from shared.crypto import CryptoError, KeyDestroyed, KeyedHash, KmsError, b64d, b64e
 from shared.pseudonym import Pseudonymizer
 from shared.state import make_redis, rkey
 from shared.tokens import PlatformKey, load_platform_key
@@ -74,7 +73,7 @@ class KeyStore:
         self.kms: Kms = kms or LocalKms.from_settings(settings)
         self.redis = client or make_redis(settings)
         platform = platform or load_platform_key(settings)
-        self._id_mac = hmac.new(platform.derive("data-key-id"), digestmod="sha256")
+        self._id_hash = KeyedHash(platform.derive("data-key-id"))
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self.key_prefix = rkey(settings, "crypto", "datakey", "")
         self._forgotten = rkey(settings, "policy", "forgotten")
@@ -86,9 +85,7 @@ class KeyStore:
 
     def data_key_id(self, subject_id: str) -> str:
         """The (keyed, non-reversible) id of a subject's data key (raw id or pseudonym)."""
-        mac = self._id_mac.copy()  # a copy of the keyed state: no key set-up per id
-        mac.update(self.pseudonyms.normal(subject_id).encode())
-        return mac.hexdigest()[:24]
+        return self._id_hash.hexdigest(self.pseudonyms.normal(subject_id).encode())[:24]
 
     def data_keys(
         self, subject_ids: Iterable[str], *, create: bool = True

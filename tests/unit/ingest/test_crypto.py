@@ -208,7 +208,8 @@ def test_tokens_are_per_subject_and_die_with_the_subject(
     assert fresh.data_keys(["bob"])[0]["bob"].tokenize("card_number", pan) == \
         bob.tokenize("card_number", pan)
     assert "token_key" not in repr(alice)
-    assert "token_mac" not in repr(alice) and "HMAC" not in repr(alice)
+    assert "token_hash" not in repr(alice) and "KeyedHash" not in repr(alice) \
+        and "HMAC" not in repr(alice)
 
 
 def test_tokens_and_data_key_ids_are_the_keyed_hashes_they_always_were(
