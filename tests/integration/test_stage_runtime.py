@@ -125,6 +125,21 @@ def _committed(stage: EchoStage, count: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _run_to_the_end(settings: LeptonSettings, stage: EchoStage, group: str, expect: int,
+                    running: list[tuple[threading.Thread, threading.Event]]
+                    ) -> tuple[Counter[bytes], list[int]]:
+    """Run a transactional runtime of `stage` until it committed N records, then stop it: its
+    output topic (`expect` records) and its exit status."""
+    stop, codes = threading.Event(), []
+    thread = _start(_transactional(settings, stage, stop, f"{group}-{uuid.uuid4().hex[:6]}"),
+                    stop, codes, running)
+    _committed(stage, N)
+    out = _outputs(settings, stage.outputs[0], expect)
+    stop.set()
+    thread.join(20)
+    return out, codes
+
+
 def _outputs(settings: LeptonSettings, topic: str, expect: int) -> Counter[bytes]:
     # read once the runtime has committed: the embedded broker can hold back a read_committed
     # reader that polls across a transaction being aborted
@@ -190,13 +205,7 @@ def test_a_due_output_of_an_aborted_transaction_commits_with_a_later_one(
     settings = lepton_env
     stage = DueStage(prefix, poison_commits=1)
     values = _feed(settings, stage.inputs[0], N)
-    stop, codes = threading.Event(), []
-    thread = _start(_transactional(settings, stage, stop, f"due-{uuid.uuid4().hex[:6]}"),
-                    stop, codes, running)
-    _committed(stage, N)
-    out = _outputs(settings, stage.outputs[0], N + 1)
-    stop.set()
-    thread.join(20)
+    out, codes = _run_to_the_end(settings, stage, "due", N + 1, running)
     assert codes == [0]
     assert stage.made_due and len(stage.aborted_batches) == 1
     assert out[b"due-1"] == 1, "the due output was lost with the aborted transaction"
@@ -304,13 +313,7 @@ def test_outputs_an_unfinished_transaction_left_are_not_produced_again(
                          headers=[origin_header(Message(topic=r.topic, partition=r.partition,
                                                         offset=r.offset))])
     assert producer.flush(15) == 0
-    stop, codes = threading.Event(), []
-    thread = _start(_transactional(settings, stage, stop, f"left-{uuid.uuid4().hex[:6]}"),
-                    stop, codes, running)
-    _committed(stage, N)
-    out = _outputs(settings, stage.outputs[0], N)
-    stop.set()
-    thread.join(20)
+    out, codes = _run_to_the_end(settings, stage, "left", N, running)
     assert codes == [0]
     assert len(left) >= 40 and sum(stage.processed.values()) == N  # all processed again
     assert set(out) == values
