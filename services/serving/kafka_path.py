@@ -81,7 +81,6 @@ class KafkaPredictions:
         self._answered: list[str] = []
         self._dead: list[str] = []  # reasons of this batch's dead letters
         self._fresh = 0
-        self._started_ns = 0  # when the batch's scoring began (its process spans start there)
         self.redis = make_redis(settings)
         self._sealer = DeadLetterSealer.load(settings)  # the DLQ public key: fail at start
         self.served = 0
@@ -138,7 +137,7 @@ class KafkaPredictions:
             fresh.append(item)
         outputs: list[Output] = []
         scorable = [i for i in fresh if i.request is not None]
-        self._started_ns = time.time_ns()
+        started_ns = time.time_ns()  # the requests' process spans start with the scoring
         started = time.perf_counter()
         outcomes = self.predictor.predict_many([
             Request(i.request_id, i.request.model or "", i.request.version or 0,
@@ -149,12 +148,13 @@ class KafkaPredictions:
             if isinstance(outcome, ServingError):
                 item.error = outcome
             else:
-                outputs.append(self._emit(item, _result(item.request_id, outcome)))
+                outputs.append(self._emit(item, _result(item.request_id, outcome), started_ns))
         for item in fresh:
             if item.error is not None and item.request is None:
-                outputs.append(self._reject(item))
+                outputs.append(self._reject(item, started_ns))
             elif item.error is not None:
-                outputs.append(self._emit(item, _error_result(item.request_id, item.error)))
+                outputs.append(self._emit(item, _error_result(item.request_id, item.error),
+                                          started_ns))
         self._answered = [i.request_id for i in fresh if i.request_id]
         self._fresh = len(fresh)
         return outputs
@@ -177,7 +177,7 @@ class KafkaPredictions:
     def aborted(self, batch: list[Message]) -> None:
         """Nothing: an undelivered batch is consumed again."""
 
-    def _emit(self, item: _Item, result: PredictResult) -> Output:
+    def _emit(self, item: _Item, result: PredictResult, started_ns: int) -> Output:
         message = item.message
         span, trace = record_trace(
             _tracer, self.requests_topic, message_headers(message),
@@ -185,7 +185,7 @@ class KafkaPredictions:
             group=f"{self.settings.serving_group}-predictions",
             attributes={"messaging.kafka.message.key": item.request_id,
                         "lepton.model.version": result.version or 0},
-            start_time=self._started_ns)
+            start_time=started_ns)
         try:
             headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON), *trace]
             return Output(self.results_topic, item.request_id.encode(), encode(result), headers)
@@ -193,7 +193,7 @@ class KafkaPredictions:
             if span is not None:
                 span.end()
 
-    def _reject(self, item: _Item) -> Output:
+    def _reject(self, item: _Item, started_ns: int) -> Output:
         message = item.message
         error = item.error
         try:
@@ -201,7 +201,7 @@ class KafkaPredictions:
         except ValidationError:
             result = None
         if result is not None:
-            return self._emit(item, result)
+            return self._emit(item, result, started_ns)
         reason = getattr(error, "kind", "invalid")
         self._dead.append(reason)
         headers = dlq_headers(message_headers(message), reason=reason,
