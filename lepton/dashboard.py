@@ -197,6 +197,9 @@ def render(snap: Snapshot, processes: list[ProcessRow], uptime: float) -> Group:
 
 def plain_line(snap: Snapshot) -> str:
     """A one-line summary for logs and non-terminal output."""
-    counts = " ".join(f"{label.split()[0]}={snap.records.get(label, 0)}" for label in STAGES)
+    counts = " ".join(f"{label.replace(' ', '_')}={snap.records.get(label, 0)}"
+                      for label in STAGES)
     models = ",".join(f"{n}:v{v}" for n, v, _ in snap.models) or "-"
-    return f"lepton up: {counts} models={models} last_trace={snap.last_trace or '-'}"
+    budgets = ",".join(f"{d}:{e:.3g}" for d, e in sorted(snap.budgets.items())) or "-"
+    return (f"lepton up: {counts} models={models} max_subject_epsilon={budgets} "
+            f"last_trace={snap.last_trace or '-'}")
