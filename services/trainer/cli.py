@@ -177,9 +177,10 @@ def list_models(model: ModelOption = None) -> None:
             if registry.flags(name, version).get("contains_forgotten"):
                 eps += " contains_forgotten"
             f1, auc = card.metrics.get("f1", 0.0), card.metrics.get("roc_auc", 0.0)
+            # the rows trained on: a DP release leaves out rows over the contribution bound
+            rows = card.training.get("rows", card.lineage.get("rows", {}).get("train", 0))
             typer.echo(f" {marker} v{version:<4} {card.status:<9} f1={f1:.4f} auc={auc:.4f}{eps} "
-                       f"rows={card.lineage.get('rows', {}).get('train', 0)} "
-                       f"{card.created_at:%Y-%m-%d %H:%M:%S}")
+                       f"rows={rows} {card.created_at:%Y-%m-%d %H:%M:%S}")
 
 
 @models_app.command()

@@ -33,7 +33,7 @@ from shared.models.nets import build_model, predict_proba
 from shared.models.registry import WEIGHTS_FILE, Registry
 from shared.releases import subjects_digest
 from shared.topics import Topics
-from tests.helpers import open_dead_letter, read_topic
+from tests.helpers import lepton, open_dead_letter, read_topic
 from tests.integration.test_governance_service import Running
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
@@ -252,3 +252,40 @@ def test_a_refused_release_charge_is_not_announced(
     assert len(refused) == 1
     assert ReleaseLedger(registry.redis, lepton_env).subject_epsilons(
         "breast_cancer", 1e-5) == {}
+
+
+def test_rows_over_the_contribution_bound_are_neither_trained_on_nor_charged(
+        lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's own bound (one event per patient and release): a patient's second
+    training row in one cycle is counted, never trained on, and the patient is charged once;
+    `lepton models list` shows the rows trained on."""
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    events = governed_breast_cancer()
+    originals = [e for e in events if not is_validation(e.event_id, 20)][:25]
+    repeats = []
+    for index, original in enumerate(originals):  # same patient, new event in the train split
+        attempt = 0
+        while is_validation(event_id := f"repeat-{index}-{attempt}", 20):
+            attempt += 1
+        repeats.append(original.model_copy(update={"event_id": event_id}))
+    publish_governed(lepton_env, events)
+    publish_governed(lepton_env, repeats)
+    settings = trainer_settings(trainer_dp_enabled=True)
+    governance = Running(GovernanceSettings(), None)
+    try:
+        assert run_trainer(settings) == [1]
+    finally:
+        governance.close()
+
+    registry = Registry(settings)
+    card = registry.card("breast_cancer", 1)
+    train_rows = card.lineage["rows"]["train"]
+    assert train_rows == sum(not is_validation(e.event_id, 20) for e in events) + len(repeats)
+    assert card.training["rows_over_contribution_bound"] == len(repeats)
+    assert card.training["rows"] == card.privacy["rows"] == train_rows - len(repeats)
+    spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(
+        "breast_cancer", card.delta or 0.0)
+    assert len(spent) == train_rows - len(repeats)
+    assert {r.subject_id for r in repeats} <= set(spent)
+    listing = lepton("models", "list").stdout
+    assert f" rows={train_rows - len(repeats)} " in listing
