@@ -46,6 +46,9 @@ def settings() -> LeptonSettings:
     return load_settings(LeptonSettings)
 
 
+EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE (lepton predict's code for serving away)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `message` to stderr and return an Exit to raise."""
     typer.echo(f"error: {message}", err=True)
@@ -134,8 +137,13 @@ def produce(
     = None,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for delivery.")]
+    = 30.0,
 ) -> None:
-    """Publish dataset events to events.raw, with trace context and a progress bar."""
+    """Publish dataset events to events.raw, with trace context and a progress bar.
+
+    Exit codes: 0 ok, 1 events failed, 2 bad input, 69 broker unreachable (events not
+    delivered), 78 configuration error."""
     from lepton.generators import GENERATORS, generate
     from lepton.produce import publish
     from shared.signals import stop_event
@@ -152,12 +160,13 @@ def produce(
     setup_telemetry("lepton-produce")
     try:
         report = publish(common, generate(dataset, count, seed), total=count, rate=rate,
-                         show_progress=not quiet, stop=stop_event())
+                         show_progress=not quiet, stop=stop_event(), timeout=timeout)
     finally:
         shutdown_telemetry()
     typer.echo(f"delivered {report.delivered} of {report.sent} events", err=True)
     if report.failed:
-        raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}")
+        raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}",
+                   EXIT_UNAVAILABLE if report.undelivered else 1)
 
 
 def _register_services() -> None:

@@ -26,6 +26,7 @@ class ProduceReport:
     sent: int = 0
     delivered: int = 0
     failed: int = 0
+    undelivered: int = 0  # still queued when the final flush gave up: the broker is away
     errors: list[str] = field(default_factory=list)
 
     def on_delivery(self, error: KafkaError | None, _msg: Message) -> None:
@@ -46,8 +47,10 @@ def publish(
     rate: float | None = None,
     show_progress: bool = True,
     stop: threading.Event | None = None,
+    timeout: float = 30.0,
 ) -> ProduceReport:
-    """Publish envelopes (one publish span each), at most `rate` a second; wait for delivery."""
+    """Publish envelopes (one publish span each), at most `rate` a second; wait up to `timeout`
+    seconds for their delivery."""
     topic = Topics(settings.topic_prefix).raw
     producer = make_producer(settings)
     report = ProduceReport()
@@ -72,8 +75,11 @@ def publish(
                 if ahead > 0:
                     time.sleep(ahead)
         progress.update(task, completed=report.sent)
-        remaining = producer.flush(30)
-    report.failed += remaining
+        report.undelivered = producer.flush(timeout)
+    if report.undelivered:
+        report.failed += report.undelivered
+        report.errors.append(f"{report.undelivered} not delivered within {timeout:g} s "
+                             f"(is the broker at {settings.bootstrap_servers()} reachable?)")
     return report
 
 

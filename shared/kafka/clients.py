@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from shared.config import ENV_PREFIX, ConfigError, LeptonSettings
+from shared.kafka.client_logs import LIBRDKAFKA, log_client_error
 from shared.tracing import note_kafka_server
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def connection_config(settings: LeptonSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "security.protocol": settings.kafka_security_protocol.lower(),
+        "logger": LIBRDKAFKA,  # its lines in our log format, repeats left out
     }
     optional = {
         "sasl.mechanism": settings.kafka_sasl_mechanism,
@@ -59,7 +61,7 @@ def connection_config(settings: LeptonSettings) -> dict[str, Any]:
 
 def client_config(settings: LeptonSettings, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for any other client (metadata readers, AdminClient, dashboards)."""
-    return {**connection_config(settings), "error_cb": _log_error, **overrides}
+    return {**connection_config(settings), "error_cb": log_client_error, **overrides}
 
 
 def producer_config(
@@ -79,7 +81,7 @@ def producer_config(
         # what exactly-once rests on: LEPTON_KAFKA_EXTRA may tune the rest, never these
         "enable.idempotence": True,
         "acks": "all",
-        "error_cb": _log_error,
+        "error_cb": log_client_error,
     }
     if transactional_id:
         config["transactional.id"] = transactional_id
@@ -110,7 +112,7 @@ def consumer_config(settings: LeptonSettings, group_id: str, **overrides: Any) -
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
-        "error_cb": _log_error,
+        "error_cb": log_client_error,
     }
     config.update(overrides)
     return config
@@ -179,7 +181,3 @@ def deliver(producer: Producer, what: str, timeout: float = 15.0) -> None:
     stay queued, so a later flush may still deliver them)."""
     if producer.flush(timeout) > 0:
         raise DeliveryTimeout(f"{what} was not delivered within {timeout:g} s")
-
-
-def _log_error(error: Any) -> None:
-    log.warning("kafka client error: %s", error)
