@@ -47,6 +47,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
 def _status(error: ServingError) -> int:
     return _STATUS.get(error.code, 500)
 
@@ -149,8 +154,14 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
                        routes=app.routes)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
+        if first.get("type") == "json_invalid":
+            reason = first.get("ctx", {}).get("error", "")
+            return _error(400, f"invalid request: the body is not valid JSON ({reason})")
+        if first.get("loc", ("",))[0] == "body" and not _is_json(request):
+            # FastAPI's strict Content-Type check left a JSON body unread
+            return _error(415, "the body must be JSON, sent with Content-Type: application/json")
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 

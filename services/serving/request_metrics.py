@@ -20,8 +20,8 @@ _duration = metrics.get_meter("lepton.serving").create_histogram(
     "rpc.grpc.status_code")
 # the HTTP API's answers as the gRPC codes of the same outcome (http_api._STATUS: the other way)
 _HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
-               405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 422: "INVALID_ARGUMENT",
-               503: "UNAVAILABLE"}
+               405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT",
+               422: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
 
 
 def record_http(method: str, route: str, status: int, seconds: float) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton_http
 
@@ -145,7 +146,15 @@ def test_v1_predict_takes_records_like_lepton_predict(served: Any) -> None:
         bad = http.post(f"/v1/models/{MODEL}:predict", json={"amount": "lots"})
         assert bad.status_code == 400 and "amount" in bad.json()["error"]
         assert "lots" not in bad.json()["error"]
-        assert http.post(f"/v1/models/{MODEL}:predict", content=b"[1, 2]").status_code == 400
+        assert http.post(f"/v1/models/{MODEL}:predict", content=b"[1, 2]",
+                         headers={"content-type": "application/json"}).status_code == 400
+        broken = http.post(f"/v1/models/{MODEL}:predict", content=b"{bad",
+                           headers={"content-type": "application/json"})
+        assert broken.status_code == 400
+        assert broken.json()["error"].startswith("invalid request: the body is not valid JSON")
+        untyped = http.post(f"/v1/models/{MODEL}:predict", content=orjson.dumps(record(0)))
+        assert untyped.status_code == 415 and "Content-Type: application/json" in \
+            untyped.json()["error"]
         assert http.post(f"/v1/models/{MODEL}:predict", json=[]).status_code == 400
         assert http.post("/v1/models/nope:predict", json=record(0)).status_code == 404
 
