@@ -54,9 +54,10 @@ def make_key_set(directory: Path) -> dict[str, str]:
 def principals(
     directory: Annotated[Path, typer.Argument(help="Where to write the key set (0700).")],
 ) -> None:
-    """Create the deployment's key set: each principal's signing key, the MAC, platform,
-    model-signing, audit-signing and DLQ keys (0600), and public/*.pub for every container;
-    existing keys are kept."""
+    """Create the deployment's key set; existing keys are kept.
+
+    Each principal's signing key, the MAC, platform, model-signing, audit-signing and DLQ keys
+    (0600), and public/*.pub for every container."""
     for name, kid in make_key_set(directory).items():
         typer.echo(f"{name}: key id {kid}")
 

@@ -21,8 +21,9 @@ def http(
         help="Also read the Prometheus text at `url` and fail unless every main-loop heartbeat "
              "(*_loop_heartbeat_seconds) turned within this many seconds: a hung loop.")] = None,
 ) -> None:
-    """Healthy when `url` answers 200 within `timeout` (and, with --stale-after, every loop
-    heartbeat it shows is fresh)."""
+    """Healthy when `url` answers 200 within `timeout`.
+
+    With --stale-after, every loop heartbeat it shows must also be fresh."""
     import urllib.error
     import urllib.request
 

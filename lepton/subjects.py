@@ -101,8 +101,9 @@ state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.
 
 @state_app.command("rebuild")
 def rebuild() -> None:
-    """Restore data keys, forgotten/consent sets, live pointers, announcement sequences and the
-    ledger into Redis."""
+    """Restore Redis state from its durable copies.
+
+    Data keys, forgotten/consent sets, live pointers, announcement sequences and the ledger."""
     from services.governance.charge_log import ChargeLog
     from services.governance.config import GovernanceSettings
     from services.governance.ledger import Ledger

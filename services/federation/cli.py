@@ -24,8 +24,10 @@ def federate(
     secure_aggregation: Annotated[bool, typer.Option(
         help="Double-masked secure aggregation (the coordinator sees only sums).")] = False,
 ) -> None:
-    """Run one federation over SITES and release its model like a trained one; exit 1 when
-    it ended without a release (no quorum), 0 otherwise (promoted or refused by the gate)."""
+    """Run one federation over SITES and release its model like a trained one.
+
+    Exit 1 when it ended without a release (no quorum), 0 otherwise (promoted or refused by
+    the gate)."""
     import orjson
 
     from services.federation.config import FederationSettings

@@ -53,8 +53,10 @@ def _read_json(source: str) -> dict[str, Any]:
 
 @audit_app.command("verify")
 def audit_verify(public_key: PublicKeyOption = None) -> None:
-    """Recompute every partition from the store and check it against the signed checkpoints;
-    exit 1 on any edit, drop, reorder or truncation."""
+    """Check every partition of the store against its signed checkpoints.
+
+    Each partition's tree is recomputed from the stored records; exit 1 on any edit, drop,
+    reorder or truncation."""
     from rich.console import Console
     from rich.table import Table
 
@@ -97,8 +99,10 @@ def audit_prove(
     out: Annotated[Path | None, typer.Option(help="Write the proof here (default: stdout).")]
     = None,
 ) -> None:
-    """Print an inclusion proof (JSON, with its signed checkpoint) of an event's decision, or a
-    JSON list of proofs of every decision about a subject (leaves name its pseudonym)."""
+    """Print the inclusion proof of an event's decision, or of every decision about a subject.
+
+    JSON, each proof with its signed checkpoint; a subject's proofs are a list (its leaves
+    name its pseudonym)."""
     from services.governance.merkle import ProofError
     from services.governance.verify import build_inclusion, find_event, find_subject
     from shared.pseudonym import load_pseudonymizer

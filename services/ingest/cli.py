@@ -158,8 +158,10 @@ def quality_report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     last: Annotated[int, typer.Option(min=1, help="How many of the latest windows.")] = 20,
 ) -> None:
-    """Per dataset: the quality index of the latest windows (all replicas) and the worst
-    fields (missing, wrong type, out of range, invalid, clipped, imputed, rejected rates)."""
+    """Per dataset: the quality index of the latest windows and the worst fields.
+
+    Windows of all replicas; a field's rates: missing, wrong type, out of range, invalid,
+    clipped, imputed, rejected."""
     import orjson
     from rich.console import Console
 

@@ -36,8 +36,9 @@ def monitor_report(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Per model version: the latest window against the card's reference, feature by feature,
-    and live quality on joined labels."""
+    """Per model version: drift of the latest window, and live quality on joined labels.
+
+    Drift is measured against the card's reference, feature by feature."""
     from services.monitor.config import MonitorSettings
     from services.monitor.report import load_reports, render
     from shared.config import load_settings

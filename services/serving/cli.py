@@ -90,8 +90,9 @@ def rollout(
     share: Annotated[float, typer.Option(min=0, max=1, help="Canary share.")] = 0.0,
     addr: Addr = None, token: AdminToken = None, tls_ca: TlsCa = None, timeout: Timeout = 60.0,
 ) -> None:
-    """Change a model's rollout on a running server (announced to every replica); needs the
-    admin token (LEPTON_SERVING_ADMIN_TOKEN)."""
+    """Change a model's rollout on a running server (announced to every replica).
+
+    Needs the admin token (LEPTON_SERVING_ADMIN_TOKEN)."""
     import grpc
 
     from services.serving.client import ACTIONS

@@ -54,8 +54,10 @@ def tune(
     storage: Annotated[str | None, typer.Option(help="redis or journal.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Search DP-SGD hyper-parameters on events.governed (Optuna), charge the whole study to
-    the ledger and release the best trial's model; prints a JSON summary."""
+    """Search DP-SGD hyper-parameters (Optuna) and release the best trial's model.
+
+    The study runs on events.governed, its whole cost is charged to the ledger before the
+    release, and a JSON summary is printed."""
     import orjson
 
     from services.trainer.config import TrainerSettings
@@ -201,8 +203,10 @@ def show(version: Annotated[int | None, typer.Argument(help="Default: live.")] =
 
 @models_app.command()
 def promote(version: int, model: ModelOption = None) -> None:
-    """Make VERSION live (even one the gate refused: announced with an operator override) and
-    announce it (as a rollback when VERSION is below the live one)."""
+    """Make VERSION live and announce it.
+
+    Even a version the gate refused (announced with an operator override); announced as a
+    rollback when VERSION is below the live one."""
     settings, registry = _context()
     name = _model(registry, model)
     card = _servable(registry, name, version)
