@@ -13,12 +13,16 @@ Consumes: the platform key (`shared.tokens`). Produces: pseudonym strings.
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter, ValidationError
+
 from shared.config import LeptonSettings
 from shared.crypto import KeyedHash
+from shared.events import Identifier
 from shared.tokens import load_platform_key
 
 PSEUDONYM_VERSION = "ps1"
 _PREFIX = PSEUDONYM_VERSION + ":"
+_SUBJECT_ID: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
 class Pseudonymizer:
@@ -37,6 +41,16 @@ class Pseudonymizer:
         """`subject` when it already is a pseudonym, else its pseudonym (for operator input and
         for stages after ingest, whose input carries pseudonyms)."""
         return subject if is_pseudonym(subject) else self.of(subject)
+
+
+def operator_subject(pseudonyms: Pseudonymizer, subject: str) -> str:
+    """The pseudonym an operator means by `subject`: a subject id as envelopes carry it, or its
+    pseudonym; ValueError when it is neither."""
+    try:
+        return pseudonyms.normal(_SUBJECT_ID.validate_python(subject))
+    except ValidationError:
+        raise ValueError("a subject id is 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -") \
+            from None
 
 
 def is_pseudonym(value: str) -> bool:

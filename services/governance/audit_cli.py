@@ -105,13 +105,16 @@ def audit_prove(
     name its pseudonym)."""
     from services.governance.merkle import ProofError
     from services.governance.verify import build_inclusion, find_event, find_subject
-    from shared.pseudonym import load_pseudonymizer
+    from shared.pseudonym import load_pseudonymizer, operator_subject
 
     settings = load_governance_settings()
     if (event_id is None) == (subject is None):
         raise fail("name an EVENT_ID or --subject SUBJECT (one of them)", 2)
     if subject is not None:
-        pseudonym = load_pseudonymizer(settings).normal(subject)
+        try:
+            pseudonym = operator_subject(load_pseudonymizer(settings), subject)
+        except ValueError as error:
+            raise fail(f"invalid subject id: {error}", 2) from None
         leaves = [(p, i) for p, i, _ in find_subject(settings.audit_dir(), pseudonym)]
         if not leaves:
             raise fail(f"no audit record names subject {pseudonym}")

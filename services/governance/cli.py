@@ -38,7 +38,7 @@ def consent(
     from shared.events import Decision
     from shared.kafka import make_producer
     from shared.principals import Principal
-    from shared.pseudonym import load_pseudonymizer
+    from shared.pseudonym import load_pseudonymizer, operator_subject
     from shared.state import make_redis
 
     settings = load_governance_settings()
@@ -46,8 +46,8 @@ def consent(
         purpose = load_spec(dataset, settings.governance_specs_dir).privacy.purpose
     except UnknownDataset:
         raise fail(f"unknown dataset {dataset!r}", 2) from None
-    pseudonym = load_pseudonymizer(settings).normal(subject)
     try:
+        pseudonym = operator_subject(load_pseudonymizer(settings), subject)
         decision = Decision(kind="consent_changed", actor=f"cli:{getpass.getuser()}",
                             subject_id=pseudonym, dataset=dataset,
                             detail={"consent": "withdrawn" if withdraw else "given",

@@ -17,6 +17,7 @@ from services.governance.charge_log import ChargeLog
 from services.governance.charges import Budget, Charge
 from services.governance.config import GovernanceSettings
 from services.governance.ledger import Ledger
+from services.governance.policy import Policy
 from services.governance.releases import ReleaseCharge, ReleaseLedger
 from services.governance.store import SEGMENTS, AuditStore, partition_dir
 from shared.accounting import ORDERS, epsilon_from_rdp
@@ -26,7 +27,7 @@ from shared.events import Decision
 from shared.principals import Principal, public_keys_dir
 from shared.pseudonym import load_pseudonymizer
 from shared.signing import load_or_create_private_key, public_path
-from shared.state import rkey
+from shared.state import make_redis, rkey
 from shared.topics import Topics
 from tests.helpers import lepton, local_mode_specs, read_topic
 
@@ -183,3 +184,20 @@ def test_audit_prove_by_subject_for_an_operator_who_knows_it(lepton_env: LeptonS
         assert "event:s" in check_inclusion(proof, public)
     assert lepton("audit", "prove", "--subject", "nobody", check=False).returncode == 1
     assert lepton("audit", "prove", check=False).returncode == 2
+
+
+def test_an_operator_subject_id_that_no_envelope_could_carry_is_refused(
+        lepton_env: LeptonSettings) -> None:
+    """forget, consent and audit prove take a subject id as envelopes carry it (or its
+    pseudonym): anything else exits 2 naming the rule, and changes nothing."""
+    settings = GovernanceSettings()
+    for bad in ("", "two words", "x" * 201):
+        for args in (("forget", bad), ("consent", bad, "--dataset", "transactions"),
+                     ("audit", "prove", "--subject", bad)):
+            result = lepton(*args, check=False)
+            assert result.returncode == 2, (args, result.stderr[-1500:])
+            assert "invalid subject id: a subject id is 1-200 characters" in result.stderr
+    policy = Policy(make_redis(settings), settings)
+    assert policy.redis.scard(policy.forgotten_key()) == 0
+    assert policy.redis.scard(policy.consent_key("transactions")) == 0
+    assert read_topic(settings, Topics(settings.topic_prefix).audit_requests, idle=1.0) == []
