@@ -7,8 +7,10 @@ the outputs on any broker. This matters because
 the embedded broker (librdkafka's mock cluster) accepts `send_offsets_to_transaction` but does
 not store the offsets; on Apache Kafka both agree and the resume point is the larger of the two.
 On assignment the latest committed checkpoint of each partition is found by reading its
-checkpoint partition backwards in chunks (read_committed: on Apache Kafka aborted checkpoints
-never count; the embedded broker shows every record it received, see shared/abandon.py).
+checkpoint partition backwards in chunks that grow from FIRST_CHUNK to CHUNK records, so the
+checkpoints of partitions consumed in the last transactions are found in the first small read
+(read_committed: on Apache Kafka aborted checkpoints never count; the embedded broker shows
+every record it received, see shared/abandon.py).
 `lepton topics create` gives the topic `cleanup.policy=compact` on a real cluster.
 """
 
@@ -24,10 +26,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from shared.config import LeptonSettings
 from shared.kafka import client_config, ensure_topics
-from shared.kafka.ranges import read_ranges
+from shared.kafka.ranges import RangesUnread, read_ranges
 
 log = logging.getLogger(__name__)
 
+FIRST_CHUNK = 64
 CHUNK = 2000
 Source = tuple[str, int]
 
@@ -64,27 +67,44 @@ class InputPositions:
 
     def load(self, sources: list[Source]) -> dict[Source, tuple[int, int]]:
         """(offset, record time in ms) of the latest committed checkpoint of each source
-        partition that has one."""
+        partition that has one; RangesUnread when the read timeout passes first."""
+        found: dict[Source, tuple[int, int]] = {}
+        self._load(sources, found)
+        return found
+
+    def load_partial(self, sources: list[Source]
+                     ) -> tuple[dict[Source, tuple[int, int]], list[Source]]:
+        """As `load`, but what the read timeout leaves unread is returned (its sources), not
+        raised: for observers (lag, scaling advice), never for a resume."""
+        found: dict[Source, tuple[int, int]] = {}
+        try:
+            self._load(sources, found)
+        except RangesUnread:
+            return found, [s for s in sources if s not in found]
+        return found, []
+
+    def _load(self, sources: list[Source], found: dict[Source, tuple[int, int]]) -> None:
         wanted: dict[int, dict[bytes, Source]] = {}
         for source in sources:
             wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
-        found: dict[Source, tuple[int, int]] = {}
         bounds: dict[int, tuple[int, int]] = {}
         for partition in wanted:
             low, high = self._reader.get_watermark_offsets(
                 TopicPartition(self.topic, partition), timeout=10)
             bounds[partition] = (low, high)
         deadline = time.monotonic() + self._read_timeout
+        size = FIRST_CHUNK
         while True:
             ranges = {}
             for partition, keys in wanted.items():
                 low, high = bounds[partition]
                 if keys and high > low:
-                    start = max(low, high - CHUNK)
+                    start = max(low, high - size)
                     ranges[(self.topic, partition)] = (start, high)
                     bounds[partition] = (low, start)
             if not ranges:
-                return found
+                return
+            size = min(size * 4, CHUNK)
             for partition, key, checkpoint in self._scan(ranges, deadline):
                 source = wanted[partition].pop(key, ("", -1))
                 if source[1] >= 0:

@@ -90,6 +90,8 @@ def scale_advise(
         help="Write a KEDA ScaledObject per service into this directory.")] = None,
 ) -> None:
     """Recommend replicas per service: the fewest that keep lag bounded."""
+    from confluent_kafka import KafkaException
+
     from services.monitor.config import MonitorSettings
     from services.monitor.scaling import advise, consumers, keda_scaled_object, sample
     from shared.config import load_settings
@@ -101,9 +103,14 @@ def scale_advise(
         typer.echo("error: no service records name a consumer group (are services running?)",
                    err=True)
         raise typer.Exit(1)
-    before = {c.service: sample(settings, c) for c in found}
-    time.sleep(interval)
-    advice = [advise(c, before[c.service], sample(settings, c)) for c in found]
+    try:
+        before = {c.service: sample(settings, c) for c in found}
+        time.sleep(interval)
+        advice = [advise(c, before[c.service], sample(settings, c)) for c in found]
+    except KafkaException as error:
+        typer.echo(f"error: could not sample consumer lag (is Kafka reachable?): {error}",
+                   err=True)
+        raise typer.Exit(69) from None
     if keda is not None:
         keda.mkdir(parents=True, exist_ok=True)
         for item in advice:

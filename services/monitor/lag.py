@@ -7,7 +7,9 @@ only real records count; a larger lag is counted as it is (markers are then one 
 
 The committed position is the later of the group's Kafka-committed offset and, for
 transactional stages, its input position in their checkpoint topic (shared/positions.py; the
-embedded broker keeps no offsets sent with a transaction).
+embedded broker keeps no offsets sent with a transaction). A partition whose checkpoint is not
+read within PROBE_TIMEOUT_S (one consumed long ago, deep in an uncompacted checkpoint topic) is
+`unread`: its lag is left out rather than guessed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class GroupSample:
     end: dict[Source, int]
     committed: dict[Source, int]
     lag: dict[Source, int]
+    unread: tuple[Source, ...] = ()  # committed position not read in time: no lag counted
 
     @property
     def total_lag(self) -> int:
@@ -57,18 +60,20 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
                for s in sources}
         committed = {(tp.topic, tp.partition): tp.offset for tp in reader.committed(
             [TopicPartition(*s) for s in sources], timeout=10)}
+        unread: list[Source] = []
         if positions_topic:
             stored = InputPositions(settings, positions_topic, group, read_timeout=PROBE_TIMEOUT_S)
             try:
-                for source, (offset, _) in stored.load(sources).items():
+                found, unread = stored.load_partial(sources)
+                for source, (offset, _) in found.items():
                     committed[source] = max(committed.get(source, -1), offset)
             finally:
                 stored.close()
-        lag = {s: end[s] - max(committed.get(s, -1), 0) for s in sources}
-        probe = {s: committed[s] for s in sources
+        lag = {s: end[s] - max(committed.get(s, -1), 0) for s in sources if s not in unread}
+        probe = {s: committed[s] for s in lag
                  if 0 < lag[s] <= PROBE_MAX and committed.get(s, -1) >= 0}
         lag.update(_records_after(reader, probe, end))
-        return GroupSample(time.monotonic(), end, committed, lag)
+        return GroupSample(time.monotonic(), end, committed, lag, tuple(unread))
     finally:
         reader.close()
 

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 import yaml
 
-from services.monitor.lag import GroupSample, sample_group
+from services.monitor.lag import PROBE_MAX, GroupSample, sample_group
 from services.monitor.telemetry import MonitorMetrics
 from shared.config import LeptonSettings
 from shared.service_record import UNITS, read_records
@@ -103,17 +103,29 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         done = sum(max(0, after.committed.get(s, 0) - max(before.committed.get(s, 0), 0))
                    for s in after.end) / seconds
         capacity = done / consumes.replicas if done > 0 else None
+        keeping_up = growth <= 0 and after.total_lag <= PROBE_MAX
+    else:
+        keeping_up = False  # a measured capacity, or none at all: the formula below decides
     if needed <= 0:
         recommended, reason = min_replicas, "no backlog and no new records"
     elif capacity is None:
         recommended = max(min_replicas, consumes.replicas)
         reason = "no capacity measured yet: keep the replicas running"
+    elif keeping_up:
+        # the records done per second only bound a replica's capacity from below, and the
+        # replicas running keep up: nothing supports more
+        recommended = max(min_replicas, consumes.replicas)
+        reason = (f"keeping up (backlog {after.total_lag}, not growing); capacity not measured "
+                  f"(busy time unknown), at least {capacity:,.1f}/s a replica")
     else:
         recommended = math.ceil(needed / (capacity * utilisation))
         reason = (f"needs {needed:,.1f}/s (arrival {arrival:,.1f}/s + backlog "
                   f"{after.total_lag} over {drain_s:g} s); one replica does {capacity:,.1f}/s "
                   f"at {utilisation:.0%}")
     recommended = max(min_replicas, min(recommended, max(partitions, min_replicas)))
+    if after.unread:
+        reason += (f"; lag of {len(after.unread)} of {partitions} partitions unknown (their "
+                   "positions were not read in time)")
     return Advice(consumes.service, consumes.group, consumes.topics, partitions,
                   consumes.replicas,
                   after.total_lag, growth, arrival, capacity, recommended, reason)
@@ -163,13 +175,19 @@ class ScaleWatch(threading.Thread):
         client = make_redis(self.settings)
         while not self.stop.wait(self.every_s):
             try:
-                for consumes in consumers(client, self.settings):
-                    now = sample(self.settings, consumes)
-                    before = self.previous.get(consumes.service)
-                    self.previous[consumes.service] = now
-                    if before is not None:
-                        advice = advise(consumes, before, now)
-                        self.metrics.set("lepton.monitor.scale.replicas", advice.recommended,
-                                         service=advice.service)
+                found = consumers(client, self.settings)
             except Exception as error:  # the advice is best-effort; the monitor goes on
                 log.warning("scaling advice skipped: %s", error)
+                continue
+            for consumes in found:  # one group that cannot be sampled skips only itself
+                try:
+                    now = sample(self.settings, consumes)
+                except Exception as error:
+                    log.warning("scaling advice for %s skipped: %s", consumes.service, error)
+                    continue
+                before = self.previous.get(consumes.service)
+                self.previous[consumes.service] = now
+                if before is not None:
+                    advice = advise(consumes, before, now)
+                    self.metrics.set("lepton.monitor.scale.replicas", advice.recommended,
+                                     service=advice.service)

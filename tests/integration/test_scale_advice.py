@@ -13,10 +13,12 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from services.monitor import lag
 from services.monitor.lag import sample_group
 from services.monitor.scaling import advise, consumers, keda_scaled_object
 from shared.config import LeptonSettings
 from shared.kafka import ensure_topics
+from shared.positions import InputPositions
 from shared.service_record import ServiceRecord, count_work, note_consumer
 from shared.state import make_redis
 
@@ -99,3 +101,42 @@ def test_growing_lag_raises_the_advice(lepton_env: LeptonSettings) -> None:
     assert trigger["metadata"]["lagThreshold"] == str(round(100.0 * 0.8 * 30))
     assert trigger["metadata"]["excludePersistentLag"] == "true"
     assert scaled["spec"]["maxReplicaCount"] == 4
+
+
+def test_a_checkpoint_deep_in_the_positions_topic_is_found_or_reported_unread(
+        lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Input positions are read backwards in growing chunks: a checkpoint deep in the log is
+    found across chunk boundaries, beside those the latest transactions wrote; a lag sample
+    whose read timeout passes first leaves those partitions' lag out (`unread`) instead of
+    failing the whole sample."""
+    settings = lepton_env
+    tag = uuid.uuid4().hex[:6]
+    topic, group = f"{settings.topic_prefix}in-{tag}", f"g-deep-{tag}"
+    positions_topic = f"{settings.topic_prefix}pos-{tag}"
+    ensure_topics(settings, [topic, positions_topic])
+    positions = InputPositions(settings, positions_topic, group)
+    deep, recent = (topic, 0), [(topic, p) for p in (1, 2, 3)]
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers(), "linger.ms": 20})
+    for p in range(4):
+        for _ in range(10):
+            producer.produce(topic, value=b"x", partition=p)
+    for partition, key, value in positions.records({deep: 5}):
+        producer.produce(positions_topic, key=key, value=value, partition=partition)
+    # past the 64-, 256- and 1,024-record chunks, into a 2,000 one: other groups' checkpoints
+    for _ in range(3_000):
+        producer.produce(positions_topic, key=b"other", value=b'{"offset": 1}',
+                         partition=positions.partition_of(deep))
+    for partition, key, value in positions.records(dict.fromkeys(recent, 7)):
+        producer.produce(positions_topic, key=key, value=value, partition=partition)
+    assert producer.flush(30) == 0
+    assert {s: o for s, (o, _) in positions.load([deep, *recent]).items()} == \
+        {deep: 5, **dict.fromkeys(recent, 7)}
+    positions.close()
+
+    sample = sample_group(settings, group, [topic], positions_topic)
+    assert sample.unread == ()
+    assert sample.lag == {deep: 5, **dict.fromkeys(recent, 3)}
+    monkeypatch.setattr(lag, "PROBE_TIMEOUT_S", 0.0)  # no time to read any checkpoint
+    sample = sample_group(settings, group, [topic], positions_topic)
+    assert sample.unread == (deep, *recent)
+    assert sample.lag == {}
