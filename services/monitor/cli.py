@@ -49,7 +49,7 @@ def monitor_report(
     if as_json:
         _print_json(reports)
     else:
-        typer.echo(render(reports))
+        typer.echo(render(reports, settings.monitor_window))
 
 
 @sustainability_app.command("report")

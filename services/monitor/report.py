@@ -43,11 +43,13 @@ def load_reports(client: redis.Redis[bytes], settings: LeptonSettings,
     return sorted(found, key=lambda r: (r["model"], r["version"]))
 
 
-def render(reports: list[dict[str, Any]]) -> str:
+def render(reports: list[dict[str, Any]], window: int) -> str:
     """Plain-text tables: per version, each feature's test, statistic, threshold and verdict,
-    then live quality."""
+    then live quality (`window`: predictions a version's first report needs)."""
     if not reports:
-        return "no monitoring report yet (is the monitor running and serving predicting?)"
+        return (f"no monitoring report yet: a model version's first report comes after {window:,} "
+                "of its predictions (LEPTON_MONITOR_WINDOW); is the monitor running and serving "
+                "predicting?")
     lines = []
     for report in reports:
         drift = report.get("drift") or {}
