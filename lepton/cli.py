@@ -15,7 +15,13 @@ from typing import Annotated
 
 import typer
 
-from shared.config import EXIT_CONFIG, ConfigError, LeptonSettings, load_settings
+from shared.config import (
+    EXIT_CONFIG,
+    EXIT_UNAVAILABLE,
+    ConfigError,
+    LeptonSettings,
+    load_settings,
+)
 
 app = typer.Typer(
     name="lepton",
@@ -44,9 +50,6 @@ SERVICE_CLIS = (
 def settings() -> LeptonSettings:
     """Common settings from the environment, exiting with a readable line when invalid."""
     return load_settings(LeptonSettings)
-
-
-EXIT_UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE (lepton predict's code for serving away)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

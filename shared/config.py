@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LEPTON_"
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the broker or server it needs is not there
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 

@@ -11,6 +11,8 @@ from typing import Annotated
 import orjson
 import typer
 
+from shared.config import EXIT_UNAVAILABLE
+
 monitor_app = typer.Typer(help="Run the monitor, or show what it sees.",
                           invoke_without_command=True, no_args_is_help=False)
 sustainability_app = typer.Typer(help="Energy and carbon accounting.", no_args_is_help=True)
@@ -110,7 +112,7 @@ def scale_advise(
     except KafkaException as error:
         typer.echo(f"error: could not sample consumer lag (is Kafka reachable?): {error}",
                    err=True)
-        raise typer.Exit(69) from None
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
     if keda is not None:
         keda.mkdir(parents=True, exist_ok=True)
         for item in advice:

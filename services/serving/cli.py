@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shared.config import EXIT_UNAVAILABLE
+
 if TYPE_CHECKING:
     import grpc
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 # Exit codes of the client commands, by gRPC status.
 EXIT_CODES = {"INVALID_ARGUMENT": 2, "UNAUTHENTICATED": 3, "PERMISSION_DENIED": 3,
-              "NOT_FOUND": 4, "FAILED_PRECONDITION": 5, "UNAVAILABLE": 69,
+              "NOT_FOUND": 4, "FAILED_PRECONDITION": 5, "UNAVAILABLE": EXIT_UNAVAILABLE,
               "DEADLINE_EXCEEDED": 75}
 
 serving_app = typer.Typer(help="Run the serving process, or inspect/steer a running one.",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shared.config import EXIT_UNAVAILABLE
+
 if TYPE_CHECKING:
     from confluent_kafka import Producer
 
@@ -82,7 +84,7 @@ def tune(
         raise _fail(str(error)) from None
     except SnapshotTimeout as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(69) from None
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
     finally:
         shutdown_telemetry()
     sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")
