@@ -17,6 +17,13 @@ Policy, in one place:
 On stop the current batch finishes (status 0), or is aborted when the broker cannot take it
 (status 1): nothing unfinished is ever committed.
 
+Each transaction also re-writes the stored position of every assigned partition it has not
+checkpointed for `position_refresh_s`, at the value last committed or resumed from (what the
+log already says, so exactly once is unchanged): the positions topic is read backwards on
+assignment, and a partition that stays idle must not leave its checkpoint ever deeper in it
+(the embedded broker never compacts; reading 30,000 records back can outlast the read
+timeout).
+
 The stage's due outputs (signed checkpoints, closed quality windows: made once, from state that
 has moved on) go with the next transaction and are carried into each one after it until one
 commits, so an abort never loses them. On the embedded broker an aborted transaction may
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +69,7 @@ from shared.stage.written import WrittenOutputs
 log = logging.getLogger(__name__)
 
 GC_THRESHOLD = 50_000
+POSITION_REFRESH_S = 60.0
 STEP_TIMEOUT_S = 5.0
 STOPPING_STEP_TIMEOUT_S = 1.0
 EXIT_OK = 0
@@ -79,7 +88,8 @@ class TransactionalRuntime:
                  batch_size: int, poll_timeout_s: float, positions_read_timeout_s: float = 70.0,
                  consumer_config: dict[str, object] | None = None,
                  producer_config: dict[str, object] | None = None,
-                 label: str | None = None) -> None:
+                 label: str | None = None,
+                 position_refresh_s: float = POSITION_REFRESH_S) -> None:
         self.settings = settings
         self.stage = stage
         self.stop = stop
@@ -98,6 +108,10 @@ class TransactionalRuntime:
         self.processed = 0
         self.unfinished = False
         self._due: list[Output] = []  # due outputs no commit has carried yet
+        self.position_refresh_s = position_refresh_s
+        self._assigned: set[tuple[str, int]] = set()
+        # per assigned partition: its committed (or resumed) position, and when it was written
+        self._positions: dict[tuple[str, int], tuple[int, float]] = {}
 
     def run(self) -> int:
         """Consume, process, produce and commit until stopped; the exit status."""
@@ -176,7 +190,10 @@ class TransactionalRuntime:
         self._due.extend(self.stage.due(final))
         outputs = outputs + self._due
         offsets = next_offsets(batch)
-        if not outputs and not offsets:
+        now = time.monotonic()
+        stale = {source: offset for source, (offset, written) in self._positions.items()
+                 if source not in offsets and now - written >= self.position_refresh_s}
+        if not outputs and not offsets and not stale:
             return True
         producer, written = self.producer, self.written
         begun = time.time_ns() // 1_000_000
@@ -188,7 +205,7 @@ class TransactionalRuntime:
                     produce(producer, out, headers)
             if written is not None and outputs:  # positions must not reach it before outputs
                 self._step("deliver outputs", self._deliver)
-            for partition, key, value in self.positions.records(offsets):
+            for partition, key, value in self.positions.records({**stale, **offsets}):
                 produce(producer, Output(self.positions.topic, key, value, [], partition))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -198,6 +215,9 @@ class TransactionalRuntime:
             self._step("commit", producer.commit_transaction)
             self.fence.commit(offsets)
             self._due.clear()
+            self._positions.update(
+                {source: (offset, now) for source, offset in {**stale, **offsets}.items()
+                 if source in self._assigned})
             return True
         except Stopped:
             log.warning("stopping with the broker unreachable: the open transaction is aborted")
@@ -259,6 +279,10 @@ class TransactionalRuntime:
         wait_for_kafka(lambda: self._resume(consumer, partitions), self.stop,
                        f"{self.label} (reading its input positions)")
         self.fence.assigned(partitions)
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        # written again by the next transaction: at the tail of the positions topic from now on
+        self._positions.update({(tp.topic, tp.partition): (tp.offset, -math.inf)
+                                for tp in partitions if tp.offset >= 0})
         consumer.assign(partitions)
         log.info("%s assigned %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
@@ -272,6 +296,9 @@ class TransactionalRuntime:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.fence.revoked(partitions)
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            self._positions.pop((tp.topic, tp.partition), None)
         if self.written is not None:
             self.written.forget([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:

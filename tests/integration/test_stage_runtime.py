@@ -17,6 +17,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from confluent_kafka import Message, TopicPartition
 
@@ -353,6 +354,44 @@ def test_a_stale_resume_position_is_raised_to_what_the_replica_committed(
     assert all(n == 1 for n in out.values()), "an output committed twice"
     assert all(n == 1 for n in stage.processed.values()), "a record processed twice"
     assert "below the position" in caplog.text  # the stale positions were read
+
+
+def test_an_idle_partition_keeps_its_checkpoint_at_the_tail_of_the_positions_topic(
+        lepton_env: LeptonSettings, prefix: str,
+        running: list[tuple[threading.Thread, threading.Event]]) -> None:
+    """A partition that receives nothing more has its committed position written again every
+    `position_refresh_s`, at the same value, so a resume reading the positions topic backwards
+    finds it near the end; what it resumes from is unchanged."""
+    settings = lepton_env
+    group = f"refresh-{uuid.uuid4().hex[:6]}"
+    stage = EchoStage(prefix)
+    producer = make_producer(settings)
+    for i in range(40):
+        producer.produce(stage.inputs[0], value=f"r{i}".encode(), partition=i % 4)
+    assert producer.flush(15) == 0
+    stop, codes = threading.Event(), []
+    runtime = TransactionalRuntime(
+        settings, stage, stop, group_id=group, transactional_id=f"{group}-tx",
+        positions_topic=f"{settings.topic_prefix}echo.offsets", batch_size=50,
+        poll_timeout_s=0.2, position_refresh_s=0.5)
+    thread = _start(runtime, stop, codes, running)
+    _committed(stage, 40)
+    time.sleep(3.0)  # idle: only the refreshes are committed
+    stop.set()
+    thread.join(20)
+    assert codes == [0]
+
+    positions = InputPositions(settings, runtime.positions_topic, group)
+    sources = [(stage.inputs[0], p) for p in range(4)]
+    written: dict[bytes, list[int]] = {positions.key(s): [] for s in sources}
+    for record in read_topic(settings, positions.topic, idle=1.0):
+        if record.key in written:
+            written[record.key].append(int(orjson.loads(record.value)["offset"]))
+    for key, offsets in written.items():
+        assert len(offsets) >= 3, (key, offsets)  # the batch's checkpoint, then refreshes
+        assert set(offsets) == {10}, (key, offsets)
+    assert {s: o for s, (o, _) in positions.load(sources).items()} == dict.fromkeys(sources, 10)
+    positions.close()
 
 
 def _rebalance(settings: LeptonSettings, group: str, topic: str) -> None:
