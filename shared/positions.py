@@ -67,9 +67,10 @@ class InputPositions:
 
     def load(self, sources: list[Source]) -> dict[Source, tuple[int, int]]:
         """(offset, record time in ms) of the latest committed checkpoint of each source
-        partition that has one; RangesUnread when the read timeout passes first."""
+        partition that holds records and has one; RangesUnread when the read timeout passes
+        first."""
         found: dict[Source, tuple[int, int]] = {}
-        self._load(sources, found)
+        self._load(self._wanted(sources), found)
         return found
 
     def load_partial(self, sources: list[Source]
@@ -77,16 +78,29 @@ class InputPositions:
         """As `load`, but what the read timeout leaves unread is returned (its sources), not
         raised: for observers (lag, scaling advice), never for a resume."""
         found: dict[Source, tuple[int, int]] = {}
+        wanted = self._wanted(sources)
         try:
-            self._load(sources, found)
-        except RangesUnread:
-            return found, [s for s in sources if s not in found]
+            self._load(wanted, found)
+        except RangesUnread:  # what is still wanted was not read
+            left = {s for keys in wanted.values() for s in keys.values()}
+            return found, [s for s in sources if s in left]
         return found, []
 
-    def _load(self, sources: list[Source], found: dict[Source, tuple[int, int]]) -> None:
+    def _wanted(self, sources: list[Source]) -> dict[int, dict[bytes, Source]]:
+        """The checkpoint keys to look for, by checkpoint partition."""
         wanted: dict[int, dict[bytes, Source]] = {}
         for source in sources:
-            wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
+            low, high = self._reader.get_watermark_offsets(TopicPartition(*source), timeout=10)
+            # a partition that holds no record needs no position (earliest is where any was),
+            # and one never consumed has no checkpoint: looking for it would read every one
+            if high > low:
+                wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
+        return wanted
+
+    def _load(self, wanted: dict[int, dict[bytes, Source]],
+              found: dict[Source, tuple[int, int]]) -> None:
+        """Read backwards until every wanted key is found (popped from `wanted`) or the
+        partition's start is reached."""
         bounds: dict[int, tuple[int, int]] = {}
         for partition in wanted:
             low, high = self._reader.get_watermark_offsets(

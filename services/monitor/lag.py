@@ -9,7 +9,8 @@ The committed position is the later of the group's Kafka-committed offset and, f
 transactional stages, its input position in their checkpoint topic (shared/positions.py; the
 embedded broker keeps no offsets sent with a transaction). A partition whose checkpoint is not
 read within PROBE_TIMEOUT_S (one consumed long ago, deep in an uncompacted checkpoint topic) is
-`unread`: its lag is left out rather than guessed.
+`unread`: its lag is left out rather than guessed. A partition that holds no record has no lag,
+and its checkpoint is not looked up.
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
         for topic in topics:
             meta = reader.list_topics(topic, timeout=10).topics[topic]
             sources += [(topic, p) for p in sorted(meta.partitions)]
-        end = {s: reader.get_watermark_offsets(TopicPartition(*s), timeout=10)[1]
-               for s in sources}
+        marks = {s: reader.get_watermark_offsets(TopicPartition(*s), timeout=10)
+                 for s in sources}
+        end = {s: high for s, (_, high) in marks.items()}
         committed = {(tp.topic, tp.partition): tp.offset for tp in reader.committed(
             [TopicPartition(*s) for s in sources], timeout=10)}
         unread: list[Source] = []
+        # a partition that holds no record has no lag, whatever position its group stored
+        holding = {s for s, (low, high) in marks.items() if high > low}
         if positions_topic:
             stored = InputPositions(settings, positions_topic, group, read_timeout=PROBE_TIMEOUT_S)
             try:
@@ -69,7 +73,8 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
                     committed[source] = max(committed.get(source, -1), offset)
             finally:
                 stored.close()
-        lag = {s: end[s] - max(committed.get(s, -1), 0) for s in sources if s not in unread}
+        lag = {s: end[s] - max(committed.get(s, -1), 0) if s in holding else 0
+               for s in sources if s not in unread}
         probe = {s: committed[s] for s in lag
                  if 0 < lag[s] <= PROBE_MAX and committed.get(s, -1) >= 0}
         lag.update(_records_after(reader, probe, end))

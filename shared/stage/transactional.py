@@ -69,7 +69,7 @@ from shared.stage.written import WrittenOutputs
 log = logging.getLogger(__name__)
 
 GC_THRESHOLD = 50_000
-POSITION_REFRESH_S = 60.0
+POSITION_REFRESH_S = 10.0  # also keeps observers' reads short (services/monitor/lag.py)
 STEP_TIMEOUT_S = 5.0
 STOPPING_STEP_TIMEOUT_S = 1.0
 EXIT_OK = 0

@@ -140,3 +140,16 @@ def test_a_checkpoint_deep_in_the_positions_topic_is_found_or_reported_unread(
     sample = sample_group(settings, group, [topic], positions_topic)
     assert sample.unread == (deep, *recent)
     assert sample.lag == {}
+
+    # partitions that hold no record need no position: nothing is read, even with no time
+    empty = f"{settings.topic_prefix}empty-{tag}"
+    ensure_topics(settings, [empty])
+    for partition in range(4):  # every checkpoint partition holds records to read
+        producer.produce(positions_topic, key=b"other", value=b'{"offset": 1}',
+                         partition=partition)
+    assert producer.flush(30) == 0
+    hasty = InputPositions(settings, positions_topic, group, read_timeout=0.0)
+    assert hasty.load([(empty, p) for p in range(4)]) == {}
+    hasty.close()
+    sample = sample_group(settings, group, [empty], positions_topic)
+    assert (sample.unread, sample.lag) == ((), dict.fromkeys([(empty, p) for p in range(4)], 0))
