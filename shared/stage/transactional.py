@@ -109,7 +109,6 @@ class TransactionalRuntime:
         self.unfinished = False
         self._due: list[Output] = []  # due outputs no commit has carried yet
         self.position_refresh_s = position_refresh_s
-        self._assigned: set[tuple[str, int]] = set()
         # per assigned partition: its committed (or resumed) position, and when it was written
         self._positions: dict[tuple[str, int], tuple[int, float]] = {}
 
@@ -217,7 +216,7 @@ class TransactionalRuntime:
             self._due.clear()
             self._positions.update(
                 {source: (offset, now) for source, offset in {**stale, **offsets}.items()
-                 if source in self._assigned})
+                 if source in self.fence.next})  # still assigned
             return True
         except Stopped:
             log.warning("stopping with the broker unreachable: the open transaction is aborted")
@@ -279,7 +278,6 @@ class TransactionalRuntime:
         wait_for_kafka(lambda: self._resume(consumer, partitions), self.stop,
                        f"{self.label} (reading its input positions)")
         self.fence.assigned(partitions)
-        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         # written again by the next transaction: at the tail of the positions topic from now on
         self._positions.update({(tp.topic, tp.partition): (tp.offset, -math.inf)
                                 for tp in partitions if tp.offset >= 0})
@@ -296,12 +294,10 @@ class TransactionalRuntime:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.fence.revoked(partitions)
-        for tp in partitions:
-            self._assigned.discard((tp.topic, tp.partition))
-            self._positions.pop((tp.topic, tp.partition), None)
         if self.written is not None:
             self.written.forget([(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
             self.metrics.lag.pop((tp.topic, tp.partition), None)
         log.info("%s revoked %s", self.label,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
