@@ -26,6 +26,7 @@ from shared.kafka import make_consumer, make_producer
 from shared.positions import InputPositions
 from shared.stage import AtLeastOnceRuntime, Output, TransactionalRuntime
 from shared.stage.model import next_offsets
+from shared.stage.transactional import POSITION_REFRESH_S
 from shared.stage.written import origin_header
 from tests.helpers import read_topic
 
@@ -94,11 +95,12 @@ def _feed(settings: LeptonSettings, topic: str, count: int, start: int = 0) -> s
 
 
 def _transactional(settings: LeptonSettings, stage: EchoStage, stop: threading.Event,
-                   group: str) -> TransactionalRuntime:
+                   group: str, position_refresh_s: float = POSITION_REFRESH_S
+                   ) -> TransactionalRuntime:
     return TransactionalRuntime(
         settings, stage, stop, group_id=group, transactional_id=f"{group}-tx",
         positions_topic=f"{settings.topic_prefix}echo.offsets", batch_size=50,
-        poll_timeout_s=0.2)
+        poll_timeout_s=0.2, position_refresh_s=position_refresh_s)
 
 
 @pytest.fixture
@@ -370,10 +372,7 @@ def test_an_idle_partition_keeps_its_checkpoint_at_the_tail_of_the_positions_top
         producer.produce(stage.inputs[0], value=f"r{i}".encode(), partition=i % 4)
     assert producer.flush(15) == 0
     stop, codes = threading.Event(), []
-    runtime = TransactionalRuntime(
-        settings, stage, stop, group_id=group, transactional_id=f"{group}-tx",
-        positions_topic=f"{settings.topic_prefix}echo.offsets", batch_size=50,
-        poll_timeout_s=0.2, position_refresh_s=0.5)
+    runtime = _transactional(settings, stage, stop, group, position_refresh_s=0.5)
     thread = _start(runtime, stop, codes, running)
     _committed(stage, 40)
     time.sleep(3.0)  # idle: only the refreshes are committed
