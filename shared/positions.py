@@ -70,31 +70,39 @@ class InputPositions:
         partition that holds records and has one; RangesUnread when the read timeout passes
         first."""
         found: dict[Source, tuple[int, int]] = {}
-        self._load(self._wanted(sources), found)
+        self._load(self._wanted(self._holding(sources)), found)
         return found
 
-    def load_partial(self, sources: list[Source]
+    def load_partial(self, holding: list[Source]
                      ) -> tuple[dict[Source, tuple[int, int]], list[Source]]:
-        """As `load`, but what the read timeout leaves unread is returned (its sources), not
-        raised: for observers (lag, scaling advice), never for a resume."""
+        """As `load` for source partitions the caller knows hold records, but what the read
+        timeout leaves unread is returned (its sources), not raised: for observers (lag,
+        scaling advice), never for a resume."""
         found: dict[Source, tuple[int, int]] = {}
-        wanted = self._wanted(sources)
+        wanted = self._wanted(holding)
         try:
             self._load(wanted, found)
         except RangesUnread:  # what is still wanted was not read
             left = {s for keys in wanted.values() for s in keys.values()}
-            return found, [s for s in sources if s in left]
+            return found, [s for s in holding if s in left]
         return found, []
+
+    def _holding(self, sources: list[Source]) -> list[Source]:
+        """The source partitions that hold a record: one that holds none needs no position
+        (earliest is where any was), and one never consumed has no checkpoint, so looking
+        for it would read every one."""
+        holding = []
+        for source in sources:
+            low, high = self._reader.get_watermark_offsets(TopicPartition(*source), timeout=10)
+            if high > low:
+                holding.append(source)
+        return holding
 
     def _wanted(self, sources: list[Source]) -> dict[int, dict[bytes, Source]]:
         """The checkpoint keys to look for, by checkpoint partition."""
         wanted: dict[int, dict[bytes, Source]] = {}
         for source in sources:
-            low, high = self._reader.get_watermark_offsets(TopicPartition(*source), timeout=10)
-            # a partition that holds no record needs no position (earliest is where any was),
-            # and one never consumed has no checkpoint: looking for it would read every one
-            if high > low:
-                wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
+            wanted.setdefault(self.partition_of(source), {})[self.key(source)] = source
         return wanted
 
     def _load(self, wanted: dict[int, dict[bytes, Source]],

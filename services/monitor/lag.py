@@ -64,11 +64,11 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
             [TopicPartition(*s) for s in sources], timeout=10)}
         unread: list[Source] = []
         # a partition that holds no record has no lag, whatever position its group stored
-        holding = {s for s, (low, high) in marks.items() if high > low}
+        holding = [s for s, (low, high) in marks.items() if high > low]
         if positions_topic:
             stored = InputPositions(settings, positions_topic, group, read_timeout=PROBE_TIMEOUT_S)
             try:
-                found, unread = stored.load_partial(sources)
+                found, unread = stored.load_partial(holding)
                 for source, (offset, _) in found.items():
                     committed[source] = max(committed.get(source, -1), offset)
             finally:
