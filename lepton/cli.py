@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from shared.cli import fail
 from shared.config import (
     EXIT_CONFIG,
     EXIT_UNAVAILABLE,
@@ -50,12 +51,6 @@ SERVICE_CLIS = (
 def settings() -> LeptonSettings:
     """Common settings from the environment, exiting with a readable line when invalid."""
     return load_settings(LeptonSettings)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `message` to stderr and return an Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:

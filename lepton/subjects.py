@@ -29,21 +29,17 @@ def forget(
     subject: Annotated[str, typer.Argument(help="The data subject id (or its ps1: pseudonym).")],
 ) -> None:
     """Crypto-shred a subject: destroy its keys everywhere and report what was not reached."""
-    from lepton.cli import fail
     from services.governance.config import GovernanceSettings
     from services.ingest.cli import record_decision
     from services.ingest.keystore import KeyStore
+    from shared.cli import subject_argument
     from shared.config import load_settings
-    from shared.pseudonym import operator_subject
     from shared.state import compact_persistence, make_redis
 
     settings = load_settings(GovernanceSettings)
     client = make_redis(settings)
     store = KeyStore(settings, client=client)
-    try:
-        pseudonym = operator_subject(store.pseudonyms, subject)
-    except ValueError as error:
-        raise fail(f"invalid subject id: {error}", 2) from None
+    pseudonym = subject_argument(store.pseudonyms, subject)
     existed = store.forget(subject)
     done = [f"subject {pseudonym} added to the forgotten set (its events are withheld)",
             f"data key {store.data_key_id(subject)} "

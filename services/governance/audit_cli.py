@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.governance.cli_support import fail, load_governance_settings
+from services.governance.cli_support import load_governance_settings
 from services.governance.config import GovernanceSettings
+from shared.cli import fail, subject_argument
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -105,16 +106,13 @@ def audit_prove(
     name its pseudonym)."""
     from services.governance.merkle import ProofError
     from services.governance.verify import build_inclusion, find_event, find_subject
-    from shared.pseudonym import load_pseudonymizer, operator_subject
+    from shared.pseudonym import load_pseudonymizer
 
     settings = load_governance_settings()
     if (event_id is None) == (subject is None):
         raise fail("name an EVENT_ID or --subject SUBJECT (one of them)", 2)
     if subject is not None:
-        try:
-            pseudonym = operator_subject(load_pseudonymizer(settings), subject)
-        except ValueError as error:
-            raise fail(f"invalid subject id: {error}", 2) from None
+        pseudonym = subject_argument(load_pseudonymizer(settings), subject)
         leaves = [(p, i) for p, i, _ in find_subject(settings.audit_dir(), pseudonym)]
         if not leaves:
             raise fail(f"no audit record names subject {pseudonym}")

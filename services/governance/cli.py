@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from services.governance.audit_cli import audit_app
-from services.governance.cli_support import fail, load_governance_settings
+from services.governance.cli_support import load_governance_settings
+from shared.cli import fail, subject_argument
 
 privacy_app = typer.Typer(help="The privacy-budget ledger.", no_args_is_help=True)
 
@@ -38,7 +39,7 @@ def consent(
     from shared.events import Decision
     from shared.kafka import make_producer
     from shared.principals import Principal
-    from shared.pseudonym import load_pseudonymizer, operator_subject
+    from shared.pseudonym import load_pseudonymizer
     from shared.state import make_redis
 
     settings = load_governance_settings()
@@ -46,14 +47,11 @@ def consent(
         purpose = load_spec(dataset, settings.governance_specs_dir).privacy.purpose
     except UnknownDataset:
         raise fail(f"unknown dataset {dataset!r}", 2) from None
-    try:
-        pseudonym = operator_subject(load_pseudonymizer(settings), subject)
-        decision = Decision(kind="consent_changed", actor=f"cli:{getpass.getuser()}",
-                            subject_id=pseudonym, dataset=dataset,
-                            detail={"consent": "withdrawn" if withdraw else "given",
-                                    "purpose": purpose})
-    except ValueError as error:
-        raise fail(f"invalid subject id: {error}", 2) from None
+    pseudonym = subject_argument(load_pseudonymizer(settings), subject)
+    decision = Decision(kind="consent_changed", actor=f"cli:{getpass.getuser()}",
+                        subject_id=pseudonym, dataset=dataset,
+                        detail={"consent": "withdrawn" if withdraw else "given",
+                                "purpose": purpose})
     client = make_redis(settings)
     changed = Policy(client, settings).set_consent(pseudonym, dataset, given=not withdraw)
     producer = make_producer(settings)
