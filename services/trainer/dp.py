@@ -25,14 +25,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import secrets
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from opacus.accountants.analysis.rdp import compute_rdp
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import (
     DistributedDPOptimizerFastGradientClipping,
     DPOptimizerFastGradientClipping,
@@ -87,16 +85,6 @@ def calibrate(epsilon: float, delta: float, sample_rate: float, steps: int,
 
     if extra and epsilon_from_rdp(extra, delta) >= epsilon:
         raise ValueError("the reference's ε leaves no budget for DP-SGD")
-    if group_exponent(events_per_subject) == 0 and not extra:
-        with warnings.catch_warnings():  # about the search's trial σ, not the ε reported
-            warnings.filterwarnings("ignore", message="Optimal order is the")
-            sigma = float(get_noise_multiplier(
-                target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                steps=steps, accountant=ACCOUNTANT, epsilon_tolerance=0.005,
-                alphas=list(ORDERS)))
-        while total(sigma) > epsilon:
-            sigma *= 1.001
-        return sigma
     low, high = 0.0, 1.0
     while total(high) > epsilon:
         low, high = high, high * 2
