@@ -1,5 +1,6 @@
 """The monitor's latest view per model version, kept in Redis for `lepton monitor report`: the
-window's drift per feature and on the score, against the card's reference, and live quality.
+window's drift per feature and on the score, against the card's reference, and live quality;
+until a version's first window is full, how far it has filled.
 
 Produces `monitor:report:<model>:<version>` (JSON) and the set `monitor:reports`; consumed by
 the CLI, which renders it as a table or JSON.
@@ -53,9 +54,15 @@ def render(reports: list[dict[str, Any]], window: int) -> str:
     lines = []
     for report in reports:
         drift = report.get("drift") or {}
-        lines.append(f"{report['model']} v{report['version']}: window "
-                     f"{drift.get('window', 0)} predictions at {drift.get('at', '-')}; "
-                     f"reference: {drift.get('reference', 'none')}")
+        filling = report.get("filling")
+        if not drift and filling:
+            lines.append(f"{report['model']} v{report['version']}: window filling, "
+                         f"{filling['predictions']:,} of {filling['window']:,} predictions "
+                         "(drift is reported once it is full)")
+        else:
+            lines.append(f"{report['model']} v{report['version']}: window "
+                         f"{drift.get('window', 0)} predictions at {drift.get('at', '-')}; "
+                         f"reference: {drift.get('reference', 'none')}")
         if drift.get("features"):
             lines.append(f"  {'feature':<26}{'test':<15}{'statistic':>11}{'p':>11}"
                          f"{'threshold':>11}  drift")

@@ -49,6 +49,7 @@ class Window:
     inputs: deque[dict[str, Any]] = field(init=False)
     scores: deque[float] = field(init=False)
     fresh: int = 0
+    shown: int = -1  # the tenth of the window last stored as the report's `filling`
 
     def __post_init__(self) -> None:
         self.inputs = deque(maxlen=self.size)
@@ -129,6 +130,7 @@ class MonitorStage:
             window.inputs.append(dict(record.inputs))
             window.scores.append(record.score)
             window.fresh += 1
+        self._filling({(r.model, r.version) for r in records})
         for version in touched:
             found = self.windows.get(version)
             if found is not None and len(found.inputs) == found.size and \
@@ -163,12 +165,27 @@ class MonitorStage:
         key = envelope.payload.get(id_field) if id_field else None
         return envelope.dataset, str(key or envelope.event_id), value
 
+    def _filling(self, versions: set[Version]) -> None:
+        """Store how far each version's window has filled, at each tenth of it until full."""
+        for version in versions:
+            window = self.windows[version]
+            tenth = len(window.inputs) * 10 // window.size
+            if len(window.inputs) == window.size or tenth <= window.shown:
+                continue
+            try:
+                store_report(self.redis, self.settings, *version, {"filling": {
+                    "predictions": len(window.inputs), "window": window.size}})
+            except redis.RedisError as error:
+                log.warning("window filling of %s v%d not reported: %s", *version, error)
+                continue
+            window.shown = tenth
+
     def _drift(self, version: Version, window: Window) -> Output | None:
         card = self.references.card(*version)
         model, number = version
         at = datetime.now(UTC).isoformat()
         if card is None or not card.reference:
-            store_report(self.redis, self.settings, model, number, {"drift": {
+            store_report(self.redis, self.settings, model, number, {"filling": None, "drift": {
                 "at": at, "window": len(window.inputs), "features": [],
                 "reference": "none in the card"}})
             return None
@@ -182,7 +199,7 @@ class MonitorStage:
             self.metrics.set("lepton.monitor.drift.detected", float(item.drifted), model=model,
                              version=number, feature=item.feature)
         privacy = card.reference.get("privacy", {})
-        store_report(self.redis, self.settings, model, number, {"drift": {
+        store_report(self.redis, self.settings, model, number, {"filling": None, "drift": {
             "at": at, "window": len(window.inputs),
             "features": [item.to_dict() for item in results],
             "reference": f"{card.reference.get('source')}, {card.reference.get('rows')} rows, "

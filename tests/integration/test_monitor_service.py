@@ -114,9 +114,15 @@ def test_drift_and_late_labels_through_the_running_monitor(
     rng = random.Random(5)
     steady = _rows(WINDOW, seed=2)
     steady_scores = [rng.random() for _ in steady]
-    _predictions(producer, topics.prediction_log, steady, steady_scores)
     client = make_redis(settings)
     key = f"{settings.redis_prefix}monitor:report:transactions:1"
+    half = WINDOW // 2
+    _predictions(producer, topics.prediction_log, steady[:half], steady_scores[:half])
+    _wait(lambda: orjson.loads(client.get(key) or b"{}").get("filling") == {
+        "predictions": half, "window": WINDOW})
+    assert f"transactions v1: window filling, {half} of {WINDOW} predictions" in lepton(
+        "monitor", "report").stdout
+    _predictions(producer, topics.prediction_log, steady[half:], steady_scores[half:])
 
     def report() -> dict[str, Any] | None:
         raw = client.get(key)
@@ -125,6 +131,7 @@ def test_drift_and_late_labels_through_the_running_monitor(
 
     first = _wait(report)
     assert not [f for f in first["drift"]["features"] if f["drifted"]]
+    assert first["filling"] is None
 
     shifted = _rows(WINDOW, seed=3)
     for i, row in enumerate(shifted):
