@@ -13,6 +13,8 @@ once; a window evaluated while Redis fails is logged and skipped (the next one r
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Message
 
 log = logging.getLogger(__name__)
+FILLING_EVERY_S = 5.0
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Window:
     scores: deque[float] = field(init=False)
     fresh: int = 0
     shown: int = -1  # the tenth of the window last stored as the report's `filling`
+    shown_at: float = -math.inf  # and when (monotonic)
 
     def __post_init__(self) -> None:
         self.inputs = deque(maxlen=self.size)
@@ -166,11 +170,14 @@ class MonitorStage:
         return envelope.dataset, str(key or envelope.event_id), value
 
     def _filling(self, versions: set[Version]) -> None:
-        """Store how far each version's window has filled, at each tenth of it until full."""
+        """Store how far each version's window has filled, at each tenth of it and at least
+        every FILLING_EVERY_S while predictions come, until it is full."""
+        now = time.monotonic()
         for version in versions:
             window = self.windows[version]
             tenth = len(window.inputs) * 10 // window.size
-            if len(window.inputs) == window.size or tenth <= window.shown:
+            if len(window.inputs) == window.size or (
+                    tenth <= window.shown and now - window.shown_at < FILLING_EVERY_S):
                 continue
             try:
                 store_report(self.redis, self.settings, *version, {"filling": {
@@ -178,7 +185,7 @@ class MonitorStage:
             except redis.RedisError as error:
                 log.warning("window filling of %s v%d not reported: %s", *version, error)
                 continue
-            window.shown = tenth
+            window.shown, window.shown_at = tenth, now
 
     def _drift(self, version: Version, window: Window) -> Output | None:
         card = self.references.card(*version)
