@@ -29,7 +29,12 @@ from services.serving.errors import ModelNotFound, ServingError
 from services.serving.explain import explain_predictions
 from services.serving.fleet import Fleet
 from services.serving.http_infer import decode_infer, infer_response
-from services.serving.http_models import InferRequest, PredictBody, records_of
+from services.serving.http_models import (
+    InferRequest,
+    PredictBody,
+    predict_body_error,
+    records_of,
+)
 from services.serving.predictor import Call, Predictor
 from services.serving.predictor import Request as Scoring
 from services.serving.request_metrics import record_http
@@ -162,7 +167,11 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
         if first.get("loc", ("",))[0] == "body" and not _is_json(request):
             # FastAPI's strict Content-Type check left a JSON body unread
             return _error(415, "the body must be JSON, sent with Content-Type: application/json")
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        if loc[:1] == ("body",):
+            return _error(400, "invalid request: " + predict_body_error(
+                loc[1:], first.get("msg", "invalid"), first.get("type", "")))
+        where = ".".join(str(p) for p in loc)
         return _error(400, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)

@@ -4,9 +4,10 @@ the v2 infer request (JSON tensors, optionally with binary data after the JSON h
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from services.serving.errors import InvalidInput
 from shared.events import Scalar
@@ -55,7 +56,37 @@ class Instances(BaseModel):
     instances: list[Record] = Field(min_length=1, max_length=MAX_RECORDS)
 
 
-PredictBody = Instances | list[Record] | Record
+def _shape(body: Any) -> str:
+    """Which of the predict body's forms `body` takes (its errors then speak of that one)."""
+    if isinstance(body, list):
+        return "records"
+    if isinstance(body, dict) and "instances" in body:
+        return "instances"
+    return "record"
+
+
+PredictBody = Annotated[Annotated[Instances, Tag("instances")]
+                        | Annotated[list[Record], Tag("records")]
+                        | Annotated[Record, Tag("record")], Discriminator(_shape)]
+_SCALAR_TAGS = {"str", "int", "float", "bool"}
+
+
+def predict_body_error(loc: Sequence[str | int], message: str, kind: str) -> str:
+    """A validation error of the predict body (`loc` after "body"), in the body's own terms."""
+    form, *path = loc or ("record",)
+    if form == "instances" and path[:1] == ["instances"]:
+        path = path[1:]
+    if path and path[-1] in _SCALAR_TAGS:  # every member of Scalar refused the value
+        path, message = path[:-1], "a value must be a string, number, boolean or null"
+    elif kind == "dict_type":
+        if form == "record" and not path:
+            return ('the body must be a record (a JSON object of field values), a list of '
+                    'records, or {"instances": [records]}')
+        message = "a record must be a JSON object of field values"
+    elif kind == "extra_forbidden":
+        return f'{{"instances": [...]}} takes no other key than "instances" (got {path[-1]!r})'
+    where = str(form) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return f"{where}: {message}"
 
 
 def records_of(body: PredictBody) -> list[Record]:

@@ -157,6 +157,25 @@ def test_v1_predict_takes_records_like_lepton_predict(served: Any) -> None:
             untyped.json()["error"]
         assert http.post(f"/v1/models/{MODEL}:predict", json=[]).status_code == 400
         assert http.post("/v1/models/nope:predict", json=record(0)).status_code == 404
+        # a body of the wrong shape is named in the form it took, without pydantic's union tags
+        for body, error in [
+            ({"records": [record(0)]},
+             "record.records: a value must be a string, number, boolean or null"),
+            ([record(0), {**record(1), "amount": [1, 2]}],
+             "records[1].amount: a value must be a string, number, boolean or null"),
+            ({"instances": [{"amount": {"a": 1}}]},
+             "instances[0].amount: a value must be a string, number, boolean or null"),
+            ([1, 2], "records[0]: a record must be a JSON object of field values"),
+            ("x", "the body must be a record (a JSON object of field values), a list of "
+                  'records, or {"instances": [records]}'),
+            ({"instances": [record(0)], "extra": 1},
+             '{"instances": [...]} takes no other key than "instances" (got \'extra\')'),
+            ({"instances": []}, "instances: List should have at least 1 item after "
+                                "validation, not 0"),
+        ]:
+            answer = http.post(f"/v1/models/{MODEL}:predict", json=body)
+            assert (answer.status_code, answer.json()) == (400, {
+                "error": f"invalid request: {error}"}), body
 
 
 def test_http_continues_the_callers_trace(served: Any) -> None:
