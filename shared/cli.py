@@ -1,14 +1,21 @@
 """What the command lines (the `lepton` CLI and the services' commands) share: consumes an
-operator's arguments, produces the error exit (`error: ...` on stderr, then an exit status)."""
+operator's arguments, produces the error exit (`error: ...` on stderr, then an exit status)
+and the console their tables print on."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from shared.pseudonym import Pseudonymizer
+
+PIPED_WIDTH = 200  # rich's 80 columns cut ids and ε values in a pipe or a log
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -25,3 +32,12 @@ def subject_argument(pseudonyms: Pseudonymizer, subject: str) -> str:
         return operator_subject(pseudonyms, subject)
     except ValueError as error:
         raise fail(f"invalid subject id: {error}", 2) from None
+
+
+def table_console() -> Console:
+    """A rich console for tables: the terminal's width, or PIPED_WIDTH when stdout is not a
+    terminal and COLUMNS is unset."""
+    from rich.console import Console
+
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=PIPED_WIDTH if piped else None)

@@ -18,7 +18,7 @@ import typer
 
 from services.governance.cli_support import load_governance_settings
 from services.governance.config import GovernanceSettings
-from shared.cli import fail, subject_argument
+from shared.cli import fail, subject_argument, table_console
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,7 +58,6 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
 
     Each partition's tree is recomputed from the stored records; exit 1 on any edit, drop,
     reorder or truncation."""
-    from rich.console import Console
     from rich.table import Table
 
     from services.governance.verify import verify_store
@@ -78,7 +77,7 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
             status += f" ({r.size - r.signed_size} not yet checkpointed)"
         table.add_row(str(r.partition), str(r.size), str(r.signed_size), str(r.checkpoints),
                       status)
-    console = Console()
+    console = table_console()
     console.print(table)
     failed = [r for r in reports if not r.ok]
     for r in failed:

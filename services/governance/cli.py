@@ -14,7 +14,7 @@ import typer
 
 from services.governance.audit_cli import audit_app
 from services.governance.cli_support import load_governance_settings
-from shared.cli import fail, subject_argument
+from shared.cli import fail, subject_argument, table_console
 
 privacy_app = typer.Typer(help="The privacy-budget ledger.", no_args_is_help=True)
 
@@ -69,7 +69,6 @@ def privacy_report(
 ) -> None:
     """Per dataset: releases, ε per release, and the distribution of per-subject spend."""
     import orjson
-    from rich.console import Console
 
     from services.governance.ledger import Ledger
     from services.governance.report import report, report_tables
@@ -82,7 +81,7 @@ def privacy_report(
     if as_json:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
-    console = Console()
+    console = table_console()
     if not data["ledger_in_redis"]:
         console.print("[yellow]the ledger is not in Redis; run `lepton privacy rebuild` "
                       "or start `lepton governance`[/]")

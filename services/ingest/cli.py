@@ -163,10 +163,10 @@ def quality_report(
     Windows of all replicas; a field's rates: missing, wrong type, out of range, invalid,
     clipped, imputed, rejected."""
     import orjson
-    from rich.console import Console
 
     from services.ingest.config import IngestSettings
     from services.ingest.quality_report import report, report_tables
+    from shared.cli import table_console
     from shared.config import load_settings
 
     settings = load_settings(IngestSettings)
@@ -178,7 +178,7 @@ def quality_report(
         typer.echo(f"no quality windows recorded under {data['directory']}"
                    + (f" for {dataset}" if dataset else ""))
         return
-    console = Console()
+    console = table_console()
     for table in report_tables(data):
         console.print(table)
 
