@@ -96,7 +96,7 @@ def report_tables(data: dict[str, Any]) -> list[Table]:
     for column in ("dataset", "mode", "releases", "subjects", "max ε", "p50 ε", "p99 ε",
                    "budget ε", "exhausted", "δ"):
         summary.add_column(column, justify="left" if column in ("dataset", "mode")
-                           else "right")
+                           else "right", overflow="fold")  # a narrow terminal never elides ε
     tables = [summary]
     for entry in data["datasets"]:
         spend = entry["per_subject_epsilon"]
@@ -108,7 +108,7 @@ def report_tables(data: dict[str, Any]) -> list[Table]:
             table = Table(title=f"{entry['dataset']}: releases")
             for column in ("release", "status", "ε", "subjects", "reason"):
                 table.add_column(column, justify="left" if column in (
-                    "release", "status", "reason") else "right")
+                    "release", "status", "reason") else "right", overflow="fold")
             for item in entry["releases"]:
                 table.add_row(item["release_id"], str(item["status"]), _num(item["epsilon"]),
                               str(item["subjects"] or "-"), item["reason"] or "")
