@@ -73,7 +73,7 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
                     committed[source] = max(committed.get(source, -1), offset)
             finally:
                 stored.close()
-        lag = {s: end[s] - max(committed.get(s, -1), 0) if s in holding else 0
+        lag = {s: backlog(end[s], committed.get(s, -1)) if s in holding else 0
                for s in sources if s not in unread}
         probe = {s: committed[s] for s in lag
                  if 0 < lag[s] <= PROBE_MAX and committed.get(s, -1) >= 0}
@@ -81,6 +81,13 @@ def sample_group(settings: LeptonSettings, group: str, topics: list[str],
         return GroupSample(time.monotonic(), end, committed, lag, tuple(unread))
     finally:
         reader.close()
+
+
+def backlog(end: int, committed: int) -> int:
+    """Records from a committed position (-1: none) to the end snapshot. The positions are
+    read after the snapshot, so a busy group's may already be past it: that is no lag, not
+    a negative one."""
+    return max(0, end - max(committed, 0))
 
 
 def _records_after(reader: Consumer, start: dict[Source, int], end: dict[Source, int]

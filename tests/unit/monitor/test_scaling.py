@@ -4,7 +4,7 @@ unknown are named in the reason."""
 
 from __future__ import annotations
 
-from services.monitor.lag import GroupSample
+from services.monitor.lag import GroupSample, backlog
 from services.monitor.scaling import Consumes, advise
 
 TOPIC = "lepton.predictions.requests"
@@ -43,3 +43,9 @@ def test_partitions_whose_lag_is_unknown_are_named() -> None:
                     _sample(10.0, 110, 110, unread=(2,)))
     assert advice.reason.endswith("lag of 1 of 4 partitions unknown (their positions were not "
                                   "read in time)")
+
+
+def test_a_position_read_past_the_end_snapshot_is_no_lag() -> None:
+    assert backlog(end=100, committed=105) == 0  # the group consumed on while positions were read
+    assert backlog(end=100, committed=90) == 10
+    assert backlog(end=100, committed=-1) == 100  # nothing committed: from the start
