@@ -73,15 +73,15 @@ _SCALAR_TAGS = {"str", "int", "float", "bool"}
 
 def predict_body_error(loc: Sequence[str | int], message: str, kind: str) -> str:
     """A validation error of the predict body (`loc` after "body"), in the body's own terms."""
-    form, *path = loc or ("record",)
+    if not loc or (tuple(loc) == ("record",) and kind == "dict_type"):  # none, or no object
+        return ('the body must be a record (a JSON object of field values), a list of '
+                'records, or {"instances": [records]}')
+    form, *path = loc
     if form == "instances" and path[:1] == ["instances"]:
         path = path[1:]
     if path and path[-1] in _SCALAR_TAGS:  # every member of Scalar refused the value
         path, message = path[:-1], "a value must be a string, number, boolean or null"
     elif kind == "dict_type":
-        if form == "record" and not path:
-            return ('the body must be a record (a JSON object of field values), a list of '
-                    'records, or {"instances": [records]}')
         message = "a record must be a JSON object of field values"
     elif kind == "extra_forbidden":
         return f'{{"instances": [...]}} takes no other key than "instances" (got {path[-1]!r})'

@@ -176,6 +176,11 @@ def test_v1_predict_takes_records_like_lepton_predict(served: Any) -> None:
             answer = http.post(f"/v1/models/{MODEL}:predict", json=body)
             assert (answer.status_code, answer.json()) == (400, {
                 "error": f"invalid request: {error}"}), body
+        empty = http.post(f"/v1/models/{MODEL}:predict",
+                          headers={"content-type": "application/json"})
+        assert (empty.status_code, empty.json()["error"]) == (
+            400, "invalid request: the body must be a record (a JSON object of field values), a "
+                 'list of records, or {"instances": [records]}')
 
 
 def test_http_continues_the_callers_trace(served: Any) -> None:
