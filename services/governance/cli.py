@@ -85,6 +85,10 @@ def privacy_report(
     if not data["ledger_in_redis"]:
         console.print("[yellow]the ledger is not in Redis; run `lepton privacy rebuild` "
                       "or start `lepton governance`[/]")
+    if not data["datasets"]:
+        console.print("no privacy budget spent yet: nothing charged to the ledger"
+                      + (f" for {dataset}" if dataset else ""))
+        return
     for table in report_tables(data):
         console.print(table)
 

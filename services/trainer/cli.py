@@ -171,6 +171,9 @@ def list_models(model: ModelOption = None) -> None:
     """Versions with status, live marker and headline metrics."""
     _, registry = _context()
     names = [_model(registry, model)] if model else registry.models()
+    if not names:
+        typer.echo(f"no models in the registry at {registry.root} (has the trainer released "
+                   "one, and is LEPTON_DATA_DIR this platform's?)")
     for name in names:
         live = registry.live(name)
         typer.echo(f"{name} (live: {live if live is not None else 'none'})")

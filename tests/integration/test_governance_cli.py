@@ -117,6 +117,8 @@ def test_privacy_report_and_rebuild(lepton_env: LeptonSettings, monkeypatch: pyt
     log.open()
     ledger = Ledger(redis_client, settings, log)
     ledger.ensure_ready()
+    assert lepton("privacy", "report").stdout.strip() == \
+        "no privacy budget spent yet: nothing charged to the ledger"
     budget = Budget(subject=50.0, dataset=1e7)
     # local mode: cust-0 has 10 events of ε 1 (then 10 each for cust-1 and cust-2)
     ledger.charge("transactions", budget,

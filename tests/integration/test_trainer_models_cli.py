@@ -25,6 +25,8 @@ from tests.unit.trainer.governed import (
 
 
 def test_models_commands(lepton_env: LeptonSettings) -> None:
+    assert lepton("models", "list").stdout.startswith(
+        f"no models in the registry at {lepton_env.registry_path()}")
     topics = Topics(lepton_env.topic_prefix)
     publish_governed(lepton_env, governed_breast_cancer())
     assert run_trainer(trainer_settings(trainer_cycle_rows=300)) == [1, 2]
