@@ -64,10 +64,14 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
     from shared.topics import Topics
 
     settings = load_governance_settings()
+    missing = f"no audit log under {settings.audit_dir()} (has governance run with this " \
+              "LEPTON_DATA_DIR?)"
+    if not settings.audit_dir().is_dir():  # before the key, which would be missing too
+        raise fail(missing)
     reports = verify_store(settings.audit_dir(), _public_key(settings, public_key),
                            Topics(settings.topic_prefix).audit_log)
     if not reports:
-        raise fail(f"no audit log under {settings.audit_dir()}")
+        raise fail(missing)
     table = Table(title=f"audit log {settings.audit_dir()}")
     for column in ("partition", "records", "signed", "checkpoints", "status"):
         table.add_column(column)

@@ -75,6 +75,10 @@ def _build_store(settings: GovernanceSettings) -> None:
 
 def test_audit_verify_prove_check_and_tamper(lepton_env: LeptonSettings, tmp_path: Path) -> None:
     settings = GovernanceSettings()
+    nothing = lepton("audit", "verify", check=False)
+    assert (nothing.returncode, nothing.stderr.strip()) == (
+        1, f"error: no audit log under {settings.audit_dir()} (has governance run with this "
+           "LEPTON_DATA_DIR?)")
     _build_store(settings)
     assert "verified" in lepton("audit", "verify").stdout
 
