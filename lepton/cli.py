@@ -183,3 +183,28 @@ def main() -> None:
     except ConfigError as error:
         typer.echo(f"configuration error: {error}", err=True)
         sys.exit(EXIT_CONFIG)
+    except Exception as error:
+        reason = _unreachable(error)
+        if reason is None:
+            raise
+        typer.echo(f"error: {reason}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+_KAFKA_UNREACHABLE = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_RESOLVE")
+
+
+def _unreachable(error: Exception) -> str | None:
+    """What a command that met an unreachable Redis or broker tells its user (None for any
+    other error). The clients' modules are only looked at when a command imported them."""
+    redis = sys.modules.get("redis.exceptions")
+    if redis is not None and isinstance(error, redis.ConnectionError | redis.TimeoutError):
+        return f"cannot reach Redis ({error}); is it running at LEPTON_REDIS_URL?"
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is not None and isinstance(error, kafka.KafkaException) and error.args and \
+            isinstance(cause := error.args[0], kafka.KafkaError) and \
+            cause.name() in _KAFKA_UNREACHABLE:
+        where = os.environ.get("LEPTON_KAFKA_BOOTSTRAP") or "the address LEPTON_KAFKA_BOOTSTRAP " \
+            "or the bootstrap file names"
+        return f"cannot reach the Kafka broker ({cause.str()}); is it running at {where}?"
+    return None

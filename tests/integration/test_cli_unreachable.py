@@ -1,0 +1,40 @@
+"""Any `lepton` command that meets an unreachable broker or Redis exits 69 with one line
+naming what it could not reach, never a traceback (the commands that check for themselves,
+such as `lepton produce`, say more: test_produce_unreachable.py)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from tests.helpers import lepton
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: connections to it are refused
+
+
+def test_an_unreachable_broker_is_named_not_a_traceback(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    result = lepton("dlq", "show", env={"LEPTON_KAFKA_BOOTSTRAP": address,
+                                        "LEPTON_DATA_DIR": str(tmp_path)}, check=False)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: cannot reach the Kafka broker (Failed to get metadata: Local: Broker transport "
+        f"failure); is it running at {address}?")
+
+
+def test_an_unreachable_redis_is_named_not_a_traceback(tmp_path: Path) -> None:
+    port = _closed_port()
+    result = lepton("monitor", "report", env={
+        "LEPTON_REDIS_URL": f"redis://:secret-password@127.0.0.1:{port}/0",
+        "LEPTON_DATA_DIR": str(tmp_path)}, check=False)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "secret-password" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: cannot reach Redis (Error 111 connecting to 127.0.0.1:{port}.")
+    assert result.stderr.endswith("is it running at LEPTON_REDIS_URL?\n")
