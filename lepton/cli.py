@@ -200,11 +200,14 @@ def _unreachable(error: Exception) -> str | None:
     redis = sys.modules.get("redis.exceptions")
     if redis is not None and isinstance(error, redis.ConnectionError | redis.TimeoutError):
         return f"cannot reach Redis ({error}); is it running at LEPTON_REDIS_URL?"
+    where = os.environ.get("LEPTON_KAFKA_BOOTSTRAP") or "the address LEPTON_KAFKA_BOOTSTRAP " \
+        "or the bootstrap file names"
     kafka = sys.modules.get("confluent_kafka")
     if kafka is not None and isinstance(error, kafka.KafkaException) and error.args and \
             isinstance(cause := error.args[0], kafka.KafkaError) and \
             cause.name() in _KAFKA_UNREACHABLE:
-        where = os.environ.get("LEPTON_KAFKA_BOOTSTRAP") or "the address LEPTON_KAFKA_BOOTSTRAP " \
-            "or the bootstrap file names"
         return f"cannot reach the Kafka broker ({cause.str()}); is it running at {where}?"
+    clients = sys.modules.get("shared.kafka.clients")
+    if clients is not None and isinstance(error, clients.DeliveryTimeout):
+        return f"{error}; is the Kafka broker running at {where}?"
     return None

@@ -32,12 +32,19 @@ def consent(
     withdraw: Annotated[bool, typer.Option("--withdraw/--give",
                                            help="Withdraw or give consent.")] = True,
 ) -> None:
-    """Withdraw or give a subject's consent for a dataset; audited as consent_changed."""
+    """Withdraw or give a subject's consent for a dataset; audited as consent_changed.
+
+    The decision is recorded first: when the broker cannot take it, nothing changes (exit 69),
+    since a change without its audit record would be undone by a rebuild of Redis."""
+    import redis
+    from confluent_kafka import KafkaException
+
     from services.governance.policy import Policy
+    from shared.config import EXIT_UNAVAILABLE
     from shared.datasets import UnknownDataset, load_spec
     from shared.decisions import publish_decision
     from shared.events import Decision
-    from shared.kafka import make_producer
+    from shared.kafka import DeliveryTimeout, make_producer
     from shared.principals import Principal
     from shared.pseudonym import load_pseudonymizer
     from shared.state import make_redis
@@ -52,14 +59,24 @@ def consent(
                         subject_id=pseudonym, dataset=dataset,
                         detail={"consent": "withdrawn" if withdraw else "given",
                                 "purpose": purpose})
-    client = make_redis(settings)
-    changed = Policy(client, settings).set_consent(pseudonym, dataset, given=not withdraw)
-    producer = make_producer(settings)
-    publish_decision(producer, settings, decision, signer=Principal.load(settings, "operator"))
+    try:
+        publish_decision(make_producer(settings), settings, decision,
+                         signer=Principal.load(settings, "operator"))
+    except (DeliveryTimeout, KafkaException) as error:
+        raise fail(f"consent not changed: its consent_changed decision could not be sent to "
+                   f"audit.requests ({error}); run it again once the broker is reachable",
+                   EXIT_UNAVAILABLE) from None
     state = "withdrawn" if withdraw else "given"
+    about = f"consent of {subject} ({pseudonym}) for {dataset} ({purpose})"
+    try:
+        changed = Policy(make_redis(settings), settings).set_consent(
+            pseudonym, dataset, given=not withdraw)
+    except redis.RedisError as error:  # governance applies the decision when it seals it
+        typer.echo(f"{about}: {state} once governance seals decision {decision.decision_id}, "
+                   f"sent for audit (Redis not reachable now: {error})")
+        return
     note = "" if changed else " (it already was)"
-    typer.echo(f"consent of {subject} ({pseudonym}) for {dataset} ({purpose}): {state}{note}; "
-               f"decision {decision.decision_id} sent for audit")
+    typer.echo(f"{about}: {state}{note}; decision {decision.decision_id} sent for audit")
 
 
 @privacy_app.command("report")

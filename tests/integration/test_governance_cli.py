@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import orjson
@@ -57,6 +58,20 @@ def test_consent_withdraw_and_give(lepton_env: LeptonSettings, redis_client: red
                                                                        operator.key_id)
     bad = lepton("consent", "x", "--dataset", "nosuch", check=False)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
+
+
+def test_consent_is_not_changed_when_its_decision_cannot_be_recorded(
+        lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    result = lepton("consent", "cust-000008", "--dataset", "transactions", "--withdraw",
+                    env={"LEPTON_KAFKA_BOOTSTRAP": closed}, check=False)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "error: consent not changed: its consent_changed decision could not be sent" in \
+        result.stderr and "Traceback" not in result.stderr
+    # a withdrawal in Redis alone would be undone by a rebuild from the audit store
+    assert redis_client.scard(rkey(lepton_env, "policy", "consent", "transactions")) == 0
 
 
 def _build_store(settings: GovernanceSettings) -> None:
