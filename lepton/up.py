@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from lepton.dashboard import ProcessRow
+from lepton.logtail import last_error
 from shared.config import LeptonSettings
 from shared.lifecycle import parent_death
 from shared.readiness import ready_path
@@ -96,11 +98,22 @@ def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout
     deadline = time.monotonic() + timeout
     while not check():
         if child is not None and child.proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {child.proc.returncode}; see {child.log}")
+            reason = last_error(child.log)
+            raise RuntimeError(f"{what} exited with {child.proc.returncode}"
+                               + (f": {reason}" if reason else "") + f"; see {child.log}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} was not ready after {timeout:.0f}s")
         if stop.wait(0.1):
             raise KeyboardInterrupt
+
+
+def _no_password(url: str) -> str:
+    """`url` with any password replaced by ***, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _free_port() -> int:
@@ -130,7 +143,8 @@ def start_platform(settings: LeptonSettings, platform: Platform, stop: threading
     if not _redis_up(settings.redis_url):
         server = shutil.which("redis-server")
         if server is None:
-            raise RuntimeError(f"Redis at {settings.redis_url} is down and redis-server is "
+            raise RuntimeError(f"Redis at {_no_password(settings.redis_url)} is down and "
+                               "redis-server is "
                                "not installed (run scripts/install.sh)")
         port = _free_port()
         redis_dir = platform.data_dir / "redis"

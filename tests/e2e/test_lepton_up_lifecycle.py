@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,3 +112,27 @@ def test_a_killed_test_session_leaves_no_broker(tmp_path: Path) -> None:
         proc.wait()
         for leftover in _alive(children):
             leftover.kill()
+
+
+def test_a_service_that_cannot_start_is_named_with_its_reason(tmp_path: Path,
+                                                              redis_prefix: str) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
+    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
+                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
+                "LEPTON_SERVING_HTTP_ADDR": address,
+                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    try:
+        result = subprocess.run([sys.executable, "-m", "lepton", "up"], env=env,
+                                capture_output=True, text=True, timeout=240,
+                                preexec_fn=parent_death())
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if x.startswith("error: "))
+    assert line.startswith(f"error: serving exited with 1: OSError: cannot listen on {address} "
+                           "for HTTP: [Errno 98] Address already in use; see "), line
+    assert "lepton up: stopped" in result.stderr
