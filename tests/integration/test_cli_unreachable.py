@@ -1,12 +1,18 @@
 """Any `lepton` command that meets an unreachable broker or Redis exits 69 with one line
 naming what it could not reach, never a traceback (the commands that check for themselves,
-such as `lepton produce`, say more: test_produce_unreachable.py)."""
+such as `lepton produce`, say more: test_produce_unreachable.py); one that acted but could not
+record its decision says so, and exits 69 too."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
+import redis
+
+from shared.config import LeptonSettings
+from shared.pseudonym import load_pseudonymizer
+from shared.state import rkey
 from tests.helpers import lepton
 
 
@@ -38,3 +44,16 @@ def test_an_unreachable_redis_is_named_not_a_traceback(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[-1].startswith(
         f"error: cannot reach Redis (Error 111 connecting to 127.0.0.1:{port}.")
     assert result.stderr.endswith("is it running at LEPTON_REDIS_URL?\n")
+
+
+def test_forget_without_a_broker_is_done_and_says_its_record_is_missing(
+        lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    result = lepton("forget", "cust-000009", env={"LEPTON_KAFKA_BOOTSTRAP": address},
+                    check=False, timeout=90)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "error: done, but the subject_forgotten decision was NOT recorded on " \
+           "audit.requests (DeliveryTimeout: " in result.stderr
+    assert "run it again once the broker is up (forgetting is idempotent)" in result.stderr
+    pseudonym = load_pseudonymizer(lepton_env).of("cust-000009")
+    assert redis_client.sismember(rkey(lepton_env, "policy", "forgotten"), pseudonym)
