@@ -13,7 +13,8 @@ LONGEST = 300
 
 
 def last_error(log: Path) -> str | None:
-    """The last ERROR/CRITICAL record's exception (or message), else the log's last line."""
+    """The last ERROR/CRITICAL record's exception (or message), else the log's last line that
+    is not a JSON record (a traceback printed before logging started), else None."""
     try:
         with log.open("rb") as handle:
             handle.seek(max(0, log.stat().st_size - TAIL_BYTES))
@@ -28,7 +29,7 @@ def last_error(log: Path) -> str | None:
         if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
             trace = str(record.get("exc_info") or "").strip().splitlines()
             return _short(trace[-1] if trace else str(record.get("message", "")))
-    plain = [line.strip() for line in lines if line.strip()]
+    plain = [line.strip() for line in lines if line.strip() and not line.startswith("{")]
     return _short(plain[-1]) if plain else None
 
 

@@ -32,6 +32,9 @@ def test_a_plain_log_gives_its_last_line_and_a_missing_one_nothing(tmp_path: Pat
     log.write_text("starting\nModuleNotFoundError: No module named 'x'\n\n")
     assert last_error(log) == "ModuleNotFoundError: No module named 'x'"
     assert last_error(tmp_path / "absent.log") is None
+    quiet = tmp_path / "trainer.log"
+    quiet.write_bytes(orjson.dumps({"level": "INFO", "message": "stopping"}) + b"\n")
+    assert last_error(quiet) is None  # no reason better than the log itself
 
 
 def test_a_redis_url_in_a_message_hides_its_password() -> None:
