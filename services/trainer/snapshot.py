@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
 from services.trainer.lineage import CycleLineage, merge
@@ -30,6 +30,7 @@ from shared.kafka import make_consumer, wait_for_kafka
 from shared.topics import Topics
 
 CHUNK = 2000
+ATTEMPT_S = 5.0  # one metadata request on an unreachable broker
 
 
 class SnapshotTimeout(RuntimeError):
@@ -53,28 +54,39 @@ class Snapshot:
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
 
 
-def _high_watermarks(consumer: Consumer, topic: str) -> dict[int, int]:
-    """The high watermark of each of `topic`'s partitions."""
-    partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:
+    """The high watermark of each of `topic`'s partitions; each request waits at most
+    ATTEMPT_S, and none past `deadline` (a stop or the timeout is then seen soon)."""
+    def timeout() -> float:
+        return max(0.5, min(ATTEMPT_S, deadline - time.monotonic()))
+
+    partitions = sorted(consumer.list_topics(topic, timeout=timeout()).topics[topic].partitions)
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout(),
                                               cached=False)[1] for p in partitions}
 
 
 def read_snapshot(settings: LeptonSettings, spec: DatasetSpec, group: str, val_percent: int, *,
                   ends: Mapping[int, int] | None = None, subjects: set[str] | None = None,
                   stop: threading.Event | None = None, timeout_s: float = 120.0) -> Snapshot:
-    """Read `events.governed` up to `ends` (default: the high watermarks now)."""
+    """Read `events.governed` up to `ends` (default: the high watermarks now); SnapshotTimeout
+    when the end offsets or the records are not read within `timeout_s`."""
     assert spec.label is not None
     topic = Topics(settings.topic_prefix).governed
     consumer = make_consumer(settings, group, **{"log_level": 3, "fetch.wait.max.ms": 50})
+    deadline = time.monotonic() + timeout_s
     try:
         if ends is None:
-            ends = wait_for_kafka(lambda: _high_watermarks(consumer, topic), stop,
-                                  "the snapshot's end offsets")
+            try:
+                ends = wait_for_kafka(lambda: _high_watermarks(consumer, topic, deadline), stop,
+                                      "the snapshot's end offsets", deadline=deadline)
+            except KafkaException as error:
+                if stop is not None and stop.is_set():
+                    raise
+                raise SnapshotTimeout(f"{topic}: its end offsets could not be read (is the "
+                                      f"broker reachable? {error})") from None
         target = {int(p): int(o) for p, o in ends.items() if int(o) > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in target])
         messages: list[Any] = []
-        deadline = time.monotonic() + timeout_s
         pending = set(target)
         while pending:
             if (stop is not None and stop.is_set()) or time.monotonic() > deadline:

@@ -6,7 +6,9 @@ A property librdkafka rejects becomes a ConfigError naming its variable."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -133,10 +135,12 @@ def make_producer(
     return producer
 
 
-def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what: str) -> T:
+def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what: str, *,
+                   deadline: float | None = None) -> T:
     """`attempt()`; with `stop`, a retriable KafkaException (an unreachable broker: down,
-    restarting, frozen) is retried with back-off until it succeeds or `stop` is set, so a
-    service started meanwhile waits rather than exits and catches up once Kafka is back."""
+    restarting, frozen) is retried with back-off until it succeeds or `stop` is set (or the
+    monotonic `deadline` passes: the last error is raised), so a service started meanwhile
+    waits rather than exits and catches up once Kafka is back."""
     wait = 0.5
     while True:
         try:
@@ -147,10 +151,11 @@ def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what:
             # do not carry librdkafka's retriable flag; a broker that does not answer is one
             retriable = not isinstance(cause, KafkaError) or cause.retriable() or \
                 cause.code() in UNREACHABLE
-            if stop is None or stop.is_set() or not retriable:
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if stop is None or stop.is_set() or not retriable or left <= 0:
                 raise
             log.warning("%s waits for Kafka (%s); retrying in %.1f s", what, error, wait)
-            if stop.wait(wait):
+            if stop.wait(min(wait, left)):
                 raise
             wait = min(wait * 2, RETRY_MAX_S)
 
