@@ -191,9 +191,6 @@ def main() -> None:
         sys.exit(EXIT_UNAVAILABLE)
 
 
-_KAFKA_UNREACHABLE = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT", "_RESOLVE")
-
-
 def _unreachable(error: Exception) -> str | None:
     """What a command that met an unreachable Redis or broker tells its user (None for any
     other error). The clients' modules are only looked at when a command imported them."""
@@ -202,12 +199,9 @@ def _unreachable(error: Exception) -> str | None:
         return f"cannot reach Redis ({error}); is it running at LEPTON_REDIS_URL?"
     where = os.environ.get("LEPTON_KAFKA_BOOTSTRAP") or "the address LEPTON_KAFKA_BOOTSTRAP " \
         "or the bootstrap file names"
-    kafka = sys.modules.get("confluent_kafka")
-    if kafka is not None and isinstance(error, kafka.KafkaException) and error.args and \
-            isinstance(cause := error.args[0], kafka.KafkaError) and \
-            cause.name() in _KAFKA_UNREACHABLE:
-        return f"cannot reach the Kafka broker ({cause.str()}); is it running at {where}?"
     clients = sys.modules.get("shared.kafka.clients")
-    if clients is not None and isinstance(error, clients.DeliveryTimeout):
+    if clients is None or not clients.broker_unreachable(error):
+        return None
+    if isinstance(error, clients.DeliveryTimeout):
         return f"{error}; is the Kafka broker running at {where}?"
-    return None
+    return f"cannot reach the Kafka broker ({error.args[0].str()}); is it running at {where}?"

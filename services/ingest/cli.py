@@ -34,12 +34,11 @@ def record_decision(kind: str, command: str, subject_id: str | None, detail: dic
                     retry_hint: str) -> None:
     """Send an operator's decision to audit.requests; when it cannot be, say the act is done
     but unrecorded and exit 69 (broker unreachable) or 1."""
-    from confluent_kafka import KafkaException
-
     from shared.config import EXIT_UNAVAILABLE, LeptonSettings, load_settings
     from shared.decisions import publish_decision
     from shared.events import Decision
-    from shared.kafka import DeliveryTimeout, make_producer
+    from shared.kafka import make_producer
+    from shared.kafka.clients import broker_unreachable
     from shared.principals import Principal
 
     settings = load_settings(LeptonSettings)
@@ -51,8 +50,7 @@ def record_decision(kind: str, command: str, subject_id: str | None, detail: dic
     except Exception as error:  # the act is done; say loudly that its record is missing
         typer.echo(f"error: done, but the {kind} decision was NOT recorded on audit.requests "
                    f"({type(error).__name__}: {error}); {retry_hint}", err=True)
-        unreachable = isinstance(error, DeliveryTimeout | KafkaException)
-        raise typer.Exit(EXIT_UNAVAILABLE if unreachable else 1) from None
+        raise typer.Exit(EXIT_UNAVAILABLE if broker_unreachable(error) else 1) from None
 
 
 def ingest() -> None:

@@ -135,6 +135,15 @@ def make_producer(
     return producer
 
 
+def broker_unreachable(error: BaseException) -> bool:
+    """True for an error that says the broker did not answer: an undelivered flush, or a
+    client error with an UNREACHABLE code."""
+    if isinstance(error, DeliveryTimeout):
+        return True
+    cause = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(cause, KafkaError) and cause.code() in UNREACHABLE
+
+
 def wait_for_kafka(attempt: Callable[[], T], stop: threading.Event | None, what: str, *,
                    deadline: float | None = None) -> T:
     """`attempt()`; with `stop`, a retriable KafkaException (an unreachable broker: down,
