@@ -15,7 +15,7 @@ from shared.events import ModelAnnouncement, decode
 from shared.models.registry import WEIGHTS_FILE, Registry
 from shared.principals import Principal, public_keys_dir
 from shared.topics import Topics
-from tests.helpers import lepton, read_topic
+from tests.helpers import free_port, lepton, read_topic
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     publish_governed,
@@ -78,6 +78,16 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
         cli = admitted.decision.actor.startswith("cli:")
         assert admitted.principal.name == ("operator" if cli else "trainer")
         assert admitted.decision.key_id == (operator if cli else trainer).key_id
+
+    # a decision that cannot be sent changes nothing: the pointer stays, nothing is announced
+    down = {"LEPTON_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    for command in (("promote", "2"), ("rollback", "--to", "2")):
+        refused = lepton("models", *command, env=down, check=False, timeout=90)
+        assert refused.returncode == 69, refused.stderr[-2000:]
+        assert refused.stderr.splitlines()[-1].startswith("error: nothing changed: the model_")
+        assert "run it again once the broker is reachable" in refused.stderr
+        assert registry.live("breast_cancer") == 1
+    assert len(read_topic(lepton_env, topics.models, idle=1.0)) == before + len(announced)
 
     path = registry.version_dir("breast_cancer", 2) / WEIGHTS_FILE
     data = bytearray(path.read_bytes())

@@ -153,17 +153,31 @@ class RegistryIndex:
         self._save_live(model)
         return previous
 
+    def _rollback_entry(self, model: str) -> tuple[int, int]:
+        """(index in the history, version) of the version a rollback makes live."""
+        current = self.live(model)
+        entries = [int(raw) for raw in self._redis.lrange(self._key(model, "history"), 0, -1)]
+        on_disk = self._disk_versions(model)
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index] != current and entries[index] in on_disk:
+                return index, entries[index]
+        raise ArtifactError(f"{model} has no earlier live version to roll back to")
+
+    def rollback_target(self, model: str) -> int:
+        """The version `rollback` would make live, changing nothing."""
+        return self._rollback_entry(model)[1]
+
     def rollback(self, model: str) -> tuple[int | None, int]:
         """Make the previously live version live again; returns (was, now)."""
         key, history = self._key(model, "live"), self._key(model, "history")
         current = self.live(model)
-        while True:
-            raw = self._redis.rpop(history)
-            if raw is None:
-                raise ArtifactError(f"{model} has no earlier live version to roll back to")
-            target = int(raw)
-            if target != current and target in self._disk_versions(model):
-                break
-        self._redis.set(key, target)
+        index, target = self._rollback_entry(model)
+        pipe = self._redis.pipeline()
+        if index == 0:
+            pipe.delete(history)
+        else:  # the target and the entries after it (the current or deleted versions) go
+            pipe.ltrim(history, 0, index - 1)
+        pipe.set(key, target)
+        pipe.execute()
         self._save_live(model)
         return current, target

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from shared.config import LeptonSettings
 from shared.models.nets import architecture, build_model
 from shared.models.registry import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, Registry
+from shared.state import rkey
 
 
 def _card(model: str = "demo") -> ModelCard:
@@ -118,6 +120,27 @@ def test_live_pointer_and_rollback(settings: LeptonSettings) -> None:
         reg.rollback("demo")
     with pytest.raises(ArtifactError):
         reg.set_live("demo", 9)
+
+
+def test_rollback_target_changes_nothing_and_rollback_skips_what_is_gone(
+        settings: LeptonSettings) -> None:
+    reg = Registry(settings)
+    for _ in range(4):
+        reg.save(_card(), _weights())
+    for version in (1, 2, 3, 4, 3):
+        reg.set_live("demo", version)
+    shutil.rmtree(reg.version_dir("demo", 2))
+    history = reg.redis.lrange(rkey(settings, "models", "demo", "history"), 0, -1)
+    assert [int(v) for v in history] == [1, 2, 3, 4]
+    assert reg.rollback_target("demo") == 4
+    assert reg.live("demo") == 3
+    assert reg.redis.lrange(rkey(settings, "models", "demo", "history"), 0, -1) == history
+    assert reg.rollback("demo") == (3, 4)
+    assert reg.rollback_target("demo") == 3
+    assert reg.rollback("demo") == (4, 3)
+    assert reg.rollback("demo") == (3, 1)  # 2 is gone from disk
+    with pytest.raises(ArtifactError, match="no earlier live version"):
+        reg.rollback_target("demo")
 
 
 def test_versions_reindexes_from_directory(settings: LeptonSettings) -> None:
