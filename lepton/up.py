@@ -98,13 +98,28 @@ def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout
     deadline = time.monotonic() + timeout
     while not check():
         if child is not None and child.proc.poll() is not None:
-            reason = last_error(child.log)
-            raise RuntimeError(f"{what} exited with {child.proc.returncode}"
-                               + (f": {reason}" if reason else "") + f"; see {child.log}")
+            raise RuntimeError(exit_line(child, what))
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} was not ready after {timeout:.0f}s")
         if stop.wait(0.1):
             raise KeyboardInterrupt
+
+
+def exit_line(child: Child, what: str | None = None) -> str:
+    """`<what or name> exited with <code>: <reason from its log>; see <log>` (exited child)."""
+    reason = last_error(child.log)
+    return (f"{what or child.name} exited with {child.proc.returncode}"
+            + (f": {reason}" if reason else "") + f"; see {child.log}")
+
+
+def newly_exited(platform: Platform, reported: set[str]) -> list[str]:
+    """exit_line of each child that exited since the names in `reported` (which it extends)."""
+    lines = []
+    for child in platform.children:
+        if child.name not in reported and child.proc.poll() is not None:
+            reported.add(child.name)
+            lines.append(exit_line(child))
+    return lines
 
 
 def _no_password(url: str) -> str:
@@ -184,8 +199,11 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
     ports = {c.name: c.metrics_port for c in platform.children if c.metrics_port is not None}
     dashboard = Dashboard(settings, platform.env["LEPTON_KAFKA_BOOTSTRAP"], ports)
     console = Console()
+    reported: set[str] = set()
     try:
         def view() -> RenderableType:
+            for line in newly_exited(platform, reported):  # above the live view in a terminal
+                print(f"lepton up: {line}", flush=True)
             snap = dashboard.snapshot()
             if not console.is_terminal:
                 print(plain_line(snap), flush=True)

@@ -1,13 +1,16 @@
-"""`lepton up` names why a service failed from the end of its log."""
+"""`lepton up` names why a service failed from the end of its log, when it could not start
+and when it exits later."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import orjson
 
 from lepton.logtail import last_error
-from lepton.up import _no_password
+from lepton.up import Platform, _no_password, newly_exited
 
 
 def test_the_last_error_records_exception_is_the_reason(tmp_path: Path) -> None:
@@ -41,3 +44,22 @@ def test_a_redis_url_in_a_message_hides_its_password() -> None:
     assert _no_password("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert _no_password("redis://app:s3cret@cache:6379/0") == "redis://app:***@cache:6379/0"
     assert _no_password("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_a_service_that_exits_after_start_is_reported_once_with_its_reason(
+        tmp_path: Path) -> None:
+    platform = Platform(data_dir=tmp_path)
+    platform.spawn("monitor", [sys.executable, "-c",
+                               "import sys; print('RuntimeError: window store gone'); sys.exit(3)"])
+    platform.spawn("trainer", [sys.executable, "-c", "import time; time.sleep(60)"])
+    reported: set[str] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while platform.children[0].proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert newly_exited(platform, reported) == [
+            f"monitor exited with 3: RuntimeError: window store gone; see "
+            f"{tmp_path / 'logs' / 'monitor.log'}"]
+        assert newly_exited(platform, reported) == []  # said once; the trainer still runs
+    finally:
+        platform.stop(timeout=5)
