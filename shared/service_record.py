@@ -5,8 +5,10 @@ Produces, every `LEPTON_ENERGY_RECORD_EVERY_S` and at stop, the JSON value of fi
 `<host>:<pid>:<start>` in the Redis hash `<prefix>services:<service>`: joules since start
 (shared/energy.py: RAPL share or a labelled estimate), CPU seconds, units of work (events,
 predictions, training samples, monitored records; per key where a service splits them, e.g.
-serving per model version), busy seconds (time spent processing them, so work/busy is what one
-replica can do), the consumer group and its input topics, and the carbon intensity in force.
+serving per model version), busy seconds (time spent processing them), the same two for the
+batches that were full (`saturated_*`: what one replica does under load, where small batches
+of a light load only bound it from below, each paying a whole transaction), the consumer group,
+its input topics and batch size, and the carbon intensity in force.
 Records of stopped processes stay: the energy they used still counts. Also exports
 `lepton.<service>.energy.joules` and `lepton.<service>.energy.joules_per_<unit>`.
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 UNITS = {"ingest": "event", "governance": "event", "trainer": "sample",
          "serving": "prediction", "monitor": "record"}
+FULL = 0.9  # a batch of at least this share of the batch size was taken from a backlog
 _current: ServiceRecord | None = None
 
 
@@ -56,12 +59,12 @@ def count_work(units: int, seconds: float = 0.0, key: str = "") -> None:
         _current.add(units, seconds, key)
 
 
-def note_consumer(group: str, topics: Iterable[str], positions_topic: str | None = None
-                  ) -> None:
-    """Name the consumer group and input topics this process works for."""
+def note_consumer(group: str, topics: Iterable[str], positions_topic: str | None = None,
+                  batch_size: int | None = None) -> None:
+    """Name the consumer group, input topics and batch size this process works with."""
     if _current is not None:
         _current.consumer = {"group": group, "topics": sorted(topics),
-                             "positions_topic": positions_topic}
+                             "positions_topic": positions_topic, "batch_size": batch_size}
 
 
 class ServiceRecord:
@@ -79,6 +82,8 @@ class ServiceRecord:
         self.consumer: dict[str, Any] | None = None
         self.work: Counter[str] = Counter()
         self.busy_s = 0.0
+        self.saturated_work = 0
+        self.saturated_busy_s = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,9 +100,13 @@ class ServiceRecord:
 
     def add(self, units: int, seconds: float, key: str) -> None:
         """Count work (thread-safe)."""
+        batch_size = (self.consumer or {}).get("batch_size")
         with self._lock:
             self.work[key] += units
             self.busy_s += seconds
+            if seconds > 0 and batch_size and units >= FULL * batch_size:
+                self.saturated_work += units
+                self.saturated_busy_s += seconds
 
     def snapshot(self) -> dict[str, Any]:
         """The record as written to Redis."""
@@ -105,6 +114,8 @@ class ServiceRecord:
         with self._lock:
             work = dict(self.work)
             busy = self.busy_s
+            saturated = {"saturated_work": self.saturated_work,
+                         "saturated_busy_s": self.saturated_busy_s}
         return {"service": self.service, "instance": self.instance,
                 "started_at": self.started.isoformat(),
                 "updated_at": datetime.now(UTC).isoformat(),
@@ -113,7 +124,7 @@ class ServiceRecord:
                            "estimate": self.meter.is_estimate},
                 "unit": self.unit, "work": sum(work.values()),
                 "work_by_key": {k: v for k, v in work.items() if k}, "busy_s": busy,
-                "consumer": self.consumer, "carbon": self.carbon.to_dict()}
+                **saturated, "consumer": self.consumer, "carbon": self.carbon.to_dict()}
 
     def write(self) -> bool:
         """Write the record now; False when Redis is away (the next write catches up)."""

@@ -3,7 +3,9 @@
 
 Consumes two lag samples of each group (lag.py, commit markers excluded) and the services'
 records in Redis (shared/service_record.py): which group and topics each service consumes, how
-many replicas are alive, and what one replica can do (units of work per busy second). Produces
+many replicas are alive, and what one replica can do (units of work per busy second in full
+batches; a service that has only had light load, whose small batches each pay a whole
+transaction, has only a lower bound: work per busy second over all its batches). Produces
 `Advice`: replicas = ceil((arrival rate + backlog / drain time) / (capacity × utilisation)),
 between `min_replicas` and the partition count (a group cannot use more); the metric
 `lepton.monitor.scale.replicas{service}`; and KEDA ScaledObjects whose lag threshold is the
@@ -44,7 +46,8 @@ class Consumes:
     topics: list[str]
     positions_topic: str | None
     replicas: int
-    capacity: float | None  # units of work per busy second, per replica
+    capacity: float | None  # units of work per busy second, per replica, under load
+    floor: float | None = None  # a lower bound of capacity when it is not measured
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,23 @@ def consumers(client: redis.Redis[bytes], settings: LeptonSettings) -> list[Cons
         latest = max(records, key=lambda r: str(r["updated_at"]))
         alive = [r for r in records if now - datetime.fromisoformat(r["updated_at"])
                  < timedelta(seconds=max(ALIVE_S, 3 * settings.energy_record_every_s))]
-        busy = sum(float(r.get("busy_s", 0.0)) for r in records)
-        work = sum(int(r.get("work", 0)) for r in records)
         consumer = latest["consumer"]
+        overall = _per_busy_second(records, "work", "busy_s")
+        if consumer.get("batch_size"):
+            capacity = _per_busy_second(records, "saturated_work", "saturated_busy_s")
+            floor = overall
+        else:  # work not done in batches: every unit is measured alike
+            capacity, floor = overall, None
         found.append(Consumes(service, consumer["group"], list(consumer["topics"]),
-                              consumer.get("positions_topic"), len(alive),
-                              work / busy if busy > 0 and work > 0 else None))
+                              consumer.get("positions_topic"), len(alive), capacity, floor))
     return found
+
+
+def _per_busy_second(records: list[dict[str, Any]], work_field: str, busy_field: str
+                     ) -> float | None:
+    busy = sum(float(r.get(busy_field, 0.0)) for r in records)
+    work = sum(int(r.get(work_field, 0)) for r in records)
+    return work / busy if busy > 0 and work > 0 else None
 
 
 def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
@@ -99,11 +112,13 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
     growth = (after.total_lag - before.total_lag) / seconds
     needed = max(arrival, 0.0) + after.total_lag / drain_s
     capacity = consumes.capacity
+    at_least = ""
     if capacity is None and consumes.replicas:
         done = sum(max(0, after.committed.get(s, 0) - max(before.committed.get(s, 0), 0))
                    for s in after.end) / seconds
-        capacity = done / consumes.replicas if done > 0 else None
+        capacity = max(done / consumes.replicas, consumes.floor or 0.0) or None
         keeping_up = growth <= 0 and after.total_lag <= PROBE_MAX
+        at_least = "at least "
     else:
         keeping_up = False  # a measured capacity, or none at all: the formula below decides
     if needed <= 0:
@@ -116,12 +131,12 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         # replicas running keep up: nothing supports more
         recommended = max(min_replicas, consumes.replicas)
         reason = (f"keeping up (backlog {after.total_lag}, not growing); capacity not measured "
-                  f"(busy time unknown), at least {capacity:,.1f}/s a replica")
+                  f"under load, at least {capacity:,.1f}/s a replica")
     else:
         recommended = math.ceil(needed / (capacity * utilisation))
         reason = (f"needs {needed:,.1f}/s (arrival {arrival:,.1f}/s + backlog "
-                  f"{after.total_lag} over {drain_s:g} s); one replica does {capacity:,.1f}/s "
-                  f"at {utilisation:.0%}")
+                  f"{after.total_lag} over {drain_s:g} s); one replica does "
+                  f"{at_least}{capacity:,.1f}/s at {utilisation:.0%}")
     recommended = max(min_replicas, min(recommended, max(partitions, min_replicas)))
     if after.unread:
         reason += (f"; lag of {len(after.unread)} of {partitions} partitions unknown (their "

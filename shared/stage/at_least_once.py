@@ -49,7 +49,7 @@ class AtLeastOnceRuntime:
         self.consumer: Consumer = make_consumer(self.settings, self.group_id,
                                                 **self.consumer_config)
         self.consumer.subscribe(self.stage.inputs)
-        note_consumer(self.group_id, self.stage.inputs)
+        note_consumer(self.group_id, self.stage.inputs, batch_size=self.batch_size)
         finished = True
         try:
             while finished and not self.stop.is_set():

@@ -129,7 +129,7 @@ class TransactionalRuntime:
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
         self.consumer.subscribe(stage.inputs, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        note_consumer(self.group_id, stage.inputs, self.positions_topic)
+        note_consumer(self.group_id, stage.inputs, self.positions_topic, self.batch_size)
         log.info("%s consuming %s as %s", self.label, ", ".join(stage.inputs),
                  self.transactional_id)
         mark_ready(s, stage.name)

@@ -1,7 +1,8 @@
 """Scaling advice on the embedded broker and real Redis: with lag growing at a known rate the
 advice rises; a group that consumed everything of a transactional topic, whose committed
-offsets trail only the commit markers, stays at the minimum; KEDA
-ScaledObjects take their lag threshold from the same capacity."""
+offsets trail only the commit markers, stays at the minimum; capacity is what full batches do,
+small ones only bounding it; KEDA ScaledObjects take their lag threshold from the same
+capacity."""
 
 from __future__ import annotations
 
@@ -101,6 +102,29 @@ def test_growing_lag_raises_the_advice(lepton_env: LeptonSettings) -> None:
     assert trigger["metadata"]["lagThreshold"] == str(round(100.0 * 0.8 * 30))
     assert trigger["metadata"]["excludePersistentLag"] == "true"
     assert scaled["spec"]["maxReplicaCount"] == 4
+
+
+def test_capacity_is_measured_in_full_batches_and_small_ones_only_bound_it(
+        lepton_env: LeptonSettings) -> None:
+    """A stage under light load commits small batches, each paying a whole transaction: their
+    work per busy second (here 500/s) is a lower bound, not what a replica does under load."""
+    settings = lepton_env
+    record = ServiceRecord("governance", settings).start()
+    try:
+        note_consumer("g-batches", ["t"], batch_size=1000)
+        for _ in range(50):
+            count_work(10, 0.02)  # a light load: 10 events a batch, 20 ms of commit each
+        assert record.write()
+        (light,) = consumers(make_redis(settings), settings)
+        assert (light.capacity, light.floor) == (None, pytest.approx(500.0))
+        for _ in range(3):
+            count_work(1000, 0.1)  # under load: full batches, 10k events per busy second
+        assert record.write()
+        (loaded,) = consumers(make_redis(settings), settings)
+        assert loaded.capacity == pytest.approx(10_000.0)
+        assert loaded.floor == pytest.approx(3500 / 1.3)
+    finally:
+        record.close()
 
 
 def test_a_checkpoint_deep_in_the_positions_topic_is_found_or_reported_unread(

@@ -1,6 +1,6 @@
-"""The scaling formula on given lag samples: throughput only bounds a replica's capacity from
-below, so a group that keeps up is never advised more replicas on it; partitions whose lag is
-unknown are named in the reason."""
+"""The scaling formula on given lag samples: throughput, and work per busy second in batches a
+light load left small, only bound a replica's capacity from below, so a group that keeps up is
+never advised more replicas on them; partitions whose lag is unknown are named in the reason."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def _sample(at: float, end: int, committed: int, unread: tuple[int, ...] = ()) -
                        tuple((TOPIC, p) for p in unread))
 
 
-def _serving(capacity: float | None) -> Consumes:
-    return Consumes("serving", "g", [TOPIC], None, replicas=1, capacity=capacity)
+def _serving(capacity: float | None, floor: float | None = None) -> Consumes:
+    return Consumes("serving", "g", [TOPIC], None, replicas=1, capacity=capacity, floor=floor)
 
 
 def test_a_group_that_keeps_up_with_unmeasured_capacity_keeps_its_replicas() -> None:
@@ -31,6 +31,23 @@ def test_a_group_that_keeps_up_with_unmeasured_capacity_keeps_its_replicas() -> 
 def test_a_growing_backlog_with_unmeasured_capacity_still_scales_out() -> None:
     advice = advise(_serving(None), _sample(0.0, 100, 100), _sample(10.0, 400, 200))
     assert advice.recommended > 1
+
+
+def test_a_light_load_bound_never_scales_a_group_that_keeps_up() -> None:
+    # small batches each paying a transaction: 400/s per busy second bounds capacity from below;
+    # 346 records/s arrive and are done, so 346 / (400 × 80 %) must not ask for 2 replicas
+    advice = advise(_serving(None, floor=400.0), _sample(0.0, 1, 0), _sample(10.0, 866, 865))
+    assert advice.arrival_per_s == 346.0
+    assert advice.recommended == 1
+    assert advice.reason == ("keeping up (backlog 4, not growing); capacity not measured under "
+                             "load, at least 400.0/s a replica")
+
+
+def test_a_growing_backlog_on_a_bound_says_at_least() -> None:
+    # 100/s arrive, 50/s are done: 100/s + 500 over 30 s at 80 % of at least 50/s
+    advice = advise(_serving(None, floor=50.0), _sample(0.0, 0, 0), _sample(10.0, 250, 125))
+    assert advice.recommended == 3
+    assert "one replica does at least 50.0/s at 80%" in advice.reason
 
 
 def test_a_measured_capacity_decides_as_before() -> None:
