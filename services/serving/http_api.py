@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Match
 
 from services.serving import oip
 from services.serving.auth import AuthResult, Credentials
-from services.serving.errors import ModelNotFound, ServingError
+from services.serving.errors import InvalidInput, ModelNotFound, ServingError
 from services.serving.explain import explain_predictions
 from services.serving.fleet import Fleet
 from services.serving.http_infer import decode_infer, infer_response
@@ -275,8 +275,10 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
                 results = await predictor.predict_batch(
                     [Scoring("", name, version, r, call) for r in records])
                 for i, result in enumerate(results):
-                    if isinstance(result, ServingError):
-                        raise type(result)(f"records[{i}]: {result}")
+                    if isinstance(result, InvalidInput):
+                        raise InvalidInput(f"records[{i}]: {result}")
+                    if isinstance(result, ServingError):  # the model's or server's, not the row's
+                        raise result
                 answered = [r for r in results if not isinstance(r, ServingError)]
                 predictions = [_prediction(r) for r in answered]
                 if explain_rows:
