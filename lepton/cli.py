@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -133,7 +134,9 @@ def produce(
     count: Annotated[int, typer.Option(min=1, help="How many events.")] = 1000,
     rate: Annotated[float | None, typer.Option(min=0.1, help="Events a second (default: max).")]
     = None,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 7,
+    seed: Annotated[int | None, typer.Option(
+        help="Generator seed (default: a new one). A seed used before sends the same events "
+             "again, which ingest drops as duplicates.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for delivery.")]
     = 30.0,
@@ -155,13 +158,17 @@ def produce(
         common.bootstrap_servers()
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
+    if seed is None:
+        seed = secrets.randbelow(2**31)
     setup_telemetry("lepton-produce")
     try:
         report = publish(common, generate(dataset, count, seed), total=count, rate=rate,
                          show_progress=not quiet, stop=stop_event(), timeout=timeout)
     finally:
         shutdown_telemetry()
-    typer.echo(f"delivered {report.delivered} of {report.sent} events", err=True)
+    replay = (f" (seed {seed}: --seed {seed} sends these events again, which ingest drops as "
+              "duplicates)") if report.delivered else ""
+    typer.echo(f"delivered {report.delivered} of {report.sent} events{replay}", err=True)
     if report.failed:
         raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}",
                    EXIT_UNAVAILABLE if report.undelivered else 1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -55,6 +57,19 @@ def test_produce_reaches_a_plain_consumer_in_another_process(lepton_env: LeptonS
     parents = {r["headers"][Header.TRACEPARENT] for r in records}
     assert len(parents) == 1000
     assert all(p.startswith("00-") and len(p.split("-")) == 4 for p in parents)
+
+
+def test_each_run_sends_new_events_unless_it_repeats_a_seed(lepton_env: LeptonSettings) -> None:
+    runs = [lepton("produce", "--count", "5", "--quiet").stderr for _ in range(2)]
+    seeds = [re.search(r"\(seed (\d+): --seed \1 sends these events again, which ingest drops "
+                       r"as duplicates\)", run) for run in runs]
+    assert seeds[0] and seeds[1], runs
+    lepton("produce", "--count", "5", "--quiet", "--seed", seeds[0].group(1))
+    records = read_topic(lepton_env, Topics(lepton_env.topic_prefix).raw, expect=15)
+    sent = Counter(decode_envelope(r.value).event_id for r in records)
+    first, second = (f"transactions-{seed.group(1)}-" for seed in seeds)
+    assert sorted(n for i, n in sent.items() if i.startswith(first)) == [2] * 5  # repeated
+    assert sorted(n for i, n in sent.items() if i.startswith(second)) == [1] * 5
 
 
 def test_kcat_reads_what_lepton_produce_wrote(lepton_env: LeptonSettings) -> None:
