@@ -117,7 +117,7 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         done = sum(max(0, after.committed.get(s, 0) - max(before.committed.get(s, 0), 0))
                    for s in after.end) / seconds
         capacity = max(done / consumes.replicas, consumes.floor or 0.0) or None
-        keeping_up = growth <= 0 and after.total_lag <= PROBE_MAX
+        keeping_up = after.total_lag <= PROBE_MAX  # a backlog this small is one poll's worth
         at_least = "at least "
     else:
         keeping_up = False  # a measured capacity, or none at all: the formula below decides
@@ -130,8 +130,8 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         # the records done per second only bound a replica's capacity from below, and the
         # replicas running keep up: nothing supports more
         recommended = max(min_replicas, consumes.replicas)
-        reason = (f"keeping up (backlog {after.total_lag}, not growing); capacity not measured "
-                  f"under load, at least {capacity:,.1f}/s a replica")
+        reason = (f"keeping up (backlog {after.total_lag}, within {PROBE_MAX}); capacity not "
+                  f"measured under load, at least {capacity:,.1f}/s a replica")
     else:
         recommended = math.ceil(needed / (capacity * utilisation))
         reason = (f"needs {needed:,.1f}/s (arrival {arrival:,.1f}/s + backlog "

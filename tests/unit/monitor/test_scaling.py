@@ -25,7 +25,7 @@ def test_a_group_that_keeps_up_with_unmeasured_capacity_keeps_its_replicas() -> 
     # 0.6 records/s arrive and are done by one replica with no backlog: done/s is all we know
     advice = advise(_serving(None), _sample(0.0, 100, 100), _sample(10.0, 103, 103))
     assert advice.recommended == 1
-    assert advice.reason.startswith("keeping up (backlog 0, not growing)")
+    assert advice.reason.startswith("keeping up (backlog 0, within 64)")
 
 
 def test_a_growing_backlog_with_unmeasured_capacity_still_scales_out() -> None:
@@ -39,8 +39,11 @@ def test_a_light_load_bound_never_scales_a_group_that_keeps_up() -> None:
     advice = advise(_serving(None, floor=400.0), _sample(0.0, 1, 0), _sample(10.0, 866, 865))
     assert advice.arrival_per_s == 346.0
     assert advice.recommended == 1
-    assert advice.reason == ("keeping up (backlog 4, not growing); capacity not measured under "
+    assert advice.reason == ("keeping up (backlog 4, within 64); capacity not measured under "
                              "load, at least 400.0/s a replica")
+    # a backlog that moved by a few records between the samples is still one poll's worth
+    jitter = advise(_serving(None, floor=400.0), _sample(0.0, 1, 0), _sample(10.0, 868, 865))
+    assert (jitter.lag_growth_per_s, jitter.recommended) == (0.8, 1)
 
 
 def test_a_growing_backlog_on_a_bound_says_at_least() -> None:
