@@ -92,7 +92,8 @@ def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
                 why = ("trained on" if hit else
                        f"warm-started from v{card.parent_version}, trained on")
                 lines.append(f"model {model} v{version}: {why} the subject's data; marked "
-                             "contains_forgotten: true (retrain without it, then retire it)")
+                             "contains_forgotten: true (the trainer neither continues from a "
+                             "marked version nor promotes one trained on the subject)")
     return lines
 
 

@@ -30,6 +30,7 @@ from services.trainer.compress import compress_release
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
+from services.trainer.forgotten import FLAG, forgotten_in_release, marked
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.carbon import carbon_intensity
@@ -39,7 +40,7 @@ from shared.events import Decision
 from shared.models.announce import announce
 from shared.models.attribution import global_importance
 from shared.models.features import FeatureTransform
-from shared.models.gate import decide
+from shared.models.gate import GateResult, decide
 from shared.models.nets import build_model, predict_proba
 from shared.models.reference import ReferenceCounter, spec_bins
 from shared.models.registry import ArtifactError, ModelCard, Registry
@@ -126,6 +127,10 @@ class Releaser:
         version = self.registry.live(self.model)
         if version is None:
             return None
+        if marked(self.registry, self.model, version):
+            log.warning("live %s v%d contains a forgotten subject's data; training from scratch",
+                        self.model, version)
+            return None
         try:
             card, state = self.registry.load(self.model, version)
         except ArtifactError as error:
@@ -209,6 +214,11 @@ class Releaser:
             for name in ("f1", "roc_auc"):
                 if name in metrics:
                     span.set_attribute(f"lepton.metric.{name}", metrics[name])
+        forgotten = forgotten_in_release(self.registry, self.settings, self.model,
+                                         parent.card.version if parent else None,
+                                         candidate.subjects)
+        if forgotten is not None:
+            verdict = GateResult(False, [*verdict.reasons, forgotten], verdict.compared_to)
         lineage = {**candidate.lineage, "topic": self.topics.governed,
                    "group": self.settings.group_id(),
                    "resume_offsets": {str(p): o for p, o in sorted(resume.items())}}
@@ -243,6 +253,8 @@ class Releaser:
             # a save that fails before its rename leaves nothing behind, so it may be retried
             saved = until_redis(lambda: self.registry.save(card, candidate.state, compressed),
                                 "save", stop)
+            if forgotten is not None:
+                self.registry.mark(saved.model, saved.version, **{FLAG: True})
             span.set_attribute("lepton.model.version", saved.version)
 
             def after_save() -> None:

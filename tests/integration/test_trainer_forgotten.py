@@ -1,0 +1,53 @@
+"""The trainer and `lepton forget`: a live version marked `contains_forgotten` is never
+continued from (the next cycle trains from scratch), and a cycle that trained on the rows of a
+subject forgotten meanwhile is refused and marked, so the mark names every version that
+carries the subject."""
+
+from __future__ import annotations
+
+from services.trainer.split import is_validation
+from shared.config import LeptonSettings
+from shared.models.registry import Registry
+from shared.state import make_redis, rkey
+from tests.unit.trainer.governed import (
+    governed_breast_cancer,
+    publish_governed,
+    run_trainer,
+    trainer_settings,
+)
+
+MODEL = "breast_cancer"
+
+
+def test_a_forgotten_subject_is_not_carried_on_unmarked(lepton_env: LeptonSettings) -> None:
+    settings = trainer_settings()
+    registry = Registry(settings)
+    publish_governed(lepton_env, governed_breast_cancer())
+    assert run_trainer(settings) == [1]
+    assert registry.live(MODEL) == 1
+
+    # `lepton forget` marked v1 and added the subject to the forgotten set while the trainer
+    # held the subject's next rows
+    registry.mark(MODEL, 1, contains_forgotten=True)
+    second = governed_breast_cancer(seed=1)
+    victim = next(e for e in second
+                  if not is_validation(e.event_id, settings.trainer_val_percent)).subject_id
+    make_redis(settings).sadd(rkey(settings, "policy", "forgotten"), victim)
+    publish_governed(lepton_env, second)
+    assert run_trainer(settings) == [2]
+    tainted = registry.card(MODEL, 2)
+    assert (tainted.parent_version, tainted.training["warm_start_version"]) == (None, None)
+    assert tainted.status == "refused"
+    assert tainted.gate["reasons"][-1] == ("contains_forgotten: trained on rows of 1 "
+                                           "subject(s) forgotten meanwhile")
+    assert registry.flags(MODEL, 2) == {"contains_forgotten": True}
+    assert registry.live(MODEL) == 1
+
+    # governance withholds the subject's later events: the next cycle is clean, from scratch
+    publish_governed(lepton_env, [e for e in governed_breast_cancer(seed=2)
+                                  if e.subject_id != victim])
+    assert run_trainer(settings) == [3]
+    clean = registry.card(MODEL, 3)
+    assert (clean.parent_version, clean.status) == (None, "promoted")
+    assert registry.flags(MODEL, 3) == {}
+    assert registry.live(MODEL) == 3
