@@ -99,6 +99,10 @@ class Coordinator:
         version = self.registry.live(self.model)
         if version is None:
             return None
+        if self.registry.contains_forgotten(self.model, version):
+            log.warning("live %s v%d contains a forgotten subject's data; federating from "
+                        "scratch", self.model, version)
+            return None
         try:
             card, state = self.registry.load(self.model, version)
         except ArtifactError as error:

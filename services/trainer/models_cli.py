@@ -147,7 +147,7 @@ def list_models(model: ModelOption = None) -> None:
             card = registry.card(name, version)
             marker = "*" if version == live else " "
             eps = f" eps={card.epsilon:.3g}" if card.epsilon is not None else ""
-            if registry.flags(name, version).get("contains_forgotten"):
+            if registry.contains_forgotten(name, version):
                 eps += " contains_forgotten"
             f1, auc = card.metrics.get("f1", 0.0), card.metrics.get("roc_auc", 0.0)
             # the rows trained on: a DP release leaves out rows over the contribution bound

@@ -30,7 +30,7 @@ from services.trainer.compress import compress_release
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan
 from services.trainer.evaluate import fairness, quality, tune_threshold
-from services.trainer.forgotten import FLAG, forgotten_in_release, marked
+from services.trainer.forgotten import forgotten_in_release
 from services.trainer.lineage import furthest
 from services.trainer.retry import REDIS_OR_BROKER_DOWN, until_redis
 from shared.carbon import carbon_intensity
@@ -127,7 +127,7 @@ class Releaser:
         version = self.registry.live(self.model)
         if version is None:
             return None
-        if marked(self.registry, self.model, version):
+        if self.registry.contains_forgotten(self.model, version):
             log.warning("live %s v%d contains a forgotten subject's data; training from scratch",
                         self.model, version)
             return None
@@ -254,7 +254,7 @@ class Releaser:
             saved = until_redis(lambda: self.registry.save(card, candidate.state, compressed),
                                 "save", stop)
             if forgotten is not None:
-                self.registry.mark(saved.model, saved.version, **{FLAG: True})
+                self.registry.mark(saved.model, saved.version, contains_forgotten=True)
             span.set_attribute("lepton.model.version", saved.version)
 
             def after_save() -> None:

@@ -87,6 +87,11 @@ class RegistryIndex:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def contains_forgotten(self, model: str, version: int) -> bool:
+        """Whether `lepton forget` (or the trainer) marked the version as carrying a forgotten
+        subject's data: no cycle or federation may continue from it."""
+        return bool(self.flags(model, version).get("contains_forgotten"))
+
     def mark(self, model: str, version: int, **flags: Any) -> None:
         """Merge `flags` into a version's marks (atomic replace; the signed card is untouched)."""
         folder = self.version_dir(model, version)

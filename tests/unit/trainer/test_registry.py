@@ -149,3 +149,14 @@ def test_versions_reindexes_from_directory(settings: LeptonSettings) -> None:
     reg._redis.delete(reg._key("demo", "versions"), reg._key("demo", "cards"))
     assert reg.versions("demo") == [1]
     assert reg._indexed_versions("demo") == [1]
+
+
+def test_marks_merge_and_name_a_version_that_contains_forgotten_data(
+        settings: LeptonSettings) -> None:
+    reg = Registry(settings)
+    reg.save(_card(), _weights())
+    assert (reg.flags("demo", 1), reg.contains_forgotten("demo", 1)) == ({}, False)
+    reg.mark("demo", 1, reviewed=True)
+    reg.mark("demo", 1, contains_forgotten=True)
+    assert reg.flags("demo", 1) == {"reviewed": True, "contains_forgotten": True}
+    assert reg.contains_forgotten("demo", 1)
