@@ -27,6 +27,9 @@ models_app = typer.Typer(help="Inspect the model registry; promote, roll back, c
 
 ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", help="Model name (default: the only model in the registry).")]
+ForgottenOption = Annotated[bool, typer.Option(
+    "--allow-forgotten", help="Serve a version marked contains_forgotten (lepton forget) "
+                              "anyway.")]
 
 
 def _context() -> tuple[LeptonSettings, Registry]:
@@ -58,14 +61,20 @@ def _verified(registry: Registry, model: str, version: int) -> ModelCard:
     return card
 
 
-def _servable(registry: Registry, model: str, version: int) -> ModelCard:
-    """The verified card of a version that may answer (privacy cleared), else exit 1."""
+def _servable(registry: Registry, model: str, version: int, allow_forgotten: bool = False
+              ) -> ModelCard:
+    """The verified card of a version that may answer (privacy cleared, and not carrying a
+    forgotten subject unless allowed), else exit 1."""
     from shared.models.clearance import privacy_refusal
 
     card = _verified(registry, model, version)
     refusal = privacy_refusal(card)
     if refusal is not None:
         raise fail(f"{model} v{version} cannot be served: {refusal}")
+    if not allow_forgotten and registry.contains_forgotten(model, version):
+        raise fail(f"{model} v{version} is marked contains_forgotten: it was trained on (or "
+                   "continued from) the data of a subject `lepton forget` erased; choose "
+                   "another version, or pass --allow-forgotten to serve it anyway")
     return card
 
 
@@ -173,14 +182,15 @@ def show(version: Annotated[int | None, typer.Argument(help="Default: live.")] =
 
 
 @models_app.command()
-def promote(version: int, model: ModelOption = None) -> None:
+def promote(version: int, model: ModelOption = None, allow_forgotten: ForgottenOption = False
+            ) -> None:
     """Make VERSION live and announce it.
 
     Even a version the gate refused (announced with an operator override); announced as a
     rollback when VERSION is below the live one."""
     settings, registry = _context()
     name = _model(registry, model)
-    card = _servable(registry, name, version)
+    card = _servable(registry, name, version, allow_forgotten)
     previous = registry.live(name)
     # serving refuses a promote below live: going back is announced as the rollback it is
     action = "rollback" if previous is not None and version < previous else "promote"
@@ -192,7 +202,8 @@ def promote(version: int, model: ModelOption = None) -> None:
 
 @models_app.command()
 def rollback(to: Annotated[int | None, typer.Option(help="Version (default: previous live).")]
-             = None, model: ModelOption = None) -> None:
+             = None, model: ModelOption = None, allow_forgotten: ForgottenOption = False
+             ) -> None:
     """Make the previously live version (or --to VERSION) live again and announce it."""
     from shared.models.registry import ArtifactError
 
@@ -203,7 +214,7 @@ def rollback(to: Annotated[int | None, typer.Option(help="Version (default: prev
         now = registry.rollback_target(name) if to is None else to
     except ArtifactError as error:
         raise fail(str(error)) from None
-    card = _servable(registry, name, now)
+    card = _servable(registry, name, now, allow_forgotten)
     _move_live(settings, registry, card, "rollback", "model_rolled_back", {"from": was},
                (lambda: registry.rollback(name)) if to is None
                else (lambda: registry.set_live(name, now)))
@@ -213,18 +224,20 @@ def rollback(to: Annotated[int | None, typer.Option(help="Version (default: prev
 @models_app.command()
 def canary(version: int,
            share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Traffic share.")] = 0.1,
-           model: ModelOption = None) -> None:
+           model: ModelOption = None, allow_forgotten: ForgottenOption = False) -> None:
     """Announce VERSION as a canary taking SHARE of traffic (serving routes it)."""
     settings, registry = _context()
     name = _model(registry, model)
-    _announce(settings, registry, _servable(registry, name, version), "canary", share)
+    _announce(settings, registry, _servable(registry, name, version, allow_forgotten), "canary",
+              share)
     typer.echo(f"{name} v{version} announced as canary at {share:.0%}")
 
 
 @models_app.command()
-def shadow(version: int, model: ModelOption = None) -> None:
+def shadow(version: int, model: ModelOption = None, allow_forgotten: ForgottenOption = False
+           ) -> None:
     """Announce VERSION as a shadow (scored beside live, answers not returned)."""
     settings, registry = _context()
     name = _model(registry, model)
-    _announce(settings, registry, _servable(registry, name, version), "shadow")
+    _announce(settings, registry, _servable(registry, name, version, allow_forgotten), "shadow")
     typer.echo(f"{name} v{version} announced as shadow")

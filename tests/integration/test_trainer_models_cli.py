@@ -89,6 +89,17 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
         assert registry.live("breast_cancer") == 1
     assert len(read_topic(lepton_env, topics.models, idle=1.0)) == before + len(announced)
 
+    # a version trained on a forgotten subject's data answers only when the operator says so
+    registry.mark("breast_cancer", 2, contains_forgotten=True)
+    for command in (("promote", "2"), ("rollback", "--to", "2"), ("canary", "2"),
+                    ("shadow", "2")):
+        refused = lepton("models", *command, check=False)
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        assert "error: breast_cancer v2 is marked contains_forgotten" in refused.stderr
+    assert "contains_forgotten" in lepton("models", "list").stdout
+    assert "announced as shadow" in lepton("models", "shadow", "2", "--allow-forgotten").stdout
+    assert registry.live("breast_cancer") == 1
+
     path = registry.version_dir("breast_cancer", 2) / WEIGHTS_FILE
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x40
