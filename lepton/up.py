@@ -106,10 +106,12 @@ def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout
 
 
 def exit_line(child: Child, what: str | None = None) -> str:
-    """`<what or name> exited with <code>: <reason from its log>; see <log>` (exited child)."""
-    reason = last_error(child.log)
-    return (f"{what or child.name} exited with {child.proc.returncode}"
-            + (f": {reason}" if reason else "") + f"; see {child.log}")
+    """`<what or name> exited with <code>` (or `was killed by <signal>`), `: <reason from its
+    log>; see <log>`, for an exited child."""
+    reason, code = last_error(child.log), child.proc.returncode
+    ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    return (f"{what or child.name} {ended}" + (f": {reason}" if reason else "")
+            + f"; see {child.log}")
 
 
 def newly_exited(platform: Platform, reported: set[str]) -> list[str]:

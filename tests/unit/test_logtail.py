@@ -61,5 +61,9 @@ def test_a_service_that_exits_after_start_is_reported_once_with_its_reason(
             f"monitor exited with 3: RuntimeError: window store gone; see "
             f"{tmp_path / 'logs' / 'monitor.log'}"]
         assert newly_exited(platform, reported) == []  # said once; the trainer still runs
+        platform.children[1].proc.kill()
+        platform.children[1].proc.wait(10)
+        assert newly_exited(platform, reported) == [
+            f"trainer was killed by SIGKILL; see {tmp_path / 'logs' / 'trainer.log'}"]
     finally:
         platform.stop(timeout=5)
