@@ -214,9 +214,9 @@ class Releaser:
             for name in ("f1", "roc_auc"):
                 if name in metrics:
                     span.set_attribute(f"lepton.metric.{name}", metrics[name])
-        forgotten = forgotten_in_release(self.registry, self.settings, self.model,
-                                         parent.card.version if parent else None,
-                                         candidate.subjects)
+        forgotten = until_redis(lambda: forgotten_in_release(
+            self.registry, self.settings, self.model, parent.card.version if parent else None,
+            candidate.subjects), "forgotten subjects check", stop)
         if forgotten is not None:
             verdict = GateResult(False, [*verdict.reasons, forgotten], verdict.compared_to)
         lineage = {**candidate.lineage, "topic": self.topics.governed,
