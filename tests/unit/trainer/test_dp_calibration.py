@@ -37,15 +37,6 @@ def test_group_privacy_needs_more_noise_and_stays_within_the_target() -> None:
     assert epsilon_from_rdp(user_curve(grouped, 0.05, 200, 4), DELTA) <= 1.0
 
 
-def test_calibration_leaves_the_process_warning_filters_alone() -> None:
-    before = list(warnings.filters)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        calibrate(0.5, DELTA, 0.01, 500, events_per_subject=1)
-    assert caught == []
-    assert warnings.filters == before
-
-
 def test_concurrent_calibrations_warn_nothing() -> None:
     """Federated sites calibrate on threads of one process: nothing may leak a warning."""
     errors: list[BaseException] = []
