@@ -65,6 +65,7 @@ class Advice:
     capacity_per_replica: float | None
     recommended: int
     reason: str
+    capacity_is_lower_bound: bool = False  # not measured under load: a replica does at least it
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -112,13 +113,13 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
     growth = (after.total_lag - before.total_lag) / seconds
     needed = max(arrival, 0.0) + after.total_lag / drain_s
     capacity = consumes.capacity
-    at_least = ""
+    bounded = False  # capacity only bounds a replica's from below
     if capacity is None and consumes.replicas:
         done = sum(max(0, after.committed.get(s, 0) - max(before.committed.get(s, 0), 0))
                    for s in after.end) / seconds
         capacity = max(done / consumes.replicas, consumes.floor or 0.0) or None
         keeping_up = after.total_lag <= PROBE_MAX  # a backlog this small is one poll's worth
-        at_least = "at least "
+        bounded = capacity is not None
     else:
         keeping_up = False  # a measured capacity, or none at all: the formula below decides
     if needed <= 0:
@@ -136,14 +137,14 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         recommended = math.ceil(needed / (capacity * utilisation))
         reason = (f"needs {needed:,.1f}/s (arrival {arrival:,.1f}/s + backlog "
                   f"{after.total_lag} over {drain_s:g} s); one replica does "
-                  f"{at_least}{capacity:,.1f}/s at {utilisation:.0%}")
+                  f"{'at least ' if bounded else ''}{capacity:,.1f}/s at {utilisation:.0%}")
     recommended = max(min_replicas, min(recommended, max(partitions, min_replicas)))
     if after.unread:
         reason += (f"; lag of {len(after.unread)} of {partitions} partitions unknown (their "
                    "positions were not read in time)")
     return Advice(consumes.service, consumes.group, consumes.topics, partitions,
-                  consumes.replicas,
-                  after.total_lag, growth, arrival, capacity, recommended, reason)
+                  consumes.replicas, after.total_lag, growth, arrival, capacity, recommended,
+                  reason, capacity_is_lower_bound=bounded)
 
 
 def sample(settings: LeptonSettings, consumes: Consumes) -> GroupSample:
@@ -164,7 +165,8 @@ def keda_scaled_object(advice: Advice, bootstrap: str, *, drain_s: float = DRAIN
         "limitToPartitionsWithLag": "true"}} for topic in advice.topics]
     doc = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
            "metadata": {"name": f"lepton-{advice.service}", "annotations": {
-               "lepton/derived-from": f"{capacity:,.1f} {advice.service} records/s per replica "
+               "lepton/derived-from": f"{'at least ' if advice.capacity_is_lower_bound else ''}"
+                                      f"{capacity:,.1f} {advice.service} records/s per replica "
                                       f"at {UTILISATION:.0%}, backlog drained in {drain_s:g} s"}},
            "spec": {"scaleTargetRef": {"name": f"lepton-{advice.service}"},
                     "minReplicaCount": min_replicas,

@@ -51,11 +51,13 @@ def test_a_growing_backlog_on_a_bound_says_at_least() -> None:
     advice = advise(_serving(None, floor=50.0), _sample(0.0, 0, 0), _sample(10.0, 250, 125))
     assert advice.recommended == 3
     assert "one replica does at least 50.0/s at 80%" in advice.reason
+    assert advice.to_dict()["capacity_is_lower_bound"] is True
 
 
 def test_a_measured_capacity_decides_as_before() -> None:
     advice = advise(_serving(1.0), _sample(0.0, 100, 100), _sample(10.0, 140, 140))
     assert advice.recommended == 4  # 4 records/s at 80 % of 1/s: 5, capped at 4 partitions
+    assert advice.to_dict()["capacity_is_lower_bound"] is False
 
 
 def test_partitions_whose_lag_is_unknown_are_named() -> None:
