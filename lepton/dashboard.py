@@ -9,7 +9,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from rich.console import Group
 from rich.table import Table
 
@@ -143,11 +143,16 @@ class Dashboard:
     def snapshot(self) -> Snapshot:
         """Read every figure once (each source failing alone leaves its part empty)."""
         now = time.monotonic()
-        records = {label: sum(self._high(self.topics.name(topic)).values())
-                   for label, topic in WATERMARKED}
+        records: dict[str, int] = {}
+        try:
+            for label, topic in WATERMARKED:
+                records[label] = sum(self._high(self.topics.name(topic)).values())
+            governed = self.topics.name(Topic.GOVERNED)
+            last_trace = self._last_trace(governed, self._high(governed))
+        except KafkaException as error:  # the services wait for their broker; so does this
+            reason = error.args[0].str() if isinstance(error.args[0], KafkaError) else error
+            last_trace = f"(broker unreachable: {reason})"
         records.update(self._counted())
-        governed = self.topics.name(Topic.GOVERNED)
-        last_trace = self._last_trace(governed, self._high(governed))
         rates: dict[str, float] = {}
         if self.previous is not None and now > self.previous.at:
             span = now - self.previous.at

@@ -36,6 +36,8 @@ from shared.readiness import ready_path
 
 SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
+BROKER_GONE = ("the embedded broker has stopped, and its topics were in memory: this run cannot "
+               "go on, so everything stops (`lepton up` starts a fresh run)")
 
 
 @dataclass
@@ -108,9 +110,11 @@ def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout
 def exit_line(child: Child, what: str | None = None) -> str:
     """`<what or name> exited with <code>` (or `was killed by <signal>`), `: <reason from its
     log>; see <log>`, for an exited child."""
-    reason, code = last_error(child.log), child.proc.returncode
-    ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-    return (f"{what or child.name} {ended}" + (f": {reason}" if reason else "")
+    code = child.proc.returncode
+    if code < 0:  # a signal gave the process no chance to say why
+        return f"{what or child.name} was killed by {signal.Signals(-code).name}; see {child.log}"
+    reason = last_error(child.log)
+    return (f"{what or child.name} exited with {code}" + (f": {reason}" if reason else "")
             + f"; see {child.log}")
 
 
@@ -206,6 +210,8 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
         def view() -> RenderableType:
             for line in newly_exited(platform, reported):  # above the live view in a terminal
                 print(f"lepton up: {line}", flush=True)
+            if "broker" in reported:
+                raise RuntimeError(BROKER_GONE)
             snap = dashboard.snapshot()
             if not console.is_terminal:
                 print(plain_line(snap), flush=True)

@@ -1,5 +1,6 @@
 """`lepton up` never orphans its children: a closed terminal (SIGHUP), a SIGTERM and a SIGKILL
-of `lepton up` each leave no process of the platform running 15 s later."""
+of `lepton up` each leave no process of the platform running 15 s later. A service that cannot
+start, or an embedded broker that dies, ends the run with the reason."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lepton.up import BROKER_GONE
 from shared.lifecycle import parent_death
 from tests.conftest import REDIS_URL
 
@@ -136,3 +138,39 @@ def test_a_service_that_cannot_start_is_named_with_its_reason(tmp_path: Path,
     assert line.startswith(f"error: serving exited with 1: OSError: cannot listen on {address} "
                            "for HTTP: [Errno 98] Address already in use; see "), line
     assert "lepton up: stopped" in result.stderr
+
+
+def test_a_dead_embedded_broker_stops_the_run_and_says_why(tmp_path: Path,
+                                                          redis_prefix: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
+    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
+                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
+                "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",
+                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    log = tmp_path / "up.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "lepton", "up"], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=parent_death())
+    descendants: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while b"lepton up: ready" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        descendants = {p.pid for p in children}
+        (broker,) = [p for p in children if p.cmdline()[1:4] == ["-m", "lepton", "broker"]]
+        broker.kill()
+        assert proc.wait(60) == 1, log.read_text()[-4000:]
+        text = log.read_text()
+        assert f"lepton up: broker was killed by SIGKILL; see {tmp_path / 'data'}" in text
+        assert f"error: {BROKER_GONE}" in text
+        assert "lepton up: stopped" in text
+        assert not _alive(descendants)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for leftover in _alive(descendants):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()

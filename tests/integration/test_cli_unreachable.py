@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from lepton.dashboard import Dashboard
 from shared.config import LeptonSettings
 from shared.pseudonym import load_pseudonymizer
 from shared.state import rkey
@@ -57,3 +58,14 @@ def test_forget_without_a_broker_is_done_and_says_its_record_is_missing(
     assert "run it again once the broker is up (forgetting is idempotent)" in result.stderr
     pseudonym = load_pseudonymizer(lepton_env).of("cust-000009")
     assert redis_client.sismember(rkey(lepton_env, "policy", "forgotten"), pseudonym)
+
+
+def test_the_dashboard_waits_out_an_unreachable_broker(lepton_env: LeptonSettings) -> None:
+    """`lepton up` against an external broker that went away keeps running, as its services do."""
+    dashboard = Dashboard(lepton_env, f"127.0.0.1:{_closed_port()}", {})
+    try:
+        snap = dashboard.snapshot()
+    finally:
+        dashboard.close()
+    assert snap.last_trace.startswith("(broker unreachable: "), snap.last_trace
+    assert "produced" not in snap.records
