@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,17 @@ from tests.conftest import REDIS_URL
 SETTLE_S = 15.0
 
 
+def _up_env(tmp_path: Path, redis_prefix: str, http_addr: str = "127.0.0.1:0"
+            ) -> dict[str, str]:
+    """The environment of a `lepton up` of this test alone (its data, Redis prefix, topics)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
+    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
+                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
+                "LEPTON_SERVING_HTTP_ADDR": http_addr,
+                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    return env
+
+
 def _alive(pids: set[int]) -> list[psutil.Process]:
     alive = []
     for pid in pids:
@@ -34,20 +46,14 @@ def _alive(pids: set[int]) -> list[psutil.Process]:
     return alive
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
-                         ids=["SIGHUP", "SIGTERM", "SIGKILL"])
-def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
-                                       signum: signal.Signals) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
-    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
-                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
-                "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",
-                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
-    log = tmp_path / "up.log"
+@contextlib.contextmanager
+def _lepton_up(env: dict[str, str], log: Path, *args: str
+               ) -> Iterator[tuple[subprocess.Popen[bytes], set[int]]]:
+    """`lepton up ARGS` in its own session (like a shell job: a signal goes to it alone), once
+    ready; the test adds the pids it saw to the set, and none of them outlives the block."""
     with log.open("wb") as handle:
-        # its own session, like a shell job: the signal goes to `lepton up` alone
-        proc = subprocess.Popen([sys.executable, "-m", "lepton", "up", "--demo", "--rate", "50"],
-                                env=env, stdout=handle, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "lepton", "up", *args], env=env,
+                                stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=parent_death())
     descendants: set[int] = set()
     try:
@@ -56,8 +62,24 @@ def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
             assert proc.poll() is None, log.read_text()[-4000:]
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(0.5)
+        yield proc, descendants
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for leftover in _alive(descendants):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGHUP", "SIGTERM", "SIGKILL"])
+def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
+                                       signum: signal.Signals) -> None:
+    env = _up_env(tmp_path, redis_prefix)
+    log = tmp_path / "up.log"
+    with _lepton_up(env, log, "--demo", "--rate", "50") as (proc, descendants):
         time.sleep(2)  # the demo producer is started after the ready line
-        descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        descendants.update(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
         names = {" ".join(p.cmdline()[1:4]) for p in _alive(descendants)}
         assert len(descendants) >= 6, names  # broker, 4 services, producer (and Redis)
         killed_at = time.monotonic()
@@ -73,12 +95,6 @@ def test_no_process_survives_lepton_up(tmp_path: Path, redis_prefix: str,
             assert b"lepton up: stopped" in log.read_bytes()
         print(f"{signal.Signals(signum).name}: all {len(descendants)} children gone in "
               f"{elapsed:.1f} s")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for leftover in _alive(descendants):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                leftover.kill()
 
 
 def test_a_killed_test_session_leaves_no_broker(tmp_path: Path) -> None:
@@ -122,11 +138,7 @@ def test_a_service_that_cannot_start_is_named_with_its_reason(tmp_path: Path,
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     address = f"127.0.0.1:{taken.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
-    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
-                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
-                "LEPTON_SERVING_HTTP_ADDR": address,
-                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    env = _up_env(tmp_path, redis_prefix, http_addr=address)
     try:
         result = subprocess.run([sys.executable, "-m", "lepton", "up"], env=env,
                                 capture_output=True, text=True, timeout=240,
@@ -142,24 +154,11 @@ def test_a_service_that_cannot_start_is_named_with_its_reason(tmp_path: Path,
 
 def test_a_dead_embedded_broker_stops_the_run_and_says_why(tmp_path: Path,
                                                           redis_prefix: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEPTON_")}
-    env.update({"LEPTON_DATA_DIR": str(tmp_path / "data"), "LEPTON_REDIS_URL": REDIS_URL,
-                "LEPTON_REDIS_PREFIX": redis_prefix, "LEPTON_SERVING_ADDR": "127.0.0.1:0",
-                "LEPTON_SERVING_HTTP_ADDR": "127.0.0.1:0",
-                "LEPTON_TOPIC_PREFIX": f"life{uuid.uuid4().hex[:8]}."})
+    env = _up_env(tmp_path, redis_prefix)
     log = tmp_path / "up.log"
-    with log.open("wb") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "lepton", "up"], env=env, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=parent_death())
-    descendants: set[int] = set()
-    try:
-        deadline = time.monotonic() + 240
-        while b"lepton up: ready" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.5)
+    with _lepton_up(env, log) as (proc, descendants):
         children = psutil.Process(proc.pid).children(recursive=True)
-        descendants = {p.pid for p in children}
+        descendants.update(p.pid for p in children)
         (broker,) = [p for p in children if p.cmdline()[1:4] == ["-m", "lepton", "broker"]]
         broker.kill()
         assert proc.wait(60) == 1, log.read_text()[-4000:]
@@ -168,9 +167,3 @@ def test_a_dead_embedded_broker_stops_the_run_and_says_why(tmp_path: Path,
         assert f"error: {BROKER_GONE}" in text
         assert "lepton up: stopped" in text
         assert not _alive(descendants)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for leftover in _alive(descendants):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                leftover.kill()
