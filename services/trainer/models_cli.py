@@ -92,15 +92,23 @@ def _bus(settings: LeptonSettings) -> Iterator[tuple[Producer, Principal]]:
         shutdown_telemetry()
 
 
-def _announce(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
-              share: float | None = None) -> None:
+def _send_announcement(producer: Producer, operator: Principal, settings: LeptonSettings,
+                       registry: Registry, card: ModelCard, action: str,
+                       share: float | None) -> None:
+    """Announce `card`, signed by the operator; acting on a version the gate refused is an
+    override serving must be told of (a shadow's answers are never returned: none needed)."""
     from shared.models.announce import announce
     from shared.tracing import get_tracer
 
+    announce(producer, settings, registry, card, action, share, get_tracer(__name__),
+             signer=operator, override=action in ("promote", "canary", "rollback")
+             and card.status != "promoted")
+
+
+def _announce(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
+              share: float | None = None) -> None:
     with _bus(settings) as (producer, operator):
-        announce(producer, settings, registry, card, action, share, get_tracer(__name__),
-                 signer=operator, override=action in ("promote", "canary", "rollback")
-                 and card.status != "promoted")
+        _send_announcement(producer, operator, settings, registry, card, action, share)
 
 
 def _move_live(settings: LeptonSettings, registry: Registry, card: ModelCard, action: str,
@@ -112,8 +120,6 @@ def _move_live(settings: LeptonSettings, registry: Registry, card: ModelCard, ac
     from shared.decisions import publish_decision
     from shared.events import Decision
     from shared.kafka.clients import broker_unreachable
-    from shared.models.announce import announce
-    from shared.tracing import get_tracer
 
     with _bus(settings) as (producer, operator):
         try:
@@ -129,8 +135,7 @@ def _move_live(settings: LeptonSettings, registry: Registry, card: ModelCard, ac
                        EXIT_UNAVAILABLE) from None
         move()
         try:
-            announce(producer, settings, registry, card, action, None, get_tracer(__name__),
-                     signer=operator, override=card.status != "promoted")
+            _send_announcement(producer, operator, settings, registry, card, action, None)
         except Exception as error:
             if not broker_unreachable(error):
                 raise
