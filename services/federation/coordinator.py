@@ -95,7 +95,10 @@ class Coordinator:
             self.producer.flush(10)
         return 0
 
-    def _live(self) -> tuple[ModelCard, dict[str, torch.Tensor]] | None:
+    def live_start(self) -> tuple[ModelCard, dict[str, torch.Tensor]] | None:
+        """The live version a federation starts from (its card and weights); None to start
+        from scratch: no live version, one of another spec, or one carrying a forgotten
+        subject."""
         version = self.registry.live(self.model)
         if version is None:
             return None
@@ -133,7 +136,7 @@ class Coordinator:
 
     def _federate(self, federation: str, inbox: Inbox, started: float) -> Outcome:
         settings, spec = self.settings, self.spec
-        live = self._live()
+        live = self.live_start()
         transform = FeatureTransform.from_dict(live[0].feature_transform) if live \
             else FeatureTransform.from_spec(spec)
         arch = live[0].architecture if live else architecture(
