@@ -156,9 +156,10 @@ def test_v1_predict_takes_records_like_lepton_predict(served: Any) -> None:
         assert untyped.status_code == 415 and "Content-Type: application/json" in \
             untyped.json()["error"]
         assert http.post(f"/v1/models/{MODEL}:predict", json=[]).status_code == 400
-        absent = http.post("/v1/models/nope:predict", json=[record(0), record(1)])
-        assert (absent.status_code, absent.json()) == (  # the request's error, not a record's
-            404, {"error": "model 'nope' is not hosted here"})
+        for body in (record(0), [record(0), record(1)]):
+            absent = http.post("/v1/models/nope:predict", json=body)
+            assert (absent.status_code, absent.json()) == (  # the request's error, not a record's
+                404, {"error": "model 'nope' is not hosted here"})
         bad_row = http.post(f"/v1/models/{MODEL}:predict",
                             json=[record(0), {**record(1), "amount": "abc"}])
         assert (bad_row.status_code, bad_row.json()) == (

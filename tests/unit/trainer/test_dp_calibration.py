@@ -37,6 +37,17 @@ def test_group_privacy_needs_more_noise_and_stays_within_the_target() -> None:
     assert epsilon_from_rdp(user_curve(grouped, 0.05, 200, 4), DELTA) <= 1.0
 
 
+def test_calibration_leaves_the_process_warning_filters_alone() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        calibrate(0.5, DELTA, 0.01, 500, events_per_subject=1)
+        # compared inside the block, before catch_warnings restores anything: a calibration
+        # that changed the process's filters (e.g. to silence Opacus) would show here
+        assert warnings.filters == before
+    assert caught == []
+
+
 def test_concurrent_calibrations_warn_nothing() -> None:
     """Federated sites calibrate on threads of one process: nothing may leak a warning."""
     errors: list[BaseException] = []
