@@ -158,9 +158,9 @@ class RegistryIndex:
         self._save_live(model)
         return previous
 
-    def _rollback_entry(self, model: str) -> tuple[int, int]:
-        """(index in the history, version) of the version a rollback makes live."""
-        current = self.live(model)
+    def _rollback_entry(self, model: str, current: int | None) -> tuple[int, int]:
+        """(index in the history, version) of the version a rollback from `current` makes
+        live."""
         entries = [int(raw) for raw in self._redis.lrange(self._key(model, "history"), 0, -1)]
         on_disk = self._disk_versions(model)
         for index in range(len(entries) - 1, -1, -1):
@@ -170,13 +170,13 @@ class RegistryIndex:
 
     def rollback_target(self, model: str) -> int:
         """The version `rollback` would make live, changing nothing."""
-        return self._rollback_entry(model)[1]
+        return self._rollback_entry(model, self.live(model))[1]
 
     def rollback(self, model: str) -> tuple[int | None, int]:
         """Make the previously live version live again; returns (was, now)."""
         key, history = self._key(model, "live"), self._key(model, "history")
         current = self.live(model)
-        index, target = self._rollback_entry(model)
+        index, target = self._rollback_entry(model, current)
         pipe = self._redis.pipeline()
         if index == 0:
             pipe.delete(history)
