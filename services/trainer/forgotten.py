@@ -20,9 +20,9 @@ def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: st
                 "while this cycle trained")
     if not subjects:
         return None
-    forgotten = {raw.decode() for raw in registry.redis.smembers(
-        rkey(settings, "policy", "forgotten"))}
-    hits = len(forgotten.intersection(subjects))
+    found = registry.redis.smismember(  # type: ignore[no-untyped-call]
+        rkey(settings, "policy", "forgotten"), list(subjects))
+    hits = sum(1 for hit in found if hit)
     if hits:
         return f"contains_forgotten: trained on rows of {hits} subject(s) forgotten meanwhile"
     return None
