@@ -5,7 +5,6 @@ record its decision says so, and exits 69 too."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import redis
@@ -14,18 +13,11 @@ from lepton.dashboard import Dashboard
 from shared.config import LeptonSettings
 from shared.pseudonym import load_pseudonymizer
 from shared.state import rkey
-from tests.helpers import lepton
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again: connections to it are refused
+from tests.helpers import free_port, lepton
 
 
 def test_an_unreachable_broker_is_named_not_a_traceback(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = lepton("dlq", "show", env={"LEPTON_KAFKA_BOOTSTRAP": address,
                                         "LEPTON_DATA_DIR": str(tmp_path)}, check=False)
     assert result.returncode == 69, result.stderr[-2000:]
@@ -36,7 +28,7 @@ def test_an_unreachable_broker_is_named_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_redis_is_named_not_a_traceback(tmp_path: Path) -> None:
-    port = _closed_port()
+    port = free_port()
     result = lepton("monitor", "report", env={
         "LEPTON_REDIS_URL": f"redis://:secret-password@127.0.0.1:{port}/0",
         "LEPTON_DATA_DIR": str(tmp_path)}, check=False)
@@ -49,7 +41,7 @@ def test_an_unreachable_redis_is_named_not_a_traceback(tmp_path: Path) -> None:
 
 def test_forget_without_a_broker_is_done_and_says_its_record_is_missing(
         lepton_env: LeptonSettings, redis_client: redis.Redis) -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     result = lepton("forget", "cust-000009", env={"LEPTON_KAFKA_BOOTSTRAP": address},
                     check=False, timeout=90)
     assert result.returncode == 69, result.stderr[-2000:]
@@ -62,7 +54,7 @@ def test_forget_without_a_broker_is_done_and_says_its_record_is_missing(
 
 def test_the_dashboard_waits_out_an_unreachable_broker(lepton_env: LeptonSettings) -> None:
     """`lepton up` against an external broker that went away keeps running, as its services do."""
-    dashboard = Dashboard(lepton_env, f"127.0.0.1:{_closed_port()}", {})
+    dashboard = Dashboard(lepton_env, f"127.0.0.1:{free_port()}", {})
     try:
         snap = dashboard.snapshot()
     finally:
