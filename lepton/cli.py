@@ -211,4 +211,5 @@ def _unreachable(error: Exception) -> str | None:
         return None
     if isinstance(error, clients.DeliveryTimeout):
         return f"{error}; is the Kafka broker running at {where}?"
-    return f"cannot reach the Kafka broker ({error.args[0].str()}); is it running at {where}?"
+    return f"cannot reach the Kafka broker ({clients.error_text(error)}); is it running at " \
+        f"{where}?"

@@ -9,13 +9,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Group
 from rich.table import Table
 
 from shared.config import LeptonSettings
 from shared.events import Header, header_str, headers_dict
 from shared.kafka import client_config
+from shared.kafka.clients import error_text
 from shared.state import make_redis
 from shared.topics import Topic, Topics
 
@@ -150,8 +151,7 @@ class Dashboard:
             governed = self.topics.name(Topic.GOVERNED)
             last_trace = self._last_trace(governed, self._high(governed))
         except KafkaException as error:  # the services wait for their broker; so does this
-            reason = error.args[0].str() if isinstance(error.args[0], KafkaError) else error
-            last_trace = f"(broker unreachable: {reason})"
+            last_trace = f"(broker unreachable: {error_text(error)})"
         records.update(self._counted())
         rates: dict[str, float] = {}
         if self.previous is not None and now > self.previous.at:

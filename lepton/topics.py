@@ -125,6 +125,8 @@ def _check(settings: LeptonSettings, planned: list[Planned], *, configs: bool) -
     from confluent_kafka import KafkaException
     from confluent_kafka.admin._config import ConfigResource
 
+    from shared.kafka.clients import error_text
+
     admin = _admin(settings)
     metadata = admin.list_topics(timeout=TIMEOUT_S)
     problems = []
@@ -146,7 +148,7 @@ def _check(settings: LeptonSettings, planned: list[Planned], *, configs: bool) -
                 if _no_controller(error):
                     typer.echo(f"warning: configs not verified: {NO_CONTROLLER}", err=True)
                     break
-                problems.append(f"{resource.name}: {error.args[0].str()}")
+                problems.append(f"{resource.name}: {error_text(error)}")
                 continue
             for key, value in wanted[resource.name].items():
                 if actual.get(key) != value:

@@ -175,12 +175,18 @@ def make_consumer(settings: LeptonSettings, group_id: str, **overrides: Any) -> 
     return consumer
 
 
+def error_text(error: KafkaException) -> str:
+    """librdkafka's own words for a client error (its KafkaError's text), else the exception's."""
+    cause = error.args[0] if error.args else None
+    return cause.str() if isinstance(cause, KafkaError) else str(error)
+
+
 def create_client(cls: type[Any], config: dict[str, Any]) -> Any:
     """Build a librdkafka client; a rejected property becomes a ConfigError naming its variable."""
     try:
         return cls(config)
     except KafkaException as error:
-        text = str(error.args[0].str() if error.args and hasattr(error.args[0], "str") else error)
+        text = error_text(error)
         names = [f"{ENV_PREFIX}{v}" for k, v in SETTING_OF.items() if k in text]
         where = ", ".join(names) or f"{ENV_PREFIX}KAFKA_EXTRA"
         raise ConfigError(f"Kafka client rejected its configuration ({where}): {text}") from None
