@@ -1,5 +1,6 @@
-"""Redis access: one client factory, one key scheme (every key under the configured prefix), and
-`compact_persistence`, which makes Redis rewrite its AOF/RDB files after keys were destroyed."""
+"""Redis access: one client factory, one key scheme (every key under the configured prefix, and
+the policy keys several services read), and `compact_persistence`, which makes Redis rewrite its
+AOF/RDB files after keys were destroyed."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def make_redis(settings: LeptonSettings) -> redis.Redis[bytes]:
 def rkey(settings: LeptonSettings, *parts: str) -> str:
     """A Redis key under the configured prefix: `<prefix>part1:part2...`."""
     return settings.redis_prefix + ":".join(parts)
+
+
+def forgotten_key(settings: LeptonSettings) -> str:
+    """The SET of forgotten subjects' pseudonyms (`lepton forget`; read by every stage)."""
+    return rkey(settings, "policy", "forgotten")
+
+
+def policy_ready_key(settings: LeptonSettings) -> str:
+    """Present while Redis holds the policy sets; governance sets it when it (re)builds them."""
+    return rkey(settings, "policy", "ready")
 
 
 @dataclass

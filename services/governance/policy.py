@@ -1,13 +1,13 @@
 """Consent and right-to-be-forgotten policy, read from (and for consent written to) Redis.
 
-`rkey(s, "policy", "forgotten")` is the SET of forgotten subjects (written by `lepton forget`);
+`shared.state.forgotten_key` is the SET of forgotten subjects (written by `lepton forget`);
 `rkey(s, "policy", "consent", dataset)` is the SET of subjects who withdrew consent for that
 dataset's purpose (consent is given by default; written by `lepton consent`). Both hold subject
 pseudonyms (`shared.pseudonym`), never raw subject ids.
 
 Redis is not their only home: every `subject_forgotten` and `consent_changed` decision is sealed
 in the audit store, and governance applies each one it seals to Redis too. When Redis lost the
-sets (wiped, restarted empty: the `policy:ready` marker is gone) they are rebuilt from the audit
+sets (wiped, restarted empty: the `policy_ready_key` marker is gone) they are rebuilt from the audit
 store before the next event is decided, so a forgotten subject stays forgotten and a withdrawal
 holds (`lepton state rebuild` does the same offline).
 """
@@ -26,7 +26,7 @@ from services.governance.records import Reason
 from services.governance.segments import SegmentLog
 from services.governance.store import SEGMENTS, partition_dir, partitions_on_disk
 from shared.config import LeptonSettings
-from shared.state import rkey
+from shared.state import forgotten_key, policy_ready_key, rkey
 
 FORGOTTEN = "subject_forgotten"
 CONSENT = "consent_changed"
@@ -43,7 +43,7 @@ class Policy:
 
     def ready_key(self) -> str:
         """Present while Redis holds the policy sets (set by `rebuild`)."""
-        return rkey(self._settings, "policy", "ready")
+        return policy_ready_key(self._settings)
 
     @property
     def redis(self) -> redis.Redis[bytes]:
@@ -52,7 +52,7 @@ class Policy:
 
     def forgotten_key(self) -> str:
         """The SET of forgotten subject ids."""
-        return rkey(self._settings, "policy", "forgotten")
+        return forgotten_key(self._settings)
 
     def consent_key(self, dataset: str) -> str:
         """The SET of subjects who withdrew consent for `dataset`."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from shared.config import LeptonSettings
-from shared.state import rkey
+from shared.state import forgotten_key, rkey
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class Deduper:
 
     def __init__(self, settings: LeptonSettings, client: redis.Redis[bytes], window_s: int):
         self._prefix = rkey(settings, "ingest", "dedup", "")
-        self._forgotten = rkey(settings, "policy", "forgotten")
+        self._forgotten = forgotten_key(settings)
         self._window_s = window_s
         self._script = client.register_script(_CHECK)
 

@@ -29,7 +29,7 @@ from services.ingest.wrapped_keys import WrappedKeys
 from shared.config import LeptonSettings
 from shared.crypto import CryptoError, KeyDestroyed, KeyedHash, KmsError, b64d, b64e
 from shared.pseudonym import Pseudonymizer
-from shared.state import make_redis, rkey
+from shared.state import forgotten_key, make_redis, rkey
 from shared.tokens import PlatformKey, load_platform_key
 
 # Mint a batch's data keys, each unless its subject was forgotten. KEYS: the forgotten set,
@@ -76,7 +76,7 @@ class KeyStore:
         self._id_hash = KeyedHash(platform.derive("data-key-id"))
         self.pseudonyms = Pseudonymizer(platform.derive("subject-pseudonym"))
         self.key_prefix = rkey(settings, "crypto", "datakey", "")
-        self._forgotten = rkey(settings, "policy", "forgotten")
+        self._forgotten = forgotten_key(settings)
         self.files = WrappedKeys(settings.keys_path() / "datakeys")
         self._cache = KeyCache(cache_size, cache_ttl)
         self._mint = self.redis.register_script(_MINT)

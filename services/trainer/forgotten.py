@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from shared.config import LeptonSettings
 from shared.models.registry import Registry
-from shared.state import rkey
+from shared.state import forgotten_key
 
 
 def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: str,
@@ -21,7 +21,7 @@ def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: st
     if not subjects:
         return None
     found = registry.redis.smismember(  # type: ignore[no-untyped-call]
-        rkey(settings, "policy", "forgotten"), list(subjects))
+        forgotten_key(settings), list(subjects))
     hits = sum(1 for hit in found if hit)
     if hits:
         return f"contains_forgotten: trained on rows of {hits} subject(s) forgotten meanwhile"
