@@ -1,28 +1,44 @@
 """Forgotten subjects in the trainer's releases: consumes the forgotten set (`lepton forget`,
-in Redis) and the registry's `contains_forgotten` marks; produces why a release carries a
-forgotten subject's data (it trained on their rows, or it continued a version marked while it
-trained), so the release is refused and marked."""
+in Redis), governance's policy-ready marker and the registry's `contains_forgotten` marks;
+produces why a release must not be served: it carries a forgotten subject's data (it trained on
+their rows, or it continued a version marked while it trained), or Redis lost the forgotten set
+and governance has not restored it, so nobody can tell."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from shared.config import LeptonSettings
 from shared.models.registry import Registry
-from shared.state import forgotten_key
+from shared.state import forgotten_key, policy_ready_key
+
+
+class Refusal(NamedTuple):
+    """A gate reason; `carries` when the release is known to hold forgotten data (marked)."""
+
+    reason: str
+    carries: bool
 
 
 def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: str,
-                         parent_version: int | None, subjects: Sequence[str]) -> str | None:
-    """Why a release carries forgotten subjects' data (a gate reason), None when it does not."""
+                         parent_version: int | None, subjects: Sequence[str]) -> Refusal | None:
+    """Why a release may carry forgotten subjects' data, None when it does not."""
     if parent_version is not None and registry.contains_forgotten(model, parent_version):
-        return (f"contains_forgotten: warm-started from v{parent_version}, which was marked "
-                "while this cycle trained")
+        return Refusal(f"contains_forgotten: warm-started from v{parent_version}, which was "
+                       "marked while this cycle trained", carries=True)
     if not subjects:
         return None
-    found = registry.redis.smismember(  # type: ignore[no-untyped-call]
-        forgotten_key(settings), list(subjects))
+    pipe = registry.redis.pipeline(transaction=False)
+    pipe.exists(policy_ready_key(settings))
+    pipe.smismember(forgotten_key(settings), list(subjects))  # type: ignore[no-untyped-call]
+    ready, found = pipe.execute()
+    if not ready:
+        return Refusal("forgotten_unknown: Redis lost the forgotten set and governance has not "
+                       "restored it yet (it does before its next decision; `lepton state "
+                       "rebuild` does now)", carries=False)
     hits = sum(1 for hit in found if hit)
     if hits:
-        return f"contains_forgotten: trained on rows of {hits} subject(s) forgotten meanwhile"
+        return Refusal(f"contains_forgotten: trained on rows of {hits} subject(s) forgotten "
+                       "meanwhile", carries=True)
     return None

@@ -218,7 +218,8 @@ class Releaser:
             self.registry, self.settings, self.model, parent.card.version if parent else None,
             candidate.subjects), "forgotten subjects check", stop)
         if forgotten is not None:
-            verdict = GateResult(False, [*verdict.reasons, forgotten], verdict.compared_to)
+            verdict = GateResult(False, [*verdict.reasons, forgotten.reason],
+                                 verdict.compared_to)
         lineage = {**candidate.lineage, "topic": self.topics.governed,
                    "group": self.settings.group_id(),
                    "resume_offsets": {str(p): o for p, o in sorted(resume.items())}}
@@ -253,7 +254,7 @@ class Releaser:
             # a save that fails before its rename leaves nothing behind, so it may be retried
             saved = until_redis(lambda: self.registry.save(card, candidate.state, compressed),
                                 "save", stop)
-            if forgotten is not None:
+            if forgotten is not None and forgotten.carries:
                 self.registry.mark(saved.model, saved.version, contains_forgotten=True)
             span.set_attribute("lepton.model.version", saved.version)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.models.registry import Registry
-from shared.state import make_redis, rkey
+from shared.state import forgotten_key, make_redis, policy_ready_key, rkey
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     publish_governed,
@@ -50,4 +50,30 @@ def test_a_forgotten_subject_is_not_carried_on_unmarked(lepton_env: LeptonSettin
     clean = registry.card(MODEL, 3)
     assert (clean.parent_version, clean.status) == (None, "promoted")
     assert registry.flags(MODEL, 3) == {}
+    assert registry.live(MODEL) == 3
+
+
+def test_a_release_is_refused_while_redis_has_lost_the_forgotten_set(
+        lepton_env: LeptonSettings) -> None:
+    settings = trainer_settings()
+    registry = Registry(settings)
+    client = make_redis(settings)
+    publish_governed(lepton_env, governed_breast_cancer())
+    assert run_trainer(settings) == [1]
+
+    # Redis restarted empty after governance released the next rows: the forgotten set and
+    # governance's marker are gone, so a subject forgotten meanwhile cannot be seen
+    publish_governed(lepton_env, governed_breast_cancer(seed=1))
+    client.delete(policy_ready_key(settings), forgotten_key(settings))
+    assert run_trainer(settings) == [2]
+    unknown = registry.card(MODEL, 2)
+    assert unknown.status == "refused"
+    assert unknown.gate["reasons"][-1].startswith("forgotten_unknown: Redis lost the forgotten")
+    assert registry.flags(MODEL, 2) == {}
+    assert registry.live(MODEL) == 1
+
+    # governance restored the set (its next decision, or `lepton state rebuild`)
+    publish_governed(lepton_env, governed_breast_cancer(seed=2))
+    assert run_trainer(settings) == [3]
+    assert registry.card(MODEL, 3).status == "promoted"
     assert registry.live(MODEL) == 3

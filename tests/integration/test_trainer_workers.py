@@ -20,6 +20,7 @@ from shared.lifecycle import parent_death
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model, predict_proba
 from shared.models.registry import ModelCard, Registry
+from shared.state import make_redis, policy_ready_key
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     non_private_env,
@@ -52,6 +53,7 @@ def test_two_gloo_workers_match_one_worker(lepton_env: LeptonSettings, tmp_path:
         one = trainer_settings(trainer_group="single", data_dir=tmp_path / "single",
                                redis_prefix=f"{redis_prefix}single:",
                                governed_mac_key_file=mac_key_path(lepton_env))
+        make_redis(one).set(policy_ready_key(one), b"1")  # governance's, in its own state
         assert run_trainer(one) == [1]
         output, _ = proc.communicate(timeout=90)
     finally:

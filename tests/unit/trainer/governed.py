@@ -20,6 +20,7 @@ from shared.datasets import load_spec
 from shared.events import CONTENT_TYPE_JSON, AuditRef, Envelope, Header, HeaderList, encode
 from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.kafka import make_producer
+from shared.state import make_redis, policy_ready_key
 from shared.topics import Topics
 from shared.tracing import publish_span
 
@@ -42,7 +43,9 @@ def governed_breast_cancer(count: int | None = None, seed: int = 0,
 def publish_governed(settings: LeptonSettings, envelopes: Iterable[Envelope],
                      raw: Iterable[bytes] = (), unauthenticated: Iterable[bytes] = ()) -> int:
     """Send envelopes (and raw junk values) to events.governed with trace headers and
-    governance's MAC, plus `unauthenticated` values without one; returns n."""
+    governance's MAC, plus `unauthenticated` values without one; returns n. Sets the
+    policy-ready marker, as governance does before its first decision."""
+    make_redis(settings).set(policy_ready_key(settings), b"1")
     topic = Topics(settings.topic_prefix).governed
     producer = make_producer(settings)
     mac = GovernedMac.load(settings)
