@@ -274,12 +274,13 @@ def build_app(predictor: Predictor, fleet: Fleet, *, credentials: Credentials,
                 records = records_of(body)
                 results = await predictor.predict_batch(
                     [Scoring("", name, version, r, call) for r in records])
+                answered = []
                 for i, result in enumerate(results):
                     if isinstance(result, InvalidInput):
                         raise InvalidInput(f"records[{i}]: {result}")
                     if isinstance(result, ServingError):  # the model's or server's, not the row's
                         raise result
-                answered = [r for r in results if not isinstance(r, ServingError)]
+                    answered.append(result)
                 predictions = [_prediction(r) for r in answered]
                 if explain_rows:
                     reasons = await asyncio.to_thread(explain_predictions, fleet, records,
