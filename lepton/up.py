@@ -1,26 +1,22 @@
 """`lepton up`: run the whole platform on one machine.
 
 Starts the embedded broker (unless LEPTON_KAFKA_BOOTSTRAP is set), Redis (the configured URL,
-or a private `redis-server`), the five services as separate processes, each waited for until
-it reports ready, and with `--demo` a producer and a demo app (`lepton demo-app`: predictions
-over gRPC, HTTP and Kafka); shows a live dashboard; Ctrl-C stops everything in reverse order,
-leaving no process behind.
+or a private `redis-server` with an append-only file, started again when it exits), the five
+services as separate processes, each waited for until it reports ready, and with `--demo` a
+producer and a demo app (`lepton demo-app`: predictions over gRPC, HTTP and Kafka); shows a
+live dashboard; Ctrl-C stops everything in reverse order, leaving no process behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -28,71 +24,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from lepton.children import Child, Platform, exit_line, newly_exited, restart_redis
 from lepton.dashboard import ProcessRow
-from lepton.logtail import last_error
 from shared.config import LeptonSettings
-from shared.lifecycle import parent_death
 from shared.readiness import ready_path
 
 SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
 BROKER_GONE = ("the embedded broker has stopped, and its topics were in memory: this run cannot "
                "go on, so everything stops (`lepton up` starts a fresh run)")
-
-
-@dataclass
-class Child:
-    """A process `lepton up` started and must stop."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    metrics_port: int | None = None
-
-
-@dataclass
-class Platform:
-    """Everything `lepton up` runs, stopped in reverse order."""
-
-    data_dir: Path
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    children: list[Child] = field(default_factory=list)
-
-    def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None) -> Child:
-        """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`; it gets
-        SIGTERM when this process dies, however it dies."""
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log = logs / f"{name}.log"
-        env = dict(self.env)
-        if metrics_port is not None:
-            env["LEPTON_METRICS_PORT"] = str(metrics_port)
-        with log.open("ab") as handle:
-            # own session: a terminal's Ctrl-C reaches only `lepton up`, which stops children
-            # in order; PR_SET_PDEATHSIG: a SIGKILLed `lepton up` still takes them with it
-            proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=parent_death())
-        child = Child(name, proc, log, metrics_port)
-        self.children.append(child)
-        return child
-
-    def stop(self, timeout: float = 9.0) -> None:
-        """SIGTERM the services (and producer) together, then the broker and Redis they need
-        to finish; whatever is still running after `timeout` loses its whole process group."""
-        infra = {"broker", "redis"}
-        apps = [c for c in self.children if c.name not in infra]
-        for phase in (apps, [c for c in self.children if c.name in infra]):
-            for child in phase:
-                if child.proc.poll() is None:
-                    child.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while any(c.proc.poll() is None for c in phase) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for child in phase:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
 
 
 def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout: float,
@@ -105,27 +45,6 @@ def _wait_for(check: Callable[[], bool], what: str, child: Child | None, timeout
             raise RuntimeError(f"{what} was not ready after {timeout:.0f}s")
         if stop.wait(0.1):
             raise KeyboardInterrupt
-
-
-def exit_line(child: Child, what: str | None = None) -> str:
-    """`<what or name> exited with <code>` (or `was killed by <signal>`), `: <reason from its
-    log>; see <log>`, for an exited child."""
-    code = child.proc.returncode
-    if code < 0:  # a signal gave the process no chance to say why
-        return f"{what or child.name} was killed by {signal.Signals(-code).name}; see {child.log}"
-    reason = last_error(child.log)
-    return (f"{what or child.name} exited with {code}" + (f": {reason}" if reason else "")
-            + f"; see {child.log}")
-
-
-def newly_exited(platform: Platform, reported: set[str]) -> list[str]:
-    """exit_line of each child that exited since the names in `reported` (which it extends)."""
-    lines = []
-    for child in platform.children:
-        if child.name not in reported and child.proc.poll() is not None:
-            reported.add(child.name)
-            lines.append(exit_line(child))
-    return lines
 
 
 def _no_password(url: str) -> str:
@@ -152,8 +71,10 @@ def _redis_up(url: str) -> bool:
         return False
 
 
-def start_platform(settings: LeptonSettings, platform: Platform, stop: threading.Event) -> None:
-    """Start broker and Redis, then the services, each waited for until ready."""
+def start_platform(settings: LeptonSettings, platform: Platform,
+                   stop: threading.Event) -> str | None:
+    """Start broker and Redis, then the services, each waited for until ready; the URL of
+    the private redis-server it started, if it did."""
     if not settings.kafka_bootstrap:
         path = settings.default_bootstrap_file()
         path.unlink(missing_ok=True)
@@ -183,6 +104,7 @@ def start_platform(settings: LeptonSettings, platform: Platform, stop: threading
     for child in started:
         marker = ready_path(settings, child.name)
         _wait_for(marker.exists, child.name, child, READY_TIMEOUT_S, stop)
+    return platform.env["LEPTON_REDIS_URL"] if platform.has("redis") else None
 
 
 def _process_rows(platform: Platform) -> list[ProcessRow]:
@@ -212,6 +134,9 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
                 print(f"lepton up: {line}", flush=True)
             if "broker" in reported:
                 raise RuntimeError(BROKER_GONE)
+            restarted = restart_redis(platform, reported)
+            if restarted is not None:
+                print(f"lepton up: {restarted}", flush=True)
             snap = dashboard.snapshot()
             if not console.is_terminal:
                 print(plain_line(snap), flush=True)
@@ -283,17 +208,23 @@ def up(
 
     settings = load_settings(LeptonSettings)
     stop = stop_event(grace_s=25.0)  # services, then broker and Redis: 9 s each
+    current = None
     if not settings.kafka_bootstrap:
+        current = settings.data_dir / "current.env"
         settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)
     platform.env.update(run_env(settings))
     platform.env.update(serving_tokens(platform.env, settings.data_dir))
     started = time.monotonic()
     try:
-        start_platform(settings, platform, stop)
+        private_redis = start_platform(settings, platform, stop)
+        if private_redis is not None and current is not None:
+            with current.open("a") as handle:  # other shells' commands need it too
+                handle.write(f"LEPTON_REDIS_URL={private_redis}\n")
+        redis_note = f", private redis {private_redis}" if private_redis else ""
         typer.echo(f"lepton up: ready in {time.monotonic() - started:.1f}s "
-                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}, data and logs in "
-                   f"{settings.data_dir}); Ctrl-C stops everything", err=True)
+                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}{redis_note}, data and "
+                   f"logs in {settings.data_dir}); Ctrl-C stops everything", err=True)
         if demo:
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
                                         "--count", str(count), "--rate", str(rate), "--quiet"])

@@ -1,6 +1,7 @@
 """`lepton up` never orphans its children: a closed terminal (SIGHUP), a SIGTERM and a SIGKILL
 of `lepton up` each leave no process of the platform running 15 s later. A service that cannot
-start, or an embedded broker that dies, ends the run with the reason."""
+start, or an embedded broker that dies, ends the run with the reason; a private redis-server
+that dies is started again with what it held."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
+from lepton.children import REDIS_RESTART_MIN_S
 from lepton.up import BROKER_GONE
 from shared.lifecycle import parent_death
 from tests.conftest import REDIS_URL
+from tests.helpers import free_port
 
 SETTLE_S = 15.0
 
@@ -166,4 +170,40 @@ def test_a_dead_embedded_broker_stops_the_run_and_says_why(tmp_path: Path,
         assert f"lepton up: broker was killed by SIGKILL; see {tmp_path / 'data'}" in text
         assert f"error: {BROKER_GONE}" in text
         assert "lepton up: stopped" in text
+        assert not _alive(descendants)
+
+
+def test_a_private_redis_that_dies_is_started_again_with_what_it_held(
+        tmp_path: Path, redis_prefix: str) -> None:
+    env = _up_env(tmp_path, redis_prefix)
+    env["LEPTON_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # down: a private one starts
+    log = tmp_path / "up.log"
+    with _lepton_up(env, log) as (proc, descendants):
+        children = psutil.Process(proc.pid).children(recursive=True)
+        descendants.update(p.pid for p in children)
+        (server,) = [p for p in children if p.name() == "redis-server"]
+        current = dict(line.split("=", 1) for line in
+                       (tmp_path / "data" / "current.env").read_text().splitlines())
+        url = current["LEPTON_REDIS_URL"]
+        assert f"private redis {url}" in log.read_text()
+        client = redis.Redis.from_url(url)
+        assert list(client.scan_iter(match=f"{current['LEPTON_REDIS_PREFIX']}*"))  # the run's
+        client.set(f"{redis_prefix}kept", b"before the kill")
+        time.sleep(max(0.0, server.create_time() + REDIS_RESTART_MIN_S + 1 - time.time()))
+        server.kill()
+
+        deadline = time.monotonic() + 30
+        while b"redis-server started again" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        descendants.update(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
+        assert client.get(f"{redis_prefix}kept") == b"before the kill"
+        time.sleep(6)  # one more dashboard round: every service still running
+        assert proc.poll() is None, log.read_text()[-4000:]
+        text = log.read_text()
+        assert "lepton up: redis was killed by SIGKILL; see " in text
+        assert " exited with " not in text, text[-4000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-4000:]
         assert not _alive(descendants)

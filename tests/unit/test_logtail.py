@@ -9,8 +9,9 @@ from pathlib import Path
 
 import orjson
 
+from lepton.children import Platform, newly_exited
 from lepton.logtail import last_error
-from lepton.up import Platform, _no_password, newly_exited
+from lepton.up import _no_password
 
 
 def test_the_last_error_records_exception_is_the_reason(tmp_path: Path) -> None:

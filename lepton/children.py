@@ -1,0 +1,121 @@
+"""The processes `lepton up` starts: each in its own session with its log under
+`<data_dir>/logs`, stopped in order; what to say when one exits, and restarting a private
+redis-server that did."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lepton.logtail import last_error
+from shared.lifecycle import parent_death
+
+REDIS_RESTART_MIN_S = 10.0
+
+
+@dataclass
+class Child:
+    """A process `lepton up` started and must stop."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    args: list[str]
+    metrics_port: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Platform:
+    """Everything `lepton up` runs, stopped in reverse order."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None) -> Child:
+        """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`; it gets
+        SIGTERM when this process dies, however it dies."""
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}.log"
+        env = dict(self.env)
+        if metrics_port is not None:
+            env["LEPTON_METRICS_PORT"] = str(metrics_port)
+        with log.open("ab") as handle:
+            # own session: a terminal's Ctrl-C reaches only `lepton up`, which stops children
+            # in order; PR_SET_PDEATHSIG: a SIGKILLed `lepton up` still takes them with it
+            proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=parent_death())
+        child = Child(name, proc, log, args, metrics_port)
+        self.children.append(child)
+        return child
+
+    def has(self, name: str) -> bool:
+        """Whether a child of this name was started."""
+        return any(c.name == name for c in self.children)
+
+    def respawn(self, child: Child) -> Child:
+        """Start an exited child again with the same command, in its place."""
+        self.children.remove(child)
+        return self.spawn(child.name, child.args, metrics_port=child.metrics_port)
+
+    def stop(self, timeout: float = 9.0) -> None:
+        """SIGTERM the services (and producer) together, then the broker and Redis they need
+        to finish; whatever is still running after `timeout` loses its whole process group."""
+        infra = {"broker", "redis"}
+        apps = [c for c in self.children if c.name not in infra]
+        for phase in (apps, [c for c in self.children if c.name in infra]):
+            for child in phase:
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while any(c.proc.poll() is None for c in phase) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for child in phase:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+
+
+def exit_line(child: Child, what: str | None = None) -> str:
+    """`<what or name> exited with <code>` (or `was killed by <signal>`), `: <reason from its
+    log>; see <log>`, for an exited child."""
+    code = child.proc.returncode
+    if code < 0:  # a signal gave the process no chance to say why
+        return f"{what or child.name} was killed by {signal.Signals(-code).name}; see {child.log}"
+    reason = last_error(child.log)
+    return (f"{what or child.name} exited with {code}" + (f": {reason}" if reason else "")
+            + f"; see {child.log}")
+
+
+def newly_exited(platform: Platform, reported: set[str]) -> list[str]:
+    """exit_line of each child that exited since the names in `reported` (which it extends)."""
+    lines = []
+    for child in platform.children:
+        if child.name not in reported and child.proc.poll() is not None:
+            reported.add(child.name)
+            lines.append(exit_line(child))
+    return lines
+
+
+def restart_redis(platform: Platform, reported: set[str]) -> str | None:
+    """Start a private redis-server that exited again, on its port and append-only file; a
+    line saying so, or None when it is running (or not ours). One that exits within
+    REDIS_RESTART_MIN_S of its start is not restarted: RuntimeError with its reason."""
+    child = next((c for c in platform.children if c.name == "redis"), None)
+    if child is None or child.proc.poll() is None:
+        return None
+    if time.monotonic() - child.started < REDIS_RESTART_MIN_S:
+        raise RuntimeError(f"{exit_line(child, 'redis-server')} (within "
+                           f"{REDIS_RESTART_MIN_S:.0f}s of its start, so not restarted again)")
+    platform.respawn(child)
+    reported.discard("redis")
+    return ("redis-server started again on the same port; its append-only file gives back what "
+            "it held, and the services reconnect")
