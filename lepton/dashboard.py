@@ -144,7 +144,9 @@ class Dashboard:
     def snapshot(self) -> Snapshot:
         """Read every figure once (each source failing alone leaves its part empty)."""
         now = time.monotonic()
-        records: dict[str, int] = {}
+        # the services' counters before the topics they read from: a stage is never shown
+        # ahead of its input (reading the topics takes up to a second)
+        records = self._counted()
         try:
             for label, topic in WATERMARKED:
                 records[label] = sum(self._high(self.topics.name(topic)).values())
@@ -152,7 +154,6 @@ class Dashboard:
             last_trace = self._last_trace(governed, self._high(governed))
         except KafkaException as error:  # the services wait for their broker; so does this
             last_trace = f"(broker unreachable: {error_text(error)})"
-        records.update(self._counted())
         rates: dict[str, float] = {}
         if self.previous is not None and now > self.previous.at:
             span = now - self.previous.at
