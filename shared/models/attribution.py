@@ -22,8 +22,9 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from shared.models.features import FeatureTransform
 
-BASELINE = ("all-zero standardised feature vector: numeric fields at their training mean, "
-            "no category, no hash bucket, booleans false")
+BASELINE = ("all-zero standardised feature vector: numeric fields at the transform's centre "
+            "(the spec's imputation value, else the middle of the public bounds; never a "
+            "statistic of the data), no category, no hash bucket, booleans false")
 TOLERANCE = 1e-5
 STEPS = (64, 256, 1024)
 Matrix = npt.NDArray[np.float64]
