@@ -12,7 +12,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from shared.config import (
     LeptonSettings,
     load_settings,
 )
+
+if TYPE_CHECKING:
+    from lepton.produce import Outgoing
 
 app = typer.Typer(
     name="lepton",
@@ -130,8 +133,16 @@ def demo_app_command(
 
 @app.command()
 def produce(
-    dataset: Annotated[str, typer.Option(help="transactions or breast_cancer")] = "transactions",
-    count: Annotated[int, typer.Option(min=1, help="How many events.")] = 1000,
+    dataset: Annotated[str, typer.Option(
+        help="transactions or breast_cancer (with --file: any spec, for bare payloads)")]
+    = "transactions",
+    count: Annotated[int | None, typer.Option(
+        min=1, help="How many events (default: 1000 generated; with --file, every line).")]
+    = None,
+    file: Annotated[str | None, typer.Option(
+        "--file", help="Send your own records instead: a JSON-lines file (envelopes, or bare "
+                       "payloads of --dataset), or - for stdin. Every line is checked first; "
+                       "a bad one sends nothing (exit 2).")] = None,
     rate: Annotated[float | None, typer.Option(min=0.1, help="Events a second (default: max).")]
     = None,
     seed: Annotated[int | None, typer.Option(
@@ -146,11 +157,16 @@ def produce(
     Exit codes: 0 ok, 1 events failed, 2 bad input, 69 broker unreachable (events not
     delivered), 78 configuration error."""
     from lepton.generators import GENERATORS, generate
-    from lepton.produce import publish
+    from lepton.produce import publish, publish_records
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
-    if dataset not in GENERATORS:
+    records: list[Outgoing] | None = None
+    if file is not None:
+        if seed is not None:
+            raise fail("--seed applies to generated events, not to --file", 2)
+        records = _records_file(file, dataset, count)
+    elif dataset not in GENERATORS:
         raise fail(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(GENERATORS))}",
                    2)
     common = settings()
@@ -162,16 +178,43 @@ def produce(
         seed = secrets.randbelow(2**31)
     setup_telemetry("lepton-produce")
     try:
-        report = publish(common, generate(dataset, count, seed), total=count, rate=rate,
-                         show_progress=not quiet, stop=stop_event(), timeout=timeout)
+        if records is not None:
+            report = publish_records(common, records, total=len(records), rate=rate,
+                                     show_progress=not quiet, stop=stop_event(),
+                                     timeout=timeout)
+        else:
+            report = publish(common, generate(dataset, count or 1000, seed),
+                             total=count or 1000, rate=rate, show_progress=not quiet,
+                             stop=stop_event(), timeout=timeout)
     finally:
         shutdown_telemetry()
     replay = (f" (seed {seed}: --seed {seed} sends these events again, which ingest drops as "
-              "duplicates)") if report.delivered else ""
+              "duplicates)") if report.delivered and records is None else ""
     typer.echo(f"delivered {report.delivered} of {report.sent} events{replay}", err=True)
     if report.failed:
         raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}",
                    EXIT_UNAVAILABLE if report.undelivered else 1)
+
+
+def _records_file(file: str, dataset: str, count: int | None) -> list[Outgoing]:
+    """The records of `--file` (exit 2 naming the bad lines, or an unreadable file)."""
+    from lepton.records_file import RecordsFileError, read_records
+    from services.ingest.config import IngestSettings
+    from shared.datasets import UnknownDataset, load_spec
+
+    try:
+        spec = load_spec(dataset, load_settings(IngestSettings).ingest_specs_dir)
+    except UnknownDataset:
+        raise fail(f"unknown dataset {dataset!r} (no spec of that name)", 2) from None
+    try:
+        if file == "-":
+            return read_records(sys.stdin.buffer, spec, count)
+        with open(file, "rb") as handle:
+            return read_records(handle, spec, count)
+    except OSError as error:
+        raise fail(f"cannot read {file}: {error.strerror}", 2) from None
+    except RecordsFileError as error:
+        raise fail(f"{file}: {error}", 2) from None
 
 
 def _register_services() -> None:

@@ -1,4 +1,5 @@
-"""`lepton produce`: publish dataset events to `events.raw` with trace context and progress."""
+"""`lepton produce`: publish dataset events (generated, or a producer's own records) to
+`events.raw`, keyed by subject, with trace context and progress."""
 
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ from shared.topics import Topics
 from shared.tracing import get_tracer, publish_span
 
 _tracer = get_tracer("lepton.produce")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record for events.raw: its key (the raw subject id) and value (an envelope)."""
+
+    key: str
+    value: bytes
+    dataset: str
+    event_id: str | None = None
 
 
 @dataclass
@@ -51,6 +62,23 @@ def publish(
 ) -> ProduceReport:
     """Publish envelopes (one publish span each), at most `rate` a second; wait up to `timeout`
     seconds for their delivery."""
+    return publish_records(
+        settings, (Outgoing(e.subject_id, encode(e), e.dataset, e.event_id) for e in events),
+        total=total, rate=rate, show_progress=show_progress, stop=stop, timeout=timeout)
+
+
+def publish_records(
+    settings: LeptonSettings,
+    records: Iterable[Outgoing],
+    *,
+    total: int,
+    rate: float | None = None,
+    show_progress: bool = True,
+    stop: threading.Event | None = None,
+    timeout: float = 30.0,
+) -> ProduceReport:
+    """Publish records (one publish span each), at most `rate` a second; wait up to `timeout`
+    seconds for their delivery."""
     topic = Topics(settings.topic_prefix).raw
     producer = make_producer(settings)
     report = ProduceReport()
@@ -59,14 +87,15 @@ def publish(
                MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(topic, total=total)
-        for event in events:
+        for record in records:
             if stop is not None and stop.is_set():
                 break
             headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
-            with publish_span(_tracer, topic, headers, key=event.subject_id,
-                              attributes={"lepton.dataset": event.dataset,
-                                          "lepton.event_id": event.event_id}):
-                _produce(producer, topic, event, headers, report)
+            attributes = {"lepton.dataset": record.dataset}
+            if record.event_id is not None:
+                attributes["lepton.event_id"] = record.event_id
+            with publish_span(_tracer, topic, headers, key=record.key, attributes=attributes):
+                _produce(producer, topic, record, headers, report)
             report.sent += 1
             if report.sent % 500 == 0:
                 progress.update(task, completed=report.sent)
@@ -83,11 +112,11 @@ def publish(
     return report
 
 
-def _produce(producer: Producer, topic: str, event: Envelope, headers: HeaderList,
+def _produce(producer: Producer, topic: str, record: Outgoing, headers: HeaderList,
              report: ProduceReport) -> None:
     while True:
         try:
-            producer.produce(topic, key=event.subject_id.encode(), value=encode(event),
+            producer.produce(topic, key=record.key.encode(), value=record.value,
                              headers=headers, on_delivery=report.on_delivery)
             break
         except BufferError:
