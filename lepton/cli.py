@@ -26,6 +26,8 @@ from shared.config import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from lepton.produce import Outgoing
 
 app = typer.Typer(
@@ -161,7 +163,7 @@ def produce(
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
-    records: list[Outgoing] | None = None
+    records: tuple[Iterator[Outgoing], int] | None = None
     if file is not None:
         if seed is not None:
             raise fail("--seed applies to generated events, not to --file", 2)
@@ -179,7 +181,7 @@ def produce(
     setup_telemetry("lepton-produce")
     try:
         if records is not None:
-            report = publish_records(common, records, total=len(records), rate=rate,
+            report = publish_records(common, records[0], total=records[1], rate=rate,
                                      show_progress=not quiet, stop=stop_event(),
                                      timeout=timeout)
         else:
@@ -196,9 +198,11 @@ def produce(
                    EXIT_UNAVAILABLE if report.undelivered else 1)
 
 
-def _records_file(file: str, dataset: str, count: int | None) -> list[Outgoing]:
-    """The records of `--file` (exit 2 naming the bad lines, or an unreadable file)."""
-    from lepton.records_file import RecordsFileError, read_records
+def _records_file(file: str, dataset: str, count: int | None
+                  ) -> tuple[Iterator[Outgoing], int]:
+    """The records of `--file` and how many, all checked (exit 2 naming the bad lines, or an
+    unreadable file)."""
+    from lepton.records_file import RecordsFileError, check_records, read_records
     from services.ingest.config import IngestSettings
     from shared.datasets import UnknownDataset, load_spec
 
@@ -206,15 +210,22 @@ def _records_file(file: str, dataset: str, count: int | None) -> list[Outgoing]:
         spec = load_spec(dataset, load_settings(IngestSettings).ingest_specs_dir)
     except UnknownDataset:
         raise fail(f"unknown dataset {dataset!r} (no spec of that name)", 2) from None
+    if file == "-":
+        held = sys.stdin.buffer.read().splitlines()
+
+        def lines() -> Iterator[bytes]:
+            return iter(held)
+    else:
+        def lines() -> Iterator[bytes]:
+            with open(file, "rb") as handle:
+                yield from handle
     try:
-        if file == "-":
-            return read_records(sys.stdin.buffer, spec, count)
-        with open(file, "rb") as handle:
-            return read_records(handle, spec, count)
+        total = check_records(lines(), spec, count)
     except OSError as error:
         raise fail(f"cannot read {file}: {error.strerror}", 2) from None
     except RecordsFileError as error:
-        raise fail(f"{file}: {error}", 2) from None
+        raise fail(f"{file}: {error}; nothing was sent", 2) from None
+    return read_records(lines(), spec, count), total
 
 
 def _register_services() -> None:

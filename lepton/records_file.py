@@ -1,17 +1,18 @@
 """`lepton produce --file`: a producer's own records, one JSON object a line, all checked before
 anything is sent.
 
-Consumes a JSON-lines file (or stdin). Produces `Outgoing` records for events.raw: an envelope
-(a line with a `payload` object) as written, with `dataset` filled in from `--dataset` where it
-is missing; a bare payload wrapped in an envelope, its subject and event id taken from the
-spec's subject and id fields (the event id makes a resend a duplicate that ingest drops). Only
-what routing needs is checked here (an object, a subject to key by); validating the fields is
-ingest's job, and its dead letters say why. Error messages name lines, never their contents.
+Consumes a JSON-lines file (or stdin), read twice: checked, then sent. Produces `Outgoing`
+records for events.raw: an envelope (a line with a `payload` object) as written, with `dataset`
+filled in from `--dataset` where it is missing; a bare payload wrapped in an envelope, its
+subject and event id taken from the spec's subject and id fields (the event id makes a resend
+a duplicate that ingest drops). Only what routing needs is checked here (an object, a subject
+to key by); validating the fields is ingest's job, and its dead letters say why. Error
+messages name lines, never their contents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import orjson
 
@@ -23,40 +24,58 @@ SHOWN = 5  # bad lines named in the error
 
 
 class RecordsFileError(ValueError):
-    """Lines of the file that cannot be sent; nothing was."""
+    """Lines of the file that cannot be sent."""
 
     def __init__(self, problems: list[str], bad: int) -> None:
         more = f" (and {bad - len(problems)} more)" if bad > len(problems) else ""
-        super().__init__(f"{bad} line(s) cannot be sent, so nothing was: "
+        super().__init__(f"{bad} line(s) cannot be sent: "
                          + "; ".join(problems) + more)
 
 
-def read_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None = None
-                 ) -> list[Outgoing]:
-    """The file's records (the first `limit`), bare payloads taken as `spec`'s; or
+def check_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None = None) -> int:
+    """How many records the first `limit` lines hold (bare payloads taken as `spec`'s); or
     RecordsFileError naming the bad lines."""
-    subjects, ids = spec.by_role(Role.SUBJECT), spec.by_role(Role.ID)
-    fields = (subjects[0].name if subjects else None, ids[0].name if ids else None)
-    records: list[Outgoing] = []
     problems: list[str] = []
-    bad = 0
-    for number, line in enumerate(lines, 1):
-        if limit is not None and len(records) + bad >= limit:
-            break
-        if not line.strip():
-            continue
-        try:
-            records.append(_record(line, spec.name, *fields))
-        except orjson.JSONDecodeError as error:  # its message holds no input, only a position
+    good = bad = 0
+    for number, found in _scan(lines, spec, limit):
+        if isinstance(found, Outgoing):
+            good += 1
+        else:
             bad += 1
-            problems.append(f"line {number}: not JSON ({error.msg} at column {error.colno})")
-        except ValueError as error:
-            bad += 1
-            problems.append(f"line {number}: {error}")
-        del problems[SHOWN:]  # keep the first few
+            if len(problems) < SHOWN:
+                problems.append(f"line {number}: {found}")
     if bad:
         raise RecordsFileError(problems, bad)
-    return records
+    return good
+
+
+def read_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None = None
+                 ) -> Iterator[Outgoing]:
+    """The records of lines `check_records` passed (RecordsFileError if one no longer does)."""
+    for number, found in _scan(lines, spec, limit):
+        if not isinstance(found, Outgoing):
+            raise RecordsFileError([f"line {number}: {found}"], 1)
+        yield found
+
+
+def _scan(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None
+          ) -> Iterator[tuple[int, Outgoing | str]]:
+    """(line number, its record or what is wrong with it) for each non-blank line."""
+    subjects, ids = spec.by_role(Role.SUBJECT), spec.by_role(Role.ID)
+    fields = (subjects[0].name if subjects else None, ids[0].name if ids else None)
+    seen = 0
+    for number, line in enumerate(lines, 1):
+        if limit is not None and seen >= limit:
+            return
+        if not line.strip():
+            continue
+        seen += 1
+        try:
+            yield number, _record(line, spec.name, *fields)
+        except orjson.JSONDecodeError as error:  # its message holds no input, only a position
+            yield number, f"not JSON ({error.msg} at column {error.colno})"
+        except ValueError as error:
+            yield number, str(error)
 
 
 def _record(line: bytes, dataset: str, subject_field: str | None, id_field: str | None

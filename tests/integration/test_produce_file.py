@@ -78,9 +78,10 @@ def test_a_bad_line_sends_nothing_and_is_named(lepton_env: LeptonSettings,
     result = lepton("produce", "--file", str(records), check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        f"error: {records}: 3 line(s) cannot be sent, so nothing was: line 3: no subject: "
+        f"error: {records}: 3 line(s) cannot be sent: line 3: no subject: "
         "field 'customer_id' is missing or not a string (dataset transactions); line 4: not "
-        f"JSON (unexpected end of data at column {len(broken) + 1}); line 5: not a JSON object")
+        f"JSON (unexpected end of data at column {len(broken) + 1}); line 5: not a JSON object; "
+        "nothing was sent")
     assert secret not in result.stderr
     assert read_topic(lepton_env, Topics(lepton_env.topic_prefix).raw, expect=0,
                       timeout=5) == []
