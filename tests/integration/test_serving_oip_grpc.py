@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 from services.serving.client import auth_metadata, predict_request
 from services.serving.gen import serving_pb2 as pb
 from shared.config import LeptonSettings
+from shared.models.attribution import BASELINE
 from shared.models.registry import Registry
 from tests.unit.serving.support import (
     MODEL,
@@ -158,7 +159,7 @@ def test_explain_parameter_adds_attributions_that_add_up(served: Any) -> None:
         response = result.get_response(as_json=True)
         params = response["parameters"]
         assert params["explain_method"]["string_param"] == "integrated-gradients"
-        assert "mean" in params["explain_baseline"]["string_param"]
+        assert params["explain_baseline"]["string_param"] == BASELINE
         assert response["model_version"] == str(old.version if version else live.version)
         features = params["explain_features"]["string_param"].split(",")
         attributions = result.as_numpy("attributions")

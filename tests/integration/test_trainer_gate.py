@@ -15,6 +15,7 @@ import orjson
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.events import ModelAnnouncement, decode
+from shared.models.attribution import BASELINE
 from shared.models.registry import Registry
 from shared.topics import Topics
 from tests.helpers import read_topic
@@ -54,7 +55,7 @@ def test_gate_refuses_a_worse_model(lepton_env: LeptonSettings) -> None:
     assert bad.status == "refused"
     importance = good.training["feature_importance"]
     assert importance["method"] in ("exact-linear", "integrated-gradients")
-    assert "mean" in importance["baseline"] and importance["rows"] > 0
+    assert importance["baseline"] == BASELINE and importance["rows"] > 0
     fields = {c["name"] for c in good.feature_transform["columns"]}
     assert set(importance["mean_abs_attribution"]) == fields
     assert max(importance["mean_abs_attribution"].values()) > 0
