@@ -78,8 +78,9 @@ def response_dict(response: Any) -> dict[str, Any]:
            "route": ROUTES.get(response.route, "unspecified")}
     if response.HasField("explanation"):
         e = response.explanation
-        out["explanation"] = {"method": e.method, "baseline": e.baseline, "logit": e.logit,
-                              "baseline_logit": e.baseline_logit, "version": e.version,
+        out["explanation"] = {"model": response.model, "version": e.version,
+                              "method": e.method, "baseline": e.baseline, "logit": e.logit,
+                              "baseline_logit": e.baseline_logit,
                               "attributions": dict(e.attributions)}
     return out
 

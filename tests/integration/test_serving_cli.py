@@ -104,6 +104,9 @@ def test_lepton_serving_and_predict(lepton_env: LeptonSettings, tmp_path: Path) 
         explained = lepton("predict", json.dumps(rec), "--explain", env=env)
         reason = json.loads(explained.stdout)["explanation"]
         assert reason["version"] == card.version and reason["method"] == "integrated-gradients"
+        assert list(reason) == ["model", "version", "method", "baseline", "logit",
+                                "baseline_logit", "attributions"]  # as over HTTP
+        assert reason["model"] == MODEL
         assert abs(sum(reason["attributions"].values())
                    - (reason["logit"] - reason["baseline_logit"])) <= 1e-4
         assert "top reasons" in explained.stderr
