@@ -20,7 +20,7 @@ privacy_app = typer.Typer(help="The privacy-budget ledger.", no_args_is_help=Tru
 
 
 def governance() -> None:
-    """Run the governance service (consent, DP, budget ledger, audit log) until stopped."""
+    """Run governance (consent, forgetting, contribution bounds, ledger, audit) until stopped."""
     from services.governance.__main__ import main
 
     main()
