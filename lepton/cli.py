@@ -123,13 +123,19 @@ def demo_app_command(
     = 2.0,
     count: Annotated[int | None, typer.Option(min=1, help="Stop after this many calls.")]
     = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Score the events of the `lepton produce --seed S` stream (with its --count as "
+             "--stream-count), so their labels join in the monitor (default: a new seed).")]
+    = None,
+    stream_count: Annotated[int, typer.Option(
+        min=1, help="The producer's --count, which shapes its stream.")] = 100_000,
 ) -> None:
     """Play a downstream app: predictions over gRPC, HTTP (OIP v2) and Kafka, in turn."""
     from lepton.demo_app import demo_app
     from shared.signals import stop_event
 
     report = demo_app(dataset=dataset, model=model or dataset, rate=rate, stop=stop_event(),
-                      count=count)
+                      count=count, seed=seed, stream_count=stream_count)
     typer.echo(f"demo-app: sent {dict(report.sent)}, failed {dict(report.failed)}", err=True)
 
 

@@ -1,20 +1,25 @@
 """`lepton demo-app`: play a downstream app at a low rate, rotating between the three ways in:
 gRPC (`lepton.serving.v1` Predict), HTTP (OIP v2 infer) and Kafka (`predictions.requests`).
-Records come from the dataset's generator with the label removed. Until serving has a model
-the calls fail; they are counted and retried, so the demo can start with everything else."""
+Records are a `lepton produce` stream's events (its dataset, count and seed) with the label
+removed, each carrying its id: given the producer's seed, the app scores the events the
+producer sends, so their labels reach the monitor's live-quality join. Until serving has a
+model the calls fail; they are counted and retried, so the demo can start with everything
+else."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from lepton.generators import generate
 from shared.datasets import Role, load_spec
-from shared.events import CONTENT_TYPE_JSON, Header, Scalar, encode
+from shared.events import CONTENT_TYPE_JSON, Envelope, Header, Scalar, encode
 from shared.models.predictions import PredictRequest
 from shared.topics import Topics
 
@@ -40,7 +45,8 @@ class DemoApp:
     """One client per route, taking turns at `rate` calls a second."""
 
     def __init__(self, settings: Any, *, dataset: str, model: str, rate: float,
-                 http_url: str, token: str | None) -> None:
+                 http_url: str, token: str | None, seed: int | None = None,
+                 stream_count: int = 100_000) -> None:
         import httpx
 
         from services.serving.client import ServingClient
@@ -48,8 +54,13 @@ class DemoApp:
         self.settings = settings
         self.model = model
         self.rate = rate
-        self.label = next(f.name for f in load_spec(dataset).fields if f.role is Role.LABEL)
+        spec = load_spec(dataset)
+        self.label = next(f.name for f in spec.fields if f.role is Role.LABEL)
+        self.id_field = next((f.name for f in spec.fields if f.role is Role.ID), None)
         self.dataset = dataset
+        self.seed = secrets.randbelow(2**31) if seed is None else seed
+        self.stream_count = stream_count
+        self._stream: Iterator[Envelope] = iter(())
         self.grpc = ServingClient(settings.serving_addr, token=token, timeout=5.0)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=http_url, headers=headers, timeout=5.0)
@@ -57,8 +68,12 @@ class DemoApp:
         self.inputs: list[dict[str, Any]] | None = None
         self.report = DemoReport()
 
-    def _record(self, i: int) -> dict[str, Scalar]:
-        [event] = generate(self.dataset, 1, 1000 + i)
+    def _record(self) -> dict[str, Scalar]:
+        """The stream's next event without its label (from the start again after the last)."""
+        event = next(self._stream, None)
+        if event is None:
+            self._stream = generate(self.dataset, self.stream_count, self.seed)
+            event = next(self._stream)
         return {k: v for k, v in event.payload.items() if k != self.label}
 
     def _http(self, record: dict[str, Scalar]) -> None:
@@ -66,8 +81,10 @@ class DemoApp:
             meta = self.http.get(f"/v2/models/{self.model}")
             meta.raise_for_status()
             self.inputs = meta.json()["inputs"]
-        reply = self.http.post(f"/v2/models/{self.model}/infer",
-                               json=_v2_body(record, self.inputs))
+        body = _v2_body(record, self.inputs)
+        if self.id_field is not None and record.get(self.id_field) is not None:
+            body["id"] = str(record[self.id_field])  # v2 tensors carry model inputs only
+        reply = self.http.post(f"/v2/models/{self.model}/infer", json=body)
         reply.raise_for_status()
 
     def run(self, stop: threading.Event, count: int | None = None) -> DemoReport:
@@ -79,7 +96,7 @@ class DemoApp:
         try:
             while not stop.is_set() and (count is None or i < count):
                 route = ROUTES[i % len(ROUTES)]
-                record = self._record(i)
+                record = self._record()
                 try:
                     if route == "grpc":
                         self.grpc.predict([record], model=self.model, request_id=f"demo-{i}")
@@ -106,7 +123,8 @@ class DemoApp:
 
 
 def demo_app(*, dataset: str, model: str, rate: float, stop: threading.Event,
-             count: int | None = None) -> DemoReport:
+             count: int | None = None, seed: int | None = None,
+             stream_count: int = 100_000) -> DemoReport:
     """Run the demo app with the serving addresses and token from the environment."""
     from services.serving.client import target
     from services.serving.config import ServingSettings
@@ -114,5 +132,5 @@ def demo_app(*, dataset: str, model: str, rate: float, stop: threading.Event,
     serving = ServingSettings()
     http = f"http://{target(serving.serving_http_addr)}" if serving.serving_http_addr else ""
     app = DemoApp(serving, dataset=dataset, model=model, rate=rate, http_url=http,
-                  token=serving.predict_token())
+                  token=serving.predict_token(), seed=seed, stream_count=stream_count)
     return app.run(stop, count)

@@ -31,6 +31,9 @@ from shared.readiness import ready_path
 
 SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
+DEMO_APP_RATE = 10.0
+# a demo version lives one trainer cycle (≈ 30 s, ≈ 300 demo predictions): windows that fill
+DEMO_MONITOR = {"LEPTON_MONITOR_WINDOW": "200", "LEPTON_MONITOR_STEP": "100"}
 BROKER_GONE = ("the embedded broker has stopped, and its topics were in memory: this run cannot "
                "go on, so everything stops (`lepton up` starts a fresh run)")
 
@@ -215,6 +218,9 @@ def up(
     platform = Platform(data_dir=settings.data_dir)
     platform.env.update(run_env(settings))
     platform.env.update(serving_tokens(platform.env, settings.data_dir))
+    if demo:
+        for name, value in DEMO_MONITOR.items():
+            platform.env.setdefault(name, value)
     started = time.monotonic()
     try:
         private_redis = start_platform(settings, platform, stop)
@@ -226,10 +232,13 @@ def up(
                    f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}{redis_note}, data and "
                    f"logs in {settings.data_dir}); Ctrl-C stops everything", err=True)
         if demo:
-            platform.spawn("producer", [sys.executable, "-m", "lepton", "produce",
-                                        "--count", str(count), "--rate", str(rate), "--quiet"])
-            platform.spawn("demo-app", [sys.executable, "-m", "lepton", "demo-app",
-                                        "--rate", "2"])
+            seed = str(secrets.randbelow(2**31))  # the app scores the producer's events
+            platform.spawn("producer", [sys.executable, "-m", "lepton", "produce", "--count",
+                                        str(count), "--rate", str(rate), "--seed", seed,
+                                        "--quiet"])
+            platform.spawn("demo-app", [sys.executable, "-m", "lepton", "demo-app", "--rate",
+                                        str(DEMO_APP_RATE), "--seed", seed, "--stream-count",
+                                        str(count)])
         _watch(settings, platform, stop, started)
     except RuntimeError as error:
         typer.echo(f"error: {error}", err=True)
