@@ -8,7 +8,8 @@ predictions, training samples, monitored records; per key where a service splits
 serving per model version), busy seconds (time spent processing them), the same two for the
 batches that were full (`saturated_*`: what one replica does under load, where small batches
 of a light load only bound it from below, each paying a whole transaction), the consumer group,
-its input topics and batch size, and the carbon intensity in force.
+its input topics and batch size (and whether its lag measures a backlog), and the carbon
+intensity in force.
 Records of stopped processes stay: the energy they used still counts. Also exports
 `lepton.<service>.energy.joules` and `lepton.<service>.energy.joules_per_<unit>`.
 
@@ -60,11 +61,13 @@ def count_work(units: int, seconds: float = 0.0, key: str = "") -> None:
 
 
 def note_consumer(group: str, topics: Iterable[str], positions_topic: str | None = None,
-                  batch_size: int | None = None) -> None:
-    """Name the consumer group, input topics and batch size this process works with."""
+                  batch_size: int | None = None, *, lag_scaled: bool = True) -> None:
+    """Name the consumer group, input topics and batch size this process works with;
+    `lag_scaled=False` for one whose commits do not measure a backlog (the trainer's)."""
     if _current is not None:
         _current.consumer = {"group": group, "topics": sorted(topics),
-                             "positions_topic": positions_topic, "batch_size": batch_size}
+                             "positions_topic": positions_topic, "batch_size": batch_size,
+                             "lag_scaled": lag_scaled}
 
 
 class ServiceRecord:

@@ -48,6 +48,7 @@ class Consumes:
     replicas: int
     capacity: float | None  # units of work per busy second, per replica, under load
     floor: float | None = None  # a lower bound of capacity when it is not measured
+    lag_scaled: bool = True  # False: its commits do not measure a backlog (the trainer)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def consumers(client: redis.Redis[bytes], settings: LeptonSettings) -> list[Cons
         else:  # work not done in batches: every unit is measured alike
             capacity, floor = overall, None
         found.append(Consumes(service, consumer["group"], list(consumer["topics"]),
-                              consumer.get("positions_topic"), len(alive), capacity, floor))
+                              consumer.get("positions_topic"), len(alive), capacity, floor,
+                              lag_scaled=bool(consumer.get("lag_scaled", True))))
     return found
 
 
@@ -122,7 +124,12 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
         bounded = capacity is not None
     else:
         keeping_up = False  # a measured capacity, or none at all: the formula below decides
-    if needed <= 0:
+    if not consumes.lag_scaled:
+        recommended = max(min_replicas, consumes.replicas)
+        reason = ("not scaled by lag: it commits once per release, so its lag holds the cycle "
+                  "in progress; its workers are a training world size (`--workers`), set by "
+                  "cycle time, not replicas a lag trigger may add")
+    elif needed <= 0:
         recommended, reason = min_replicas, "no backlog and no new records"
     elif capacity is None:
         recommended = max(min_replicas, consumes.replicas)

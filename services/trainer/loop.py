@@ -123,7 +123,8 @@ class TrainerLoop:
         self.positions = {p: start[p] for p in mine if p in start}
         self.consumer.assign([TopicPartition(self.topic, p, start.get(p, OFFSET_BEGINNING))
                               for p in mine])
-        note_consumer(self.settings.group_id(), [self.topic])
+        # it commits once per release: its lag holds the cycle in progress, not a backlog
+        note_consumer(self.settings.group_id(), [self.topic], lag_scaled=False)
         log.info("rank %d consumes %s partitions %s from %s", self.comm.rank, self.topic, mine,
                  {p: start.get(p, "beginning") for p in mine})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from shared.kafka import ensure_topics
 from shared.positions import InputPositions
 from shared.service_record import ServiceRecord, count_work, note_consumer
 from shared.state import make_redis
+from tests.helpers import lepton
 
 
 def _record(settings: LeptonSettings, group: str, topic: str, per_s: float) -> None:
@@ -177,3 +179,32 @@ def test_a_checkpoint_deep_in_the_positions_topic_is_found_or_reported_unread(
     hasty.close()
     sample = sample_group(settings, group, [empty], positions_topic)
     assert (sample.unread, sample.lag) == ((), dict.fromkeys([(empty, p) for p in range(4)], 0))
+
+
+def test_the_trainer_is_advised_but_never_given_a_lag_trigger(lepton_env: LeptonSettings,
+                                                              tmp_path: Path) -> None:
+    """The trainer commits once per release, so its lag (here 300 records) is the cycle in
+    progress: `lepton scale advise` keeps its workers and `--keda` writes it no ScaledObject,
+    while the lag-scaled services get theirs."""
+    settings = lepton_env
+    tag = uuid.uuid4().hex[:6]
+    topic = f"{settings.topic_prefix}gov-{tag}"
+    ensure_topics(settings, [topic])
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers()})
+    for i in range(300):
+        producer.produce(topic, value=b"x", partition=i % 4)
+    assert producer.flush(10) == 0
+    trainer = ServiceRecord("trainer", settings).start()
+    try:
+        note_consumer(f"g-trainer-{tag}", [topic], lag_scaled=False)
+        count_work(300)
+    finally:
+        trainer.close()
+    _record(settings, f"g-ingest-{tag}", topic, per_s=100.0)
+
+    keda = tmp_path / "keda"
+    result = lepton("scale", "advise", "--interval", "0.5", "--keda", str(keda))
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert lines["trainer"].startswith("trainer     1 running -> 1 (partitions 4, lag 300,")
+    assert "not scaled by lag: it commits once per release" in lines["trainer"]
+    assert sorted(p.name for p in keda.iterdir()) == ["ingest.yaml"]

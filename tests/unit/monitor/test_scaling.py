@@ -71,3 +71,12 @@ def test_a_position_read_past_the_end_snapshot_is_no_lag() -> None:
     assert backlog(end=100, committed=105) == 0  # the group consumed on while positions were read
     assert backlog(end=100, committed=90) == 10
     assert backlog(end=100, committed=-1) == 100  # nothing committed: from the start
+
+
+def test_a_consumer_whose_commits_are_not_a_backlog_is_not_scaled_by_lag() -> None:
+    # the trainer commits once per release: a lag that grows by the cycle in progress
+    trainer = Consumes("trainer", "g", [TOPIC], None, replicas=2, capacity=None,
+                       lag_scaled=False)
+    advice = advise(trainer, _sample(0.0, 100, 100), _sample(10.0, 3000, 100))
+    assert advice.recommended == 2
+    assert advice.reason.startswith("not scaled by lag: it commits once per release")
