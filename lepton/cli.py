@@ -26,9 +26,10 @@ from shared.config import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from lepton.produce import Outgoing
+    from shared.events import Envelope
 
 app = typer.Typer(
     name="lepton",
@@ -165,39 +166,34 @@ def produce(
     Exit codes: 0 ok, 1 events failed, 2 bad input, 69 broker unreachable (events not
     delivered), 78 configuration error."""
     from lepton.generators import GENERATORS, generate
-    from lepton.produce import publish, publish_records
+    from lepton.produce import publish
     from shared.signals import stop_event
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
-    records: tuple[Iterator[Outgoing], int] | None = None
+    source: Iterable[Envelope | Outgoing]
     if file is not None:
         if seed is not None:
             raise fail("--seed applies to generated events, not to --file", 2)
-        records = _records_file(file, dataset, count)
+        source, total = _records_file(file, dataset, count)
     elif dataset not in GENERATORS:
         raise fail(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(GENERATORS))}",
                    2)
+    else:
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        source, total = generate(dataset, count or 1000, seed), count or 1000
     common = settings()
     try:
         common.bootstrap_servers()
     except ConfigError as error:
         raise fail(str(error), EXIT_CONFIG) from None
-    if seed is None:
-        seed = secrets.randbelow(2**31)
     setup_telemetry("lepton-produce")
     try:
-        if records is not None:
-            report = publish_records(common, records[0], total=records[1], rate=rate,
-                                     show_progress=not quiet, stop=stop_event(),
-                                     timeout=timeout)
-        else:
-            report = publish(common, generate(dataset, count or 1000, seed),
-                             total=count or 1000, rate=rate, show_progress=not quiet,
-                             stop=stop_event(), timeout=timeout)
+        report = publish(common, source, total=total, rate=rate, show_progress=not quiet,
+                         stop=stop_event(), timeout=timeout)
     finally:
         shutdown_telemetry()
     replay = (f" (seed {seed}: --seed {seed} sends these events again, which ingest drops as "
-              "duplicates)") if report.delivered and records is None else ""
+              "duplicates)") if report.delivered and file is None else ""
     typer.echo(f"delivered {report.delivered} of {report.sent} events{replay}", err=True)
     if report.failed:
         raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}",

@@ -52,7 +52,7 @@ class ProduceReport:
 
 def publish(
     settings: LeptonSettings,
-    events: Iterable[Envelope],
+    events: Iterable[Envelope | Outgoing],
     *,
     total: int,
     rate: float | None = None,
@@ -60,25 +60,8 @@ def publish(
     stop: threading.Event | None = None,
     timeout: float = 30.0,
 ) -> ProduceReport:
-    """Publish envelopes (one publish span each), at most `rate` a second; wait up to `timeout`
-    seconds for their delivery."""
-    return publish_records(
-        settings, (Outgoing(e.subject_id, encode(e), e.dataset, e.event_id) for e in events),
-        total=total, rate=rate, show_progress=show_progress, stop=stop, timeout=timeout)
-
-
-def publish_records(
-    settings: LeptonSettings,
-    records: Iterable[Outgoing],
-    *,
-    total: int,
-    rate: float | None = None,
-    show_progress: bool = True,
-    stop: threading.Event | None = None,
-    timeout: float = 30.0,
-) -> ProduceReport:
-    """Publish records (one publish span each), at most `rate` a second; wait up to `timeout`
-    seconds for their delivery."""
+    """Publish envelopes or ready records (one publish span each), at most `rate` a second;
+    wait up to `timeout` seconds for their delivery."""
     topic = Topics(settings.topic_prefix).raw
     producer = make_producer(settings)
     report = ProduceReport()
@@ -87,9 +70,11 @@ def publish_records(
                MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task(topic, total=total)
-        for record in records:
+        for event in events:
             if stop is not None and stop.is_set():
                 break
+            record = event if isinstance(event, Outgoing) else Outgoing(
+                event.subject_id, encode(event), event.dataset, event.event_id)
             headers: HeaderList = [(Header.CONTENT_TYPE, CONTENT_TYPE_JSON)]
             attributes = {"lepton.dataset": record.dataset}
             if record.event_id is not None:
