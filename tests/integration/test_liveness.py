@@ -71,10 +71,18 @@ def test_probe_fails_when_the_loop_hangs_while_the_metrics_endpoint_still_answer
 
 
 class _Metrics(http.server.BaseHTTPRequestHandler):
+    """Serves `body`, then a heartbeat gauge per name in `ages`, that many seconds old when
+    read (the probe is a process that may take seconds to start on a loaded machine)."""
+
     body: ClassVar[str] = ""
+    ages: ClassVar[dict[str, float]] = {}
 
     def do_GET(self) -> None:
-        body = _Metrics.body.encode()
+        now = time.time()
+        body = (_Metrics.body + "".join(
+            f"# TYPE lepton_{name}_loop_heartbeat_seconds gauge\n"
+            f"lepton_{name}_loop_heartbeat_seconds {now - age}\n"
+            for name, age in _Metrics.ages.items())).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(body)))
@@ -89,18 +97,17 @@ def test_probe_reads_every_heartbeat_and_wants_at_least_one() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-    gauge = ("# TYPE lepton_{0}_loop_heartbeat_seconds gauge\n"
-             "lepton_{0}_loop_heartbeat_seconds {1}\n")
     try:
         _Metrics.body = "# TYPE lepton_x_total counter\nlepton_x_total 3.0\n"
         assert lepton("probe", "http", url, check=False).returncode == 0  # no --stale-after
         none = _probe(url)
         assert none.returncode == 1 and "no main-loop heartbeat" in none.stderr
-        now = time.time()
-        _Metrics.body = gauge.format("a", now) + gauge.format("b", now)
+        _Metrics.body = ""
+        _Metrics.ages = {"a": 0.0, "b": 0.0}
         assert _probe(url).returncode == 0
-        _Metrics.body = gauge.format("a", now) + gauge.format("b", now - 60)
+        _Metrics.ages = {"a": 0.0, "b": 60.0}
         stale = _probe(url)
         assert stale.returncode == 1 and "lepton_b_loop_heartbeat_seconds is 6" in stale.stderr
     finally:
+        _Metrics.ages = {}
         server.shutdown()
