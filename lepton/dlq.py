@@ -123,7 +123,8 @@ def show(
                 row["value_error"] = str(error)
         typer.echo(orjson.dumps(row).decode())
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
-    typer.echo(f"{sum(counts.values())} dead letters ({summary})", err=True)
+    total = sum(counts.values())
+    typer.echo(f"{total} dead letter{'' if total == 1 else 's'} ({summary})", err=True)
 
 
 @dlq_app.command("replay")

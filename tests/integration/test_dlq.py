@@ -128,6 +128,7 @@ def test_dlq_holds_no_pii_and_replay_after_a_fix_brings_them_through_once(
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     assert len(rows) == len(poisoned)
     assert {r["reason"] for r in rows} == {"out_of_range"} and "value" not in rows[0]
+    assert shown.stderr.strip().endswith(f"{len(rows)} dead letters (out_of_range: {len(rows)})")
     assert not [s for s in secrets if s in shown.stdout.encode()]
 
     # fix the spec, restart ingest, replay: every shreddable-free poisoned event arrives once
