@@ -54,13 +54,13 @@ def report_tables(data: dict[str, Any]) -> list[Table]:
         floor = entry["min_index"]
         windows = Table(title=f"{entry['dataset']}: quality by window (index = 1 − mean "
                               f"field error rate; min {floor if floor is not None else '-'})")
-        for column in ("window start", "events", "rejected", "Σ error rate", "index", ""):
+        for column in ("window start", "events", "rejected", "Σ error rate", "index", "status"):
             windows.add_column(column, justify="left" if column == "window start" else "right")
         for w in entry["windows"]:
             windows.add_row(w["window_start"] + (" (partial)" if w["partial"] else ""),
                             str(w["events"]), str(w["rejected"]), f"{w['sum_error_rate']:.4f}",
                             f"{w['quality_index']:.4f}",
-                            "[red]below min[/]" if w["below_min_index"] else "")
+                            "[red]below min[/]" if w["below_min_index"] else "ok")
         worst = Table(title=f"{entry['dataset']}: worst fields over these windows")
         for column in ("field", "error rate", *KINDS, "imputed", "rejected"):
             worst.add_column(column.replace("_", " "),
