@@ -17,8 +17,7 @@ from collections.abc import Iterable, Iterator
 import orjson
 
 from lepton.produce import Outgoing
-from shared.datasets import DatasetSpec
-from shared.datasets.spec import Role
+from shared.datasets import DatasetSpec, Role
 
 SHOWN = 5  # bad lines named in the error
 
@@ -28,8 +27,7 @@ class RecordsFileError(ValueError):
 
     def __init__(self, problems: list[str], bad: int) -> None:
         more = f" (and {bad - len(problems)} more)" if bad > len(problems) else ""
-        super().__init__(f"{bad} line(s) cannot be sent: "
-                         + "; ".join(problems) + more)
+        super().__init__(f"{bad} line(s) cannot be sent: " + "; ".join(problems) + more)
 
 
 def check_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None = None) -> int:
