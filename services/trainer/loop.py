@@ -182,6 +182,7 @@ class TrainerLoop:
             if end_cycle and cycle is not None:
                 self._finish_cycle(cycle)
                 cycle = None
+                idle_since = time.monotonic()  # a release is not time spent waiting for data
             if flags.stopping or (flags.idle_expired and cycle is None):
                 return
 
