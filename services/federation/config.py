@@ -63,6 +63,12 @@ class FederationSettings(LeptonSettings):
     federation_gate_tolerance: float = Field(default=0.02, ge=0)
     federation_max_dp_diff: float = Field(default=0.25, ge=0, le=1)
     federation_max_eo_diff: float = Field(default=0.25, ge=0, le=1)
+    federation_fairness_min_rows: int = Field(
+        default=30, ge=1, description="Pooled held-out rows a group needs to be compared "
+        "(demographic parity).")
+    federation_fairness_min_positives: int = Field(
+        default=30, ge=1, description="Pooled held-out positives a group needs to be compared "
+        "(equal opportunity).")
 
     @field_validator("federation_sites")
     @classmethod

@@ -273,7 +273,10 @@ class Coordinator:
         settings, spec = self.settings, self.spec
         sensitive = spec.sensitive.name if spec.sensitive else None
         candidate = {s: a.update.evaluation.get("candidate", {}) for s, a in evaluations.items()}
-        metrics, fairness, per_site = pool(candidate, spec.model.decision_threshold, sensitive)
+        metrics, fairness, per_site = pool(
+            candidate, spec.model.decision_threshold, sensitive,
+            min_rows=settings.federation_fairness_min_rows,
+            min_positives=settings.federation_fairness_min_positives)
         live_metrics = pool({s: a.update.evaluation.get("live", {}) for s, a in
                              evaluations.items()}, spec.model.decision_threshold,
                             sensitive)[0] if live else None

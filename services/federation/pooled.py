@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.federation import LOGIT_EDGES
+from shared.models.gate import group_differences
 
 Counts = npt.NDArray[np.float64]
 
@@ -73,9 +74,11 @@ def metrics(positive: Counts, negative: Counts, edge: int) -> dict[str, float]:
 
 
 def pool(answers: Mapping[str, Mapping[str, Any]], threshold: float | str,
-         attribute: str | None) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+         attribute: str | None, *, min_rows: int = 1, min_positives: int = 1
+         ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """(pooled metrics, pooled fairness, per-site metrics) of one model's evaluations, keyed
-    by site."""
+    by site; fairness compares groups of at least `min_rows` rows and `min_positives`
+    positives."""
     bins = len(LOGIT_EDGES) - 1
     positive, negative = np.zeros(bins), np.zeros(bins)
     groups: dict[str, tuple[Counts, Counts]] = {}
@@ -91,11 +94,11 @@ def pool(answers: Mapping[str, Mapping[str, Any]], threshold: float | str,
     per_site = {site: {k: v for k, v in metrics(*_counts(e), edge).items()
                        if k in ("roc_auc", "f1", "validation_rows", "positive_rate")}
                 for site, e in sorted(answers.items())}
-    return pooled, _fairness(groups, edge, attribute), per_site
+    return pooled, _fairness(groups, edge, attribute, min_rows, min_positives), per_site
 
 
-def _fairness(groups: Mapping[str, tuple[Counts, Counts]], edge: int, attribute: str | None
-              ) -> dict[str, Any]:
+def _fairness(groups: Mapping[str, tuple[Counts, Counts]], edge: int, attribute: str | None,
+              min_rows: int, min_positives: int) -> dict[str, Any]:
     if attribute is None or not groups:
         return {}
     per_group: dict[str, dict[str, float]] = {}
@@ -103,14 +106,10 @@ def _fairness(groups: Mapping[str, tuple[Counts, Counts]], edge: int, attribute:
         rows = positive.sum() + negative.sum()
         if not rows:
             continue
-        entry = {"rows": float(rows),
+        entry = {"rows": float(rows), "positives": float(positive.sum()),
                  "positive_rate": float((positive[edge:].sum() + negative[edge:].sum()) / rows)}
         if positive.sum():
             entry["true_positive_rate"] = float(positive[edge:].sum() / positive.sum())
         per_group[name] = entry
-    rates = [g["positive_rate"] for g in per_group.values()]
-    tprs = [g["true_positive_rate"] for g in per_group.values() if "true_positive_rate" in g]
-    return {"attribute": attribute,
-            "demographic_parity_diff": float(max(rates) - min(rates)) if len(rates) > 1 else 0.0,
-            "equal_opportunity_diff": float(max(tprs) - min(tprs)) if len(tprs) > 1 else 0.0,
-            "groups": per_group}
+    return group_differences(attribute, per_group, min_rows=min_rows,
+                             min_positives=min_positives)

@@ -49,6 +49,12 @@ class TrainerSettings(LeptonSettings):
                                        description="Demographic-parity difference bound.")
     trainer_max_eo_diff: float = Field(default=0.25, ge=0, le=1,
                                        description="Equal-opportunity difference bound.")
+    trainer_fairness_min_rows: int = Field(
+        default=30, ge=1, description="Held-out rows a group needs for its positive rate to be "
+        "compared (demographic parity); smaller groups are listed as not judged.")
+    trainer_fairness_min_positives: int = Field(
+        default=30, ge=1, description="Held-out positives a group needs for its true-positive "
+        "rate to be compared (equal opportunity); smaller groups are listed as not judged.")
     trainer_link_cap: int = Field(default=128, ge=0, description="Span links per batch span.")
     trainer_exit_when_idle_s: float | None = Field(
         default=None, gt=0, description="Exit after this long without data (tests, batch jobs).")

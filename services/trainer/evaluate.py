@@ -19,6 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from shared.models.gate import group_differences
+
 THRESHOLD = 0.5
 Floats = npt.NDArray[np.float64]
 
@@ -69,8 +71,10 @@ def quality(probs: Floats, labels: Floats, threshold: float = THRESHOLD) -> dict
 
 
 def fairness(probs: Floats, labels: Floats, groups: Sequence[str | None], attribute: str | None,
-             threshold: float = THRESHOLD) -> dict[str, Any]:
-    """Per-group positive and true-positive rates and their largest differences."""
+             threshold: float = THRESHOLD, *, min_rows: int = 1, min_positives: int = 1
+             ) -> dict[str, Any]:
+    """Per-group positive and true-positive rates and their largest differences between
+    groups with at least `min_rows` rows and `min_positives` positives."""
     if attribute is None:
         return {}
     predicted = probs >= threshold
@@ -79,15 +83,10 @@ def fairness(probs: Floats, labels: Floats, groups: Sequence[str | None], attrib
     for name in sorted({g for g in groups if g is not None}):
         mask = names == name
         positives = mask & (labels == 1)
-        entry = {"rows": float(mask.sum()), "positive_rate": float(predicted[mask].mean())}
+        entry = {"rows": float(mask.sum()), "positives": float(positives.sum()),
+                 "positive_rate": float(predicted[mask].mean())}
         if positives.any():
             entry["true_positive_rate"] = float(predicted[positives].mean())
         per_group[name] = entry
-    rates = [g["positive_rate"] for g in per_group.values()]
-    tprs = [g["true_positive_rate"] for g in per_group.values() if "true_positive_rate" in g]
-    return {
-        "attribute": attribute,
-        "demographic_parity_diff": float(max(rates) - min(rates)) if len(rates) > 1 else 0.0,
-        "equal_opportunity_diff": float(max(tprs) - min(tprs)) if len(tprs) > 1 else 0.0,
-        "groups": per_group,
-    }
+    return group_differences(attribute, per_group, min_rows=min_rows,
+                             min_positives=min_positives)

@@ -196,7 +196,9 @@ class Releaser:
             probs = self._scores(candidate.net, transform, window)
             threshold = self._threshold(probs, labels)
             metrics = quality(probs, labels, threshold)
-            fair = fairness(probs, labels, groups, transform.sensitive, threshold)
+            fair = fairness(probs, labels, groups, transform.sensitive, threshold,
+                            min_rows=self.settings.trainer_fairness_min_rows,
+                            min_positives=self.settings.trainer_fairness_min_positives)
             parent = candidate.parent
             live_metrics = None
             if parent is not None:

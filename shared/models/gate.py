@@ -2,9 +2,9 @@
 held-out rows (ROC-AUC at least the spec's `min_auc` and F1 above always predicting the
 positive class: refused `below_baseline` otherwise, with or without a live model), no gated
 metric is worse than the live model's (on the same rows) by more than the tolerance, and its
-fairness differences stay within bounds; otherwise it is refused with one reason per failed
-check. The trainer and the federation coordinator (on the sites' pooled held-out metrics)
-apply the same gate."""
+fairness differences (between groups with enough evidence to compare) stay within bounds;
+otherwise it is refused with one reason per failed check. The trainer and the federation
+coordinator (on the sites' pooled held-out metrics) apply the same gate."""
 
 from __future__ import annotations
 
@@ -44,6 +44,34 @@ def below_baseline(candidate: Mapping[str, float], min_auc: float) -> list[str]:
         reasons.append(f"{BELOW_BASELINE}: f1 {f1:.4f} is not above always-positive "
                        f"{trivial:.4f}")
     return reasons
+
+
+def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float]], *,
+                      min_rows: int, min_positives: int) -> dict[str, Any]:
+    """The fairness record of per-group rates (`rows`, `positives`, `positive_rate`,
+    `true_positive_rate`): the largest positive-rate difference between groups of at least
+    `min_rows` rows and the largest true-positive-rate difference between groups of at least
+    `min_positives` positives. Smaller groups are listed in `not_judged`, not compared: their
+    rates are mostly noise, and a gate on noise refuses at random."""
+    parity = [g["positive_rate"] for g in per_group.values() if g["rows"] >= min_rows]
+    opportunity = [g["true_positive_rate"] for g in per_group.values()
+                   if g.get("positives", 0.0) >= min_positives and "true_positive_rate" in g]
+    out: dict[str, Any] = {
+        "attribute": attribute,
+        "demographic_parity_diff": float(max(parity) - min(parity)) if len(parity) > 1 else 0.0,
+        "equal_opportunity_diff":
+            float(max(opportunity) - min(opportunity)) if len(opportunity) > 1 else 0.0,
+        "groups": {name: dict(g) for name, g in per_group.items()},
+        "min_group_rows": min_rows, "min_group_positives": min_positives,
+    }
+    not_judged = {
+        "demographic_parity": sorted(n for n, g in per_group.items() if g["rows"] < min_rows),
+        "equal_opportunity": sorted(n for n, g in per_group.items()
+                                    if g.get("positives", 0.0) < min_positives),
+    }
+    if any(not_judged.values()):
+        out["not_judged"] = not_judged
+    return out
 
 
 def decide(

@@ -54,6 +54,27 @@ def test_fairness_differences_per_group() -> None:
     assert fairness(probs, labels, groups, None) == {}
 
 
+def test_groups_with_too_little_evidence_are_listed_not_compared() -> None:
+    # group c: 40 rows, 4 positives, all missed (TPR 0 against a's and b's 1.0)
+    rng = np.random.default_rng(3)
+    groups = ["a"] * 200 + ["b"] * 200 + ["c"] * 40
+    labels = np.array([1.0] * 40 + [0.0] * 160 + [1.0] * 40 + [0.0] * 160
+                      + [1.0] * 4 + [0.0] * 36)
+    probs = np.where(labels == 1, 0.9, rng.uniform(0, 0.4, len(labels)))
+    probs[400:404] = 0.1
+    everything = fairness(probs, labels, groups, "band")
+    assert everything["equal_opportunity_diff"] == pytest.approx(1.0)
+    judged = fairness(probs, labels, groups, "band", min_rows=30, min_positives=30)
+    assert judged["equal_opportunity_diff"] == pytest.approx(0.0)
+    assert judged["not_judged"] == {"demographic_parity": [], "equal_opportunity": ["c"]}
+    assert judged["groups"]["c"]["positives"] == 4
+    assert (judged["min_group_rows"], judged["min_group_positives"]) == (30, 30)
+    assert decide({"f1": 0.9, "roc_auc": 0.9, "positive_rate": 0.2, "validation_rows": 440},
+                  judged, None, None, **GATE).promoted
+    assert not decide({"f1": 0.9, "roc_auc": 0.9, "positive_rate": 0.2,
+                       "validation_rows": 440}, everything, None, None, **GATE).promoted
+
+
 def test_gate_promotes_first_and_equal_models() -> None:
     first = decide({"f1": 0.5, "roc_auc": 0.7, "positive_rate": 0.2, "validation_rows": 10},
                    {}, None, None, **GATE)
