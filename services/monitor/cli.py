@@ -115,9 +115,8 @@ def scale_advise(
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     if keda is not None:
         keda.mkdir(parents=True, exist_ok=True)
-        lag_scaled = {c.service for c in found if c.lag_scaled}
         for item in advice:
-            if item.service in lag_scaled:  # a lag trigger would misread the others
+            if item.lag_scaled:  # a lag trigger would misread the others
                 (keda / f"{item.service}.yaml").write_text(
                     keda_scaled_object(item, settings.bootstrap_servers()))
     if as_json:

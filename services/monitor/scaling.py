@@ -67,6 +67,7 @@ class Advice:
     recommended: int
     reason: str
     capacity_is_lower_bound: bool = False  # not measured under load: a replica does at least it
+    lag_scaled: bool = True  # False: no lag trigger (KEDA) may scale it
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -151,7 +152,7 @@ def advise(consumes: Consumes, before: GroupSample, after: GroupSample, *,
                    "positions were not read in time)")
     return Advice(consumes.service, consumes.group, consumes.topics, partitions,
                   consumes.replicas, after.total_lag, growth, arrival, capacity, recommended,
-                  reason, capacity_is_lower_bound=bounded)
+                  reason, capacity_is_lower_bound=bounded, lag_scaled=consumes.lag_scaled)
 
 
 def sample(settings: LeptonSettings, consumes: Consumes) -> GroupSample:
