@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from shared.config import LeptonSettings
+from shared.models.gate import MIN_GROUP_POSITIVES, MIN_GROUP_ROWS
 
 
 class FederationSettings(LeptonSettings):
@@ -64,11 +65,11 @@ class FederationSettings(LeptonSettings):
     federation_max_dp_diff: float = Field(default=0.25, ge=0, le=1)
     federation_max_eo_diff: float = Field(default=0.25, ge=0, le=1)
     federation_fairness_min_rows: int = Field(
-        default=30, ge=1, description="Pooled held-out rows a group needs to be compared "
-        "(demographic parity).")
+        default=MIN_GROUP_ROWS, ge=1,
+        description="Pooled held-out rows a group needs to be compared (demographic parity).")
     federation_fairness_min_positives: int = Field(
-        default=30, ge=1, description="Pooled held-out positives a group needs to be compared "
-        "(equal opportunity).")
+        default=MIN_GROUP_POSITIVES, ge=1,
+        description="Pooled held-out positives a group needs to be compared (equal opportunity).")
 
     @field_validator("federation_sites")
     @classmethod

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.federation import LOGIT_EDGES
-from shared.models.gate import group_differences
+from shared.models.gate import MIN_GROUP_POSITIVES, MIN_GROUP_ROWS, group_differences
 
 Counts = npt.NDArray[np.float64]
 
@@ -74,7 +74,8 @@ def metrics(positive: Counts, negative: Counts, edge: int) -> dict[str, float]:
 
 
 def pool(answers: Mapping[str, Mapping[str, Any]], threshold: float | str,
-         attribute: str | None, *, min_rows: int = 1, min_positives: int = 1
+         attribute: str | None, *, min_rows: int = MIN_GROUP_ROWS,
+         min_positives: int = MIN_GROUP_POSITIVES
          ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """(pooled metrics, pooled fairness, per-site metrics) of one model's evaluations, keyed
     by site; fairness compares groups of at least `min_rows` rows and `min_positives`

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from shared.config import LeptonSettings
+from shared.models.gate import MIN_GROUP_POSITIVES, MIN_GROUP_ROWS
 
 
 class TrainerSettings(LeptonSettings):
@@ -50,11 +51,12 @@ class TrainerSettings(LeptonSettings):
     trainer_max_eo_diff: float = Field(default=0.25, ge=0, le=1,
                                        description="Equal-opportunity difference bound.")
     trainer_fairness_min_rows: int = Field(
-        default=30, ge=1, description="Held-out rows a group needs for its positive rate to be "
-        "compared (demographic parity); smaller groups are listed as not judged.")
+        default=MIN_GROUP_ROWS, ge=1, description="Held-out rows a group needs for its positive "
+        "rate to be compared (demographic parity); smaller groups are listed as not judged.")
     trainer_fairness_min_positives: int = Field(
-        default=30, ge=1, description="Held-out positives a group needs for its true-positive "
-        "rate to be compared (equal opportunity); smaller groups are listed as not judged.")
+        default=MIN_GROUP_POSITIVES, ge=1, description="Held-out positives a group needs for its "
+        "true-positive rate to be compared (equal opportunity); smaller groups are listed as not "
+        "judged.")
     trainer_link_cap: int = Field(default=128, ge=0, description="Span links per batch span.")
     trainer_exit_when_idle_s: float | None = Field(
         default=None, gt=0, description="Exit after this long without data (tests, batch jobs).")

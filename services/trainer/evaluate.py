@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from shared.models.gate import group_differences
+from shared.models.gate import MIN_GROUP_POSITIVES, MIN_GROUP_ROWS, group_differences
 
 THRESHOLD = 0.5
 Floats = npt.NDArray[np.float64]
@@ -71,8 +71,8 @@ def quality(probs: Floats, labels: Floats, threshold: float = THRESHOLD) -> dict
 
 
 def fairness(probs: Floats, labels: Floats, groups: Sequence[str | None], attribute: str | None,
-             threshold: float = THRESHOLD, *, min_rows: int = 1, min_positives: int = 1
-             ) -> dict[str, Any]:
+             threshold: float = THRESHOLD, *, min_rows: int = MIN_GROUP_ROWS,
+             min_positives: int = MIN_GROUP_POSITIVES) -> dict[str, Any]:
     """Per-group positive and true-positive rates and their largest differences between
     groups with at least `min_rows` rows and `min_positives` positives."""
     if attribute is None:

@@ -46,8 +46,13 @@ def below_baseline(candidate: Mapping[str, float], min_auc: float) -> list[str]:
     return reasons
 
 
+MIN_GROUP_ROWS = 30  # held-out rows a group needs for its positive rate to be compared
+MIN_GROUP_POSITIVES = 30  # held-out positives a group needs for its true-positive rate
+
+
 def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float]], *,
-                      min_rows: int, min_positives: int) -> dict[str, Any]:
+                      min_rows: int = MIN_GROUP_ROWS, min_positives: int = MIN_GROUP_POSITIVES
+                      ) -> dict[str, Any]:
     """The fairness record of per-group rates (`rows`, `positives`, `positive_rate`,
     `true_positive_rate`): the largest positive-rate difference between groups of at least
     `min_rows` rows and the largest true-positive-rate difference between groups of at least
@@ -55,7 +60,7 @@ def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float
     rates are mostly noise, and a gate on noise refuses at random."""
     parity = [g["positive_rate"] for g in per_group.values() if g["rows"] >= min_rows]
     opportunity = [g["true_positive_rate"] for g in per_group.values()
-                   if g.get("positives", 0.0) >= min_positives and "true_positive_rate" in g]
+                   if g["positives"] >= min_positives > 0]
     out: dict[str, Any] = {
         "attribute": attribute,
         "demographic_parity_diff": float(max(parity) - min(parity)) if len(parity) > 1 else 0.0,
@@ -67,7 +72,7 @@ def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float
     not_judged = {
         "demographic_parity": sorted(n for n, g in per_group.items() if g["rows"] < min_rows),
         "equal_opportunity": sorted(n for n, g in per_group.items()
-                                    if g.get("positives", 0.0) < min_positives),
+                                    if g["positives"] < min_positives),
     }
     if any(not_judged.values()):
         out["not_judged"] = not_judged

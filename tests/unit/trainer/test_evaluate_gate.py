@@ -46,7 +46,7 @@ def test_fairness_differences_per_group() -> None:
     probs = np.array([0.9, 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1])
     labels = np.array([1, 0, 1, 0, 1, 1, 0, 0], dtype=np.float64)
     groups = ["a", "a", "a", "a", "b", "b", "b", "b"]
-    fair = fairness(probs, labels, groups, "band")
+    fair = fairness(probs, labels, groups, "band", min_rows=1, min_positives=1)
     # positive rate a = 2/4, b = 1/4; TPR a = 1/2, b = 1/2
     assert fair["demographic_parity_diff"] == pytest.approx(0.25)
     assert fair["equal_opportunity_diff"] == pytest.approx(0.0)
@@ -62,9 +62,9 @@ def test_groups_with_too_little_evidence_are_listed_not_compared() -> None:
                       + [1.0] * 4 + [0.0] * 36)
     probs = np.where(labels == 1, 0.9, rng.uniform(0, 0.4, len(labels)))
     probs[400:404] = 0.1
-    everything = fairness(probs, labels, groups, "band")
+    everything = fairness(probs, labels, groups, "band", min_rows=1, min_positives=1)
     assert everything["equal_opportunity_diff"] == pytest.approx(1.0)
-    judged = fairness(probs, labels, groups, "band", min_rows=30, min_positives=30)
+    judged = fairness(probs, labels, groups, "band")  # the defaults: 30 and 30
     assert judged["equal_opportunity_diff"] == pytest.approx(0.0)
     assert judged["not_judged"] == {"demographic_parity": [], "equal_opportunity": ["c"]}
     assert judged["groups"]["c"]["positives"] == 4
