@@ -1,6 +1,6 @@
 """The processes `lepton up` starts: each in its own session with its log under
-`<data_dir>/logs`, stopped in order; what to say when one exits, and restarting a private
-redis-server that did."""
+`<data_dir>/logs`, stopped in order; what to say when one exits, and starting again those
+spawned with a restart note (the private redis-server)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from lepton.logtail import last_error
 from shared.lifecycle import parent_death
 
-REDIS_RESTART_MIN_S = 10.0
+RESTART_MIN_S = 10.0  # one that exits sooner after its start is not restarted
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Child:
     log: Path
     args: list[str]
     metrics_port: int | None = None
+    restart_note: str | None = None  # when set: started again when it exits, saying this
     started: float = field(default_factory=time.monotonic)
 
 
@@ -38,9 +39,11 @@ class Platform:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
 
-    def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None) -> Child:
+    def spawn(self, name: str, args: list[str], *, metrics_port: int | None = None,
+              restart_note: str | None = None) -> Child:
         """Start `args` in its own session, output in `<data_dir>/logs/<name>.log`; it gets
-        SIGTERM when this process dies, however it dies."""
+        SIGTERM when this process dies, however it dies (with `restart_note`, `restart_exited`
+        starts it again)."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
@@ -53,18 +56,13 @@ class Platform:
             proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
                                     preexec_fn=parent_death())
-        child = Child(name, proc, log, args, metrics_port)
+        child = Child(name, proc, log, args, metrics_port, restart_note)
         self.children.append(child)
         return child
 
     def has(self, name: str) -> bool:
         """Whether a child of this name was started."""
         return any(c.name == name for c in self.children)
-
-    def respawn(self, child: Child) -> Child:
-        """Start an exited child again with the same command, in its place."""
-        self.children.remove(child)
-        return self.spawn(child.name, child.args, metrics_port=child.metrics_port)
 
     def stop(self, timeout: float = 9.0) -> None:
         """SIGTERM the services (and producer) together, then the broker and Redis they need
@@ -105,17 +103,20 @@ def newly_exited(platform: Platform, reported: set[str]) -> list[str]:
     return lines
 
 
-def restart_redis(platform: Platform, reported: set[str]) -> str | None:
-    """Start a private redis-server that exited again, on its port and append-only file; a
-    line saying so, or None when it is running (or not ours). One that exits within
-    REDIS_RESTART_MIN_S of its start is not restarted: RuntimeError with its reason."""
-    child = next((c for c in platform.children if c.name == "redis"), None)
-    if child is None or child.proc.poll() is None:
-        return None
-    if time.monotonic() - child.started < REDIS_RESTART_MIN_S:
-        raise RuntimeError(f"{exit_line(child, 'redis-server')} (within "
-                           f"{REDIS_RESTART_MIN_S:.0f}s of its start, so not restarted again)")
-    platform.respawn(child)
-    reported.discard("redis")
-    return ("redis-server started again on the same port; its append-only file gives back what "
-            "it held, and the services reconnect")
+def restart_exited(platform: Platform, reported: set[str]) -> list[str]:
+    """Start again, with the same command, each exited child that has a restart note; its
+    note for each. One that exited within RESTART_MIN_S of its start is not restarted:
+    RuntimeError with its reason."""
+    notes = []
+    for child in list(platform.children):
+        if child.restart_note is None or child.proc.poll() is None:
+            continue
+        if time.monotonic() - child.started < RESTART_MIN_S:
+            raise RuntimeError(f"{exit_line(child)} (within {RESTART_MIN_S:.0f}s of its start, "
+                               "so not restarted again)")
+        platform.children.remove(child)
+        platform.spawn(child.name, child.args, metrics_port=child.metrics_port,
+                       restart_note=child.restart_note)
+        reported.discard(child.name)
+        notes.append(child.restart_note)
+    return notes

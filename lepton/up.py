@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from lepton.children import Child, Platform, exit_line, newly_exited, restart_redis
+from lepton.children import Child, Platform, exit_line, newly_exited, restart_exited
 from lepton.dashboard import ProcessRow
 from shared.config import LeptonSettings
 from shared.readiness import ready_path
@@ -94,8 +94,11 @@ def start_platform(settings: LeptonSettings, platform: Platform,
         port = _free_port()
         redis_dir = platform.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        child = platform.spawn("redis", [server, "--bind", "127.0.0.1", "--port", str(port),
-                                         "--dir", str(redis_dir), "--appendonly", "yes"])
+        child = platform.spawn(
+            "redis", [server, "--bind", "127.0.0.1", "--port", str(port), "--dir",
+                      str(redis_dir), "--appendonly", "yes"],
+            restart_note="redis-server started again on the same port; its append-only file "
+                         "gives back what it held, and the services reconnect")
         url = f"redis://127.0.0.1:{port}/0"
         _wait_for(lambda: _redis_up(url), "redis-server", child, 15, stop)
         platform.env["LEPTON_REDIS_URL"] = url
@@ -137,9 +140,8 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
                 print(f"lepton up: {line}", flush=True)
             if "broker" in reported:
                 raise RuntimeError(BROKER_GONE)
-            restarted = restart_redis(platform, reported)
-            if restarted is not None:
-                print(f"lepton up: {restarted}", flush=True)
+            for note in restart_exited(platform, reported):
+                print(f"lepton up: {note}", flush=True)
             snap = dashboard.snapshot()
             if not console.is_terminal:
                 print(plain_line(snap), flush=True)

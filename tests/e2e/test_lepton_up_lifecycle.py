@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from lepton.children import REDIS_RESTART_MIN_S
+from lepton.children import RESTART_MIN_S
 from lepton.up import BROKER_GONE
 from shared.lifecycle import parent_death
 from tests.conftest import REDIS_URL
@@ -189,7 +189,7 @@ def test_a_private_redis_that_dies_is_started_again_with_what_it_held(
         client = redis.Redis.from_url(url)
         assert list(client.scan_iter(match=f"{current['LEPTON_REDIS_PREFIX']}*"))  # the run's
         client.set(f"{redis_prefix}kept", b"before the kill")
-        time.sleep(max(0.0, server.create_time() + REDIS_RESTART_MIN_S + 1 - time.time()))
+        time.sleep(max(0.0, server.create_time() + RESTART_MIN_S + 1 - time.time()))
         server.kill()
 
         deadline = time.monotonic() + 30
