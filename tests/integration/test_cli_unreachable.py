@@ -12,7 +12,7 @@ import redis
 from lepton.dashboard import Dashboard
 from shared.config import LeptonSettings
 from shared.pseudonym import load_pseudonymizer
-from shared.state import rkey
+from shared.state import forgotten_key
 from tests.helpers import free_port, lepton
 
 
@@ -49,7 +49,7 @@ def test_forget_without_a_broker_is_done_and_says_its_record_is_missing(
            "audit.requests (DeliveryTimeout: " in result.stderr
     assert "run it again once the broker is up (forgetting is idempotent)" in result.stderr
     pseudonym = load_pseudonymizer(lepton_env).of("cust-000009")
-    assert redis_client.sismember(rkey(lepton_env, "policy", "forgotten"), pseudonym)
+    assert redis_client.sismember(forgotten_key(lepton_env), pseudonym)
 
 
 def test_the_dashboard_waits_out_an_unreachable_broker(lepton_env: LeptonSettings) -> None:

@@ -36,7 +36,7 @@ from shared.principals import Principal
 from shared.pseudonym import is_pseudonym, load_pseudonymizer
 from shared.releases import RELEASE_CHARGE, read_verdict
 from shared.signing import load_or_create_private_key, load_public_key, public_path
-from shared.state import rkey
+from shared.state import forgotten_key, rkey
 from shared.topics import Topics
 from shared.tracing import publish_span
 from tests.helpers import open_dead_letter, read_topic
@@ -175,7 +175,7 @@ def test_policy_budget_dp_audit_lineage_and_traces(
     tracer, exporter = traced
     topics = Topics(lepton_env.topic_prefix)
     pseudonyms = load_pseudonymizer(lepton_env)
-    redis_client.sadd(rkey(lepton_env, "policy", "forgotten"), pseudonyms.of("gone"))
+    redis_client.sadd(forgotten_key(lepton_env), pseudonyms.of("gone"))
     redis_client.sadd(rkey(lepton_env, "policy", "consent", "tiny"), pseudonyms.of("optout"))
     # "ann" has budget for two events (2.5 / 1.0), "gone" is forgotten, "optout" withdrew
     tiny = [_tiny(i, who) for i, who in enumerate(["ann"] * 4 + ["gone", "optout", "bob"])]

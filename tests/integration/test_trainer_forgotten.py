@@ -8,7 +8,7 @@ from __future__ import annotations
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.models.registry import Registry
-from shared.state import forgotten_key, make_redis, policy_ready_key, rkey
+from shared.state import forgotten_key, make_redis, policy_ready_key
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     publish_governed,
@@ -32,7 +32,7 @@ def test_a_forgotten_subject_is_not_carried_on_unmarked(lepton_env: LeptonSettin
     second = governed_breast_cancer(seed=1)
     victim = next(e for e in second
                   if not is_validation(e.event_id, settings.trainer_val_percent)).subject_id
-    make_redis(settings).sadd(rkey(settings, "policy", "forgotten"), victim)
+    make_redis(settings).sadd(forgotten_key(settings), victim)
     publish_governed(lepton_env, second)
     assert run_trainer(settings) == [2]
     tainted = registry.card(MODEL, 2)
