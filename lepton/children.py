@@ -60,10 +60,6 @@ class Platform:
         self.children.append(child)
         return child
 
-    def has(self, name: str) -> bool:
-        """Whether a child of this name was started."""
-        return any(c.name == name for c in self.children)
-
     def stop(self, timeout: float = 9.0) -> None:
         """SIGTERM the services (and producer) together, then the broker and Redis they need
         to finish; whatever is still running after `timeout` loses its whole process group."""

@@ -85,6 +85,7 @@ def start_platform(settings: LeptonSettings, platform: Platform,
                                           "--bootstrap-file", str(path)])
         _wait_for(path.exists, "the embedded broker", child, 30, stop)
         platform.env["LEPTON_KAFKA_BOOTSTRAP"] = path.read_text().strip()
+    private = None
     if not _redis_up(settings.redis_url):
         server = shutil.which("redis-server")
         if server is None:
@@ -99,9 +100,9 @@ def start_platform(settings: LeptonSettings, platform: Platform,
                       str(redis_dir), "--appendonly", "yes"],
             restart_note="redis-server started again on the same port; its append-only file "
                          "gives back what it held, and the services reconnect")
-        url = f"redis://127.0.0.1:{port}/0"
-        _wait_for(lambda: _redis_up(url), "redis-server", child, 15, stop)
-        platform.env["LEPTON_REDIS_URL"] = url
+        private = f"redis://127.0.0.1:{port}/0"
+        _wait_for(lambda: _redis_up(private), "redis-server", child, 15, stop)
+        platform.env["LEPTON_REDIS_URL"] = private
     started = []
     for name in SERVICES:
         ready_path(settings, name).unlink(missing_ok=True)
@@ -110,7 +111,7 @@ def start_platform(settings: LeptonSettings, platform: Platform,
     for child in started:
         marker = ready_path(settings, child.name)
         _wait_for(marker.exists, child.name, child, READY_TIMEOUT_S, stop)
-    return platform.env["LEPTON_REDIS_URL"] if platform.has("redis") else None
+    return private
 
 
 def _process_rows(platform: Platform) -> list[ProcessRow]:
