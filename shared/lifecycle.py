@@ -14,6 +14,12 @@ from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
+# A preexec_fn makes subprocess fork rather than vfork, so gRPC's fork handlers run in the child.
+# With its fork support on, gRPC restarts its poller there; close_fds then closes the poller's
+# epoll descriptor before exec and the child aborts (grpc/grpc#43055). gRPC reads this when it
+# is imported, so a launcher that also speaks gRPC imports this module first.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 
 def parent_death(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
     """A `preexec_fn` for subprocess.Popen: the child receives `sig` when this process exits
