@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from lepton.produce import Outgoing
+    from lepton.records_file import CheckedRecords
     from shared.events import Envelope
 
 app = typer.Typer(
@@ -171,10 +172,12 @@ def produce(
     from shared.tracing import setup_telemetry, shutdown_telemetry
 
     source: Iterable[Envelope | Outgoing]
+    checked: CheckedRecords | None = None
     if file is not None:
         if seed is not None:
             raise fail("--seed applies to generated events, not to --file", 2)
-        source, total = _records_file(file, dataset, count)
+        checked = _records_file(file, dataset, count)
+        source, total = checked, checked.total
     elif dataset not in GENERATORS:
         raise fail(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(GENERATORS))}",
                    2)
@@ -195,16 +198,18 @@ def produce(
     replay = (f" (seed {seed}: --seed {seed} sends these events again, which ingest drops as "
               "duplicates)") if report.delivered and file is None else ""
     typer.echo(f"delivered {report.delivered} of {report.sent} events{replay}", err=True)
+    if checked is not None and checked.changed:
+        raise fail(f"{file} changed while it was being sent ({checked.changed}); sending "
+                   f"stopped there, after {report.sent} of the {total} checked records", 2)
     if report.failed:
         raise fail(f"{report.failed} events failed: {'; '.join(report.errors)}",
                    EXIT_UNAVAILABLE if report.undelivered else 1)
 
 
-def _records_file(file: str, dataset: str, count: int | None
-                  ) -> tuple[Iterator[Outgoing], int]:
-    """The records of `--file` and how many, all checked (exit 2 naming the bad lines, or an
-    unreadable file)."""
-    from lepton.records_file import RecordsFileError, check_records, read_records
+def _records_file(file: str, dataset: str, count: int | None) -> CheckedRecords:
+    """The records of `--file`, all checked (exit 2 naming the bad lines, or an unreadable
+    file)."""
+    from lepton.records_file import CheckedRecords, RecordsFileError, check_records
     from services.ingest.config import IngestSettings
     from shared.datasets import UnknownDataset, load_spec
 
@@ -227,7 +232,7 @@ def _records_file(file: str, dataset: str, count: int | None
         raise fail(f"cannot read {file}: {error.strerror}", 2) from None
     except RecordsFileError as error:
         raise fail(f"{file}: {error}; nothing was sent", 2) from None
-    return read_records(lines(), spec, count), total
+    return CheckedRecords(lines, spec, total)
 
 
 def _register_services() -> None:

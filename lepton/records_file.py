@@ -1,7 +1,8 @@
 """`lepton produce --file`: a producer's own records, one JSON object a line, all checked before
 anything is sent.
 
-Consumes a JSON-lines file (or stdin), read twice: checked, then sent. Produces `Outgoing`
+Consumes a JSON-lines file (or stdin), read twice: checked, then sent (a file that changed in
+between stops the sending where it differs). Produces `Outgoing`
 records for events.raw: an envelope (a line with a `payload` object) as written, with `dataset`
 filled in from `--dataset` where it is missing; a bare payload wrapped in an envelope, its
 subject and event id taken from the spec's subject and id fields (the event id makes a resend
@@ -12,7 +13,7 @@ messages name lines, never their contents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 
@@ -47,13 +48,30 @@ def check_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None =
     return good
 
 
-def read_records(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None = None
-                 ) -> Iterator[Outgoing]:
-    """The records of lines `check_records` passed (RecordsFileError if one no longer does)."""
-    for number, found in _scan(lines, spec, limit):
-        if not isinstance(found, Outgoing):
-            raise RecordsFileError([f"line {number}: {found}"], 1)
-        yield found
+class CheckedRecords:
+    """The `total` records of lines `check_records` passed, read again to send. If the file
+    changed in between, iterating stops at the first difference and `changed` says what it
+    was (nothing unchecked is sent)."""
+
+    def __init__(self, lines: Callable[[], Iterable[bytes]], spec: DatasetSpec,
+                 total: int) -> None:
+        self._lines, self._spec, self.total = lines, spec, total
+        self.changed: str | None = None
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        read = 0
+        try:
+            for number, found in _scan(self._lines(), self._spec, self.total):
+                if not isinstance(found, Outgoing):
+                    self.changed = f"line {number} now cannot be sent: {found}"
+                    return
+                read += 1
+                yield found
+        except OSError as error:
+            self.changed = f"it cannot be read again: {error.strerror}"
+            return
+        if read < self.total:
+            self.changed = f"it now holds {read} records, not the {self.total} checked"
 
 
 def _scan(lines: Iterable[bytes], spec: DatasetSpec, limit: int | None
