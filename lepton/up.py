@@ -162,17 +162,19 @@ def _watch(settings: LeptonSettings, platform: Platform, stop: threading.Event,
 def scope_run(settings: LeptonSettings) -> LeptonSettings:
     """Settings for one run on a fresh embedded broker: its own data directory and Redis
     prefix, since offsets, dedup marks and resume points from another broker's run would not
-    match this one's topics. `<data_dir>/current.env` names them for other shells."""
+    match this one's topics."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    scoped = settings.model_copy(update={
+    return settings.model_copy(update={
         "data_dir": settings.data_dir / "runs" / stamp,
         "redis_prefix": f"{settings.redis_prefix}run-{stamp}:",
         "bootstrap_file": settings.default_bootstrap_file(),
     })
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"{name}={value}" for name, value in run_env(scoped).items()]
-    (settings.data_dir / "current.env").write_text("\n".join(lines) + "\n")
-    return scoped
+
+
+def write_current(path: Path, env: dict[str, str]) -> None:
+    """`<data_dir>/current.env`: what other shells' commands need to reach a scoped run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
 
 
 def run_env(settings: LeptonSettings) -> dict[str, str]:
@@ -227,9 +229,9 @@ def up(
     started = time.monotonic()
     try:
         private_redis = start_platform(settings, platform, stop)
-        if private_redis is not None and current is not None:
-            with current.open("a") as handle:  # other shells' commands need it too
-                handle.write(f"LEPTON_REDIS_URL={private_redis}\n")
+        if current is not None:
+            redis_url = {"LEPTON_REDIS_URL": private_redis} if private_redis else {}
+            write_current(current, {**run_env(settings), **redis_url})
         redis_note = f", private redis {private_redis}" if private_redis else ""
         typer.echo(f"lepton up: ready in {time.monotonic() - started:.1f}s "
                    f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}{redis_note}, data and "
