@@ -54,13 +54,19 @@ def forget(
                   "deletes them (Lepton never writes there)")
     models = _mark_models(settings, pseudonym)
     missed += models
+    federated = _federated_releases(settings, pseudonym)
+    missed += [f"federated model {model}: this site trained the subject's data for a "
+               f"federation (release {release}); the coordinator's operator marks every "
+               f"version from it with `lepton models mark-forgotten {release}`"
+               for release, model in federated]
     for line in done:
         typer.echo(f"destroyed: {line}")
     for line in missed:
         typer.echo(f"not reached: {line}")
     record_decision("subject_forgotten", "forget", pseudonym,
                     {"data_key_destroyed": existed, "redis_persistence": compaction.outcome,
-                     "models_marked": len(models)},
+                     "models_marked": len(models),
+                     "federated_releases": [release for release, _ in federated]},
                     "run it again once the broker is up (forgetting is idempotent)")
 
 
@@ -68,33 +74,38 @@ def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
     """Mark every model version trained on the subject's released events (found through the
     audit leaves its lineage names) and every version warm-started from one; a line each."""
     from services.governance.verify import find_subject
-    from shared.models.registry import ArtifactError, Registry
+    from services.trainer.forgotten import mark_versions
+    from shared.models.registry import ModelCard, Registry
 
     leaves = {(p, i) for p, i, record in find_subject(settings.audit_dir(), pseudonym)
               if record.get("kind") == "event_released"}
     if not leaves:
         return []
-    registry = Registry(settings)
-    lines = []
-    for model in registry.models():
-        tainted: set[int] = set()
-        for version in sorted(registry.versions(model)):
-            try:
-                card = registry.card(model, version)
-            except ArtifactError:
-                continue
-            ranges = card.lineage.get("audit_leaves", {})
-            hit = any(lo <= i <= hi for p, i in leaves
-                      for lo, hi in [ranges.get(str(p), (1, 0))])
-            if hit or card.parent_version in tainted:
-                tainted.add(version)
-                registry.mark(model, version, contains_forgotten=True)
-                why = ("trained on" if hit else
-                       f"warm-started from v{card.parent_version}, trained on")
-                lines.append(f"model {model} v{version}: {why} the subject's data; marked "
-                             "contains_forgotten: true (the trainer neither continues from a "
-                             "marked version nor promotes one trained on the subject)")
-    return lines
+
+    def trained_on(card: ModelCard) -> str | None:
+        ranges = card.lineage.get("audit_leaves", {})
+        hit = any(lo <= i <= hi for p, i in leaves for lo, hi in [ranges.get(str(p), (1, 0))])
+        return "trained on the subject's data" if hit else None
+
+    return mark_versions(Registry(settings), trained_on)
+
+
+def _federated_releases(settings: GovernanceSettings, pseudonym: str) -> list[tuple[str, str]]:
+    """(release id, model) of each federation this site trained the subject's data for: its
+    versions are in the coordinator's registry, which only the coordinator's operator
+    reaches."""
+    from services.governance.releases import subject_releases
+    from services.governance.verify import find_decisions
+    from shared.releases import SITE_ACTOR
+
+    releases = subject_releases(settings.ledger_dir() / "releases", pseudonym)
+    charges = find_decisions(settings.audit_dir(), set(releases)) if releases else {}
+    found = []
+    for release in releases:
+        record = charges.get(release, {})
+        if str(record.get("actor") or "").startswith(SITE_ACTOR):
+            found.append((release, str((record.get("detail") or {}).get("model", "?"))))
+    return found
 
 
 state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.",

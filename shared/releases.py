@@ -19,6 +19,7 @@ from shared.state import rkey
 
 RELEASE_CHARGE = "release_charge"
 SUBJECTS_TTL_S = 7 * 24 * 3600
+SITE_ACTOR = "trainer:site:"  # + the site's name: the actor of a federated site's charge
 
 
 def subjects_key(settings: LeptonSettings, dataset: str, release: str) -> str:

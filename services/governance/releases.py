@@ -72,6 +72,14 @@ def _curve(text: bytes | str | None) -> list[float] | None:
     return [math.inf if float(v) >= 1e300 else float(v) for v in raw.split(",")]
 
 
+def subject_releases(directory: Path, subject: str) -> list[str]:
+    """The ids of the accepted releases in the log under `directory` that charged `subject`."""
+    if not (directory / "segments").is_dir():
+        return []
+    return [item["id"] for line in SegmentLog(directory / "segments").scan()
+            if subject in (item := orjson.loads(line))["subjects"]]
+
+
 class ReleaseLedger:
     """Per-subject RDP composition of model releases, in Redis, backed by an on-disk log."""
 

@@ -175,6 +175,20 @@ def find_subject(root: Path, pseudonym: str) -> list[tuple[int, int, dict[str, A
     return found
 
 
+def find_decisions(root: Path, decision_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The first sealed record of each of these decisions, by decision id."""
+    needles = [orjson.dumps(d) for d in decision_ids]
+    found: dict[str, dict[str, Any]] = {}
+    for partition in partitions_on_disk(root):
+        lines, _ = _read_lines(root, partition)
+        for line in lines:
+            if any(n in line for n in needles):
+                record = orjson.loads(line)
+                if record.get("decision_id") in decision_ids:
+                    found.setdefault(record["decision_id"], record)
+    return found
+
+
 def build_inclusion(root: Path, partition: int, index: int) -> dict[str, Any]:
     """An inclusion proof of leaf `index` against the partition's latest covering checkpoint."""
     checkpoints = CheckpointLog(partition_dir(root, partition)).read()

@@ -2,15 +2,17 @@
 in Redis), governance's policy-ready marker and the registry's `contains_forgotten` marks;
 produces why a release must not be served: it carries a forgotten subject's data (it trained on
 their rows, or it continued a version marked while it trained), or Redis lost the forgotten set
-and governance has not restored it, so nobody can tell."""
+and governance has not restored it, so nobody can tell. Also marks the versions that carry a
+forgotten subject's data (`lepton forget`, `lepton models mark-forgotten`): those that trained
+on it and every version warm-started from one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from shared.config import LeptonSettings
-from shared.models.registry import Registry
+from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.state import forgotten_key, policy_ready_key
 
 
@@ -42,3 +44,39 @@ def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: st
         return Refusal(f"contains_forgotten: trained on rows of {hits} subject(s) forgotten "
                        "meanwhile", carries=True)
     return None
+
+
+def mark_versions(registry: Registry, trained_on: Callable[[ModelCard], str | None]
+                  ) -> list[str]:
+    """Mark `contains_forgotten` every version whose card `trained_on` names (it says how the
+    version holds the subject's data, else None) and every version warm-started from a marked
+    one; a line each."""
+    lines = []
+    for model in registry.models():
+        tainted: set[int] = set()
+        for version in sorted(registry.versions(model)):
+            try:
+                card = registry.card(model, version)
+            except ArtifactError:
+                continue
+            why = trained_on(card)
+            if why is None and card.parent_version in tainted:
+                why = f"warm-started from v{card.parent_version}, which holds the subject's data"
+            if why is None:
+                continue
+            tainted.add(version)
+            registry.mark(model, version, contains_forgotten=True)
+            lines.append(f"model {model} v{version}: {why}; marked contains_forgotten: true (the "
+                         "trainer neither continues from a marked version nor promotes one "
+                         "trained on the subject)")
+    return lines
+
+
+def card_releases(card: ModelCard) -> set[str]:
+    """The release ids a card was charged under: its own, or each federation site's."""
+    privacy = card.privacy or {}
+    sites = privacy.get("sites")
+    ids = [privacy.get("release_id"),
+           *(s.get("release_id") for s in (sites.values() if isinstance(sites, dict) else ())
+             if isinstance(s, dict))]
+    return {i for i in ids if isinstance(i, str)}

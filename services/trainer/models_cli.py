@@ -1,6 +1,6 @@
-"""`lepton models list|show|promote|rollback|canary|shadow`: consumes the registry, produces
-moves of its live pointer, the operator's decisions on audit.requests and announcements on
-models.updates."""
+"""`lepton models list|show|promote|rollback|canary|shadow|mark-forgotten`: consumes the
+registry, produces moves of its live pointer, `contains_forgotten` marks, the operator's
+decisions on audit.requests and announcements on models.updates."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from shared.models.registry import ModelCard, Registry
     from shared.principals import Principal
 
-models_app = typer.Typer(help="Inspect the model registry; promote, roll back, canary, shadow.",
+models_app = typer.Typer(help="Inspect the model registry; promote, roll back, canary, shadow; "
+                              "mark versions that carry a forgotten subject.",
                          no_args_is_help=True)
 
 ModelOption = Annotated[str | None, typer.Option(
@@ -246,3 +247,28 @@ def shadow(version: int, model: ModelOption = None, allow_forgotten: ForgottenOp
     name = _model(registry, model)
     _announce(settings, registry, _servable(registry, name, version, allow_forgotten), "shadow")
     typer.echo(f"{name} v{version} announced as shadow")
+
+
+@models_app.command("mark-forgotten")
+def mark_forgotten(releases: Annotated[list[str], typer.Argument(
+        help="Release ids, as `lepton forget` at a federation site names them.")]) -> None:
+    """Mark versions charged under RELEASES (or warm-started from one) contains_forgotten.
+
+    A version's own charge counts, and each federation site's. Exit 1 when no version here
+    names any of them."""
+    from services.trainer.forgotten import card_releases, mark_versions
+
+    wanted = set(releases)
+    _, registry = _context()
+
+    def trained_on(card: ModelCard) -> str | None:
+        named = sorted(wanted & card_releases(card))
+        return f"charged under release {', '.join(named)}, trained on the subject's data" \
+            if named else None
+
+    lines = mark_versions(registry, trained_on)
+    if not lines:
+        raise fail(f"no version in the registry at {registry.root} was charged under "
+                   f"{', '.join(sorted(wanted))} (is this the coordinator's registry?)")
+    for line in lines:
+        typer.echo(line)

@@ -40,6 +40,7 @@ from shared.models.nets import build_model
 from shared.principals import Principal
 from shared.releases import (
     RELEASE_CHARGE,
+    SITE_ACTOR,
     SUBJECTS_TTL_S,
     load_subjects,
     read_verdict,
@@ -151,7 +152,7 @@ class SiteRounds:
         store_subjects(self.redis, self.settings, self.spec.name, rid, subjects)
         self.redis.set(self._plan_key(rid), orjson.dumps(asdict(plan)), ex=SUBJECTS_TTL_S)
         publish_decision(self.producer, self.settings, Decision(
-            decision_id=rid, kind=RELEASE_CHARGE, actor=f"trainer:site:{self.site}",
+            decision_id=rid, kind=RELEASE_CHARGE, actor=f"{SITE_ACTOR}{self.site}",
             dataset=self.spec.name, detail=detail), signer=self.signer)
         verdict = wait_verdict(self.redis, self.settings, self.spec.name, rid,
                                self.settings.trainer_charge_timeout_s, self.stop)

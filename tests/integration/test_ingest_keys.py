@@ -107,4 +107,5 @@ def test_rotate_and_forget_while_ingest_runs(running_ingest: IngestSettings) -> 
     assert by_kind["key_rotated"].detail["previous_master_key_id"] == first_key
     assert by_kind["subject_forgotten"].subject_id == victim
     assert by_kind["subject_forgotten"].detail == {
-        "data_key_destroyed": True, "redis_persistence": "none", "models_marked": 0}
+        "data_key_destroyed": True, "redis_persistence": "none", "models_marked": 0,
+        "federated_releases": []}
