@@ -4,7 +4,8 @@ card), the live pointer, signed `model_promoted`/`model_refused` decisions on `a
 and the signed announcement on `models.updates` (shared.models.announce), signed by the
 coordinator's own principal (`federation`, an allowed announcer of `promote`).
 
-Consumes the aggregated weights and what the rounds recorded; produces the saved card. The card
+Consumes the aggregated weights and what the rounds recorded; produces the saved card (refused
+and marked `contains_forgotten` when a site's subjects were forgotten mid-federation). The card
 lists each site's contribution (rounds, sample counts, held-out rows, ε, release id and ledger
 verdict), the rounds (sites, missing, bytes), the dropped answers, and never a row.
 """
@@ -31,12 +32,26 @@ log = logging.getLogger(__name__)
 ACTOR = "federation"
 
 
+def forgotten_during(sites: dict[str, dict[str, Any]]) -> str | None:
+    """The gate's reason when sites' subjects were forgotten after earlier rounds trained on
+    them (each site counts its own in its privacy facts), else None."""
+    counts = {s: int((e.get("privacy") or {}).get("forgotten_during", 0))
+              for s, e in sorted(sites.items())}
+    named = ", ".join(f"{s}: {n}" for s, n in counts.items() if n)
+    return (f"contains_forgotten: subjects forgotten during the federation, after earlier "
+            f"rounds trained on them ({named})") if named else None
+
+
 def release(settings: FederationSettings, spec: DatasetSpec, registry: Registry,
             producer: Producer, signer: Principal, tracer: trace.Tracer,
-            card: ModelCard, state: dict[str, torch.Tensor], verdict: GateResult) -> ModelCard:
-    """Save the card and weights; when the gate promoted it, make it live and announce it."""
+            card: ModelCard, state: dict[str, torch.Tensor], verdict: GateResult,
+            contains_forgotten: bool = False) -> ModelCard:
+    """Save the card and weights (marked when it carries forgotten subjects' data); when the
+    gate promoted it, make it live and announce it."""
     with tracer.start_as_current_span("federation release") as span:
         saved = registry.save(card, state)
+        if contains_forgotten:
+            registry.mark(saved.model, saved.version, contains_forgotten=True)
         span.set_attribute("lepton.model.version", saved.version)
         ident = f"{saved.model}-v{saved.version}-{saved.sha256[:16]}"
         detail: dict[str, Any] = {

@@ -11,9 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import redis
+
 from shared.config import LeptonSettings
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.state import forgotten_key, policy_ready_key
+
+FORGOTTEN_UNKNOWN = ("forgotten_unknown: Redis lost the forgotten set and governance has not "
+                     "restored it yet (it does before its next decision; `lepton state "
+                     "rebuild` does now)")
 
 
 class Refusal(NamedTuple):
@@ -31,19 +37,27 @@ def forgotten_in_release(registry: Registry, settings: LeptonSettings, model: st
                        "marked while this cycle trained", carries=True)
     if not subjects:
         return None
-    pipe = registry.redis.pipeline(transaction=False)
-    pipe.exists(policy_ready_key(settings))
-    pipe.smismember(forgotten_key(settings), list(subjects))  # type: ignore[no-untyped-call]
-    ready, found = pipe.execute()
-    if not ready:
-        return Refusal("forgotten_unknown: Redis lost the forgotten set and governance has not "
-                       "restored it yet (it does before its next decision; `lepton state "
-                       "rebuild` does now)", carries=False)
-    hits = sum(1 for hit in found if hit)
-    if hits:
-        return Refusal(f"contains_forgotten: trained on rows of {hits} subject(s) forgotten "
-                       "meanwhile", carries=True)
+    gone = forgotten_among(registry.redis, settings, subjects)
+    if gone is None:
+        return Refusal(FORGOTTEN_UNKNOWN, carries=False)
+    if gone:
+        return Refusal(f"contains_forgotten: trained on rows of {len(gone)} subject(s) "
+                       "forgotten meanwhile", carries=True)
     return None
+
+
+def forgotten_among(client: redis.Redis[bytes], settings: LeptonSettings,
+                    subjects: Sequence[str]) -> set[str] | None:
+    """Which of `subjects` are forgotten; None while Redis has lost the forgotten set and
+    governance has not restored it (nobody can tell)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(policy_ready_key(settings))
+    if subjects:
+        pipe.smismember(forgotten_key(settings), list(subjects))  # type: ignore[no-untyped-call]
+    ready, *found = pipe.execute()
+    if not ready:
+        return None
+    return {s for s, hit in zip(subjects, found[0] if found else [], strict=False) if hit}
 
 
 def mark_versions(registry: Registry, trained_on: Callable[[ModelCard], str | None]

@@ -14,6 +14,13 @@ charge (release id from the federation id and the site), so a site that dies and
 is not charged again and trains only the subjects already charged; a site charged for rounds it
 then missed is over-counted, never under-counted. The coordinator, which sees the updates, is
 not trusted with the data: the per-subject guarantee holds against it too.
+
+Forgotten subjects: their events governed before the forget are still on `events.governed`, so
+the snapshot leaves out the training rows of every subject in the forgotten set (they are not
+charged either). One forgotten during the federation is left out of the later rounds, and the
+site's privacy facts count it (`forgotten_during`): the earlier rounds trained on it, so the
+coordinator refuses and marks the release. While Redis has lost the forgotten set (no
+policy-ready marker) the site declines.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan, calibrate, fit_private
+from services.trainer.forgotten import FORGOTTEN_UNKNOWN, forgotten_among
 from services.trainer.snapshot import Snapshot, read_snapshot
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
@@ -95,6 +103,11 @@ class SiteRounds:
                                  self.settings.trainer_val_percent, stop=self.stop,
                                  subjects=set(charged) if charged is not None else None)
         state = Federation(snapshot)
+        gone = forgotten_among(self.redis, self.settings, snapshot.subjects)
+        if gone is None:
+            state.declined = FORGOTTEN_UNKNOWN
+            return state
+        snapshot.drop(gone)  # their events before the forget are still on events.governed
         if earlier is not None and earlier.get("status") != "charged":
             state.declined = f"privacy_charge_refused: {earlier.get('reason')}"
             return state
@@ -115,6 +128,8 @@ class SiteRounds:
         state.privacy = {**whole.describe(), "steps_per_round": per_round,
                          "rounds_planned": task.rounds, "release_id": rid, "ledger": verdict,
                          "subjects": len(snapshot.subjects)}
+        if charged is not None and gone:  # a restart: charged, so earlier rounds trained them
+            state.privacy["forgotten_during"] = len(gone)
         if verdict is None or verdict.get("status") != "charged":
             reason = "no verdict from governance" if verdict is None else verdict.get("reason")
             state.declined = f"privacy_charge_refused: {reason}"
@@ -167,6 +182,13 @@ class SiteRounds:
         """Train the global model on this site's rows; the clipped update."""
         if state.declined or state.round_plan is None:
             return self.declined(task, state.declined or "not prepared"), {}
+        gone = forgotten_among(self.redis, self.settings, state.snapshot.subjects)
+        if gone is None:
+            return self.declined(task, FORGOTTEN_UNKNOWN), {}
+        if gone:  # earlier rounds trained on them: the coordinator refuses the release
+            state.snapshot.drop(gone)
+            state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + \
+                len(gone)
         transform = FeatureTransform.from_dict(task.feature_transform)
         x = torch.from_numpy(transform.transform(state.snapshot.train))
         y = torch.from_numpy(transform.labels(state.snapshot.train))

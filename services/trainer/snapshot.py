@@ -47,11 +47,18 @@ class Snapshot:
     lineage: dict[str, Any] = field(default_factory=dict)
     over_bound: int = 0
     uncharged: int = 0
+    forgotten: int = 0
 
     @property
     def subjects(self) -> list[str]:
         """The distinct subjects of the training rows."""
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
+
+    def drop(self, subjects: set[str]) -> None:
+        """Leave out the training rows of these (forgotten) subjects."""
+        kept = [row for row in self.train if str(row[SUBJECT_KEY]) not in subjects]
+        self.forgotten += len(self.train) - len(kept)
+        self.train = kept
 
 
 def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:
