@@ -37,7 +37,7 @@ import torch
 
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan, calibrate, fit_private
-from services.trainer.forgotten import FORGOTTEN_UNKNOWN, forgotten_among
+from services.trainer.forgotten import FORGOTTEN_UNKNOWN
 from services.trainer.snapshot import Snapshot, read_snapshot
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
@@ -103,11 +103,10 @@ class SiteRounds:
                                  self.settings.trainer_val_percent, stop=self.stop,
                                  subjects=set(charged) if charged is not None else None)
         state = Federation(snapshot)
-        gone = forgotten_among(self.redis, self.settings, snapshot.subjects)
+        gone = snapshot.drop_forgotten(self.redis, self.settings)
         if gone is None:
             state.declined = FORGOTTEN_UNKNOWN
             return state
-        snapshot.drop(gone)  # their events before the forget are still on events.governed
         if earlier is not None and earlier.get("status") != "charged":
             state.declined = f"privacy_charge_refused: {earlier.get('reason')}"
             return state
@@ -129,7 +128,7 @@ class SiteRounds:
                          "rounds_planned": task.rounds, "release_id": rid, "ledger": verdict,
                          "subjects": len(snapshot.subjects)}
         if charged is not None and gone:  # a restart: charged, so earlier rounds trained them
-            state.privacy["forgotten_during"] = len(gone)
+            state.privacy["forgotten_during"] = gone
         if verdict is None or verdict.get("status") != "charged":
             reason = "no verdict from governance" if verdict is None else verdict.get("reason")
             state.declined = f"privacy_charge_refused: {reason}"
@@ -182,13 +181,11 @@ class SiteRounds:
         """Train the global model on this site's rows; the clipped update."""
         if state.declined or state.round_plan is None:
             return self.declined(task, state.declined or "not prepared"), {}
-        gone = forgotten_among(self.redis, self.settings, state.snapshot.subjects)
+        gone = state.snapshot.drop_forgotten(self.redis, self.settings)
         if gone is None:
             return self.declined(task, FORGOTTEN_UNKNOWN), {}
         if gone:  # earlier rounds trained on them: the coordinator refuses the release
-            state.snapshot.drop(gone)
-            state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + \
-                len(gone)
+            state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + gone
         transform = FeatureTransform.from_dict(task.feature_transform)
         x = torch.from_numpy(transform.transform(state.snapshot.train))
         y = torch.from_numpy(transform.labels(state.snapshot.train))

@@ -3,7 +3,8 @@ tune`'s trials, a federated site's rounds): every record from the beginning up t
 (the high watermarks when first read, or offsets pinned by an earlier read, so a restart reads
 the same records), decoded exactly as the trainer's rounds decode them (governance's MAC checked
 first, the held-out split by event id), with at most `max_events_per_subject` training rows per
-subject (optionally only the subjects an earlier charge covered).
+subject (optionally only the subjects an earlier charge covered); its users leave out the rows
+of forgotten subjects (`Snapshot.drop_forgotten`).
 
 Consumes `events.governed` with manual assignment and no offset commits; produces a Snapshot:
 training rows, held-out rows, lineage (offset and audit-leaf ranges, counts) and the end offsets.
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
+from services.trainer.forgotten import forgotten_among
 from services.trainer.lineage import CycleLineage, merge
 from shared.config import LeptonSettings
 from shared.datasets.spec import DatasetSpec
@@ -54,11 +57,17 @@ class Snapshot:
         """The distinct subjects of the training rows."""
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
 
-    def drop(self, subjects: set[str]) -> None:
-        """Leave out the training rows of these (forgotten) subjects."""
-        kept = [row for row in self.train if str(row[SUBJECT_KEY]) not in subjects]
-        self.forgotten += len(self.train) - len(kept)
-        self.train = kept
+    def drop_forgotten(self, client: redis.Redis[bytes], settings: LeptonSettings
+                       ) -> int | None:
+        """Leave out the training rows of forgotten subjects (their events governed before the
+        forget are still on the topic); how many subjects, or None while Redis has lost the
+        forgotten set (nobody can tell)."""
+        gone = forgotten_among(client, settings, self.subjects)
+        if gone:
+            kept = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
+            self.forgotten += len(self.train) - len(kept)
+            self.train = kept
+        return None if gone is None else len(gone)
 
 
 def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:

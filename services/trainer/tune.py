@@ -2,7 +2,8 @@
 winner is released like any trained model.
 
 Reads a snapshot of `events.governed` (snapshot.py; its end offsets are pinned in the study, so
-a restart or a replay of the study id trains and evaluates on the same records), runs the
+a restart or a replay of the study id trains and evaluates on the same records, less the rows
+of subjects forgotten since: a forgotten subject's earlier events are left out), runs the
 study's remaining trials (study.py), then hands the best trial's model to the trainer's
 Releaser: the same gate, the same release charge, registry, signing and announcement as a
 trained cycle. The charge is the whole study's composed curve (every trial that touched data)
@@ -28,6 +29,7 @@ import optuna
 import torch
 
 from services.trainer.config import TrainerSettings
+from services.trainer.forgotten import FORGOTTEN_UNKNOWN
 from services.trainer.release import Candidate, Releaser
 from services.trainer.snapshot import Snapshot, read_snapshot
 from services.trainer.study import (
@@ -48,6 +50,7 @@ from shared.kafka import make_producer
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model
 from shared.models.registry import Registry
+from shared.state import make_redis
 from shared.tracing import get_tracer
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,8 @@ def run_tune(settings: TrainerSettings, trials: int, study_id: str | None = None
     started = time.monotonic()
     snapshot = read_snapshot(settings, spec, f"lepton-tune-{model}",
                              settings.trainer_val_percent, ends=pinned, stop=stop)
+    if snapshot.drop_forgotten(make_redis(settings), settings) is None:
+        raise ValueError(FORGOTTEN_UNKNOWN)
     if not snapshot.train or not snapshot.validation:
         raise ValueError(f"no training or held-out rows of {spec.name} on events.governed")
     if not replayed:
@@ -179,6 +184,7 @@ def _release(settings: TrainerSettings, study: optuna.Study, best: optuna.trial.
                   "rows": len(snapshot.train),
                   "steps": plan.steps, "rounds": 1, "workers": 1, "backend": "single",
                   "rows_over_contribution_bound": snapshot.over_bound,
+                  "rows_forgotten": snapshot.forgotten,
                   "tuning": _summary(study, best, spec.privacy.delta, spec.tuning.metric)},
         plan=plan, subjects=snapshot.subjects, wall_time_s=time.monotonic() - started,
         energy_j=meter.read(), energy_method=meter.describe(), device="cpu",

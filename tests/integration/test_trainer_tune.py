@@ -14,6 +14,7 @@ from opacus.accountants import RDPAccountant
 
 from services.governance.config import GovernanceSettings
 from services.governance.releases import ReleaseLedger
+from services.trainer.split import is_validation
 from services.trainer.study import defaults, open_study
 from services.trainer.tune import run_tune
 from shared.accounting import ORDERS
@@ -22,6 +23,7 @@ from shared.datasets import load_spec
 from shared.events import ModelAnnouncement, decode
 from shared.models.registry import Registry
 from shared.releases import verdicts_key
+from shared.state import forgotten_key
 from shared.topics import Topics
 from tests.helpers import lepton, read_topic
 from tests.integration.test_governance_service import Running
@@ -103,6 +105,33 @@ def test_ten_trial_study_is_charged_once_and_releases_the_best(
     assert registry.versions("breast_cancer") == [result.version]
     # more trials on a released study would spend budget nothing charges: refused
     assert more.returncode == 1 and "already released its winner" in more.stderr
+
+
+def test_a_study_leaves_out_subjects_forgotten_before_it(lepton_env: LeptonSettings,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Their events governed before the forget are still on events.governed: the study trains
+    without them, does not charge them, and its winner is not refused as carrying them."""
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    events = governed_breast_cancer()
+    publish_governed(lepton_env, events)
+    settings = trainer_settings(trainer_dp_enabled=True)
+    victim = next(e.subject_id for e in events
+                  if not is_validation(e.event_id, settings.trainer_val_percent))
+    registry = Registry(settings)
+    registry.redis.sadd(forgotten_key(lepton_env), victim)
+    governance = Running(GovernanceSettings(), None)
+    try:
+        result = run_tune(settings, 1, "bc-forgotten")
+    finally:
+        governance.close()
+    card = registry.card("breast_cancer", result.version)
+    assert not [r for r in card.gate["reasons"] if r.startswith("contains_forgotten")]
+    assert not registry.contains_forgotten("breast_cancer", result.version)
+    assert card.training["rows_forgotten"] == 1
+    spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(
+        "breast_cancer", load_spec("breast_cancer").privacy.delta)
+    assert spent and victim not in spent
 
 
 def test_tune_command_rejects_an_unknown_dataset(lepton_env: LeptonSettings) -> None:
