@@ -54,10 +54,11 @@ def forgotten_among(client: redis.Redis[bytes], settings: LeptonSettings,
     pipe.exists(policy_ready_key(settings))
     if subjects:
         pipe.smismember(forgotten_key(settings), list(subjects))  # type: ignore[no-untyped-call]
-    ready, *found = pipe.execute()
-    if not ready:
+    results = pipe.execute()
+    if not results[0]:
         return None
-    return {s for s, hit in zip(subjects, found[0] if found else [], strict=False) if hit}
+    hits = results[1] if subjects else []
+    return {s for s, hit in zip(subjects, hits, strict=True) if hit}
 
 
 def mark_versions(registry: Registry, trained_on: Callable[[ModelCard], str | None]
