@@ -52,9 +52,8 @@ def forget(
                   "LEPTON_INGEST_KEY_CACHE_TTL_S (30 s by default)")
     missed.append("events.raw: the producer's original bytes stay until topic retention "
                   "deletes them (Lepton never writes there)")
-    models = _mark_models(settings, pseudonym)
+    models, federated = _reach_models(settings, pseudonym)
     missed += models
-    federated = _federated_releases(settings, pseudonym)
     missed += [f"federated model {model}: this site trained the subject's data for a "
                f"federation (release {release}); the coordinator's operator marks every "
                f"version from it with `lepton models mark-forgotten {release}`"
@@ -70,42 +69,34 @@ def forget(
                     "run it again once the broker is up (forgetting is idempotent)")
 
 
-def _mark_models(settings: GovernanceSettings, pseudonym: str) -> list[str]:
-    """Mark every model version trained on the subject's released events (found through the
-    audit leaves its lineage names) and every version warm-started from one; a line each."""
-    from services.governance.verify import find_subject
+def _reach_models(settings: GovernanceSettings, pseudonym: str
+                  ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Mark every model version here trained on the subject's released events (the audit
+    leaves its lineage names) and every version warm-started from one, a line each; and the
+    (release id, model) of each federation this site trained the subject's data for, whose
+    versions are in the coordinator's registry (found through the site's release log and its
+    signed charges). One pass over the audit store."""
+    from services.governance.releases import subject_releases
+    from services.governance.verify import find_records
     from services.trainer.forgotten import mark_versions
     from shared.models.registry import ModelCard, Registry
+    from shared.releases import SITE_ACTOR
 
-    leaves = {(p, i) for p, i, record in find_subject(settings.audit_dir(), pseudonym)
-              if record.get("kind") == "event_released"}
+    releases = subject_releases(settings.ledger_dir() / "releases", pseudonym)
+    about, charges = find_records(settings.audit_dir(), pseudonym, set(releases))
+    federated = [(release, str((charges[release].get("detail") or {}).get("model", "?")))
+                 for release in releases if release in charges
+                 and str(charges[release].get("actor") or "").startswith(SITE_ACTOR)]
+    leaves = {(p, i) for p, i, record in about if record.get("kind") == "event_released"}
     if not leaves:
-        return []
+        return [], federated
 
     def trained_on(card: ModelCard) -> str | None:
         ranges = card.lineage.get("audit_leaves", {})
         hit = any(lo <= i <= hi for p, i in leaves for lo, hi in [ranges.get(str(p), (1, 0))])
         return "trained on the subject's data" if hit else None
 
-    return mark_versions(Registry(settings), trained_on)
-
-
-def _federated_releases(settings: GovernanceSettings, pseudonym: str) -> list[tuple[str, str]]:
-    """(release id, model) of each federation this site trained the subject's data for: its
-    versions are in the coordinator's registry, which only the coordinator's operator
-    reaches."""
-    from services.governance.releases import subject_releases
-    from services.governance.verify import find_decisions
-    from shared.releases import SITE_ACTOR
-
-    releases = subject_releases(settings.ledger_dir() / "releases", pseudonym)
-    charges = find_decisions(settings.audit_dir(), set(releases)) if releases else {}
-    found = []
-    for release in releases:
-        record = charges.get(release, {})
-        if str(record.get("actor") or "").startswith(SITE_ACTOR):
-            found.append((release, str((record.get("detail") or {}).get("model", "?"))))
-    return found
+    return mark_versions(Registry(settings), trained_on), federated
 
 
 state_app = typer.Typer(help="Policy state kept in Redis and its durable copies.",

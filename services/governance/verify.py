@@ -7,6 +7,7 @@ Reads `<data_dir>/governance/audit/` (never writes); used by `lepton audit ...`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,40 +154,38 @@ def verify_store(root: Path, public: Ed25519PublicKey,
 
 def find_event(root: Path, event_id: str) -> list[tuple[int, int, bytes]]:
     """(partition, leaf index, record bytes) of every record about `event_id`."""
-    needle = orjson.dumps(event_id)
-    found = []
-    for partition in partitions_on_disk(root):
-        lines, _ = _read_lines(root, partition)
-        for index, line in enumerate(lines):
-            if needle in line and orjson.loads(line).get("event_id") == event_id:
-                found.append((partition, index, line))
-    return found
+    return [(p, i, line) for p, i, line, record in _naming(root, [event_id])
+            if record.get("event_id") == event_id]
 
 
 def find_subject(root: Path, pseudonym: str) -> list[tuple[int, int, dict[str, Any]]]:
     """(partition, leaf index, record) of every record naming the subject's pseudonym."""
-    needle = orjson.dumps(pseudonym)
-    found = []
+    return find_records(root, pseudonym, set())[0]
+
+
+def find_records(root: Path, pseudonym: str, decision_ids: set[str]
+                 ) -> tuple[list[tuple[int, int, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """In one pass over the store: (partition, leaf index, record) of every record naming the
+    subject's pseudonym, and the first record of each of these decisions, by decision id."""
+    about: list[tuple[int, int, dict[str, Any]]] = []
+    decisions: dict[str, dict[str, Any]] = {}
+    for partition, index, _, record in _naming(root, [pseudonym, *decision_ids]):
+        if record.get("subject_id") == pseudonym:
+            about.append((partition, index, record))
+        if record.get("decision_id") in decision_ids:
+            decisions.setdefault(record["decision_id"], record)
+    return about, decisions
+
+
+def _naming(root: Path, values: list[str]) -> Iterator[tuple[int, int, bytes, dict[str, Any]]]:
+    """(partition, leaf index, bytes, record) of every record whose bytes hold one of `values`
+    as a JSON string (only those are parsed; the caller checks the field)."""
+    needles = [orjson.dumps(v) for v in values]
     for partition in partitions_on_disk(root):
         lines, _ = _read_lines(root, partition)
         for index, line in enumerate(lines):
-            if needle in line and (record := orjson.loads(line)).get("subject_id") == pseudonym:
-                found.append((partition, index, record))
-    return found
-
-
-def find_decisions(root: Path, decision_ids: set[str]) -> dict[str, dict[str, Any]]:
-    """The first sealed record of each of these decisions, by decision id."""
-    needles = [orjson.dumps(d) for d in decision_ids]
-    found: dict[str, dict[str, Any]] = {}
-    for partition in partitions_on_disk(root):
-        lines, _ = _read_lines(root, partition)
-        for line in lines:
             if any(n in line for n in needles):
-                record = orjson.loads(line)
-                if record.get("decision_id") in decision_ids:
-                    found.setdefault(record["decision_id"], record)
-    return found
+                yield partition, index, line, orjson.loads(line)
 
 
 def build_inclusion(root: Path, partition: int, index: int) -> dict[str, Any]:
