@@ -37,8 +37,7 @@ import torch
 
 from services.trainer.config import TrainerSettings
 from services.trainer.dp import Plan, calibrate, fit_private
-from services.trainer.forgotten import FORGOTTEN_UNKNOWN
-from services.trainer.snapshot import Snapshot, read_snapshot
+from services.trainer.snapshot import ForgottenUnknown, Snapshot, read_snapshot
 from shared.datasets.spec import DatasetSpec
 from shared.decisions import publish_decision
 from shared.events import Decision
@@ -99,14 +98,13 @@ class SiteRounds:
         earlier = read_verdict(self.redis, self.settings, dataset, rid)
         charged = load_subjects(self.redis, self.settings, dataset, rid) \
             if earlier is not None and earlier.get("status") == "charged" else None
-        snapshot = read_snapshot(self.settings, self.spec, self.group,
-                                 self.settings.trainer_val_percent, stop=self.stop,
-                                 subjects=set(charged) if charged is not None else None)
+        try:
+            snapshot = read_snapshot(self.settings, self.spec, self.group,
+                                     self.settings.trainer_val_percent, stop=self.stop,
+                                     subjects=set(charged) if charged is not None else None)
+        except ForgottenUnknown as error:
+            return Federation(Snapshot(), declined=str(error))
         state = Federation(snapshot)
-        gone = snapshot.drop_forgotten(self.redis, self.settings)
-        if gone is None:
-            state.declined = FORGOTTEN_UNKNOWN
-            return state
         if earlier is not None and earlier.get("status") != "charged":
             state.declined = f"privacy_charge_refused: {earlier.get('reason')}"
             return state
@@ -127,8 +125,8 @@ class SiteRounds:
         state.privacy = {**whole.describe(), "steps_per_round": per_round,
                          "rounds_planned": task.rounds, "release_id": rid, "ledger": verdict,
                          "subjects": len(snapshot.subjects)}
-        if charged is not None and gone:  # a restart: charged, so earlier rounds trained them
-            state.privacy["forgotten_during"] = gone
+        if charged is not None and snapshot.forgotten_subjects:  # a restart: charged, so
+            state.privacy["forgotten_during"] = snapshot.forgotten_subjects  # trained on before
         if verdict is None or verdict.get("status") != "charged":
             reason = "no verdict from governance" if verdict is None else verdict.get("reason")
             state.declined = f"privacy_charge_refused: {reason}"
@@ -181,9 +179,10 @@ class SiteRounds:
         """Train the global model on this site's rows; the clipped update."""
         if state.declined or state.round_plan is None:
             return self.declined(task, state.declined or "not prepared"), {}
-        gone = state.snapshot.drop_forgotten(self.redis, self.settings)
-        if gone is None:
-            return self.declined(task, FORGOTTEN_UNKNOWN), {}
+        try:
+            gone = state.snapshot.drop_forgotten(self.redis, self.settings)
+        except ForgottenUnknown as error:
+            return self.declined(task, str(error)), {}
         if gone:  # earlier rounds trained on them: the coordinator refuses the release
             state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + gone
         transform = FeatureTransform.from_dict(task.feature_transform)

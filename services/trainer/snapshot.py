@@ -3,8 +3,9 @@ tune`'s trials, a federated site's rounds): every record from the beginning up t
 (the high watermarks when first read, or offsets pinned by an earlier read, so a restart reads
 the same records), decoded exactly as the trainer's rounds decode them (governance's MAC checked
 first, the held-out split by event id), with at most `max_events_per_subject` training rows per
-subject (optionally only the subjects an earlier charge covered); its users leave out the rows
-of forgotten subjects (`Snapshot.drop_forgotten`).
+subject (optionally only the subjects an earlier charge covered), less the rows of forgotten
+subjects: governance withholds their new events, but those governed before the forget stay on
+the topic.
 
 Consumes `events.governed` with manual assignment and no offset commits; produces a Snapshot:
 training rows, held-out rows, lineage (offset and audit-leaf ranges, counts) and the end offsets.
@@ -24,12 +25,13 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
-from services.trainer.forgotten import forgotten_among
+from services.trainer.forgotten import FORGOTTEN_UNKNOWN, forgotten_among
 from services.trainer.lineage import CycleLineage, merge
 from shared.config import LeptonSettings
 from shared.datasets.spec import DatasetSpec
 from shared.governed_mac import GovernedMac
 from shared.kafka import make_consumer, wait_for_kafka
+from shared.state import make_redis
 from shared.topics import Topics
 
 CHUNK = 2000
@@ -38,6 +40,11 @@ ATTEMPT_S = 5.0  # one metadata request on an unreachable broker
 
 class SnapshotTimeout(RuntimeError):
     """The end offsets were not reached in time (broker down, or records gone)."""
+
+
+class ForgottenUnknown(ValueError):
+    """Redis lost the forgotten set and governance has not restored it: nobody can tell whose
+    rows to leave out."""
 
 
 @dataclass
@@ -50,24 +57,28 @@ class Snapshot:
     lineage: dict[str, Any] = field(default_factory=dict)
     over_bound: int = 0
     uncharged: int = 0
-    forgotten: int = 0
+    forgotten: int = 0  # training rows left out: their subjects are forgotten
+    forgotten_subjects: int = 0
 
     @property
     def subjects(self) -> list[str]:
         """The distinct subjects of the training rows."""
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
 
-    def drop_forgotten(self, client: redis.Redis[bytes], settings: LeptonSettings
-                       ) -> int | None:
-        """Leave out the training rows of forgotten subjects (their events governed before the
-        forget are still on the topic); how many subjects, or None while Redis has lost the
-        forgotten set (nobody can tell)."""
+    def drop_forgotten(self, client: redis.Redis[bytes], settings: LeptonSettings) -> int:
+        """Leave out the training rows of subjects forgotten by now; how many subjects
+        (ForgottenUnknown while Redis has lost the forgotten set)."""
+        if not self.train:
+            return 0
         gone = forgotten_among(client, settings, self.subjects)
+        if gone is None:
+            raise ForgottenUnknown(FORGOTTEN_UNKNOWN)
         if gone:
             kept = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
             self.forgotten += len(self.train) - len(kept)
+            self.forgotten_subjects += len(gone)
             self.train = kept
-        return None if gone is None else len(gone)
+        return len(gone)
 
 
 def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:
@@ -136,4 +147,5 @@ def read_snapshot(settings: LeptonSettings, spec: DatasetSpec, group: str, val_p
             continue
         seen[subject] += 1
         snapshot.train.append(row)
+    snapshot.drop_forgotten(make_redis(settings), settings)
     return snapshot

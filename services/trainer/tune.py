@@ -29,7 +29,6 @@ import optuna
 import torch
 
 from services.trainer.config import TrainerSettings
-from services.trainer.forgotten import FORGOTTEN_UNKNOWN
 from services.trainer.release import Candidate, Releaser
 from services.trainer.snapshot import Snapshot, read_snapshot
 from services.trainer.study import (
@@ -50,7 +49,6 @@ from shared.kafka import make_producer
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model
 from shared.models.registry import Registry
-from shared.state import make_redis
 from shared.tracing import get_tracer
 
 log = logging.getLogger(__name__)
@@ -116,8 +114,6 @@ def run_tune(settings: TrainerSettings, trials: int, study_id: str | None = None
     started = time.monotonic()
     snapshot = read_snapshot(settings, spec, f"lepton-tune-{model}",
                              settings.trainer_val_percent, ends=pinned, stop=stop)
-    if snapshot.drop_forgotten(make_redis(settings), settings) is None:
-        raise ValueError(FORGOTTEN_UNKNOWN)
     if not snapshot.train or not snapshot.validation:
         raise ValueError(f"no training or held-out rows of {spec.name} on events.governed")
     if not replayed:

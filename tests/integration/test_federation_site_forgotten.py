@@ -68,7 +68,8 @@ def test_a_site_leaves_forgotten_subjects_out_and_counts_those_forgotten_mid_fed
         running.close()
     assert state.declined == "", state.declined
     subjects = state.snapshot.subjects
-    assert before not in subjects and state.snapshot.forgotten == 1
+    assert before not in subjects
+    assert (state.snapshot.forgotten, state.snapshot.forgotten_subjects) == (1, 1)
     charged = load_subjects(redis_client, lepton_env, spec.name,
                             release_id("fed-model", "federation", "fed-forgotten", "site-a"))
     assert charged is not None and before not in charged and len(charged) == len(subjects)
@@ -90,3 +91,5 @@ def test_a_site_leaves_forgotten_subjects_out_and_counts_those_forgotten_mid_fed
     redis_client.delete(policy_ready_key(lepton_env))  # Redis lost the set: nobody can tell
     third, _ = rounds.fit(task(3), state, weights)
     assert third.kind == "declined" and third.reason.startswith("forgotten_unknown")
+    later = rounds.prepare(task(1).model_copy(update={"federation": "fed-later"}))
+    assert later.declined.startswith("forgotten_unknown") and later.snapshot.train == []
