@@ -40,14 +40,14 @@ from services.federation.card import (
 from services.federation.config import FederationSettings
 from services.federation.inbox import Answer, Inbox
 from services.federation.pooled import pool
-from services.federation.release import forgotten_during, release
+from services.federation.release import refuse_forgotten, release
 from services.federation.secure import SecureRounds
 from shared.allowlist import AllowList
 from shared.datasets import load_spec
 from shared.federation import UPDATE_KINDS, Arrays, RoundTask, encode
 from shared.kafka import deliver, ensure_topics, make_producer
 from shared.models.features import FeatureTransform
-from shared.models.gate import GateResult, decide
+from shared.models.gate import decide
 from shared.models.nets import architecture, build_model
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.principals import Principal
@@ -286,12 +286,10 @@ class Coordinator:
                          max_dp_diff=settings.federation_max_dp_diff,
                          max_eo_diff=settings.federation_max_eo_diff,
                          min_auc=spec.model.min_auc)
-        carried = forgotten_during(progress.sites)
-        if carried is not None:
-            verdict = GateResult(False, [*verdict.reasons, carried], verdict.compared_to)
         for site, entry in progress.sites.items():
             entry.update(per_site.get(site, {}))
         privacy = card_privacy(settings, spec, progress)
+        verdict = refuse_forgotten(verdict, privacy["sites"])
         rounds_run = len(progress.rounds)
         gate = {**verdict.to_dict(settings.federation_gate_tolerance),
                 "live_metrics": live_metrics,
@@ -311,6 +309,6 @@ class Coordinator:
             status="promoted" if verdict.promoted else "refused")
         state = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
         saved = release(settings, spec, self.registry, self.producer, self.signer, self.tracer,
-                        card, state, verdict, contains_forgotten=carried is not None)
+                        card, state, verdict)
         return Outcome(federation, saved.status, rounds_run, "; ".join(verdict.reasons), saved,
                        progress.bytes_per_round())

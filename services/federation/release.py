@@ -13,6 +13,7 @@ verdict), the rounds (sites, missing, bytes), the dropped answers, and never a r
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,25 +33,30 @@ log = logging.getLogger(__name__)
 ACTOR = "federation"
 
 
-def forgotten_during(sites: dict[str, dict[str, Any]]) -> str | None:
-    """The gate's reason when sites' subjects were forgotten after earlier rounds trained on
-    them (each site counts its own in its privacy facts), else None."""
-    counts = {s: int((e.get("privacy") or {}).get("forgotten_during", 0))
-              for s, e in sorted(sites.items())}
-    named = ", ".join(f"{s}: {n}" for s, n in counts.items() if n)
+def refuse_forgotten(verdict: GateResult, sites: Mapping[str, Mapping[str, Any]]
+                     ) -> GateResult:
+    """The gate's verdict, refused when a site's subjects were forgotten after earlier rounds
+    trained on them; `sites` are the sites' privacy facts (the card's `privacy.sites`)."""
+    reason = _forgotten_during(sites)
+    return verdict if reason is None else GateResult(False, [*verdict.reasons, reason],
+                                                     verdict.compared_to)
+
+
+def _forgotten_during(sites: Mapping[str, Mapping[str, Any]]) -> str | None:
+    named = ", ".join(f"{s}: {n}" for s, p in sorted(sites.items())
+                      if (n := int(p.get("forgotten_during", 0))))
     return (f"contains_forgotten: subjects forgotten during the federation, after earlier "
             f"rounds trained on them ({named})") if named else None
 
 
 def release(settings: FederationSettings, spec: DatasetSpec, registry: Registry,
             producer: Producer, signer: Principal, tracer: trace.Tracer,
-            card: ModelCard, state: dict[str, torch.Tensor], verdict: GateResult,
-            contains_forgotten: bool = False) -> ModelCard:
-    """Save the card and weights (marked when it carries forgotten subjects' data); when the
-    gate promoted it, make it live and announce it."""
+            card: ModelCard, state: dict[str, torch.Tensor], verdict: GateResult) -> ModelCard:
+    """Save the card and weights (marked `contains_forgotten` when its sites' privacy facts
+    say so); when the gate promoted it, make it live and announce it."""
     with tracer.start_as_current_span("federation release") as span:
         saved = registry.save(card, state)
-        if contains_forgotten:
+        if _forgotten_during(saved.privacy.get("sites") or {}) is not None:
             registry.mark(saved.model, saved.version, contains_forgotten=True)
         span.set_attribute("lepton.model.version", saved.version)
         ident = f"{saved.model}-v{saved.version}-{saved.sha256[:16]}"

@@ -8,7 +8,7 @@ import threading
 
 from services.federation.config import FederationSettings
 from services.federation.coordinator import Coordinator
-from services.federation.release import forgotten_during, release
+from services.federation.release import refuse_forgotten, release
 from shared.config import LeptonSettings
 from shared.datasets import load_spec
 from shared.kafka import make_producer
@@ -44,7 +44,7 @@ def test_a_federation_never_starts_from_a_marked_live_version(
         coordinator.producer.flush(5)
 
 
-def test_a_release_carrying_forgotten_subjects_is_saved_marked_and_not_made_live(
+def test_a_release_carrying_forgotten_subjects_is_saved_refused_marked_and_not_live(
         lepton_env: LeptonSettings) -> None:
     settings = FederationSettings(federation_dataset="breast_cancer",
                                   federation_sites=("site-a", "site-b"))
@@ -52,15 +52,28 @@ def test_a_release_carrying_forgotten_subjects_is_saved_marked_and_not_made_live
     transform = FeatureTransform.from_spec(spec)
     arch = architecture(spec.model.kind, transform.dim, spec.model.hidden)
     registry = Registry(settings)
-    reason = forgotten_during({"site-a": {"privacy": {"forgotten_during": 2}}})
-    assert reason is not None
-    card = ModelCard(model=settings.model_name(), dataset=spec.name,
-                     spec_hash=spec.spec_hash(), architecture=arch,
-                     feature_transform=transform.to_dict(), metrics={}, status="refused")
     producer = make_producer(settings)
-    saved = release(settings, spec, registry, producer, Principal.load(settings, "federation"),
-                    get_tracer(__name__), card, build_model(arch).state_dict(),
-                    GateResult(False, [reason]), contains_forgotten=True)
+
+    def released(sites: dict[str, dict[str, float]]) -> ModelCard:
+        verdict = refuse_forgotten(GateResult(True), sites)  # the gate itself promoted it
+        card = ModelCard(model=settings.model_name(), dataset=spec.name,
+                         spec_hash=spec.spec_hash(), architecture=arch,
+                         feature_transform=transform.to_dict(), metrics={},
+                         privacy={"mode": "federated", "sites": sites},
+                         status="promoted" if verdict.promoted else "refused",
+                         gate={"reasons": verdict.reasons})
+        return release(settings, spec, registry, producer,
+                       Principal.load(settings, "federation"), get_tracer(__name__), card,
+                       build_model(arch).state_dict(), verdict)
+
+    clean = released({"site-a": {"epsilon": 1.0}, "site-b": {"epsilon": 1.0}})
+    assert clean.status == "promoted" and registry.live(clean.model) == clean.version
+    assert not registry.contains_forgotten(clean.model, clean.version)
+    carried = released({"site-a": {"epsilon": 1.0, "forgotten_during": 2},
+                        "site-b": {"epsilon": 1.0}})
     assert producer.flush(10) == 0
-    assert registry.contains_forgotten(saved.model, saved.version)
-    assert registry.live(saved.model) is None
+    assert carried.status == "refused" and carried.gate["reasons"] == [
+        "contains_forgotten: subjects forgotten during the federation, after earlier rounds "
+        "trained on them (site-a: 2)"]
+    assert registry.contains_forgotten(carried.model, carried.version)
+    assert registry.live(carried.model) == clean.version

@@ -14,7 +14,7 @@ import numpy as np
 import redis
 
 from lepton.generators import transactions
-from services.federation.release import forgotten_during
+from services.federation.release import refuse_forgotten
 from services.governance.config import GovernanceSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.site_rounds import SiteRounds
@@ -24,6 +24,7 @@ from shared.datasets import load_spec
 from shared.federation import RoundTask
 from shared.kafka import make_producer
 from shared.models.features import FeatureTransform
+from shared.models.gate import GateResult
 from shared.models.nets import architecture, build_model
 from shared.principals import Principal
 from shared.releases import load_subjects, release_id
@@ -83,10 +84,10 @@ def test_a_site_leaves_forgotten_subjects_out_and_counts_those_forgotten_mid_fed
     assert during not in state.snapshot.subjects
     assert second.privacy["forgotten_during"] == 1
     assert all(np.isfinite(v).all() for v in update.values())
-    assert forgotten_during({"site-a": {"privacy": second.privacy}, "site-b": {}}) == (
-        "contains_forgotten: subjects forgotten during the federation, after earlier rounds "
-        "trained on them (site-a: 1)")
-    assert forgotten_during({"site-a": {"privacy": first.privacy}}) is None
+    assert refuse_forgotten(GateResult(True), {"site-a": second.privacy, "site-b": {}}) == \
+        GateResult(False, ["contains_forgotten: subjects forgotten during the federation, "
+                           "after earlier rounds trained on them (site-a: 1)"])
+    assert refuse_forgotten(GateResult(True), {"site-a": first.privacy}).promoted
 
     redis_client.delete(policy_ready_key(lepton_env))  # Redis lost the set: nobody can tell
     third, _ = rounds.fit(task(3), state, weights)
