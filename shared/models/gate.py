@@ -58,9 +58,9 @@ def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float
     `min_rows` rows and the largest true-positive-rate difference between groups of at least
     `min_positives` positives. Smaller groups are listed in `not_judged`, not compared: their
     rates are mostly noise, and a gate on noise refuses at random."""
+    floor = max(min_positives, 1)  # a group without positives has no true-positive rate
     parity = [g["positive_rate"] for g in per_group.values() if g["rows"] >= min_rows]
-    opportunity = [g["true_positive_rate"] for g in per_group.values()
-                   if g["positives"] >= min_positives > 0]
+    opportunity = [g["true_positive_rate"] for g in per_group.values() if g["positives"] >= floor]
     out: dict[str, Any] = {
         "attribute": attribute,
         "demographic_parity_diff": float(max(parity) - min(parity)) if len(parity) > 1 else 0.0,
@@ -71,8 +71,7 @@ def group_differences(attribute: str, per_group: Mapping[str, Mapping[str, float
     }
     not_judged = {
         "demographic_parity": sorted(n for n, g in per_group.items() if g["rows"] < min_rows),
-        "equal_opportunity": sorted(n for n, g in per_group.items()
-                                    if g["positives"] < min_positives),
+        "equal_opportunity": sorted(n for n, g in per_group.items() if g["positives"] < floor),
     }
     if any(not_judged.values()):
         out["not_judged"] = not_judged
