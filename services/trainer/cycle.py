@@ -43,8 +43,11 @@ class Cycle:
     batch_spans: list[SpanContext] = field(default_factory=list)
     private_x: list[npt.NDArray[np.float32]] = field(default_factory=list)
     private_y: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    private_subjects: list[list[str]] = field(default_factory=list)
+    private_bins: list[npt.NDArray[np.int16]] = field(default_factory=list)
     subjects: Counter[str] = field(default_factory=Counter)
     over_bound: int = 0
+    forgotten_rows: int = 0  # buffered rows left out: their subject was forgotten meanwhile
     plan: Plan | None = None
     reference: ReferenceCounter | None = None
     times: tuple[float, float] | None = None  # this rank's data window (Kafka timestamps, s)
@@ -60,8 +63,8 @@ class Cycle:
     def keep_private(self, rows: list[dict[str, Any]], x: npt.NDArray[np.float32],
                      y: npt.NDArray[np.float32], limit: int) -> None:
         """Buffer rows for the cycle's DP-SGD release, at most `limit` per subject (rows over
-        the bound are counted in the card, not trained on); the kept rows are also counted
-        for the release's reference histograms."""
+        the bound are counted in the card, not trained on), each with its subject and its
+        reference bins (counted at the release, once forgotten subjects are left out)."""
         keep = []
         for index, row in enumerate(rows):
             subject = str(row.get(SUBJECT_KEY))
@@ -72,12 +75,36 @@ class Cycle:
                 self.over_bound += 1
         if keep:
             if self.reference is not None:
-                self.reference.add_rows(rows[i] for i in keep)
+                self.private_bins.append(self.reference.bin_rows(rows[i] for i in keep))
             self.private_x.append(x[keep])
             self.private_y.append(y[keep])
+            self.private_subjects.append([str(rows[i].get(SUBJECT_KEY)) for i in keep])
+
+    def drop_forgotten(self, gone: set[str]) -> int:
+        """Leave out the buffered rows of `gone` subjects (neither trained on, counted in the
+        reference, nor charged); returns how many."""
+        dropped = 0
+        for index, subjects in enumerate(self.private_subjects):
+            keep = [i for i, subject in enumerate(subjects) if subject not in gone]
+            if len(keep) == len(subjects):
+                continue
+            dropped += len(subjects) - len(keep)
+            self.private_x[index] = self.private_x[index][keep]
+            self.private_y[index] = self.private_y[index][keep]
+            self.private_subjects[index] = [subjects[i] for i in keep]
+            if self.private_bins:
+                self.private_bins[index] = self.private_bins[index][keep]
+        for subject in gone:
+            self.subjects.pop(subject, None)
+        self.forgotten_rows += dropped
+        return dropped
 
     def private_rows(self, dim: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """This rank's buffered (features, labels)."""
+        """This rank's buffered (features, labels); counts them into the reference."""
+        if self.reference is not None:
+            for found in self.private_bins:
+                self.reference.add_bins(found)
+            self.private_bins = []
         if not self.private_x:
             return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.float32)
         return np.concatenate(self.private_x), np.concatenate(self.private_y)
@@ -104,7 +131,8 @@ def build_candidate(cycle: Cycle, state: dict[str, torch.Tensor], parts: list[di
                       "nccl" if device.type == "cuda" else "gloo"),
                   "warm_start_version": cycle.parent.card.version if cycle.parent else None,
                   "rows_over_contribution_bound": sum(int(p.get("over_bound", 0))
-                                                      for p in parts)},
+                                                      for p in parts),
+                  "rows_forgotten": sum(int(p.get("forgotten", 0)) for p in parts)},
         plan=cycle.plan,
         subjects=sorted({s for part in parts for s in part.get("subjects", ())}),
         wall_time_s=time.monotonic() - cycle.started,

@@ -252,7 +252,7 @@ class TrainerLoop:
             "lineage": cycle.lineage.to_json(), "validation": cycle.validation,
             "positions": {str(p): o for p, o in self.positions.items()},
             "energy": self.meter.read(), "subjects": sorted(cycle.subjects),
-            "over_bound": cycle.over_bound,
+            "over_bound": cycle.over_bound, "forgotten": cycle.forgotten_rows,
             "reference": cycle.reference.to_json() if cycle.reference else None,
         })
         state = ({k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}

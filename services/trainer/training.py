@@ -22,6 +22,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle
 from services.trainer.decode import SUBJECT_KEY, Batch
 from services.trainer.dp import Plan
+from services.trainer.forgotten import forgotten_among
 from services.trainer.prefetch import Prefetcher
 from services.trainer.release import Releaser
 from services.trainer.retry import until_redis
@@ -172,11 +173,23 @@ class CycleTrainer:
             if count:
                 self.metrics.records.add(count, {"outcome": outcome})
 
+    def _drop_forgotten(self, cycle: Cycle) -> None:
+        """Leave out this rank's buffered rows of subjects forgotten since they were governed
+        (when Redis has lost the forgotten set nobody can tell: the release is refused)."""
+        subjects = sorted(cycle.subjects)
+        gone = until_redis(lambda: forgotten_among(self.releaser.registry.redis, self.settings,
+                                                   subjects), "forgotten subjects", self.stop)
+        if gone:
+            dropped = cycle.drop_forgotten(gone)
+            log.info("left out %d buffered row(s) of %d subject(s) forgotten this cycle",
+                     dropped, len(gone))
+
     def train_private(self, cycle: Cycle) -> None:
         """The cycle's DP-SGD release over every rank's buffered rows (collective)."""
         engine, transform = cycle.engine, cycle.transform
         if engine is None or transform is None:
             return
+        self._drop_forgotten(cycle)
         x, y = cycle.private_rows(transform.dim)
         rows = int(self.comm.sum([float(len(x))])[0])
         if rows == 0:

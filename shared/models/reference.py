@@ -50,20 +50,22 @@ class Bins:
         return len(self.edges) + 1 if self.kind == "numeric" else len(self.categories) + 1
 
     def index(self, values: Sequence[Any]) -> npt.NDArray[np.int64]:
-        """The bin of each value; values that are missing or of the wrong type are dropped."""
+        """The bin of each value, -1 where it is missing or of the wrong type."""
         if self.kind == "numeric":
-            numbers = [float(v) for v in values if isinstance(v, int | float)
-                       and not isinstance(v, bool) and math.isfinite(float(v))]
-            return np.searchsorted(np.asarray(self.edges), np.asarray(numbers, dtype=float),
-                                   side="right").astype(np.int64)
+            numbers = np.asarray([float(v) if isinstance(v, int | float)
+                                  and not isinstance(v, bool) and math.isfinite(float(v))
+                                  else math.nan for v in values], dtype=float)
+            found = np.searchsorted(np.asarray(self.edges), numbers, side="right")
+            return np.where(np.isnan(numbers), -1, found).astype(np.int64)
         lookup = {c: i for i, c in enumerate(self.categories)}
         other = len(self.categories)
-        return np.asarray([lookup.get(_category(v), other) for v in values if v is not None],
-                          dtype=np.int64)
+        return np.asarray([-1 if v is None else lookup.get(_category(v), other)
+                           for v in values], dtype=np.int64)
 
     def count(self, values: Sequence[Any]) -> npt.NDArray[np.int64]:
-        """Counts per bin of `values`."""
-        return np.bincount(self.index(values), minlength=self.size).astype(np.int64)
+        """Counts per bin of `values` (missing ones left out)."""
+        found = self.index(values)
+        return np.bincount(found[found >= 0], minlength=self.size).astype(np.int64)
 
     def centres(self) -> npt.NDArray[np.float64]:
         """A representative value per numeric bin (the outer bins take their edge)."""
@@ -134,10 +136,24 @@ class ReferenceCounter:
 
     def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Count the feature values of `rows`."""
+        self.add_bins(self.bin_rows(rows))
+
+    def bin_rows(self, rows: Iterable[Mapping[str, Any]]) -> npt.NDArray[np.int16]:
+        """Each row's bin per feature (a column per feature, -1 where missing), to count later
+        or leave out (a buffered row whose subject is forgotten before the release)."""
         rows = list(rows)
-        for b in self.bins:
-            if b.name != SCORE:
-                self.counts[b.name] += b.count([row.get(b.name) for row in rows])
+        features = [b for b in self.bins if b.name != SCORE]
+        found = np.full((len(rows), len(features)), -1, dtype=np.int16)
+        for column, b in enumerate(features):
+            found[:, column] = b.index([row.get(b.name) for row in rows])
+        return found
+
+    def add_bins(self, found: npt.NDArray[np.int16]) -> None:
+        """Count rows binned by `bin_rows`."""
+        features = [b for b in self.bins if b.name != SCORE]
+        for column, b in enumerate(features):
+            bins = found[:, column]
+            self.counts[b.name] += np.bincount(bins[bins >= 0], minlength=b.size)
 
     def add_scores(self, scores: Sequence[float]) -> None:
         """Count model scores."""

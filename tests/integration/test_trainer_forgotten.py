@@ -1,14 +1,19 @@
 """The trainer and `lepton forget`: a live version marked `contains_forgotten` is never
-continued from (the next cycle trains from scratch), and a cycle that trained on the rows of a
+continued from (the next cycle trains from scratch), a cycle that trained on the rows of a
 subject forgotten meanwhile is refused and marked, so the mark names every version that
-carries the subject."""
+carries the subject, and a DP-SGD cycle leaves out the buffered rows of a subject forgotten
+before its release trains."""
 
 from __future__ import annotations
 
+import pytest
+
+from services.governance.releases import ReleaseLedger
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
 from shared.models.registry import Registry
 from shared.state import forgotten_key, make_redis, policy_ready_key
+from tests.integration.test_trainer_pipeline import release_beside_governance
 from tests.unit.trainer.governed import (
     governed_breast_cancer,
     publish_governed,
@@ -77,3 +82,27 @@ def test_a_release_is_refused_while_redis_has_lost_the_forgotten_set(
     assert run_trainer(settings) == [3]
     assert registry.card(MODEL, 3).status == "promoted"
     assert registry.live(MODEL) == 3
+
+
+def test_a_private_cycle_leaves_out_the_rows_of_a_subject_forgotten_before_it_trains(
+        lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DP-SGD trains once, at the cycle's end, on rows buffered meanwhile: rows of subjects
+    forgotten by then are neither trained on, counted in the reference, nor charged, and the
+    release is promoted instead of refused (the non-private cycle above trains as rows come)."""
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    settings = trainer_settings(trainer_dp_enabled=True)
+    events = governed_breast_cancer()
+    train = [e for e in events if not is_validation(e.event_id, settings.trainer_val_percent)]
+    victims = {e.subject_id for e in train[:3]}
+    publish_governed(lepton_env, events)
+    make_redis(settings).sadd(forgotten_key(settings), *victims)
+    release_beside_governance(settings)
+
+    registry = Registry(settings)
+    card = registry.card(MODEL, 1)
+    assert card.status == "promoted" and registry.flags(MODEL, 1) == {}
+    assert card.lineage["rows"]["train"] == len(train)
+    assert card.training["rows_forgotten"] == len(victims)
+    assert card.training["rows"] == card.privacy["rows"] == len(train) - len(victims)
+    spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(MODEL, card.delta or 0.0)
+    assert len(spent) == len(train) - len(victims) and not victims & set(spent)

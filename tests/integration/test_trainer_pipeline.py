@@ -58,7 +58,7 @@ def _sklearn_f1(val_percent: int = 20) -> tuple[float, int]:
     return float(f1_score(labels, probs >= threshold)), len(held)
 
 
-def _release_beside_governance(settings: TrainerSettings) -> None:
+def release_beside_governance(settings: TrainerSettings) -> None:
     """Run the trainer beside a real governance service (which answers its release charge)
     until it has released version 1."""
     governance = Running(GovernanceSettings(), None)
@@ -182,7 +182,7 @@ def test_dp_sgd_release_is_charged_by_governance_before_it_is_announced(
     events = governed_breast_cancer()
     publish_governed(lepton_env, events)
     settings = trainer_settings(trainer_dp_enabled=True)
-    _release_beside_governance(settings)
+    release_beside_governance(settings)
 
     card = Registry(settings).card("breast_cancer", 1)
     spec = load_spec("breast_cancer").privacy
@@ -244,7 +244,7 @@ def test_a_refused_release_charge_is_not_announced(
     monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
     publish_governed(lepton_env, governed_breast_cancer())
     settings = trainer_settings(trainer_dp_enabled=True, trainer_specs_dir=specs)
-    _release_beside_governance(settings)
+    release_beside_governance(settings)
     registry = Registry(settings)
     card = registry.card("breast_cancer", 1)
     assert card.status == "refused" and registry.live("breast_cancer") is None
@@ -274,7 +274,7 @@ def test_rows_over_the_contribution_bound_are_neither_trained_on_nor_charged(
     publish_governed(lepton_env, events)
     publish_governed(lepton_env, repeats)
     settings = trainer_settings(trainer_dp_enabled=True)
-    _release_beside_governance(settings)
+    release_beside_governance(settings)
 
     registry = Registry(settings)
     card = registry.card("breast_cancer", 1)
