@@ -24,7 +24,7 @@ from shared.governed_mac import MAC_HEADER, GovernedMac
 from shared.models.features import FeatureTransform, label_value
 
 Headers = list[tuple[str, bytes]]
-SUBJECT_KEY = "__subject_id"  # a training row's data subject (for the bound and the charge)
+SUBJECT_KEY = "__subject_id"  # a row's data subject (bound, charge, forgetting)
 UNAUTHENTICATED = "unauthenticated"
 
 
@@ -170,10 +170,10 @@ def decode_batch(messages: Sequence[Any], dataset: str, label: str, val_percent:
         if ref is not None:
             _span(batch.audit, ref[0], ref[1])
         batch.headers.append(headers)
+        subject = obj.get("subject_id") if isinstance(obj, dict) else None
+        payload[SUBJECT_KEY] = subject if isinstance(subject, str) else event_id
         if is_validation(event_id, val_percent):
             batch.validation.append({**payload, "__event_id": event_id})
         else:
-            subject = obj.get("subject_id") if isinstance(obj, dict) else None
-            payload[SUBJECT_KEY] = subject if isinstance(subject, str) else event_id
             batch.train.append(payload)
     return batch

@@ -9,10 +9,11 @@ on it and every version warm-started from one."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
+from services.trainer.decode import SUBJECT_KEY
 from shared.config import LeptonSettings
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.state import forgotten_key, policy_ready_key
@@ -59,6 +60,16 @@ def forgotten_among(client: redis.Redis[bytes], settings: LeptonSettings,
         return None
     hits = results[1] if subjects else []
     return {s for s, hit in zip(subjects, hits, strict=True) if hit}
+
+
+def without_forgotten(client: redis.Redis[bytes], settings: LeptonSettings,
+                      rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` less those of subjects forgotten by now (unchanged while nobody can tell: a
+    release is then refused anyway)."""
+    gone = forgotten_among(client, settings, sorted({str(row.get(SUBJECT_KEY)) for row in rows}))
+    if not gone:
+        return rows
+    return [row for row in rows if str(row.get(SUBJECT_KEY)) not in gone]
 
 
 def mark_versions(registry: Registry, trained_on: Callable[[ModelCard], str | None]

@@ -38,6 +38,7 @@ from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import decode_batch
+from services.trainer.forgotten import without_forgotten
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
 from services.trainer.quality_feed import QualityFeed
@@ -270,7 +271,9 @@ class TrainerLoop:
                  state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
         for part in parts:
             self.window.extend(part["validation"])
-        self.window = self.window[-self.settings.trainer_val_window:]
+        self.window = until_redis(lambda: without_forgotten(
+            self.releaser.registry.redis, self.settings,
+            self.window[-self.settings.trainer_val_window:]), "forgotten subjects", self.stop)
         resume = furthest(*(part["positions"] for part in parts))
         engine = cycle.engine
         if engine is None or state is None or engine.rows == 0 or cycle.transform is None:

@@ -3,9 +3,9 @@ tune`'s trials, a federated site's rounds): every record from the beginning up t
 (the high watermarks when first read, or offsets pinned by an earlier read, so a restart reads
 the same records), decoded exactly as the trainer's rounds decode them (governance's MAC checked
 first, the held-out split by event id), with at most `max_events_per_subject` training rows per
-subject (optionally only the subjects an earlier charge covered), less the rows of forgotten
-subjects: governance withholds their new events, but those governed before the forget stay on
-the topic.
+subject (optionally only the subjects an earlier charge covered), less the training and held-out
+rows of forgotten subjects: governance withholds their new events, but those governed before the
+forget stay on the topic.
 
 Consumes `events.governed` with manual assignment and no offset commits; produces a Snapshot:
 training rows, held-out rows, lineage (offset and audit-leaf ranges, counts) and the end offsets.
@@ -58,7 +58,8 @@ class Snapshot:
     over_bound: int = 0
     uncharged: int = 0
     forgotten: int = 0  # training rows left out: their subjects are forgotten
-    forgotten_subjects: int = 0
+    forgotten_subjects: int = 0  # of the training rows
+    forgotten_held_out: int = 0  # held-out rows left out
 
     @property
     def subjects(self) -> list[str]:
@@ -66,19 +67,22 @@ class Snapshot:
         return sorted({str(row[SUBJECT_KEY]) for row in self.train})
 
     def drop_forgotten(self, client: redis.Redis[bytes], settings: LeptonSettings) -> int:
-        """Leave out the training rows of subjects forgotten by now; how many subjects
-        (ForgottenUnknown while Redis has lost the forgotten set)."""
-        if not self.train:
+        """Leave out the training and held-out rows of subjects forgotten by now; how many
+        training subjects (ForgottenUnknown while Redis has lost the forgotten set)."""
+        everyone = set(self.subjects) | {str(row[SUBJECT_KEY]) for row in self.validation}
+        if not everyone:
             return 0
-        gone = forgotten_among(client, settings, self.subjects)
+        gone = forgotten_among(client, settings, sorted(everyone))
         if gone is None:
             raise ForgottenUnknown(FORGOTTEN_UNKNOWN)
-        if gone:
-            kept = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
-            self.forgotten += len(self.train) - len(kept)
-            self.forgotten_subjects += len(gone)
-            self.train = kept
-        return len(gone)
+        trained = gone & set(self.subjects)
+        train = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
+        held_out = [row for row in self.validation if str(row[SUBJECT_KEY]) not in gone]
+        self.forgotten += len(self.train) - len(train)
+        self.forgotten_held_out += len(self.validation) - len(held_out)
+        self.forgotten_subjects += len(trained)
+        self.train, self.validation = train, held_out
+        return len(trained)
 
 
 def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:

@@ -88,14 +88,16 @@ def test_a_private_cycle_leaves_out_the_rows_of_a_subject_forgotten_before_it_tr
         lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     """DP-SGD trains once, at the cycle's end, on rows buffered meanwhile: rows of subjects
     forgotten by then are neither trained on, counted in the reference, nor charged, and the
-    release is promoted instead of refused (the non-private cycle above trains as rows come)."""
+    release is promoted instead of refused (the non-private cycle above trains as rows come);
+    held-out rows of forgotten subjects leave the evaluation window."""
     monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
     settings = trainer_settings(trainer_dp_enabled=True)
     events = governed_breast_cancer()
     train = [e for e in events if not is_validation(e.event_id, settings.trainer_val_percent)]
+    held_out = [e for e in events if is_validation(e.event_id, settings.trainer_val_percent)]
     victims = {e.subject_id for e in train[:3]}
     publish_governed(lepton_env, events)
-    make_redis(settings).sadd(forgotten_key(settings), *victims)
+    make_redis(settings).sadd(forgotten_key(settings), *victims, held_out[0].subject_id)
     release_beside_governance(settings)
 
     registry = Registry(settings)
@@ -104,5 +106,6 @@ def test_a_private_cycle_leaves_out_the_rows_of_a_subject_forgotten_before_it_tr
     assert card.lineage["rows"]["train"] == len(train)
     assert card.training["rows_forgotten"] == len(victims)
     assert card.training["rows"] == card.privacy["rows"] == len(train) - len(victims)
+    assert card.metrics["validation_rows"] == len(held_out) - 1  # nor evaluated on
     spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(MODEL, card.delta or 0.0)
     assert len(spent) == len(train) - len(victims) and not victims & set(spent)

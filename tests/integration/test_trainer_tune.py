@@ -111,15 +111,17 @@ def test_a_study_leaves_out_subjects_forgotten_before_it(lepton_env: LeptonSetti
                                                          monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     """Their events governed before the forget are still on events.governed: the study trains
-    without them, does not charge them, and its winner is not refused as carrying them."""
+    and evaluates without them, does not charge them, and its winner is not refused as carrying
+    them."""
     monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
     events = governed_breast_cancer()
     publish_governed(lepton_env, events)
     settings = trainer_settings(trainer_dp_enabled=True)
     victim = next(e.subject_id for e in events
                   if not is_validation(e.event_id, settings.trainer_val_percent))
+    held_out = [e for e in events if is_validation(e.event_id, settings.trainer_val_percent)]
     registry = Registry(settings)
-    registry.redis.sadd(forgotten_key(lepton_env), victim)
+    registry.redis.sadd(forgotten_key(lepton_env), victim, held_out[0].subject_id)
     governance = Running(GovernanceSettings(), None)
     try:
         result = run_tune(settings, 1, "bc-forgotten")
@@ -129,6 +131,7 @@ def test_a_study_leaves_out_subjects_forgotten_before_it(lepton_env: LeptonSetti
     assert not [r for r in card.gate["reasons"] if r.startswith("contains_forgotten")]
     assert not registry.contains_forgotten("breast_cancer", result.version)
     assert card.training["rows_forgotten"] == 1
+    assert card.metrics["validation_rows"] == len(held_out) - 1  # nor evaluates on them
     spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(
         "breast_cancer", load_spec("breast_cancer").privacy.delta)
     assert spent and victim not in spent
