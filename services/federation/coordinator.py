@@ -288,6 +288,8 @@ class Coordinator:
                          min_auc=spec.model.min_auc)
         for site, entry in progress.sites.items():
             entry.update(per_site.get(site, {}))
+            if site in evaluations:  # its latest facts: a forget after its last fit round
+                entry["privacy"] = evaluations[site].update.privacy or entry.get("privacy")
         privacy = card_privacy(settings, spec, progress)
         verdict = refuse_forgotten(verdict, privacy["sites"])
         rounds_run = len(progress.rounds)

@@ -19,8 +19,9 @@ Forgotten subjects: their events governed before the forget are still on `events
 the snapshot leaves out the training rows of every subject in the forgotten set (they are not
 charged either). One forgotten during the federation is left out of the later rounds, and the
 site's privacy facts count it (`forgotten_during`): the earlier rounds trained on it, so the
-coordinator refuses and marks the release. While Redis has lost the forgotten set (no
-policy-ready marker) the site declines.
+coordinator refuses and marks the release. The evaluate round checks once more (a forget after
+the last fit round), and leaves forgotten subjects' held-out rows out. While Redis has lost the
+forgotten set (no policy-ready marker) the site declines.
 """
 
 from __future__ import annotations
@@ -179,12 +180,9 @@ class SiteRounds:
         """Train the global model on this site's rows; the clipped update."""
         if state.declined or state.round_plan is None:
             return self.declined(task, state.declined or "not prepared"), {}
-        try:
-            gone = state.snapshot.drop_forgotten(self.redis, self.settings)
-        except ForgottenUnknown as error:
-            return self.declined(task, str(error)), {}
-        if gone:  # earlier rounds trained on them: the coordinator refuses the release
-            state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + gone
+        unknown = self._leave_out_forgotten(task, state)
+        if unknown is not None:
+            return unknown, {}
         transform = FeatureTransform.from_dict(task.feature_transform)
         x = torch.from_numpy(transform.transform(state.snapshot.train))
         y = torch.from_numpy(transform.labels(state.snapshot.train))
@@ -204,6 +202,9 @@ class SiteRounds:
 
     def evaluate(self, task: RoundTask, state: Federation, tensors: Arrays) -> SiteUpdate:
         """Histograms of the candidate's (and live model's) held-out logits."""
+        unknown = self._leave_out_forgotten(task, state)
+        if unknown is not None:
+            return unknown
         window = state.snapshot.validation[-self.settings.trainer_val_window:]
         transform = FeatureTransform.from_dict(task.feature_transform)
         x = torch.from_numpy(transform.transform(window))
@@ -222,6 +223,17 @@ class SiteRounds:
         return SiteUpdate(federation=task.federation, round=task.round, site=self.site,
                           kind="evaluate", num_examples=len(window), evaluation=evaluation,
                           privacy=state.privacy)
+
+    def _leave_out_forgotten(self, task: RoundTask, state: Federation) -> SiteUpdate | None:
+        """Leave out the rows of subjects forgotten by now, counting in the privacy facts
+        those earlier rounds trained on; a declined answer while nobody can tell."""
+        try:
+            gone = state.snapshot.drop_forgotten(self.redis, self.settings)
+        except ForgottenUnknown as error:
+            return self.declined(task, str(error))
+        if gone:  # earlier rounds may have trained on them: the coordinator refuses
+            state.privacy["forgotten_during"] = state.privacy.get("forgotten_during", 0) + gone
+        return None
 
     def declined(self, task: RoundTask, reason: str) -> SiteUpdate:
         """An answer that this site does not take part (and why)."""

@@ -10,13 +10,15 @@ site its own topics, Redis prefix, keys, ingest and governance over its own non-
   site's rounds, samples and ε.
 - A site frozen after round 1 and killed while round 2 runs: rounds 2 and 3 complete with the
   other two (quorum), the dead site's absence is recorded, the model is released.
+- Subjects forgotten mid-federation (between fit rounds at one site, after the last fit round at
+  another): the release is refused and marked `contains_forgotten`, naming both sites.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -26,14 +28,17 @@ from sklearn.metrics import roc_auc_score
 from lepton.generators import transactions
 from services.federation.aggregate import site_level_epsilon
 from services.governance.releases import ReleaseLedger
+from services.trainer.decode import SUBJECT_KEY
 from services.trainer.dp import Plan, fit_private
+from services.trainer.site_rounds import Federation, SiteRounds
 from services.trainer.split import is_validation
 from shared.datasets import load_spec
+from shared.federation import Arrays, RoundTask, SiteUpdate
 from shared.models.features import FeatureTransform
 from shared.models.nets import build_model, predict_proba
 from shared.models.registry import Registry
 from shared.releases import verdicts_key
-from shared.state import make_redis
+from shared.state import forgotten_key, make_redis
 from tests.integration.federation_world import (
     SITES,
     World,
@@ -164,3 +169,47 @@ def test_a_site_killed_mid_round_leaves_the_round_to_the_quorum(world: World,
     assert client["noise_std"] == pytest.approx(0.01 * settings.federation_clip_norm
                                                 * max(counts) / sum(counts))
     assert client["site_epsilon"] == pytest.approx(site_level_epsilon(0.01, 3, 1e-5))
+
+
+class _Forgetting(SiteRounds):
+    """A site whose owner runs `lepton forget` mid-federation: site-a for a subject round 1
+    trained on, before round 2's fit; site-b for one of its training subjects after its last fit
+    round, before it evaluates, and for one of its held-out subjects."""
+
+    forgotten: ClassVar[dict[str, list[str]]] = {}
+
+    def _forget(self, subject: str) -> None:
+        self.redis.sadd(forgotten_key(self.settings), subject)
+        self.forgotten.setdefault(self.site, []).append(subject)
+
+    def fit(self, task: RoundTask, state: Federation, tensors: Arrays
+            ) -> tuple[SiteUpdate, Arrays]:
+        if self.site == "site-a" and task.round == 2 and self.site not in self.forgotten:
+            self._forget(state.snapshot.subjects[0])
+        return super().fit(task, state, tensors)
+
+    def evaluate(self, task: RoundTask, state: Federation, tensors: Arrays) -> SiteUpdate:
+        if self.site == "site-b" and self.site not in self.forgotten:
+            self._forget(state.snapshot.subjects[0])
+            self._forget(str(state.snapshot.validation[0][SUBJECT_KEY]))
+        return super().evaluate(task, state, tensors)
+
+
+def test_subjects_forgotten_mid_federation_refuse_and_mark_its_release(world: World) -> None:
+    """The whole federation, end to end: a forget between two fit rounds and one after the
+    last fit round both reach the coordinator through the sites' privacy facts."""
+    settings = world.coordinator.model_copy(update={
+        "federation_rounds": 3, "federation_noise_multiplier": 0.01})
+    outcome = federate(world, settings, "fed-forget-mid", _Forgetting)
+    assert outcome.status == "refused" and outcome.card is not None, outcome.reason
+    assert outcome.rounds == 3
+    assert len(_Forgetting.forgotten["site-a"]) == 1 and len(_Forgetting.forgotten["site-b"]) == 2
+    assert ("contains_forgotten: subjects forgotten during the federation, after earlier rounds "
+            "trained on them (site-a: 1, site-b: 1)") in outcome.card.gate["reasons"]
+    sites = outcome.card.privacy["sites"]
+    assert (sites["site-a"]["forgotten_during"], sites["site-b"]["forgotten_during"]) == (1, 1)
+    assert "forgotten_during" not in sites["site-c"]
+    registry = Registry(settings)
+    assert registry.flags(outcome.card.model, outcome.card.version) == {
+        "contains_forgotten": True}
+    assert registry.live(outcome.card.model) != outcome.card.version

@@ -2,7 +2,9 @@
 governed before the forget are still on `events.governed`, so the site's snapshot leaves their
 rows out and its charge leaves them uncharged; a subject forgotten between rounds is left out
 of the later rounds and counted in the site's privacy facts (`forgotten_during`), from which
-the coordinator refuses and marks the release; without the forgotten set the site declines."""
+the coordinator refuses and marks the release, and so is one forgotten after the last fit round
+(at the evaluate round, which also leaves forgotten subjects' held-out rows out); without the
+forgotten set the site declines."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from lepton.generators import transactions
 from services.federation.release import refuse_forgotten
 from services.governance.config import GovernanceSettings
 from services.trainer.config import TrainerSettings
+from services.trainer.decode import SUBJECT_KEY
 from services.trainer.site_rounds import SiteRounds
 from services.trainer.split import is_validation
 from shared.config import LeptonSettings
@@ -89,8 +92,23 @@ def test_a_site_leaves_forgotten_subjects_out_and_counts_those_forgotten_mid_fed
                            "after earlier rounds trained on them (site-a: 1)"])
     assert refuse_forgotten(GateResult(True), {"site-a": first.privacy}).promoted
 
+    # forgotten after the last fit round: the evaluate round counts it and leaves out the
+    # held-out rows of forgotten subjects
+    held_out = [str(row[SUBJECT_KEY]) for row in state.snapshot.validation]
+    trained = next(s for s in state.snapshot.subjects if s not in held_out)
+    only_held_out = next(s for s in held_out
+                         if held_out.count(s) == 1 and s not in state.snapshot.subjects)
+    redis_client.sadd(forgotten, trained, only_held_out)
+    evaluated = rounds.evaluate(
+        task(4).model_copy(update={"kind": "evaluate"}), state,
+        {f"candidate.{k}": v for k, v in weights.items()})
+    assert evaluated.kind == "evaluate" and evaluated.num_examples == len(held_out) - 1
+    assert evaluated.privacy["forgotten_during"] == 2
+
     redis_client.delete(policy_ready_key(lepton_env))  # Redis lost the set: nobody can tell
     third, _ = rounds.fit(task(3), state, weights)
     assert third.kind == "declined" and third.reason.startswith("forgotten_unknown")
+    unknown = rounds.evaluate(task(4).model_copy(update={"kind": "evaluate"}), state, {})
+    assert unknown.kind == "declined" and unknown.reason.startswith("forgotten_unknown")
     later = rounds.prepare(task(1).model_copy(update={"federation": "fed-later"}))
     assert later.declined.startswith("forgotten_unknown") and later.snapshot.train == []
