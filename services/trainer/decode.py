@@ -59,6 +59,23 @@ class Batch:
     features: tuple[FeatureTransform, npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = (
         None)
     times: tuple[float, float] | None = None  # first and last Kafka timestamp (s) of the data
+    forgotten: int = 0  # training rows left out: their subject was forgotten after governance
+
+    def subjects(self) -> list[str]:
+        """The distinct subjects of the training and held-out rows."""
+        return sorted({str(row.get(SUBJECT_KEY)) for row in (*self.train, *self.validation)})
+
+    def drop_forgotten(self, gone: set[str]) -> None:
+        """Leave out the training and held-out rows of `gone` subjects."""
+        keep = [i for i, row in enumerate(self.train) if str(row.get(SUBJECT_KEY)) not in gone]
+        if len(keep) < len(self.train):
+            self.forgotten += len(self.train) - len(keep)
+            self.train = [self.train[i] for i in keep]
+            if self.features is not None:
+                transform, x, y = self.features
+                self.features = (transform, x[keep], y[keep])
+        self.validation = [row for row in self.validation
+                           if str(row.get(SUBJECT_KEY)) not in gone]
 
     def saw(self, seconds: float) -> None:
         """Widen the data window to a record's timestamp."""

@@ -38,7 +38,7 @@ from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle, build_candidate
 from services.trainer.decode import decode_batch
-from services.trainer.forgotten import without_forgotten
+from services.trainer.forgotten import forgotten_among, without_forgotten
 from services.trainer.lineage import furthest
 from services.trainer.prefetch import Prefetcher
 from services.trainer.quality_feed import QualityFeed
@@ -140,7 +140,9 @@ class TrainerLoop:
             lag=self.metrics.lag)
         self.trainer.prefetch = self.prefetch
         self.rounds = RoundReader(self.settings, self.comm, self.prefetch, self.metrics,
-                                  self.producer, self._sealer, self.stop, self.positions)
+                                  self.producer, self._sealer, self.stop, self.positions,
+                                  None if self.trainer.private else partial(
+                                      forgotten_among, self.registry.redis, self.settings))
         if self.comm.leader:
             mark_ready(self.settings, "trainer")
         try:

@@ -1,13 +1,16 @@
 """One training round's input: prefetched `events.governed` batches taken until this rank's
 batch is full, the longest wait passes or the stream runs dry; every rank sees the same summed
 flags, so all decide alike. Records the trainer cannot use are sealed to the DLQ public key
-and dead-lettered on `events.rejected`; the consumed positions advance with each round.
+and dead-lettered on `events.rejected`; the consumed positions advance with each round. Where
+rounds train as they come (not DP-SGD's one step at the cycle's end), the rows of subjects
+forgotten after governance released them are left out first.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
@@ -16,6 +19,7 @@ from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.decode import Batch
 from services.trainer.prefetch import Prefetcher
+from services.trainer.retry import until_redis
 from services.trainer.telemetry import TrainerMetrics
 from shared.dlq import SEALED_HEADER, DeadLetterSealer
 from shared.events import dlq_headers
@@ -39,8 +43,10 @@ class RoundReader:
 
     def __init__(self, settings: TrainerSettings, comm: Comm, prefetch: Prefetcher,
                  metrics: TrainerMetrics, producer: Producer, sealer: DeadLetterSealer,
-                 stop: threading.Event, positions: dict[int, int]) -> None:
+                 stop: threading.Event, positions: dict[int, int],
+                 forgotten: Callable[[Sequence[str]], set[str] | None] | None = None) -> None:
         self.settings = settings
+        self.forgotten = forgotten  # which of these subjects are forgotten (None: unknown)
         self.comm = comm
         self.prefetch = prefetch
         self.metrics = metrics
@@ -74,6 +80,12 @@ class RoundReader:
             if full or stop or waited or (total > 0 and new == 0) or (total == 0 and idle):
                 break
         self._reject(batch)
+        forgotten = self.forgotten
+        if forgotten is not None and (batch.train or batch.validation):
+            subjects = batch.subjects()
+            gone = until_redis(lambda: forgotten(subjects), "forgotten subjects", self.stop)
+            if gone:  # unknown (None): kept, and the release is refused
+                batch.drop_forgotten(gone)
         for partition, offset in batch.next_offsets.items():
             self.positions[partition] = max(self.positions.get(partition, 0), offset)
         train_rows = self.comm.sum([len(batch.train)])[0]

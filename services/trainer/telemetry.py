@@ -20,7 +20,7 @@ class TrainerMetrics:
         self.records = meter.create_counter(
             "lepton.trainer.records", unit="{record}",
             description="Records consumed from events.governed, by outcome "
-                        "(train, validation, skipped, unlabelled, rejected).")
+                        "(train, validation, forgotten, skipped, unlabelled, rejected).")
         self.round_seconds = meter.create_histogram(
             "lepton.trainer.round.duration", unit="s",
             description="Wall time of one training round (features, optimiser steps).")

@@ -138,8 +138,10 @@ class CycleTrainer:
             cycle.lineage.add(batch)
             cycle.validation.extend(batch.validation)
             count_work(len(batch.train))
+            cycle.forgotten_rows += batch.forgotten
             for outcome, count in (("train", len(batch.train)),
                                    ("validation", len(batch.validation)),
+                                   ("forgotten", batch.forgotten),
                                    ("skipped", batch.skipped), ("unlabelled", batch.unlabelled),
                                    ("rejected", len(batch.rejected))):
                 if count:

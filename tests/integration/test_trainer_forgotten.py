@@ -1,12 +1,14 @@
 """The trainer and `lepton forget`: a live version marked `contains_forgotten` is never
-continued from (the next cycle trains from scratch), a cycle that trained on the rows of a
-subject forgotten meanwhile is refused and marked, so the mark names every version that
-carries the subject, and a DP-SGD cycle leaves out the buffered rows of a subject forgotten
-before its release trains."""
+continued from (the next cycle trains from scratch); rows of subjects forgotten after
+governance released them are left out right before they would be trained on (each round, or a
+DP-SGD cycle's one step at its end); a cycle that trained on the rows of a subject forgotten
+after that is refused and marked, so the mark names every version that carries the subject."""
 
 from __future__ import annotations
 
 import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
 
 from services.governance.releases import ReleaseLedger
 from services.trainer.split import is_validation
@@ -24,6 +26,18 @@ from tests.unit.trainer.governed import (
 MODEL = "breast_cancer"
 
 
+class _ForgetAtRelease(SpanProcessor):
+    """`lepton forget` for `subject` when the cycle's release begins: after every round
+    trained, before the release's forgotten check."""
+
+    def __init__(self, settings: LeptonSettings, subject: str) -> None:
+        self.settings, self.subject = settings, subject
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.name == "trainer cycle":
+            make_redis(self.settings).sadd(forgotten_key(self.settings), self.subject)
+
+
 def test_a_forgotten_subject_is_not_carried_on_unmarked(lepton_env: LeptonSettings) -> None:
     settings = trainer_settings()
     registry = Registry(settings)
@@ -31,26 +45,31 @@ def test_a_forgotten_subject_is_not_carried_on_unmarked(lepton_env: LeptonSettin
     assert run_trainer(settings) == [1]
     assert registry.live(MODEL) == 1
 
-    # `lepton forget` marked v1 and added the subject to the forgotten set while the trainer
-    # held the subject's next rows
+    # `lepton forget` marked v1 and added a subject to the forgotten set while the subject's
+    # next rows waited on events.governed: the rounds leave them out
     registry.mark(MODEL, 1, contains_forgotten=True)
     second = governed_breast_cancer(seed=1)
-    victim = next(e for e in second
-                  if not is_validation(e.event_id, settings.trainer_val_percent)).subject_id
-    make_redis(settings).sadd(forgotten_key(settings), victim)
+    trained = [e.subject_id for e in second
+               if not is_validation(e.event_id, settings.trainer_val_percent)]
+    before, during = trained[0], trained[1]
+    make_redis(settings).sadd(forgotten_key(settings), before)
     publish_governed(lepton_env, second)
-    assert run_trainer(settings) == [2]
+    # and another one after the rounds trained on their rows, before the release
+    provider = TracerProvider()
+    provider.add_span_processor(_ForgetAtRelease(settings, during))
+    assert run_trainer(settings, provider.get_tracer("test")) == [2]
     tainted = registry.card(MODEL, 2)
     assert (tainted.parent_version, tainted.training["warm_start_version"]) == (None, None)
+    assert tainted.training["rows_forgotten"] == 1
     assert tainted.status == "refused"
     assert tainted.gate["reasons"][-1] == ("contains_forgotten: trained on rows of 1 "
                                            "subject(s) forgotten meanwhile")
     assert registry.flags(MODEL, 2) == {"contains_forgotten": True}
     assert registry.live(MODEL) == 1
 
-    # governance withholds the subject's later events: the next cycle is clean, from scratch
+    # governance withholds the subjects' later events: the next cycle is clean, from scratch
     publish_governed(lepton_env, [e for e in governed_breast_cancer(seed=2)
-                                  if e.subject_id != victim])
+                                  if e.subject_id not in (before, during)])
     assert run_trainer(settings) == [3]
     clean = registry.card(MODEL, 3)
     assert (clean.parent_version, clean.status) == (None, "promoted")

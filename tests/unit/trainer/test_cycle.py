@@ -1,6 +1,6 @@
 """A private cycle's buffer: rows kept within the contribution bound, and the rows of
 subjects forgotten before the release left out of the features, the reference and the
-subjects charged."""
+subjects charged; a round's batch leaving out forgotten subjects' rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from services.trainer.cycle import Cycle
-from services.trainer.decode import SUBJECT_KEY
+from services.trainer.decode import SUBJECT_KEY, Batch
+from shared.models.features import FeatureTransform
 from shared.models.reference import Bins, ReferenceCounter
 
 
@@ -59,3 +60,18 @@ def test_binned_rows_count_as_add_rows_does_with_missing_values_left_out() -> No
     assert found.tolist() == [[0, 0], [-1, 2], [-1, -1], [2, -1]]
     counter.add_bins(found)
     assert counter.to_json() == {"size": [1, 0, 1], "colour": [1, 0, 1]}
+
+
+def test_a_batch_leaves_out_forgotten_subjects_rows_and_their_prefetched_features() -> None:
+    rows, x, y = _rows(["a", "b", "c"], 0)
+    held_out = [{SUBJECT_KEY: "b", "size": 1.0}, {SUBJECT_KEY: "d", "size": 2.0}]
+    batch = Batch(train=rows, validation=held_out)
+    batch.features = (FeatureTransform("test", "hash"), x, y)
+    assert batch.subjects() == ["a", "b", "c", "d"]
+
+    batch.drop_forgotten({"b", "x"})
+
+    assert [row[SUBJECT_KEY] for row in batch.train] == ["a", "c"]
+    assert [row[SUBJECT_KEY] for row in batch.validation] == ["d"]
+    assert batch.features is not None and batch.features[1][:, 0].tolist() == [0.0, 2.0]
+    assert batch.forgotten == 1
