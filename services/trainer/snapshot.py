@@ -59,7 +59,6 @@ class Snapshot:
     uncharged: int = 0
     forgotten: int = 0  # training rows left out: their subjects are forgotten
     forgotten_subjects: int = 0  # of the training rows
-    forgotten_held_out: int = 0  # held-out rows left out
 
     @property
     def subjects(self) -> list[str]:
@@ -79,7 +78,6 @@ class Snapshot:
         train = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
         held_out = [row for row in self.validation if str(row[SUBJECT_KEY]) not in gone]
         self.forgotten += len(self.train) - len(train)
-        self.forgotten_held_out += len(self.validation) - len(held_out)
         self.forgotten_subjects += len(trained)
         self.train, self.validation = train, held_out
         return len(trained)
