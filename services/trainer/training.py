@@ -175,6 +175,22 @@ class CycleTrainer:
             if count:
                 self.metrics.records.add(count, {"outcome": outcome})
 
+    def _unless_parent_marked(self, cycle: Cycle) -> None:
+        """Start the weights afresh when `lepton forget` marked the version this cycle
+        warm-started from while it buffered rows (collective): DP-SGD has not run yet, so the
+        cycle is not lost, as it is where rounds train as they come."""
+        parent = cycle.parent
+        marked = self.comm.broadcast_json(parent is not None and until_redis(
+            lambda: self.releaser.registry.contains_forgotten(self.releaser.model,
+                                                              parent.card.version),
+            "forgotten mark of the warm start", self.stop) if self.comm.leader else None)
+        if marked:
+            if parent is not None:
+                log.warning("v%d was marked contains_forgotten while this cycle buffered rows: "
+                            "its DP-SGD step starts from fresh weights", parent.card.version)
+            cycle.parent = None
+            self._build_engine(cycle, cycle.architecture, None)
+
     def _drop_forgotten(self, cycle: Cycle) -> None:
         """Leave out this rank's buffered rows of subjects forgotten since they were governed
         (when Redis has lost the forgotten set nobody can tell: the release is refused)."""
@@ -188,9 +204,10 @@ class CycleTrainer:
 
     def train_private(self, cycle: Cycle) -> None:
         """The cycle's DP-SGD release over every rank's buffered rows (collective)."""
-        engine, transform = cycle.engine, cycle.transform
-        if engine is None or transform is None:
+        if cycle.engine is None or cycle.transform is None:
             return
+        self._unless_parent_marked(cycle)
+        engine, transform = cycle.engine, cycle.transform
         self._drop_forgotten(cycle)
         x, y = cycle.private_rows(transform.dim)
         rows = int(self.comm.sum([float(len(x))])[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 from services.governance.releases import ReleaseLedger
 from services.trainer.split import is_validation
@@ -24,6 +24,18 @@ from tests.unit.trainer.governed import (
 )
 
 MODEL = "breast_cancer"
+
+
+class _MarkAtFirstRound(SpanProcessor):
+    """`lepton forget` marks `version` once the cycle's first round is buffered (the cycle
+    has warm-started from it by then)."""
+
+    def __init__(self, registry: Registry, version: int) -> None:
+        self.registry, self.version = registry, version
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.name.startswith("process ") and not self.registry.flags(MODEL, self.version):
+            self.registry.mark(MODEL, self.version, contains_forgotten=True)
 
 
 class _ForgetAtRelease(SpanProcessor):
@@ -128,3 +140,27 @@ def test_a_private_cycle_leaves_out_the_rows_of_a_subject_forgotten_before_it_tr
     assert card.metrics["validation_rows"] == len(held_out) - 1  # nor evaluated on
     spent = ReleaseLedger(registry.redis, lepton_env).subject_epsilons(MODEL, card.delta or 0.0)
     assert len(spent) == len(train) - len(victims) and not victims & set(spent)
+
+
+def test_a_private_cycle_whose_warm_start_is_marked_meanwhile_trains_afresh(
+        lepton_env: LeptonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DP-SGD has not run when the mark comes: the cycle's one step starts from fresh weights
+    instead of the cycle being refused as warm-started from a marked version."""
+    monkeypatch.setenv("LEPTON_GOVERNANCE_FSYNC", "false")
+    settings = trainer_settings(trainer_dp_enabled=True)
+    registry = Registry(settings)
+    publish_governed(lepton_env, governed_breast_cancer())
+    release_beside_governance(settings)
+    assert registry.live(MODEL) == 1
+
+    publish_governed(lepton_env, governed_breast_cancer(seed=1))
+    provider = TracerProvider()
+    provider.add_span_processor(_MarkAtFirstRound(registry, 1))
+    release_beside_governance(settings, provider.get_tracer("test"), version=2)
+
+    assert registry.flags(MODEL, 1) == {"contains_forgotten": True}
+    card = registry.card(MODEL, 2)
+    assert (card.status, card.parent_version, card.training["warm_start_version"]) == (
+        "promoted", None, None)
+    assert [r["release_id"] for r in card.privacy["releases"]] == [card.privacy["release_id"]]
+    assert registry.flags(MODEL, 2) == {} and registry.live(MODEL) == 2

@@ -17,6 +17,7 @@ from opacus.accountants import RDPAccountant
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Tracer
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -58,12 +59,13 @@ def _sklearn_f1(val_percent: int = 20) -> tuple[float, int]:
     return float(f1_score(labels, probs >= threshold)), len(held)
 
 
-def release_beside_governance(settings: TrainerSettings) -> None:
+def release_beside_governance(settings: TrainerSettings, tracer: Tracer | None = None,
+                              version: int = 1) -> None:
     """Run the trainer beside a real governance service (which answers its release charge)
-    until it has released version 1."""
+    until it has released `version`."""
     governance = Running(GovernanceSettings(), None)
     try:
-        assert run_trainer(settings) == [1]
+        assert run_trainer(settings, tracer) == [version]
     finally:
         governance.close()
 
