@@ -10,7 +10,7 @@ of a full pydantic validation on this hot path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,16 @@ from shared.models.features import FeatureTransform, label_value
 Headers = list[tuple[str, bytes]]
 SUBJECT_KEY = "__subject_id"  # a row's data subject (bound, charge, forgetting)
 UNAUTHENTICATED = "unauthenticated"
+
+
+def row_subjects(rows: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The distinct data subjects of decoded rows."""
+    return {str(row.get(SUBJECT_KEY)) for row in rows}
+
+
+def leave_out(rows: list[dict[str, Any]], gone: set[str]) -> list[dict[str, Any]]:
+    """`rows` less those of the `gone` subjects."""
+    return [row for row in rows if str(row.get(SUBJECT_KEY)) not in gone]
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Batch:
 
     def subjects(self) -> list[str]:
         """The distinct subjects of the training and held-out rows."""
-        return sorted({str(row.get(SUBJECT_KEY)) for row in (*self.train, *self.validation)})
+        return sorted(row_subjects((*self.train, *self.validation)))
 
     def drop_forgotten(self, gone: set[str]) -> None:
         """Leave out the training and held-out rows of `gone` subjects."""
@@ -74,8 +84,7 @@ class Batch:
             if self.features is not None:
                 transform, x, y = self.features
                 self.features = (transform, x[keep], y[keep])
-        self.validation = [row for row in self.validation
-                           if str(row.get(SUBJECT_KEY)) not in gone]
+        self.validation = leave_out(self.validation, gone)
 
     def saw(self, seconds: float) -> None:
         """Widen the data window to a record's timestamp."""

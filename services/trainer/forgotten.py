@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from services.trainer.decode import SUBJECT_KEY
+from services.trainer.decode import leave_out, row_subjects
 from shared.config import LeptonSettings
 from shared.models.registry import ArtifactError, ModelCard, Registry
 from shared.state import forgotten_key, policy_ready_key
@@ -66,10 +66,8 @@ def without_forgotten(client: redis.Redis[bytes], settings: LeptonSettings,
                       rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`rows` less those of subjects forgotten by now (unchanged while nobody can tell: a
     release is then refused anyway)."""
-    gone = forgotten_among(client, settings, sorted({str(row.get(SUBJECT_KEY)) for row in rows}))
-    if not gone:
-        return rows
-    return [row for row in rows if str(row.get(SUBJECT_KEY)) not in gone]
+    gone = forgotten_among(client, settings, sorted(row_subjects(rows)))
+    return leave_out(rows, gone) if gone else rows
 
 
 def mark_versions(registry: Registry, trained_on: Callable[[ModelCard], str | None]

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch
+from services.trainer.decode import SUBJECT_KEY, Batch, decode_batch, leave_out, row_subjects
 from services.trainer.forgotten import FORGOTTEN_UNKNOWN, forgotten_among
 from services.trainer.lineage import CycleLineage, merge
 from shared.config import LeptonSettings
@@ -63,24 +63,23 @@ class Snapshot:
     @property
     def subjects(self) -> list[str]:
         """The distinct subjects of the training rows."""
-        return sorted({str(row[SUBJECT_KEY]) for row in self.train})
+        return sorted(row_subjects(self.train))
 
     def drop_forgotten(self, client: redis.Redis[bytes], settings: LeptonSettings) -> int:
         """Leave out the training and held-out rows of subjects forgotten by now; how many
         training subjects (ForgottenUnknown while Redis has lost the forgotten set)."""
-        everyone = set(self.subjects) | {str(row[SUBJECT_KEY]) for row in self.validation}
+        training = row_subjects(self.train)
+        everyone = training | row_subjects(self.validation)
         if not everyone:
             return 0
         gone = forgotten_among(client, settings, sorted(everyone))
         if gone is None:
             raise ForgottenUnknown(FORGOTTEN_UNKNOWN)
-        trained = gone & set(self.subjects)
-        train = [row for row in self.train if str(row[SUBJECT_KEY]) not in gone]
-        held_out = [row for row in self.validation if str(row[SUBJECT_KEY]) not in gone]
+        train = leave_out(self.train, gone)
         self.forgotten += len(self.train) - len(train)
-        self.forgotten_subjects += len(trained)
-        self.train, self.validation = train, held_out
-        return len(trained)
+        self.forgotten_subjects += len(gone & training)
+        self.train, self.validation = train, leave_out(self.validation, gone)
+        return len(gone & training)
 
 
 def _high_watermarks(consumer: Consumer, topic: str, deadline: float) -> dict[int, int]:
