@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,12 @@ def _distances(bins: Bins, reference: Counts, live: Counts, spread: float) -> Co
 
 def noise_margin(bins: Bins, reference: Counts, scale: float, spread: float) -> float:
     """How far Laplace noise of `scale` moves `reference` (99th percentile of seeded draws)."""
-    if scale <= 0:
-        return 0.0
+    return _margin(bins, tuple(reference.tolist()), scale, spread) if scale > 0 else 0.0
+
+
+@lru_cache(maxsize=1024)  # a card's reference meets every window of its version
+def _margin(bins: Bins, counts: tuple[float, ...], scale: float, spread: float) -> float:
+    reference = np.asarray(counts, dtype=np.float64)
     rng = np.random.default_rng(0)
     draws = np.clip(reference + rng.laplace(0.0, scale, (NOISE_DRAWS, reference.size)), 0, None)
     draws = draws[draws.sum(axis=1) > 0]
