@@ -179,15 +179,16 @@ class CycleTrainer:
         """Start the weights afresh when `lepton forget` marked the version this cycle
         warm-started from while it buffered rows (collective): DP-SGD has not run yet, so the
         cycle is not lost, as it is where rounds train as they come."""
-        parent = cycle.parent
-        marked = self.comm.broadcast_json(parent is not None and until_redis(
-            lambda: self.releaser.registry.contains_forgotten(self.releaser.model,
-                                                              parent.card.version),
-            "forgotten mark of the warm start", self.stop) if self.comm.leader else None)
-        if marked:
-            if parent is not None:
+        parent = cycle.parent  # rank 0's only
+        marked = False
+        if parent is not None:
+            version = parent.card.version
+            marked = until_redis(lambda: self.releaser.registry.contains_forgotten(
+                self.releaser.model, version), "forgotten mark of the warm start", self.stop)
+            if marked:
                 log.warning("v%d was marked contains_forgotten while this cycle buffered rows: "
-                            "its DP-SGD step starts from fresh weights", parent.card.version)
+                            "its DP-SGD step starts from fresh weights", version)
+        if self.comm.broadcast_json(marked):
             cycle.parent = None
             self._build_engine(cycle, cycle.architecture, None)
 
