@@ -32,9 +32,10 @@ def _rows(subjects: list[str], start: int) -> tuple[list[dict[str, object]], np.
 
 def test_forgotten_subjects_rows_are_left_out_of_features_reference_and_subjects() -> None:
     cycle = _cycle()
-    cycle.keep_private(*_rows(["a", "b", "c", "b"], 0), limit=1)  # b's second row: over
-    cycle.keep_private(*_rows(["d", "b", "e"], 10), limit=1)  # b again: over the bound
-    cycle.keep_private(*_rows(["f"], 20), limit=1)
+    # b's second row is over the bound, and so is its row in the second batch
+    batches = [_rows(["a", "b", "c", "b"], 0), _rows(["d", "b", "e"], 10), _rows(["f"], 20)]
+    for rows, features, labels in batches:
+        cycle.keep_private(rows, features, labels, limit=1)
     assert cycle.over_bound == 2
 
     assert cycle.drop_forgotten({"b", "e", "nobody"}) == 2
@@ -44,10 +45,10 @@ def test_forgotten_subjects_rows_are_left_out_of_features_reference_and_subjects
     assert y.tolist() == [0.0, 0.0, 0.0, 0.0]
     assert dict(cycle.subjects) == {"a": 1, "c": 1, "d": 1, "f": 1}
     assert cycle.forgotten_rows == 2
-    expected = ReferenceCounter(cycle.reference.bins if cycle.reference else [])
-    expected.add_rows(_rows(["a"], 0)[0] + [_rows(["a", "b", "c"], 0)[0][2]]
-                      + _rows(["d"], 10)[0] + _rows(["f"], 20)[0])
     assert cycle.reference is not None
+    expected = ReferenceCounter(cycle.reference.bins)
+    expected.add_rows(row for rows, _, _ in batches for row in rows
+                      if row["size"] in (0.0, 2.0, 10.0, 20.0))  # the rows kept
     assert cycle.reference.to_json() == expected.to_json()
 
 
