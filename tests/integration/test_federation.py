@@ -200,6 +200,7 @@ def test_subjects_forgotten_mid_federation_refuse_and_mark_its_release(world: Wo
     last fit round both reach the coordinator through the sites' privacy facts."""
     settings = world.coordinator.model_copy(update={
         "federation_rounds": 3, "federation_noise_multiplier": 0.01})
+    _Forgetting.forgotten.clear()
     outcome = federate(world, settings, "fed-forget-mid", _Forgetting)
     assert outcome.status == "refused" and outcome.card is not None, outcome.reason
     assert outcome.rounds == 3
