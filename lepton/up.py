@@ -32,6 +32,7 @@ from shared.readiness import ready_path
 SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
 DEMO_APP_RATE = 10.0
+SERVING_PORT, SERVING_HTTP_PORT = 50051, 8080
 # a demo version lives one trainer cycle (≈ 30 s, ≈ 300 demo predictions): windows that fill
 DEMO_MONITOR = {"LEPTON_MONITOR_WINDOW": "200", "LEPTON_MONITOR_STEP": "100"}
 BROKER_GONE = ("the embedded broker has stopped, and its topics were in memory: this run cannot "
@@ -186,6 +187,15 @@ def run_env(settings: LeptonSettings) -> dict[str, str]:
     return env
 
 
+def listen_env(env: dict[str, str], host: str) -> dict[str, str]:
+    """Serving's gRPC and HTTP addresses and the metrics endpoints' host on `host`, for each the
+    environment leaves unset (the broker and a private Redis always listen on loopback)."""
+    where = f"[{host}]" if ":" in host else host
+    wanted = {"LEPTON_METRICS_HOST": host, "LEPTON_SERVING_ADDR": f"{where}:{SERVING_PORT}",
+              "LEPTON_SERVING_HTTP_ADDR": f"{where}:{SERVING_HTTP_PORT}"}
+    return {name: value for name, value in wanted.items() if name not in env}
+
+
 def serving_tokens(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     """Fresh predict and admin tokens for serving where the environment sets none (and auth is
     not explicitly off), also written to `<data_dir>/serving-tokens.env` (0600) for other
@@ -209,6 +219,10 @@ def up(
     = False,
     rate: Annotated[float, typer.Option(min=1, help="Demo events a second.")] = 200.0,
     count: Annotated[int, typer.Option(min=1, help="Demo events in all.")] = 100_000,
+    host: Annotated[str, typer.Option(
+        help="Listen address of serving (gRPC, HTTP) and the metrics endpoints, where "
+             "LEPTON_SERVING_ADDR, LEPTON_SERVING_HTTP_ADDR or LEPTON_METRICS_HOST leave it "
+             "open; 0.0.0.0 reaches them from other machines.")] = "127.0.0.1",
 ) -> None:
     """Run broker, Redis and every service (and a demo producer) until Ctrl-C."""
     from shared.config import load_settings
@@ -222,6 +236,9 @@ def up(
         settings = scope_run(settings)
     platform = Platform(data_dir=settings.data_dir)
     platform.env.update(run_env(settings))
+    platform.env.update(listen_env(platform.env, host))
+    serving = {name: platform.env[name] for name in
+               ("LEPTON_SERVING_ADDR", "LEPTON_SERVING_HTTP_ADDR") if platform.env.get(name)}
     platform.env.update(serving_tokens(platform.env, settings.data_dir))
     if demo:
         for name, value in DEMO_MONITOR.items():
@@ -231,11 +248,14 @@ def up(
         private_redis = start_platform(settings, platform, stop)
         if current is not None:
             redis_url = {"LEPTON_REDIS_URL": private_redis} if private_redis else {}
-            write_current(current, {**run_env(settings), **redis_url})
+            write_current(current, {**run_env(settings), **redis_url, **serving})
         redis_note = f", private redis {private_redis}" if private_redis else ""
+        listening = "".join(f", serving {label} {serving[name]}" for label, name in (
+            ("gRPC", "LEPTON_SERVING_ADDR"), ("HTTP", "LEPTON_SERVING_HTTP_ADDR"))
+            if name in serving)
         typer.echo(f"lepton up: ready in {time.monotonic() - started:.1f}s "
-                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}{redis_note}, data and "
-                   f"logs in {settings.data_dir}); Ctrl-C stops everything", err=True)
+                   f"(kafka {platform.env['LEPTON_KAFKA_BOOTSTRAP']}{redis_note}{listening}, "
+                   f"data and logs in {settings.data_dir}); Ctrl-C stops everything", err=True)
         if demo:
             seed = str(secrets.randbelow(2**31))  # the app scores the producer's events
             platform.spawn("producer", [sys.executable, "-m", "lepton", "produce", "--count",

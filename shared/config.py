@@ -100,6 +100,9 @@ class LeptonSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
     )
+    metrics_host: str = Field(
+        default="0.0.0.0", min_length=1, max_length=255,  # noqa: S104 (scraped across hosts)
+        description="Listen address of the Prometheus endpoint (`lepton up`: loopback).")
     carbon_region: str | None = Field(
         default=None, max_length=64, description="Grid region for CO2e: ISO alpha-3 country "
         "(FRA) or cloud region (gcp:europe-west1), looked up in codecarbon's data.")

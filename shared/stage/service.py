@@ -32,7 +32,7 @@ def run_service(name: str, settings_class: type[S], run: Callable[[S, threading.
     setup_logging(name, settings.log_level, settings.log_format)
     stop = stop_event()
     port = metrics_port(settings) if metrics_port is not None else settings.metrics_port
-    setup_telemetry(name, metrics_port=port)
+    setup_telemetry(name, metrics_port=port, metrics_host=settings.metrics_host)
     record: ServiceRecord | None = None
     try:
         settings.bootstrap_servers()

@@ -28,11 +28,13 @@ def setup_telemetry(
     *,
     span_exporter: SpanExporter | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",  # noqa: S104
 ) -> TracerProvider:
     """Install the global tracer and meter providers; call once, from a process entry point.
 
     Spans go to `span_exporter` when given, else to OTLP when an OTLP endpoint is configured;
-    metrics go to OTLP likewise and to a Prometheus endpoint when `metrics_port` is set.
+    metrics go to OTLP likewise and to a Prometheus endpoint on `metrics_host` when
+    `metrics_port` is set.
     """
     resource = Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
@@ -46,7 +48,7 @@ def setup_telemetry(
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
-    _setup_metrics(resource, _otlp_wanted("METRICS"), metrics_port)
+    _setup_metrics(resource, _otlp_wanted("METRICS"), metrics_port, metrics_host)
     return provider
 
 
@@ -105,7 +107,8 @@ def _otlp_exporter(signal: str) -> Any:
     return OTLPMetricExporter()
 
 
-def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None) -> None:
+def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None,
+                   metrics_host: str) -> None:
     from opentelemetry.sdk.metrics import Histogram, MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
     from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -117,7 +120,7 @@ def _setup_metrics(resource: Resource, otlp: bool, metrics_port: int | None) -> 
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="0.0.0.0")  # noqa: S104
+        start_http_server(metrics_port, addr=metrics_host.strip("[]"))
         readers.append(PrometheusMetricReader())
     seconds = View(instrument_type=Histogram, instrument_unit="s",
                    aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS))

@@ -5,6 +5,7 @@ leaves no process behind."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -172,6 +173,24 @@ def _assert_prometheus(platform: Running) -> None:
     assert checked == {"ingest", "governance", "trainer", "serving", "monitor"}
 
 
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # gRPC's dual-stack ::ffff:127.0.0.1
+    return bool((mapped or address).is_loopback)
+
+
+def _assert_loopback_only(platform: Running) -> None:
+    """Every socket the platform listens on (metrics, serving, broker) takes only local
+    connections: `lepton up` binds loopback unless told otherwise."""
+    listening = [(child.name(), conn.laddr)
+                 for child in psutil.Process(platform.proc.pid).children(recursive=True)
+                 for conn in child.net_connections(kind="tcp")
+                 if conn.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 7, listening  # five metrics endpoints, gRPC, HTTP (and the broker)
+    exposed = [(name, addr) for name, addr in listening if not _loopback(addr.ip)]
+    assert not exposed, f"listening beyond this machine: {exposed}"
+
+
 def test_lepton_up_runs_the_platform_end_to_end(platform: Running) -> None:
     prefix = platform.env["LEPTON_TOPIC_PREFIX"]
     lepton("produce", "--dataset", "transactions", "--count", str(EVENTS), "--quiet",
@@ -217,6 +236,7 @@ def test_lepton_up_runs_the_platform_end_to_end(platform: Running) -> None:
             time.sleep(1)
 
     _assert_prometheus(platform)
+    _assert_loopback_only(platform)
     _wait(lambda: b"lepton up: produced=" in platform.log.read_bytes(), "a dashboard line", 30,
           platform.proc, platform.log)
 
