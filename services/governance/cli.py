@@ -89,11 +89,16 @@ def privacy_report(
 
     from services.governance.ledger import Ledger
     from services.governance.report import report, report_tables
+    from shared.datasets import UnknownDataset
     from shared.state import make_redis
 
     settings = load_governance_settings()
     client = make_redis(settings)
-    data = report(client, settings, dataset)
+    try:
+        data = report(client, settings, dataset)
+    except UnknownDataset:
+        raise fail(f"unknown dataset {dataset!r}: no spec of that name and nothing charged "
+                   "to the ledger", 2) from None
     data["ledger_in_redis"] = Ledger(client, settings).ready()
     if as_json:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())

@@ -45,10 +45,14 @@ def subject_epsilons(client: redis.Redis[bytes], settings: GovernanceSettings, d
 
 def report(client: redis.Redis[bytes], settings: GovernanceSettings,
            only: str | None = None) -> dict[str, Any]:
-    """The report as JSON-ready data: one entry per dataset."""
+    """The report as JSON-ready data: one entry per dataset (UnknownDataset when `only` has
+    neither a spec nor any charge)."""
     releases = ReleaseLedger(client, settings)
     ledger = Ledger(client, settings)
-    names = [only] if only else sorted(set(releases.datasets()) | set(ledger.datasets()))
+    known = set(releases.datasets()) | set(ledger.datasets())
+    if only and only not in known and _privacy(settings, only) is None:
+        raise UnknownDataset(only)  # no spec and nothing charged: most likely a typo
+    names = [only] if only else sorted(known)
     out: dict[str, Any] = {"datasets": []}
     for name in names:
         spec = _privacy(settings, name)

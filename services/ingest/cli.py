@@ -169,11 +169,18 @@ def quality_report(
 
     from services.ingest.config import IngestSettings
     from services.ingest.quality_report import report, report_tables
-    from shared.cli import table_console
+    from shared.cli import fail, table_console
     from shared.config import load_settings
+    from shared.datasets import UnknownDataset, load_spec
 
     settings = load_settings(IngestSettings)
     data = report(settings.quality_dir(), dataset, last)
+    if dataset and not data["datasets"]:
+        try:
+            load_spec(dataset, settings.ingest_specs_dir)
+        except UnknownDataset:
+            raise fail(f"unknown dataset {dataset!r}: no spec of that name and no quality "
+                       "window recorded", 2) from None
     if as_json:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return

@@ -43,11 +43,18 @@ def monitor_report(
     Drift is measured against the card's reference, feature by feature."""
     from services.monitor.config import MonitorSettings
     from services.monitor.report import load_reports, render
+    from shared.cli import fail
     from shared.config import load_settings
+    from shared.models.registry import Registry
     from shared.state import make_redis
 
     settings = load_settings(MonitorSettings)
     reports = load_reports(make_redis(settings), settings, model)
+    if model is not None and not reports:
+        names = Registry(settings).models()
+        if model not in names:
+            raise fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}",
+                       2)
     if as_json:
         _print_json(reports)
     else:

@@ -47,8 +47,12 @@ def tune(
 ) -> None:
     """Search DP-SGD hyper-parameters (Optuna) and release the best trial's model.
 
-    The study runs on events.governed, its whole cost is charged to the ledger before the
-    release, and a JSON summary is printed."""
+    The study runs on events.governed; its whole cost is charged to the ledger
+    before the release, and a JSON summary is printed.
+
+    Exit codes: 0 done, 2 unknown dataset, 69 events.governed not read in time,
+    1 other errors.
+    """
     import orjson
 
     from services.trainer.config import TrainerSettings
@@ -68,7 +72,7 @@ def tune(
     try:
         result = run_tune(settings, trials, study, progress=not quiet, stop=stop_event())
     except UnknownDataset as error:
-        raise fail(f"unknown dataset {error.args[0]!r}") from None
+        raise fail(f"unknown dataset {error.args[0]!r}", 2) from None
     except ValueError as error:
         raise fail(str(error)) from None
     except SnapshotTimeout as error:

@@ -45,10 +45,12 @@ def _model(registry: Registry, model: str | None) -> str:
     names = registry.models()
     if model is not None:
         if model not in names:
-            raise fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}")
+            raise fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}",
+                       2)
         return model
     if len(names) != 1:
-        raise fail(f"say which model with --model; the registry has {', '.join(names) or 'none'}")
+        raise fail(f"say which model with --model; the registry has {', '.join(names) or 'none'}",
+                   2)
     return names[0]
 
 

@@ -138,6 +138,13 @@ def test_privacy_report_and_rebuild(lepton_env: LeptonSettings, monkeypatch: pyt
     ledger.ensure_ready()
     assert lepton("privacy", "report").stdout.strip() == \
         "no privacy budget spent yet: nothing charged to the ledger"
+    typo = lepton("privacy", "report", "--dataset", "transactons", check=False)
+    assert typo.returncode == 2 and "unknown dataset 'transactons'" in typo.stderr
+    # a dataset with a spec and no charge yet is no typo: its row says nothing was spent
+    fresh = orjson.loads(lepton("privacy", "report", "--dataset", "transactions",
+                                "--json").stdout)["datasets"]
+    assert [(d["dataset"], d["mode"], d["subjects"]) for d in fresh] == \
+        [("transactions", "local", 0)]
     budget = Budget(subject=50.0, dataset=1e7)
     # local mode: cust-0 has 10 events of ε 1 (then 10 each for cust-1 and cust-2)
     ledger.charge("transactions", budget,

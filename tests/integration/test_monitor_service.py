@@ -177,3 +177,5 @@ def test_drift_and_late_labels_through_the_running_monitor(
     assert shown[0]["model"] == "transactions" and shown[0]["quality"]["labelled"] == 200
     text = lepton("monitor", "report").stdout
     assert "amount" in text and "YES" in text and "live quality: 200 labelled" in text
+    typo = lepton("monitor", "report", "--model", "transactons", check=False)
+    assert typo.returncode == 2 and "no model 'transactons' in the registry" in typo.stderr

@@ -37,6 +37,8 @@ def test_models_commands(lepton_env: LeptonSettings) -> None:
     assert "breast_cancer (live: " in listing
     assert " v1 " in listing
     assert " v2 " in listing
+    typo = lepton("models", "list", "--model", "breast_cancr", check=False)
+    assert typo.returncode == 2 and "no model 'breast_cancr'" in typo.stderr
     live_before = registry.live("breast_cancer")  # 2 unless the gate refused v2
     lepton("models", "promote", "1")
     assert registry.live("breast_cancer") == 1

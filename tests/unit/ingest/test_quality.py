@@ -121,6 +121,12 @@ def test_injected_error_rates_come_back_per_field_and_the_index_follows_the_form
                            if f not in ("amount", "transactions_last_24h"))
     assert rejected == sum(row["rejected"] for row in fields.values())
 
+    typo = subprocess.run([sys.executable, "-m", "lepton", "quality", "report", "--dataset",
+                           "transactons"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=parent_death(),
+                          env={**os.environ, "LEPTON_DATA_DIR": str(tmp_path)})
+    assert typo.returncode == 2 and "unknown dataset 'transactons'" in typo.stderr
+
 
 def test_a_window_below_min_index_is_flagged_and_a_stop_writes_a_partial_window(
         tmp_path: Path) -> None:
