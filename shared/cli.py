@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
 
     from shared.pseudonym import Pseudonymizer
@@ -22,6 +24,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` to stderr; the typer.Exit to raise (exit status `code`)."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def cannot_write(path: Path, error: OSError) -> typer.Exit:
+    """Say why `path` could not be written; the typer.Exit to raise (EX_CANTCREAT)."""
+    from shared.config import EXIT_CANTCREAT
+
+    return fail(f"cannot write {path}: {error.strerror or error}", EXIT_CANTCREAT)
 
 
 def subject_argument(pseudonyms: Pseudonymizer, subject: str) -> str:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "LEPTON_"
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the broker or server it needs is not there
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: an output file the operator named cannot be written
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 

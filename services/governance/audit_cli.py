@@ -18,7 +18,7 @@ import typer
 
 from services.governance.cli_support import load_governance_settings
 from services.governance.config import GovernanceSettings
-from shared.cli import fail, subject_argument, table_console
+from shared.cli import cannot_write, fail, subject_argument, table_console
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -142,7 +142,10 @@ def audit_prove(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        try:
+            out.write_text(text + "\n")
+        except OSError as error:
+            raise cannot_write(out, error) from None
         typer.echo(f"wrote {summary} to {out}", err=True)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from shared.cli import cannot_write, fail
 from shared.config import EXIT_UNAVAILABLE
 
 monitor_app = typer.Typer(help="Run the monitor, or show what it sees.",
@@ -43,7 +44,6 @@ def monitor_report(
     Drift is measured against the card's reference, feature by feature."""
     from services.monitor.config import MonitorSettings
     from services.monitor.report import load_reports, render
-    from shared.cli import fail
     from shared.config import load_settings
     from shared.models.registry import Registry
     from shared.state import make_redis
@@ -79,6 +79,8 @@ def sustainability_report(
             from services.monitor.sustainability import plot as draw
 
             draw(report, plot)
+        except OSError as error:
+            raise cannot_write(plot, error) from None
         except ImportError:
             typer.echo("error: --plot needs matplotlib (pip install 'lepton-stream"
                        "[sustainability]')", err=True)
@@ -107,6 +109,11 @@ def scale_advise(
     from shared.state import make_redis
 
     settings = load_settings(MonitorSettings)
+    if keda is not None:  # before the lag samples: a bad directory fails at once
+        try:
+            keda.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise cannot_write(keda, error) from None
     found = consumers(make_redis(settings), settings)
     if not found:
         typer.echo("error: no service records name a consumer group (are services running?)",
@@ -121,11 +128,13 @@ def scale_advise(
                    err=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     if keda is not None:
-        keda.mkdir(parents=True, exist_ok=True)
         for item in advice:
             if item.lag_scaled:  # a lag trigger would misread the others
-                (keda / f"{item.service}.yaml").write_text(
-                    keda_scaled_object(item, settings.bootstrap_servers()))
+                path = keda / f"{item.service}.yaml"
+                try:
+                    path.write_text(keda_scaled_object(item, settings.bootstrap_servers()))
+                except OSError as error:
+                    raise cannot_write(path, error) from None
     if as_json:
         _print_json([item.to_dict() for item in advice])
         return

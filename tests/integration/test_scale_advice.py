@@ -208,3 +208,7 @@ def test_the_trainer_is_advised_but_never_given_a_lag_trigger(lepton_env: Lepton
     assert lines["trainer"].startswith("trainer     1 running -> 1 (partitions 4, lag 300,")
     assert "not scaled by lag: it commits once per release" in lines["trainer"]
     assert sorted(p.name for p in keda.iterdir()) == ["ingest.yaml"]
+    # a --keda that cannot be a directory fails at once, before any lag is sampled
+    refused = lepton("scale", "advise", "--interval", "30", "--keda",
+                     str(keda / "ingest.yaml"), check=False)
+    assert refused.returncode == 73 and "cannot write" in refused.stderr

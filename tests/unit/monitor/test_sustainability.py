@@ -90,6 +90,10 @@ def test_cli_writes_json_and_a_png(settings: MonitorSettings, tmp_path: Path) ->
                                 env=env).stdout)
     assert shown["stages"][0]["service"] == "ingest" and shown["plot"] == str(plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    nowhere = tmp_path / "missing" / "energy.png"
+    refused = lepton("sustainability", "report", "--plot", str(nowhere), env=env, check=False)
+    assert refused.returncode == 73  # EX_CANTCREAT, one line, no traceback
+    assert refused.stderr == f"error: cannot write {nowhere}: No such file or directory\n"
 
 
 def test_carbon_intensity_comes_from_the_region_or_a_setting(
