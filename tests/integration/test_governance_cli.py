@@ -103,6 +103,9 @@ def test_audit_verify_prove_check_and_tamper(lepton_env: LeptonSettings, tmp_pat
     shutil.copy(public_path(settings.audit_key_path()), public)
     proof_file = tmp_path / "proof.json"
     lepton("audit", "prove", "e7", "--out", str(proof_file))
+    unwritable = lepton("audit", "prove", "e7", "--out", str(tmp_path / "no" / "proof.json"),
+                        check=False)
+    assert unwritable.returncode == 73 and "cannot write" in unwritable.stderr
     checked = lepton("audit", "check-proof", str(proof_file), "--public-key", str(public))
     assert "proof OK" in checked.stdout and "event:e7" in checked.stdout
     proof = json.loads(proof_file.read_text())
