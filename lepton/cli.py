@@ -164,8 +164,8 @@ def produce(
 ) -> None:
     """Publish dataset events to events.raw, with trace context and a progress bar.
 
-    Exit codes: 0 ok, 1 events failed, 2 bad input, 69 broker unreachable (events not
-    delivered), 78 configuration error."""
+    Exit codes: 0 ok, 1 events failed, 2 bad input, 69 broker unreachable
+    (events not delivered), 78 configuration error."""
     from lepton.generators import GENERATORS, generate
     from lepton.produce import publish
     from shared.signals import stop_event

@@ -56,8 +56,8 @@ def principals(
 ) -> None:
     """Create the deployment's key set; existing keys are kept.
 
-    Each principal's signing key, the MAC, platform, model-signing, audit-signing and DLQ keys
-    (0600), and public/*.pub for every container."""
+    Each principal's signing key, the MAC, platform, model-signing,
+    audit-signing and DLQ keys (0600), and public/*.pub for every container."""
     for name, kid in make_key_set(directory).items():
         typer.echo(f"{name}: key id {kid}")
 

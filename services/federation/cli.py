@@ -26,8 +26,8 @@ def federate(
 ) -> None:
     """Run one federation over SITES and release its model like a trained one.
 
-    Exit 1 when it ended without a release (no quorum), 0 otherwise (promoted or refused by
-    the gate)."""
+    Exit 1 when it ended without a release (no quorum), 0 otherwise (promoted or
+    refused by the gate)."""
     import orjson
 
     from services.federation.config import FederationSettings

@@ -56,8 +56,8 @@ def _read_json(source: str) -> dict[str, Any]:
 def audit_verify(public_key: PublicKeyOption = None) -> None:
     """Check every partition of the store against its signed checkpoints.
 
-    Each partition's tree is recomputed from the stored records; exit 1 on any edit, drop,
-    reorder or truncation."""
+    Each partition's tree is recomputed from the stored records; exit 1 on any
+    edit, drop, reorder or truncation."""
     from rich.table import Table
 
     from services.governance.verify import verify_store
@@ -105,8 +105,8 @@ def audit_prove(
 ) -> None:
     """Print the inclusion proof of an event's decision, or of every decision about a subject.
 
-    JSON, each proof with its signed checkpoint; a subject's proofs are a list (its leaves
-    name its pseudonym)."""
+    JSON, each proof with its signed checkpoint; a subject's proofs are a list
+    (its leaves name its pseudonym)."""
     from services.governance.merkle import ProofError
     from services.governance.verify import build_inclusion, find_event, find_subject
     from shared.pseudonym import load_pseudonymizer

@@ -34,8 +34,9 @@ def consent(
 ) -> None:
     """Withdraw or give a subject's consent for a dataset; audited as consent_changed.
 
-    The decision is recorded first: when the broker cannot take it, nothing changes (exit 69),
-    since a change without its audit record would be undone by a rebuild of Redis."""
+    The decision is recorded first: when the broker cannot take it, nothing
+    changes (exit 69), since a change without its audit record would be undone
+    by a rebuild of Redis."""
     import redis
     from confluent_kafka import KafkaException
 

@@ -163,8 +163,8 @@ def quality_report(
 ) -> None:
     """Per dataset: the quality index of the latest windows and the worst fields.
 
-    Windows of all replicas; a field's rates: missing, wrong type, out of range, invalid,
-    clipped, imputed, rejected."""
+    Windows of all replicas; a field's rates: missing, wrong type, out of range,
+    invalid, clipped, imputed, rejected."""
     import orjson
 
     from services.ingest.config import IngestSettings

@@ -194,8 +194,8 @@ def promote(version: int, model: ModelOption = None, allow_forgotten: ForgottenO
             ) -> None:
     """Make VERSION live and announce it.
 
-    Even a version the gate refused (announced with an operator override); announced as a
-    rollback when VERSION is below the live one."""
+    Even a version the gate refused (announced with an operator override);
+    announced as a rollback when VERSION is below the live one."""
     settings, registry = _context()
     name = _model(registry, model)
     card = _servable(registry, name, version, allow_forgotten)
@@ -256,8 +256,8 @@ def mark_forgotten(releases: Annotated[list[str], typer.Argument(
         help="Release ids, as `lepton forget` at a federation site names them.")]) -> None:
     """Mark versions charged under RELEASES (or warm-started from one) contains_forgotten.
 
-    A version's own charge counts, and each federation site's. Exit 1 when no version here
-    names any of them."""
+    A version's own charge counts, and each federation site's. Exit 1 when no
+    version here names any of them."""
     from services.trainer.forgotten import card_releases, mark_versions
 
     wanted = set(releases)

@@ -1,5 +1,7 @@
 """Every `lepton` command has help whose first paragraph is one line: the command lists show
-that paragraph as the command's summary, hard line breaks included."""
+that paragraph as the command's summary, hard line breaks included. Help keeps its hard line
+breaks, so a line too long for an 80-column terminal leaves a word or two on a line of its
+own."""
 
 from __future__ import annotations
 
@@ -24,4 +26,15 @@ def test_every_command_has_a_one_line_summary() -> None:
     assert missing == []
     ragged = [path for path, command in commands.items()
               if "\n" in (command.help or "").strip().split("\n\n")[0]]
+    assert ragged == []
+
+
+def test_help_lines_fit_an_80_column_terminal() -> None:
+    commands = dict(_commands(typer.main.get_command(app), "lepton"))
+    help_width = 78  # the help panel's text width on 80 columns
+    ragged = []
+    for path, command in commands.items():
+        lines = (command.help or "").splitlines()
+        ragged += [f"{path}: {line}" for i, line in enumerate(lines)
+                   if len(line) > help_width and i + 1 < len(lines) and lines[i + 1].strip()]
     assert ragged == []
