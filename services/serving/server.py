@@ -38,6 +38,20 @@ from shared.readiness import clear_ready, mark_ready
 
 log = logging.getLogger(__name__)
 STOP_BUDGET_S = 6.5  # the whole shutdown, within the stop watchdog's 8 s
+
+
+def listen(server: grpc.aio.Server, address: str,
+           credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `server` to `address`; its port, or OSError naming the address and the setting."""
+    try:
+        port = int(server.add_secure_port(address, credentials) if credentials
+                   else server.add_insecure_port(address))
+    except RuntimeError:  # grpc says only "Failed to bind to address"
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} for gRPC: the port is taken or the host is "
+                      "not this machine's (LEPTON_SERVING_ADDR)")
+    return port
 CALL_GRACE_S = 3.0  # in-flight gRPC/HTTP calls
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -136,10 +150,7 @@ class ServingApp:
         self.server = server = self._build_server()
         credentials = server_credentials(self.settings)
         address = self.settings.serving_addr
-        self.port = server.add_secure_port(address, credentials) if credentials \
-            else server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        self.port = listen(server, address, credentials)
         await server.start()
         if self.prediction_log is not None:
             self.prediction_log.start()
