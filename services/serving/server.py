@@ -38,20 +38,6 @@ from shared.readiness import clear_ready, mark_ready
 
 log = logging.getLogger(__name__)
 STOP_BUDGET_S = 6.5  # the whole shutdown, within the stop watchdog's 8 s
-
-
-def listen(server: grpc.aio.Server, address: str,
-           credentials: grpc.ServerCredentials | None) -> int:
-    """Bind `server` to `address`; its port, or OSError naming the address and the setting."""
-    try:
-        port = int(server.add_secure_port(address, credentials) if credentials
-                   else server.add_insecure_port(address))
-    except RuntimeError:  # grpc says only "Failed to bind to address"
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {address} for gRPC: the port is taken or the host is "
-                      "not this machine's (LEPTON_SERVING_ADDR)")
-    return port
 CALL_GRACE_S = 3.0  # in-flight gRPC/HTTP calls
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -72,6 +58,20 @@ def server_credentials(settings: ServingSettings) -> grpc.ServerCredentials | No
     ca = settings.serving_tls_client_ca.read_bytes() if settings.serving_tls_client_ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=ca,
                                        require_client_auth=ca is not None)
+
+
+def listen(server: grpc.aio.Server, address: str,
+           credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `server` to `address`; its port, or OSError naming the address and the setting."""
+    try:
+        port = int(server.add_secure_port(address, credentials) if credentials
+                   else server.add_insecure_port(address))
+    except RuntimeError:  # grpc says only "Failed to bind to address"
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} for gRPC: the port is taken or the host is "
+                      "not this machine's (LEPTON_SERVING_ADDR)")
+    return port
 
 
 class ServingApp:
