@@ -50,12 +50,11 @@ def report(client: redis.Redis[bytes], settings: GovernanceSettings,
     releases = ReleaseLedger(client, settings)
     ledger = Ledger(client, settings)
     known = set(releases.datasets()) | set(ledger.datasets())
-    if only and only not in known and _privacy(settings, only) is None:
-        raise UnknownDataset(only)  # no spec and nothing charged: most likely a typo
-    names = [only] if only else sorted(known)
     out: dict[str, Any] = {"datasets": []}
-    for name in names:
+    for name in [only] if only else sorted(known):
         spec = _privacy(settings, name)
+        if spec is None and name not in known:
+            raise UnknownDataset(name)  # no spec and nothing charged: most likely a typo
         spent = subject_epsilons(client, settings, name, spec)
         values = np.array(sorted(spent.values()), dtype=np.float64)
         budget = spec.subject_budget if spec else None
