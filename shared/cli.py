@@ -26,6 +26,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def no_such_model(model: str, names: list[str]) -> typer.Exit:
+    """Say that the registry holds no `model` (and which it has); the typer.Exit to raise
+    (exit status 2: a bad argument)."""
+    return fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}", 2)
+
+
 def cannot_write(path: Path, error: OSError) -> typer.Exit:
     """Say why `path` could not be written; the typer.Exit to raise (EX_CANTCREAT)."""
     from shared.config import EXIT_CANTCREAT

@@ -11,7 +11,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from shared.cli import cannot_write, fail
+from shared.cli import cannot_write, no_such_model
 from shared.config import EXIT_UNAVAILABLE
 
 monitor_app = typer.Typer(help="Run the monitor, or show what it sees.",
@@ -53,8 +53,7 @@ def monitor_report(
     if model is not None and not reports:
         names = Registry(settings).models()
         if model not in names:
-            raise fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}",
-                       2)
+            raise no_such_model(model, names)
     if as_json:
         _print_json(reports)
     else:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.cli import fail
+from shared.cli import fail, no_such_model
 from shared.config import EXIT_UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ def _model(registry: Registry, model: str | None) -> str:
     names = registry.models()
     if model is not None:
         if model not in names:
-            raise fail(f"no model {model!r} in the registry; have {', '.join(names) or 'none'}",
-                       2)
+            raise no_such_model(model, names)
         return model
     if len(names) != 1:
         raise fail(f"say which model with --model; the registry has {', '.join(names) or 'none'}",
