@@ -32,7 +32,6 @@ from shared.readiness import ready_path
 SERVICES = ("ingest", "governance", "trainer", "serving", "monitor")
 READY_TIMEOUT_S = 120.0
 DEMO_APP_RATE = 10.0
-SERVING_PORT, SERVING_HTTP_PORT = 50051, 8080
 # a demo version lives one trainer cycle (≈ 30 s, ≈ 300 demo predictions): windows that fill
 DEMO_MONITOR = {"LEPTON_MONITOR_WINDOW": "200", "LEPTON_MONITOR_STEP": "100"}
 BROKER_GONE = ("the embedded broker has stopped, and its topics were in memory: this run cannot "
@@ -190,9 +189,13 @@ def run_env(settings: LeptonSettings) -> dict[str, str]:
 def listen_env(env: dict[str, str], host: str) -> dict[str, str]:
     """Serving's gRPC and HTTP addresses and the metrics endpoints' host on `host`, for each the
     environment leaves unset (the broker and a private Redis always listen on loopback)."""
+    from services.serving.config import ServingSettings
+
     where = f"[{host}]" if ":" in host else host
-    wanted = {"LEPTON_METRICS_HOST": host, "LEPTON_SERVING_ADDR": f"{where}:{SERVING_PORT}",
-              "LEPTON_SERVING_HTTP_ADDR": f"{where}:{SERVING_HTTP_PORT}"}
+    wanted = {"LEPTON_METRICS_HOST": host}
+    for field in ("serving_addr", "serving_http_addr"):  # serving's own default ports
+        port = str(ServingSettings.model_fields[field].default).rpartition(":")[2]
+        wanted[f"LEPTON_{field.upper()}"] = f"{where}:{port}"
     return {name: value for name, value in wanted.items() if name not in env}
 
 
