@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from services.trainer.comm import Comm
 from services.trainer.config import TrainerSettings
 from services.trainer.cycle import Cycle
-from services.trainer.decode import SUBJECT_KEY, Batch
+from services.trainer.decode import Batch, row_subjects
 from services.trainer.dp import Plan
 from services.trainer.forgotten import forgotten_among
 from services.trainer.prefetch import Prefetcher
@@ -157,7 +157,7 @@ class CycleTrainer:
                 cycle.keep_private(batch.train, x, y,
                                    self.spec.privacy.max_events_per_subject)
                 return
-            cycle.subjects.update(str(row.get(SUBJECT_KEY)) for row in batch.train)
+            cycle.subjects.update(row_subjects(batch.train))
             with self.tracer.start_as_current_span("trainer train") as span:
                 began = time.monotonic()
                 x, y = batch.featurize(cycle.transform)
