@@ -17,6 +17,7 @@ every record it received, see shared/abandon.py).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -39,11 +40,12 @@ class InputPositions:
     """Writes and reads the positions topic of one consumer group."""
 
     def __init__(self, settings: LeptonSettings, topic: str, group: str,
-                 read_timeout: float = 70.0) -> None:
+                 read_timeout: float = 70.0, stop: threading.Event | None = None) -> None:
         self.topic = topic
         self._group = group
         self._read_timeout = read_timeout
-        self._partitions = ensure_topics(settings, [topic])[topic]
+        # with `stop` (a service starting), an unreachable broker is waited out, not fatal
+        self._partitions = ensure_topics(settings, [topic], stop=stop)[topic]
         self._reader = Consumer(client_config(settings, log_level=3, **{
             "group.id": f"{group}.positions-reader",
             "enable.auto.commit": False,

@@ -125,7 +125,8 @@ class TransactionalRuntime:
         self.written = WrittenOutputs.needed(cluster, s, self.group_id,
                                              {t: counts[t] for t in stage.outputs})
         self.positions = InputPositions(s, self.positions_topic, self.group_id,
-                                        read_timeout=self.positions_read_timeout_s)
+                                        read_timeout=self.positions_read_timeout_s,
+                                        stop=self.stop)
         self.consumer: Consumer = make_consumer(s, self.group_id, **self.consumer_config)
         self.consumer.subscribe(stage.inputs, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)

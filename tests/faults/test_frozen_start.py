@@ -1,7 +1,8 @@
 """Start-up against a broker frozen (SIGSTOP) for longer than one client timeout: the
 federation's start-up reads (a site's round tasks, the coordinator's inbox, the trainer's
-snapshot) wait for the broker rather than fail, and work once it answers again; serving answers
-from the registry's live version during the freeze and follows announcements after it. Before,
+snapshot) and a stage's positions-topic lookup wait for the broker rather than fail, and work
+once it answers again; serving answers from the registry's live version during the freeze and
+follows announcements after it. Before,
 each asked Kafka once: the site and the coordinator crashed, the snapshot failed its round, and
 serving's watcher died, so serving neither loaded a model nor ever swapped one."""
 
@@ -28,6 +29,7 @@ from shared.datasets import load_spec
 from shared.federation import UPDATE_KINDS
 from shared.kafka import ensure_topics
 from shared.models.registry import Registry
+from shared.positions import InputPositions
 from shared.readiness import ready_path
 from shared.topics import Topics
 from tests.conftest import REDIS_URL
@@ -144,3 +146,27 @@ def test_serving_answers_through_a_frozen_broker_then_swaps(
             server.stop()
     finally:
         processes.signal(private_broker.name, signal.SIGCONT)
+
+
+def test_the_stage_runtime_positions_read_waits_through_a_frozen_broker(
+        private_broker: PrivateBroker, processes: Processes, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage's positions topic is looked up once its producer is up: a freeze just then used
+    to end the service (ingest exited 1 in the broker-pause scenario during start-up)."""
+    common = _env(monkeypatch, private_broker.bootstrap, tmp_path / "data")
+    settings = LeptonSettings(**common)
+    topic = f"{common['topic_prefix']}ingest.offsets"
+    stop = threading.Event()
+    processes.signal(private_broker.name, signal.SIGSTOP)
+    starts = Starts()
+    starts.run("positions", lambda: InputPositions(settings, topic, "frozen", stop=stop))
+    try:
+        time.sleep(FROZEN_S)
+        assert starts.waiting() == ["positions"] and not starts.errors
+        processes.signal(private_broker.name, signal.SIGCONT)
+        starts.threads["positions"].join(60)
+        assert not starts.waiting() and not starts.errors, starts.errors
+        assert starts.results["positions"].topic == topic
+    finally:
+        processes.signal(private_broker.name, signal.SIGCONT)
+        stop.set()
