@@ -71,7 +71,7 @@ class Coordinator:
         self.model = settings.model_name()
         self.topics = Topics(settings.topic_prefix)
         ensure_topics(settings, [self.topics.federation_rounds, self.topics.federation_updates,
-                                 self.topics.models, self.topics.audit_requests])
+                                 self.topics.models, self.topics.audit_requests], stop=stop)
         self.signer = Principal.load(settings, "federation")
         self.registry = Registry(settings)
         self.producer = make_producer(settings)
